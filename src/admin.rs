@@ -1,0 +1,60 @@
+//! The admin listener: `/healthz` (the process is up), `/readyz` (keys loaded for every provider,
+//! store reachable, not shutting down) and `/metrics` (Prometheus text format).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use http::{StatusCode, header};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::server::AppState;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    let mut waiting: Vec<&str> = state.providers.values().filter(|(p, _)| !p.is_ready()).map(|(p, _)| p.name()).collect();
+    waiting.sort_unstable();
+    if !waiting.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("signing keys not loaded: {}\n", waiting.join(", ")));
+    }
+    (StatusCode::OK, "ready\n".into())
+}
+
+async fn metrics() -> impl axum::response::IntoResponse {
+    let body = PROMETHEUS.get().map(|h| {
+        h.run_upkeep();
+        h.render()
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body.unwrap_or_default())
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later servers in the same process (tests)
+/// share it. When the embedding application installed its own recorder, ours stays unused.
+pub(crate) fn install_metrics() {
+    PROMETHEUS.get_or_init(|| {
+        const LATENCY: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::debug!("a metrics recorder is already installed; /metrics shows tollgate's own only if it is this one");
+        }
+        handle
+    });
+}

@@ -1,0 +1,156 @@
+//! The local token API, wire-compatible with NAIS Texas (entra-reference §10): the app asks
+//! `localhost` for tokens instead of speaking OAuth.
+//!
+//! | route | body | answer |
+//! | --- | --- | --- |
+//! | `POST /api/v1/token` | `identity_provider, target, skip_cache?` | `{access_token, token_type, expires_in}` |
+//! | `POST /api/v1/token/exchange` | `identity_provider, target, user_token, skip_cache?` | same, OBO |
+//! | `POST /api/v1/introspect` | `identity_provider, token` | `{active:true, ...claims}` / `{active:false, error}` |
+//! | `POST /api/v1/token/delegated` | `identity_provider, target, user_oid` or `user_upn` | same as token |
+//! | `DELETE /api/v1/users/{oid}` | | `204` |
+//!
+//! Bodies are JSON or `application/x-www-form-urlencoded` with the same field names; anything
+//! else is `415`, a body over 64 KiB is `413`, a malformed body or missing field `400`, all with
+//! the RFC 6749 §5.2 shape `{error, error_description}`.
+
+mod body;
+pub(crate) mod delegated;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{delete, get, post};
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use body::ApiBody;
+
+use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
+use crate::server::AppState;
+
+/// Builds the API router. When an API key is configured every route needs
+/// `Authorization: Bearer <key>`.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/token", post(token))
+        .route("/api/v1/token/exchange", post(exchange))
+        .route("/api/v1/introspect", post(introspect))
+        .route("/api/v1/token/delegated", post(delegated::delegated))
+        .route("/api/v1/users/{oid}", delete(delegated::forget_user))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "invalid_request", "unknown API route") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    api.with_state(state)
+}
+
+/// An API error response `{error, error_description}`.
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    (status, Json(json!({"error": code, "error_description": description}))).into_response()
+}
+
+fn exchange_error(e: &ExchangeError) -> Response {
+    (e.status(), Json(e.to_json())).into_response()
+}
+
+fn token_response(t: &ExchangedToken) -> Response {
+    Json(json!({"access_token": t.access_token(), "token_type": "Bearer", "expires_in": t.expires_in()})).into_response()
+}
+
+async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.api_key.as_deref() else { return next.run(req).await };
+    let presented = crate::validate::bearer_token(req.headers()).ok().flatten();
+    // Constant-time comparison of digests: the key's length and prefix never leak through timing.
+    let ok = presented.is_some_and(|p| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&crate::validate::sha256(p.as_bytes()), &crate::validate::sha256(expected.as_bytes()))
+            .is_ok()
+    });
+    if ok {
+        return next.run(req).await;
+    }
+    let mut resp = error(StatusCode::UNAUTHORIZED, "invalid_client", "a valid API key is required (Authorization: Bearer <key>)");
+    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate-api\""));
+    resp
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    identity_provider: String,
+    target: String,
+    #[serde(default, deserialize_with = "body::flexible_bool")]
+    skip_cache: bool,
+    /// RFC 8707 resource indicator: accepted for Texas compatibility, unused by Entra.
+    #[serde(default)]
+    #[allow(dead_code)]
+    resource: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ExchangeRequest {
+    identity_provider: String,
+    target: String,
+    user_token: String,
+    #[serde(default, deserialize_with = "body::flexible_bool")]
+    skip_cache: bool,
+}
+
+#[derive(Deserialize)]
+struct IntrospectRequest {
+    identity_provider: String,
+    token: String,
+}
+
+/// The exchanger for a provider name, or the API error saying why there is none.
+pub(crate) fn exchanger<'a>(state: &'a AppState, name: &str) -> Result<&'a Exchanger, Response> {
+    match state.exchanger(name) {
+        Some(Ok(x)) => Ok(x),
+        Some(Err(why)) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", &format!("identity provider '{name}' cannot exchange tokens: {why}"))),
+        None => Err(error(StatusCode::BAD_REQUEST, "invalid_request", &format!("identity provider '{name}' is not enabled"))),
+    }
+}
+
+async fn token(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<TokenRequest>) -> Response {
+    let x = match exchanger(&state, &req.identity_provider) {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    match x.client_credentials(&req.target, req.skip_cache).await {
+        Ok(t) => token_response(&t),
+        Err(e) => exchange_error(&e),
+    }
+}
+
+async fn exchange(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<ExchangeRequest>) -> Response {
+    let x = match exchanger(&state, &req.identity_provider) {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    match x.on_behalf_of(&req.user_token, &req.target, req.skip_cache).await {
+        Ok(t) => token_response(&t),
+        Err(e) => exchange_error(&e),
+    }
+}
+
+/// Always `200` (Texas): `{active:true, ...claims}` or `{active:false, error}`.
+async fn introspect(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<IntrospectRequest>) -> Json<Value> {
+    let Some((_, validator)) = state.provider(&req.identity_provider) else {
+        return Json(json!({"active": false, "error": format!("identity provider '{}' is not enabled", req.identity_provider)}));
+    };
+    match validator.validate(&req.token).await {
+        Ok(claims) => {
+            let mut out = serde_json::Map::with_capacity(claims.as_map().len() + 1);
+            out.insert("active".into(), Value::Bool(true));
+            for (k, v) in claims.as_map() {
+                if k != "active" {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            Json(Value::Object(out))
+        }
+        Err(e) => Json(json!({"active": false, "error": e.to_string()})),
+    }
+}

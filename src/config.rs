@@ -1,0 +1,825 @@
+//! Configuration: a TOML file merged with `TOLLGATE_*` environment variables and the Texas/NAIS
+//! names for the Entra provider, validated before anything starts.
+//!
+//! Sources, later ones win:
+//! 1. the TOML file (`--config`, default `tollgate.toml`; a missing default file is fine),
+//! 2. `TOLLGATE_<SECTION>__<KEY>` variables (`__` splits levels: `TOLLGATE_UPSTREAM__URL`),
+//! 3. the NAIS names (`AZURE_APP_CLIENT_ID`, `AZURE_APP_CLIENT_SECRET`, `AZURE_APP_JWK`,
+//!    `AZURE_APP_WELL_KNOWN_URL`, `AZURE_OPENID_CONFIG_ISSUER`, `AZURE_OPENID_CONFIG_JWKS_URI`,
+//!    `AZURE_OPENID_CONFIG_TOKEN_ENDPOINT`, `BIND_ADDRESS`), applied to the provider named
+//!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set).
+//!
+//! The environment is read through [`EnvSource`] so tests inject values instead of mutating the
+//! process environment.
+//!
+//! ```
+//! use tollgate::config::{Config, MapEnv};
+//! let env = MapEnv::from([
+//!     ("AZURE_APP_CLIENT_ID", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+//!     ("AZURE_APP_WELL_KNOWN_URL", "http://127.0.0.1:9400/t/v2.0/.well-known/openid-configuration"),
+//!     ("TOLLGATE_UPSTREAM__URL", "http://127.0.0.1:3000"),
+//! ]);
+//! let cfg = Config::from_toml_str("", &env).unwrap();
+//! assert_eq!(cfg.providers[0].name, "entra_id");
+//! assert_eq!(cfg.upstream.url.as_str(), "http://127.0.0.1:3000/");
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use crate::store::{StoreConfig, StoreKind};
+
+/// The whole configuration of a tollgate process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener addresses.
+    pub listen: ListenConfig,
+    /// Local token API settings.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The app tollgate proxies to.
+    pub upstream: UpstreamConfig,
+    /// Identity providers.
+    pub providers: Vec<ProviderConfig>,
+    /// Public routes, matched by longest path prefix.
+    pub routes: Vec<RouteConfig>,
+    /// Token caches.
+    pub cache: CacheConfig,
+    /// Interactive-login proxy.
+    pub login: LoginConfig,
+    /// Per-user token store.
+    pub store: StoreConfig,
+}
+
+/// `[listen]`: where the three listeners bind.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Proxied app routes and login routes.
+    pub public: SocketAddr,
+    /// Local token API; `None` disables it.
+    pub api: Option<SocketAddr>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: Option<SocketAddr>,
+    /// How long in-flight requests may run after SIGTERM.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// Most request headers accepted (more gives 431).
+    pub max_request_headers: usize,
+    /// Most bytes of request headers accepted (more gives 431).
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            public: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            api: Some(SocketAddr::from(([127, 0, 0, 1], 7164))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            shutdown_grace: Duration::from_secs(20),
+            max_request_headers: 100,
+            max_request_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[api]`: the local token API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// File holding the API key clients send as `Authorization: Bearer <key>`.
+    pub key_file: Option<PathBuf>,
+    /// The API key itself, from the environment only (`TOLLGATE_API__KEY`).
+    pub key: Option<Secret>,
+    /// Allow a non-loopback API address without a key.
+    pub allow_insecure_api: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `tollgate=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[upstream]`: the app behind tollgate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL (`http://host:port[/base]`).
+    pub url: Url,
+    /// TCP connect timeout.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Keep the client's `Host` header (true) or send the upstream's authority (false).
+    pub preserve_host: bool,
+    /// Append to client-supplied `X-Forwarded-*` headers instead of replacing them: only behind a
+    /// trusted proxy (RFC 9700 §4.13, RFC 7239 §8).
+    pub trust_forwarded_headers: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: Url::parse("http://127.0.0.1:3000").expect("static URL"),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(60),
+            preserve_host: true,
+            trust_forwarded_headers: false,
+        }
+    }
+}
+
+/// `[[providers]]`: one OpenID Connect identity provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Name used by routes and by the API's `identity_provider` (`entra_id`; `azuread` is an alias).
+    pub name: String,
+    /// OpenID discovery document URL.
+    pub well_known_url: Option<Url>,
+    /// Issuer; overrides discovery. May contain `{tenantid}`.
+    pub issuer: Option<String>,
+    /// JWKS URL; overrides discovery.
+    pub jwks_uri: Option<Url>,
+    /// Token endpoint; overrides discovery.
+    pub token_endpoint: Option<Url>,
+    /// This app's client id.
+    pub client_id: String,
+    /// How tollgate authenticates to the token endpoint.
+    pub client_auth: ClientAuthMethod,
+    /// Client secret, from the environment (`AZURE_APP_CLIENT_SECRET`) only.
+    pub client_secret: Option<Secret>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// `private_key_jwt`: PEM private key.
+    pub client_key_file: Option<PathBuf>,
+    /// `private_key_jwt`: PEM certificate of that key (gives `x5t#S256`).
+    pub client_cert_file: Option<PathBuf>,
+    /// `private_key_jwt`: a private JWK file with `kid` (the form of `AZURE_APP_JWK`).
+    pub client_jwk_file: Option<PathBuf>,
+    /// `private_key_jwt`: the private JWK itself, from the environment (`AZURE_APP_JWK`) only.
+    pub client_jwk: Option<Secret>,
+    /// `federated`: file holding the client assertion, re-read on each use.
+    pub client_assertion_file: Option<PathBuf>,
+    /// Each request to the IdP (discovery, JWKS, token).
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Accepted `aud` values; default: the client id and `api://<client id>`.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms; never taken from the token.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Tenants (`tid`) accepted when the issuer is a `{tenantid}` template; `["*"]` accepts any.
+    pub allowed_tenants: Vec<String>,
+    /// More issuers to accept (each may contain `{tenantid}`).
+    pub additional_issuers: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "duration_str")]
+    pub leeway: Duration,
+    /// Background JWKS refresh interval.
+    #[serde(with = "duration_str")]
+    pub jwks_refresh: Duration,
+    /// At most one JWKS refetch per this interval for tokens with an unknown `kid`.
+    #[serde(with = "duration_str")]
+    pub jwks_unknown_kid_min_interval: Duration,
+    /// Keep serving cached keys this long while the IdP fails.
+    #[serde(with = "duration_str")]
+    pub jwks_max_stale: Duration,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            name: "entra_id".into(),
+            well_known_url: None,
+            issuer: None,
+            jwks_uri: None,
+            token_endpoint: None,
+            client_id: String::new(),
+            client_auth: ClientAuthMethod::ClientSecretPost,
+            client_secret: None,
+            client_secret_file: None,
+            client_key_file: None,
+            client_cert_file: None,
+            client_jwk_file: None,
+            client_jwk: None,
+            client_assertion_file: None,
+            timeout: Duration::from_secs(10),
+            audiences: Vec::new(),
+            algorithms: vec![jsonwebtoken::Algorithm::RS256],
+            allowed_tenants: Vec::new(),
+            additional_issuers: Vec::new(),
+            leeway: Duration::from_secs(60),
+            jwks_refresh: Duration::from_secs(600),
+            jwks_unknown_kid_min_interval: Duration::from_secs(30),
+            jwks_max_stale: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The accepted audiences: the configured list, or the client id and `api://<client id>`.
+    pub fn effective_audiences(&self) -> Vec<String> {
+        if self.audiences.is_empty() {
+            vec![self.client_id.clone(), format!("api://{}", self.client_id)]
+        } else {
+            self.audiences.clone()
+        }
+    }
+
+    /// True when `name` designates this provider (`azuread` is accepted for `entra_id`).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || (self.name == "entra_id" && name == "azuread")
+    }
+}
+
+/// How tollgate authenticates to the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// HTTP Basic with the form-encoded id and secret.
+    ClientSecretBasic,
+    /// A JWT signed with the app's private key.
+    PrivateKeyJwt,
+    /// A JWT issued by another party (workload identity), read from a file on each use.
+    Federated,
+}
+
+/// `[[routes]]`: what the public listener does for a path prefix.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Path prefix; the longest matching prefix wins.
+    pub path: String,
+    /// Provider name; optional when exactly one provider is configured.
+    pub provider: Option<String>,
+    /// Whether a bearer token is needed.
+    pub auth: AuthMode,
+    /// Any of these scopes (`scp`) is enough; empty means no scope check.
+    pub scopes: Vec<String>,
+    /// Any of these roles (`roles`) is enough; empty means no role check.
+    pub roles: Vec<String>,
+    /// Replace `Authorization` with an On-Behalf-Of token for this target.
+    pub obo: Option<String>,
+    /// Extra headers carrying OBO tokens for other targets: header name -> target.
+    pub obo_headers: BTreeMap<String, String>,
+    /// Add `X-Auth-*` identity headers.
+    pub identity_headers: bool,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            provider: None,
+            auth: AuthMode::Required,
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            obo: None,
+            obo_headers: BTreeMap::new(),
+            identity_headers: true,
+        }
+    }
+}
+
+/// Whether a route needs a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is needed.
+    Required,
+    /// A token is validated when present; requests without one pass unauthenticated.
+    Optional,
+    /// No validation; the request is proxied as is (minus spoofed identity headers).
+    None,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most cached exchanged tokens.
+    pub obo_capacity: u64,
+    /// Most cached validated inbound tokens.
+    pub validation_capacity: u64,
+    /// A cached token is never handed out closer than this to its `exp`.
+    #[serde(with = "duration_str")]
+    pub expiry_margin: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            obo_capacity: 100_000,
+            validation_capacity: 100_000,
+            expiry_margin: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[login]`: the interactive-login proxy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Serve the login routes on the public listener.
+    pub enabled: bool,
+    /// Provider the login goes to.
+    pub provider: Option<String>,
+    /// tollgate's public base URL, used in the rewritten discovery document.
+    pub public_url: Option<Url>,
+    /// Scopes added to every authorize request (`offline_access` is always added).
+    pub extra_scopes: Vec<String>,
+    /// Allowed `redirect_uri` values (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Allowed `post_logout_redirect_uri` values (exact match).
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Refuse authorize requests without an S256 PKCE challenge.
+    pub require_pkce: bool,
+}
+
+/// A secret value: never printed, logged or serialized in clear.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is sent to its destination.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// A configuration error; its message starts with the option's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the configuration.
+    #[error("{0}")]
+    Parse(String),
+    /// An option has an invalid value.
+    #[error("{option}: {message}")]
+    Invalid {
+        /// Dotted option name, e.g. `providers[0].client_id`.
+        option: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(option: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid { option: option.into(), message: message.into() }
+    }
+}
+
+/// Where environment variables come from: the process, or a map in tests.
+pub trait EnvSource {
+    /// All variables (name, value).
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    }
+}
+
+/// A fixed set of variables, for tests and embedding.
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv(HashMap<String, String>);
+
+impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
+    fn from(vars: [(&str, &str); N]) -> Self {
+        Self(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+}
+
+impl EnvSource for MapEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Option names whose values stay strings even when they look like numbers or booleans.
+const STRING_KEYS: &[&str] = &["client_secret", "client_id", "key", "client_jwk", "name", "level"];
+
+impl Config {
+    /// Loads `path` (when given; a missing file is an error) merged with `env`, then validates.
+    pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses TOML text merged with `env`, then validates.
+    pub fn from_toml_str(text: &str, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        refuse_inline_secrets(text)?;
+        let mut figment = Figment::new().merge(Toml::string(text));
+        let vars = env.vars();
+        for (name, value) in &vars {
+            let Some(rest) = name.strip_prefix("TOLLGATE_") else { continue };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let last = key.rsplit('.').next().unwrap_or(&key);
+            let parsed = if STRING_KEYS.contains(&last) {
+                figment::value::Value::from(value.clone())
+            } else {
+                value.parse::<figment::value::Value>().unwrap_or_else(|never| match never {})
+            };
+            figment = figment.merge((key, parsed));
+        }
+        let mut cfg: Config = figment.extract().map_err(|e| ConfigError::Parse(redact_figment(&e)))?;
+        cfg.apply_nais_env(&vars)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_nais_env(&mut self, vars: &[(String, String)]) -> Result<(), ConfigError> {
+        let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if let Some(addr) = get("BIND_ADDRESS") {
+            let addr = addr
+                .parse()
+                .map_err(|_| ConfigError::invalid("BIND_ADDRESS", "not a socket address (host:port)"))?;
+            self.listen.api = Some(addr);
+        }
+        let client_id = get("AZURE_APP_CLIENT_ID");
+        let idx = match self.providers.iter().position(|p| p.name == "entra_id") {
+            Some(i) => i,
+            None if client_id.is_some() => {
+                self.providers.push(ProviderConfig::default());
+                self.providers.len() - 1
+            }
+            None => return Ok(()),
+        };
+        let p = &mut self.providers[idx];
+        if let Some(id) = client_id {
+            p.client_id = id;
+        }
+        if let Some(secret) = get("AZURE_APP_CLIENT_SECRET") {
+            p.client_secret = Some(Secret(secret));
+        }
+        if let Some(jwk) = get("AZURE_APP_JWK") {
+            p.client_jwk = Some(Secret(jwk));
+            if p.client_secret.is_none() && p.client_secret_file.is_none() {
+                p.client_auth = ClientAuthMethod::PrivateKeyJwt;
+            }
+        }
+        let url = |n: &str| -> Result<Option<Url>, ConfigError> {
+            get(n).map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string()))).transpose()
+        };
+        if let Some(u) = url("AZURE_APP_WELL_KNOWN_URL")? {
+            p.well_known_url = Some(u);
+        }
+        if let Some(u) = url("AZURE_OPENID_CONFIG_JWKS_URI")? {
+            p.jwks_uri = Some(u);
+        }
+        if let Some(u) = url("AZURE_OPENID_CONFIG_TOKEN_ENDPOINT")? {
+            p.token_endpoint = Some(u);
+        }
+        if let Some(iss) = get("AZURE_OPENID_CONFIG_ISSUER") {
+            p.issuer = Some(iss);
+        }
+        Ok(())
+    }
+
+    /// Checks every rule that types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.providers.is_empty() && !self.routes.iter().all(|r| r.auth == AuthMode::None) {
+            return Err(ConfigError::invalid("providers", "at least one provider is needed by the routes"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = |k: &str| format!("providers[{i}].{k}");
+            if p.name.is_empty() {
+                return Err(ConfigError::invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(at("name"), format!("duplicate provider name {:?}", p.name)));
+            }
+            if p.client_id.trim().is_empty() {
+                return Err(ConfigError::invalid(at("client_id"), "missing (set it or AZURE_APP_CLIENT_ID)"));
+            }
+            if p.well_known_url.is_none() && (p.issuer.is_none() || p.jwks_uri.is_none()) {
+                return Err(ConfigError::invalid(
+                    at("well_known_url"),
+                    "missing: set well_known_url (AZURE_APP_WELL_KNOWN_URL) or both issuer and jwks_uri",
+                ));
+            }
+            for (k, u) in [("well_known_url", &p.well_known_url), ("jwks_uri", &p.jwks_uri), ("token_endpoint", &p.token_endpoint)] {
+                if let Some(u) = u {
+                    check_idp_url(u).map_err(|m| ConfigError::invalid(at(k), m))?;
+                }
+            }
+            if p.algorithms.is_empty() {
+                return Err(ConfigError::invalid(at("algorithms"), "must list at least one algorithm"));
+            }
+            if let Some(a) = p.algorithms.iter().find(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512)) {
+                return Err(ConfigError::invalid(at("algorithms"), format!("{a:?} is a shared-secret algorithm; only asymmetric ones are accepted")));
+            }
+            let templated = p.issuer.as_deref().is_some_and(|i| i.contains("{tenantid}"))
+                || p.additional_issuers.iter().any(|i| i.contains("{tenantid}"));
+            if templated && p.allowed_tenants.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("allowed_tenants"),
+                    "required with a {tenantid} issuer template: list the tenant ids, or [\"*\"] to accept any tenant",
+                ));
+            }
+            if p.jwks_unknown_kid_min_interval.is_zero() {
+                return Err(ConfigError::invalid(at("jwks_unknown_kid_min_interval"), "must be greater than 0"));
+            }
+            if p.jwks_refresh.is_zero() {
+                return Err(ConfigError::invalid(at("jwks_refresh"), "must be greater than 0"));
+            }
+            let need = |ok: bool, k: &str, m: &str| if ok { Ok(()) } else { Err(ConfigError::invalid(at(k), m.to_owned())) };
+            match p.client_auth {
+                ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {}
+                ClientAuthMethod::PrivateKeyJwt => need(
+                    p.client_jwk.is_some() || p.client_jwk_file.is_some() || p.client_key_file.is_some(),
+                    "client_key_file",
+                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
+                )?,
+                ClientAuthMethod::Federated => need(
+                    p.client_assertion_file.is_some(),
+                    "client_assertion_file",
+                    "federated client authentication needs client_assertion_file",
+                )?,
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |k: &str| format!("routes[{i}].{k}");
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::invalid(at("path"), "must start with '/'"));
+            }
+            if r.auth != AuthMode::None {
+                self.route_provider(r).map_err(|m| ConfigError::invalid(at("provider"), m))?;
+            }
+            if r.auth == AuthMode::None && (!r.scopes.is_empty() || !r.roles.is_empty() || r.obo.is_some()) {
+                return Err(ConfigError::invalid(at("auth"), "scopes, roles and obo need auth = \"required\""));
+            }
+            if r.auth == AuthMode::Optional && (r.obo.is_some() || !r.obo_headers.is_empty()) {
+                return Err(ConfigError::invalid(at("obo"), "obo needs auth = \"required\""));
+            }
+            for name in r.obo_headers.keys() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(ConfigError::invalid(at("obo_headers"), format!("{name:?} is not a valid header name")));
+                }
+            }
+        }
+        let mut paths = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !paths.insert(r.path.as_str()) {
+                return Err(ConfigError::invalid(format!("routes[{i}].path"), format!("duplicate route {:?}", r.path)));
+            }
+        }
+        if !matches!(self.upstream.url.scheme(), "http") || self.upstream.url.host().is_none() {
+            return Err(ConfigError::invalid("upstream.url", "must be an http://host:port URL"));
+        }
+        if let Some(api) = self.listen.api {
+            let keyed = self.api.key.is_some() || self.api.key_file.is_some();
+            if !api.ip().is_loopback() && !keyed && !self.api.allow_insecure_api {
+                return Err(ConfigError::invalid(
+                    "listen.api",
+                    format!("{api} is not a loopback address: set api.key_file, or allow_insecure_api = true"),
+                ));
+            }
+        }
+        if self.login.enabled {
+            let provider = match &self.login.provider {
+                Some(name) => self.provider_named(name).ok_or_else(|| {
+                    ConfigError::invalid("login.provider", format!("no provider named {name:?}"))
+                })?,
+                None if self.providers.len() == 1 => &self.providers[0],
+                None => return Err(ConfigError::invalid("login.provider", "required when several providers are configured")),
+            };
+            let _ = provider;
+            match &self.login.public_url {
+                None => return Err(ConfigError::invalid("login.public_url", "required when login is enabled")),
+                Some(u) if !matches!(u.scheme(), "http" | "https") => {
+                    return Err(ConfigError::invalid("login.public_url", "must be an http(s) URL"));
+                }
+                Some(_) => {}
+            }
+            if self.login.redirect_uris.is_empty() {
+                return Err(ConfigError::invalid("login.redirect_uris", "list at least one allowed redirect URI"));
+            }
+            for (i, u) in self.login.redirect_uris.iter().enumerate() {
+                Url::parse(u).map_err(|e| ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string()))?;
+            }
+        }
+        if self.cache.obo_capacity == 0 || self.cache.validation_capacity == 0 {
+            return Err(ConfigError::invalid("cache", "capacities must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The provider a route uses.
+    pub fn route_provider(&self, route: &RouteConfig) -> Result<&ProviderConfig, String> {
+        match &route.provider {
+            Some(name) => self.provider_named(name).ok_or_else(|| format!("no provider named {name:?}")),
+            None if self.providers.len() == 1 => Ok(&self.providers[0]),
+            None if self.providers.is_empty() => Err("no provider is configured".into()),
+            None => Err("required when several providers are configured".into()),
+        }
+    }
+
+    /// The provider answering to `name` (aliases included).
+    pub fn provider_named(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.answers_to(name))
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+fn toml_string(cfg: &Config) -> String {
+    // figment can serialize back through its Value; TOML needs tables after plain values, which
+    // figment's Dict ordering does not guarantee, so print JSON-shaped TOML via serde_json.
+    let value = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    let mut out = String::new();
+    write_toml(&mut out, "", &value);
+    out
+}
+
+fn write_toml(out: &mut String, prefix: &str, value: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(map) = value else { return };
+    for (k, v) in map {
+        if !matches!(v, Value::Object(_)) && !is_table_array(v) {
+            if !v.is_null() {
+                out.push_str(&format!("{k} = {}\n", toml_value(v)));
+            }
+        }
+    }
+    for (k, v) in map {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            Value::Object(_) => {
+                out.push_str(&format!("\n[{path}]\n"));
+                write_toml(out, &path, v);
+            }
+            Value::Array(items) if is_table_array(v) => {
+                for item in items {
+                    out.push_str(&format!("\n[[{path}]]\n"));
+                    write_toml(out, &path, item);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_table_array(v: &serde_json::Value) -> bool {
+    matches!(v, serde_json::Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_object()))
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => format!(
+            "{{ {} }}",
+            map.iter().map(|(k, v)| format!("{:?} = {}", k, toml_value(v))).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// IdP URLs must be https, except loopback hosts (the dev IdP, tests).
+fn check_idp_url(u: &Url) -> Result<(), String> {
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(u) => Ok(()),
+        "http" => Err(format!("must be https (http is accepted only for loopback hosts), got host {:?}", u.host_str().unwrap_or(""))),
+        other => Err(format!("unsupported scheme {other:?}")),
+    }
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1`.
+pub fn is_loopback_host(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Secrets belong in files or the environment, never only in the config file.
+fn refuse_inline_secrets(text: &str) -> Result<(), ConfigError> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        // Syntax errors are reported by figment with their position.
+        return Ok(());
+    };
+    if let Some(toml::Value::Array(providers)) = table.get("providers") {
+        for (i, p) in providers.iter().enumerate() {
+            for key in ["client_secret", "client_jwk"] {
+                if p.get(key).is_some() {
+                    return Err(ConfigError::invalid(
+                        format!("providers[{i}].{key}"),
+                        format!("inline secrets are refused in the config file; use {key}_file or the environment"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(api) = table.get("api")
+        && api.get("key").is_some()
+    {
+        return Err(ConfigError::invalid("api.key", "inline secrets are refused in the config file; use key_file or TOLLGATE_API__KEY"));
+    }
+    Ok(())
+}
+
+/// figment errors quote the offending value; a value may be a secret, so keep only the
+/// description and the key path.
+fn redact_figment(e: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for err in e.clone() {
+        let key = if err.path.is_empty() { String::from("config") } else { err.path.join(".") };
+        let kind = match &err.kind {
+            figment::error::Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
+            figment::error::Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+            other => other.to_string(),
+        };
+        parts.push(format!("{key}: {kind}"));
+    }
+    parts.join("; ")
+}
+
+/// Durations as human strings (`"90s"`, `"10m"`) in serde.
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (use e.g. \"90s\", \"10m\")")))
+    }
+
+    /// Prints a humantime string.
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}

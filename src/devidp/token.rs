@@ -1,0 +1,984 @@
+//! `POST /{tenant}/oauth2/v2.0/token`: the grants, and the tokens they mint.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+use super::aad_error::{AadError, json_response};
+use super::client_auth::{self, AuthMethod, Client};
+use super::config::{DevUser, stable_guid};
+use super::jwt::UnverifiedJwt;
+use super::scopes::{self, OidcScopes, ParsedScope, ResourceScopes};
+use super::state::{
+    JWT_BEARER, RefreshGrant, Shared, TenantPath, UserSession, now_secs, opaque_token, secret_key,
+};
+
+/// Form parameters of a token request; empty values count as absent, as at Entra.
+#[derive(Debug, Default)]
+pub(crate) struct Params(HashMap<String, String>);
+
+impl Params {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, name: &str) -> Result<&str, AadError> {
+        self.get(name)
+            .ok_or_else(|| AadError::missing_parameter(name))
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, AadError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+            AadError::invalid_request(9002313, "Invalid request. Request is malformed or invalid.")
+        })?;
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            // RFC 6749 §3.2: request parameters must not be included more than once.
+            if map.insert(name.clone(), value).is_some() {
+                return Err(AadError::invalid_request(
+                    9002313,
+                    format!("Invalid request. The parameter '{name}' is included more than once."),
+                ));
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+/// A successful token response, members in Entra's order.
+#[derive(Debug, Serialize)]
+struct TokenResponse {
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    expires_in: u64,
+    ext_expires_in: u64,
+    access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_info: Option<String>,
+}
+
+pub(crate) async fn token(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = Params::parse(&body);
+    let grant_type = params
+        .as_ref()
+        .ok()
+        .and_then(|p| p.get("grant_type"))
+        .map(str::to_owned);
+    shared.count_token_request(grant_type.as_deref());
+    let result = params.and_then(|params| {
+        let client_id = params.get("client_id").unwrap_or("-").to_owned();
+        handle(&shared, &tenant, &headers, &params).inspect_err(|e| {
+            tracing::info!(
+                grant_type = grant_type.as_deref().unwrap_or("-"),
+                client_id = %client_id,
+                error = e.error,
+                code = e.code,
+                "dev IdP: token request refused"
+            );
+        })
+    });
+    match result {
+        Ok(response) => json_response(StatusCode::OK, &response),
+        Err(e) => e.to_json_response(&headers),
+    }
+}
+
+fn handle(
+    shared: &Shared,
+    segment: &str,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    let tenant = shared
+        .tenant(segment)
+        .ok_or_else(|| AadError::unknown_tenant(segment))?;
+    let grant_type = params.require("grant_type")?;
+    let known = [
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",
+        "password",
+        JWT_BEARER,
+    ];
+    if !known.contains(&grant_type) {
+        return Err(AadError::new(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{grant_type}'."),
+        ));
+    }
+    if grant_type == "client_credentials" && matches!(tenant, TenantPath::Alias(_)) {
+        return Err(AadError::invalid_request(
+            50059,
+            "No tenant-identifying information found in either the request or implied by any provided credentials.",
+        ));
+    }
+    let client = client_auth::authenticate(shared, &tenant, headers, params)?;
+    let mut response = match grant_type {
+        "authorization_code" => authorization_code(shared, &client, params)?,
+        "refresh_token" => refresh_token(shared, &client, params)?,
+        "client_credentials" => client_credentials(shared, &tenant, &client, params)?,
+        "password" => password(shared, &tenant, &client, params)?,
+        _ => on_behalf_of(shared, &tenant, &client, params)?,
+    };
+    if grant_type == "client_credentials" || params.get("client_info") != Some("1") {
+        response.client_info = None;
+    }
+    Ok(response)
+}
+
+fn authorization_code(
+    shared: &Shared,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    let code = params.require("code")?;
+    let redirect_uri = params.require("redirect_uri")?;
+    let verifier = params.get("code_verifier");
+    let now = now_secs();
+    let (grant, family, user, lifetimes) = {
+        let mut inner = shared.lock();
+        let key = secret_key(code);
+        let Some(grant) = inner.codes.get(&key).cloned() else {
+            return Err(AadError::invalid_grant(
+                70000,
+                "Provided grant is invalid or malformed: unknown authorization code.",
+            ));
+        };
+        if let Some(family) = &grant.redeemed_family {
+            // RFC 6749 §4.1.2: a replayed code revokes what it produced.
+            let family = family.clone();
+            inner.revoked_families.insert(family);
+            return Err(AadError::invalid_grant(
+                54005,
+                "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+            ));
+        }
+        if now >= grant.expires_at {
+            return Err(AadError::invalid_grant(
+                70008,
+                "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+            ));
+        }
+        if !grant.client_id.eq_ignore_ascii_case(&client.app.client_id) {
+            return Err(AadError::invalid_grant(
+                70000,
+                "Provided grant is invalid or malformed: the code was issued to another client.",
+            ));
+        }
+        if grant.redirect_uri != redirect_uri {
+            return Err(AadError::invalid_grant(
+                50011,
+                format!(
+                    "The redirect URI '{redirect_uri}' specified in the request does not match the redirect URI used to obtain the authorization code."
+                ),
+            ));
+        }
+        check_pkce(grant.code_challenge.as_deref(), verifier)?;
+        let user = inner
+            .find_user(&grant.session.username)
+            .cloned()
+            .ok_or_else(|| {
+                AadError::invalid_grant(50034, "The user account does not exist in the directory.")
+            })?;
+        let family = uuid::Uuid::new_v4().to_string();
+        if let Some(stored) = inner.codes.get_mut(&key) {
+            stored.redeemed_family = Some(family.clone());
+        }
+        (grant, family, user, inner.lifetimes)
+    };
+    let all_apps = apps(shared);
+    let resource = match (params.get("scope"), grant.scope.resources.first()) {
+        // Microsoft extension: the code may be redeemed for any one resource.
+        (Some(scope), _) => {
+            ParsedScope::parse(scope, &all_apps)?.single_resource(scope, &all_apps, true)?
+        }
+        (None, Some(first)) => first.clone(),
+        (None, None) => grant.scope.single_resource("openid", &all_apps, true)?,
+    };
+    let mut minted = mint_user_tokens(
+        shared,
+        client,
+        &user,
+        &grant.session,
+        &resource,
+        grant.scope.oidc,
+        grant.nonce.as_deref(),
+    )?;
+    if grant.scope.oidc.offline_access {
+        minted.refresh_token = Some(store_refresh(
+            shared,
+            family,
+            client,
+            &grant.session,
+            &grant.scope,
+            lifetimes.refresh.as_secs(),
+        ));
+    }
+    Ok(minted)
+}
+
+fn refresh_token(
+    shared: &Shared,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    let token = params.require("refresh_token")?;
+    let now = now_secs();
+    let key = secret_key(token);
+    let (grant, user) = {
+        let mut inner = shared.lock();
+        let Some(grant) = inner.refresh_tokens.get(&key).cloned() else {
+            return Err(AadError::invalid_grant(
+                70000,
+                "Provided grant is invalid or malformed: unknown or revoked refresh token.",
+            ));
+        };
+        if inner.revoked_families.contains(&grant.family) {
+            return Err(AadError::invalid_grant(
+                50173,
+                "The provided grant has expired due to it being revoked.",
+            ));
+        }
+        if grant.used {
+            // RFC 9700 §4.14.2: reuse of a rotated refresh token revokes the whole family.
+            inner.revoked_families.insert(grant.family.clone());
+            return Err(AadError::invalid_grant(
+                70008,
+                "The refresh token was already redeemed. The dev IdP rotates refresh tokens; the grant has been revoked.",
+            ));
+        }
+        if now >= grant.expires_at {
+            return Err(AadError::invalid_grant(
+                700082,
+                "The refresh token has expired due to inactivity.",
+            ));
+        }
+        if !grant.client_id.eq_ignore_ascii_case(&client.app.client_id) {
+            return Err(AadError::invalid_grant(
+                70000,
+                "Provided grant is invalid or malformed: the refresh token was issued to another client.",
+            ));
+        }
+        let user = inner
+            .find_user(&grant.session.username)
+            .cloned()
+            .ok_or_else(|| {
+                AadError::invalid_grant(50034, "The user account does not exist in the directory.")
+            })?;
+        (grant, user)
+    };
+    let all_apps = apps(shared);
+    let (requested, scope_text) = match params.get("scope") {
+        Some(scope) => (ParsedScope::parse(scope, &all_apps)?, scope.to_owned()),
+        None => (grant.scope.clone(), String::new()),
+    };
+    let resource = match (params.get("scope"), grant.scope.resources.first()) {
+        (None, Some(first)) => first.clone(),
+        _ => requested.single_resource(&scope_text, &all_apps, true)?,
+    };
+    check_mfa(shared, &user, &grant.session.amr, &resource)?;
+    let oidc = OidcScopes {
+        openid: requested.oidc.openid || grant.scope.oidc.openid,
+        profile: requested.oidc.profile || grant.scope.oidc.profile,
+        email: requested.oidc.email || grant.scope.oidc.email,
+        offline_access: true,
+    };
+    {
+        let mut inner = shared.lock();
+        let revoked = inner.revoked_families.contains(&grant.family);
+        match inner.refresh_tokens.get_mut(&key) {
+            // Checked again under the lock: two concurrent redemptions must not both succeed.
+            Some(stored) if !stored.used && !revoked => stored.used = true,
+            _ => {
+                return Err(AadError::invalid_grant(
+                    70008,
+                    "The refresh token was already redeemed.",
+                ));
+            }
+        }
+    }
+    let mut minted =
+        mint_user_tokens(shared, client, &user, &grant.session, &resource, oidc, None)?;
+    let lifetime = shared.lock().lifetimes.refresh.as_secs();
+    minted.refresh_token = Some(store_refresh(
+        shared,
+        grant.family.clone(),
+        client,
+        &grant.session,
+        &grant.scope,
+        lifetime,
+    ));
+    Ok(minted)
+}
+
+fn password(
+    shared: &Shared,
+    tenant: &TenantPath,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    let username = params.require("username")?;
+    let password = params.require("password")?;
+    let scope = params.require("scope")?;
+    let user = {
+        let inner = shared.lock();
+        let user = inner.find_user(username).filter(|u| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                u.password.as_bytes(),
+                password.as_bytes(),
+            )
+            .is_ok()
+        });
+        user.cloned().ok_or_else(|| {
+            AadError::invalid_grant(
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
+        })?
+    };
+    if let TenantPath::Tenant(tid) = tenant
+        && !user.tenant_id.eq_ignore_ascii_case(tid)
+    {
+        return Err(AadError::invalid_grant(
+            50034,
+            format!(
+                "The user account {} does not exist in the {tid} directory. To sign into this application, the account must be added to the directory.",
+                user.upn
+            ),
+        ));
+    }
+    let all_apps = apps(shared);
+    let parsed = ParsedScope::parse(scope, &all_apps)?;
+    let resource = parsed.single_resource(scope, &all_apps, true)?;
+    let session = UserSession {
+        username: user.username.clone(),
+        tid: user.tenant_id.clone(),
+        amr: vec!["pwd".into()],
+        sid: uuid::Uuid::new_v4().to_string(),
+    };
+    let mut minted = mint_user_tokens(
+        shared,
+        client,
+        &user,
+        &session,
+        &resource,
+        parsed.oidc,
+        None,
+    )?;
+    if parsed.oidc.offline_access {
+        let lifetime = shared.lock().lifetimes.refresh.as_secs();
+        let family = uuid::Uuid::new_v4().to_string();
+        minted.refresh_token = Some(store_refresh(
+            shared, family, client, &session, &parsed, lifetime,
+        ));
+    }
+    Ok(minted)
+}
+
+fn client_credentials(
+    shared: &Shared,
+    tenant: &TenantPath,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    if client.method == AuthMethod::Public {
+        return Err(public_client_refused());
+    }
+    let TenantPath::Tenant(tid) = tenant else {
+        return Err(AadError::invalid_request(
+            50059,
+            "No tenant-identifying information found.",
+        ));
+    };
+    let scope = params.require("scope")?;
+    let (resource_id, roles, lifetime) = {
+        let inner = shared.lock();
+        let resource = scopes::parse_app_scope(scope, &inner.apps)?;
+        (
+            resource.client_id.clone(),
+            resource.app_roles.clone(),
+            inner.lifetimes.access.as_secs(),
+        )
+    };
+    let now = now_secs();
+    let service_principal = stable_guid("service-principal", &client.app.client_id);
+    let mut claims = Map::new();
+    claims.insert("aud".into(), json!(resource_id));
+    claims.insert("iss".into(), json!(shared.issuer(tid)));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("nbf".into(), json!(now));
+    claims.insert("exp".into(), json!(now + lifetime));
+    claims.insert("azp".into(), json!(client.app.client_id));
+    claims.insert("azpacr".into(), json!(client.method.azpacr()));
+    claims.insert("idtyp".into(), json!("app"));
+    claims.insert("oid".into(), json!(service_principal));
+    if !roles.is_empty() {
+        claims.insert("roles".into(), json!(roles));
+    }
+    claims.insert("sub".into(), json!(service_principal));
+    claims.insert("tid".into(), json!(tid));
+    claims.insert("uti".into(), json!(uti()));
+    claims.insert("ver".into(), json!("2.0"));
+    Ok(TokenResponse {
+        token_type: "Bearer",
+        scope: None,
+        expires_in: lifetime,
+        ext_expires_in: lifetime,
+        access_token: sign(shared, claims)?,
+        refresh_token: None,
+        id_token: None,
+        client_info: None,
+    })
+}
+
+fn on_behalf_of(
+    shared: &Shared,
+    tenant: &TenantPath,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, AadError> {
+    match params.require("requested_token_use")? {
+        "on_behalf_of" => {}
+        other => {
+            return Err(AadError::invalid_request(
+                9002313,
+                format!(
+                    "Invalid request. 'requested_token_use' must be 'on_behalf_of', not '{other}'."
+                ),
+            ));
+        }
+    }
+    if client.method == AuthMethod::Public {
+        return Err(public_client_refused());
+    }
+    let assertion = params.require("assertion")?;
+    let scope = params.require("scope")?;
+    let subject = verify_user_assertion(shared, tenant, client, assertion)?;
+    let user = shared
+        .lock()
+        .find_user_by_oid(&subject.oid)
+        .cloned()
+        .ok_or_else(|| {
+            AadError::invalid_grant(
+                50034,
+                "The user account of the assertion does not exist in the directory.",
+            )
+        })?;
+    let all_apps = apps(shared);
+    let parsed = ParsedScope::parse(scope, &all_apps)?;
+    let resource = parsed.single_resource(scope, &all_apps, false)?;
+    check_mfa(shared, &user, &subject.session.amr, &resource)?;
+    let mut minted = mint_user_tokens(
+        shared,
+        client,
+        &user,
+        &subject.session,
+        &resource,
+        parsed.oidc,
+        None,
+    )?;
+    // OBO answers carry no ID token, whatever the scope.
+    minted.id_token = None;
+    minted.scope = Some(scopes::response_scope(
+        &resource,
+        OidcScopes {
+            openid: false,
+            profile: false,
+            email: false,
+            ..parsed.oidc
+        },
+    ));
+    if parsed.oidc.offline_access {
+        let lifetime = shared.lock().lifetimes.refresh.as_secs();
+        let family = uuid::Uuid::new_v4().to_string();
+        minted.refresh_token = Some(store_refresh(
+            shared,
+            family,
+            client,
+            &subject.session,
+            &parsed,
+            lifetime,
+        ));
+    }
+    Ok(minted)
+}
+
+/// The user behind a verified OBO assertion.
+struct AssertionSubject {
+    oid: String,
+    session: UserSession,
+}
+
+/// OBO assertion checks: signed by this IdP, issued by the tenant it names, not expired,
+/// addressed to the calling client, and a delegated (user) token.
+fn verify_user_assertion(
+    shared: &Shared,
+    tenant: &TenantPath,
+    client: &Client,
+    assertion: &str,
+) -> Result<AssertionSubject, AadError> {
+    let jwt = UnverifiedJwt::parse(assertion)
+        .map_err(|_| AadError::invalid_request(50027, "JWT token is invalid or malformed."))?;
+    let signature_failed = || {
+        AadError::invalid_grant(
+            50013,
+            "Assertion failed signature validation. [Reason - The key was not found or the provided signature value did not match the expected signature value.]",
+        )
+    };
+    if jwt.header_str("alg") != Some("RS256") {
+        return Err(signature_failed());
+    }
+    let key = jwt
+        .header_str("kid")
+        .and_then(|kid| shared.find_key(kid))
+        .ok_or_else(signature_failed)?;
+    if !key.verify_rs256(jwt.signing_input.as_bytes(), &jwt.signature) {
+        return Err(signature_failed());
+    }
+    let tid = jwt
+        .claim_str("tid")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let issuer_ok = matches!(shared.tenant(&tid), Some(TenantPath::Tenant(_)))
+        && jwt.claim_str("iss") == Some(shared.issuer(&tid).as_str());
+    if !issuer_ok {
+        return Err(AadError::invalid_grant(
+            50013,
+            "Assertion contains an invalid issuer.",
+        ));
+    }
+    if let TenantPath::Tenant(path_tid) = tenant
+        && *path_tid != tid
+    {
+        return Err(AadError::invalid_grant(
+            50013,
+            format!(
+                "Assertion was issued by tenant '{tid}', but the request was sent to tenant '{path_tid}'."
+            ),
+        ));
+    }
+    let now = now_secs();
+    if jwt.claim_time("exp").is_none_or(|exp| now >= exp)
+        || jwt.claim_time("nbf").is_some_and(|nbf| nbf > now)
+    {
+        return Err(AadError::invalid_grant(
+            500133,
+            "Assertion is not within its valid time range. Ensure that the access token is not expired before using it for user assertion, or request a new token.",
+        ));
+    }
+    let aud = jwt.claim_str("aud").unwrap_or_default();
+    let audience_ok = aud.eq_ignore_ascii_case(&client.app.client_id)
+        || client.app.app_id_uri.as_deref() == Some(aud);
+    if !audience_ok {
+        return Err(AadError::invalid_grant(
+            500131,
+            format!(
+                "Assertion audience does not match the Client app presenting the assertion. The audience in the assertion was '{aud}' and the expected audience is '{id}' or one of the Application Uris of this application with App ID '{id}'({name}). The downstream client must request a token for the expected audience (the application that made the OBO request) and this application should use that token as the assertion.",
+                id = client.app.client_id,
+                name = client.app.name
+            ),
+        ));
+    }
+    let is_user_token = jwt.claim_str("scp").is_some_and(|s| !s.trim().is_empty())
+        && jwt.claim_str("idtyp") != Some("app");
+    let oid = jwt.claim_str("oid").unwrap_or_default().to_owned();
+    if !is_user_token || oid.is_empty() {
+        return Err(AadError::invalid_grant(
+            50013,
+            "Assertion is not a delegated user token: On-Behalf-Of only works for user principals (the assertion has no 'scp').",
+        ));
+    }
+    let amr = jwt
+        .claims
+        .get("amr")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let sid = jwt
+        .claim_str("sid")
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let username = shared
+        .lock()
+        .find_user_by_oid(&oid)
+        .map(|u| u.username.clone())
+        .unwrap_or_default();
+    Ok(AssertionSubject {
+        oid,
+        session: UserSession {
+            username,
+            tid,
+            amr,
+            sid,
+        },
+    })
+}
+
+fn check_mfa(
+    shared: &Shared,
+    user: &DevUser,
+    amr: &[String],
+    resource: &ResourceScopes,
+) -> Result<(), AadError> {
+    if shared.lock().mfa_required(&user.username) && !amr.iter().any(|m| m == "mfa") {
+        return Err(AadError::mfa_required(&resource.client_id));
+    }
+    Ok(())
+}
+
+/// PKCE S256 (RFC 7636 §4.6). Without a challenge a verifier is refused too, so a PKCE
+/// downgrade is visible (RFC 9700 §4.8.2).
+fn check_pkce(challenge: Option<&str>, verifier: Option<&str>) -> Result<(), AadError> {
+    let mismatch = || {
+        AadError::invalid_grant(
+            501481,
+            "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+        )
+    };
+    match (challenge, verifier) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(AadError::invalid_grant(
+            501481,
+            "A code_verifier was sent, but the authorization request had no code_challenge.",
+        )),
+        (Some(_), None) => Err(AadError::invalid_grant(
+            501481,
+            "The request must contain the 'code_verifier' parameter.",
+        )),
+        (Some(challenge), Some(verifier)) => {
+            let well_formed = (43..=128).contains(&verifier.len())
+                && verifier
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            if !well_formed {
+                return Err(mismatch());
+            }
+            let computed = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                verifier.as_bytes(),
+            ));
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                computed.as_bytes(),
+                challenge.as_bytes(),
+            )
+            .map_err(|_| mismatch())
+        }
+    }
+}
+
+/// Access token (and ID token when `openid`) for a signed-in user.
+fn mint_user_tokens(
+    shared: &Shared,
+    client: &Client,
+    user: &DevUser,
+    session: &UserSession,
+    resource: &ResourceScopes,
+    oidc: OidcScopes,
+    nonce: Option<&str>,
+) -> Result<TokenResponse, AadError> {
+    let (resource_roles, client_roles, lifetime) = {
+        let inner = shared.lock();
+        let roles_of = |id: &str| {
+            scopes::find_app(&inner.apps, id)
+                .map(|a| a.app_roles.clone())
+                .unwrap_or_default()
+        };
+        (
+            roles_of(&resource.client_id),
+            roles_of(&client.app.client_id),
+            inner.lifetimes.access.as_secs(),
+        )
+    };
+    let now = now_secs();
+    let common = |claims: &mut Map<String, Value>, aud: &str| {
+        claims.insert("aud".into(), json!(aud));
+        claims.insert("iss".into(), json!(shared.issuer(&session.tid)));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("nbf".into(), json!(now));
+        claims.insert("exp".into(), json!(now + lifetime));
+        claims.insert("name".into(), json!(user.name));
+        claims.insert("oid".into(), json!(user.oid));
+        claims.insert("preferred_username".into(), json!(user.upn));
+        claims.insert("sid".into(), json!(session.sid));
+        claims.insert("sub".into(), json!(pairwise_subject(&user.oid, aud)));
+        claims.insert("tid".into(), json!(session.tid));
+        claims.insert("uti".into(), json!(uti()));
+        claims.insert("ver".into(), json!("2.0"));
+    };
+
+    let mut access = Map::new();
+    common(&mut access, &resource.client_id);
+    access.insert("azp".into(), json!(client.app.client_id));
+    access.insert("azpacr".into(), json!(client.method.azpacr()));
+    access.insert("scp".into(), json!(resource.scp()));
+    access.insert("upn".into(), json!(user.upn));
+    // v2 Entra tokens omit amr; the dev IdP keeps it so OBO can see whether MFA was done.
+    access.insert("amr".into(), json!(session.amr));
+    insert_roles(&mut access, &user.roles, &resource_roles);
+    add_custom_claims(&mut access, user);
+
+    let id_token = if oidc.openid {
+        let mut id = Map::new();
+        common(&mut id, &client.app.client_id);
+        if let Some(nonce) = nonce {
+            id.insert("nonce".into(), json!(nonce));
+        }
+        if oidc.email
+            && let Some(email) = &user.email
+        {
+            id.insert("email".into(), json!(email));
+        }
+        insert_roles(&mut id, &user.roles, &client_roles);
+        add_custom_claims(&mut id, user);
+        Some(sign(shared, id)?)
+    } else {
+        None
+    };
+    let client_info =
+        URL_SAFE_NO_PAD.encode(json!({"uid": user.oid, "utid": session.tid}).to_string());
+    Ok(TokenResponse {
+        token_type: "Bearer",
+        scope: Some(scopes::response_scope(resource, oidc)),
+        expires_in: lifetime,
+        ext_expires_in: lifetime,
+        access_token: sign(shared, access)?,
+        refresh_token: None,
+        id_token,
+        client_info: Some(client_info),
+    })
+}
+
+fn store_refresh(
+    shared: &Shared,
+    family: String,
+    client: &Client,
+    session: &UserSession,
+    scope: &ParsedScope,
+    lifetime: u64,
+) -> String {
+    let token = opaque_token("1.A", 6);
+    let now = now_secs();
+    let mut inner = shared.lock();
+    inner.purge_expired(now);
+    inner.refresh_tokens.insert(
+        secret_key(&token),
+        RefreshGrant {
+            family,
+            client_id: client.app.client_id.clone(),
+            session: session.clone(),
+            scope: scope.clone(),
+            expires_at: now + lifetime,
+            used: false,
+        },
+    );
+    token
+}
+
+/// The user's roles that the audience app defines; omitted when none.
+fn insert_roles(claims: &mut Map<String, Value>, user_roles: &[String], app_roles: &[String]) {
+    let roles: Vec<&String> = user_roles
+        .iter()
+        .filter(|r| app_roles.contains(r))
+        .collect();
+    if !roles.is_empty() {
+        claims.insert("roles".into(), json!(roles));
+    }
+}
+
+fn add_custom_claims(claims: &mut Map<String, Value>, user: &DevUser) {
+    for (name, value) in &user.claims {
+        claims.entry(name.clone()).or_insert_with(|| value.clone());
+    }
+}
+
+fn sign(shared: &Shared, claims: Map<String, Value>) -> Result<String, AadError> {
+    shared.sign(&Value::Object(claims)).map_err(|_| {
+        AadError::new(
+            "server_error",
+            90000,
+            "The dev IdP failed to sign the token.",
+        )
+    })
+}
+
+/// Entra's pairwise `sub`: stable per (user, app), 43 base64url characters.
+fn pairwise_subject(oid: &str, app: &str) -> String {
+    let input = format!("{}\0{}", oid.to_ascii_lowercase(), app.to_ascii_lowercase());
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        input.as_bytes(),
+    ))
+}
+
+/// Entra's `uti`: an opaque 22-character per-token id.
+fn uti() -> String {
+    URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+fn apps(shared: &Shared) -> Vec<super::config::DevApp> {
+    shared.lock().apps.clone()
+}
+
+fn public_client_refused() -> AadError {
+    AadError::invalid_client(
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_rules() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(check_pkce(Some(challenge), Some(verifier)).is_ok());
+        assert!(check_pkce(None, None).is_ok());
+        assert!(check_pkce(Some(challenge), None).is_err());
+        assert!(check_pkce(None, Some(verifier)).is_err());
+        assert!(check_pkce(Some(challenge), Some(&verifier.replace('d', "e"))).is_err());
+        // The challenge itself used as verifier (what `plain` would do) does not pass.
+        assert!(check_pkce(Some(challenge), Some(challenge)).is_err());
+        assert!(check_pkce(Some(challenge), Some("short")).is_err());
+    }
+
+    #[test]
+    fn pairwise_subjects_differ_per_app_and_have_entra_length() {
+        let a = pairwise_subject("oid", "app-a");
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, pairwise_subject("oid", "app-b"));
+        assert_eq!(a, pairwise_subject("OID", "APP-A"));
+        assert_eq!(uti().len(), 22);
+    }
+
+    #[test]
+    fn obo_assertion_audience_may_be_the_app_id_uri_of_the_caller() {
+        use crate::devidp::keys::SigningKey;
+        use crate::devidp::{
+            ALICE_OID, DEFAULT_TENANT_ID, DOWNSTREAM_APP_ID_URI, DevIdpConfig, TOLLGATE_APP_ID_URI,
+            TOLLGATE_CLIENT_ID,
+        };
+        let cfg = DevIdpConfig::default();
+        let shared = Shared::new(
+            "http://127.0.0.1:9".into(),
+            &cfg,
+            SigningKey::generate().unwrap(),
+        )
+        .unwrap();
+        let app = cfg
+            .apps
+            .iter()
+            .find(|a| a.client_id == TOLLGATE_CLIENT_ID)
+            .unwrap()
+            .clone();
+        let client = Client {
+            app,
+            method: AuthMethod::Secret,
+        };
+        let tenant = TenantPath::Tenant(DEFAULT_TENANT_ID.into());
+        let assertion = |aud: &str| {
+            let now = now_secs();
+            let claims = json!({
+                "aud": aud, "iss": shared.issuer(DEFAULT_TENANT_ID), "tid": DEFAULT_TENANT_ID,
+                "oid": ALICE_OID, "scp": "access_as_user", "iat": now, "exp": now + 60,
+            });
+            shared.sign(&claims).unwrap()
+        };
+        match verify_user_assertion(&shared, &tenant, &client, &assertion(TOLLGATE_APP_ID_URI)) {
+            Ok(subject) => assert_eq!(subject.oid, ALICE_OID),
+            Err(e) => panic!("App ID URI audience refused: {e:?}"),
+        }
+        let now = now_secs();
+        let base = json!({
+            "aud": TOLLGATE_CLIENT_ID, "iss": shared.issuer(DEFAULT_TENANT_ID), "tid": DEFAULT_TENANT_ID,
+            "oid": ALICE_OID, "scp": "access_as_user", "iat": now, "exp": now + 60,
+        });
+        let with = |name: &str, value: Value| {
+            let mut claims = base.clone();
+            claims[name] = value;
+            shared.sign(&claims).unwrap()
+        };
+        let other_tenant = "12345678-aaaa-bbbb-cccc-123456789012";
+        for (what, token, code) in [
+            (
+                "issuer of another host",
+                with("iss", json!("https://login.microsoftonline.com/x/v2.0")),
+                50013,
+            ),
+            ("unknown tenant", with("tid", json!(other_tenant)), 50013),
+            ("not yet valid", with("nbf", json!(now + 600)), 500133),
+            (
+                "no exp",
+                {
+                    let mut c = base.clone();
+                    c.as_object_mut().unwrap().remove("exp");
+                    shared.sign(&c).unwrap()
+                },
+                500133,
+            ),
+            ("idtyp app", with("idtyp", json!("app")), 50013),
+            (
+                "no oid",
+                {
+                    let mut c = base.clone();
+                    c.as_object_mut().unwrap().remove("oid");
+                    shared.sign(&c).unwrap()
+                },
+                50013,
+            ),
+        ] {
+            let code_got = verify_user_assertion(&shared, &tenant, &client, &token)
+                .err()
+                .map(|e| e.code);
+            assert_eq!(code_got, Some(code), "{what}");
+        }
+        assert!(
+            verify_user_assertion(&shared, &tenant, &client, &shared.sign(&base).unwrap()).is_ok()
+        );
+        for wrong in [DOWNSTREAM_APP_ID_URI, &TOLLGATE_APP_ID_URI.to_uppercase()] {
+            let code = verify_user_assertion(&shared, &tenant, &client, &assertion(wrong))
+                .err()
+                .map(|e| e.code);
+            assert_eq!(code, Some(500131), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn params_refuse_duplicates_and_treat_empty_as_absent() {
+        let p = Params::parse(b"a=1&b=&c=x+y").unwrap();
+        assert_eq!(p.get("a"), Some("1"));
+        assert_eq!(p.get("b"), None);
+        assert_eq!(p.get("c"), Some("x y"));
+        assert!(Params::parse(b"a=1&a=2").is_err());
+    }
+}

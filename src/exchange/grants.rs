@@ -1,0 +1,154 @@
+//! The token endpoint requests (RFC 6749 §4.4, §6; RFC 7523 §2.1 with Entra's
+//! `requested_token_use=on_behalf_of`) and their responses (§5.1, §5.2; Entra adds `suberror`,
+//! `claims`, `error_codes`, entra-reference §5.3).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ExchangeError;
+use crate::provider::Provider;
+use crate::provider::client_auth::ClientAuth;
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// A successful token response (the members tollgate uses).
+#[derive(Clone, Deserialize)]
+pub(crate) struct TokenResponse {
+    pub(crate) access_token: String,
+    #[serde(deserialize_with = "number_or_string")]
+    pub(crate) expires_in: u64,
+    #[serde(default)]
+    pub(crate) refresh_token: Option<String>,
+    #[serde(default)]
+    pub(crate) scope: Option<String>,
+}
+
+/// Tokens from a refresh-token redemption.
+#[derive(Clone)]
+pub struct RefreshedTokens {
+    /// The new access token.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: u64,
+    /// The rotated refresh token, when the IdP sent one.
+    pub refresh_token: Option<String>,
+    /// Scopes granted (space separated), when sent.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshedTokens").field("expires_in", &self.expires_in).field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+/// An OAuth error answered by the IdP (RFC 6749 §5.2 plus Entra's members).
+#[derive(Debug, Clone)]
+pub struct IdpError {
+    /// HTTP status the IdP answered with.
+    pub status: u16,
+    /// `error`.
+    pub error: String,
+    /// `error_description`.
+    pub description: Option<String>,
+    /// Entra `suberror` (e.g. `basic_action`, `consent_required`).
+    pub suberror: Option<String>,
+    /// Entra `claims` challenge: a JSON document as a string.
+    pub claims: Option<String>,
+    /// Entra `error_codes` (AADSTS numbers).
+    pub error_codes: Vec<u64>,
+}
+
+pub(super) async fn on_behalf_of(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    user_token: &str,
+    target: &str,
+) -> Result<TokenResponse, ExchangeError> {
+    let form = vec![
+        ("grant_type", JWT_BEARER.to_owned()),
+        ("requested_token_use", "on_behalf_of".to_owned()),
+        ("assertion", user_token.to_owned()),
+        ("scope", target.to_owned()),
+    ];
+    post(provider, auth, endpoint, form).await
+}
+
+pub(super) async fn client_credentials(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    target: &str,
+) -> Result<TokenResponse, ExchangeError> {
+    let form = vec![("grant_type", "client_credentials".to_owned()), ("scope", target.to_owned())];
+    post(provider, auth, endpoint, form).await
+}
+
+pub(super) async fn refresh(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    refresh_token: &str,
+    target: &str,
+) -> Result<RefreshedTokens, ExchangeError> {
+    let form = vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.to_owned()),
+        ("scope", format!("{target} offline_access")),
+    ];
+    let r = post(provider, auth, endpoint, form).await?;
+    Ok(RefreshedTokens { access_token: r.access_token, expires_in: r.expires_in, refresh_token: r.refresh_token, scope: r.scope })
+}
+
+async fn post(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    mut form: Vec<(&'static str, String)>,
+) -> Result<TokenResponse, ExchangeError> {
+    let basic = auth.apply(endpoint, &mut form).await?;
+    let mut req = provider.http().post(endpoint).header(reqwest::header::ACCEPT, "application/json").form(&form);
+    if let Some(b) = basic {
+        req = req.header(reqwest::header::AUTHORIZATION, b);
+    }
+    let resp = req.send().await.map_err(|e| upstream(&e))?;
+    let status = resp.status().as_u16();
+    let body = crate::provider::read_capped(resp, "token endpoint")
+        .await
+        .map_err(|e| ExchangeError::Upstream { message: e.to_string(), timeout: false })?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| ExchangeError::Upstream {
+            message: "the token endpoint answered 2xx without a usable access_token/expires_in".into(),
+            timeout: false,
+        });
+    }
+    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} without an OAuth error"), timeout: false });
+    };
+    let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_owned);
+    let Some(error) = s("error") else {
+        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} without an OAuth error"), timeout: false });
+    };
+    if status >= 500 {
+        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} ({error})"), timeout: false });
+    }
+    let error_codes = doc.get("error_codes").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    Err(ExchangeError::Idp(IdpError { status, error, description: s("error_description"), suberror: s("suberror"), claims: s("claims"), error_codes }))
+}
+
+fn upstream(e: &reqwest::Error) -> ExchangeError {
+    match crate::provider::transport("token endpoint", e) {
+        crate::provider::ProviderError::Unreachable { message, timeout, .. } => ExchangeError::Upstream { message, timeout },
+        other => ExchangeError::Upstream { message: other.to_string(), timeout: false },
+    }
+}
+
+/// Entra v1 sends `expires_in` as a string of digits (entra-reference §5.1).
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom("expires_in is not a positive integer")),
+        Value::String(s) => s.parse().map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+        _ => Err(serde::de::Error::custom("expires_in is missing")),
+    }
+}

@@ -1,0 +1,271 @@
+//! Token exchange: On-Behalf-Of (RFC 7523 jwt-bearer + `requested_token_use=on_behalf_of`),
+//! client credentials (RFC 6749 §4.4) and refresh (§6), with a cache of exchanged tokens.
+//!
+//! Cache rules (design "Exchange"): the key is `sha256` over the length-prefixed provider, client
+//! id, grant, target and subject token, so no field can run into the next; an entry lives until
+//! `min(token exp, subject exp) - expiry_margin`; concurrent misses for one key make one IdP call,
+//! run in a spawned task so a caller that goes away does not cancel it for the others; errors are
+//! never cached; `skip_cache` fetches anew and replaces the entry.
+//!
+//! ```no_run
+//! # async fn f(exchanger: tollgate::exchange::Exchanger, user_token: &str) -> Result<(), tollgate::exchange::ExchangeError> {
+//! let token = exchanger.on_behalf_of(user_token, "api://downstream/.default", false).await?;
+//! println!("Bearer token valid for {} s", token.expires_in());
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod grants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+
+pub use cache::ExchangedToken;
+pub use grants::{IdpError, RefreshedTokens};
+
+use crate::provider::Provider;
+use crate::provider::client_auth::{ClientAuth, ClientAuthError};
+use crate::validate::{ValidationError, Validator};
+
+/// Why an exchange failed. Display never includes a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The subject token did not validate; nothing was sent to the IdP.
+    #[error("the user token is not valid: {0}")]
+    InvalidSubject(ValidationError),
+    /// A request field is wrong (empty target...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The IdP refused (its OAuth error, `claims`/`suberror` kept for step-up).
+    #[error("the identity provider refused the exchange: {}", .0.error)]
+    Idp(IdpError),
+    /// The IdP could not be reached or answered garbage.
+    #[error("the identity provider failed: {message}")]
+    Upstream {
+        /// What happened (no token content).
+        message: String,
+        /// A timeout rather than a failure.
+        timeout: bool,
+    },
+    /// tollgate's own client credential could not be used.
+    #[error("client authentication is misconfigured: {0}")]
+    ClientAuth(#[from] ClientAuthError),
+    /// The provider has no token endpoint.
+    #[error("the provider has no token endpoint (discovery not loaded yet?)")]
+    NoTokenEndpoint,
+}
+
+impl ExchangeError {
+    /// The HTTP status the local API answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidSubject(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Idp(e) if e.status >= 500 => StatusCode::BAD_GATEWAY,
+            Self::Idp(_) => StatusCode::BAD_REQUEST,
+            Self::Upstream { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream { .. } | Self::NoTokenEndpoint => StatusCode::BAD_GATEWAY,
+            Self::ClientAuth(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OAuth error code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::InvalidSubject(_) => "invalid_grant",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Idp(e) => &e.error,
+            Self::Upstream { .. } | Self::NoTokenEndpoint | Self::ClientAuth(_) => "server_error",
+        }
+    }
+
+    /// The error as a JSON body `{error, error_description[, suberror, claims, error_codes]}`.
+    pub fn to_json(&self) -> Value {
+        let mut body = serde_json::json!({"error": self.code(), "error_description": self.description()});
+        if let Self::Idp(e) = self {
+            if let Some(s) = &e.suberror {
+                body["suberror"] = Value::String(s.clone());
+            }
+            if let Some(c) = &e.claims {
+                body["claims"] = Value::String(c.clone());
+            }
+            if !e.error_codes.is_empty() {
+                body["error_codes"] = Value::from(e.error_codes.clone());
+            }
+        }
+        body
+    }
+
+    /// Human description for `error_description`.
+    pub fn description(&self) -> String {
+        match self {
+            Self::Idp(e) => e.description.clone().unwrap_or_else(|| self.to_string()),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Exchanges tokens with one provider. Cheap to clone; clones share the cache.
+#[derive(Clone)]
+pub struct Exchanger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Arc<Provider>,
+    validator: Validator,
+    auth: ClientAuth,
+    cache: cache::TokenCache,
+}
+
+impl std::fmt::Debug for Exchanger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanger").field("provider", &self.inner.provider.name()).finish()
+    }
+}
+
+/// Which grant an exchange used; part of the cache key and the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grant {
+    OnBehalfOf,
+    ClientCredentials,
+}
+
+impl Grant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::OnBehalfOf => "on_behalf_of",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+impl Exchanger {
+    /// An exchanger for the validator's provider, caching up to `capacity` tokens and never
+    /// handing one out closer than `expiry_margin` to its expiry.
+    pub fn new(validator: Validator, capacity: u64, expiry_margin: Duration) -> Result<Self, ExchangeError> {
+        let provider = validator.provider().clone();
+        let auth = ClientAuth::from_config(provider.config())?;
+        Ok(Self { inner: Arc::new(Inner { provider, validator, auth, cache: cache::TokenCache::new(capacity, expiry_margin) }) })
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.inner.provider
+    }
+
+    /// Entries in the cache (approximate; for metrics and tests).
+    pub fn cached_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a
+    /// valid access token for this app (checked before anything is sent to the IdP).
+    pub async fn on_behalf_of(&self, user_token: &str, target: &str, skip_cache: bool) -> Result<ExchangedToken, ExchangeError> {
+        check_target(target)?;
+        let subject = self.inner.validator.validate(user_token).await.map_err(ExchangeError::InvalidSubject)?;
+        if subject.is_app_only() {
+            return Err(ExchangeError::InvalidSubject(ValidationError::InvalidToken(
+                "an app-only token cannot be exchanged on behalf of a user".into(),
+            )));
+        }
+        let tid = subject.tid().map(str::to_owned);
+        let subject_exp = subject.expires_at();
+        let this = self.clone();
+        let token = user_token.to_owned();
+        let target_owned = target.to_owned();
+        self.cached(Grant::OnBehalfOf, target, user_token, Some(subject_exp), skip_cache, move || async move {
+            let endpoint = this.token_endpoint(tid.as_deref())?;
+            grants::on_behalf_of(&this.inner.provider, &this.inner.auth, &endpoint, &token, &target_owned).await
+        })
+        .await
+    }
+
+    /// Client credentials: an app token for `target` (`<resource>/.default`).
+    pub async fn client_credentials(&self, target: &str, skip_cache: bool) -> Result<ExchangedToken, ExchangeError> {
+        check_target(target)?;
+        let this = self.clone();
+        let target_owned = target.to_owned();
+        self.cached(Grant::ClientCredentials, target, "", None, skip_cache, move || async move {
+            let endpoint = this.token_endpoint(None)?;
+            grants::client_credentials(&this.inner.provider, &this.inner.auth, &endpoint, &target_owned).await
+        })
+        .await
+    }
+
+    /// Redeems a refresh token for `target` (not cached: the caller stores the rotated tokens).
+    pub async fn refresh(&self, refresh_token: &str, target: &str, tid: Option<&str>) -> Result<RefreshedTokens, ExchangeError> {
+        check_target(target)?;
+        let endpoint = self.token_endpoint(tid)?;
+        let started = std::time::Instant::now();
+        let result = grants::refresh(&self.inner.provider, &self.inner.auth, &endpoint, refresh_token, target).await;
+        record("refresh_token", &result, started);
+        result
+    }
+
+    /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
+    /// (entra-reference §9: OBO goes to the resource tenant in the token's `tid`).
+    fn token_endpoint(&self, tid: Option<&str>) -> Result<String, ExchangeError> {
+        let metadata = self.inner.provider.metadata().ok_or(ExchangeError::NoTokenEndpoint)?;
+        let endpoint = metadata.token_endpoint.as_ref().ok_or(ExchangeError::NoTokenEndpoint)?.to_string();
+        if let Some(tid) = tid {
+            for alias in ["/common/", "/organizations/"] {
+                if endpoint.contains(alias) {
+                    return Ok(endpoint.replacen(alias, &format!("/{tid}/"), 1));
+                }
+            }
+        }
+        Ok(endpoint)
+    }
+
+    async fn cached<F, Fut>(
+        &self,
+        grant: Grant,
+        target: &str,
+        subject: &str,
+        subject_exp: Option<u64>,
+        skip_cache: bool,
+        fetch: F,
+    ) -> Result<ExchangedToken, ExchangeError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<grants::TokenResponse, ExchangeError>> + Send + 'static,
+    {
+        let key = cache::key(self.inner.provider.name(), self.inner.auth.client_id(), grant, target, subject);
+        let label = grant.label();
+        let started = std::time::Instant::now();
+        let fetch = move || async move {
+            let result = fetch().await;
+            record(label, &result, started);
+            result.map(|r| ExchangedToken::from_response(r, subject_exp))
+        };
+        let (result, hit) = self.inner.cache.get_or_fetch(key, skip_cache, fetch).await;
+        metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" })
+            .increment(1);
+        metrics::gauge!("tollgate_exchange_cache_entries").set(self.inner.cache.entry_count() as f64);
+        result
+    }
+}
+
+fn record<T>(grant: &'static str, result: &Result<T, ExchangeError>, started: std::time::Instant) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(ExchangeError::Idp(_)) => "refused",
+        Err(ExchangeError::Upstream { timeout: true, .. }) => "timeout",
+        Err(_) => "error",
+    };
+    metrics::counter!("tollgate_exchanges_total", "grant" => grant, "result" => outcome).increment(1);
+    metrics::histogram!("tollgate_idp_duration_seconds", "grant" => grant).record(started.elapsed().as_secs_f64());
+}
+
+fn check_target(target: &str) -> Result<(), ExchangeError> {
+    if target.trim().is_empty() {
+        return Err(ExchangeError::InvalidRequest("target must not be empty".into()));
+    }
+    if target.chars().any(char::is_control) {
+        return Err(ExchangeError::InvalidRequest("target contains control characters".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The `tollgate` command: serve | check | demo | dev-idp | keygen | store rotate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::{Config, LogFormat, ProcessEnv};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Identity sidecar for apps behind Entra ID or any OIDC provider")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (public, api and admin listeners).
+    Serve {
+        /// Configuration file (TOML); TOLLGATE_* and AZURE_* environment variables are merged in.
+        #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Load and validate the configuration, print it with secrets redacted.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a dev IdP, an echo app and the sidecar on loopback, and print commands to try.
+    Demo {
+        /// Public listener port of the sidecar (0 picks a free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run the local development OpenID provider alone.
+    DevIdp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        listen: std::net::SocketAddr,
+        /// Optional TOML file with extra users and apps.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print a new token-store encryption key line (`kid:base64`).
+    Keygen,
+    /// Token store maintenance.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-seal every stored entry under the first configured key.
+    Rotate {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config } => {
+            let cfg = load(&config)?;
+            init_logging(cfg.log.format, &cfg.log.level);
+            let server = tollgate::server::Server::bind(cfg).await.map_err(|e| e.to_string())?;
+            tracing::info!(public = %server.public_addr(), api = ?server.api_addr(), admin = ?server.admin_addr(), "listening");
+            server.run(shutdown_signal()).await.map_err(|e| e.to_string())
+        }
+        Command::Check { config } => {
+            let cfg = load(&config)?;
+            print!("{}", cfg.to_redacted_toml());
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Demo { port } => {
+            init_logging(LogFormat::Pretty, "warn,tollgate=info");
+            tollgate::demo::run(port, shutdown_signal()).await.map_err(|e| e.to_string())
+        }
+        Command::DevIdp { listen, config } => {
+            init_logging(LogFormat::Pretty, "info");
+            let mut cfg = match config {
+                Some(path) => tollgate::devidp::DevIdpConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
+                None => tollgate::devidp::DevIdpConfig::default(),
+            };
+            cfg.listen = listen;
+            tollgate::devidp::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+        }
+        Command::Keygen => {
+            println!("{}", tollgate::store::keygen());
+            Ok(())
+        }
+        Command::Store { command: StoreCommand::Rotate { config } } => {
+            let cfg = load(&config)?;
+            let store = tollgate::store::open(&cfg.store).await.map_err(|e| e.to_string())?;
+            let n = store.rotate_keys().await.map_err(|e| e.to_string())?;
+            println!("re-sealed {n} entries under the first key");
+            Ok(())
+        }
+    }
+}
+
+/// Loads the configuration; the default file may be absent (environment-only setups).
+fn load(path: &Path) -> Result<Config, String> {
+    let explicit = path != Path::new("tollgate.toml") || path.exists();
+    Config::load(explicit.then_some(path), &ProcessEnv).map_err(|e| e.to_string())
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,267 @@
+//! How tollgate authenticates itself at the token endpoint: RFC 6749 §2.3.1 (secret in the body
+//! or HTTP Basic with form-encoded id and secret), RFC 7523 §2.2 / OIDC Core §9 `private_key_jwt`
+//! (RS256 or PS256, `x5t#S256` from a certificate, or `kid` from a JWK such as Texas's
+//! `AZURE_APP_JWK`), and federated credentials (a workload-identity JWT read from a file on each
+//! use, because the platform rotates it).
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::config::{ClientAuthMethod, ProviderConfig, Secret};
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A client credential loaded once at start (files other than the federated assertion are read
+/// here, so a missing key file fails start-up, not the first request).
+#[derive(Clone)]
+pub struct ClientAuth {
+    client_id: String,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Post(Secret),
+    Basic(Secret),
+    Jwt { key: std::sync::Arc<EncodingKey>, alg: Algorithm, kid: Option<String>, x5t_s256: Option<String> },
+    Federated(PathBuf),
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Post(_) => "client_secret_post",
+            Kind::Basic(_) => "client_secret_basic",
+            Kind::Jwt { .. } => "private_key_jwt",
+            Kind::Federated(_) => "federated",
+        };
+        f.debug_struct("ClientAuth").field("client_id", &self.client_id).field("kind", &kind).finish()
+    }
+}
+
+/// A credential problem; names the option, never the secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{option}: {message}")]
+pub struct ClientAuthError {
+    /// The option at fault.
+    pub option: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(option: &'static str, message: impl Into<String>) -> ClientAuthError {
+    ClientAuthError { option, message: message.into() }
+}
+
+impl ClientAuth {
+    /// Loads the credential the provider's configuration names.
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, ClientAuthError> {
+        let kind = match cfg.client_auth {
+            ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {
+                let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(path)) => Secret::new(read_trimmed(path, "client_secret_file")?),
+                    (None, None) => {
+                        return Err(err("client_secret_file", "a client secret is needed (client_secret_file or AZURE_APP_CLIENT_SECRET)"));
+                    }
+                };
+                if cfg.client_auth == ClientAuthMethod::ClientSecretBasic { Kind::Basic(secret) } else { Kind::Post(secret) }
+            }
+            ClientAuthMethod::PrivateKeyJwt => load_jwt_key(cfg)?,
+            ClientAuthMethod::Federated => Kind::Federated(
+                cfg.client_assertion_file.clone().ok_or_else(|| err("client_assertion_file", "missing"))?,
+            ),
+        };
+        Ok(Self { client_id: cfg.client_id.clone(), kind })
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Adds the credential to a token request: form fields and, for Basic, the header.
+    pub async fn apply(
+        &self,
+        token_endpoint: &str,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> Result<Option<String>, ClientAuthError> {
+        match &self.kind {
+            Kind::Post(secret) => {
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_secret", secret.expose().to_owned()));
+                Ok(None)
+            }
+            Kind::Basic(secret) => {
+                // RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!("{}:{}", enc(&self.client_id), enc(secret.expose()));
+                Ok(Some(format!("Basic {}", STANDARD.encode(pair))))
+            }
+            Kind::Jwt { key, alg, kid, x5t_s256 } => {
+                let mut header = Header::new(*alg);
+                header.typ = Some("JWT".into());
+                header.kid = kid.clone();
+                header.x5t_s256 = x5t_s256.clone();
+                let now = crate::validate::now();
+                let claims = json!({
+                    "iss": self.client_id, "sub": self.client_id, "aud": token_endpoint,
+                    "jti": uuid::Uuid::new_v4().to_string(), "iat": now, "nbf": now, "exp": now + 300,
+                });
+                let jwt = jsonwebtoken::encode(&header, &claims, key)
+                    .map_err(|e| err("client_key_file", format!("cannot sign the client assertion: {e}")))?;
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion", jwt));
+                Ok(None)
+            }
+            Kind::Federated(path) => {
+                // Re-read every time: the platform rotates the projected token file.
+                let assertion = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| err("client_assertion_file", format!("cannot read {}: {e}", path.display())))?;
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion", assertion.trim().to_owned()));
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn read_trimmed(path: &PathBuf, option: &'static str) -> Result<String, ClientAuthError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err(option, format!("cannot read {}: {e}", path.display())))?;
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        return Err(err(option, format!("{} is empty", path.display())));
+    }
+    Ok(text)
+}
+
+fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
+    let jwk_text = match (&cfg.client_jwk, &cfg.client_jwk_file) {
+        (Some(s), _) => Some(s.expose().to_owned()),
+        (None, Some(p)) => Some(read_trimmed(p, "client_jwk_file")?),
+        (None, None) => None,
+    };
+    if let Some(text) = jwk_text {
+        let jwk: Value = serde_json::from_str(&text).map_err(|_| err("client_jwk_file", "not a JSON JWK"))?;
+        let alg = match jwk.get("alg").and_then(Value::as_str) {
+            None | Some("RS256") => Algorithm::RS256,
+            Some("PS256") => Algorithm::PS256,
+            Some(other) => return Err(err("client_jwk_file", format!("unsupported alg {other:?} (RS256 or PS256)"))),
+        };
+        let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
+        if kid.is_none() {
+            return Err(err("client_jwk_file", "the JWK has no kid"));
+        }
+        let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
+        let x5t_s256 = jwk.get("x5t#S256").and_then(Value::as_str).map(str::to_owned);
+        return Ok(Kind::Jwt { key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)), alg, kid, x5t_s256 });
+    }
+    let key_path = cfg.client_key_file.as_ref().ok_or_else(|| err("client_key_file", "missing"))?;
+    let pem = std::fs::read(key_path).map_err(|e| err("client_key_file", format!("cannot read {}: {e}", key_path.display())))?;
+    let key = EncodingKey::from_rsa_pem(&pem).map_err(|_| err("client_key_file", "not an RSA private key in PEM"))?;
+    let x5t_s256 = match &cfg.client_cert_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| err("client_cert_file", format!("cannot read {}: {e}", p.display())))?;
+            Some(cert_thumbprint_s256(&text).map_err(|m| err("client_cert_file", m))?)
+        }
+        None => None,
+    };
+    Ok(Kind::Jwt { key: std::sync::Arc::new(key), alg: Algorithm::RS256, kid: None, x5t_s256 })
+}
+
+/// RFC 7515 §4.1.8: base64url(SHA-256(DER certificate)).
+fn cert_thumbprint_s256(pem: &str) -> Result<String, String> {
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .collect();
+    if body.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    let der = STANDARD.decode(body.trim()).map_err(|_| "the certificate is not valid base64".to_owned())?;
+    Ok(URL_SAFE_NO_PAD.encode(crate::validate::sha256(&der)))
+}
+
+/// RFC 8017 A.1.2 RSAPrivateKey (PKCS#1) DER from an RFC 7518 §6.3 private JWK.
+fn rsa_private_jwk_to_pkcs1(jwk: &Value) -> Result<Vec<u8>, String> {
+    if jwk.get("kty").and_then(Value::as_str) != Some("RSA") {
+        return Err("the JWK is not an RSA key".into());
+    }
+    let mut body = der_integer(&[0]);
+    for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+        let b64 = jwk.get(name).and_then(Value::as_str).ok_or_else(|| format!("the JWK has no {name:?}: a private key is needed"))?;
+        let bytes = URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|_| format!("JWK member {name:?} is not base64url"))?;
+        body.extend(der_integer(&bytes));
+    }
+    let mut out = vec![0x30];
+    out.extend(der_len(body.len()));
+    out.extend(body);
+    Ok(out)
+}
+
+fn der_integer(unsigned_be: &[u8]) -> Vec<u8> {
+    let trimmed: &[u8] = {
+        let start = unsigned_be.iter().position(|b| *b != 0).unwrap_or(unsigned_be.len().saturating_sub(1));
+        &unsigned_be[start.min(unsigned_be.len())..]
+    };
+    let mut value = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.is_empty() {
+        value.push(0);
+    } else {
+        if trimmed[0] & 0x80 != 0 {
+            value.push(0);
+        }
+        value.extend_from_slice(trimmed);
+    }
+    let mut out = vec![0x02];
+    out.extend(der_len(value.len()));
+    out.extend(value);
+    out
+}
+
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
+    }
+    let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_integers_are_minimal_and_positive() {
+        assert_eq!(der_integer(&[0]), vec![0x02, 0x01, 0x00]);
+        assert_eq!(der_integer(&[0x00, 0x7f]), vec![0x02, 0x01, 0x7f]);
+        assert_eq!(der_integer(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    #[tokio::test]
+    async fn basic_auth_form_encodes_before_base64() {
+        let cfg = ProviderConfig {
+            client_id: "id:1".into(),
+            client_auth: ClientAuthMethod::ClientSecretBasic,
+            client_secret: Some(Secret::new("p@ss word")),
+            ..Default::default()
+        };
+        let auth = ClientAuth::from_config(&cfg).unwrap();
+        let mut form = Vec::new();
+        let header = auth.apply("https://idp/token", &mut form).await.unwrap().unwrap();
+        assert_eq!(header, format!("Basic {}", STANDARD.encode("id%3A1:p%40ss+word")));
+        assert!(form.is_empty());
+    }
+}

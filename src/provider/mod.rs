@@ -1,0 +1,233 @@
+//! One OpenID Connect identity provider: its metadata (discovery), its signing keys (a cached
+//! JWKS) and the HTTP client tollgate talks to it with.
+//!
+//! A [`Provider`] starts even when the IdP is down: [`Provider::spawn_refresh`] keeps trying with
+//! backoff and [`Provider::is_ready`] says whether keys are loaded (what `/readyz` reports).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate::config::ProviderConfig;
+//! use tollgate::provider::Provider;
+//! let cfg = ProviderConfig {
+//!     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+//!     well_known_url: Some("http://127.0.0.1:9400/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration".parse()?),
+//!     ..Default::default()
+//! };
+//! let provider = Provider::new(cfg)?;
+//! provider.refresh().await?;
+//! assert!(provider.is_ready());
+//! # Ok(()) }
+//! ```
+
+pub mod client_auth;
+mod discovery;
+mod http;
+mod jwks;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+pub use discovery::Metadata;
+pub(crate) use http::{read_capped, transport};
+pub use jwks::{KeySet, VerifyingKey};
+
+use crate::config::ProviderConfig;
+
+/// An error talking to an identity provider. Messages never carry tokens or secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The IdP could not be reached or did not answer in time.
+    #[error("{what}: {message}")]
+    Unreachable {
+        /// Which document or endpoint.
+        what: &'static str,
+        /// The transport error.
+        message: String,
+        /// True when the request timed out.
+        timeout: bool,
+    },
+    /// The IdP answered with an unexpected status.
+    #[error("{what}: the identity provider answered HTTP {status}")]
+    Status {
+        /// Which document or endpoint.
+        what: &'static str,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The IdP's document could not be understood.
+    #[error("{what}: {message}")]
+    Invalid {
+        /// Which document.
+        what: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration could not be turned into a client.
+    #[error("provider configuration: {0}")]
+    Config(String),
+}
+
+/// An identity provider with cached metadata and keys.
+#[derive(Debug)]
+pub struct Provider {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    metadata: RwLock<Option<Arc<Metadata>>>,
+    keys: RwLock<Arc<KeySet>>,
+    /// Serialises JWKS fetches so concurrent unknown-kid lookups cause one request.
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// Bumped by every completed JWKS fetch attempt; waiters compare it to skip a second fetch.
+    fetch_generation: AtomicU64,
+    /// When the last fetch forced by an unknown kid started.
+    last_forced: RwLock<Option<Instant>>,
+}
+
+impl Provider {
+    /// Builds the provider; no network I/O happens here.
+    pub fn new(config: ProviderConfig) -> Result<Arc<Self>, ProviderError> {
+        let http = http::client(config.timeout)?;
+        let metadata = discovery::from_config(&config).map(Arc::new);
+        Ok(Arc::new(Self {
+            config,
+            http,
+            metadata: RwLock::new(metadata),
+            keys: RwLock::new(Arc::new(KeySet::empty())),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_generation: AtomicU64::new(0),
+            last_forced: RwLock::new(None),
+        }))
+    }
+
+    /// The provider's configuration.
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The HTTP client used for this IdP (rustls, pooled, with the provider's timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The current metadata, when discovery has succeeded (or was configured explicitly).
+    pub fn metadata(&self) -> Option<Arc<Metadata>> {
+        read(&self.metadata).clone()
+    }
+
+    /// True when signing keys are loaded and not older than `jwks_max_stale`.
+    pub fn is_ready(&self) -> bool {
+        let keys = self.key_set();
+        !keys.is_empty() && !keys.is_stale(self.config.jwks_max_stale)
+    }
+
+    /// The current key set.
+    pub fn key_set(&self) -> Arc<KeySet> {
+        read(&self.keys).clone()
+    }
+
+    /// Fetches discovery (when needed) and the JWKS now.
+    pub async fn refresh(&self) -> Result<(), ProviderError> {
+        let _guard = self.fetch_lock.lock().await;
+        self.fetch_locked().await
+    }
+
+    /// The key for `kid`. An unknown kid triggers at most one JWKS refetch per
+    /// `jwks_unknown_kid_min_interval`, shared by every concurrent caller; no lock is held by a
+    /// caller that finds its key in the cache.
+    pub async fn key(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        if let Some(k) = self.key_set().get(kid) {
+            return Some(k);
+        }
+        let seen = self.fetch_generation.load(Ordering::Acquire);
+        let _guard = self.fetch_lock.lock().await;
+        // Another caller fetched while we waited: use its result instead of fetching again.
+        if self.fetch_generation.load(Ordering::Acquire) != seen {
+            return self.key_set().get(kid);
+        }
+        let min = self.config.jwks_unknown_kid_min_interval;
+        let recently = read(&self.last_forced).is_some_and(|t| t.elapsed() < min);
+        if recently {
+            return None;
+        }
+        *write(&self.last_forced) = Some(Instant::now());
+        if let Err(e) = self.fetch_locked().await {
+            tracing::warn!(provider = %self.config.name, error = %e, "JWKS refetch for an unknown kid failed");
+        }
+        self.key_set().get(kid)
+    }
+
+    /// Keeps metadata and keys fresh in the background until the returned handle is aborted
+    /// (or the provider dropped): retries with backoff while nothing is loaded, then refreshes every
+    /// `jwks_refresh`.
+    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                let ok = this.refresh().await.is_ok();
+                let every = this.config.jwks_refresh;
+                let loaded = !this.key_set().is_empty();
+                drop(this);
+                let wait = if ok && loaded {
+                    backoff = Duration::from_millis(250);
+                    every
+                } else {
+                    let w = backoff.min(every);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    w
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+
+    async fn fetch_locked(&self) -> Result<(), ProviderError> {
+        let result = self.fetch_inner().await;
+        self.fetch_generation.fetch_add(1, Ordering::AcqRel);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("tollgate_jwks_fetches_total", "provider" => self.config.name.clone(), "result" => outcome)
+            .increment(1);
+        if let Err(e) = &result {
+            tracing::warn!(provider = %self.config.name, error = %e, "identity provider refresh failed");
+            // Keep serving the last good keys until they are older than jwks_max_stale.
+            let stale = self.key_set().is_stale(self.config.jwks_max_stale);
+            if stale && !self.key_set().is_empty() {
+                tracing::error!(provider = %self.config.name, "dropping signing keys older than jwks_max_stale");
+                *write(&self.keys) = Arc::new(KeySet::empty());
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(&self) -> Result<(), ProviderError> {
+        let metadata = match (&self.config.well_known_url, self.metadata()) {
+            (Some(url), _) => {
+                let fetched = discovery::fetch(&self.http, url, &self.config).await?;
+                let fetched = Arc::new(fetched);
+                *write(&self.metadata) = Some(fetched.clone());
+                fetched
+            }
+            (None, Some(m)) => m,
+            (None, None) => return Err(ProviderError::Config("no well_known_url and no issuer/jwks_uri".into())),
+        };
+        let set = jwks::fetch(&self.http, &metadata.jwks_uri, &self.config.algorithms).await?;
+        tracing::debug!(provider = %self.config.name, keys = set.len(), "JWKS loaded");
+        *write(&self.keys) = Arc::new(set);
+        Ok(())
+    }
+}
+
+/// Poison-tolerant lock access: the guarded values are replaced whole, never left half-written.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}

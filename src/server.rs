@@ -1,0 +1,428 @@
+//! The sidecar: three listeners built from one [`Config`], and where each request goes.
+//!
+//! - **public** (`listen.public`): login routes when `[login]` is on, else every request goes to
+//!   [`public_request`]: route lookup (longest prefix), spoofed `X-Auth-*` headers removed, bearer
+//!   token validated and route requirements checked, identity headers added, then the forwarder.
+//! - **api** (`listen.api`): the local token API (`crate::api`).
+//! - **admin** (`listen.admin`): `/healthz`, `/readyz`, `/metrics` (`crate::admin`).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate::config::{Config, ProcessEnv};
+//! let config = Config::load(Some("tollgate.toml".as_ref()), &ProcessEnv)?;
+//! let server = tollgate::server::Server::bind(config).await?;
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{AuthMode, Config};
+use crate::exchange::{ExchangeError, Exchanger};
+use crate::store::TokenStore;
+use crate::http_server::{self, ServerLimits};
+use crate::provider::{Provider, ProviderError};
+use crate::proxy::{Forwarder, UpstreamSettings, json_error};
+use crate::routes::{Route, RouteTable};
+use crate::validate::{Claims, ValidationError, Validator, bearer_token};
+
+/// Errors starting or running the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A provider could not be built.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configured part could not start.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Everything a request handler needs, shared by all listeners.
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) providers: HashMap<String, (Arc<Provider>, Validator)>,
+    pub(crate) routes: RouteTable,
+    pub(crate) forwarder: Forwarder,
+    /// Per provider: the exchanger, or why it could not be built (no client credential).
+    pub(crate) exchangers: HashMap<String, Result<Exchanger, String>>,
+    /// The per-user token store (only with `[login]`).
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
+    /// One refresh at a time per (provider, user, target) for delegated tokens.
+    pub(crate) refresh_flights: moka::future::Cache<[u8; 32], (String, u64)>,
+    /// The local API key, when configured.
+    pub(crate) api_key: Option<String>,
+    /// False once shutdown has begun, so `/readyz` turns away new traffic first.
+    pub(crate) accepting: AtomicBool,
+}
+
+impl AppState {
+    /// The provider (and its validator) answering to `name`, aliases included.
+    pub(crate) fn provider(&self, name: &str) -> Option<&(Arc<Provider>, Validator)> {
+        let canonical = self.config.provider_named(name)?;
+        self.providers.get(&canonical.name)
+    }
+
+    /// The exchanger for provider `name`: `None` when no such provider is configured.
+    pub(crate) fn exchanger(&self, name: &str) -> Option<Result<&Exchanger, &str>> {
+        let canonical = self.config.provider_named(name)?;
+        self.exchangers.get(&canonical.name).map(|r| r.as_ref().map_err(String::as_str))
+    }
+}
+
+/// A bound, not yet running, sidecar.
+pub struct Server {
+    state: Arc<AppState>,
+    public: TcpListener,
+    api: Option<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+impl Server {
+    /// Builds providers, routes and the forwarder and binds the listeners (port 0 picks a free
+    /// port). No IdP request is made yet; keys load in the background once [`Server::run`] starts.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        crate::admin::install_metrics();
+        let mut providers = HashMap::new();
+        for p in &config.providers {
+            let provider = Provider::new(p.clone())?;
+            let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
+            providers.insert(p.name.clone(), (provider, validator));
+        }
+        let mut exchangers = HashMap::new();
+        for (name, (_, validator)) in &providers {
+            let x = Exchanger::new(validator.clone(), config.cache.obo_capacity, config.cache.expiry_margin).map_err(|e| e.to_string());
+            exchangers.insert(name.clone(), x);
+        }
+        for (i, r) in config.routes.iter().enumerate() {
+            if r.obo.is_none() && r.obo_headers.is_empty() {
+                continue;
+            }
+            let name = config.route_provider(r).map(|p| p.name.clone()).unwrap_or_default();
+            if let Some(Err(why)) = exchangers.get(&name) {
+                return Err(ServerError::Start(format!("routes[{i}].obo: provider {name:?} cannot exchange tokens: {why}")));
+            }
+        }
+        let store = if config.login.enabled {
+            Some(crate::store::open(&config.store).await.map_err(|e| ServerError::Start(e.to_string()))?)
+        } else {
+            None
+        };
+        let api_key = match (&config.api.key, &config.api.key_file) {
+            (Some(k), _) => Some(k.expose().to_owned()),
+            (None, Some(path)) => {
+                let key = std::fs::read_to_string(path).map_err(|e| ServerError::Start(format!("api.key_file: cannot read {}: {e}", path.display())))?;
+                let key = key.trim().to_owned();
+                if key.is_empty() {
+                    return Err(ServerError::Start(format!("api.key_file: {} is empty", path.display())));
+                }
+                Some(key)
+            }
+            (None, None) => None,
+        };
+        let refresh_flights = moka::future::Cache::builder().time_to_live(std::time::Duration::from_secs(2)).max_capacity(10_000).build();
+        let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()));
+        let upstream = &config.upstream;
+        let url = upstream.url.as_str().parse().map_err(|_| ServerError::Start("upstream.url: not a valid URI".into()))?;
+        let forwarder = Forwarder::new(UpstreamSettings {
+            url,
+            connect_timeout: upstream.connect_timeout,
+            timeout: upstream.timeout,
+            preserve_host: upstream.preserve_host,
+            trust_forwarded_headers: upstream.trust_forwarded_headers,
+        });
+        let bind = |listener: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { listener, addr, source })
+        };
+        let public = bind("public", config.listen.public).await?;
+        let api = match config.listen.api {
+            Some(a) => Some(bind("api", a).await?),
+            None => None,
+        };
+        let admin = match config.listen.admin {
+            Some(a) => Some(bind("admin", a).await?),
+            None => None,
+        };
+        let state = Arc::new(AppState {
+            config,
+            providers,
+            routes,
+            forwarder,
+            exchangers,
+            store,
+            refresh_flights,
+            api_key,
+            accepting: AtomicBool::new(true),
+        });
+        Ok(Self { state, public, api, admin })
+    }
+
+    /// The public listener's address.
+    pub fn public_addr(&self) -> SocketAddr {
+        local(&self.public)
+    }
+
+    /// The API listener's address, when enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(local)
+    }
+
+    /// The admin listener's address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(local)
+    }
+
+    /// Serves until `shutdown` resolves, then turns readiness off, stops accepting and lets
+    /// in-flight requests finish for up to `listen.shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let state = self.state;
+        let refreshers: Vec<_> = state.providers.values().map(|(p, _)| p.spawn_refresh()).collect();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = ServerLimits {
+            max_headers: state.config.listen.max_request_headers,
+            max_header_bytes: state.config.listen.max_request_header_bytes,
+        };
+        let grace = state.config.listen.shutdown_grace;
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(http_server::serve(self.public, public_router(state.clone()), limits.clone(), stopped(stop_rx.clone()), grace));
+        if let Some(l) = self.api {
+            tasks.spawn(http_server::serve(l, crate::api::router(state.clone()), limits.clone(), stopped(stop_rx.clone()), grace));
+        }
+        if let Some(l) = self.admin {
+            tasks.spawn(http_server::serve(l, crate::admin::router(state.clone()), limits, stopped(stop_rx.clone()), grace));
+        }
+        tracing::info!("tollgate is serving");
+        shutdown.await;
+        tracing::info!("shutting down: readiness off, draining in-flight requests");
+        state.accepting.store(false, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Err(e)) => result = Err(ServerError::Io(e)),
+                Err(e) if e.is_panic() => result = Err(ServerError::Start("a listener task panicked".into())),
+                _ => {}
+            }
+        }
+        for r in refreshers {
+            r.abort();
+        }
+        result
+    }
+
+    /// Runs the server in a background task; for tests and embedding.
+    pub fn spawn(self) -> RunningServer {
+        let public = self.public_addr();
+        let api = self.api_addr();
+        let admin = self.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.run(async move {
+            let _ = rx.await;
+        }));
+        RunningServer { public, api, admin, stop: Some(tx), task }
+    }
+}
+
+/// A server running in a background task.
+pub struct RunningServer {
+    /// Public listener address.
+    pub public: SocketAddr,
+    /// API listener address.
+    pub api: Option<SocketAddr>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Starts graceful shutdown and waits for it to finish.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Start(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+fn local(l: &TcpListener) -> SocketAddr {
+    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn public_router(state: Arc<AppState>) -> Router {
+    let router = crate::login::routes(Router::new(), &state);
+    router.fallback(public_request).with_state(state)
+}
+
+/// Every proxied request: route, authenticate, authorise, decorate, forward.
+async fn public_request(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response<Body> {
+    let Some(route) = state.routes.find(req.uri().path()) else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no route is configured for this path");
+    };
+    // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
+    // on every route, so an upstream can trust them.
+    remove_identity_headers(req.headers_mut());
+    let response = match authenticate(route, req.headers()).await {
+        Ok(claims) => {
+            if let Some(claims) = &claims
+                && route.config.identity_headers
+            {
+                add_identity_headers(req.headers_mut(), claims);
+            }
+            match exchange_for_route(&state, route, claims.as_ref(), req.headers_mut()).await {
+                Ok(()) => state.forwarder.forward(req, peer).await,
+                Err(resp) => resp,
+            }
+        }
+        Err(e) => auth_error(&e),
+    };
+    metrics::counter!("tollgate_requests_total", "route" => route.label.to_string(), "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+/// Validates the bearer token as the route demands: `Ok(None)` when the request goes on
+/// unauthenticated (`auth = none`, or `optional` without a token).
+async fn authenticate(route: &Route, headers: &HeaderMap) -> Result<Option<Claims>, ValidationError> {
+    let Some(validator) = &route.validator else { return Ok(None) };
+    let token = match bearer_token(headers)? {
+        Some(t) => t,
+        None if route.config.auth == AuthMode::Optional => return Ok(None),
+        None => return Err(ValidationError::Missing),
+    };
+    let claims = validator.validate(token).await?;
+    claims.check(&route.config.scopes, &route.config.roles)?;
+    Ok(Some(claims))
+}
+
+/// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
+/// (the inbound token never reaches it) and fills `obo_headers`. Any failure stops the request:
+/// it is never forwarded without its token.
+async fn exchange_for_route(state: &AppState, route: &Route, claims: Option<&Claims>, headers: &mut HeaderMap) -> Result<(), Response<Body>> {
+    let cfg = &route.config;
+    for name in cfg.obo_headers.keys() {
+        headers.remove(name.as_str());
+    }
+    let (Some(claims), true) = (claims, cfg.obo.is_some() || !cfg.obo_headers.is_empty()) else { return Ok(()) };
+    let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
+        return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the route's provider cannot exchange tokens"));
+    };
+    let inbound = match bearer_token(headers) {
+        Ok(Some(t)) => t.to_owned(),
+        _ => return Err(auth_error(&ValidationError::Missing)),
+    };
+    if let Some(target) = &cfg.obo {
+        let token = exchanger.on_behalf_of(&inbound, target, false).await.map_err(|e| obo_error(&e))?;
+        let value = HeaderValue::try_from(format!("Bearer {}", token.access_token()))
+            .map_err(|_| json_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the identity provider returned an unusable token"))?;
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    for (name, target) in &cfg.obo_headers {
+        let token = exchanger.on_behalf_of(&inbound, target, false).await.map_err(|e| obo_error(&e))?;
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(token.access_token())) else {
+            return Err(json_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the identity provider returned an unusable token"));
+        };
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+/// An OBO failure on the proxy path. A Conditional Access / MFA challenge goes back to the
+/// client as `401` with `error="insufficient_claims"` and the base64 `claims` so it can step up
+/// (the form Microsoft.Identity.Web clients expect); IdP failures are `502`/`504`.
+fn obo_error(e: &ExchangeError) -> Response<Body> {
+    use base64::Engine;
+    match e {
+        ExchangeError::Idp(idp) if idp.claims.is_some() => {
+            let claims = base64::engine::general_purpose::STANDARD.encode(idp.claims.as_deref().unwrap_or_default());
+            let mut resp = json_error(StatusCode::UNAUTHORIZED, "insufficient_claims", "the identity provider requires additional claims (step-up authentication)");
+            let challenge = format!("Bearer realm=\"{}\", error=\"insufficient_claims\", claims=\"{claims}\"", crate::validate::REALM);
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+            resp
+        }
+        ExchangeError::Idp(idp) => json_error(StatusCode::FORBIDDEN, "access_denied", &format!("the identity provider refused the On-Behalf-Of exchange ({})", idp.error)),
+        ExchangeError::Upstream { timeout: true, .. } => json_error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the identity provider timed out"),
+        other => json_error(StatusCode::BAD_GATEWAY, "bad_gateway", &other.to_string()),
+    }
+}
+
+/// The RFC 6750 §3 answer for a refused request: status, `WWW-Authenticate`, JSON body.
+pub(crate) fn auth_error(e: &ValidationError) -> Response<Body> {
+    e.to_response()
+}
+
+const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+const X_AUTH_OID: HeaderName = HeaderName::from_static("x-auth-oid");
+const X_AUTH_TID: HeaderName = HeaderName::from_static("x-auth-tid");
+const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
+const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
+
+fn remove_identity_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
+    let mut put = |name: HeaderName, value: &str| {
+        // Claims are UTF-8; HeaderValue takes visible ASCII and obs-text but no controls, so a
+        // claim with a control character is left out rather than forwarded mangled.
+        if !value.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(value.as_bytes())
+        {
+            headers.insert(name, v);
+        }
+    };
+    put(X_AUTH_SUBJECT, claims.subject());
+    put(X_AUTH_OID, claims.oid().unwrap_or(""));
+    put(X_AUTH_TID, claims.tid().unwrap_or(""));
+    put(X_AUTH_NAME, claims.name().unwrap_or(""));
+    put(X_AUTH_SCOPES, &claims.scopes().join(" "));
+    put(X_AUTH_ROLES, &claims.roles().join(","));
+}

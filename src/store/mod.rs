@@ -1,0 +1,524 @@
+//! Per-user token store: each signed-in user's access and refresh tokens, kept so the app can
+//! later ask for a delegated token by object id or UPN.
+//!
+//! Three backends behind [`TokenStore`]: [`MemoryStore`] (tests, demo), [`SqliteStore`] (default,
+//! one file, survives `kill -9`) and [`RedisStore`] (shared by several replicas, entries expire
+//! with the refresh token).
+//!
+//! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
+//! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
+//! keys on a sha256 of the lower-cased UPN, so nothing at rest reads as a token or a UPN. A
+//! record that does not open is reported as [`StoreError::Corrupt`], never used and never
+//! silently dropped. A record whose refresh token has expired reads as absent in every backend.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tollgate::store::StoreError> {
+//! use tollgate::store::{StoreConfig, StoreKind, UserTokens};
+//!
+//! let cfg = StoreConfig {
+//!     kind: StoreKind::Sqlite,
+//!     encryption_keys_file: Some("keys".into()),
+//!     ..StoreConfig::default()
+//! };
+//! let store = tollgate::store::open(&cfg).await?;
+//! let tokens = UserTokens {
+//!     oid: "00000000-0000-0000-0000-000000000001".into(),
+//!     tid: "tenant".into(),
+//!     upn: Some("Ada@Example.com".into()),
+//!     access_token: "eyJ...".into(),
+//!     access_token_expires_at: 1_900_000_000,
+//!     scopes: vec!["User.Read".into()],
+//!     refresh_token: "0.AX...".into(),
+//!     refresh_token_expires_at: 1_907_776_000,
+//! };
+//! store.put("entra_id", &tokens).await?;
+//! assert_eq!(store.get_by_upn("entra_id", "ada@example.com").await?, Some(tokens));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod seal;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+pub use self::seal::{Sealer, keygen};
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteStore;
+
+/// The boxed future returned by [`TokenStore`] methods (keeps the trait object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One user's tokens at one provider.
+///
+/// `Debug` redacts both tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserTokens {
+    /// The user's object id (`oid` claim): the record's key.
+    pub oid: String,
+    /// The user's tenant (`tid` claim).
+    pub tid: String,
+    /// The user's UPN (`preferred_username`/`upn`), the second lookup key (case-insensitive).
+    pub upn: Option<String>,
+    /// The delegated access token.
+    pub access_token: String,
+    /// When the access token expires, unix seconds.
+    pub access_token_expires_at: u64,
+    /// The scopes the access token covers.
+    pub scopes: Vec<String>,
+    /// The refresh token.
+    pub refresh_token: String,
+    /// When the refresh token stops working, unix seconds. The record is gone after this instant
+    /// (Redis TTL; other backends treat it as absent), so the caller must set a real lifetime
+    /// (Entra usually returns none: use its 90-day default).
+    pub refresh_token_expires_at: u64,
+}
+
+impl fmt::Debug for UserTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserTokens")
+            .field("oid", &self.oid)
+            .field("tid", &self.tid)
+            .field("upn", &self.upn)
+            .field("access_token", &"<redacted>")
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("scopes", &self.scopes)
+            .field("refresh_token", &"<redacted>")
+            .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .finish()
+    }
+}
+
+/// Where users' tokens are kept. Every method is keyed by the provider's configured name, so two
+/// providers never see each other's users.
+pub trait TokenStore: Send + Sync + 'static {
+    /// Inserts or replaces the user's record; the oid record and the UPN index change together.
+    /// A record whose refresh token has already expired is removed instead.
+    fn put<'a>(
+        &'a self,
+        provider: &'a str,
+        tokens: &'a UserTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The user's record by object id.
+    fn get_by_oid<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>>;
+
+    /// The user's record by UPN, compared case-insensitively.
+    fn get_by_upn<'a>(
+        &'a self,
+        provider: &'a str,
+        upn: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>>;
+
+    /// Forgets the user (record and UPN index). `true` if there was a record.
+    fn delete<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Re-seals every record still sealed under an older key with the first key, and returns
+    /// how many were re-sealed. Records that fail to open are left alone and reported as
+    /// [`StoreError::Corrupt`] after the others are done.
+    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Checks that the store answers (readiness).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// `"memory"`, `"sqlite"` or `"redis"`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Why a store call failed. Messages never contain tokens, keys or user ids.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or did not answer in time (map to `503`).
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record failed to open: altered, moved to another user, or sealed under a key that
+    /// is not configured.
+    #[error("token store record unreadable: {0}")]
+    Corrupt(String),
+    /// The store cannot start with this configuration.
+    #[error("token store configuration: {0}")]
+    Config(String),
+    /// A local I/O or database error.
+    #[error("token store I/O error: {0}")]
+    Io(String),
+}
+
+/// The `[store]` configuration section.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Which backend.
+    pub kind: StoreKind,
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS-capable builds).
+    pub url: Option<String>,
+    /// The key file (`kid:base64(32 bytes)` per line, first seals); required for sqlite and redis.
+    pub encryption_keys_file: Option<PathBuf>,
+    /// Upper bound of each Redis call, so an outage fails fast instead of hanging callers.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            path: PathBuf::from("tollgate.db"),
+            url: None,
+            encryption_keys_file: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The URL may carry a Redis password: `Debug` masks it.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("encryption_keys_file", &self.encryption_keys_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The store backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In process; lost on exit.
+    Memory,
+    /// One SQLite file (default).
+    #[default]
+    Sqlite,
+    /// A Redis server shared by replicas.
+    Redis,
+}
+
+/// Opens the configured store.
+///
+/// SQLite and Redis refuse to open without `encryption_keys_file`; memory uses the keys when
+/// given and a random per-process key otherwise.
+pub async fn open(cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
+    match cfg.kind {
+        StoreKind::Memory => {
+            let sealer = match &cfg.encryption_keys_file {
+                Some(path) => Sealer::from_key_file(path)?,
+                None => Sealer::ephemeral()?,
+            };
+            Ok(Arc::new(MemoryStore::with_sealer(sealer)))
+        }
+        StoreKind::Sqlite => open_sqlite(cfg).await,
+        StoreKind::Redis => open_redis(cfg).await,
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
+    let sealer = required_sealer(cfg)?;
+    let path = cfg.path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, sealer))
+        .await
+        .map_err(|err| StoreError::Io(format!("opening the database: {err}")))??;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
+    Err(StoreError::Config(
+        "store kind \"sqlite\" needs tollgate built with the \"sqlite\" feature".into(),
+    ))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
+    let sealer = required_sealer(cfg)?;
+    let url = cfg.url.as_deref().ok_or_else(|| {
+        StoreError::Config("store kind \"redis\" needs `url` (redis://host:port)".into())
+    })?;
+    if cfg.timeout.is_zero() {
+        return Err(StoreError::Config(
+            "`timeout` must be greater than zero".into(),
+        ));
+    }
+    Ok(Arc::new(
+        RedisStore::connect(url, sealer, cfg.timeout).await?,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
+    Err(StoreError::Config(
+        "store kind \"redis\" needs tollgate built with the \"redis\" feature".into(),
+    ))
+}
+
+/// Persistent stores keep refresh tokens beyond the process: refuse to write them unsealed.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+fn required_sealer(cfg: &StoreConfig) -> Result<Sealer, StoreError> {
+    let kind = match cfg.kind {
+        StoreKind::Memory => "memory",
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Redis => "redis",
+    };
+    match &cfg.encryption_keys_file {
+        Some(path) => Sealer::from_key_file(path),
+        None => Err(StoreError::Config(format!(
+            "the {kind} store keeps refresh tokens beyond this process and needs an encryption key: \
+             run `tollgate keygen > keys; chmod 600 keys` and set `encryption_keys_file = \"keys\"` \
+             in [store]"
+        ))),
+    }
+}
+
+/// What is inside a sealed blob. Short names keep records small; the oid is not repeated since
+/// the AAD already binds the blob to it.
+#[derive(Serialize, Deserialize)]
+struct SealedRecord {
+    tid: String,
+    upn: Option<String>,
+    at: String,
+    at_exp: u64,
+    scp: Vec<String>,
+    rt: String,
+    rt_exp: u64,
+}
+
+/// A record read from a backend, opened.
+struct Opened {
+    tokens: UserTokens,
+    /// The blob sealed under the first key, when the stored one used an older key.
+    resealed: Option<Vec<u8>>,
+}
+
+/// Length-prefixes the provider so that `("a|b", "c")` and `("a", "b|c")` never share an AAD.
+fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
+    format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
+}
+
+fn upn_hash(upn: &str) -> [u8; 32] {
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, upn.to_lowercase().as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn seal_record(
+    sealer: &Sealer,
+    provider: &str,
+    tokens: &UserTokens,
+) -> Result<Vec<u8>, StoreError> {
+    let record = SealedRecord {
+        tid: tokens.tid.clone(),
+        upn: tokens.upn.clone(),
+        at: tokens.access_token.clone(),
+        at_exp: tokens.access_token_expires_at,
+        scp: tokens.scopes.clone(),
+        rt: tokens.refresh_token.clone(),
+        rt_exp: tokens.refresh_token_expires_at,
+    };
+    let plain = serde_json::to_vec(&record)
+        .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?;
+    sealer.seal(&plain, &record_aad(provider, &tokens.oid))
+}
+
+/// Opens a stored blob; when it was sealed under an older key, also re-seals it under the first
+/// key so the backend can write it back.
+fn open_record(
+    sealer: &Sealer,
+    provider: &str,
+    oid: &str,
+    blob: &[u8],
+) -> Result<Opened, StoreError> {
+    let (plain, old_key) = sealer.open(blob, &record_aad(provider, oid))?;
+    let record: SealedRecord = serde_json::from_slice(&plain)
+        .map_err(|_| StoreError::Corrupt("record content is not a token record".into()))?;
+    let tokens = UserTokens {
+        oid: oid.to_owned(),
+        tid: record.tid,
+        upn: record.upn,
+        access_token: record.at,
+        access_token_expires_at: record.at_exp,
+        scopes: record.scp,
+        refresh_token: record.rt,
+        refresh_token_expires_at: record.rt_exp,
+    };
+    let resealed = if old_key {
+        Some(seal_record(sealer, provider, &tokens)?)
+    } else {
+        None
+    };
+    Ok(Opened { tokens, resealed })
+}
+
+fn upn_matches(tokens: &UserTokens, upn: &str) -> bool {
+    tokens
+        .upn
+        .as_deref()
+        .is_some_and(|stored| stored.to_lowercase() == upn.to_lowercase())
+}
+
+fn is_expired(tokens: &UserTokens, now: u64) -> bool {
+    tokens.refresh_token_expires_at <= now
+}
+
+/// Shared by the backends: a rotation that met unreadable records must not look like a success,
+/// or the operator would retire the old key and lose them for good.
+fn rotation_result(resealed: u64, unreadable: u64) -> Result<u64, StoreError> {
+    if unreadable == 0 {
+        Ok(resealed)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "{unreadable} record(s) could not be opened and were left as they are \
+             ({resealed} re-sealed); keep their keys configured or delete those users"
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // set_password only fails for URLs that cannot carry credentials at all.
+                let _ = parsed.set_password(Some("REDACTED"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> UserTokens {
+        UserTokens {
+            oid: "oid-1".into(),
+            tid: "tid-1".into(),
+            upn: Some("Ada@Example.com".into()),
+            access_token: "AT-SECRET-VALUE".into(),
+            access_token_expires_at: 10,
+            scopes: vec!["User.Read".into()],
+            refresh_token: "RT-SECRET-VALUE".into(),
+            refresh_token_expires_at: 20,
+        }
+    }
+
+    #[test]
+    fn user_tokens_debug_redacts_tokens() {
+        let debug = format!("{:?}", tokens());
+        assert!(!debug.contains("AT-SECRET-VALUE"), "{debug}");
+        assert!(!debug.contains("RT-SECRET-VALUE"), "{debug}");
+        assert!(debug.contains("oid-1"));
+    }
+
+    #[test]
+    fn record_round_trips_and_is_bound_to_provider_and_oid() {
+        let sealer = Sealer::ephemeral().unwrap();
+        let blob = seal_record(&sealer, "entra_id", &tokens()).unwrap();
+        let opened = open_record(&sealer, "entra_id", "oid-1", &blob).unwrap();
+        assert_eq!(opened.tokens, tokens());
+        assert!(opened.resealed.is_none());
+        assert!(matches!(
+            open_record(&sealer, "entra_id", "oid-2", &blob),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            open_record(&sealer, "other", "oid-1", &blob),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn aad_is_unambiguous() {
+        assert_ne!(record_aad("a|b", "c"), record_aad("a", "b|c"));
+    }
+
+    #[test]
+    fn upn_hash_ignores_case() {
+        assert_eq!(upn_hash("Ada@Example.COM"), upn_hash("ada@example.com"));
+        assert_ne!(upn_hash("ada@example.com"), upn_hash("bob@example.com"));
+    }
+
+    #[test]
+    fn config_defaults_and_humantime() {
+        let cfg: StoreConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg, StoreConfig::default());
+        assert_eq!(cfg.kind, StoreKind::Sqlite);
+        assert_eq!(cfg.path, PathBuf::from("tollgate.db"));
+        assert_eq!(cfg.timeout, Duration::from_secs(2));
+        let cfg: StoreConfig =
+            serde_json::from_str(r#"{"kind":"redis","url":"redis://h","timeout":"250ms"}"#)
+                .unwrap();
+        assert_eq!(cfg.kind, StoreKind::Redis);
+        assert_eq!(cfg.timeout, Duration::from_millis(250));
+        let back: StoreConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"kindd":"redis"}"#).is_err());
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"timeout":"soon"}"#).is_err());
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"kind":"postgres"}"#).is_err());
+    }
+
+    #[test]
+    fn config_debug_masks_redis_password() {
+        let cfg = StoreConfig {
+            url: Some("redis://:hunter2@cache:6379/0".into()),
+            ..StoreConfig::default()
+        };
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("cache:6379"), "{debug}");
+    }
+}

@@ -1,0 +1,369 @@
+//! Redis backend, for several replicas sharing users. Each record expires with its refresh token.
+//!
+//! Keys (the provider is length-prefixed so that no provider/oid pair collides with another):
+//! - `tollgate:tok:<len>:<provider>:<oid>`: hash `{v: sealed blob, u: hex sha256 of the UPN}`
+//! - `tollgate:upn:<len>:<provider>:<hex sha256 of the lower-cased UPN>`: the oid
+//!
+//! Every call is bounded by the configured timeout, so an outage turns into
+//! [`StoreError::Unavailable`] instead of a hang; the connection manager reconnects by itself
+//! once Redis is back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{ErrorKind, RedisError, RedisResult, Script};
+
+use super::{
+    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, hex, is_expired, now_unix, open_record,
+    rotation_result, seal_record, upn_hash, upn_matches,
+};
+
+/// A [`TokenStore`] in Redis (standalone server; not Redis Cluster).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tollgate::store::StoreError> {
+/// use std::time::Duration;
+/// use tollgate::store::{RedisStore, Sealer, TokenStore};
+///
+/// let sealer = Sealer::from_key_file("keys".as_ref())?;
+/// let store = RedisStore::connect("redis://127.0.0.1:6379", sealer, Duration::from_secs(2)).await?;
+/// store.ping().await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisStore {
+    conn: ConnectionManager,
+    sealer: Sealer,
+    timeout: Duration,
+    delete_script: Script,
+    reseal_script: Script,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[user:password@]host[:port][/db]`) and checks that the server
+    /// answers within `timeout`, which then bounds every call.
+    pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, StoreError> {
+        let client = ::redis::Client::open(url)
+            .map_err(|err| StoreError::Config(format!("invalid redis `url`: {err}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Few, short retries: while Redis is down callers should get an error now, and the
+            // next call starts another reconnect anyway.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|err| StoreError::Config(format!("redis connection settings: {err}")))?;
+        let store = Self {
+            conn,
+            sealer,
+            timeout,
+            delete_script: Script::new(DELETE_SCRIPT),
+            reseal_script: Script::new(RESEAL_SCRIPT),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn put<'a>(
+        &'a self,
+        provider: &'a str,
+        tokens: &'a UserTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if is_expired(tokens, now_unix()) {
+                self.delete_record(provider, &tokens.oid).await?;
+                return Ok(());
+            }
+            let blob = seal_record(&self.sealer, provider, tokens)?;
+            let record = record_key(provider, &tokens.oid);
+            let upn = tokens.upn.as_deref().map(|u| hex(&upn_hash(u)));
+            let expires_at = tokens.refresh_token_expires_at;
+
+            let mut hset = ::redis::cmd("HSET");
+            hset.arg(&record).arg("v").arg(&blob);
+            if let Some(upn) = &upn {
+                hset.arg("u").arg(upn);
+            }
+            let mut pipe = ::redis::pipe();
+            // DEL first so a record that lost its UPN does not keep the old `u` field.
+            pipe.atomic().cmd("DEL").arg(&record).ignore();
+            pipe.add_command(hset).ignore();
+            pipe.cmd("EXPIREAT").arg(&record).arg(expires_at).ignore();
+            if let Some(upn) = &upn {
+                // An index left behind by an earlier UPN of this user expires on its own and is
+                // ignored meanwhile (get_by_upn checks the record's UPN).
+                pipe.cmd("SET")
+                    .arg(format!("{}{upn}", upn_key_prefix(provider)))
+                    .arg(&tokens.oid)
+                    .arg("EXAT")
+                    .arg(expires_at)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            self.timed(pipe.query_async::<()>(&mut conn)).await
+        })
+    }
+
+    fn get_by_oid<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
+        Box::pin(async move {
+            match self.fetch_blob(provider, oid).await? {
+                Some(blob) => self.read(provider, oid, blob).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn get_by_upn<'a>(
+        &'a self,
+        provider: &'a str,
+        upn: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
+        Box::pin(async move {
+            let index = format!("{}{}", upn_key_prefix(provider), hex(&upn_hash(upn)));
+            let mut conn = self.conn.clone();
+            let oid: Option<String> = self
+                .timed(::redis::cmd("GET").arg(&index).query_async(&mut conn))
+                .await?;
+            let Some(oid) = oid else { return Ok(None) };
+            let Some(blob) = self.fetch_blob(provider, &oid).await? else {
+                return Ok(None);
+            };
+            let found = self.read(provider, &oid, blob).await?;
+            // The index and the record are separate keys: after a UPN change the old index may
+            // still point here until it expires.
+            Ok(found.filter(|tokens| upn_matches(tokens, upn)))
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.delete_record(provider, oid))
+    }
+
+    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let pattern = format!("{RECORD_PREFIX}*");
+            let (mut cursor, mut resealed, mut unreadable) = (0u64, 0u64, 0u64);
+            let now = now_unix();
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .timed(
+                        ::redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                for key in keys {
+                    let Some((provider, oid)) = parse_record_key(&key) else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    let Some(blob) = self.fetch_blob(provider, oid).await? else {
+                        continue;
+                    };
+                    match open_record(&self.sealer, provider, oid, &blob) {
+                        // Redis drops it at its TTL; nothing worth re-sealing.
+                        Ok(opened) if is_expired(&opened.tokens, now) => {}
+                        Ok(opened) => {
+                            if let Some(new_blob) = opened.resealed
+                                && self.reseal(&key, &blob, &new_blob).await?
+                            {
+                                resealed += 1;
+                            }
+                        }
+                        Err(_) => unreadable += 1,
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            rotation_result(resealed, unreadable)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let pong: String = self
+                .timed(::redis::cmd("PING").query_async(&mut conn))
+                .await?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(StoreError::Unavailable("unexpected answer to PING".into()))
+            }
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+const RECORD_PREFIX: &str = "tollgate:tok:";
+const UPN_PREFIX: &str = "tollgate:upn:";
+
+/// Deletes the record and, only while it still points at this oid, its UPN index entry: the UPN
+/// may have moved to another user since. ARGV: index key prefix, oid.
+const DELETE_SCRIPT: &str = r"
+local u = redis.call('HGET', KEYS[1], 'u')
+local n = redis.call('DEL', KEYS[1])
+if u then
+  local idx = ARGV[1] .. u
+  if redis.call('GET', idx) == ARGV[2] then redis.call('DEL', idx) end
+end
+return n
+";
+
+/// Compare-and-swap of the blob, so a re-seal never overwrites a record written meanwhile. HSET
+/// keeps the key's TTL. ARGV: old blob, new blob.
+const RESEAL_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2])
+  return 1
+end
+return 0
+";
+
+impl RedisStore {
+    async fn timed<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(redis_error(&err)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not answer within {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
+    }
+
+    async fn fetch_blob(&self, provider: &str, oid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            ::redis::cmd("HGET")
+                .arg(record_key(provider, oid))
+                .arg("v")
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn read(
+        &self,
+        provider: &str,
+        oid: &str,
+        blob: Vec<u8>,
+    ) -> Result<Option<UserTokens>, StoreError> {
+        let opened = open_record(&self.sealer, provider, oid, &blob)?;
+        // Clocks of this host and Redis may disagree by a little: never hand out an expired one.
+        if is_expired(&opened.tokens, now_unix()) {
+            return Ok(None);
+        }
+        if let Some(new_blob) = opened.resealed
+            && let Err(err) = self
+                .reseal(&record_key(provider, oid), &blob, &new_blob)
+                .await
+        {
+            tracing::warn!(error = %err, "could not re-seal a record under the current key");
+        }
+        Ok(Some(opened.tokens))
+    }
+
+    async fn reseal(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let swapped: i64 = self
+            .timed(
+                self.reseal_script
+                    .key(key)
+                    .arg(old)
+                    .arg(new)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(swapped == 1)
+    }
+
+    async fn delete_record(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = self
+            .timed(
+                self.delete_script
+                    .key(record_key(provider, oid))
+                    .arg(upn_key_prefix(provider))
+                    .arg(oid)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+}
+
+fn record_key(provider: &str, oid: &str) -> String {
+    format!("{RECORD_PREFIX}{}:{provider}:{oid}", provider.len())
+}
+
+fn upn_key_prefix(provider: &str) -> String {
+    format!("{UPN_PREFIX}{}:{provider}:", provider.len())
+}
+
+/// `(provider, oid)` of a record key, `None` for keys tollgate did not write.
+fn parse_record_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(RECORD_PREFIX)?;
+    let (len, rest) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let provider = rest.get(..len)?;
+    let oid = rest.get(len..)?.strip_prefix(':')?;
+    Some((provider, oid))
+}
+
+/// Everything that goes wrong talking to Redis makes the store unusable for now (`503`), except
+/// values of the wrong shape, which only an outside writer can cause. Type errors may quote the
+/// value, so their text is not passed on.
+fn redis_error(err: &RedisError) -> StoreError {
+    match err.kind() {
+        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => {
+            StoreError::Corrupt("redis holds a value tollgate did not write".into())
+        }
+        _ => StoreError::Unavailable(format!("redis: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_round_trip_and_do_not_collide() {
+        let key = record_key("entra_id", "oid:with:colons");
+        assert_eq!(
+            parse_record_key(&key),
+            Some(("entra_id", "oid:with:colons"))
+        );
+        assert_ne!(record_key("a:b", "c"), record_key("a", "b:c"));
+        assert_eq!(
+            parse_record_key(&record_key("a:b", "c")),
+            Some(("a:b", "c"))
+        );
+        assert_eq!(parse_record_key("tollgate:tok:99:short:x"), None);
+        assert_eq!(parse_record_key("tollgate:tok:x:p:o"), None);
+        assert_eq!(parse_record_key("other:tok:1:p:o"), None);
+    }
+}

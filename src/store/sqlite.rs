@@ -1,0 +1,423 @@
+//! SQLite backend: one file, WAL, `synchronous=FULL` so an acknowledged `put` survives `kill -9`
+//! (and power loss). The schema is versioned with `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
+
+use super::{
+    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_record,
+    rotation_result, seal_record, upn_hash, upn_matches,
+};
+
+/// A [`TokenStore`] in one SQLite file.
+///
+/// Table `tokens(provider, oid, upn_hash, record)`: `record` is the sealed blob, `upn_hash` the
+/// sha256 of the lower-cased UPN. Calls run on the blocking thread pool over one connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tollgate::store::StoreError> {
+/// use tollgate::store::{Sealer, SqliteStore, TokenStore};
+///
+/// let sealer = Sealer::from_key_file("keys".as_ref())?;
+/// let store = tokio::task::spawn_blocking(move || SqliteStore::open("tollgate.db", sealer))
+///     .await
+///     .expect("open task")?;
+/// store.ping().await?;
+/// # Ok(()) }
+/// ```
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    sealer: Sealer,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) and migrates the database. Blocking: in async code,
+    /// call it inside `spawn_blocking` (as [`super::open`] does).
+    pub fn open(path: impl AsRef<Path>, sealer: Sealer) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        create_private(path)?;
+        let mut conn = Connection::open(path).map_err(|err| {
+            StoreError::Io(format!("cannot open database {}: {err}", path.display()))
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(db_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Config(format!(
+                "database {} cannot use WAL journaling (got {mode:?}); put it on a local filesystem",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_error)?;
+        // Deleted and re-sealed blobs are zeroed, so a retired key cannot open leftovers.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(db_error)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            sealer,
+        })
+    }
+}
+
+impl TokenStore for SqliteStore {
+    fn put<'a>(
+        &'a self,
+        provider: &'a str,
+        tokens: &'a UserTokens,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (provider, oid) = (provider.to_owned(), tokens.oid.clone());
+            if is_expired(tokens, now_unix()) {
+                return self
+                    .run(move |conn| delete_row(conn, &provider, &oid).map(drop))
+                    .await;
+            }
+            let blob = seal_record(&self.sealer, &provider, tokens)?;
+            let upn = tokens.upn.as_deref().map(upn_hash);
+            self.run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_error)?;
+                if let Some(hash) = &upn {
+                    // The newest login owns the UPN: a reassigned UPN must not keep finding the
+                    // previous user.
+                    tx.execute(
+                        "UPDATE tokens SET upn_hash = NULL
+                         WHERE provider = ?1 AND upn_hash = ?2 AND oid <> ?3",
+                        params![provider, &hash[..], oid],
+                    )
+                    .map_err(db_error)?;
+                }
+                tx.execute(
+                    "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (provider, oid)
+                     DO UPDATE SET upn_hash = excluded.upn_hash, record = excluded.record",
+                    params![provider, oid, upn.as_ref().map(|h| &h[..]), blob],
+                )
+                .map_err(db_error)?;
+                tx.commit().map_err(db_error)
+            })
+            .await
+        })
+    }
+
+    fn get_by_oid<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
+        Box::pin(async move {
+            let (p, o) = (provider.to_owned(), oid.to_owned());
+            let blob = self
+                .run(move |conn| {
+                    conn.query_row(
+                        "SELECT record FROM tokens WHERE provider = ?1 AND oid = ?2",
+                        params![p, o],
+                        |row| row.get::<_, Vec<u8>>(0),
+                    )
+                    .optional()
+                    .map_err(db_error)
+                })
+                .await?;
+            match blob {
+                Some(blob) => self.read(provider, oid, blob, None).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn get_by_upn<'a>(
+        &'a self,
+        provider: &'a str,
+        upn: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
+        Box::pin(async move {
+            let (p, hash) = (provider.to_owned(), upn_hash(upn));
+            let row = self
+                .run(move |conn| {
+                    conn.query_row(
+                        "SELECT oid, record FROM tokens WHERE provider = ?1 AND upn_hash = ?2",
+                        params![p, &hash[..]],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_error)
+                })
+                .await?;
+            match row {
+                Some((oid, blob)) => self.read(provider, &oid, blob, Some(upn)).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        provider: &'a str,
+        oid: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let (p, o) = (provider.to_owned(), oid.to_owned());
+            self.run(move |conn| delete_row(conn, &p, &o)).await
+        })
+    }
+
+    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let sealer = self.sealer.clone();
+            self.run(move |conn| rotate(conn, &sealer)).await
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(|conn| {
+                conn.query_row("SELECT count(*) FROM tokens", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(drop)
+                .map_err(db_error)
+            })
+            .await
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+/// Each entry moves the schema one version up; `user_version` counts the entries applied.
+/// Never edit an entry once released: append a new one.
+const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
+        provider TEXT NOT NULL,
+        oid TEXT NOT NULL,
+        upn_hash BLOB,
+        record BLOB NOT NULL,
+        PRIMARY KEY (provider, oid)
+    );
+    CREATE UNIQUE INDEX tokens_upn ON tokens (provider, upn_hash) WHERE upn_hash IS NOT NULL;"];
+
+/// Another process (e.g. `tollgate store rotate` next to `serve`) may hold the write lock briefly.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SqliteStore {
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Io("database connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|err| StoreError::Io(format!("database task failed: {err}")))?
+    }
+
+    async fn read(
+        &self,
+        provider: &str,
+        oid: &str,
+        blob: Vec<u8>,
+        upn: Option<&str>,
+    ) -> Result<Option<UserTokens>, StoreError> {
+        let opened = open_record(&self.sealer, provider, oid, &blob)?;
+        if let Some(upn) = upn
+            && !upn_matches(&opened.tokens, upn)
+        {
+            // Both live in one row, so only an edit of the file can make them disagree.
+            return Err(StoreError::Corrupt(
+                "UPN index points at another user's record".into(),
+            ));
+        }
+        let (p, o) = (provider.to_owned(), oid.to_owned());
+        if is_expired(&opened.tokens, now_unix()) {
+            self.run(move |conn| {
+                conn.execute(
+                    "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2 AND record = ?3",
+                    params![p, o, blob],
+                )
+                .map_err(db_error)
+            })
+            .await?;
+            return Ok(None);
+        }
+        if let Some(new_blob) = opened.resealed {
+            let written = self
+                .run(move |conn| {
+                    conn.execute(
+                        "UPDATE tokens SET record = ?4
+                         WHERE provider = ?1 AND oid = ?2 AND record = ?3",
+                        params![p, o, blob, new_blob],
+                    )
+                    .map_err(db_error)
+                })
+                .await;
+            if let Err(err) = written {
+                tracing::warn!(error = %err, "could not re-seal a record under the current key");
+            }
+        }
+        Ok(Some(opened.tokens))
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let current: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db_error)?;
+    let latest = MIGRATIONS.len() as i64;
+    if !(0..=latest).contains(&current) {
+        return Err(StoreError::Config(format!(
+            "database schema version {current} is newer than this tollgate understands \
+             ({latest}); upgrade tollgate or use another `path`"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(|err| {
+            StoreError::Io(format!(
+                "migrating the database to version {}: {err}",
+                version + 1
+            ))
+        })?;
+    }
+    tx.pragma_update(None, "user_version", latest)
+        .map_err(db_error)?;
+    tx.commit().map_err(db_error)
+}
+
+fn delete_row(conn: &mut Connection, provider: &str, oid: &str) -> Result<bool, StoreError> {
+    conn.execute(
+        "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2",
+        params![provider, oid],
+    )
+    .map(|n| n > 0)
+    .map_err(db_error)
+}
+
+/// One transaction: other calls wait, and a crash leaves either all or none re-sealed.
+fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let rows: Vec<(String, String, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare("SELECT provider, oid, record FROM tokens")
+            .map_err(db_error)?;
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?
+    };
+    let now = now_unix();
+    let (mut resealed, mut unreadable) = (0u64, 0u64);
+    for (provider, oid, blob) in rows {
+        match open_record(sealer, &provider, &oid, &blob) {
+            Ok(opened) if is_expired(&opened.tokens, now) => {
+                tx.execute(
+                    "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2",
+                    params![provider, oid],
+                )
+                .map_err(db_error)?;
+            }
+            Ok(opened) => {
+                if let Some(new_blob) = opened.resealed {
+                    tx.execute(
+                        "UPDATE tokens SET record = ?3 WHERE provider = ?1 AND oid = ?2",
+                        params![provider, oid, new_blob],
+                    )
+                    .map_err(db_error)?;
+                    resealed += 1;
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    tx.commit().map_err(db_error)?;
+    rotation_result(resealed, unreadable)
+}
+
+/// The file holds only sealed blobs, but its user id list is still nobody else's business.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Io(format!(
+            "cannot create database {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+/// SQLite messages name tables and constraints, never bound values, so they are safe to pass on.
+fn db_error(err: rusqlite::Error) -> StoreError {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(format!("database busy: {err}"))
+        }
+        _ => StoreError::Io(format!("database: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        Sealer::parse(&super::super::keygen()).unwrap()
+    }
+
+    #[test]
+    fn new_database_is_at_latest_schema_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path, sealer()).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "database file mode {mode:o}");
+        }
+        // Reopening an up-to-date database must not re-run migrations (CREATE TABLE would fail).
+        drop(SqliteStore::open(&path, sealer()).unwrap());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        match SqliteStore::open(&path, sealer()) {
+            Err(StoreError::Config(msg)) => assert!(msg.contains("99"), "{msg}"),
+            Err(other) => panic!("expected Config error, got {other:?}"),
+            Ok(_) => panic!("opened a database from the future"),
+        }
+    }
+}

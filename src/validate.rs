@@ -1,0 +1,561 @@
+//! Bearer token -> [`Claims`], and every refusal as an RFC 6750 §3 challenge.
+//!
+//! The checks follow RFC 8725 (JWT BCP) and Microsoft's multi-tenant rules (entra-reference §9):
+//! the algorithm comes from configuration only (§3.1), the key is chosen by `kid` from the
+//! provider's JWKS and must be of the algorithm's type, `exp`/`iss`/`aud` are required, `nbf` is
+//! honoured with the configured leeway, a `{tenantid}` issuer template is filled with the token's
+//! `tid` and the tenant checked against `allowed_tenants`, and ID tokens are refused as access
+//! tokens (§3.12). A validated token is cached by `sha256(token)` until its `exp`, so a repeat
+//! costs a hash and a lookup instead of an RSA verification.
+//!
+//! ```no_run
+//! # async fn f(provider: std::sync::Arc<tollgate::provider::Provider>, token: &str) {
+//! use tollgate::validate::Validator;
+//! let validator = Validator::new(provider, 100_000);
+//! match validator.validate(token).await {
+//!     Ok(claims) => println!("hello {}", claims.subject()),
+//!     Err(e) => println!("{} {}", e.status(), e.www_authenticate()),
+//! }
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use crate::provider::Provider;
+
+/// The realm named in every `WWW-Authenticate` challenge.
+pub const REALM: &str = "tollgate";
+
+/// Longest token accepted; Entra tokens are a few KiB, this leaves room for big group lists.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Header parameters that would let a token pick its own key (RFC 8725 §3.10 / RFC 7515
+/// §4.1.2-4.1.5): never honoured, and a token carrying them is refused outright.
+const FORBIDDEN_HEADER_PARAMS: &[&str] = &["jku", "jwk", "x5u", "x5c", "crit"];
+
+/// The validated claims of an access token. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Claims(Arc<ClaimsInner>);
+
+#[derive(Debug)]
+struct ClaimsInner {
+    map: Map<String, Value>,
+    scopes: Vec<String>,
+    roles: Vec<String>,
+    exp: u64,
+    provider: String,
+}
+
+impl Claims {
+    /// Builds claims from a decoded JSON object (used by the validator and by tests).
+    pub fn from_map(provider: &str, map: Map<String, Value>) -> Self {
+        let scopes = match map.get("scp").or_else(|| map.get("scope")) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        let roles = match map.get("roles") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        let exp = map.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Self(Arc::new(ClaimsInner { map, scopes, roles, exp, provider: provider.to_owned() }))
+    }
+
+    /// `sub`.
+    pub fn subject(&self) -> &str {
+        self.str("sub").unwrap_or("")
+    }
+
+    /// `oid` (Entra object id), when present.
+    pub fn oid(&self) -> Option<&str> {
+        self.str("oid")
+    }
+
+    /// `tid` (Entra tenant id), when present.
+    pub fn tid(&self) -> Option<&str> {
+        self.str("tid")
+    }
+
+    /// `name`, when present.
+    pub fn name(&self) -> Option<&str> {
+        self.str("name")
+    }
+
+    /// `upn`, else `preferred_username`.
+    pub fn username(&self) -> Option<&str> {
+        self.str("upn").or_else(|| self.str("preferred_username"))
+    }
+
+    /// `iss`.
+    pub fn issuer(&self) -> &str {
+        self.str("iss").unwrap_or("")
+    }
+
+    /// Delegated scopes (`scp`, space separated; or `scope`).
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
+
+    /// App roles (`roles`).
+    pub fn roles(&self) -> &[String] {
+        &self.0.roles
+    }
+
+    /// `exp`, seconds since the epoch.
+    pub fn expires_at(&self) -> u64 {
+        self.0.exp
+    }
+
+    /// The name of the provider that issued the token.
+    pub fn provider(&self) -> &str {
+        &self.0.provider
+    }
+
+    /// Any claim.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.map.get(name)
+    }
+
+    /// All claims, as in the token.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0.map
+    }
+
+    /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
+    pub fn is_app_only(&self) -> bool {
+        self.str("idtyp") == Some("app") || (self.0.scopes.is_empty() && self.str("sub").is_some() && self.str("sub") == self.str("oid"))
+    }
+
+    /// Checks route requirements: any one of `scopes` (when non-empty) and any one of `roles`
+    /// (when non-empty).
+    pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
+        if !scopes.is_empty() && !scopes.iter().any(|s| self.0.scopes.contains(s)) {
+            return Err(ValidationError::InsufficientScope { scope: scopes.join(" ") });
+        }
+        if !roles.is_empty() && !roles.iter().any(|r| self.0.roles.contains(r)) {
+            return Err(ValidationError::InsufficientScope { scope: roles.join(" ") });
+        }
+        Ok(())
+    }
+
+    fn str(&self, name: &str) -> Option<&str> {
+        self.0.map.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Why a request was not authenticated or not authorised. Messages never contain the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// No credentials: challenge without an error code (RFC 6750 §3.1).
+    #[error("no bearer token")]
+    Missing,
+    /// `Authorization` present but not a single well-formed `Bearer` credential.
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// The token is not acceptable.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The token is valid but lacks a required scope or role.
+    #[error("the token lacks a required scope or role")]
+    InsufficientScope {
+        /// The scopes (or roles), any of which would do.
+        scope: String,
+    },
+    /// Keys are not loaded (the IdP has not been reachable since start).
+    #[error("signing keys are not available yet")]
+    KeysUnavailable,
+}
+
+impl ValidationError {
+    /// The HTTP status for this error (RFC 6750 §3.1).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The OAuth error code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "unauthorized",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::KeysUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 §3; auth-params as quoted-strings per RFC 9110 §11.4).
+    pub fn www_authenticate(&self) -> String {
+        match self {
+            Self::Missing | Self::KeysUnavailable => format!("Bearer realm=\"{REALM}\""),
+            Self::InsufficientScope { scope } => format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
+                quote_safe(&self.to_string()),
+                quote_safe(scope)
+            ),
+            other => format!(
+                "Bearer realm=\"{REALM}\", error=\"{}\", error_description=\"{}\"",
+                other.code(),
+                quote_safe(&other.to_string())
+            ),
+        }
+    }
+}
+
+impl ValidationError {
+    /// The whole answer: status, `WWW-Authenticate` and a JSON body `{error, error_description}`.
+    /// Used by the proxy, the Tower layer and the axum extractors alike.
+    pub fn to_response<B: From<String>>(&self) -> http::Response<B> {
+        let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()}).to_string();
+        let mut resp = http::Response::new(B::from(body));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        if let Ok(v) = http::HeaderValue::from_str(&self.www_authenticate()) {
+            headers.insert(http::header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+/// RFC 6750 §3: error_description and scope values exclude `"` and `\` (and controls).
+fn quote_safe(s: &str) -> String {
+    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+}
+
+/// Extracts the token from an `Authorization` header value (RFC 6750 §2.1: scheme
+/// case-insensitive, one space, token68).
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, ValidationError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ValidationError::InvalidRequest("more than one Authorization header"));
+    }
+    let value = value.to_str().map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Err(ValidationError::InvalidRequest("Authorization header is not a Bearer credential"));
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ValidationError::InvalidRequest("Authorization header is not a Bearer credential"));
+    }
+    let token = token.trim();
+    let token68 = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    if token.is_empty() || !token.chars().all(token68) {
+        return Err(ValidationError::InvalidToken("the token is not a well-formed bearer token".into()));
+    }
+    Ok(Some(token))
+}
+
+/// Validates access tokens issued by one provider.
+#[derive(Clone)]
+pub struct Validator {
+    provider: Arc<Provider>,
+    audiences: Arc<Vec<String>>,
+    cache: moka::sync::Cache<[u8; 32], Claims>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator").field("provider", &self.provider.name()).finish()
+    }
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Claims> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], claims: &Claims, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(claims.expires_at().saturating_sub(now())))
+    }
+}
+
+impl Validator {
+    /// A validator for `provider`'s tokens caching up to `cache_capacity` validated tokens.
+    pub fn new(provider: Arc<Provider>, cache_capacity: u64) -> Self {
+        let audiences = Arc::new(provider.config().effective_audiences());
+        let cache = moka::sync::Cache::builder().max_capacity(cache_capacity).expire_after(UntilExp).build();
+        Self { provider, audiences, cache }
+    }
+
+    /// The provider this validator trusts.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+
+    /// Validates `token`, from the cache when it was validated before and has not expired.
+    pub async fn validate(&self, token: &str) -> Result<Claims, ValidationError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(self.refuse("oversized", "the token is too large"));
+        }
+        let digest = sha256(token.as_bytes());
+        if let Some(claims) = self.cache.get(&digest)
+            && claims.expires_at() > now()
+        {
+            metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached")
+                .increment(1);
+            return Ok(claims);
+        }
+        let result = self.validate_uncached(token).await;
+        let label = match &result {
+            Ok(_) => "valid",
+            Err(ValidationError::KeysUnavailable) => "keys_unavailable",
+            Err(_) => "invalid",
+        };
+        metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
+            .increment(1);
+        let claims = result?;
+        self.cache.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    /// Validates without reading or filling the cache (benchmarks, first sight).
+    pub async fn validate_uncached(&self, token: &str) -> Result<Claims, ValidationError> {
+        let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("the token is too large"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Json(_) => invalid("the token header names an unsupported algorithm or is not valid JSON"),
+            _ => invalid("the token is not a well-formed JWT"),
+        })?;
+        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() {
+            return Err(invalid("the token header carries its own key (jku, jwk, x5u or x5c)"));
+        }
+        if FORBIDDEN_HEADER_PARAMS.iter().any(|p| header.extras.inner().contains_key(*p)) {
+            return Err(invalid("the token header has critical extensions"));
+        }
+        let config = self.provider.config();
+        if !config.algorithms.contains(&header.alg) {
+            return Err(ValidationError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.as_deref().ok_or_else(|| invalid("the token header has no kid"))?;
+        let Some(key) = self.provider.key(kid).await else {
+            if self.provider.key_set().is_empty() {
+                return Err(ValidationError::KeysUnavailable);
+            }
+            return Err(invalid("the token is signed by an unknown key"));
+        };
+        if !key.allows(header.alg) {
+            return Err(invalid("the signing key does not match the token's algorithm"));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_audience(&self.audiences);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => invalid("the token has expired"),
+                K::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
+                K::InvalidAudience => invalid("the token is not meant for this audience"),
+                K::MissingRequiredClaim(c) => ValidationError::InvalidToken(format!("the token has no {c} claim")),
+                K::InvalidSignature => invalid("the token signature is invalid"),
+                K::InvalidAlgorithm => invalid("the token algorithm does not match the key"),
+                K::Base64(_) | K::Json(_) | K::Utf8(_) => invalid("the token is not a well-formed JWT"),
+                _ => invalid("the token could not be verified"),
+            }
+        })?;
+        let claims = data.claims;
+        self.check_issuer(&claims, key.issuer.as_deref())?;
+        refuse_id_tokens(&claims)?;
+        Ok(Claims::from_map(self.provider.name(), claims))
+    }
+
+    /// Validates an ID token from this provider for `client_id` (OIDC Core §3.1.3.7): signature,
+    /// issuer, `aud` = `client_id`, `nonce` present; `exp` is skipped when `allow_expired` (an
+    /// `id_token_hint` at logout may be old — it only names the user).
+    pub async fn validate_id_token(&self, token: &str, client_id: &str, allow_expired: bool) -> Result<Claims, ValidationError> {
+        let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("the ID token is too large"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the ID token is not a well-formed JWT"))?;
+        let config = self.provider.config();
+        if !config.algorithms.contains(&header.alg) {
+            return Err(invalid("the ID token algorithm is not accepted"));
+        }
+        let kid = header.kid.as_deref().ok_or_else(|| invalid("the ID token header has no kid"))?;
+        let key = match self.provider.key(kid).await {
+            Some(k) if k.allows(header.alg) => k,
+            Some(_) => return Err(invalid("the signing key does not match the ID token's algorithm")),
+            None if self.provider.key_set().is_empty() => return Err(ValidationError::KeysUnavailable),
+            None => return Err(invalid("the ID token is signed by an unknown key")),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = !allow_expired;
+        validation.validate_nbf = !allow_expired;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_audience(&[client_id]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| ValidationError::InvalidToken(format!("the ID token is not valid: {}", e.kind_description())))?;
+        self.check_issuer(&data.claims, key.issuer.as_deref())?;
+        if !data.claims.contains_key("nonce") {
+            return Err(invalid("the ID token has no nonce"));
+        }
+        Ok(Claims::from_map(self.provider.name(), data.claims))
+    }
+
+    /// `iss` must equal the provider's issuer, or a `{tenantid}` template filled with the token's
+    /// own `tid` (entra-reference §9 steps 2-4); for Entra, v1 and v2 issuer forms of the same
+    /// tenant are both accepted (§1.4 key rule).
+    fn check_issuer(&self, claims: &Map<String, Value>, key_issuer: Option<&str>) -> Result<(), ValidationError> {
+        let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or_else(|| invalid("the token has no iss claim"))?;
+        let tid = claims.get("tid").and_then(Value::as_str);
+        let metadata = self.provider.metadata().ok_or(ValidationError::KeysUnavailable)?;
+        let config = self.provider.config();
+        let mut candidates: Vec<String> = vec![metadata.issuer.clone()];
+        candidates.extend(config.additional_issuers.iter().cloned());
+        candidates.extend(candidates.clone().iter().filter_map(|i| entra_v1_counterpart(i)));
+        let mut templated_match = false;
+        let matched = candidates.iter().any(|c| {
+            if c.contains("{tenantid}") {
+                let ok = tid.is_some_and(|t| is_guid(t) && c.replace("{tenantid}", t) == iss);
+                templated_match |= ok;
+                ok
+            } else {
+                c == iss
+            }
+        });
+        if !matched {
+            return Err(invalid("the token was issued by an untrusted issuer"));
+        }
+        if let Some(key_iss) = key_issuer {
+            let ok = if key_iss.contains("{tenantid}") {
+                tid.is_some_and(|t| key_iss.replace("{tenantid}", t) == iss || entra_v1_counterpart(key_iss).is_some_and(|v1| v1.replace("{tenantid}", t) == iss))
+            } else {
+                key_iss == iss || entra_v1_counterpart(key_iss).is_some_and(|v1| v1 == iss)
+            };
+            if !ok {
+                return Err(invalid("the signing key belongs to another issuer"));
+            }
+        }
+        let allowed = &config.allowed_tenants;
+        let any_tenant = allowed.iter().any(|t| t == "*");
+        if (templated_match || !allowed.is_empty()) && !any_tenant {
+            let t = tid.ok_or_else(|| invalid("the token has no tid claim"))?;
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(t)) {
+                return Err(invalid("the token's tenant is not allowed"));
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, result: &'static str, message: &str) -> ValidationError {
+        metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => result).increment(1);
+        ValidationError::InvalidToken(message.to_owned())
+    }
+}
+
+/// RFC 8725 §3.12: Entra access and ID tokens are both `typ: JWT`; tell them apart by content
+/// (entra-reference §3.8): an ID token carries `nonce`, and an Entra (`ver`) access token always
+/// names its client in `azp` (v2) or `appid` (v1).
+fn refuse_id_tokens(claims: &Map<String, Value>) -> Result<(), ValidationError> {
+    if claims.contains_key("nonce") {
+        return Err(ValidationError::InvalidToken("an ID token is not an access token".into()));
+    }
+    if claims.contains_key("ver") && !claims.contains_key("azp") && !claims.contains_key("appid") {
+        return Err(ValidationError::InvalidToken("an ID token is not an access token".into()));
+    }
+    Ok(())
+}
+
+/// `https://login.microsoftonline.com/X/v2.0` -> `https://sts.windows.net/X/`.
+fn entra_v1_counterpart(issuer: &str) -> Option<String> {
+    let tenant = issuer.strip_prefix("https://login.microsoftonline.com/")?.strip_suffix("/v2.0")?;
+    Some(format!("https://sts.windows.net/{tenant}/"))
+}
+
+fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+trait KindDescription {
+    fn kind_description(&self) -> &'static str;
+}
+
+impl KindDescription for jsonwebtoken::errors::Error {
+    fn kind_description(&self) -> &'static str {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match self.kind() {
+            K::ExpiredSignature => "expired",
+            K::ImmatureSignature => "not valid yet",
+            K::InvalidAudience => "wrong audience",
+            K::InvalidSignature => "bad signature",
+            K::MissingRequiredClaim(_) => "a required claim is missing",
+            _ => "malformed",
+        }
+    }
+}
+
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The algorithm a validator would check a token with (for diagnostics).
+pub fn token_algorithm(token: &str) -> Option<Algorithm> {
+    jsonwebtoken::decode_header(token).ok().map(|h| h.alg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_strings_follow_rfc6750() {
+        assert_eq!(ValidationError::Missing.www_authenticate(), "Bearer realm=\"tollgate\"");
+        let e = ValidationError::InvalidToken("the token has \"expired\"".into());
+        assert_eq!(e.www_authenticate(), "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"the token has expired\"");
+        let e = ValidationError::InsufficientScope { scope: "a b".into() };
+        assert!(e.www_authenticate().ends_with("scope=\"a b\""));
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer_token(&h), Ok(None));
+        h.insert("authorization", "bEaReR abc.def.ghi".parse().unwrap());
+        assert_eq!(bearer_token(&h), Ok(Some("abc.def.ghi")));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidRequest(_))));
+        h.insert("authorization", "Bearer a b".parse().unwrap());
+        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidToken(_))));
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        h.append("authorization", "Bearer y".parse().unwrap());
+        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn entra_issuers() {
+        assert_eq!(
+            entra_v1_counterpart("https://login.microsoftonline.com/{tenantid}/v2.0").as_deref(),
+            Some("https://sts.windows.net/{tenantid}/")
+        );
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("11111111-2222-3333-4444-55555555555/"));
+    }
+}
