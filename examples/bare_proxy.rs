@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -19,11 +19,20 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let listen: SocketAddr = args.next().unwrap_or_else(|| "127.0.0.1:18081".into()).parse()?;
-    let upstream: Uri = args.next().unwrap_or_else(|| "http://127.0.0.1:18080".into()).parse()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listen: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18081".into())
+        .parse()?;
+    let upstream: Uri = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:18080".into())
+        .parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build_http();
         let listener = tokio::net::TcpListener::bind(listen).await?;
         println!("bare proxy on {listen} -> {upstream}");
         loop {
@@ -34,13 +43,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let svc = service_fn(move |mut req: Request<Incoming>| {
                     let (client, upstream) = (client.clone(), upstream.clone());
                     async move {
-                        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        let uri = format!("http://{}{pq}", upstream.authority().map(|a| a.as_str()).unwrap_or(""));
+                        let pq = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/");
+                        let uri = format!(
+                            "http://{}{pq}",
+                            upstream.authority().map(|a| a.as_str()).unwrap_or("")
+                        );
                         *req.uri_mut() = uri.parse().unwrap_or_default();
                         let resp: Response<Body> = match client.request(req).await {
                             Ok(r) => r.map(|b| b.boxed()),
                             Err(_) => {
-                                let mut r = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+                                let mut r = Response::new(
+                                    http_body_util::Empty::new()
+                                        .map_err(|never| match never {})
+                                        .boxed(),
+                                );
                                 *r.status_mut() = StatusCode::BAD_GATEWAY;
                                 r
                             }
@@ -48,7 +68,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     })

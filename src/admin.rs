@@ -24,10 +24,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if !state.accepting.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
-    let mut waiting: Vec<&str> = state.providers.values().filter(|(p, _)| !p.is_ready()).map(|(p, _)| p.name()).collect();
+    let mut waiting: Vec<&str> = state
+        .providers
+        .values()
+        .filter(|(p, _)| !p.is_ready())
+        .map(|(p, _)| p.name())
+        .collect();
     waiting.sort_unstable();
     if !waiting.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("signing keys not loaded: {}\n", waiting.join(", ")));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("signing keys not loaded: {}\n", waiting.join(", ")),
+        );
     }
     (StatusCode::OK, "ready\n".into())
 }
@@ -37,7 +45,10 @@ async fn metrics() -> impl axum::response::IntoResponse {
         h.run_upkeep();
         h.render()
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body.unwrap_or_default())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body.unwrap_or_default(),
+    )
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

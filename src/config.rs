@@ -117,7 +117,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Pretty, level: "info".into() }
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
     }
 }
 
@@ -418,7 +421,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(option: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { option: option.into(), message: message.into() }
+        Self::Invalid {
+            option: option.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -446,7 +452,11 @@ pub struct MapEnv(HashMap<String, String>);
 
 impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
     fn from(vars: [(&str, &str); N]) -> Self {
-        Self(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Self(
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     }
 }
 
@@ -457,7 +467,14 @@ impl EnvSource for MapEnv {
 }
 
 /// Option names whose values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: &[&str] = &["client_secret", "client_id", "key", "client_jwk", "name", "level"];
+const STRING_KEYS: &[&str] = &[
+    "client_secret",
+    "client_id",
+    "key",
+    "client_jwk",
+    "name",
+    "level",
+];
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) merged with `env`, then validates.
@@ -476,17 +493,23 @@ impl Config {
         let mut figment = Figment::new().merge(Toml::string(text));
         let vars = env.vars();
         for (name, value) in &vars {
-            let Some(rest) = name.strip_prefix("TOLLGATE_") else { continue };
+            let Some(rest) = name.strip_prefix("TOLLGATE_") else {
+                continue;
+            };
             let key = rest.to_ascii_lowercase().replace("__", ".");
             let last = key.rsplit('.').next().unwrap_or(&key);
             let parsed = if STRING_KEYS.contains(&last) {
                 figment::value::Value::from(value.clone())
             } else {
-                value.parse::<figment::value::Value>().unwrap_or_else(|never| match never {})
+                value
+                    .parse::<figment::value::Value>()
+                    .unwrap_or_else(|never| match never {})
             };
             figment = figment.merge((key, parsed));
         }
-        let mut cfg: Config = figment.extract().map_err(|e| ConfigError::Parse(redact_figment(&e)))?;
+        let mut cfg: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(redact_figment(&e)))?;
         cfg.apply_nais_env(&vars)?;
         cfg.validate()?;
         Ok(cfg)
@@ -495,9 +518,9 @@ impl Config {
     fn apply_nais_env(&mut self, vars: &[(String, String)]) -> Result<(), ConfigError> {
         let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         if let Some(addr) = get("BIND_ADDRESS") {
-            let addr = addr
-                .parse()
-                .map_err(|_| ConfigError::invalid("BIND_ADDRESS", "not a socket address (host:port)"))?;
+            let addr = addr.parse().map_err(|_| {
+                ConfigError::invalid("BIND_ADDRESS", "not a socket address (host:port)")
+            })?;
             self.listen.api = Some(addr);
         }
         let client_id = get("AZURE_APP_CLIENT_ID");
@@ -523,7 +546,9 @@ impl Config {
             }
         }
         let url = |n: &str| -> Result<Option<Url>, ConfigError> {
-            get(n).map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string()))).transpose()
+            get(n)
+                .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string())))
+                .transpose()
         };
         if let Some(u) = url("AZURE_APP_WELL_KNOWN_URL")? {
             p.well_known_url = Some(u);
@@ -543,7 +568,10 @@ impl Config {
     /// Checks every rule that types alone do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.providers.is_empty() && !self.routes.iter().all(|r| r.auth == AuthMode::None) {
-            return Err(ConfigError::invalid("providers", "at least one provider is needed by the routes"));
+            return Err(ConfigError::invalid(
+                "providers",
+                "at least one provider is needed by the routes",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -552,10 +580,16 @@ impl Config {
                 return Err(ConfigError::invalid(at("name"), "must not be empty"));
             }
             if !names.insert(p.name.as_str()) {
-                return Err(ConfigError::invalid(at("name"), format!("duplicate provider name {:?}", p.name)));
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    format!("duplicate provider name {:?}", p.name),
+                ));
             }
             if p.client_id.trim().is_empty() {
-                return Err(ConfigError::invalid(at("client_id"), "missing (set it or AZURE_APP_CLIENT_ID)"));
+                return Err(ConfigError::invalid(
+                    at("client_id"),
+                    "missing (set it or AZURE_APP_CLIENT_ID)",
+                ));
             }
             if p.well_known_url.is_none() && (p.issuer.is_none() || p.jwks_uri.is_none()) {
                 return Err(ConfigError::invalid(
@@ -563,19 +597,43 @@ impl Config {
                     "missing: set well_known_url (AZURE_APP_WELL_KNOWN_URL) or both issuer and jwks_uri",
                 ));
             }
-            for (k, u) in [("well_known_url", &p.well_known_url), ("jwks_uri", &p.jwks_uri), ("token_endpoint", &p.token_endpoint)] {
+            for (k, u) in [
+                ("well_known_url", &p.well_known_url),
+                ("jwks_uri", &p.jwks_uri),
+                ("token_endpoint", &p.token_endpoint),
+            ] {
                 if let Some(u) = u {
                     check_idp_url(u).map_err(|m| ConfigError::invalid(at(k), m))?;
                 }
             }
             if p.algorithms.is_empty() {
-                return Err(ConfigError::invalid(at("algorithms"), "must list at least one algorithm"));
+                return Err(ConfigError::invalid(
+                    at("algorithms"),
+                    "must list at least one algorithm",
+                ));
             }
-            if let Some(a) = p.algorithms.iter().find(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512)) {
-                return Err(ConfigError::invalid(at("algorithms"), format!("{a:?} is a shared-secret algorithm; only asymmetric ones are accepted")));
+            if let Some(a) = p.algorithms.iter().find(|a| {
+                matches!(
+                    a,
+                    jsonwebtoken::Algorithm::HS256
+                        | jsonwebtoken::Algorithm::HS384
+                        | jsonwebtoken::Algorithm::HS512
+                )
+            }) {
+                return Err(ConfigError::invalid(
+                    at("algorithms"),
+                    format!(
+                        "{a:?} is a shared-secret algorithm; only asymmetric ones are accepted"
+                    ),
+                ));
             }
-            let templated = p.issuer.as_deref().is_some_and(|i| i.contains("{tenantid}"))
-                || p.additional_issuers.iter().any(|i| i.contains("{tenantid}"));
+            let templated = p
+                .issuer
+                .as_deref()
+                .is_some_and(|i| i.contains("{tenantid}"))
+                || p.additional_issuers
+                    .iter()
+                    .any(|i| i.contains("{tenantid}"));
             if templated && p.allowed_tenants.is_empty() {
                 return Err(ConfigError::invalid(
                     at("allowed_tenants"),
@@ -583,16 +641,30 @@ impl Config {
                 ));
             }
             if p.jwks_unknown_kid_min_interval.is_zero() {
-                return Err(ConfigError::invalid(at("jwks_unknown_kid_min_interval"), "must be greater than 0"));
+                return Err(ConfigError::invalid(
+                    at("jwks_unknown_kid_min_interval"),
+                    "must be greater than 0",
+                ));
             }
             if p.jwks_refresh.is_zero() {
-                return Err(ConfigError::invalid(at("jwks_refresh"), "must be greater than 0"));
+                return Err(ConfigError::invalid(
+                    at("jwks_refresh"),
+                    "must be greater than 0",
+                ));
             }
-            let need = |ok: bool, k: &str, m: &str| if ok { Ok(()) } else { Err(ConfigError::invalid(at(k), m.to_owned())) };
+            let need = |ok: bool, k: &str, m: &str| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ConfigError::invalid(at(k), m.to_owned()))
+                }
+            };
             match p.client_auth {
                 ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {}
                 ClientAuthMethod::PrivateKeyJwt => need(
-                    p.client_jwk.is_some() || p.client_jwk_file.is_some() || p.client_key_file.is_some(),
+                    p.client_jwk.is_some()
+                        || p.client_jwk_file.is_some()
+                        || p.client_key_file.is_some(),
                     "client_key_file",
                     "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
                 )?,
@@ -609,35 +681,55 @@ impl Config {
                 return Err(ConfigError::invalid(at("path"), "must start with '/'"));
             }
             if r.auth != AuthMode::None {
-                self.route_provider(r).map_err(|m| ConfigError::invalid(at("provider"), m))?;
+                self.route_provider(r)
+                    .map_err(|m| ConfigError::invalid(at("provider"), m))?;
             }
-            if r.auth == AuthMode::None && (!r.scopes.is_empty() || !r.roles.is_empty() || r.obo.is_some()) {
-                return Err(ConfigError::invalid(at("auth"), "scopes, roles and obo need auth = \"required\""));
+            if r.auth == AuthMode::None
+                && (!r.scopes.is_empty() || !r.roles.is_empty() || r.obo.is_some())
+            {
+                return Err(ConfigError::invalid(
+                    at("auth"),
+                    "scopes, roles and obo need auth = \"required\"",
+                ));
             }
             if r.auth == AuthMode::Optional && (r.obo.is_some() || !r.obo_headers.is_empty()) {
-                return Err(ConfigError::invalid(at("obo"), "obo needs auth = \"required\""));
+                return Err(ConfigError::invalid(
+                    at("obo"),
+                    "obo needs auth = \"required\"",
+                ));
             }
             for name in r.obo_headers.keys() {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(ConfigError::invalid(at("obo_headers"), format!("{name:?} is not a valid header name")));
+                    return Err(ConfigError::invalid(
+                        at("obo_headers"),
+                        format!("{name:?} is not a valid header name"),
+                    ));
                 }
             }
         }
         let mut paths = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             if !paths.insert(r.path.as_str()) {
-                return Err(ConfigError::invalid(format!("routes[{i}].path"), format!("duplicate route {:?}", r.path)));
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].path"),
+                    format!("duplicate route {:?}", r.path),
+                ));
             }
         }
         if !matches!(self.upstream.url.scheme(), "http") || self.upstream.url.host().is_none() {
-            return Err(ConfigError::invalid("upstream.url", "must be an http://host:port URL"));
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must be an http://host:port URL",
+            ));
         }
         if let Some(api) = self.listen.api {
             let keyed = self.api.key.is_some() || self.api.key_file.is_some();
             if !api.ip().is_loopback() && !keyed && !self.api.allow_insecure_api {
                 return Err(ConfigError::invalid(
                     "listen.api",
-                    format!("{api} is not a loopback address: set api.key_file, or allow_insecure_api = true"),
+                    format!(
+                        "{api} is not a loopback address: set api.key_file, or allow_insecure_api = true"
+                    ),
                 ));
             }
         }
@@ -647,25 +739,46 @@ impl Config {
                     ConfigError::invalid("login.provider", format!("no provider named {name:?}"))
                 })?,
                 None if self.providers.len() == 1 => &self.providers[0],
-                None => return Err(ConfigError::invalid("login.provider", "required when several providers are configured")),
+                None => {
+                    return Err(ConfigError::invalid(
+                        "login.provider",
+                        "required when several providers are configured",
+                    ));
+                }
             };
             let _ = provider;
             match &self.login.public_url {
-                None => return Err(ConfigError::invalid("login.public_url", "required when login is enabled")),
+                None => {
+                    return Err(ConfigError::invalid(
+                        "login.public_url",
+                        "required when login is enabled",
+                    ));
+                }
                 Some(u) if !matches!(u.scheme(), "http" | "https") => {
-                    return Err(ConfigError::invalid("login.public_url", "must be an http(s) URL"));
+                    return Err(ConfigError::invalid(
+                        "login.public_url",
+                        "must be an http(s) URL",
+                    ));
                 }
                 Some(_) => {}
             }
             if self.login.redirect_uris.is_empty() {
-                return Err(ConfigError::invalid("login.redirect_uris", "list at least one allowed redirect URI"));
+                return Err(ConfigError::invalid(
+                    "login.redirect_uris",
+                    "list at least one allowed redirect URI",
+                ));
             }
             for (i, u) in self.login.redirect_uris.iter().enumerate() {
-                Url::parse(u).map_err(|e| ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string()))?;
+                Url::parse(u).map_err(|e| {
+                    ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string())
+                })?;
             }
         }
         if self.cache.obo_capacity == 0 || self.cache.validation_capacity == 0 {
-            return Err(ConfigError::invalid("cache", "capacities must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "cache",
+                "capacities must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -673,7 +786,9 @@ impl Config {
     /// The provider a route uses.
     pub fn route_provider(&self, route: &RouteConfig) -> Result<&ProviderConfig, String> {
         match &route.provider {
-            Some(name) => self.provider_named(name).ok_or_else(|| format!("no provider named {name:?}")),
+            Some(name) => self
+                .provider_named(name)
+                .ok_or_else(|| format!("no provider named {name:?}")),
             None if self.providers.len() == 1 => Ok(&self.providers[0]),
             None if self.providers.is_empty() => Err("no provider is configured".into()),
             None => Err("required when several providers are configured".into()),
@@ -704,14 +819,16 @@ fn write_toml(out: &mut String, prefix: &str, value: &serde_json::Value) {
     use serde_json::Value;
     let Value::Object(map) = value else { return };
     for (k, v) in map {
-        if !matches!(v, Value::Object(_)) && !is_table_array(v) {
-            if !v.is_null() {
-                out.push_str(&format!("{k} = {}\n", toml_value(v)));
-            }
+        if !matches!(v, Value::Object(_)) && !is_table_array(v) && !v.is_null() {
+            out.push_str(&format!("{k} = {}\n", toml_value(v)));
         }
     }
     for (k, v) in map {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             Value::Object(_) => {
                 out.push_str(&format!("\n[{path}]\n"));
@@ -735,10 +852,16 @@ fn is_table_array(v: &serde_json::Value) -> bool {
 fn toml_value(v: &serde_json::Value) -> String {
     use serde_json::Value;
     match v {
-        Value::Array(items) => format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(map) => format!(
             "{{ {} }}",
-            map.iter().map(|(k, v)| format!("{:?} = {}", k, toml_value(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("{:?} = {}", k, toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => other.to_string(),
     }
@@ -749,7 +872,10 @@ fn check_idp_url(u: &Url) -> Result<(), String> {
     match u.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_host(u) => Ok(()),
-        "http" => Err(format!("must be https (http is accepted only for loopback hosts), got host {:?}", u.host_str().unwrap_or(""))),
+        "http" => Err(format!(
+            "must be https (http is accepted only for loopback hosts), got host {:?}",
+            u.host_str().unwrap_or("")
+        )),
         other => Err(format!("unsupported scheme {other:?}")),
     }
 }
@@ -776,7 +902,9 @@ fn refuse_inline_secrets(text: &str) -> Result<(), ConfigError> {
                 if p.get(key).is_some() {
                     return Err(ConfigError::invalid(
                         format!("providers[{i}].{key}"),
-                        format!("inline secrets are refused in the config file; use {key}_file or the environment"),
+                        format!(
+                            "inline secrets are refused in the config file; use {key}_file or the environment"
+                        ),
                     ));
                 }
             }
@@ -785,7 +913,10 @@ fn refuse_inline_secrets(text: &str) -> Result<(), ConfigError> {
     if let Some(api) = table.get("api")
         && api.get("key").is_some()
     {
-        return Err(ConfigError::invalid("api.key", "inline secrets are refused in the config file; use key_file or TOLLGATE_API__KEY"));
+        return Err(ConfigError::invalid(
+            "api.key",
+            "inline secrets are refused in the config file; use key_file or TOLLGATE_API__KEY",
+        ));
     }
     Ok(())
 }
@@ -795,10 +926,18 @@ fn refuse_inline_secrets(text: &str) -> Result<(), ConfigError> {
 fn redact_figment(e: &figment::Error) -> String {
     let mut parts = Vec::new();
     for err in e.clone() {
-        let key = if err.path.is_empty() { String::from("config") } else { err.path.join(".") };
+        let key = if err.path.is_empty() {
+            String::from("config")
+        } else {
+            err.path.join(".")
+        };
         let kind = match &err.kind {
-            figment::error::Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
-            figment::error::Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+            figment::error::Kind::InvalidType(_, expected) => {
+                format!("invalid type: expected {expected}")
+            }
+            figment::error::Kind::InvalidValue(_, expected) => {
+                format!("invalid value: expected {expected}")
+            }
             other => other.to_string(),
         };
         parts.push(format!("{key}: {kind}"));
@@ -815,7 +954,11 @@ pub mod duration_str {
     /// Parses a humantime string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (use e.g. \"90s\", \"10m\")")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?}: {e} (use e.g. \"90s\", \"10m\")"
+            ))
+        })
     }
 
     /// Prints a humantime string.

@@ -14,7 +14,9 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::config::{AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, StoreConfig, StoreKind};
+use crate::config::{
+    AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, StoreConfig, StoreKind,
+};
 use crate::devidp::{self, DevIdp, DevIdpConfig};
 use crate::server::Server;
 
@@ -36,20 +38,38 @@ pub enum DemoError {
 }
 
 /// Runs the demo until `shutdown` resolves. `port` is the sidecar's public port (0: any free).
-pub async fn run(port: u16, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DemoError> {
-    let idp = DevIdp::start(DevIdpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() }).await?;
+pub async fn run(
+    port: u16,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let idp = DevIdp::start(DevIdpConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Default::default()
+    })
+    .await?;
     let tenant = devidp::DEFAULT_TENANT_ID;
-    let public = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(DemoError::Echo)?;
+    let public = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(DemoError::Echo)?;
     let public_addr = public.local_addr().map_err(DemoError::Echo)?;
     // The sidecar binds its own listener; release the reserved one just before.
     drop(public);
     let public_url = format!("http://{public_addr}");
     let callback = format!("{public_url}/callback");
 
-    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(DemoError::Echo)?;
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(DemoError::Echo)?;
     let echo_addr = echo_listener.local_addr().map_err(DemoError::Echo)?;
-    let echo = EchoApp { tollgate: public_url.clone(), callback: callback.clone(), http: reqwest::Client::new() };
-    let echo_app = Router::new().route("/callback", get(callback_page)).fallback(echo_request).with_state(echo);
+    let echo = EchoApp {
+        tollgate: public_url.clone(),
+        callback: callback.clone(),
+        http: reqwest::Client::new(),
+    };
+    let echo_app = Router::new()
+        .route("/callback", get(callback_page))
+        .fallback(echo_request)
+        .with_state(echo);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(echo_listener, echo_app).await {
             tracing::error!(error = %e, "demo echo app stopped");
@@ -58,22 +78,36 @@ pub async fn run(port: u16, shutdown: impl Future<Output = ()> + Send + 'static)
 
     let config = demo_config(&idp, public_addr, echo_addr, &public_url, &callback);
     let server = Server::bind(config).await?;
-    let api = server.api_addr().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7164)));
-    let admin = server.admin_addr().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
-    println!("{}", instructions(&idp.base_url(), tenant, public_addr, api, admin, &callback));
+    let api = server
+        .api_addr()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7164)));
+    let admin = server
+        .admin_addr()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    println!(
+        "{}",
+        instructions(&idp.base_url(), tenant, public_addr, api, admin, &callback)
+    );
     let result = server.run(shutdown).await;
     idp.shutdown().await;
     result.map_err(DemoError::from)
 }
 
-fn demo_config(idp: &devidp::DevIdpHandle, public: SocketAddr, echo: SocketAddr, public_url: &str, callback: &str) -> Config {
+fn demo_config(
+    idp: &devidp::DevIdpHandle,
+    public: SocketAddr,
+    echo: SocketAddr,
+    public_url: &str,
+    callback: &str,
+) -> Config {
     let tenant = devidp::DEFAULT_TENANT_ID;
     let mut cfg = Config::default();
     cfg.listen.public = public;
     cfg.listen.api = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg.listen.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg.listen.shutdown_grace = std::time::Duration::from_secs(2);
-    cfg.upstream.url = url::Url::parse(&format!("http://{echo}")).unwrap_or_else(|_| cfg.upstream.url.clone());
+    cfg.upstream.url =
+        url::Url::parse(&format!("http://{echo}")).unwrap_or_else(|_| cfg.upstream.url.clone());
     cfg.providers = vec![ProviderConfig {
         name: "entra_id".into(),
         well_known_url: url::Url::parse(&idp.well_known_url(tenant)).ok(),
@@ -82,11 +116,24 @@ fn demo_config(idp: &devidp::DevIdpHandle, public: SocketAddr, echo: SocketAddr,
         jwks_refresh: std::time::Duration::from_secs(60),
         ..Default::default()
     }];
-    let route = |path: &str, auth: AuthMode| RouteConfig { path: path.into(), auth, ..Default::default() };
+    let route = |path: &str, auth: AuthMode| RouteConfig {
+        path: path.into(),
+        auth,
+        ..Default::default()
+    };
     cfg.routes = vec![
-        RouteConfig { scopes: vec!["access_as_user".into()], ..route("/api", AuthMode::Required) },
-        RouteConfig { roles: vec!["Writer".into()], ..route("/admin", AuthMode::Required) },
-        RouteConfig { obo: Some(format!("{}/.default", devidp::DOWNSTREAM_APP_ID_URI)), ..route("/obo", AuthMode::Required) },
+        RouteConfig {
+            scopes: vec!["access_as_user".into()],
+            ..route("/api", AuthMode::Required)
+        },
+        RouteConfig {
+            roles: vec!["Writer".into()],
+            ..route("/admin", AuthMode::Required)
+        },
+        RouteConfig {
+            obo: Some(format!("{}/.default", devidp::DOWNSTREAM_APP_ID_URI)),
+            ..route("/obo", AuthMode::Required)
+        },
         route("/", AuthMode::None),
     ];
     cfg.login = LoginConfig {
@@ -98,11 +145,21 @@ fn demo_config(idp: &devidp::DevIdpHandle, public: SocketAddr, echo: SocketAddr,
         post_logout_redirect_uris: vec![public_url.to_owned() + "/"],
         require_pkce: true,
     };
-    cfg.store = StoreConfig { kind: StoreKind::Memory, ..StoreConfig::default() };
+    cfg.store = StoreConfig {
+        kind: StoreKind::Memory,
+        ..StoreConfig::default()
+    };
     cfg
 }
 
-fn instructions(idp: &str, tenant: &str, public: SocketAddr, api: SocketAddr, admin: SocketAddr, callback: &str) -> String {
+fn instructions(
+    idp: &str,
+    tenant: &str,
+    public: SocketAddr,
+    api: SocketAddr,
+    admin: SocketAddr,
+    callback: &str,
+) -> String {
     let token_url = format!("{idp}/{tenant}/oauth2/v2.0/token");
     let client = devidp::TOLLGATE_CLIENT_ID;
     let frontend = devidp::FRONTEND_CLIENT_ID;
@@ -160,7 +217,8 @@ fn urlencode(s: &str) -> String {
 
 fn pkce_challenge(verifier: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::validate::sha256(verifier.as_bytes()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(crate::validate::sha256(verifier.as_bytes()))
 }
 
 #[derive(Clone)]
@@ -174,18 +232,30 @@ async fn echo_request(req: Request) -> Json<Value> {
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
-    Json(json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers}))
+    Json(
+        json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers}),
+    )
 }
 
 /// The demo app's OIDC redirect URI: redeems the code through tollgate (which stores the
 /// user's tokens) and shows who logged in, never the tokens themselves.
-async fn callback_page(State(app): State<EchoApp>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+async fn callback_page(
+    State(app): State<EchoApp>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     if let Some(err) = q.get("error") {
         return Html(format!("<h1>Login failed</h1><p>{}</p>", html_escape(err))).into_response();
     }
-    let Some(code) = q.get("code") else { return Html("<h1>No code</h1>".to_owned()).into_response() };
+    let Some(code) = q.get("code") else {
+        return Html("<h1>No code</h1>".to_owned()).into_response();
+    };
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
@@ -194,15 +264,26 @@ async fn callback_page(State(app): State<EchoApp>, Query(q): Query<std::collecti
         ("client_secret", devidp::TOLLGATE_CLIENT_SECRET),
         ("code_verifier", DEMO_VERIFIER),
     ];
-    let resp = match app.http.post(format!("{}/oauth2/token", app.tollgate)).form(&form).send().await {
+    let resp = match app
+        .http
+        .post(format!("{}/oauth2/token", app.tollgate))
+        .form(&form)
+        .send()
+        .await
+    {
         Ok(r) => r,
-        Err(_) => return Html("<h1>tollgate's token endpoint is unreachable</h1>".to_owned()).into_response(),
+        Err(_) => {
+            return Html("<h1>tollgate's token endpoint is unreachable</h1>".to_owned())
+                .into_response();
+        }
     };
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     let claims = body.get("id_token").and_then(Value::as_str).and_then(|t| {
         use base64::Engine;
         let payload = t.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
         serde_json::from_slice::<Value>(&bytes).ok()
     });
     match claims {
@@ -217,5 +298,8 @@ async fn callback_page(State(app): State<EchoApp>, Query(q): Query<std::collecti
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

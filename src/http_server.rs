@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tower::Service;
 
 /// Limits on request headers; exceeding one gives `431 Request Header Fields Too Large`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ServerLimits {
     /// Most header fields accepted in one HTTP/1.1 request.
     pub(crate) max_headers: usize,

@@ -63,23 +63,39 @@ impl Auth {
     /// Builds from a provider's configuration (the same `[[providers]]` entry the sidecar reads).
     /// Keys are fetched now; when the IdP is down the error is returned (a library user decides
     /// whether to retry), and afterwards they refresh in the background.
-    pub async fn from_config(provider: &ProviderConfig, cache: &CacheConfig) -> Result<Self, AuthError> {
+    pub async fn from_config(
+        provider: &ProviderConfig,
+        cache: &CacheConfig,
+    ) -> Result<Self, AuthError> {
         let p = Provider::new(provider.clone())?;
         p.refresh().await?;
         let refresh = p.spawn_refresh();
         let validator = Validator::new(p, cache.validation_capacity);
-        let exchanger = Exchanger::new(validator.clone(), cache.obo_capacity, cache.expiry_margin).ok();
-        Ok(Self { validator, exchanger, _refresh: Arc::new(AbortOnDrop(refresh)) })
+        let exchanger =
+            Exchanger::new(validator.clone(), cache.obo_capacity, cache.expiry_margin).ok();
+        Ok(Self {
+            validator,
+            exchanger,
+            _refresh: Arc::new(AbortOnDrop(refresh)),
+        })
     }
 
     /// A builder for code-first setups.
     pub fn builder() -> AuthBuilder {
-        AuthBuilder { provider: ProviderConfig::default(), cache: CacheConfig::default() }
+        AuthBuilder {
+            provider: ProviderConfig::default(),
+            cache: CacheConfig::default(),
+        }
     }
 
     /// A layer requiring a valid token (add requirements with its methods).
     pub fn layer(&self) -> AuthLayer {
-        AuthLayer { validator: self.validator.clone(), scopes: Arc::from([]), roles: Arc::from([]), optional: false }
+        AuthLayer {
+            validator: self.validator.clone(),
+            scopes: Arc::from([]),
+            roles: Arc::from([]),
+            optional: false,
+        }
     }
 
     /// The validator.
@@ -156,8 +172,12 @@ impl AuthBuilder {
         if self.provider.client_id.is_empty() {
             return Err(AuthError::Config("client_id is required".into()));
         }
-        if self.provider.well_known_url.is_none() && (self.provider.issuer.is_none() || self.provider.jwks_uri.is_none()) {
-            return Err(AuthError::Config("a well-known URL, or an issuer and JWKS URL, is required".into()));
+        if self.provider.well_known_url.is_none()
+            && (self.provider.issuer.is_none() || self.provider.jwks_uri.is_none())
+        {
+            return Err(AuthError::Config(
+                "a well-known URL, or an issuer and JWKS URL, is required".into(),
+            ));
         }
         Auth::from_config(&self.provider, &self.cache).await
     }
@@ -196,7 +216,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, layer: self.clone() }
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -254,7 +277,10 @@ where
     }
 }
 
-async fn authenticate(layer: &AuthLayer, headers: &http::HeaderMap) -> Result<Option<(Claims, String)>, ValidationError> {
+async fn authenticate(
+    layer: &AuthLayer,
+    headers: &http::HeaderMap,
+) -> Result<Option<(Claims, String)>, ValidationError> {
     let token = match bearer_token(headers)? {
         Some(t) => t,
         None if layer.optional => return Ok(None),
@@ -290,14 +316,21 @@ mod extract {
         type Rejection = AuthRejection;
 
         async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-            parts.extensions.get::<Claims>().cloned().ok_or(AuthRejection(ValidationError::Missing))
+            parts
+                .extensions
+                .get::<Claims>()
+                .cloned()
+                .ok_or(AuthRejection(ValidationError::Missing))
         }
     }
 
     impl<S: Send + Sync> OptionalFromRequestParts<S> for Claims {
         type Rejection = std::convert::Infallible;
 
-        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _: &S,
+        ) -> Result<Option<Self>, Self::Rejection> {
             Ok(parts.extensions.get::<Claims>().cloned())
         }
     }

@@ -8,14 +8,16 @@ pub mod provider;
 pub mod store;
 pub mod validate;
 
+#[cfg(feature = "server")]
+mod admin;
+#[cfg(feature = "server")]
+mod api;
 #[cfg(feature = "dev-idp")]
 pub mod demo;
 #[cfg(feature = "dev-idp")]
 pub mod devidp;
 #[cfg(feature = "server")]
-mod admin;
-#[cfg(feature = "server")]
-mod api;
+mod http_server;
 #[cfg(feature = "server")]
 mod login;
 #[cfg(feature = "server")]
@@ -24,8 +26,6 @@ mod proxy;
 mod routes;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
-mod http_server;
 
 pub use config::Config;
 pub use exchange::Exchanger;

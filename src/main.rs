@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tollgate::config::{Config, LogFormat, ProcessEnv};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "Identity sidecar for apps behind Entra ID or any OIDC provider")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Identity sidecar for apps behind Entra ID or any OIDC provider"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,10 @@ enum StoreCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -84,9 +91,14 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Serve { config } => {
             let cfg = load(&config)?;
             init_logging(cfg.log.format, &cfg.log.level);
-            let server = tollgate::server::Server::bind(cfg).await.map_err(|e| e.to_string())?;
+            let server = tollgate::server::Server::bind(cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(public = %server.public_addr(), api = ?server.api_addr(), admin = ?server.admin_addr(), "listening");
-            server.run(shutdown_signal()).await.map_err(|e| e.to_string())
+            server
+                .run(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::Check { config } => {
             let cfg = load(&config)?;
@@ -96,24 +108,33 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Demo { port } => {
             init_logging(LogFormat::Pretty, "warn,tollgate=info");
-            tollgate::demo::run(port, shutdown_signal()).await.map_err(|e| e.to_string())
+            tollgate::demo::run(port, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::DevIdp { listen, config } => {
             init_logging(LogFormat::Pretty, "info");
             let mut cfg = match config {
-                Some(path) => tollgate::devidp::DevIdpConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
+                Some(path) => tollgate::devidp::DevIdpConfig::from_toml_file(&path)
+                    .map_err(|e| e.to_string())?,
                 None => tollgate::devidp::DevIdpConfig::default(),
             };
             cfg.listen = listen;
-            tollgate::devidp::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+            tollgate::devidp::run(cfg, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::Keygen => {
             println!("{}", tollgate::store::keygen());
             Ok(())
         }
-        Command::Store { command: StoreCommand::Rotate { config } } => {
+        Command::Store {
+            command: StoreCommand::Rotate { config },
+        } => {
             let cfg = load(&config)?;
-            let store = tollgate::store::open(&cfg.store).await.map_err(|e| e.to_string())?;
+            let store = tollgate::store::open(&cfg.store)
+                .await
+                .map_err(|e| e.to_string())?;
             let n = store.rotate_keys().await.map_err(|e| e.to_string())?;
             println!("re-sealed {n} entries under the first key");
             Ok(())
@@ -131,7 +152,9 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -27,26 +27,40 @@ impl RouteTable {
             .map(|r| {
                 let validator = match r.auth {
                     AuthMode::None => None,
-                    _ => config.route_provider(r).ok().and_then(|p| validator_for(&p.name)),
+                    _ => config
+                        .route_provider(r)
+                        .ok()
+                        .and_then(|p| validator_for(&p.name)),
                 };
-                Route { config: r.clone(), validator, label: Arc::from(r.path.as_str()) }
+                Route {
+                    config: r.clone(),
+                    validator,
+                    label: Arc::from(r.path.as_str()),
+                }
             })
             .collect();
-        routes.sort_by(|a, b| b.config.path.len().cmp(&a.config.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
         Self { routes }
     }
 
     /// The route for `path`: the longest prefix that matches on a segment boundary
     /// (`/api` matches `/api` and `/api/x`, not `/apix`; `/api/` matches `/api/x`).
     pub(crate) fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(&r.config.path, path))
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.config.path, path))
     }
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with('?')
+        }
     }
 }
 
@@ -59,7 +73,11 @@ mod tests {
         let cfg = Config {
             routes: ["/", "/api", "/api/admin/"]
                 .iter()
-                .map(|p| RouteConfig { path: (*p).into(), auth: AuthMode::None, ..Default::default() })
+                .map(|p| RouteConfig {
+                    path: (*p).into(),
+                    auth: AuthMode::None,
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         };
@@ -70,7 +88,13 @@ mod tests {
         assert_eq!(hit("/api").as_deref(), Some("/api"));
         assert_eq!(hit("/apix").as_deref(), Some("/"));
         assert_eq!(hit("/other").as_deref(), Some("/"));
-        let t = RouteTable::new(&Config { routes: vec![], ..Default::default() }, |_| None);
+        let t = RouteTable::new(
+            &Config {
+                routes: vec![],
+                ..Default::default()
+            },
+            |_| None,
+        );
         assert!(t.find("/").is_none());
     }
 }

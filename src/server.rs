@@ -30,11 +30,11 @@ use tokio::sync::watch;
 
 use crate::config::{AuthMode, Config};
 use crate::exchange::{ExchangeError, Exchanger};
-use crate::store::TokenStore;
 use crate::http_server::{self, ServerLimits};
 use crate::provider::{Provider, ProviderError};
 use crate::proxy::{Forwarder, UpstreamSettings, json_error};
 use crate::routes::{Route, RouteTable};
+use crate::store::TokenStore;
 use crate::validate::{Claims, ValidationError, Validator, bearer_token};
 
 /// Errors starting or running the sidecar.
@@ -89,7 +89,9 @@ impl AppState {
     /// The exchanger for provider `name`: `None` when no such provider is configured.
     pub(crate) fn exchanger(&self, name: &str) -> Option<Result<&Exchanger, &str>> {
         let canonical = self.config.provider_named(name)?;
-        self.exchangers.get(&canonical.name).map(|r| r.as_ref().map_err(String::as_str))
+        self.exchangers
+            .get(&canonical.name)
+            .map(|r| r.as_ref().map_err(String::as_str))
     }
 }
 
@@ -114,39 +116,65 @@ impl Server {
         }
         let mut exchangers = HashMap::new();
         for (name, (_, validator)) in &providers {
-            let x = Exchanger::new(validator.clone(), config.cache.obo_capacity, config.cache.expiry_margin).map_err(|e| e.to_string());
+            let x = Exchanger::new(
+                validator.clone(),
+                config.cache.obo_capacity,
+                config.cache.expiry_margin,
+            )
+            .map_err(|e| e.to_string());
             exchangers.insert(name.clone(), x);
         }
         for (i, r) in config.routes.iter().enumerate() {
             if r.obo.is_none() && r.obo_headers.is_empty() {
                 continue;
             }
-            let name = config.route_provider(r).map(|p| p.name.clone()).unwrap_or_default();
+            let name = config
+                .route_provider(r)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
             if let Some(Err(why)) = exchangers.get(&name) {
-                return Err(ServerError::Start(format!("routes[{i}].obo: provider {name:?} cannot exchange tokens: {why}")));
+                return Err(ServerError::Start(format!(
+                    "routes[{i}].obo: provider {name:?} cannot exchange tokens: {why}"
+                )));
             }
         }
         let store = if config.login.enabled {
-            Some(crate::store::open(&config.store).await.map_err(|e| ServerError::Start(e.to_string()))?)
+            Some(
+                crate::store::open(&config.store)
+                    .await
+                    .map_err(|e| ServerError::Start(e.to_string()))?,
+            )
         } else {
             None
         };
         let api_key = match (&config.api.key, &config.api.key_file) {
             (Some(k), _) => Some(k.expose().to_owned()),
             (None, Some(path)) => {
-                let key = std::fs::read_to_string(path).map_err(|e| ServerError::Start(format!("api.key_file: cannot read {}: {e}", path.display())))?;
+                let key = std::fs::read_to_string(path).map_err(|e| {
+                    ServerError::Start(format!("api.key_file: cannot read {}: {e}", path.display()))
+                })?;
                 let key = key.trim().to_owned();
                 if key.is_empty() {
-                    return Err(ServerError::Start(format!("api.key_file: {} is empty", path.display())));
+                    return Err(ServerError::Start(format!(
+                        "api.key_file: {} is empty",
+                        path.display()
+                    )));
                 }
                 Some(key)
             }
             (None, None) => None,
         };
-        let refresh_flights = moka::future::Cache::builder().time_to_live(std::time::Duration::from_secs(2)).max_capacity(10_000).build();
+        let refresh_flights = moka::future::Cache::builder()
+            .time_to_live(std::time::Duration::from_secs(2))
+            .max_capacity(10_000)
+            .build();
         let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()));
         let upstream = &config.upstream;
-        let url = upstream.url.as_str().parse().map_err(|_| ServerError::Start("upstream.url: not a valid URI".into()))?;
+        let url = upstream
+            .url
+            .as_str()
+            .parse()
+            .map_err(|_| ServerError::Start("upstream.url: not a valid URI".into()))?;
         let forwarder = Forwarder::new(UpstreamSettings {
             url,
             connect_timeout: upstream.connect_timeout,
@@ -155,7 +183,13 @@ impl Server {
             trust_forwarded_headers: upstream.trust_forwarded_headers,
         });
         let bind = |listener: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { listener, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
         };
         let public = bind("public", config.listen.public).await?;
         let api = match config.listen.api {
@@ -177,7 +211,12 @@ impl Server {
             api_key,
             accepting: AtomicBool::new(true),
         });
-        Ok(Self { state, public, api, admin })
+        Ok(Self {
+            state,
+            public,
+            api,
+            admin,
+        })
     }
 
     /// The public listener's address.
@@ -197,9 +236,16 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then turns readiness off, stops accepting and lets
     /// in-flight requests finish for up to `listen.shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let state = self.state;
-        let refreshers: Vec<_> = state.providers.values().map(|(p, _)| p.spawn_refresh()).collect();
+        let refreshers: Vec<_> = state
+            .providers
+            .values()
+            .map(|(p, _)| p.spawn_refresh())
+            .collect();
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = ServerLimits {
             max_headers: state.config.listen.max_request_headers,
@@ -210,12 +256,30 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(http_server::serve(self.public, public_router(state.clone()), limits.clone(), stopped(stop_rx.clone()), grace));
+        tasks.spawn(http_server::serve(
+            self.public,
+            public_router(state.clone()),
+            limits.clone(),
+            stopped(stop_rx.clone()),
+            grace,
+        ));
         if let Some(l) = self.api {
-            tasks.spawn(http_server::serve(l, crate::api::router(state.clone()), limits.clone(), stopped(stop_rx.clone()), grace));
+            tasks.spawn(http_server::serve(
+                l,
+                crate::api::router(state.clone()),
+                limits.clone(),
+                stopped(stop_rx.clone()),
+                grace,
+            ));
         }
         if let Some(l) = self.admin {
-            tasks.spawn(http_server::serve(l, crate::admin::router(state.clone()), limits, stopped(stop_rx.clone()), grace));
+            tasks.spawn(http_server::serve(
+                l,
+                crate::admin::router(state.clone()),
+                limits,
+                stopped(stop_rx.clone()),
+                grace,
+            ));
         }
         tracing::info!("tollgate is serving");
         shutdown.await;
@@ -226,7 +290,9 @@ impl Server {
         while let Some(done) = tasks.join_next().await {
             match done {
                 Ok(Err(e)) => result = Err(ServerError::Io(e)),
-                Err(e) if e.is_panic() => result = Err(ServerError::Start("a listener task panicked".into())),
+                Err(e) if e.is_panic() => {
+                    result = Err(ServerError::Start("a listener task panicked".into()))
+                }
                 _ => {}
             }
         }
@@ -245,7 +311,13 @@ impl Server {
         let task = tokio::spawn(self.run(async move {
             let _ = rx.await;
         }));
-        RunningServer { public, api, admin, stop: Some(tx), task }
+        RunningServer {
+            public,
+            api,
+            admin,
+            stop: Some(tx),
+            task,
+        }
     }
 }
 
@@ -283,7 +355,8 @@ impl Drop for RunningServer {
 }
 
 fn local(l: &TcpListener) -> SocketAddr {
-    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 fn public_router(state: Arc<AppState>) -> Router {
@@ -298,7 +371,11 @@ async fn public_request(
     mut req: Request<Body>,
 ) -> Response<Body> {
     let Some(route) = state.routes.find(req.uri().path()) else {
-        return json_error(StatusCode::NOT_FOUND, "not_found", "no route is configured for this path");
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no route is configured for this path",
+        );
     };
     // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
     // on every route, so an upstream can trust them.
@@ -324,8 +401,13 @@ async fn public_request(
 
 /// Validates the bearer token as the route demands: `Ok(None)` when the request goes on
 /// unauthenticated (`auth = none`, or `optional` without a token).
-async fn authenticate(route: &Route, headers: &HeaderMap) -> Result<Option<Claims>, ValidationError> {
-    let Some(validator) = &route.validator else { return Ok(None) };
+async fn authenticate(
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<Claims>, ValidationError> {
+    let Some(validator) = &route.validator else {
+        return Ok(None);
+    };
     let token = match bearer_token(headers)? {
         Some(t) => t,
         None if route.config.auth == AuthMode::Optional => return Ok(None),
@@ -339,29 +421,59 @@ async fn authenticate(route: &Route, headers: &HeaderMap) -> Result<Option<Claim
 /// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
 /// (the inbound token never reaches it) and fills `obo_headers`. Any failure stops the request:
 /// it is never forwarded without its token.
-async fn exchange_for_route(state: &AppState, route: &Route, claims: Option<&Claims>, headers: &mut HeaderMap) -> Result<(), Response<Body>> {
+async fn exchange_for_route(
+    state: &AppState,
+    route: &Route,
+    claims: Option<&Claims>,
+    headers: &mut HeaderMap,
+) -> Result<(), Response<Body>> {
     let cfg = &route.config;
     for name in cfg.obo_headers.keys() {
         headers.remove(name.as_str());
     }
-    let (Some(claims), true) = (claims, cfg.obo.is_some() || !cfg.obo_headers.is_empty()) else { return Ok(()) };
+    let (Some(claims), true) = (claims, cfg.obo.is_some() || !cfg.obo_headers.is_empty()) else {
+        return Ok(());
+    };
     let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
-        return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the route's provider cannot exchange tokens"));
+        return Err(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the route's provider cannot exchange tokens",
+        ));
     };
     let inbound = match bearer_token(headers) {
         Ok(Some(t)) => t.to_owned(),
         _ => return Err(auth_error(&ValidationError::Missing)),
     };
     if let Some(target) = &cfg.obo {
-        let token = exchanger.on_behalf_of(&inbound, target, false).await.map_err(|e| obo_error(&e))?;
-        let value = HeaderValue::try_from(format!("Bearer {}", token.access_token()))
-            .map_err(|_| json_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the identity provider returned an unusable token"))?;
+        let token = exchanger
+            .on_behalf_of(&inbound, target, false)
+            .await
+            .map_err(|e| obo_error(&e))?;
+        let value =
+            HeaderValue::try_from(format!("Bearer {}", token.access_token())).map_err(|_| {
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the identity provider returned an unusable token",
+                )
+            })?;
         headers.insert(http::header::AUTHORIZATION, value);
     }
     for (name, target) in &cfg.obo_headers {
-        let token = exchanger.on_behalf_of(&inbound, target, false).await.map_err(|e| obo_error(&e))?;
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(token.access_token())) else {
-            return Err(json_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the identity provider returned an unusable token"));
+        let token = exchanger
+            .on_behalf_of(&inbound, target, false)
+            .await
+            .map_err(|e| obo_error(&e))?;
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(token.access_token()),
+        ) else {
+            return Err(json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the identity provider returned an unusable token",
+            ));
         };
         headers.insert(name, value);
     }
@@ -375,16 +487,35 @@ fn obo_error(e: &ExchangeError) -> Response<Body> {
     use base64::Engine;
     match e {
         ExchangeError::Idp(idp) if idp.claims.is_some() => {
-            let claims = base64::engine::general_purpose::STANDARD.encode(idp.claims.as_deref().unwrap_or_default());
-            let mut resp = json_error(StatusCode::UNAUTHORIZED, "insufficient_claims", "the identity provider requires additional claims (step-up authentication)");
-            let challenge = format!("Bearer realm=\"{}\", error=\"insufficient_claims\", claims=\"{claims}\"", crate::validate::REALM);
+            let claims = base64::engine::general_purpose::STANDARD
+                .encode(idp.claims.as_deref().unwrap_or_default());
+            let mut resp = json_error(
+                StatusCode::UNAUTHORIZED,
+                "insufficient_claims",
+                "the identity provider requires additional claims (step-up authentication)",
+            );
+            let challenge = format!(
+                "Bearer realm=\"{}\", error=\"insufficient_claims\", claims=\"{claims}\"",
+                crate::validate::REALM
+            );
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
             }
             resp
         }
-        ExchangeError::Idp(idp) => json_error(StatusCode::FORBIDDEN, "access_denied", &format!("the identity provider refused the On-Behalf-Of exchange ({})", idp.error)),
-        ExchangeError::Upstream { timeout: true, .. } => json_error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the identity provider timed out"),
+        ExchangeError::Idp(idp) => json_error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            &format!(
+                "the identity provider refused the On-Behalf-Of exchange ({})",
+                idp.error
+            ),
+        ),
+        ExchangeError::Upstream { timeout: true, .. } => json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway_timeout",
+            "the identity provider timed out",
+        ),
         other => json_error(StatusCode::BAD_GATEWAY, "bad_gateway", &other.to_string()),
     }
 }
@@ -402,8 +533,11 @@ const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
 fn remove_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
     for name in spoofed {
         headers.remove(name);
     }

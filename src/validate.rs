@@ -56,16 +56,30 @@ impl Claims {
     pub fn from_map(provider: &str, map: Map<String, Value>) -> Self {
         let scopes = match map.get("scp").or_else(|| map.get("scope")) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         let roles = match map.get("roles") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
         let exp = map.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Self(Arc::new(ClaimsInner { map, scopes, roles, exp, provider: provider.to_owned() }))
+        Self(Arc::new(ClaimsInner {
+            map,
+            scopes,
+            roles,
+            exp,
+            provider: provider.to_owned(),
+        }))
     }
 
     /// `sub`.
@@ -130,17 +144,24 @@ impl Claims {
 
     /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
     pub fn is_app_only(&self) -> bool {
-        self.str("idtyp") == Some("app") || (self.0.scopes.is_empty() && self.str("sub").is_some() && self.str("sub") == self.str("oid"))
+        self.str("idtyp") == Some("app")
+            || (self.0.scopes.is_empty()
+                && self.str("sub").is_some()
+                && self.str("sub") == self.str("oid"))
     }
 
     /// Checks route requirements: any one of `scopes` (when non-empty) and any one of `roles`
     /// (when non-empty).
     pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
         if !scopes.is_empty() && !scopes.iter().any(|s| self.0.scopes.contains(s)) {
-            return Err(ValidationError::InsufficientScope { scope: scopes.join(" ") });
+            return Err(ValidationError::InsufficientScope {
+                scope: scopes.join(" "),
+            });
         }
         if !roles.is_empty() && !roles.iter().any(|r| self.0.roles.contains(r)) {
-            return Err(ValidationError::InsufficientScope { scope: roles.join(" ") });
+            return Err(ValidationError::InsufficientScope {
+                scope: roles.join(" "),
+            });
         }
         Ok(())
     }
@@ -217,11 +238,15 @@ impl ValidationError {
     /// The whole answer: status, `WWW-Authenticate` and a JSON body `{error, error_description}`.
     /// Used by the proxy, the Tower layer and the axum extractors alike.
     pub fn to_response<B: From<String>>(&self) -> http::Response<B> {
-        let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()}).to_string();
+        let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()})
+            .to_string();
         let mut resp = http::Response::new(B::from(body));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         if let Ok(v) = http::HeaderValue::from_str(&self.www_authenticate()) {
             headers.insert(http::header::WWW_AUTHENTICATE, v);
         }
@@ -231,28 +256,42 @@ impl ValidationError {
 
 /// RFC 6750 §3: error_description and scope values exclude `"` and `\` (and controls).
 fn quote_safe(s: &str) -> String {
-    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
 }
 
 /// Extracts the token from an `Authorization` header value (RFC 6750 §2.1: scheme
 /// case-insensitive, one space, token68).
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, ValidationError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Ok(None) };
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
-        return Err(ValidationError::InvalidRequest("more than one Authorization header"));
+        return Err(ValidationError::InvalidRequest(
+            "more than one Authorization header",
+        ));
     }
-    let value = value.to_str().map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
     let Some((scheme, token)) = value.split_once(' ') else {
-        return Err(ValidationError::InvalidRequest("Authorization header is not a Bearer credential"));
+        return Err(ValidationError::InvalidRequest(
+            "Authorization header is not a Bearer credential",
+        ));
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ValidationError::InvalidRequest("Authorization header is not a Bearer credential"));
+        return Err(ValidationError::InvalidRequest(
+            "Authorization header is not a Bearer credential",
+        ));
     }
     let token = token.trim();
     let token68 = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
     if token.is_empty() || !token.chars().all(token68) {
-        return Err(ValidationError::InvalidToken("the token is not a well-formed bearer token".into()));
+        return Err(ValidationError::InvalidToken(
+            "the token is not a well-formed bearer token".into(),
+        ));
     }
     Ok(Some(token))
 }
@@ -267,15 +306,24 @@ pub struct Validator {
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Validator").field("provider", &self.provider.name()).finish()
+        f.debug_struct("Validator")
+            .field("provider", &self.provider.name())
+            .finish()
     }
 }
 
 struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Claims> for UntilExp {
-    fn expire_after_create(&self, _: &[u8; 32], claims: &Claims, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs(claims.expires_at().saturating_sub(now())))
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        claims: &Claims,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            claims.expires_at().saturating_sub(now()),
+        ))
     }
 }
 
@@ -283,8 +331,15 @@ impl Validator {
     /// A validator for `provider`'s tokens caching up to `cache_capacity` validated tokens.
     pub fn new(provider: Arc<Provider>, cache_capacity: u64) -> Self {
         let audiences = Arc::new(provider.config().effective_audiences());
-        let cache = moka::sync::Cache::builder().max_capacity(cache_capacity).expire_after(UntilExp).build();
-        Self { provider, audiences, cache }
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(cache_capacity)
+            .expire_after(UntilExp)
+            .build();
+        Self {
+            provider,
+            audiences,
+            cache,
+        }
     }
 
     /// The provider this validator trusts.
@@ -325,20 +380,37 @@ impl Validator {
             return Err(invalid("the token is too large"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_) => invalid("the token header names an unsupported algorithm or is not valid JSON"),
+            jsonwebtoken::errors::ErrorKind::Json(_) => {
+                invalid("the token header names an unsupported algorithm or is not valid JSON")
+            }
             _ => invalid("the token is not a well-formed JWT"),
         })?;
-        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() {
-            return Err(invalid("the token header carries its own key (jku, jwk, x5u or x5c)"));
+        if header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(invalid(
+                "the token header carries its own key (jku, jwk, x5u or x5c)",
+            ));
         }
-        if FORBIDDEN_HEADER_PARAMS.iter().any(|p| header.extras.inner().contains_key(*p)) {
+        if FORBIDDEN_HEADER_PARAMS
+            .iter()
+            .any(|p| header.extras.inner().contains_key(*p))
+        {
             return Err(invalid("the token header has critical extensions"));
         }
         let config = self.provider.config();
         if !config.algorithms.contains(&header.alg) {
-            return Err(ValidationError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(ValidationError::InvalidToken(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
-        let kid = header.kid.as_deref().ok_or_else(|| invalid("the token header has no kid"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| invalid("the token header has no kid"))?;
         let Some(key) = self.provider.key(kid).await else {
             if self.provider.key_set().is_empty() {
                 return Err(ValidationError::KeysUnavailable);
@@ -346,7 +418,9 @@ impl Validator {
             return Err(invalid("the token is signed by an unknown key"));
         };
         if !key.allows(header.alg) {
-            return Err(invalid("the signing key does not match the token's algorithm"));
+            return Err(invalid(
+                "the signing key does not match the token's algorithm",
+            ));
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -355,19 +429,24 @@ impl Validator {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_audience(&self.audiences);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => invalid("the token has expired"),
-                K::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
-                K::InvalidAudience => invalid("the token is not meant for this audience"),
-                K::MissingRequiredClaim(c) => ValidationError::InvalidToken(format!("the token has no {c} claim")),
-                K::InvalidSignature => invalid("the token signature is invalid"),
-                K::InvalidAlgorithm => invalid("the token algorithm does not match the key"),
-                K::Base64(_) | K::Json(_) | K::Utf8(_) => invalid("the token is not a well-formed JWT"),
-                _ => invalid("the token could not be verified"),
-            }
-        })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => invalid("the token has expired"),
+                    K::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
+                    K::InvalidAudience => invalid("the token is not meant for this audience"),
+                    K::MissingRequiredClaim(c) => {
+                        ValidationError::InvalidToken(format!("the token has no {c} claim"))
+                    }
+                    K::InvalidSignature => invalid("the token signature is invalid"),
+                    K::InvalidAlgorithm => invalid("the token algorithm does not match the key"),
+                    K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+                        invalid("the token is not a well-formed JWT")
+                    }
+                    _ => invalid("the token could not be verified"),
+                }
+            })?;
         let claims = data.claims;
         self.check_issuer(&claims, key.issuer.as_deref())?;
         refuse_id_tokens(&claims)?;
@@ -377,21 +456,36 @@ impl Validator {
     /// Validates an ID token from this provider for `client_id` (OIDC Core §3.1.3.7): signature,
     /// issuer, `aud` = `client_id`, `nonce` present; `exp` is skipped when `allow_expired` (an
     /// `id_token_hint` at logout may be old — it only names the user).
-    pub async fn validate_id_token(&self, token: &str, client_id: &str, allow_expired: bool) -> Result<Claims, ValidationError> {
+    pub async fn validate_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        allow_expired: bool,
+    ) -> Result<Claims, ValidationError> {
         let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid("the ID token is too large"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the ID token is not a well-formed JWT"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the ID token is not a well-formed JWT"))?;
         let config = self.provider.config();
         if !config.algorithms.contains(&header.alg) {
             return Err(invalid("the ID token algorithm is not accepted"));
         }
-        let kid = header.kid.as_deref().ok_or_else(|| invalid("the ID token header has no kid"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| invalid("the ID token header has no kid"))?;
         let key = match self.provider.key(kid).await {
             Some(k) if k.allows(header.alg) => k,
-            Some(_) => return Err(invalid("the signing key does not match the ID token's algorithm")),
-            None if self.provider.key_set().is_empty() => return Err(ValidationError::KeysUnavailable),
+            Some(_) => {
+                return Err(invalid(
+                    "the signing key does not match the ID token's algorithm",
+                ));
+            }
+            None if self.provider.key_set().is_empty() => {
+                return Err(ValidationError::KeysUnavailable);
+            }
             None => return Err(invalid("the ID token is signed by an unknown key")),
         };
         let mut validation = Validation::new(header.alg);
@@ -401,7 +495,12 @@ impl Validator {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_audience(&[client_id]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|e| ValidationError::InvalidToken(format!("the ID token is not valid: {}", e.kind_description())))?;
+            .map_err(|e| {
+                ValidationError::InvalidToken(format!(
+                    "the ID token is not valid: {}",
+                    e.kind_description()
+                ))
+            })?;
         self.check_issuer(&data.claims, key.issuer.as_deref())?;
         if !data.claims.contains_key("nonce") {
             return Err(invalid("the ID token has no nonce"));
@@ -412,15 +511,30 @@ impl Validator {
     /// `iss` must equal the provider's issuer, or a `{tenantid}` template filled with the token's
     /// own `tid` (entra-reference §9 steps 2-4); for Entra, v1 and v2 issuer forms of the same
     /// tenant are both accepted (§1.4 key rule).
-    fn check_issuer(&self, claims: &Map<String, Value>, key_issuer: Option<&str>) -> Result<(), ValidationError> {
+    fn check_issuer(
+        &self,
+        claims: &Map<String, Value>,
+        key_issuer: Option<&str>,
+    ) -> Result<(), ValidationError> {
         let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or_else(|| invalid("the token has no iss claim"))?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("the token has no iss claim"))?;
         let tid = claims.get("tid").and_then(Value::as_str);
-        let metadata = self.provider.metadata().ok_or(ValidationError::KeysUnavailable)?;
+        let metadata = self
+            .provider
+            .metadata()
+            .ok_or(ValidationError::KeysUnavailable)?;
         let config = self.provider.config();
         let mut candidates: Vec<String> = vec![metadata.issuer.clone()];
         candidates.extend(config.additional_issuers.iter().cloned());
-        candidates.extend(candidates.clone().iter().filter_map(|i| entra_v1_counterpart(i)));
+        candidates.extend(
+            candidates
+                .clone()
+                .iter()
+                .filter_map(|i| entra_v1_counterpart(i)),
+        );
         let mut templated_match = false;
         let matched = candidates.iter().any(|c| {
             if c.contains("{tenantid}") {
@@ -436,7 +550,11 @@ impl Validator {
         }
         if let Some(key_iss) = key_issuer {
             let ok = if key_iss.contains("{tenantid}") {
-                tid.is_some_and(|t| key_iss.replace("{tenantid}", t) == iss || entra_v1_counterpart(key_iss).is_some_and(|v1| v1.replace("{tenantid}", t) == iss))
+                tid.is_some_and(|t| {
+                    key_iss.replace("{tenantid}", t) == iss
+                        || entra_v1_counterpart(key_iss)
+                            .is_some_and(|v1| v1.replace("{tenantid}", t) == iss)
+                })
             } else {
                 key_iss == iss || entra_v1_counterpart(key_iss).is_some_and(|v1| v1 == iss)
             };
@@ -466,23 +584,35 @@ impl Validator {
 /// names its client in `azp` (v2) or `appid` (v1).
 fn refuse_id_tokens(claims: &Map<String, Value>) -> Result<(), ValidationError> {
     if claims.contains_key("nonce") {
-        return Err(ValidationError::InvalidToken("an ID token is not an access token".into()));
+        return Err(ValidationError::InvalidToken(
+            "an ID token is not an access token".into(),
+        ));
     }
     if claims.contains_key("ver") && !claims.contains_key("azp") && !claims.contains_key("appid") {
-        return Err(ValidationError::InvalidToken("an ID token is not an access token".into()));
+        return Err(ValidationError::InvalidToken(
+            "an ID token is not an access token".into(),
+        ));
     }
     Ok(())
 }
 
 /// `https://login.microsoftonline.com/X/v2.0` -> `https://sts.windows.net/X/`.
 fn entra_v1_counterpart(issuer: &str) -> Option<String> {
-    let tenant = issuer.strip_prefix("https://login.microsoftonline.com/")?.strip_suffix("/v2.0")?;
+    let tenant = issuer
+        .strip_prefix("https://login.microsoftonline.com/")?
+        .strip_suffix("/v2.0")?;
     Some(format!("https://sts.windows.net/{tenant}/"))
 }
 
 fn is_guid(s: &str) -> bool {
     s.len() == 36
-        && s.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 trait KindDescription {
@@ -512,7 +642,10 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The algorithm a validator would check a token with (for diagnostics).
@@ -526,10 +659,18 @@ mod tests {
 
     #[test]
     fn challenge_strings_follow_rfc6750() {
-        assert_eq!(ValidationError::Missing.www_authenticate(), "Bearer realm=\"tollgate\"");
+        assert_eq!(
+            ValidationError::Missing.www_authenticate(),
+            "Bearer realm=\"tollgate\""
+        );
         let e = ValidationError::InvalidToken("the token has \"expired\"".into());
-        assert_eq!(e.www_authenticate(), "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"the token has expired\"");
-        let e = ValidationError::InsufficientScope { scope: "a b".into() };
+        assert_eq!(
+            e.www_authenticate(),
+            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+        let e = ValidationError::InsufficientScope {
+            scope: "a b".into(),
+        };
         assert!(e.www_authenticate().ends_with("scope=\"a b\""));
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
     }
@@ -541,12 +682,21 @@ mod tests {
         h.insert("authorization", "bEaReR abc.def.ghi".parse().unwrap());
         assert_eq!(bearer_token(&h), Ok(Some("abc.def.ghi")));
         h.insert("authorization", "Basic abc".parse().unwrap());
-        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidRequest(_))));
+        assert!(matches!(
+            bearer_token(&h),
+            Err(ValidationError::InvalidRequest(_))
+        ));
         h.insert("authorization", "Bearer a b".parse().unwrap());
-        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidToken(_))));
+        assert!(matches!(
+            bearer_token(&h),
+            Err(ValidationError::InvalidToken(_))
+        ));
         h.insert("authorization", "Bearer x".parse().unwrap());
         h.append("authorization", "Bearer y".parse().unwrap());
-        assert!(matches!(bearer_token(&h), Err(ValidationError::InvalidRequest(_))));
+        assert!(matches!(
+            bearer_token(&h),
+            Err(ValidationError::InvalidRequest(_))
+        ));
     }
 
     #[test]

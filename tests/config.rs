@@ -28,7 +28,13 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(p.leeway.as_secs(), 60);
     assert_eq!(p.jwks_refresh.as_secs(), 600);
     assert_eq!(p.jwks_unknown_kid_min_interval.as_secs(), 30);
-    assert_eq!(p.effective_audiences(), vec!["aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb", "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"]);
+    assert_eq!(
+        p.effective_audiences(),
+        vec![
+            "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb",
+            "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"
+        ]
+    );
     assert_eq!(cfg.cache.expiry_margin.as_secs(), 120);
 }
 
@@ -36,24 +42,67 @@ fn defaults_are_the_documented_ones() {
 fn every_bad_option_is_named() {
     let cases = [
         (format!("{PROVIDER}\n[listen]\nbogus = 1\n"), "bogus"),
-        (format!("{PROVIDER}\n[upstream]\nurl = \"not a url\"\n"), "upstream.url"),
-        (format!("{PROVIDER}\n[upstream]\ntimeout = \"ten seconds\"\n"), "upstream.timeout"),
-        (PROVIDER.replace("client_id = \"aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb\"", ""), "providers[0].client_id"),
-        (PROVIDER.replace("https://login", "http://login"), "providers[0].well_known_url"),
-        (format!("{PROVIDER}{}", PROVIDER.replace("entra_id", "other")) + "\n[[routes]]\npath = \"/\"\n", "routes[0].provider"),
-        (format!("{PROVIDER}\n[[routes]]\npath = \"/\"\nprovider = \"nope\"\n"), "routes[0].provider"),
-        (format!("{PROVIDER}\n[[routes]]\npath = \"api\"\n"), "routes[0].path"),
-        (format!("{PROVIDER}client_secret = \"hunter2\"\n"), "providers[0].client_secret"),
-        (format!("{PROVIDER}algorithms = [\"HS256\"]\n"), "providers[0].algorithms"),
-        (format!("{PROVIDER}issuer = \"https://login.microsoftonline.com/{{tenantid}}/v2.0\"\n"), "providers[0].allowed_tenants"),
-        (format!("{PROVIDER}client_auth = \"private_key_jwt\"\n"), "providers[0].client_key_file"),
-        (format!("{PROVIDER}\n[listen]\napi = \"0.0.0.0:7164\"\n"), "listen.api"),
-        (format!("{PROVIDER}\n[login]\nenabled = true\n"), "login.public_url"),
+        (
+            format!("{PROVIDER}\n[upstream]\nurl = \"not a url\"\n"),
+            "upstream.url",
+        ),
+        (
+            format!("{PROVIDER}\n[upstream]\ntimeout = \"ten seconds\"\n"),
+            "upstream.timeout",
+        ),
+        (
+            PROVIDER.replace("client_id = \"aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb\"", ""),
+            "providers[0].client_id",
+        ),
+        (
+            PROVIDER.replace("https://login", "http://login"),
+            "providers[0].well_known_url",
+        ),
+        (
+            format!("{PROVIDER}{}", PROVIDER.replace("entra_id", "other"))
+                + "\n[[routes]]\npath = \"/\"\n",
+            "routes[0].provider",
+        ),
+        (
+            format!("{PROVIDER}\n[[routes]]\npath = \"/\"\nprovider = \"nope\"\n"),
+            "routes[0].provider",
+        ),
+        (
+            format!("{PROVIDER}\n[[routes]]\npath = \"api\"\n"),
+            "routes[0].path",
+        ),
+        (
+            format!("{PROVIDER}client_secret = \"hunter2\"\n"),
+            "providers[0].client_secret",
+        ),
+        (
+            format!("{PROVIDER}algorithms = [\"HS256\"]\n"),
+            "providers[0].algorithms",
+        ),
+        (
+            format!("{PROVIDER}issuer = \"https://login.microsoftonline.com/{{tenantid}}/v2.0\"\n"),
+            "providers[0].allowed_tenants",
+        ),
+        (
+            format!("{PROVIDER}client_auth = \"private_key_jwt\"\n"),
+            "providers[0].client_key_file",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\napi = \"0.0.0.0:7164\"\n"),
+            "listen.api",
+        ),
+        (
+            format!("{PROVIDER}\n[login]\nenabled = true\n"),
+            "login.public_url",
+        ),
     ];
     for (toml, option) in cases {
         let e = err(&toml);
         assert!(e.contains(option), "error {e:?} should name {option}");
-        assert!(!e.contains("hunter2"), "secrets never appear in errors: {e}");
+        assert!(
+            !e.contains("hunter2"),
+            "secrets never appear in errors: {e}"
+        );
     }
 }
 
@@ -65,10 +114,19 @@ fn environment_overrides_and_nais_names() {
         ("TOLLGATE_CACHE__OBO_CAPACITY", "42"),
         ("AZURE_APP_CLIENT_ID", "12345"),
         ("AZURE_APP_CLIENT_SECRET", "0123456789"),
-        ("AZURE_APP_WELL_KNOWN_URL", "http://127.0.0.1:9400/t/v2.0/.well-known/openid-configuration"),
+        (
+            "AZURE_APP_WELL_KNOWN_URL",
+            "http://127.0.0.1:9400/t/v2.0/.well-known/openid-configuration",
+        ),
         ("AZURE_OPENID_CONFIG_ISSUER", "http://127.0.0.1:9400/t/v2.0"),
-        ("AZURE_OPENID_CONFIG_JWKS_URI", "http://127.0.0.1:9400/t/discovery/v2.0/keys"),
-        ("AZURE_OPENID_CONFIG_TOKEN_ENDPOINT", "http://127.0.0.1:9400/t/oauth2/v2.0/token"),
+        (
+            "AZURE_OPENID_CONFIG_JWKS_URI",
+            "http://127.0.0.1:9400/t/discovery/v2.0/keys",
+        ),
+        (
+            "AZURE_OPENID_CONFIG_TOKEN_ENDPOINT",
+            "http://127.0.0.1:9400/t/oauth2/v2.0/token",
+        ),
         ("BIND_ADDRESS", "127.0.0.1:3001"),
     ]);
     let cfg = Config::from_toml_str("", &env).unwrap();
@@ -79,15 +137,28 @@ fn environment_overrides_and_nais_names() {
     let p = &cfg.providers[0];
     assert_eq!(p.name, "entra_id");
     assert_eq!(p.client_id, "12345", "numeric-looking ids stay strings");
-    assert_eq!(p.client_secret.as_ref().unwrap().expose(), "0123456789", "numeric-looking secrets stay strings");
+    assert_eq!(
+        p.client_secret.as_ref().unwrap().expose(),
+        "0123456789",
+        "numeric-looking secrets stay strings"
+    );
     assert_eq!(p.issuer.as_deref(), Some("http://127.0.0.1:9400/t/v2.0"));
-    assert_eq!(p.token_endpoint.as_ref().unwrap().as_str(), "http://127.0.0.1:9400/t/oauth2/v2.0/token");
-    assert!(cfg.provider_named("azuread").is_some(), "azuread is an alias of entra_id");
+    assert_eq!(
+        p.token_endpoint.as_ref().unwrap().as_str(),
+        "http://127.0.0.1:9400/t/oauth2/v2.0/token"
+    );
+    assert!(
+        cfg.provider_named("azuread").is_some(),
+        "azuread is an alias of entra_id"
+    );
     assert!(!cfg.to_redacted_toml().contains("0123456789"));
 
     let env = MapEnv::from([("AZURE_APP_JWK", "{\"kty\":\"RSA\"}")]);
     let cfg = Config::from_toml_str(PROVIDER, &env).unwrap();
-    assert_eq!(cfg.providers[0].client_auth, ClientAuthMethod::PrivateKeyJwt);
+    assert_eq!(
+        cfg.providers[0].client_auth,
+        ClientAuthMethod::PrivateKeyJwt
+    );
 }
 
 #[test]
@@ -102,14 +173,32 @@ fn check_command_prints_redacted_config_and_fails_on_errors() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("client_secret = \"[redacted]\""), "{stdout}");
-    assert!(stdout.contains("[[routes]]") && stdout.contains("[[providers]]"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("client_secret = \"[redacted]\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[[routes]]") && stdout.contains("[[providers]]"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("s3cr3t-value"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, format!("{PROVIDER}\n[upstream]\nconnect_timeout = \"soon\"\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(["check", "--config"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        format!("{PROVIDER}\n[upstream]\nconnect_timeout = \"soon\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("upstream.connect_timeout"), "{stderr}");

@@ -22,7 +22,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let json = match ctype.as_deref() {
             Some("application/json") => true,
             Some("application/x-www-form-urlencoded") => false,
@@ -31,26 +37,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
                 return Err(error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "invalid_request",
-                    &format!("unsupported media type: {got}: expected one of `application/json`, `application/x-www-form-urlencoded`"),
+                    &format!(
+                        "unsupported media type: {got}: expected one of `application/json`, `application/x-www-form-urlencoded`"
+                    ),
                 ));
             }
         };
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", &format!("request body larger than {MAX_BODY} bytes"))
-        })?;
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    &format!("request body larger than {MAX_BODY} bytes"),
+                )
+            })?;
         let parsed = if json {
             serde_json::from_slice::<T>(&bytes).map_err(|e| describe(e.to_string()))
         } else {
             serde_urlencoded::from_bytes::<T>(&bytes).map_err(|e| describe(e.to_string()))
         };
-        parsed.map(ApiBody).map_err(|d| error(StatusCode::BAD_REQUEST, "invalid_request", &d))
+        parsed
+            .map(ApiBody)
+            .map_err(|d| error(StatusCode::BAD_REQUEST, "invalid_request", &d))
     }
 }
 
 /// serde messages name the field but never quote its value beyond the type; trim the position
 /// suffix so the description stays stable across JSON and form.
 fn describe(message: String) -> String {
-    let m = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    let m = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
     format!("invalid request body: {m}")
 }
 

@@ -30,7 +30,10 @@ pub(super) struct DelegatedRequest {
     user_upn: Option<String>,
 }
 
-pub(super) async fn delegated(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<DelegatedRequest>) -> Response {
+pub(super) async fn delegated(
+    State(state): State<Arc<AppState>>,
+    ApiBody(req): ApiBody<DelegatedRequest>,
+) -> Response {
     let store = match store(&state) {
         Ok(s) => s,
         Err(r) => return r,
@@ -43,11 +46,23 @@ pub(super) async fn delegated(State(state): State<Arc<AppState>>, ApiBody(req): 
     let found = match (&req.user_oid, &req.user_upn) {
         (Some(oid), _) => store.get_by_oid(&provider, oid).await,
         (None, Some(upn)) => store.get_by_upn(&provider, upn).await,
-        (None, None) => return error(StatusCode::BAD_REQUEST, "invalid_request", "user_oid or user_upn is required"),
+        (None, None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "user_oid or user_upn is required",
+            );
+        }
     };
     let record = match found {
         Ok(Some(r)) => r,
-        Ok(None) => return error(StatusCode::BAD_REQUEST, "unknown_user", "no tokens are stored for this user: the user must log in through tollgate first"),
+        Ok(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "unknown_user",
+                "no tokens are stored for this user: the user must log in through tollgate first",
+            );
+        }
         Err(e) => return store_error(&e),
     };
     let margin = state.config.cache.expiry_margin.as_secs();
@@ -61,7 +76,9 @@ pub(super) async fn delegated(State(state): State<Arc<AppState>>, ApiBody(req): 
     let flights = state.refresh_flights.clone();
     let run = async move {
         let oid = record.oid.clone();
-        let result = x.refresh(&record.refresh_token, &target, Some(&record.tid)).await;
+        let result = x
+            .refresh(&record.refresh_token, &target, Some(&record.tid))
+            .await;
         match result {
             Ok(t) => {
                 let scopes = match &t.scope {
@@ -72,11 +89,21 @@ pub(super) async fn delegated(State(state): State<Arc<AppState>>, ApiBody(req): 
                     access_token: t.access_token.clone(),
                     access_token_expires_at: now() + t.expires_in,
                     scopes,
-                    refresh_token: t.refresh_token.clone().unwrap_or_else(|| record.refresh_token.clone()),
-                    refresh_token_expires_at: if t.refresh_token.is_some() { now() + DEFAULT_REFRESH_LIFETIME } else { record.refresh_token_expires_at },
+                    refresh_token: t
+                        .refresh_token
+                        .clone()
+                        .unwrap_or_else(|| record.refresh_token.clone()),
+                    refresh_token_expires_at: if t.refresh_token.is_some() {
+                        now() + DEFAULT_REFRESH_LIFETIME
+                    } else {
+                        record.refresh_token_expires_at
+                    },
                     ..record
                 };
-                store.put(&provider, &updated).await.map_err(Flight::Store)?;
+                store
+                    .put(&provider, &updated)
+                    .await
+                    .map_err(Flight::Store)?;
                 Ok((updated.access_token, updated.access_token_expires_at))
             }
             Err(ExchangeError::Idp(e)) if e.error == "invalid_grant" && e.claims.is_none() => {
@@ -91,7 +118,11 @@ pub(super) async fn delegated(State(state): State<Arc<AppState>>, ApiBody(req): 
     match flights.try_get_with(key, run).await {
         Ok((access, exp)) => token(&access, exp),
         Err(e) => match &*e {
-            Flight::Interaction => error(StatusCode::BAD_REQUEST, "interaction_required", "the stored refresh token is no longer valid: the user must log in again"),
+            Flight::Interaction => error(
+                StatusCode::BAD_REQUEST,
+                "interaction_required",
+                "the stored refresh token is no longer valid: the user must log in again",
+            ),
             Flight::Exchange(e) => exchange_error(e),
             Flight::Store(e) => store_error(e),
         },
@@ -104,7 +135,11 @@ pub(super) struct ForgetQuery {
     identity_provider: Option<String>,
 }
 
-pub(super) async fn forget_user(State(state): State<Arc<AppState>>, Path(oid): Path<String>, Query(q): Query<ForgetQuery>) -> Response {
+pub(super) async fn forget_user(
+    State(state): State<Arc<AppState>>,
+    Path(oid): Path<String>,
+    Query(q): Query<ForgetQuery>,
+) -> Response {
     let store = match store(&state) {
         Ok(s) => s,
         Err(r) => return r,
@@ -112,9 +147,20 @@ pub(super) async fn forget_user(State(state): State<Arc<AppState>>, Path(oid): P
     let providers: Vec<String> = match &q.identity_provider {
         Some(name) => match state.config.provider_named(name) {
             Some(p) => vec![p.name.clone()],
-            None => return error(StatusCode::BAD_REQUEST, "invalid_request", &format!("identity provider '{name}' is not enabled")),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("identity provider '{name}' is not enabled"),
+                );
+            }
         },
-        None => state.config.providers.iter().map(|p| p.name.clone()).collect(),
+        None => state
+            .config
+            .providers
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
     };
     for p in providers {
         if let Err(e) = store.delete(&p, &oid).await {
@@ -141,16 +187,28 @@ fn flight_key(provider: &str, oid: &str, target: &str) -> [u8; 32] {
 
 fn store(state: &AppState) -> Result<Arc<dyn TokenStore>, Response> {
     state.store.clone().ok_or_else(|| {
-        error(StatusCode::BAD_REQUEST, "invalid_request", "delegated tokens need the login proxy: enable [login] and a [store]")
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "delegated tokens need the login proxy: enable [login] and a [store]",
+        )
     })
 }
 
 fn store_error(e: &StoreError) -> Response {
     match e {
-        StoreError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the token store is unavailable"),
+        StoreError::Unavailable(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the token store is unavailable",
+        ),
         _ => {
             tracing::error!(error = %e, "token store failure");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the stored tokens could not be read")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the stored tokens could not be read",
+            )
         }
     }
 }
@@ -164,7 +222,12 @@ fn token(access_token: &str, expires_at: u64) -> Response {
 pub(crate) fn covers(scopes: &[String], target: &str) -> bool {
     target.split_whitespace().all(|t| {
         scopes.iter().any(|s| s == t)
-            || t.strip_suffix("/.default").is_some_and(|resource| scopes.iter().any(|s| s.strip_prefix(resource).is_some_and(|rest| rest.starts_with('/'))))
+            || t.strip_suffix("/.default").is_some_and(|resource| {
+                scopes.iter().any(|s| {
+                    s.strip_prefix(resource)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+            })
     })
 }
 

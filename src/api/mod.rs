@@ -13,6 +13,10 @@
 //! else is `415`, a body over 64 KiB is `413`, a malformed body or missing field `400`, all with
 //! the RFC 6749 §5.2 shape `{error, error_description}`.
 
+// Handlers return ready axum responses as their error values; boxing them would only add an
+// allocation on the error path.
+#![allow(clippy::result_large_err)]
+
 mod body;
 pub(crate) mod delegated;
 mod openapi;
@@ -43,14 +47,27 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/token/delegated", post(delegated::delegated))
         .route("/api/v1/users/{oid}", delete(delegated::forget_user))
         .route("/api/v1/openapi.json", get(openapi::document))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "invalid_request", "unknown API route") })
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                "unknown API route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     api.with_state(state)
 }
 
 /// An API error response `{error, error_description}`.
 pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
-    (status, Json(json!({"error": code, "error_description": description}))).into_response()
+    (
+        status,
+        Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response()
 }
 
 fn exchange_error(e: &ExchangeError) -> Response {
@@ -62,18 +79,30 @@ fn token_response(t: &ExchangedToken) -> Response {
 }
 
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.api_key.as_deref() else { return next.run(req).await };
+    let Some(expected) = state.api_key.as_deref() else {
+        return next.run(req).await;
+    };
     let presented = crate::validate::bearer_token(req.headers()).ok().flatten();
     // Constant-time comparison of digests: the key's length and prefix never leak through timing.
     let ok = presented.is_some_and(|p| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(&crate::validate::sha256(p.as_bytes()), &crate::validate::sha256(expected.as_bytes()))
-            .is_ok()
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            &crate::validate::sha256(p.as_bytes()),
+            &crate::validate::sha256(expected.as_bytes()),
+        )
+        .is_ok()
     });
     if ok {
         return next.run(req).await;
     }
-    let mut resp = error(StatusCode::UNAUTHORIZED, "invalid_client", "a valid API key is required (Authorization: Bearer <key>)");
-    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate-api\""));
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "a valid API key is required (Authorization: Bearer <key>)",
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tollgate-api\""),
+    );
     resp
 }
 
@@ -108,12 +137,23 @@ struct IntrospectRequest {
 pub(crate) fn exchanger<'a>(state: &'a AppState, name: &str) -> Result<&'a Exchanger, Response> {
     match state.exchanger(name) {
         Some(Ok(x)) => Ok(x),
-        Some(Err(why)) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", &format!("identity provider '{name}' cannot exchange tokens: {why}"))),
-        None => Err(error(StatusCode::BAD_REQUEST, "invalid_request", &format!("identity provider '{name}' is not enabled"))),
+        Some(Err(why)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("identity provider '{name}' cannot exchange tokens: {why}"),
+        )),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("identity provider '{name}' is not enabled"),
+        )),
     }
 }
 
-async fn token(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<TokenRequest>) -> Response {
+async fn token(
+    State(state): State<Arc<AppState>>,
+    ApiBody(req): ApiBody<TokenRequest>,
+) -> Response {
     let x = match exchanger(&state, &req.identity_provider) {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -124,21 +164,32 @@ async fn token(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<TokenRe
     }
 }
 
-async fn exchange(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<ExchangeRequest>) -> Response {
+async fn exchange(
+    State(state): State<Arc<AppState>>,
+    ApiBody(req): ApiBody<ExchangeRequest>,
+) -> Response {
     let x = match exchanger(&state, &req.identity_provider) {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match x.on_behalf_of(&req.user_token, &req.target, req.skip_cache).await {
+    match x
+        .on_behalf_of(&req.user_token, &req.target, req.skip_cache)
+        .await
+    {
         Ok(t) => token_response(&t),
         Err(e) => exchange_error(&e),
     }
 }
 
 /// Always `200` (Texas): `{active:true, ...claims}` or `{active:false, error}`.
-async fn introspect(State(state): State<Arc<AppState>>, ApiBody(req): ApiBody<IntrospectRequest>) -> Json<Value> {
+async fn introspect(
+    State(state): State<Arc<AppState>>,
+    ApiBody(req): ApiBody<IntrospectRequest>,
+) -> Json<Value> {
     let Some((_, validator)) = state.provider(&req.identity_provider) else {
-        return Json(json!({"active": false, "error": format!("identity provider '{}' is not enabled", req.identity_provider)}));
+        return Json(
+            json!({"active": false, "error": format!("identity provider '{}' is not enabled", req.identity_provider)}),
+        );
     };
     match validator.validate(&req.token).await {
         Ok(claims) => {

@@ -38,7 +38,10 @@ pub struct RefreshedTokens {
 
 impl std::fmt::Debug for RefreshedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RefreshedTokens").field("expires_in", &self.expires_in).field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("RefreshedTokens")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +84,10 @@ pub(super) async fn client_credentials(
     endpoint: &str,
     target: &str,
 ) -> Result<TokenResponse, ExchangeError> {
-    let form = vec![("grant_type", "client_credentials".to_owned()), ("scope", target.to_owned())];
+    let form = vec![
+        ("grant_type", "client_credentials".to_owned()),
+        ("scope", target.to_owned()),
+    ];
     post(provider, auth, endpoint, form).await
 }
 
@@ -98,7 +104,12 @@ pub(super) async fn refresh(
         ("scope", format!("{target} offline_access")),
     ];
     let r = post(provider, auth, endpoint, form).await?;
-    Ok(RefreshedTokens { access_token: r.access_token, expires_in: r.expires_in, refresh_token: r.refresh_token, scope: r.scope })
+    Ok(RefreshedTokens {
+        access_token: r.access_token,
+        expires_in: r.expires_in,
+        refresh_token: r.refresh_token,
+        scope: r.scope,
+    })
 }
 
 async fn post(
@@ -108,7 +119,11 @@ async fn post(
     mut form: Vec<(&'static str, String)>,
 ) -> Result<TokenResponse, ExchangeError> {
     let basic = auth.apply(endpoint, &mut form).await?;
-    let mut req = provider.http().post(endpoint).header(reqwest::header::ACCEPT, "application/json").form(&form);
+    let mut req = provider
+        .http()
+        .post(endpoint)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .form(&form);
     if let Some(b) = basic {
         req = req.header(reqwest::header::AUTHORIZATION, b);
     }
@@ -116,39 +131,74 @@ async fn post(
     let status = resp.status().as_u16();
     let body = crate::provider::read_capped(resp, "token endpoint")
         .await
-        .map_err(|e| ExchangeError::Upstream { message: e.to_string(), timeout: false })?;
-    if (200..300).contains(&status) {
-        return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| ExchangeError::Upstream {
-            message: "the token endpoint answered 2xx without a usable access_token/expires_in".into(),
+        .map_err(|e| ExchangeError::Upstream {
+            message: e.to_string(),
             timeout: false,
+        })?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {
+            ExchangeError::Upstream {
+                message: "the token endpoint answered 2xx without a usable access_token/expires_in"
+                    .into(),
+                timeout: false,
+            }
         });
     }
     let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
-        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} without an OAuth error"), timeout: false });
+        return Err(ExchangeError::Upstream {
+            message: format!("the token endpoint answered HTTP {status} without an OAuth error"),
+            timeout: false,
+        });
     };
     let s = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_owned);
     let Some(error) = s("error") else {
-        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} without an OAuth error"), timeout: false });
+        return Err(ExchangeError::Upstream {
+            message: format!("the token endpoint answered HTTP {status} without an OAuth error"),
+            timeout: false,
+        });
     };
     if status >= 500 {
-        return Err(ExchangeError::Upstream { message: format!("the token endpoint answered HTTP {status} ({error})"), timeout: false });
+        return Err(ExchangeError::Upstream {
+            message: format!("the token endpoint answered HTTP {status} ({error})"),
+            timeout: false,
+        });
     }
-    let error_codes = doc.get("error_codes").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
-    Err(ExchangeError::Idp(IdpError { status, error, description: s("error_description"), suberror: s("suberror"), claims: s("claims"), error_codes }))
+    let error_codes = doc
+        .get("error_codes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    Err(ExchangeError::Idp(Box::new(IdpError {
+        status,
+        error,
+        description: s("error_description"),
+        suberror: s("suberror"),
+        claims: s("claims"),
+        error_codes,
+    })))
 }
 
 fn upstream(e: &reqwest::Error) -> ExchangeError {
     match crate::provider::transport("token endpoint", e) {
-        crate::provider::ProviderError::Unreachable { message, timeout, .. } => ExchangeError::Upstream { message, timeout },
-        other => ExchangeError::Upstream { message: other.to_string(), timeout: false },
+        crate::provider::ProviderError::Unreachable {
+            message, timeout, ..
+        } => ExchangeError::Upstream { message, timeout },
+        other => ExchangeError::Upstream {
+            message: other.to_string(),
+            timeout: false,
+        },
     }
 }
 
 /// Entra v1 sends `expires_in` as a string of digits (entra-reference §5.1).
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Value::deserialize(d)? {
-        Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom("expires_in is not a positive integer")),
-        Value::String(s) => s.parse().map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("expires_in is not a positive integer")),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom("expires_in is not a number")),
         _ => Err(serde::de::Error::custom("expires_in is missing")),
     }
 }

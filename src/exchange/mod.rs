@@ -41,7 +41,7 @@ pub enum ExchangeError {
     InvalidRequest(String),
     /// The IdP refused (its OAuth error, `claims`/`suberror` kept for step-up).
     #[error("the identity provider refused the exchange: {}", .0.error)]
-    Idp(IdpError),
+    Idp(Box<IdpError>),
     /// The IdP could not be reached or answered garbage.
     #[error("the identity provider failed: {message}")]
     Upstream {
@@ -83,7 +83,8 @@ impl ExchangeError {
 
     /// The error as a JSON body `{error, error_description[, suberror, claims, error_codes]}`.
     pub fn to_json(&self) -> Value {
-        let mut body = serde_json::json!({"error": self.code(), "error_description": self.description()});
+        let mut body =
+            serde_json::json!({"error": self.code(), "error_description": self.description()});
         if let Self::Idp(e) = self {
             if let Some(s) = &e.suberror {
                 body["suberror"] = Value::String(s.clone());
@@ -122,7 +123,9 @@ struct Inner {
 
 impl std::fmt::Debug for Exchanger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exchanger").field("provider", &self.inner.provider.name()).finish()
+        f.debug_struct("Exchanger")
+            .field("provider", &self.inner.provider.name())
+            .finish()
     }
 }
 
@@ -145,10 +148,21 @@ impl Grant {
 impl Exchanger {
     /// An exchanger for the validator's provider, caching up to `capacity` tokens and never
     /// handing one out closer than `expiry_margin` to its expiry.
-    pub fn new(validator: Validator, capacity: u64, expiry_margin: Duration) -> Result<Self, ExchangeError> {
+    pub fn new(
+        validator: Validator,
+        capacity: u64,
+        expiry_margin: Duration,
+    ) -> Result<Self, ExchangeError> {
         let provider = validator.provider().clone();
         let auth = ClientAuth::from_config(provider.config())?;
-        Ok(Self { inner: Arc::new(Inner { provider, validator, auth, cache: cache::TokenCache::new(capacity, expiry_margin) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                provider,
+                validator,
+                auth,
+                cache: cache::TokenCache::new(capacity, expiry_margin),
+            }),
+        })
     }
 
     /// The provider.
@@ -163,44 +177,99 @@ impl Exchanger {
 
     /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a
     /// valid access token for this app (checked before anything is sent to the IdP).
-    pub async fn on_behalf_of(&self, user_token: &str, target: &str, skip_cache: bool) -> Result<ExchangedToken, ExchangeError> {
+    pub async fn on_behalf_of(
+        &self,
+        user_token: &str,
+        target: &str,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
-        let subject = self.inner.validator.validate(user_token).await.map_err(ExchangeError::InvalidSubject)?;
+        let subject = self
+            .inner
+            .validator
+            .validate(user_token)
+            .await
+            .map_err(ExchangeError::InvalidSubject)?;
         if subject.is_app_only() {
-            return Err(ExchangeError::InvalidSubject(ValidationError::InvalidToken(
-                "an app-only token cannot be exchanged on behalf of a user".into(),
-            )));
+            return Err(ExchangeError::InvalidSubject(
+                ValidationError::InvalidToken(
+                    "an app-only token cannot be exchanged on behalf of a user".into(),
+                ),
+            ));
         }
         let tid = subject.tid().map(str::to_owned);
         let subject_exp = subject.expires_at();
         let this = self.clone();
         let token = user_token.to_owned();
         let target_owned = target.to_owned();
-        self.cached(Grant::OnBehalfOf, target, user_token, Some(subject_exp), skip_cache, move || async move {
-            let endpoint = this.token_endpoint(tid.as_deref())?;
-            grants::on_behalf_of(&this.inner.provider, &this.inner.auth, &endpoint, &token, &target_owned).await
-        })
+        self.cached(
+            Grant::OnBehalfOf,
+            target,
+            user_token,
+            Some(subject_exp),
+            skip_cache,
+            move || async move {
+                let endpoint = this.token_endpoint(tid.as_deref())?;
+                grants::on_behalf_of(
+                    &this.inner.provider,
+                    &this.inner.auth,
+                    &endpoint,
+                    &token,
+                    &target_owned,
+                )
+                .await
+            },
+        )
         .await
     }
 
     /// Client credentials: an app token for `target` (`<resource>/.default`).
-    pub async fn client_credentials(&self, target: &str, skip_cache: bool) -> Result<ExchangedToken, ExchangeError> {
+    pub async fn client_credentials(
+        &self,
+        target: &str,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
         let this = self.clone();
         let target_owned = target.to_owned();
-        self.cached(Grant::ClientCredentials, target, "", None, skip_cache, move || async move {
-            let endpoint = this.token_endpoint(None)?;
-            grants::client_credentials(&this.inner.provider, &this.inner.auth, &endpoint, &target_owned).await
-        })
+        self.cached(
+            Grant::ClientCredentials,
+            target,
+            "",
+            None,
+            skip_cache,
+            move || async move {
+                let endpoint = this.token_endpoint(None)?;
+                grants::client_credentials(
+                    &this.inner.provider,
+                    &this.inner.auth,
+                    &endpoint,
+                    &target_owned,
+                )
+                .await
+            },
+        )
         .await
     }
 
     /// Redeems a refresh token for `target` (not cached: the caller stores the rotated tokens).
-    pub async fn refresh(&self, refresh_token: &str, target: &str, tid: Option<&str>) -> Result<RefreshedTokens, ExchangeError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        target: &str,
+        tid: Option<&str>,
+    ) -> Result<RefreshedTokens, ExchangeError> {
         check_target(target)?;
         let endpoint = self.token_endpoint(tid)?;
         let started = std::time::Instant::now();
-        let result = grants::refresh(&self.inner.provider, &self.inner.auth, &endpoint, refresh_token, target).await;
+        let result = grants::refresh(
+            &self.inner.provider,
+            &self.inner.auth,
+            &endpoint,
+            refresh_token,
+            target,
+        )
+        .await;
         record("refresh_token", &result, started);
         result
     }
@@ -208,8 +277,16 @@ impl Exchanger {
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
     /// (entra-reference §9: OBO goes to the resource tenant in the token's `tid`).
     fn token_endpoint(&self, tid: Option<&str>) -> Result<String, ExchangeError> {
-        let metadata = self.inner.provider.metadata().ok_or(ExchangeError::NoTokenEndpoint)?;
-        let endpoint = metadata.token_endpoint.as_ref().ok_or(ExchangeError::NoTokenEndpoint)?.to_string();
+        let metadata = self
+            .inner
+            .provider
+            .metadata()
+            .ok_or(ExchangeError::NoTokenEndpoint)?;
+        let endpoint = metadata
+            .token_endpoint
+            .as_ref()
+            .ok_or(ExchangeError::NoTokenEndpoint)?
+            .to_string();
         if let Some(tid) = tid {
             for alias in ["/common/", "/organizations/"] {
                 if endpoint.contains(alias) {
@@ -231,9 +308,17 @@ impl Exchanger {
     ) -> Result<ExchangedToken, ExchangeError>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<grants::TokenResponse, ExchangeError>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<grants::TokenResponse, ExchangeError>>
+            + Send
+            + 'static,
     {
-        let key = cache::key(self.inner.provider.name(), self.inner.auth.client_id(), grant, target, subject);
+        let key = cache::key(
+            self.inner.provider.name(),
+            self.inner.auth.client_id(),
+            grant,
+            target,
+            subject,
+        );
         let label = grant.label();
         let started = std::time::Instant::now();
         let fetch = move || async move {
@@ -244,7 +329,8 @@ impl Exchanger {
         let (result, hit) = self.inner.cache.get_or_fetch(key, skip_cache, fetch).await;
         metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" })
             .increment(1);
-        metrics::gauge!("tollgate_exchange_cache_entries").set(self.inner.cache.entry_count() as f64);
+        metrics::gauge!("tollgate_exchange_cache_entries")
+            .set(self.inner.cache.entry_count() as f64);
         result
     }
 }
@@ -256,16 +342,22 @@ fn record<T>(grant: &'static str, result: &Result<T, ExchangeError>, started: st
         Err(ExchangeError::Upstream { timeout: true, .. }) => "timeout",
         Err(_) => "error",
     };
-    metrics::counter!("tollgate_exchanges_total", "grant" => grant, "result" => outcome).increment(1);
-    metrics::histogram!("tollgate_idp_duration_seconds", "grant" => grant).record(started.elapsed().as_secs_f64());
+    metrics::counter!("tollgate_exchanges_total", "grant" => grant, "result" => outcome)
+        .increment(1);
+    metrics::histogram!("tollgate_idp_duration_seconds", "grant" => grant)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn check_target(target: &str) -> Result<(), ExchangeError> {
     if target.trim().is_empty() {
-        return Err(ExchangeError::InvalidRequest("target must not be empty".into()));
+        return Err(ExchangeError::InvalidRequest(
+            "target must not be empty".into(),
+        ));
     }
     if target.chars().any(char::is_control) {
-        return Err(ExchangeError::InvalidRequest("target contains control characters".into()));
+        return Err(ExchangeError::InvalidRequest(
+            "target contains control characters".into(),
+        ));
     }
     Ok(())
 }

@@ -33,7 +33,10 @@ pub(crate) fn routes(router: Router<Arc<AppState>>, state: &AppState) -> Router<
     }
     router
         .route("/.well-known/openid-configuration", get(discovery))
-        .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(discovery),
+        )
         .route("/oauth2/authorize", get(authorize))
         .route("/oauth2/token", post(token))
         .route("/oauth2/logout", get(logout))
@@ -48,21 +51,45 @@ fn login_validator(state: &AppState) -> Option<&Validator> {
 }
 
 fn public_url(state: &AppState, path: &str) -> String {
-    let base = state.config.login.public_url.as_ref().map(Url::as_str).unwrap_or("").trim_end_matches('/');
+    let base = state
+        .config
+        .login
+        .public_url
+        .as_ref()
+        .map(Url::as_str)
+        .unwrap_or("")
+        .trim_end_matches('/');
     format!("{base}{path}")
 }
 
 fn unavailable() -> Response {
-    json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the identity provider's metadata is not loaded yet")
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the identity provider's metadata is not loaded yet",
+    )
 }
 
 async fn discovery(State(state): State<Arc<AppState>>) -> Response {
-    let Some(metadata) = login_validator(&state).and_then(|v| v.provider().metadata()) else { return unavailable() };
+    let Some(metadata) = login_validator(&state).and_then(|v| v.provider().metadata()) else {
+        return unavailable();
+    };
     let mut doc = metadata.document.clone();
-    let Some(obj) = doc.as_object_mut() else { return unavailable() };
-    obj.insert("authorization_endpoint".into(), Value::String(public_url(&state, "/oauth2/authorize")));
-    obj.insert("token_endpoint".into(), Value::String(public_url(&state, "/oauth2/token")));
-    obj.insert("end_session_endpoint".into(), Value::String(public_url(&state, "/oauth2/logout")));
+    let Some(obj) = doc.as_object_mut() else {
+        return unavailable();
+    };
+    obj.insert(
+        "authorization_endpoint".into(),
+        Value::String(public_url(&state, "/oauth2/authorize")),
+    );
+    obj.insert(
+        "token_endpoint".into(),
+        Value::String(public_url(&state, "/oauth2/token")),
+    );
+    obj.insert(
+        "end_session_endpoint".into(),
+        Value::String(public_url(&state, "/oauth2/logout")),
+    );
     ([(header::CACHE_CONTROL, "max-age=3600")], axum::Json(doc)).into_response()
 }
 
@@ -71,28 +98,82 @@ async fn discovery(State(state): State<Arc<AppState>>) -> Response {
 /// other errors go back to the (now trusted) redirect URI per RFC 6749 §4.1.2.1.
 async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     let login = &state.config.login;
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let counts = |k: &str| params.iter().filter(|(n, _)| n == k).count();
-    if ["redirect_uri", "client_id", "scope", "state", "code_challenge"].iter().any(|k| counts(k) > 1) {
-        return json_error(StatusCode::BAD_REQUEST, "invalid_request", "a parameter is repeated");
+    if [
+        "redirect_uri",
+        "client_id",
+        "scope",
+        "state",
+        "code_challenge",
+    ]
+    .iter()
+    .any(|k| counts(k) > 1)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a parameter is repeated",
+        );
     }
     let Some(redirect_uri) = get("redirect_uri") else {
-        return json_error(StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri is required");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "redirect_uri is required",
+        );
     };
-    if !login.redirect_uris.iter().any(|allowed| allowed == redirect_uri) {
-        return json_error(StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri is not registered with tollgate");
+    if !login
+        .redirect_uris
+        .iter()
+        .any(|allowed| allowed == redirect_uri)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "redirect_uri is not registered with tollgate",
+        );
     }
-    let Some(metadata) = login_validator(&state).and_then(|v| v.provider().metadata()) else { return unavailable() };
-    let Some(endpoint) = metadata.authorization_endpoint.clone() else { return unavailable() };
-    if login.require_pkce && (get("code_challenge").is_none_or(str::is_empty) || get("code_challenge_method") != Some("S256")) {
-        return redirect_error(redirect_uri, get("state"), "invalid_request", "PKCE with code_challenge_method=S256 is required");
+    let Some(metadata) = login_validator(&state).and_then(|v| v.provider().metadata()) else {
+        return unavailable();
+    };
+    let Some(endpoint) = metadata.authorization_endpoint.clone() else {
+        return unavailable();
+    };
+    if login.require_pkce
+        && (get("code_challenge").is_none_or(str::is_empty)
+            || get("code_challenge_method") != Some("S256"))
+    {
+        return redirect_error(
+            redirect_uri,
+            get("state"),
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required",
+        );
     }
     if get("client_id").is_none_or(str::is_empty) {
-        return redirect_error(redirect_uri, get("state"), "invalid_request", "client_id is required");
+        return redirect_error(
+            redirect_uri,
+            get("state"),
+            "invalid_request",
+            "client_id is required",
+        );
     }
-    let mut scopes: Vec<String> = get("scope").unwrap_or("openid").split_whitespace().map(str::to_owned).collect();
-    for extra in login.extra_scopes.iter().map(String::as_str).chain(["offline_access"]) {
+    let mut scopes: Vec<String> = get("scope")
+        .unwrap_or("openid")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for extra in login
+        .extra_scopes
+        .iter()
+        .map(String::as_str)
+        .chain(["offline_access"])
+    {
         if !scopes.iter().any(|s| s == extra) {
             scopes.push(extra.to_owned());
         }
@@ -113,9 +194,13 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
 /// Forwards the token request as sent (the app's own client authentication included) and, on
 /// success, keeps the user's tokens. The response goes back to the app unchanged.
 async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(validator) = login_validator(&state) else { return unavailable() };
+    let Some(validator) = login_validator(&state) else {
+        return unavailable();
+    };
     let provider = validator.provider().clone();
-    let Some(endpoint) = provider.metadata().and_then(|m| m.token_endpoint.clone()) else { return unavailable() };
+    let Some(endpoint) = provider.metadata().and_then(|m| m.token_endpoint.clone()) else {
+        return unavailable();
+    };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut req = provider.http().post(endpoint.as_str()).body(body.clone());
@@ -128,22 +213,46 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         Ok(r) => r,
         Err(e) => {
             let timeout = e.is_timeout();
-            let (status, code) = if timeout { (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout") } else { (StatusCode::BAD_GATEWAY, "bad_gateway") };
-            return json_error(status, code, "the identity provider's token endpoint could not be reached");
+            let (status, code) = if timeout {
+                (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
+            } else {
+                (StatusCode::BAD_GATEWAY, "bad_gateway")
+            };
+            return json_error(
+                status,
+                code,
+                "the identity provider's token endpoint could not be reached",
+            );
         }
     };
     let status = resp.status();
     let mut out_headers = HeaderMap::new();
-    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::PRAGMA, header::EXPIRES] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+        header::EXPIRES,
+    ] {
         if let Some(v) = resp.headers().get(&name) {
             out_headers.insert(name, v.clone());
         }
     }
     let bytes = match crate::provider::read_capped(resp, "token endpoint").await {
         Ok(b) => b,
-        Err(_) => return json_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the identity provider's token response could not be read"),
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the identity provider's token response could not be read",
+            );
+        }
     };
-    if status.is_success() && matches!(field("grant_type").as_deref(), Some("authorization_code" | "refresh_token")) {
+    if status.is_success()
+        && matches!(
+            field("grant_type").as_deref(),
+            Some("authorization_code" | "refresh_token")
+        )
+    {
         let client_id = field("client_id").or_else(|| basic_client_id(&headers));
         if let Err(why) = capture(&state, validator, client_id.as_deref(), &bytes).await {
             // The app still gets its tokens; only the delegated-token feature misses this user.
@@ -157,30 +266,56 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
 }
 
 /// Validates the ID token of a successful token response and stores the user's tokens.
-async fn capture(state: &AppState, validator: &Validator, client_id: Option<&str>, body: &[u8]) -> Result<(), String> {
-    let Some(store) = &state.store else { return Err("no token store".into()) };
-    let doc: Value = serde_json::from_slice(body).map_err(|_| "the token response is not JSON".to_owned())?;
+async fn capture(
+    state: &AppState,
+    validator: &Validator,
+    client_id: Option<&str>,
+    body: &[u8],
+) -> Result<(), String> {
+    let Some(store) = &state.store else {
+        return Err("no token store".into());
+    };
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|_| "the token response is not JSON".to_owned())?;
     let s = |k: &str| doc.get(k).and_then(Value::as_str);
-    let (Some(id_token), Some(access_token), Some(refresh_token)) = (s("id_token"), s("access_token"), s("refresh_token")) else {
+    let (Some(id_token), Some(access_token), Some(refresh_token)) =
+        (s("id_token"), s("access_token"), s("refresh_token"))
+    else {
         return Err("the token response lacks id_token, access_token or refresh_token".into());
     };
     let client_id = client_id.ok_or("the token request names no client_id")?;
-    let claims = validator.validate_id_token(id_token, client_id, false).await.map_err(|e| e.to_string())?;
+    let claims = validator
+        .validate_id_token(id_token, client_id, false)
+        .await
+        .map_err(|e| e.to_string())?;
     let oid = claims.oid().ok_or("the ID token has no oid")?.to_owned();
     let tid = claims.tid().unwrap_or_default().to_owned();
-    let expires_in = doc.get("expires_in").and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).unwrap_or(0);
-    let refresh_lifetime = doc.get("refresh_token_expires_in").and_then(Value::as_u64).unwrap_or(DEFAULT_REFRESH_LIFETIME);
+    let expires_in = doc
+        .get("expires_in")
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+        .unwrap_or(0);
+    let refresh_lifetime = doc
+        .get("refresh_token_expires_in")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_REFRESH_LIFETIME);
     let record = UserTokens {
         oid,
         tid,
         upn: claims.username().map(str::to_owned),
         access_token: access_token.to_owned(),
         access_token_expires_at: now() + expires_in,
-        scopes: s("scope").unwrap_or_default().split_whitespace().map(str::to_owned).collect(),
+        scopes: s("scope")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
         refresh_token: refresh_token.to_owned(),
         refresh_token_expires_at: now() + refresh_lifetime,
     };
-    store.put(validator.provider().name(), &record).await.map_err(|e| e.to_string())?;
+    store
+        .put(validator.provider().name(), &record)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(oid = %record.oid, "login: stored the user's tokens");
     Ok(())
 }
@@ -189,32 +324,63 @@ async fn capture(state: &AppState, validator: &Validator, client_id: Option<&str
 /// expiry not: an old hint still names the user), then redirects to the IdP's end-session
 /// endpoint with `post_logout_redirect_uri` only when it is allowed.
 async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let Some(validator) = login_validator(&state) else { return unavailable() };
+    let Some(validator) = login_validator(&state) else {
+        return unavailable();
+    };
     if let Some(post_logout) = get("post_logout_redirect_uri")
-        && !state.config.login.post_logout_redirect_uris.iter().any(|a| a == post_logout)
+        && !state
+            .config
+            .login
+            .post_logout_redirect_uris
+            .iter()
+            .any(|a| a == post_logout)
     {
-        return json_error(StatusCode::BAD_REQUEST, "invalid_request", "post_logout_redirect_uri is not registered with tollgate");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "post_logout_redirect_uri is not registered with tollgate",
+        );
     }
     if let (Some(hint), Some(store)) = (get("id_token_hint"), &state.store) {
-        let audience = get("client_id").map(str::to_owned).or_else(|| unverified_aud(hint));
+        let audience = get("client_id")
+            .map(str::to_owned)
+            .or_else(|| unverified_aud(hint));
         if let Some(aud) = audience
             && let Ok(claims) = validator.validate_id_token(hint, &aud, true).await
             && let Some(oid) = claims.oid()
+            && let Err(e) = store.delete(validator.provider().name(), oid).await
         {
-            if let Err(e) = store.delete(validator.provider().name(), oid).await {
+            {
                 tracing::warn!(error = %e, "logout: could not delete the user's tokens");
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the token store is unavailable");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the token store is unavailable",
+                );
             }
         }
     }
-    let Some(mut end) = validator.provider().metadata().and_then(|m| m.end_session_endpoint.clone()) else {
+    let Some(mut end) = validator
+        .provider()
+        .metadata()
+        .and_then(|m| m.end_session_endpoint.clone())
+    else {
         return (StatusCode::OK, "signed out\n").into_response();
     };
     {
         let mut q = end.query_pairs_mut();
-        for k in ["post_logout_redirect_uri", "id_token_hint", "logout_hint", "state", "client_id"] {
+        for k in [
+            "post_logout_redirect_uri",
+            "id_token_hint",
+            "logout_hint",
+            "state",
+            "client_id",
+        ] {
             if let Some(v) = get(k) {
                 q.append_pair(k, v);
             }
@@ -227,7 +393,9 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
 fn unverified_aud(token: &str) -> Option<String> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("aud")?.as_str().map(str::to_owned)
 }
@@ -240,10 +408,14 @@ fn basic_client_id(headers: &HeaderMap) -> Option<String> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let id = text.split(':').next()?;
-    url::form_urlencoded::parse(format!("x={id}").as_bytes()).next().map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(format!("x={id}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
 }
 
 fn redirect(location: &str) -> Response {
@@ -251,17 +423,24 @@ fn redirect(location: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-fn redirect_error(redirect_uri: &str, state: Option<&str>, code: &str, description: &str) -> Response {
+fn redirect_error(
+    redirect_uri: &str,
+    state: Option<&str>,
+    code: &str,
+    description: &str,
+) -> Response {
     let Ok(mut url) = Url::parse(redirect_uri) else {
         return json_error(StatusCode::BAD_REQUEST, code, description);
     };
     {
         let mut q = url.query_pairs_mut();
-        q.append_pair("error", code).append_pair("error_description", description);
+        q.append_pair("error", code)
+            .append_pair("error_description", description);
         if let Some(s) = state {
             q.append_pair("state", s);
         }

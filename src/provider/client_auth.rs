@@ -27,7 +27,12 @@ pub struct ClientAuth {
 enum Kind {
     Post(Secret),
     Basic(Secret),
-    Jwt { key: std::sync::Arc<EncodingKey>, alg: Algorithm, kid: Option<String>, x5t_s256: Option<String> },
+    Jwt {
+        key: std::sync::Arc<EncodingKey>,
+        alg: Algorithm,
+        kid: Option<String>,
+        x5t_s256: Option<String>,
+    },
     Federated(PathBuf),
 }
 
@@ -39,7 +44,10 @@ impl std::fmt::Debug for ClientAuth {
             Kind::Jwt { .. } => "private_key_jwt",
             Kind::Federated(_) => "federated",
         };
-        f.debug_struct("ClientAuth").field("client_id", &self.client_id).field("kind", &kind).finish()
+        f.debug_struct("ClientAuth")
+            .field("client_id", &self.client_id)
+            .field("kind", &kind)
+            .finish()
     }
 }
 
@@ -54,7 +62,10 @@ pub struct ClientAuthError {
 }
 
 fn err(option: &'static str, message: impl Into<String>) -> ClientAuthError {
-    ClientAuthError { option, message: message.into() }
+    ClientAuthError {
+        option,
+        message: message.into(),
+    }
 }
 
 impl ClientAuth {
@@ -66,17 +77,29 @@ impl ClientAuth {
                     (Some(s), _) => s.clone(),
                     (None, Some(path)) => Secret::new(read_trimmed(path, "client_secret_file")?),
                     (None, None) => {
-                        return Err(err("client_secret_file", "a client secret is needed (client_secret_file or AZURE_APP_CLIENT_SECRET)"));
+                        return Err(err(
+                            "client_secret_file",
+                            "a client secret is needed (client_secret_file or AZURE_APP_CLIENT_SECRET)",
+                        ));
                     }
                 };
-                if cfg.client_auth == ClientAuthMethod::ClientSecretBasic { Kind::Basic(secret) } else { Kind::Post(secret) }
+                if cfg.client_auth == ClientAuthMethod::ClientSecretBasic {
+                    Kind::Basic(secret)
+                } else {
+                    Kind::Post(secret)
+                }
             }
             ClientAuthMethod::PrivateKeyJwt => load_jwt_key(cfg)?,
             ClientAuthMethod::Federated => Kind::Federated(
-                cfg.client_assertion_file.clone().ok_or_else(|| err("client_assertion_file", "missing"))?,
+                cfg.client_assertion_file
+                    .clone()
+                    .ok_or_else(|| err("client_assertion_file", "missing"))?,
             ),
         };
-        Ok(Self { client_id: cfg.client_id.clone(), kind })
+        Ok(Self {
+            client_id: cfg.client_id.clone(),
+            kind,
+        })
     }
 
     /// The client id.
@@ -98,11 +121,18 @@ impl ClientAuth {
             }
             Kind::Basic(secret) => {
                 // RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
                 let pair = format!("{}:{}", enc(&self.client_id), enc(secret.expose()));
                 Ok(Some(format!("Basic {}", STANDARD.encode(pair))))
             }
-            Kind::Jwt { key, alg, kid, x5t_s256 } => {
+            Kind::Jwt {
+                key,
+                alg,
+                kid,
+                x5t_s256,
+            } => {
                 let mut header = Header::new(*alg);
                 header.typ = Some("JWT".into());
                 header.kid = kid.clone();
@@ -112,8 +142,12 @@ impl ClientAuth {
                     "iss": self.client_id, "sub": self.client_id, "aud": token_endpoint,
                     "jti": uuid::Uuid::new_v4().to_string(), "iat": now, "nbf": now, "exp": now + 300,
                 });
-                let jwt = jsonwebtoken::encode(&header, &claims, key)
-                    .map_err(|e| err("client_key_file", format!("cannot sign the client assertion: {e}")))?;
+                let jwt = jsonwebtoken::encode(&header, &claims, key).map_err(|e| {
+                    err(
+                        "client_key_file",
+                        format!("cannot sign the client assertion: {e}"),
+                    )
+                })?;
                 form.push(("client_id", self.client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
                 form.push(("client_assertion", jwt));
@@ -121,9 +155,12 @@ impl ClientAuth {
             }
             Kind::Federated(path) => {
                 // Re-read every time: the platform rotates the projected token file.
-                let assertion = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| err("client_assertion_file", format!("cannot read {}: {e}", path.display())))?;
+                let assertion = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    err(
+                        "client_assertion_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
                 form.push(("client_id", self.client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
                 form.push(("client_assertion", assertion.trim().to_owned()));
@@ -134,7 +171,8 @@ impl ClientAuth {
 }
 
 fn read_trimmed(path: &PathBuf, option: &'static str) -> Result<String, ClientAuthError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err(option, format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(option, format!("cannot read {}: {e}", path.display())))?;
     let text = text.trim().to_owned();
     if text.is_empty() {
         return Err(err(option, format!("{} is empty", path.display())));
@@ -149,31 +187,64 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
         (None, None) => None,
     };
     if let Some(text) = jwk_text {
-        let jwk: Value = serde_json::from_str(&text).map_err(|_| err("client_jwk_file", "not a JSON JWK"))?;
+        let jwk: Value =
+            serde_json::from_str(&text).map_err(|_| err("client_jwk_file", "not a JSON JWK"))?;
         let alg = match jwk.get("alg").and_then(Value::as_str) {
             None | Some("RS256") => Algorithm::RS256,
             Some("PS256") => Algorithm::PS256,
-            Some(other) => return Err(err("client_jwk_file", format!("unsupported alg {other:?} (RS256 or PS256)"))),
+            Some(other) => {
+                return Err(err(
+                    "client_jwk_file",
+                    format!("unsupported alg {other:?} (RS256 or PS256)"),
+                ));
+            }
         };
         let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
         if kid.is_none() {
             return Err(err("client_jwk_file", "the JWK has no kid"));
         }
         let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
-        let x5t_s256 = jwk.get("x5t#S256").and_then(Value::as_str).map(str::to_owned);
-        return Ok(Kind::Jwt { key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)), alg, kid, x5t_s256 });
+        let x5t_s256 = jwk
+            .get("x5t#S256")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        return Ok(Kind::Jwt {
+            key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
+            alg,
+            kid,
+            x5t_s256,
+        });
     }
-    let key_path = cfg.client_key_file.as_ref().ok_or_else(|| err("client_key_file", "missing"))?;
-    let pem = std::fs::read(key_path).map_err(|e| err("client_key_file", format!("cannot read {}: {e}", key_path.display())))?;
-    let key = EncodingKey::from_rsa_pem(&pem).map_err(|_| err("client_key_file", "not an RSA private key in PEM"))?;
+    let key_path = cfg
+        .client_key_file
+        .as_ref()
+        .ok_or_else(|| err("client_key_file", "missing"))?;
+    let pem = std::fs::read(key_path).map_err(|e| {
+        err(
+            "client_key_file",
+            format!("cannot read {}: {e}", key_path.display()),
+        )
+    })?;
+    let key = EncodingKey::from_rsa_pem(&pem)
+        .map_err(|_| err("client_key_file", "not an RSA private key in PEM"))?;
     let x5t_s256 = match &cfg.client_cert_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| err("client_cert_file", format!("cannot read {}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                err(
+                    "client_cert_file",
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
             Some(cert_thumbprint_s256(&text).map_err(|m| err("client_cert_file", m))?)
         }
         None => None,
     };
-    Ok(Kind::Jwt { key: std::sync::Arc::new(key), alg: Algorithm::RS256, kid: None, x5t_s256 })
+    Ok(Kind::Jwt {
+        key: std::sync::Arc::new(key),
+        alg: Algorithm::RS256,
+        kid: None,
+        x5t_s256,
+    })
 }
 
 /// RFC 7515 §4.1.8: base64url(SHA-256(DER certificate)).
@@ -187,7 +258,9 @@ fn cert_thumbprint_s256(pem: &str) -> Result<String, String> {
     if body.is_empty() {
         return Err("no PEM certificate found".into());
     }
-    let der = STANDARD.decode(body.trim()).map_err(|_| "the certificate is not valid base64".to_owned())?;
+    let der = STANDARD
+        .decode(body.trim())
+        .map_err(|_| "the certificate is not valid base64".to_owned())?;
     Ok(URL_SAFE_NO_PAD.encode(crate::validate::sha256(&der)))
 }
 
@@ -198,8 +271,13 @@ fn rsa_private_jwk_to_pkcs1(jwk: &Value) -> Result<Vec<u8>, String> {
     }
     let mut body = der_integer(&[0]);
     for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
-        let b64 = jwk.get(name).and_then(Value::as_str).ok_or_else(|| format!("the JWK has no {name:?}: a private key is needed"))?;
-        let bytes = URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).map_err(|_| format!("JWK member {name:?} is not base64url"))?;
+        let b64 = jwk
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the JWK has no {name:?}: a private key is needed"))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .map_err(|_| format!("JWK member {name:?} is not base64url"))?;
         body.extend(der_integer(&bytes));
     }
     let mut out = vec![0x30];
@@ -210,7 +288,10 @@ fn rsa_private_jwk_to_pkcs1(jwk: &Value) -> Result<Vec<u8>, String> {
 
 fn der_integer(unsigned_be: &[u8]) -> Vec<u8> {
     let trimmed: &[u8] = {
-        let start = unsigned_be.iter().position(|b| *b != 0).unwrap_or(unsigned_be.len().saturating_sub(1));
+        let start = unsigned_be
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(unsigned_be.len().saturating_sub(1));
         &unsigned_be[start.min(unsigned_be.len())..]
     };
     let mut value = Vec::with_capacity(trimmed.len() + 1);
@@ -232,7 +313,12 @@ fn der_len(len: usize) -> Vec<u8> {
     if len < 0x80 {
         return vec![len as u8];
     }
-    let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+    let bytes: Vec<u8> = len
+        .to_be_bytes()
+        .iter()
+        .copied()
+        .skip_while(|b| *b == 0)
+        .collect();
     let mut out = vec![0x80 | bytes.len() as u8];
     out.extend(bytes);
     out
@@ -260,8 +346,15 @@ mod tests {
         };
         let auth = ClientAuth::from_config(&cfg).unwrap();
         let mut form = Vec::new();
-        let header = auth.apply("https://idp/token", &mut form).await.unwrap().unwrap();
-        assert_eq!(header, format!("Basic {}", STANDARD.encode("id%3A1:p%40ss+word")));
+        let header = auth
+            .apply("https://idp/token", &mut form)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            header,
+            format!("Basic {}", STANDARD.encode("id%3A1:p%40ss+word"))
+        );
         assert!(form.is_empty());
     }
 }

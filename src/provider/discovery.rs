@@ -47,21 +47,41 @@ pub(super) async fn fetch(
 ) -> Result<Metadata, ProviderError> {
     const WHAT: &str = "discovery document";
     let document = http::get_json(client, url, WHAT).await?;
-    let field = |name: &str| document.get(name).and_then(Value::as_str).map(str::to_owned);
+    let field = |name: &str| {
+        document
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let url_field = |name: &str| -> Result<Option<Url>, ProviderError> {
         field(name)
-            .map(|s| Url::parse(&s).map_err(|e| ProviderError::Invalid { what: WHAT, message: format!("{name}: {e}") }))
+            .map(|s| {
+                Url::parse(&s).map_err(|e| ProviderError::Invalid {
+                    what: WHAT,
+                    message: format!("{name}: {e}"),
+                })
+            })
             .transpose()
     };
     let issuer = match (&cfg.issuer, field("issuer")) {
         (Some(i), _) => i.clone(),
         (None, Some(i)) => i,
-        (None, None) => return Err(ProviderError::Invalid { what: WHAT, message: "no issuer".into() }),
+        (None, None) => {
+            return Err(ProviderError::Invalid {
+                what: WHAT,
+                message: "no issuer".into(),
+            });
+        }
     };
     let jwks_uri = match (&cfg.jwks_uri, url_field("jwks_uri")?) {
         (Some(u), _) => u.clone(),
         (None, Some(u)) => u,
-        (None, None) => return Err(ProviderError::Invalid { what: WHAT, message: "no jwks_uri".into() }),
+        (None, None) => {
+            return Err(ProviderError::Invalid {
+                what: WHAT,
+                message: "no jwks_uri".into(),
+            });
+        }
     };
     let token_endpoint = match &cfg.token_endpoint {
         Some(u) => Some(u.clone()),

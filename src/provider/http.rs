@@ -33,18 +33,30 @@ pub(super) async fn get_json(
         .await
         .map_err(|e| transport(what, &e))?;
     if !resp.status().is_success() {
-        return Err(ProviderError::Status { what, status: resp.status().as_u16() });
+        return Err(ProviderError::Status {
+            what,
+            status: resp.status().as_u16(),
+        });
     }
     let body = read_capped(resp, what).await?;
-    serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid { what, message: format!("not JSON: {e}") })
+    serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid {
+        what,
+        message: format!("not JSON: {e}"),
+    })
 }
 
 /// Reads a response body, refusing more than [`MAX_DOCUMENT_BYTES`].
-pub(crate) async fn read_capped(mut resp: reqwest::Response, what: &'static str) -> Result<Vec<u8>, ProviderError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    what: &'static str,
+) -> Result<Vec<u8>, ProviderError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, &e))? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(ProviderError::Invalid { what, message: "response larger than 1 MiB".into() });
+            return Err(ProviderError::Invalid {
+                what,
+                message: "response larger than 1 MiB".into(),
+            });
         }
         body.extend_from_slice(&chunk);
     }
@@ -66,5 +78,9 @@ pub(crate) fn transport(what: &'static str, e: &reqwest::Error) -> ProviderError
         message.push_str(&inner.to_string());
         source = inner.source();
     }
-    ProviderError::Unreachable { what, message, timeout: e.is_timeout() }
+    ProviderError::Unreachable {
+        what,
+        message,
+        timeout: e.is_timeout(),
+    }
 }

@@ -32,7 +32,11 @@ pub struct VerifyingKey {
 
 impl std::fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyingKey").field("kid", &self.kid).field("family", &self.family).field("alg", &self.alg).finish()
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -80,15 +84,28 @@ impl KeySet {
     }
 }
 
-pub(super) async fn fetch(client: &reqwest::Client, url: &Url, algorithms: &[Algorithm]) -> Result<KeySet, ProviderError> {
+pub(super) async fn fetch(
+    client: &reqwest::Client,
+    url: &Url,
+    algorithms: &[Algorithm],
+) -> Result<KeySet, ProviderError> {
     const WHAT: &str = "JWKS";
     let doc = http::get_json(client, url, WHAT).await?;
-    let keys = parse(&doc, algorithms).map_err(|message| ProviderError::Invalid { what: WHAT, message })?;
-    Ok(KeySet { keys, fetched_at: Some(Instant::now()) })
+    let keys = parse(&doc, algorithms).map_err(|message| ProviderError::Invalid {
+        what: WHAT,
+        message,
+    })?;
+    Ok(KeySet {
+        keys,
+        fetched_at: Some(Instant::now()),
+    })
 }
 
 /// Parses a JWK Set, keeping only verification keys usable with `algorithms`.
-pub(crate) fn parse(doc: &Value, algorithms: &[Algorithm]) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
+pub(crate) fn parse(
+    doc: &Value,
+    algorithms: &[Algorithm],
+) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
     let Some(list) = doc.get("keys").and_then(Value::as_array) else {
         return Err("no \"keys\" array".into());
     };
@@ -117,20 +134,37 @@ fn parse_key(jwk: &Value, algorithms: &[Algorithm]) -> Option<VerifyingKey> {
         None => None,
     };
     let (family, key) = match s("kty")? {
-        "RSA" => (AlgorithmFamily::Rsa, DecodingKey::from_rsa_components(s("n")?, s("e")?).ok()?),
-        "EC" => (AlgorithmFamily::Ec, DecodingKey::from_ec_components(s("x")?, s("y")?).ok()?),
-        "OKP" if s("crv") == Some("Ed25519") => (AlgorithmFamily::Ed, DecodingKey::from_ed_components(s("x")?).ok()?),
+        "RSA" => (
+            AlgorithmFamily::Rsa,
+            DecodingKey::from_rsa_components(s("n")?, s("e")?).ok()?,
+        ),
+        "EC" => (
+            AlgorithmFamily::Ec,
+            DecodingKey::from_ec_components(s("x")?, s("y")?).ok()?,
+        ),
+        "OKP" if s("crv") == Some("Ed25519") => (
+            AlgorithmFamily::Ed,
+            DecodingKey::from_ed_components(s("x")?).ok()?,
+        ),
         // "oct" and anything unknown: never a verification key here.
         _ => return None,
     };
     if alg.is_some_and(|a| alg_family(a) != family) {
         return None;
     }
-    let usable = algorithms.iter().any(|a| alg_family(*a) == family && alg.is_none_or(|k| k == *a));
+    let usable = algorithms
+        .iter()
+        .any(|a| alg_family(*a) == family && alg.is_none_or(|k| k == *a));
     if !usable {
         return None;
     }
-    Some(VerifyingKey { kid: kid.to_owned(), key, family, alg, issuer: s("issuer").map(str::to_owned) })
+    Some(VerifyingKey {
+        kid: kid.to_owned(),
+        key,
+        family,
+        alg,
+        issuer: s("issuer").map(str::to_owned),
+    })
 }
 
 /// The family an algorithm belongs to.
@@ -160,7 +194,11 @@ mod tests {
         assert_eq!(kids, vec!["good"]);
         assert!(keys["good"].allows(Algorithm::RS256));
         assert!(!keys["good"].allows(Algorithm::HS256));
-        let keys = parse(&doc, &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256]).unwrap();
+        let keys = parse(
+            &doc,
+            &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256],
+        )
+        .unwrap();
         assert!(keys["ps"].allows(Algorithm::PS256) && !keys["ps"].allows(Algorithm::RS256));
         assert!(keys.contains_key("ec"));
     }

@@ -214,7 +214,11 @@ impl Provider {
                 fetched
             }
             (None, Some(m)) => m,
-            (None, None) => return Err(ProviderError::Config("no well_known_url and no issuer/jwks_uri".into())),
+            (None, None) => {
+                return Err(ProviderError::Config(
+                    "no well_known_url and no issuer/jwks_uri".into(),
+                ));
+            }
         };
         let set = jwks::fetch(&self.http, &metadata.jwks_uri, &self.config.algorithms).await?;
         tracing::debug!(provider = %self.config.name, keys = set.len(), "JWKS loaded");

@@ -109,7 +109,12 @@ async fn harness_on(idp: StaticIdp, extra_provider: &str) -> Harness {
     let cfg = Config::from_toml_str(&toml, &MapEnv::default()).unwrap();
     let server = Server::bind(cfg).await.unwrap().spawn();
     let http = reqwest::Client::new();
-    Harness { idp, echo, server, http }
+    Harness {
+        idp,
+        echo,
+        server,
+        http,
+    }
 }
 
 async fn harness(keys: &[&TestKey]) -> Harness {
@@ -121,12 +126,27 @@ async fn assert_invalid(h: &Harness, token: &str, why: &str) {
     let r = h.get("/anything", Some(token)).await;
     assert_eq!(r.status(), 401, "{why}: status");
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
-    assert!(challenge.starts_with("Bearer realm=\"tollgate\", error=\"invalid_token\""), "{why}: {challenge}");
+    assert!(
+        challenge.starts_with("Bearer realm=\"tollgate\", error=\"invalid_token\""),
+        "{why}: {challenge}"
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token", "{why}");
-    assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{why}");
-    assert!(!body.to_string().contains(token), "{why}: the token must not be echoed");
-    assert_eq!(h.echo.hits(), before, "{why}: the upstream must never see a rejected request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{why}"
+    );
+    assert!(
+        !body.to_string().contains(token),
+        "{why}: the token must not be echoed"
+    );
+    assert_eq!(
+        h.echo.hits(),
+        before,
+        "{why}: the upstream must never see a rejected request"
+    );
 }
 
 #[tokio::test]
@@ -155,7 +175,10 @@ async fn valid_token_reaches_upstream_with_identity_headers() {
     assert_eq!(hdr["x-auth-name"], "Alice Example");
     assert_eq!(hdr["x-auth-scopes"], "access_as_user");
     assert_eq!(hdr["x-auth-roles"], "Reader");
-    assert!(hdr.get("x-auth-custom").is_none(), "client-supplied X-Auth-* headers are dropped");
+    assert!(
+        hdr.get("x-auth-custom").is_none(),
+        "client-supplied X-Auth-* headers are dropped"
+    );
     assert_eq!(h.echo.hits(), 1);
     h.server.shutdown().await.unwrap();
 }
@@ -169,9 +192,20 @@ async fn missing_token_gets_a_challenge_without_error() {
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
     assert_eq!(r.headers()["content-type"], "application/json");
-    let r = h.http.get(h.url("/x")).header("authorization", "Basic dXNlcjpwdw==").send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/x"))
+        .header("authorization", "Basic dXNlcjpwdw==")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_request\""));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_request\"")
+    );
     assert_eq!(h.echo.hits(), 0);
 }
 
@@ -189,12 +223,28 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
         base
     };
     // alg none, no signature.
-    let none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"}).to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"}).to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     assert_invalid(&h, &none, "alg none").await;
     // HS256 "signed" with the RSA public key (classic key-confusion attack).
-    let input = format!("{}.{}", b64(json!({"alg": "HS256", "kid": "k1"}).to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-    let mac = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key.public_n()), input.as_bytes());
-    assert_invalid(&h, &format!("{input}.{}", b64(mac.as_ref())), "HS256 with the public key").await;
+    let input = format!(
+        "{}.{}",
+        b64(json!({"alg": "HS256", "kid": "k1"}).to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key.public_n()),
+        input.as_bytes(),
+    );
+    assert_invalid(
+        &h,
+        &format!("{input}.{}", b64(mac.as_ref())),
+        "HS256 with the public key",
+    )
+    .await;
     // The attacker's key under a kid the IdP does not know.
     let rogue = TestKey::new("rogue");
     assert_invalid(&h, &rogue.token(&iss, json!({})), "unknown kid").await;
@@ -206,22 +256,41 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
         json!({"x5u": "http://127.0.0.1:1/cert"}),
         json!({"jwk": attacker.public_jwk()}),
     ] {
-        assert_invalid(&h, &attacker.sign(&hdr(extra.clone()), &claims), &format!("header {extra}")).await;
-        assert_invalid(&h, &key.sign(&hdr(extra.clone()), &claims), &format!("real key, header {extra}")).await;
+        assert_invalid(
+            &h,
+            &attacker.sign(&hdr(extra.clone()), &claims),
+            &format!("header {extra}"),
+        )
+        .await;
+        assert_invalid(
+            &h,
+            &key.sign(&hdr(extra.clone()), &claims),
+            &format!("real key, header {extra}"),
+        )
+        .await;
     }
     let t = now();
     for (extra, why) in [
         (json!({"exp": t - 3600}), "expired"),
         (json!({"nbf": t + 3600}), "nbf in the future"),
         (json!({"iss": "https://evil.example/v2.0"}), "wrong issuer"),
-        (json!({"iss": format!("http://{}/{OTHER_TENANT}/v2.0", h.idp.addr), "tid": OTHER_TENANT}), "other tenant"),
+        (
+            json!({"iss": format!("http://{}/{OTHER_TENANT}/v2.0", h.idp.addr), "tid": OTHER_TENANT}),
+            "other tenant",
+        ),
         (json!({"aud": "api://someone-else"}), "wrong audience"),
-        (json!({"aud": "00000003-0000-0000-c000-000000000000"}), "graph audience"),
+        (
+            json!({"aud": "00000003-0000-0000-c000-000000000000"}),
+            "graph audience",
+        ),
         (json!({"exp": null}), "missing exp"),
         (json!({"aud": null}), "missing aud"),
         (json!({"iss": null}), "missing iss"),
         (json!({"nonce": "n-0S6"}), "ID token with nonce"),
-        (json!({"azp": null, "scp": null}), "ID token without azp/appid"),
+        (
+            json!({"azp": null, "scp": null}),
+            "ID token without azp/appid",
+        ),
     ] {
         assert_invalid(&h, &key.token(&iss, extra), why).await;
     }
@@ -242,13 +311,20 @@ async fn scopes_and_roles_are_enforced_with_403() {
     let h = harness(&[&key]).await;
     h.wait_ready().await;
     let token = key.token(&h.idp.issuer(), json!({}));
-    assert_eq!(h.get("/scoped/x", Some(&token)).await.status(), 200, "any one of the scopes is enough");
+    assert_eq!(
+        h.get("/scoped/x", Some(&token)).await.status(),
+        200,
+        "any one of the scopes is enough"
+    );
     assert_eq!(h.get("/reader", Some(&token)).await.status(), 200);
     for (path, scope) in [("/needs-scope/x", "Data.Write"), ("/needs-role", "Admin")] {
         let r = h.get(path, Some(&token)).await;
         assert_eq!(r.status(), 403, "{path}");
         let c = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
-        assert!(c.contains("error=\"insufficient_scope\"") && c.contains(&format!("scope=\"{scope}\"")), "{c}");
+        assert!(
+            c.contains("error=\"insufficient_scope\"") && c.contains(&format!("scope=\"{scope}\"")),
+            "{c}"
+        );
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "insufficient_scope");
     }
@@ -264,14 +340,32 @@ async fn optional_and_none_routes() {
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.unwrap();
     assert!(echo["headers"].get("x-auth-subject").is_none());
-    assert_eq!(h.get("/optional/x", Some("garbage")).await.status(), 401, "a bad token is refused even where optional");
+    assert_eq!(
+        h.get("/optional/x", Some("garbage")).await.status(),
+        401,
+        "a bad token is refused even where optional"
+    );
     let token = key.token(&h.idp.issuer(), json!({}));
-    let echo: Value = h.get("/optional/x", Some(&token)).await.json().await.unwrap();
+    let echo: Value = h
+        .get("/optional/x", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["headers"]["x-auth-subject"], "alice-sub");
-    let r = h.http.get(h.url("/public/y")).header("x-auth-subject", "spoofed").send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/public/y"))
+        .header("x-auth-subject", "spoofed")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.unwrap();
-    assert!(echo["headers"].get("x-auth-subject").is_none(), "spoofed identity removed on auth=none routes too");
+    assert!(
+        echo["headers"].get("x-auth-subject").is_none(),
+        "spoofed identity removed on auth=none routes too"
+    );
 }
 
 #[tokio::test]
@@ -280,13 +374,23 @@ async fn key_rotation_is_picked_up_with_exactly_one_refetch() {
     let new = TestKey::new("new");
     let h = harness(&[&old]).await;
     h.wait_ready().await;
-    assert_eq!(h.get("/x", Some(&old.token(&h.idp.issuer(), json!({})))).await.status(), 200);
+    assert_eq!(
+        h.get("/x", Some(&old.token(&h.idp.issuer(), json!({}))))
+            .await
+            .status(),
+        200
+    );
     let before = h.idp.fetches();
     h.idp.set_keys(&[&old, &new]);
     let token = new.token(&h.idp.issuer(), json!({}));
     assert_eq!(h.get("/x", Some(&token)).await.status(), 200);
     assert_eq!(h.idp.fetches(), before + 1, "one refetch for the new kid");
-    assert_eq!(h.get("/y", Some(&new.token(&h.idp.issuer(), json!({"jti": "2"})))).await.status(), 200);
+    assert_eq!(
+        h.get("/y", Some(&new.token(&h.idp.issuer(), json!({"jti": "2"}))))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(h.idp.fetches(), before + 1, "the new key is cached");
 }
 
@@ -300,15 +404,29 @@ async fn random_kid_flood_causes_at_most_one_fetch_per_interval() {
     let claims = user_claims(&iss);
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let token = key.sign(&json!({"alg": "RS256", "typ": "JWT", "kid": format!("random-{i}")}), &claims);
+        let token = key.sign(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": format!("random-{i}")}),
+            &claims,
+        );
         let http = h.http.clone();
         let url = h.url("/flood");
-        tasks.push(tokio::spawn(async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }));
+        tasks.push(tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
     }
-    assert!(h.idp.fetches() - before <= 1, "{} fetches for 200 unknown kids", h.idp.fetches() - before);
+    assert!(
+        h.idp.fetches() - before <= 1,
+        "{} fetches for 200 unknown kids",
+        h.idp.fetches() - before
+    );
     assert_eq!(h.echo.hits(), 0);
 }
 
@@ -321,15 +439,35 @@ async fn idp_down_at_start_then_up() {
     drop(reserved);
     let echo = Echo::start().await;
     let well_known = format!("http://{addr}/{TENANT}/v2.0/.well-known/openid-configuration");
-    let cfg = Config::from_toml_str(&config_toml(&well_known, &echo.url(), ""), &MapEnv::default()).unwrap();
+    let cfg = Config::from_toml_str(
+        &config_toml(&well_known, &echo.url(), ""),
+        &MapEnv::default(),
+    )
+    .unwrap();
     let server = Server::bind(cfg).await.unwrap().spawn();
     let http = reqwest::Client::new();
     let admin = format!("http://{}/readyz", server.admin.unwrap());
     assert_eq!(http.get(&admin).send().await.unwrap().status(), 503);
-    assert_eq!(http.get(format!("http://{}/healthz", server.admin.unwrap())).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("http://{}/healthz", server.admin.unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let token_iss = format!("http://{addr}/{TENANT}/v2.0");
-    let r = http.get(format!("http://{}/x", server.public)).bearer_auth(key.token(&token_iss, json!({}))).send().await.unwrap();
-    assert_eq!(r.status(), 503, "no keys yet: temporarily unavailable, not a verdict on the token");
+    let r = http
+        .get(format!("http://{}/x", server.public))
+        .bearer_auth(key.token(&token_iss, json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "no keys yet: temporarily unavailable, not a verdict on the token"
+    );
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let _idp = StaticIdp::start_on(listener, &[&key]).await;
     let mut ready = false;
@@ -340,8 +478,16 @@ async fn idp_down_at_start_then_up() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "tollgate retries and becomes ready once the IdP is up");
-    let r = http.get(format!("http://{}/x", server.public)).bearer_auth(key.token(&token_iss, json!({}))).send().await.unwrap();
+    assert!(
+        ready,
+        "tollgate retries and becomes ready once the IdP is up"
+    );
+    let r = http
+        .get(format!("http://{}/x", server.public))
+        .bearer_auth(key.token(&token_iss, json!({})))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(echo.hits(), 1);
 }
@@ -362,8 +508,20 @@ async fn jwks_failure_after_start_keeps_cached_keys() {
     }
     assert!(h.idp.fetches() > before || before > 0);
     let token = key.token(&h.idp.issuer(), json!({"jti": "fresh"}));
-    assert_eq!(h.get("/x", Some(&token)).await.status(), 200, "stale keys still verify");
-    assert_eq!(h.http.get(h.admin("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        h.get("/x", Some(&token)).await.status(),
+        200,
+        "stale keys still verify"
+    );
+    assert_eq!(
+        h.http
+            .get(h.admin("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -375,7 +533,15 @@ async fn metrics_are_exposed() {
     assert_eq!(h.get("/m", Some(&token)).await.status(), 200);
     assert_eq!(h.get("/m", Some(&token)).await.status(), 200);
     assert_eq!(h.get("/m", None).await.status(), 401);
-    let text = h.http.get(h.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = h
+        .http
+        .get(h.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "tollgate_requests_total{route=\"/\",status=\"200\"}",
         "tollgate_requests_total{route=\"/\",status=\"401\"}",
@@ -401,6 +567,13 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let public = h.server.public;
     h.server.shutdown().await.unwrap();
-    assert_eq!(inflight.await.unwrap().unwrap(), 200, "the in-flight request completed");
-    assert!(tokio::net::TcpStream::connect(public).await.is_err(), "no longer accepting");
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request completed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(public).await.is_err(),
+        "no longer accepting"
+    );
 }

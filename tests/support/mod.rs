@@ -24,7 +24,10 @@ pub const OTHER_TENANT: &str = "66666666-7777-8888-9999-000000000000";
 pub const CLIENT_ID: &str = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb";
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn b64(data: &[u8]) -> String {
@@ -39,7 +42,10 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn new(kid: &str) -> Self {
-        Self { kid: kid.into(), pair: KeyPair::generate(KeySize::Rsa2048).unwrap() }
+        Self {
+            kid: kid.into(),
+            pair: KeyPair::generate(KeySize::Rsa2048).unwrap(),
+        }
     }
 
     pub fn public_jwk(&self) -> Value {
@@ -51,14 +57,29 @@ impl TestKey {
 
     /// The public key's modulus bytes, as an attacker would use them for HS256.
     pub fn public_n(&self) -> Vec<u8> {
-        self.pair.public_key().modulus().big_endian_without_leading_zero().to_vec()
+        self.pair
+            .public_key()
+            .modulus()
+            .big_endian_without_leading_zero()
+            .to_vec()
     }
 
     /// RS256 JWS over the given header and claims, exactly as given.
     pub fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let mut sig = vec![0; self.pair.public_modulus_len()];
-        self.pair.sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
+        self.pair
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
         format!("{input}.{}", b64(&sig))
     }
 
@@ -66,7 +87,10 @@ impl TestKey {
     pub fn token(&self, issuer: &str, extra: Value) -> String {
         let mut claims = user_claims(issuer);
         merge(&mut claims, extra);
-        self.sign(&json!({"typ": "JWT", "alg": "RS256", "kid": self.kid}), &claims)
+        self.sign(
+            &json!({"typ": "JWT", "alg": "RS256", "kid": self.kid}),
+            &claims,
+        )
     }
 }
 
@@ -112,12 +136,17 @@ impl StaticIdp {
         let addr = listener.local_addr().unwrap();
         let idp = StaticIdp {
             addr,
-            jwks: Arc::new(Mutex::new(json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()}))),
+            jwks: Arc::new(Mutex::new(
+                json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()}),
+            )),
             fail: Arc::new(Mutex::new(None)),
             jwks_fetches: Arc::new(AtomicUsize::new(0)),
         };
         let app = Router::new()
-            .route("/{tid}/v2.0/.well-known/openid-configuration", get(discovery))
+            .route(
+                "/{tid}/v2.0/.well-known/openid-configuration",
+                get(discovery),
+            )
             .route("/{tid}/discovery/v2.0/keys", get(jwks))
             .with_state(idp.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -129,11 +158,15 @@ impl StaticIdp {
     }
 
     pub fn well_known(&self) -> String {
-        format!("http://{}/{TENANT}/v2.0/.well-known/openid-configuration", self.addr)
+        format!(
+            "http://{}/{TENANT}/v2.0/.well-known/openid-configuration",
+            self.addr
+        )
     }
 
     pub fn set_keys(&self, keys: &[&TestKey]) {
-        *self.jwks.lock().unwrap() = json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()});
+        *self.jwks.lock().unwrap() =
+            json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()});
     }
 
     pub fn fetches(&self) -> usize {
@@ -141,7 +174,10 @@ impl StaticIdp {
     }
 }
 
-async fn discovery(State(idp): State<StaticIdp>, axum::extract::Path(tid): axum::extract::Path<String>) -> axum::response::Response {
+async fn discovery(
+    State(idp): State<StaticIdp>,
+    axum::extract::Path(tid): axum::extract::Path<String>,
+) -> axum::response::Response {
     if let Some(s) = *idp.fail.lock().unwrap() {
         return s.into_response();
     }
@@ -175,12 +211,18 @@ impl Echo {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let echo = Echo { addr, hits: Arc::new(AtomicU64::new(0)) };
+        let echo = Echo {
+            addr,
+            hits: Arc::new(AtomicU64::new(0)),
+        };
         let app = Router::new()
-            .route("/public/slow", get(|| async {
-                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-                "slow done"
-            }))
+            .route(
+                "/public/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                    "slow done"
+                }),
+            )
             .fallback(echo_handler)
             .with_state(echo.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -200,7 +242,12 @@ async fn echo_handler(State(echo): State<Echo>, req: Request) -> Json<Value> {
     echo.hits.fetch_add(1, Ordering::SeqCst);
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.as_str().to_owned(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        headers.insert(
+            k.as_str().to_owned(),
+            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
     }
-    Json(json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers}))
+    Json(
+        json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers}),
+    )
 }
