@@ -355,7 +355,7 @@ impl Default for CacheConfig {
 }
 
 /// `[login]`: the interactive-login proxy.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginConfig {
     /// Serve the login routes on the public listener.
@@ -370,8 +370,23 @@ pub struct LoginConfig {
     pub redirect_uris: Vec<String>,
     /// Allowed `post_logout_redirect_uri` values (exact match).
     pub post_logout_redirect_uris: Vec<String>,
-    /// Refuse authorize requests without an S256 PKCE challenge.
+    /// Refuse authorize requests without an S256 PKCE challenge (default `true`: RFC 9700 §2.1.1
+    /// asks every client for PKCE, and a confidential client loses nothing by sending it).
     pub require_pkce: bool,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            provider: None,
+            public_url: None,
+            extra_scopes: Vec::new(),
+            redirect_uris: Vec::new(),
+            post_logout_redirect_uris: Vec::new(),
+            require_pkce: true,
+        }
+    }
 }
 
 /// A secret value: never printed, logged or serialized in clear.
@@ -493,7 +508,11 @@ impl Config {
         let mut figment = Figment::new().merge(Toml::string(text));
         let vars = env.vars();
         for (name, value) in &vars {
-            let Some(rest) = name.strip_prefix("TOLLGATE_") else {
+            // TOLLGATE_CONFIG names the file (read by the CLI), it is not an option.
+            let Some(rest) = name
+                .strip_prefix("TOLLGATE_")
+                .filter(|_| name != "TOLLGATE_CONFIG")
+            else {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
@@ -661,13 +680,19 @@ impl Config {
             };
             match p.client_auth {
                 ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {}
-                ClientAuthMethod::PrivateKeyJwt => need(
-                    p.client_jwk.is_some()
-                        || p.client_jwk_file.is_some()
-                        || p.client_key_file.is_some(),
-                    "client_key_file",
-                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
-                )?,
+                ClientAuthMethod::PrivateKeyJwt => {
+                    let jwk = p.client_jwk.is_some() || p.client_jwk_file.is_some();
+                    need(
+                        jwk || p.client_key_file.is_some(),
+                        "client_key_file",
+                        "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
+                    )?;
+                    need(
+                        jwk || p.client_cert_file.is_some(),
+                        "client_cert_file",
+                        "client_key_file needs client_cert_file: the IdP finds the key by the certificate's thumbprint",
+                    )?;
+                }
                 ClientAuthMethod::Federated => need(
                     p.client_assertion_file.is_some(),
                     "client_assertion_file",

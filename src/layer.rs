@@ -1,6 +1,19 @@
 //! tollgate in process: a Tower layer that validates bearer tokens and puts [`Claims`] in the
 //! request extensions, plus axum extractors (feature `axum`).
 //!
+//! The layer uses the sidecar's own [`Validator`] and [`Exchanger`], so an app embedding it gets
+//! the same checks, the same caches and the same RFC 6750 answers as an app behind the proxy:
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | no `Authorization` header | `401`, `WWW-Authenticate: Bearer realm="tollgate"` (passes with [`AuthLayer::optional`]) |
+//! | not a single `Bearer` credential | `400`, `error="invalid_request"` |
+//! | a token that does not validate | `401`, `error="invalid_token"` |
+//! | valid, but no required scope or role | `403`, `error="insufficient_scope", scope="..."` |
+//! | keys not loaded (IdP unreachable since start) | `503` |
+//!
+//! Every refusal also carries a JSON body `{"error": ..., "error_description": ...}`.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{Router, routing::get};
@@ -20,18 +33,62 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::config::{CacheConfig, ClientAuthMethod, ProviderConfig, Secret};
-use crate::exchange::Exchanger;
+use crate::config::{CacheConfig, ClientAuthMethod, Config, ConfigError, ProviderConfig, Secret};
+use crate::exchange::{ExchangeError, Exchanger};
 use crate::provider::{Provider, ProviderError};
 use crate::validate::{Claims, ValidationError, Validator, bearer_token};
 
+#[cfg(feature = "axum")]
+pub use extract::AuthRejection;
+
 /// Validation and exchange for one provider, built once and shared by layers and handlers.
+///
+/// Cheap to clone: clones share the signing keys, the validation cache and the exchange cache.
+/// The keys are refreshed in the background until the last clone is dropped.
+///
+/// ```
+/// # #[cfg(feature = "dev-idp")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, body::Body, routing::get};
+/// use http::{Request, StatusCode};
+/// use tollgate::devidp::{ALICE, DEFAULT_TENANT_ID, DevIdp, DevIdpConfig, FRONTEND_CLIENT_ID, TOLLGATE_CLIENT_ID};
+/// use tollgate::{Auth, Claims};
+/// use tower::ServiceExt;
+///
+/// // A local OpenID provider stands in for Entra ID.
+/// let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+/// let auth = Auth::builder()
+///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+///     .client_id(TOLLGATE_CLIENT_ID)
+///     .build()
+///     .await?;
+/// let app = Router::new()
+///     .route("/me", get(|claims: Claims| async move { claims.username().unwrap_or_default().to_owned() }))
+///     .route_layer(auth.layer().require_scopes(["access_as_user"]));
+///
+/// let token = idp
+///     .password_token(ALICE, FRONTEND_CLIENT_ID, "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user")
+///     .await?;
+/// let request = Request::get("/me").header("authorization", format!("Bearer {token}"));
+/// let response = app.clone().oneshot(request.body(Body::empty())?).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+///
+/// let response = app.oneshot(Request::get("/me").body(Body::empty())?).await?;
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+/// idp.shutdown().await;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "dev-idp"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone, Debug)]
 pub struct Auth {
     validator: Validator,
@@ -39,40 +96,53 @@ pub struct Auth {
     _refresh: Arc<AbortOnDrop>,
 }
 
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Why [`Auth`] could not be built.
+/// Why [`Auth`] could not be built. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// The provider could not be set up or reached.
+    /// The configuration is invalid; the message names the option.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The provider could not be set up or reached (discovery or JWKS).
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// The configuration is incomplete.
-    #[error("{0}")]
-    Config(String),
+    /// A client credential is configured but cannot be used (unreadable key file, ...).
+    #[error(transparent)]
+    Credential(#[from] ExchangeError),
 }
 
 impl Auth {
-    /// Builds from a provider's configuration (the same `[[providers]]` entry the sidecar reads).
+    /// Builds from a provider's configuration (the same `[[providers]]` entry and `[cache]` the
+    /// sidecar reads), checked by the same rules as `tollgate check`.
+    ///
     /// Keys are fetched now; when the IdP is down the error is returned (a library user decides
-    /// whether to retry), and afterwards they refresh in the background.
+    /// whether to retry), and afterwards they refresh in the background. The [`Exchanger`] is
+    /// there when a client credential is configured.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate::config::{Config, ProcessEnv};
+    /// let config = Config::load(Some("tollgate.toml".as_ref()), &ProcessEnv)?;
+    /// let auth = tollgate::Auth::from_config(&config.providers[0], &config.cache).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn from_config(
         provider: &ProviderConfig,
         cache: &CacheConfig,
     ) -> Result<Self, AuthError> {
+        check_config(provider, cache)?;
         let p = Provider::new(provider.clone())?;
+        let validator = Validator::new(p.clone(), cache.validation_capacity);
+        let exchanger = if has_client_credential(provider) {
+            Some(Exchanger::new(
+                validator.clone(),
+                cache.obo_capacity,
+                cache.expiry_margin,
+            )?)
+        } else {
+            None
+        };
         p.refresh().await?;
         let refresh = p.spawn_refresh();
-        let validator = Validator::new(p, cache.validation_capacity);
-        let exchanger =
-            Exchanger::new(validator.clone(), cache.obo_capacity, cache.expiry_margin).ok();
         Ok(Self {
             validator,
             exchanger,
@@ -81,10 +151,24 @@ impl Auth {
     }
 
     /// A builder for code-first setups.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), tollgate::layer::AuthError> {
+    /// let auth = tollgate::Auth::builder()
+    ///     .well_known_url("https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration")
+    ///     .client_id("aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb")
+    ///     .client_secret(&std::env::var("AZURE_APP_CLIENT_SECRET").unwrap_or_default())
+    ///     .tenants(["11111111-2222-3333-4444-555555555555"])
+    ///     .build()
+    ///     .await?;
+    /// assert!(auth.exchanger().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> AuthBuilder {
         AuthBuilder {
             provider: ProviderConfig::default(),
             cache: CacheConfig::default(),
+            error: None,
         }
     }
 
@@ -98,35 +182,52 @@ impl Auth {
         }
     }
 
-    /// The validator.
+    /// The validator (for tokens that do not arrive in an `Authorization` header).
     pub fn validator(&self) -> &Validator {
         &self.validator
     }
 
-    /// The exchanger, when a client credential is configured.
+    /// The exchanger (On-Behalf-Of, client credentials), when a client credential is configured.
+    /// It shares its token cache with every clone of this `Auth`.
+    ///
+    /// ```no_run
+    /// # async fn f(auth: tollgate::Auth, user_token: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let exchanger = auth.exchanger().ok_or("no client credential configured")?;
+    /// let downstream = exchanger
+    ///     .on_behalf_of(user_token, "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default", false)
+    ///     .await?;
+    /// let app_token = exchanger
+    ///     .client_credentials("api://eeeeeeee-6666-7777-8888-ffffffffffff/.default", false)
+    ///     .await?;
+    /// # let _ = (downstream, app_token);
+    /// # Ok(()) }
+    /// ```
     pub fn exchanger(&self) -> Option<&Exchanger> {
         self.exchanger.as_ref()
     }
 }
 
-/// Builds an [`Auth`] from code.
+/// Builds an [`Auth`] from code; see [`Auth::builder`]. Errors (a malformed URL, a missing client
+/// id...) are reported by [`AuthBuilder::build`].
 #[derive(Debug, Clone)]
 pub struct AuthBuilder {
     provider: ProviderConfig,
     cache: CacheConfig,
+    error: Option<(&'static str, String)>,
 }
 
 impl AuthBuilder {
-    /// The OpenID discovery URL.
+    /// The OpenID discovery URL (`https`, or `http` on a loopback host).
     pub fn well_known_url(mut self, url: &str) -> Self {
-        self.provider.well_known_url = url::Url::parse(url).ok();
+        self.provider.well_known_url = self.parse_url("well_known_url", url);
         self
     }
 
-    /// Explicit issuer and JWKS URL instead of discovery.
+    /// Explicit issuer and JWKS URL instead of discovery. The issuer may contain `{tenantid}`
+    /// (then list the accepted [`tenants`](Self::tenants)).
     pub fn issuer(mut self, issuer: &str, jwks_uri: &str) -> Self {
         self.provider.issuer = Some(issuer.to_owned());
-        self.provider.jwks_uri = url::Url::parse(jwks_uri).ok();
+        self.provider.jwks_uri = self.parse_url("jwks_uri", jwks_uri);
         self
     }
 
@@ -149,13 +250,13 @@ impl AuthBuilder {
         self
     }
 
-    /// Accepted algorithms (default RS256).
+    /// Accepted algorithms (default RS256); shared-secret (HS*) algorithms are refused.
     pub fn algorithms(mut self, algorithms: &[jsonwebtoken::Algorithm]) -> Self {
         self.provider.algorithms = algorithms.to_vec();
         self
     }
 
-    /// Tenants accepted with a `{tenantid}` issuer.
+    /// Tenants accepted with a `{tenantid}` issuer; `["*"]` accepts any.
     pub fn tenants<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tenants: I) -> Self {
         self.provider.allowed_tenants = tenants.into_iter().map(Into::into).collect();
         self
@@ -167,23 +268,51 @@ impl AuthBuilder {
         self
     }
 
-    /// Builds and loads the keys.
+    /// Checks the settings, loads the keys and builds.
     pub async fn build(self) -> Result<Auth, AuthError> {
-        if self.provider.client_id.is_empty() {
-            return Err(AuthError::Config("client_id is required".into()));
-        }
-        if self.provider.well_known_url.is_none()
-            && (self.provider.issuer.is_none() || self.provider.jwks_uri.is_none())
-        {
-            return Err(AuthError::Config(
-                "a well-known URL, or an issuer and JWKS URL, is required".into(),
-            ));
+        if let Some((option, message)) = self.error {
+            return Err(ConfigError::Invalid {
+                option: option.to_owned(),
+                message,
+            }
+            .into());
         }
         Auth::from_config(&self.provider, &self.cache).await
+    }
+
+    fn parse_url(&mut self, option: &'static str, url: &str) -> Option<url::Url> {
+        match url::Url::parse(url) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                self.error
+                    .get_or_insert((option, format!("not a valid URL: {e}")));
+                None
+            }
+        }
     }
 }
 
 /// A Tower layer validating bearer tokens; see [`Auth::layer`].
+///
+/// On success the request reaches the inner service with [`Claims`] and [`BearerToken`] in its
+/// extensions; otherwise the layer answers itself (see the [module](self) table) and the inner
+/// service is not called. Works with any `http` service, axum or not; in axum, `route_layer`
+/// protects only the routes above it, and unmatched paths keep answering 404.
+///
+/// ```no_run
+/// # async fn f(auth: tollgate::Auth) {
+/// use axum::{Router, routing::{get, post}};
+/// use tollgate::Claims;
+///
+/// let app: Router = Router::new()
+///     .route("/reports", post(|c: Claims| async move { format!("created by {}", c.subject()) }))
+///     .route_layer(auth.layer().require_roles(["Writer"]))
+///     .route("/", get(|c: Option<Claims>| async move {
+///         c.and_then(|c| c.name().map(str::to_owned)).unwrap_or_else(|| "anonymous".into())
+///     }))
+///     .layer(auth.layer().optional());
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     validator: Validator,
@@ -193,13 +322,13 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    /// Any one of these scopes (`scp`) is required.
+    /// Any one of these delegated scopes (`scp`) is required; otherwise `403 insufficient_scope`.
     pub fn require_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
         self.scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
-    /// Any one of these roles (`roles`) is required.
+    /// Any one of these app roles (`roles`) is required; otherwise `403 insufficient_scope`.
     pub fn require_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roles: I) -> Self {
         self.roles = roles.into_iter().map(Into::into).collect();
         self
@@ -223,7 +352,25 @@ impl<S> Layer<S> for AuthLayer {
     }
 }
 
-/// The service [`AuthLayer`] produces.
+/// The service [`AuthLayer`] produces. Any `http` service with a body buildable from a `String`
+/// (axum's `Body`, `http_body_util::Full<Bytes>`...) can be wrapped:
+///
+/// ```no_run
+/// # async fn f(auth: tollgate::Auth) {
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tollgate::Claims;
+///
+/// let service = tower::ServiceBuilder::new()
+///     .layer(auth.layer())
+///     .service(tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+///         let subject = req.extensions().get::<Claims>().map(|c| c.subject().to_owned());
+///         Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::from(subject.unwrap_or_default())))
+///     }));
+/// // Serve it with hyper: hyper_util::service::TowerToHyperService::new(service).
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
@@ -231,6 +378,27 @@ pub struct AuthService<S> {
 }
 
 /// The bearer token of an authenticated request, for On-Behalf-Of calls in handlers.
+///
+/// The layer puts it in the request extensions next to [`Claims`]; as an axum extractor it also
+/// works without the layer (the token is then only parsed, not validated). Its `Debug` output is
+/// redacted.
+///
+/// ```no_run
+/// use axum::{Json, extract::State, http::StatusCode};
+/// use tollgate::{Auth, BearerToken};
+///
+/// async fn call_downstream(
+///     State(auth): State<Auth>,
+///     bearer: BearerToken,
+/// ) -> Result<String, (StatusCode, Json<serde_json::Value>)> {
+///     let exchanger = auth.exchanger().ok_or((StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({}))))?;
+///     let token = exchanger
+///         .on_behalf_of(&bearer.0, "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default", false)
+///         .await
+///         .map_err(|e| (e.status(), Json(e.to_json())))?;
+///     Ok(format!("downstream token valid for {} s", token.expires_in()))
+/// }
+/// ```
 #[derive(Clone)]
 pub struct BearerToken(pub String);
 
@@ -240,55 +408,201 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
-/// The response future of [`AuthService`].
-pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
-
 impl<S, ReqB, ResB> Service<Request<ReqB>> for AuthService<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    ReqB: Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     ResB: From<String>,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<S, ReqB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        // The clone is the one that was not polled ready; swap so the ready one serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            match authenticate(&layer, req.headers()).await {
-                Ok(Some((claims, token))) => {
-                    req.extensions_mut().insert(claims);
-                    req.extensions_mut().insert(BearerToken(token));
-                }
-                Ok(None) => {}
-                Err(e) => return Ok(e.to_response()),
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let token = match bearer_token(req.headers()) {
+            Ok(Some(token)) => token.to_owned(),
+            Ok(None) if self.layer.optional => {
+                return ResponseFuture::new(State::Calling {
+                    future: self.inner.call(req),
+                });
             }
-            inner.call(req).await
+            Ok(None) => return ResponseFuture::rejected(&ValidationError::Missing),
+            Err(e) => return ResponseFuture::rejected(&e),
+        };
+        // The clone has not been polled ready: keep it for the next call and let the ready one
+        // serve this request once the token is validated.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let validation = Box::pin(async move {
+            let claims = layer.validator.validate(&token).await?;
+            claims.check(&layer.scopes, &layer.roles)?;
+            Ok((claims, token))
+        });
+        ResponseFuture::new(State::Validating {
+            validation,
+            inner,
+            req,
         })
     }
 }
 
-async fn authenticate(
-    layer: &AuthLayer,
-    headers: &http::HeaderMap,
-) -> Result<Option<(Claims, String)>, ValidationError> {
-    let token = match bearer_token(headers)? {
-        Some(t) => t,
-        None if layer.optional => return Ok(None),
-        None => return Err(ValidationError::Missing),
-    };
-    let claims = layer.validator.validate(token).await?;
-    claims.check(&layer.scopes, &layer.roles)?;
-    Ok(Some((claims, token.to_owned())))
+type Validation = Pin<Box<dyn Future<Output = Result<(Claims, String), ValidationError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`AuthService`]: validates the token, then runs the inner service's
+    /// future (or answers the refusal).
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Validating {
+            validation: Validation,
+            inner: S,
+            req: Request<ReqB>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+        Rejected {
+            response: S::Response,
+        },
+        Done,
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn new(state: State<S, ReqB>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S, ReqB, ResB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: From<String>,
+{
+    fn rejected(error: &ValidationError) -> Self {
+        Self::new(State::Rejected {
+            response: error.to_response(),
+        })
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: From<String>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Validating { validation, .. } => {
+                    let result = ready!(validation.as_mut().poll(cx));
+                    let StateReplace::Validating {
+                        mut inner, mut req, ..
+                    } = state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state was Validating just above");
+                    };
+                    match result {
+                        Ok((claims, token)) => {
+                            req.extensions_mut().insert(claims);
+                            req.extensions_mut().insert(BearerToken(token));
+                            let future = inner.call(req);
+                            state.set(State::Calling { future });
+                        }
+                        Err(e) => state.set(State::Rejected {
+                            response: e.to_response(),
+                        }),
+                    }
+                }
+                StateProj::Calling { future } => {
+                    let output = ready!(future.poll(cx));
+                    state.set(State::Done);
+                    return Poll::Ready(output);
+                }
+                StateProj::Rejected { .. } => {
+                    let StateReplace::Rejected { response } =
+                        state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state was Rejected just above");
+                    };
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done => panic!("tollgate ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Validating { .. } => "validating",
+            State::Calling { .. } => "calling",
+            State::Rejected { .. } => "rejected",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The sidecar's configuration rules, applied to the one provider the library uses.
+fn check_config(provider: &ProviderConfig, cache: &CacheConfig) -> Result<(), ConfigError> {
+    Config {
+        providers: vec![provider.clone()],
+        cache: cache.clone(),
+        ..Config::default()
+    }
+    .validate()
+}
+
+/// Without a credential the app only validates; a credential that is configured but unusable is
+/// an error rather than a silently missing exchanger.
+fn has_client_credential(provider: &ProviderConfig) -> bool {
+    match provider.client_auth {
+        ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {
+            provider.client_secret.is_some() || provider.client_secret_file.is_some()
+        }
+        ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::Federated => true,
+    }
 }
 
 #[cfg(feature = "axum")]
@@ -302,7 +616,8 @@ mod extract {
     use super::BearerToken;
     use crate::validate::{Claims, ValidationError, bearer_token};
 
-    /// The rejection of tollgate's extractors: the same RFC 6750 answer as the proxy.
+    /// The rejection of tollgate's extractors: the same RFC 6750 answer as the proxy and the
+    /// layer (`Claims` on a route without the layer answers `401 Bearer realm="tollgate"`).
     #[derive(Debug)]
     pub struct AuthRejection(pub ValidationError);
 
@@ -350,6 +665,3 @@ mod extract {
         }
     }
 }
-
-#[cfg(feature = "axum")]
-pub use extract::AuthRejection;

@@ -1,5 +1,5 @@
 //! tollgate: an identity sidecar for apps behind Microsoft Entra ID or any OIDC provider.
-#![deny(unreachable_pub)]
+#![deny(missing_docs, unreachable_pub)]
 
 pub mod config;
 pub mod exchange;

@@ -122,6 +122,9 @@ impl Server {
                 config.cache.expiry_margin,
             )
             .map_err(|e| e.to_string());
+            if let Err(why) = &x {
+                tracing::warn!(provider = %name, reason = %why, "token exchange disabled for this provider");
+            }
             exchangers.insert(name.clone(), x);
         }
         for (i, r) in config.routes.iter().enumerate() {
@@ -428,6 +431,7 @@ async fn exchange_for_route(
     headers: &mut HeaderMap,
 ) -> Result<(), Response<Body>> {
     let cfg = &route.config;
+    // Whatever the client sent under an injected header's name is never passed on as ours.
     for name in cfg.obo_headers.keys() {
         headers.remove(name.as_str());
     }
@@ -445,11 +449,18 @@ async fn exchange_for_route(
         Ok(Some(t)) => t.to_owned(),
         _ => return Err(auth_error(&ValidationError::Missing)),
     };
+    let fail = |e: ExchangeError| {
+        let authorize = exchanger
+            .provider()
+            .metadata()
+            .and_then(|m| m.authorization_endpoint.clone());
+        obo_error(&e, authorize.as_ref().map(url::Url::as_str))
+    };
     if let Some(target) = &cfg.obo {
         let token = exchanger
             .on_behalf_of(&inbound, target, false)
             .await
-            .map_err(|e| obo_error(&e))?;
+            .map_err(fail)?;
         let value =
             HeaderValue::try_from(format!("Bearer {}", token.access_token())).map_err(|_| {
                 json_error(
@@ -464,7 +475,7 @@ async fn exchange_for_route(
         let token = exchanger
             .on_behalf_of(&inbound, target, false)
             .await
-            .map_err(|e| obo_error(&e))?;
+            .map_err(fail)?;
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(token.access_token()),
@@ -481,9 +492,10 @@ async fn exchange_for_route(
 }
 
 /// An OBO failure on the proxy path. A Conditional Access / MFA challenge goes back to the
-/// client as `401` with `error="insufficient_claims"` and the base64 `claims` so it can step up
-/// (the form Microsoft.Identity.Web clients expect); IdP failures are `502`/`504`.
-fn obo_error(e: &ExchangeError) -> Response<Body> {
+/// client as `401` with `error="insufficient_claims"`, the base64 `claims` and, when known, the
+/// IdP's `authorization_uri`, so it can step up (entra-reference §6.3); a token that cannot be
+/// exchanged (app-only) is the client's `401`; IdP failures are `502`/`504`.
+fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Body> {
     use base64::Engine;
     match e {
         ExchangeError::Idp(idp) if idp.claims.is_some() => {
@@ -494,10 +506,13 @@ fn obo_error(e: &ExchangeError) -> Response<Body> {
                 "insufficient_claims",
                 "the identity provider requires additional claims (step-up authentication)",
             );
-            let challenge = format!(
-                "Bearer realm=\"{}\", error=\"insufficient_claims\", claims=\"{claims}\"",
-                crate::validate::REALM
-            );
+            let mut challenge = format!("Bearer realm=\"{}\"", crate::validate::REALM);
+            if let Some(uri) = authorization_uri {
+                challenge.push_str(&format!(", authorization_uri=\"{uri}\""));
+            }
+            challenge.push_str(&format!(
+                ", error=\"insufficient_claims\", claims=\"{claims}\""
+            ));
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
             }
@@ -511,11 +526,20 @@ fn obo_error(e: &ExchangeError) -> Response<Body> {
                 idp.error
             ),
         ),
+        ExchangeError::InvalidSubject(v) => auth_error(v),
         ExchangeError::Upstream { timeout: true, .. } => json_error(
             StatusCode::GATEWAY_TIMEOUT,
             "gateway_timeout",
             "the identity provider timed out",
         ),
+        ExchangeError::ClientAuth(c) => {
+            tracing::error!(error = %c, "On-Behalf-Of: tollgate's client credential is unusable");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "tollgate's client credential is misconfigured",
+            )
+        }
         other => json_error(StatusCode::BAD_GATEWAY, "bad_gateway", &other.to_string()),
     }
 }

@@ -45,12 +45,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
         };
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
             .await
-            .map_err(|_| {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request",
-                    &format!("request body larger than {MAX_BODY} bytes"),
-                )
+            .map_err(|e| {
+                if too_large(&e) {
+                    error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid_request",
+                        &format!("request body larger than {MAX_BODY} bytes"),
+                    )
+                } else {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "the request body could not be read",
+                    )
+                }
             })?;
         let parsed = if json {
             serde_json::from_slice::<T>(&bytes).map_err(|e| describe(e.to_string()))
@@ -61,6 +69,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
             .map(ApiBody)
             .map_err(|d| error(StatusCode::BAD_REQUEST, "invalid_request", &d))
     }
+}
+
+/// Whether reading failed on the size limit rather than on the connection.
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// serde messages name the field but never quote its value beyond the type; trim the position

@@ -1,7 +1,9 @@
 //! The exchanged-token cache (moka): per-entry expiry at `min(token exp, subject exp) - margin`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
 use crate::validate::{now, sha256};
@@ -66,7 +68,7 @@ impl moka::Expiry<[u8; 32], ExchangedToken> for UntilUsable {
         v: &ExchangedToken,
         _: Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(v.usable_until.saturating_sub(now())))
+        Some(time_until(v.usable_until))
     }
 
     fn expire_after_update(
@@ -76,8 +78,16 @@ impl moka::Expiry<[u8; 32], ExchangedToken> for UntilUsable {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(v.usable_until.saturating_sub(now())))
+        Some(time_until(v.usable_until))
     }
+}
+
+/// Time from now to the Unix second `at`, to the sub-second: whole seconds counted from a
+/// truncated `now()` would keep an entry up to a second past its `usable_until`.
+fn time_until(at: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(at))
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// `sha256(len(provider) provider len(client) client grant len(target) target len(subject) subject)`:
@@ -145,15 +155,30 @@ impl TokenCache {
             }
             return (result, false);
         }
-        if let Some(t) = self.cache.get(&key).await
-            && t.usable_until > now()
-        {
-            return (Ok(t), true);
-        }
+        let stale = match self.cache.get(&key).await {
+            Some(t) if t.usable_until > now() => return (Ok(t), true),
+            Some(_) => true,
+            None => false,
+        };
         // The fetch runs in its own task: if this caller is cancelled, the callers coalesced on
         // the same key still get their answer.
         let cache = self.cache.clone();
         let task = tokio::spawn(async move {
+            if stale {
+                // moka's clock and the wall clock can disagree by a moment at the expiry edge;
+                // an entry past `usable_until` must not be returned by `or_try_insert_with`
+                // below, so drop it, unless another caller has already replaced it.
+                cache
+                    .entry(key)
+                    .and_compute_with(|e| {
+                        let op = match e {
+                            Some(e) if e.value().usable_until <= now() => Op::Remove,
+                            _ => Op::Nop,
+                        };
+                        std::future::ready(op)
+                    })
+                    .await;
+            }
             let entry = cache
                 .entry(key)
                 .or_try_insert_with(async move { fetch().await.map(limit) })
@@ -171,5 +196,204 @@ impl TokenCache {
                 false,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn token(name: &str, lifetime: u64, subject_exp: Option<u64>) -> ExchangedToken {
+        let expires_at = now() + lifetime;
+        ExchangedToken {
+            access_token: Arc::from(name),
+            expires_at,
+            usable_until: expires_at,
+            subject_exp,
+        }
+    }
+
+    /// A fetch that counts its calls and answers `token(name, lifetime)`.
+    fn fetch(
+        calls: &Arc<AtomicUsize>,
+        name: &'static str,
+        lifetime: u64,
+        subject_exp: Option<u64>,
+    ) -> impl FnOnce() -> std::future::Ready<Result<ExchangedToken, ExchangeError>> + Send + 'static
+    {
+        let calls = calls.clone();
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(token(name, lifetime, subject_exp)))
+        }
+    }
+
+    #[test]
+    fn every_field_is_part_of_the_key_and_cannot_run_into_the_next() {
+        let base = key("p", "client", Grant::OnBehalfOf, "target", "subject");
+        let variants = [
+            key("q", "client", Grant::OnBehalfOf, "target", "subject"),
+            key("p", "client2", Grant::OnBehalfOf, "target", "subject"),
+            key("p", "client", Grant::ClientCredentials, "target", "subject"),
+            key("p", "client", Grant::OnBehalfOf, "target2", "subject"),
+            key("p", "client", Grant::OnBehalfOf, "target", "subject2"),
+            // Same concatenation, different split.
+            key("p", "client", Grant::OnBehalfOf, "targets", "ubject"),
+            key("pc", "lient", Grant::OnBehalfOf, "target", "subject"),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(&base, v, "variant {i} shares the key");
+        }
+        assert_eq!(
+            base,
+            key("p", "client", Grant::OnBehalfOf, "target", "subject")
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_fetch() {
+        let cache = Arc::new(TokenCache::new(100, Duration::from_secs(10)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch([1; 32], false, move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        Ok(token("t", 3600, None))
+                    })
+                    .await
+            }));
+        }
+        // Every caller is either waiting on the one fetch or has not looked up yet.
+        tokio::task::yield_now().await;
+        gate.notify_one();
+        let mut hits = 0;
+        for t in tasks {
+            let (r, hit) = t.await.unwrap();
+            assert_eq!(r.unwrap().access_token(), "t");
+            hits += usize::from(hit);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(hits, 19, "all but the fetching caller count as hits");
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let cache = TokenCache::new(100, Duration::from_secs(10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = {
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Err(ExchangeError::NoTokenEndpoint))
+            }
+        };
+        assert!(cache.get_or_fetch([2; 32], false, failing).await.0.is_err());
+        let (r, hit) = cache
+            .get_or_fetch([2; 32], false, fetch(&calls, "ok", 3600, None))
+            .await;
+        assert_eq!(r.unwrap().access_token(), "ok");
+        assert!(!hit);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn skip_cache_fetches_and_replaces() {
+        let cache = TokenCache::new(100, Duration::from_secs(10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let k = [3; 32];
+        let first = cache
+            .get_or_fetch(k, false, fetch(&calls, "a", 3600, None))
+            .await;
+        assert_eq!(first.0.unwrap().access_token(), "a");
+        let skipped = cache
+            .get_or_fetch(k, true, fetch(&calls, "b", 3600, None))
+            .await;
+        assert_eq!(skipped.0.unwrap().access_token(), "b");
+        assert!(!skipped.1);
+        let cached = cache
+            .get_or_fetch(k, false, fetch(&calls, "c", 3600, None))
+            .await;
+        assert_eq!(cached.0.unwrap().access_token(), "b");
+        assert!(cached.1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn entries_end_a_margin_before_the_token_or_the_subject_expires() {
+        let cache = TokenCache::new(100, Duration::from_secs(100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        // The token lives an hour but the user token only 100 s: nothing left after the margin.
+        let subject_bound = fetch(&calls, "s", 3600, Some(now() + 100));
+        let (r, _) = cache.get_or_fetch([4; 32], false, subject_bound).await;
+        assert_eq!(
+            r.unwrap().access_token(),
+            "s",
+            "a fresh token is still handed out"
+        );
+        let (_, hit) = cache
+            .get_or_fetch([4; 32], false, fetch(&calls, "s", 3600, Some(now() + 100)))
+            .await;
+        assert!(!hit, "an entry bound by the subject's exp was cached");
+        // Same for the token's own lifetime.
+        cache
+            .get_or_fetch([5; 32], false, fetch(&calls, "t", 100, None))
+            .await
+            .0
+            .unwrap();
+        let (_, hit) = cache
+            .get_or_fetch([5; 32], false, fetch(&calls, "t", 100, None))
+            .await;
+        assert!(
+            !hit,
+            "a token with no time left beyond the margin was cached"
+        );
+        // With time to spare it is cached.
+        cache
+            .get_or_fetch([6; 32], false, fetch(&calls, "u", 200, Some(now() + 300)))
+            .await
+            .0
+            .unwrap();
+        let (r, hit) = cache
+            .get_or_fetch([6; 32], false, fetch(&calls, "v", 200, None))
+            .await;
+        assert!(hit);
+        assert_eq!(r.unwrap().access_token(), "u");
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn no_entry_outlives_its_usable_second() {
+        // Start half-way through a wall-clock second, so `usable_until` (a whole second) falls
+        // half a second after the insert while a whole-second TTL would run a second.
+        let sub = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        let wait = (1500 - u64::from(sub)) % 1000;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let cache = TokenCache::new(100, Duration::from_secs(1));
+        let calls = Arc::new(AtomicUsize::new(0));
+        cache
+            .get_or_fetch([7; 32], false, fetch(&calls, "a", 2, None))
+            .await
+            .0
+            .unwrap();
+        let usable_until = now() + 1;
+        while now() < usable_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (r, hit) = cache
+            .get_or_fetch([7; 32], false, fetch(&calls, "b", 2, None))
+            .await;
+        assert!(!hit, "an entry past its usable_until was handed out");
+        assert_eq!(r.unwrap().access_token(), "b");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -290,6 +290,14 @@ impl Exchanger {
         if let Some(tid) = tid {
             for alias in ["/common/", "/organizations/"] {
                 if endpoint.contains(alias) {
+                    // The tid becomes a path segment: only a tenant id (GUID) may go there.
+                    if tid.is_empty() || !tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                        return Err(ExchangeError::InvalidSubject(
+                            ValidationError::InvalidToken(
+                                "the token's tid is not a tenant id".into(),
+                            ),
+                        ));
+                    }
                     return Ok(endpoint.replacen(alias, &format!("/{tid}/"), 1));
                 }
             }
@@ -360,4 +368,55 @@ fn check_target(target: &str) -> Result<(), ExchangeError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ProviderConfig, Secret};
+
+    fn exchanger(token_endpoint: &str) -> Exchanger {
+        let provider = Provider::new(ProviderConfig {
+            client_id: "client".into(),
+            client_secret: Some(Secret::new("secret")),
+            issuer: Some("https://login.example/{tenantid}/v2.0".into()),
+            jwks_uri: Some(
+                "https://login.example/common/discovery/v2.0/keys"
+                    .parse()
+                    .unwrap(),
+            ),
+            token_endpoint: Some(token_endpoint.parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        Exchanger::new(Validator::new(provider, 10), 10, Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn a_multi_tenant_authority_is_replaced_by_the_users_tenant() {
+        let tid = "66666666-7777-8888-9999-000000000000";
+        for alias in ["common", "organizations"] {
+            let x = exchanger(&format!("https://login.example/{alias}/oauth2/v2.0/token"));
+            assert_eq!(
+                x.token_endpoint(Some(tid)).unwrap(),
+                format!("https://login.example/{tid}/oauth2/v2.0/token")
+            );
+            // Client credentials name no user tenant.
+            assert_eq!(
+                x.token_endpoint(None).unwrap(),
+                format!("https://login.example/{alias}/oauth2/v2.0/token")
+            );
+            for bad in ["", "../../evil", "x?y=1", "a/b"] {
+                assert!(
+                    matches!(
+                        x.token_endpoint(Some(bad)),
+                        Err(ExchangeError::InvalidSubject(_))
+                    ),
+                    "{bad:?}"
+                );
+            }
+        }
+        let single = "https://login.example/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token";
+        assert_eq!(exchanger(single).token_endpoint(Some(tid)).unwrap(), single);
+    }
 }

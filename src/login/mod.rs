@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
 use url::Url;
 
-use crate::api::delegated::DEFAULT_REFRESH_LIFETIME;
+use crate::api::delegated::{DEFAULT_REFRESH_LIFETIME, lock_user};
 use crate::proxy::json_error;
 use crate::server::AppState;
 use crate::store::UserTokens;
@@ -103,16 +103,12 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
             .into_owned()
             .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let counts = |k: &str| params.iter().filter(|(n, _)| n == k).count();
-    if [
-        "redirect_uri",
-        "client_id",
-        "scope",
-        "state",
-        "code_challenge",
-    ]
-    .iter()
-    .any(|k| counts(k) > 1)
+    // RFC 6749 §3.1: no parameter twice. tollgate checks the first value and forwards them all,
+    // so a second `redirect_uri` or `code_challenge_method=plain` could be what the IdP uses.
+    if params
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| params[..i].iter().any(|(n, _)| n == k))
     {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -232,6 +228,8 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         header::CACHE_CONTROL,
         header::PRAGMA,
         header::EXPIRES,
+        header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
     ] {
         if let Some(v) = resp.headers().get(&name) {
             out_headers.insert(name, v.clone());
@@ -254,7 +252,9 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         )
     {
         let client_id = field("client_id").or_else(|| basic_client_id(&headers));
-        if let Err(why) = capture(&state, validator, client_id.as_deref(), &bytes).await {
+        let code_grant = field("grant_type").as_deref() == Some("authorization_code");
+        if let Err(why) = capture(&state, validator, client_id.as_deref(), code_grant, &bytes).await
+        {
             // The app still gets its tokens; only the delegated-token feature misses this user.
             tracing::warn!(reason = %why, "login: tokens not stored");
         }
@@ -270,6 +270,7 @@ async fn capture(
     state: &AppState,
     validator: &Validator,
     client_id: Option<&str>,
+    code_grant: bool,
     body: &[u8],
 ) -> Result<(), String> {
     let Some(store) = &state.store else {
@@ -284,10 +285,23 @@ async fn capture(
         return Err("the token response lacks id_token, access_token or refresh_token".into());
     };
     let client_id = client_id.ok_or("the token request names no client_id")?;
+    let own_client_id = validator.provider().config().client_id.as_str();
+    if client_id != own_client_id {
+        // Refresh tokens are bound to the client they were issued to: tollgate, redeeming with
+        // its own credentials, could never use them.
+        return Err(format!(
+            "the app's client_id {client_id} is not the login provider's client_id {own_client_id}"
+        ));
+    }
     let claims = validator
         .validate_id_token(id_token, client_id, false)
         .await
         .map_err(|e| e.to_string())?;
+    // OIDC Core §3.1.3.7: the code flow's ID token echoes the authorize nonce; a refresh grant's
+    // ID token has none (§12.2), and tollgate stores the rotated tokens all the same.
+    if code_grant && claims.get("nonce").is_none() {
+        return Err("the ID token of the code grant has no nonce".into());
+    }
     let oid = claims.oid().ok_or("the ID token has no oid")?.to_owned();
     let tid = claims.tid().unwrap_or_default().to_owned();
     let expires_in = doc
@@ -312,8 +326,10 @@ async fn capture(
         refresh_token: refresh_token.to_owned(),
         refresh_token_expires_at: now() + refresh_lifetime,
     };
+    let provider = validator.provider().name();
+    let _guard = lock_user(store, provider, &record.oid).await;
     store
-        .put(validator.provider().name(), &record)
+        .put(provider, &record)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(oid = %record.oid, "login: stored the user's tokens");
@@ -347,15 +363,15 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
         );
     }
     if let (Some(hint), Some(store)) = (get("id_token_hint"), &state.store) {
-        let audience = get("client_id")
-            .map(str::to_owned)
-            .or_else(|| unverified_aud(hint));
-        if let Some(aud) = audience
-            && let Ok(claims) = validator.validate_id_token(hint, &aud, true).await
+        // Only an ID token issued to the login client names a user whose tokens tollgate keeps
+        // (capture refuses other clients); one from another app of the tenant deletes nothing.
+        let client_id = validator.provider().config().client_id.as_str();
+        let provider = validator.provider().name();
+        if let Ok(claims) = validator.validate_id_token(hint, client_id, true).await
             && let Some(oid) = claims.oid()
-            && let Err(e) = store.delete(validator.provider().name(), oid).await
         {
-            {
+            let _guard = lock_user(store, provider, oid).await;
+            if let Err(e) = store.delete(provider, oid).await {
                 tracing::warn!(error = %e, "logout: could not delete the user's tokens");
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -372,32 +388,21 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
     else {
         return (StatusCode::OK, "signed out\n").into_response();
     };
-    {
-        let mut q = end.query_pairs_mut();
-        for k in [
-            "post_logout_redirect_uri",
-            "id_token_hint",
-            "logout_hint",
-            "state",
-            "client_id",
-        ] {
-            if let Some(v) = get(k) {
-                q.append_pair(k, v);
-            }
-        }
+    let forwarded: Vec<(&str, &str)> = [
+        "post_logout_redirect_uri",
+        "id_token_hint",
+        "logout_hint",
+        "state",
+        "client_id",
+    ]
+    .into_iter()
+    .filter_map(|k| get(k).map(|v| (k, v)))
+    .collect();
+    // `query_pairs_mut` leaves a bare `?` behind when nothing is appended.
+    if !forwarded.is_empty() {
+        end.query_pairs_mut().extend_pairs(forwarded);
     }
     redirect(end.as_str())
-}
-
-/// The `aud` of a JWT, unverified: only used to pick the audience the real validation checks.
-fn unverified_aud(token: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("aud")?.as_str().map(str::to_owned)
 }
 
 /// RFC 6749 §2.3.1: the client id is the form-decoded user part of HTTP Basic.

@@ -1,8 +1,8 @@
 //! How tollgate authenticates itself at the token endpoint: RFC 6749 §2.3.1 (secret in the body
 //! or HTTP Basic with form-encoded id and secret), RFC 7523 §2.2 / OIDC Core §9 `private_key_jwt`
-//! (RS256 or PS256, `x5t#S256` from a certificate, or `kid` from a JWK such as Texas's
-//! `AZURE_APP_JWK`), and federated credentials (a workload-identity JWT read from a file on each
-//! use, because the platform rotates it).
+//! (RS256 or PS256; the key is named by the certificate thumbprints `x5t` and `x5t#S256`, or by
+//! the `kid` of a JWK such as Texas's `AZURE_APP_JWK`), and federated credentials (a
+//! workload-identity JWT read from a file on each use, because the platform rotates it).
 
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ enum Kind {
         key: std::sync::Arc<EncodingKey>,
         alg: Algorithm,
         kid: Option<String>,
-        x5t_s256: Option<String>,
+        thumbprints: Thumbprints,
     },
     Federated(PathBuf),
 }
@@ -131,12 +131,14 @@ impl ClientAuth {
                 key,
                 alg,
                 kid,
-                x5t_s256,
+                thumbprints,
             } => {
                 let mut header = Header::new(*alg);
                 header.typ = Some("JWT".into());
                 header.kid = kid.clone();
-                header.x5t_s256 = x5t_s256.clone();
+                // Entra documents both: `x5t` (SHA-1, long-standing) and `x5t#S256` (current).
+                header.x5t = thumbprints.sha1.clone();
+                header.x5t_s256 = thumbprints.sha256.clone();
                 let now = crate::validate::now();
                 let claims = json!({
                     "iss": self.client_id, "sub": self.client_id, "aud": token_endpoint,
@@ -161,9 +163,16 @@ impl ClientAuth {
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
+                let assertion = assertion.trim();
+                if assertion.is_empty() {
+                    return Err(err(
+                        "client_assertion_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
                 form.push(("client_id", self.client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
-                form.push(("client_assertion", assertion.trim().to_owned()));
+                form.push(("client_assertion", assertion.to_owned()));
                 Ok(None)
             }
         }
@@ -204,15 +213,12 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
             return Err(err("client_jwk_file", "the JWK has no kid"));
         }
         let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
-        let x5t_s256 = jwk
-            .get("x5t#S256")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let thumbprints = jwk_thumbprints(&jwk).map_err(|m| err("client_jwk_file", m))?;
         return Ok(Kind::Jwt {
             key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
             alg,
             kid,
-            x5t_s256,
+            thumbprints,
         });
     }
     let key_path = cfg
@@ -227,28 +233,75 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
     })?;
     let key = EncodingKey::from_rsa_pem(&pem)
         .map_err(|_| err("client_key_file", "not an RSA private key in PEM"))?;
-    let x5t_s256 = match &cfg.client_cert_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                err(
-                    "client_cert_file",
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
-            Some(cert_thumbprint_s256(&text).map_err(|m| err("client_cert_file", m))?)
-        }
-        None => None,
-    };
+    // A bare key names nothing the IdP could look it up by: Entra finds the registered
+    // credential by the certificate thumbprint, so without a certificate every request would fail.
+    let cert_path = cfg.client_cert_file.as_ref().ok_or_else(|| {
+        err(
+            "client_cert_file",
+            "required with client_key_file: the IdP identifies the key by the certificate's thumbprint (or use client_jwk_file with a kid)",
+        )
+    })?;
+    let text = std::fs::read_to_string(cert_path).map_err(|e| {
+        err(
+            "client_cert_file",
+            format!("cannot read {}: {e}", cert_path.display()),
+        )
+    })?;
+    let der = cert_der(&text).map_err(|m| err("client_cert_file", m))?;
     Ok(Kind::Jwt {
         key: std::sync::Arc::new(key),
         alg: Algorithm::RS256,
         kid: None,
-        x5t_s256,
+        thumbprints: Thumbprints::of_certificate(&der),
     })
 }
 
-/// RFC 7515 §4.1.8: base64url(SHA-256(DER certificate)).
-fn cert_thumbprint_s256(pem: &str) -> Result<String, String> {
+/// RFC 7515 §4.1.7 `x5t` and §4.1.8 `x5t#S256` of the client certificate.
+#[derive(Clone, Default)]
+struct Thumbprints {
+    sha1: Option<String>,
+    sha256: Option<String>,
+}
+
+impl Thumbprints {
+    fn of_certificate(der: &[u8]) -> Self {
+        use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+        Self {
+            sha1: Some(URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der))),
+            sha256: Some(URL_SAFE_NO_PAD.encode(crate::validate::sha256(der))),
+        }
+    }
+}
+
+/// The thumbprints a JWK carries (`x5t`, `x5t#S256`) or that its certificate chain (`x5c`,
+/// RFC 7517 §4.7, standard base64) gives; none is fine when the JWK has a `kid`.
+fn jwk_thumbprints(jwk: &Value) -> Result<Thumbprints, String> {
+    let given = |name: &str| jwk.get(name).and_then(Value::as_str).map(str::to_owned);
+    let mut out = match jwk
+        .get("x5c")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+    {
+        Some(first) => {
+            let der = first
+                .as_str()
+                .and_then(|b64| STANDARD.decode(b64).ok())
+                .ok_or("JWK member \"x5c\" must hold standard base64 certificates")?;
+            Thumbprints::of_certificate(&der)
+        }
+        None => Thumbprints::default(),
+    };
+    if let Some(t) = given("x5t") {
+        out.sha1 = Some(t);
+    }
+    if let Some(t) = given("x5t#S256") {
+        out.sha256 = Some(t);
+    }
+    Ok(out)
+}
+
+/// The DER of the first certificate of a PEM file.
+fn cert_der(pem: &str) -> Result<Vec<u8>, String> {
     let body: String = pem
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
@@ -258,10 +311,9 @@ fn cert_thumbprint_s256(pem: &str) -> Result<String, String> {
     if body.is_empty() {
         return Err("no PEM certificate found".into());
     }
-    let der = STANDARD
+    STANDARD
         .decode(body.trim())
-        .map_err(|_| "the certificate is not valid base64".to_owned())?;
-    Ok(URL_SAFE_NO_PAD.encode(crate::validate::sha256(&der)))
+        .map_err(|_| "the certificate is not valid base64".to_owned())
 }
 
 /// RFC 8017 A.1.2 RSAPrivateKey (PKCS#1) DER from an RFC 7518 §6.3 private JWK.
@@ -334,6 +386,173 @@ mod tests {
         assert_eq!(der_integer(&[0x00, 0x7f]), vec![0x02, 0x01, 0x7f]);
         assert_eq!(der_integer(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
         assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    fn rsa_pkcs8() -> Vec<u8> {
+        use aws_lc_rs::encoding::AsDer;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        pair.as_der().unwrap().as_ref().to_vec()
+    }
+
+    fn decode_part(jwt: &str, i: usize) -> Value {
+        let part = jwt.split('.').nth(i).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    async fn assertion_of(auth: &ClientAuth, endpoint: &str) -> String {
+        let mut form = Vec::new();
+        assert!(auth.apply(endpoint, &mut form).await.unwrap().is_none());
+        assert!(form.contains(&("client_assertion_type", ASSERTION_TYPE.to_owned())));
+        assert!(form.contains(&("client_id", "client-1".to_owned())));
+        form.into_iter()
+            .find(|(k, _)| *k == "client_assertion")
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn private_key_jwt_names_the_certificate_by_both_thumbprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&key, pem("PRIVATE KEY", &rsa_pkcs8())).unwrap();
+        let cert_der = b"stand-in certificate DER".to_vec();
+        std::fs::write(&cert, pem("CERTIFICATE", &cert_der)).unwrap();
+        let mut cfg = ProviderConfig {
+            client_id: "client-1".into(),
+            client_auth: ClientAuthMethod::PrivateKeyJwt,
+            client_key_file: Some(key),
+            ..Default::default()
+        };
+        let refused = ClientAuth::from_config(&cfg).unwrap_err();
+        assert_eq!(refused.option, "client_cert_file");
+
+        cfg.client_cert_file = Some(cert);
+        let auth = ClientAuth::from_config(&cfg).unwrap();
+        let jwt = assertion_of(&auth, "https://idp/t/oauth2/v2.0/token").await;
+        let header = decode_part(&jwt, 0);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["typ"], "JWT");
+        let sha1 =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert_der);
+        assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(sha1));
+        assert_eq!(
+            header["x5t#S256"],
+            URL_SAFE_NO_PAD.encode(crate::validate::sha256(&cert_der))
+        );
+        let claims = decode_part(&jwt, 1);
+        assert_eq!(claims["iss"], "client-1");
+        assert_eq!(claims["sub"], "client-1");
+        assert_eq!(claims["aud"], "https://idp/t/oauth2/v2.0/token");
+        assert!(claims["exp"].as_u64().unwrap() > claims["nbf"].as_u64().unwrap());
+        let again = assertion_of(&auth, "https://idp/t/oauth2/v2.0/token").await;
+        assert_ne!(
+            decode_part(&again, 1)["jti"],
+            claims["jti"],
+            "jti must be unique"
+        );
+    }
+
+    #[test]
+    fn a_jwk_thumbprint_comes_from_its_certificate_or_is_given() {
+        let cert = b"stand-in certificate DER";
+        let jwk = json!({"kty": "RSA", "x5c": [STANDARD.encode(cert)]});
+        let t = jwk_thumbprints(&jwk).unwrap();
+        assert_eq!(
+            t.sha256.as_deref(),
+            Some(
+                URL_SAFE_NO_PAD
+                    .encode(crate::validate::sha256(cert))
+                    .as_str()
+            )
+        );
+        assert_eq!(t.sha1.as_deref().map(str::len), Some(27));
+        let given = json!({"kty": "RSA", "x5c": [STANDARD.encode(cert)], "x5t#S256": "given"});
+        assert_eq!(
+            jwk_thumbprints(&given).unwrap().sha256.as_deref(),
+            Some("given")
+        );
+        let none = jwk_thumbprints(&json!({"kty": "RSA"})).unwrap();
+        assert!(none.sha1.is_none() && none.sha256.is_none());
+        assert!(jwk_thumbprints(&json!({"x5c": ["***"]})).is_err());
+    }
+
+    #[test]
+    fn a_jwk_credential_must_be_private_and_have_a_kid() {
+        let jwk = json!({"kty": "RSA", "kid": "k-1", "alg": "PS256", "n": "AQAB", "e": "AQAB"});
+        let cfg = ProviderConfig {
+            client_id: "client-1".into(),
+            client_auth: ClientAuthMethod::PrivateKeyJwt,
+            client_jwk: Some(Secret::new(jwk.to_string())),
+            ..Default::default()
+        };
+        // A public JWK is not a credential.
+        let refused = ClientAuth::from_config(&cfg).unwrap_err();
+        assert_eq!(refused.option, "client_jwk_file");
+        assert!(refused.message.contains("private key"), "{refused}");
+        let no_kid = ProviderConfig {
+            client_jwk: Some(Secret::new(json!({"kty": "RSA"}).to_string())),
+            ..cfg.clone()
+        };
+        assert!(
+            ClientAuth::from_config(&no_kid)
+                .unwrap_err()
+                .message
+                .contains("kid")
+        );
+    }
+
+    #[tokio::test]
+    async fn federated_assertions_are_read_at_each_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let cfg = ProviderConfig {
+            client_id: "client-1".into(),
+            client_auth: ClientAuthMethod::Federated,
+            client_assertion_file: Some(file.clone()),
+            ..Default::default()
+        };
+        // Missing at start is fine: the platform may write it later.
+        let auth = ClientAuth::from_config(&cfg).unwrap();
+        let mut form = Vec::new();
+        assert_eq!(
+            auth.apply("https://idp/token", &mut form)
+                .await
+                .unwrap_err()
+                .option,
+            "client_assertion_file"
+        );
+        std::fs::write(&file, "  \n").unwrap();
+        assert!(
+            auth.apply("https://idp/token", &mut Vec::new())
+                .await
+                .unwrap_err()
+                .message
+                .contains("empty")
+        );
+        std::fs::write(&file, "first.jwt.value\n").unwrap();
+        assert_eq!(
+            assertion_of(&auth, "https://idp/token").await,
+            "first.jwt.value"
+        );
+        std::fs::write(&file, "second.jwt.value").unwrap();
+        assert_eq!(
+            assertion_of(&auth, "https://idp/token").await,
+            "second.jwt.value"
+        );
     }
 
     #[tokio::test]

@@ -577,3 +577,88 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+/// The same proxy against the real dev IdP: Entra-shaped tokens pass, ID tokens and tokens for
+/// another API do not, and a rotated signing key is picked up.
+#[tokio::test]
+async fn dev_idp_tokens_and_key_rotation() {
+    use tollgate::devidp::{self, DevIdp, DevIdpConfig};
+    let idp = DevIdp::start(DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let echo = Echo::start().await;
+    let toml = config_toml(
+        &idp.well_known_url(devidp::DEFAULT_TENANT_ID),
+        &echo.url(),
+        "jwks_unknown_kid_min_interval = \"1s\"",
+    );
+    let server = Server::bind(Config::from_toml_str(&toml, &MapEnv::default()).unwrap())
+        .await
+        .unwrap()
+        .spawn();
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http
+            .get(format!("http://{}/readyz", server.admin.unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let url = format!("http://{}/hello", server.public);
+    let scope = format!("{}/access_as_user", devidp::TOLLGATE_APP_ID_URI);
+    let token = idp
+        .password_token(devidp::ALICE, devidp::FRONTEND_CLIENT_ID, &scope)
+        .await
+        .unwrap();
+    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let echo_body: Value = r.json().await.unwrap();
+    assert_eq!(echo_body["headers"]["x-auth-oid"], devidp::ALICE_OID);
+    // A token for another API is refused.
+    let other = idp
+        .password_token(
+            devidp::ALICE,
+            devidp::FRONTEND_CLIENT_ID,
+            &format!("{}/Data.Read", devidp::DOWNSTREAM_APP_ID_URI),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Rotation: the next token carries a new kid; tollgate refetches once and accepts it.
+    let kid = idp.rotate_keys(true);
+    let rotated = idp
+        .password_token(devidp::BOB, devidp::FRONTEND_CLIENT_ID, &scope)
+        .await
+        .unwrap();
+    assert_eq!(
+        tollgate::validate::token_kid(&rotated).as_deref(),
+        Some(kid.as_str())
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&rotated)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(echo.hits(), 2);
+}

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# End-to-end throughput ratios, measured in one run, loopback only, bounded in time.
+#
+#   scripts/loadtest.sh            # 10 s per target, 16 connections, 1 wrk thread
+#   DURATION=5 scripts/loadtest.sh
+#
+# Targets: direct to a local upstream; a bare hyper pass-through proxy (the floor); tollgate with
+# auth="none"; auth="required" (same valid token, cached validation, identity headers); an OBO
+# route (cached exchange); the local API's cached /token/exchange and /introspect (one token and a
+# pool of 1000 distinct tokens) against admin /healthz on the same process. Both proxies run one
+# tokio worker (TOKIO_WORKER_THREADS=1; the bare proxy is current-thread).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-16}
+command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+
+cargo build --release --quiet --bin tollgate --example bare_proxy --example hello_upstream
+BIN=target/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+UP=127.0.0.1:18080; BARE=127.0.0.1:18081; PUB=127.0.0.1:18082; API=127.0.0.1:18083; ADMIN=127.0.0.1:18084; IDP=127.0.0.1:18085
+TID=11111111-2222-3333-4444-555555555555
+"$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!)
+"$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!)
+"$BIN/tollgate" dev-idp --listen $IDP >/dev/null 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do curl -sf http://$IDP/$TID/v2.0/.well-known/openid-configuration >/dev/null && break; sleep 0.1; done
+
+cat > "$WORK/tollgate.toml" <<TOML
+[listen]
+public = "$PUB"
+api = "$API"
+admin = "$ADMIN"
+[log]
+level = "warn"
+[upstream]
+url = "http://$UP"
+[[providers]]
+name = "entra_id"
+well_known_url = "http://$IDP/$TID/v2.0/.well-known/openid-configuration"
+client_id = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"
+[[routes]]
+path = "/none"
+auth = "none"
+[[routes]]
+path = "/required"
+auth = "required"
+scopes = ["access_as_user"]
+[[routes]]
+path = "/obo"
+obo = "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default"
+TOML
+AZURE_APP_CLIENT_SECRET=dev-secret-tollgate TOKIO_WORKER_THREADS=1 "$BIN/tollgate" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 & PIDS+=($!)
+TG_PID=$!
+for _ in $(seq 100); do curl -sf http://$ADMIN/readyz >/dev/null && break; sleep 0.1; done
+
+token() {
+  curl -s http://$IDP/$TID/oauth2/v2.0/token -d grant_type=password -d client_id=cccccccc-3333-4444-5555-dddddddddddd \
+    -d username=alice -d password=dev -d scope=api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user \
+    | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
+}
+TOKEN=$(token)
+echo "minting 1000 distinct user tokens for the pool run..."
+{ echo "tokens = {"; for _ in $(seq 1000); do printf '"%s",\n' "$(token)"; done; echo "}"; } > "$WORK/pool.lua"
+
+cat > "$WORK/exchange.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.body = "identity_provider=entra_id&target=api://eeeeeeee-6666-7777-8888-ffffffffffff/.default&user_token=$TOKEN"
+LUA
+cat > "$WORK/introspect.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.body = "identity_provider=entra_id&token=$TOKEN"
+LUA
+cat "$WORK/pool.lua" > "$WORK/exchange_pool.lua"; cat >> "$WORK/exchange_pool.lua" <<'LUA'
+request = function()
+  local t = tokens[math.random(#tokens)]
+  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded"},
+    "identity_provider=entra_id&target=api://eeeeeeee-6666-7777-8888-ffffffffffff/.default&user_token=" .. t)
+end
+LUA
+cat "$WORK/pool.lua" > "$WORK/introspect_pool.lua"; cat >> "$WORK/introspect_pool.lua" <<'LUA'
+request = function()
+  local t = tokens[math.random(#tokens)]
+  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded"}, "identity_provider=entra_id&token=" .. t)
+end
+LUA
+
+declare -A RPS P50 P99
+run() { # name url [wrk args...]
+  local name=$1 url=$2; shift 2
+  # Warm caches (validation, OBO, pool) before measuring.
+  wrk -t1 -c"$CONNS" -d2s "$@" "$url" >/dev/null 2>&1 || true
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers:"; echo "$out"; exit 1; fi
+  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  P50[$name]=$(echo "$out" | awk '$1=="50%" {print $2}')
+  P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}')
+  printf '%-22s %12s req/s   p50 %-9s p99 %-9s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+}
+AUTH=(-H "Authorization: Bearer $TOKEN")
+run direct          http://$UP/x
+run bare_proxy      http://$BARE/x
+run auth_none       http://$PUB/none/x
+run auth_required   http://$PUB/required/x "${AUTH[@]}"
+run obo_route       http://$PUB/obo/x "${AUTH[@]}"
+run healthz         http://$ADMIN/healthz
+run exchange        http://$API/api/v1/token/exchange -s "$WORK/exchange.lua"
+run introspect      http://$API/api/v1/introspect -s "$WORK/introspect.lua"
+run exchange_pool   http://$API/api/v1/token/exchange -s "$WORK/exchange_pool.lua"
+run introspect_pool http://$API/api/v1/introspect -s "$WORK/introspect_pool.lua"
+RSS=$(awk '/VmRSS/ {print $2}' /proc/$TG_PID/status)
+
+ratio() { awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "ratios (targets in parentheses):"
+echo "  auth_none      / bare_proxy = $(ratio auth_none bare_proxy)   (>= 0.90)"
+echo "  auth_required  / bare_proxy = $(ratio auth_required bare_proxy)   (>= 0.85)"
+echo "  obo_route      / bare_proxy = $(ratio obo_route bare_proxy)   (>= 0.80)"
+echo "  exchange       / healthz    = $(ratio exchange healthz)   (>= 0.80)"
+echo "  introspect     / healthz    = $(ratio introspect healthz)   (>= 0.80)"
+echo "  exchange_pool  / healthz    = $(ratio exchange_pool healthz)"
+echo "  introspect_pool/ healthz    = $(ratio introspect_pool healthz)"
+echo "  bare_proxy     / direct     = $(ratio bare_proxy direct)"
+echo "tollgate RSS after the run: ${RSS} kB"

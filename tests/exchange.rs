@@ -1,0 +1,1604 @@
+//! Token exchange end to end against the dev IdP: the Texas-compatible local API (client
+//! credentials, On-Behalf-Of, introspection), the cache, every client authentication method,
+//! multi-tenant OBO, the proxy's OBO routes and the exchange metrics. Real servers on
+//! 127.0.0.1:0, driven by reqwest.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{self, KeyPair as _};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Echo, TestKey};
+use tollgate::config::{Config, MapEnv, ProviderConfig, Secret};
+use tollgate::devidp::{
+    ALICE, ALICE_OID, BOB, BOB_OID, CAROL, CAROL_OID, DEFAULT_TENANT_ID, DOWNSTREAM_APP_ID_URI,
+    DOWNSTREAM_CLIENT_ID, DOWNSTREAM_CLIENT_SECRET, DevIdp, DevIdpConfig, DevIdpHandle,
+    FRONTEND_CLIENT_ID, GRAPH_APP_ID_URI, GRAPH_CLIENT_ID, MFA_POLICY_ID, SECOND_TENANT_ID,
+    TOLLGATE_APP_ID_URI, TOLLGATE_CLIENT_ID, TOLLGATE_CLIENT_SECRET,
+};
+use tollgate::server::{RunningServer, Server};
+use tollgate::{Exchanger, Provider, Validator};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";
+
+fn downstream() -> String {
+    format!("{DOWNSTREAM_APP_ID_URI}/.default")
+}
+
+fn tollgate_scope() -> String {
+    format!("{TOLLGATE_APP_ID_URI}/access_as_user")
+}
+
+/// Routes of the standard stack: an OBO route with a second injected token, a plain route.
+fn obo_routes() -> String {
+    format!(
+        r#"
+[[routes]]
+path = "/obo/"
+auth = "required"
+obo = "{}"
+obo_headers = {{ "X-Graph-Token" = "{GRAPH_DEFAULT}" }}
+
+[[routes]]
+path = "/"
+auth = "required"
+"#,
+        downstream()
+    )
+}
+
+async fn dev_idp() -> DevIdpHandle {
+    DevIdp::start(DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A dev IdP, an echo upstream and tollgate in front of them.
+struct Stack {
+    idp: Option<DevIdpHandle>,
+    echo: Echo,
+    server: RunningServer,
+    http: reqwest::Client,
+}
+
+/// The `[listen]`/`[upstream]` part, then `body` (providers, routes, cache...).
+fn config_text(echo: &Echo, body: &str) -> String {
+    format!(
+        r#"
+[listen]
+public = "127.0.0.1:0"
+api = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[upstream]
+url = "{}"
+timeout = "5s"
+{body}
+"#,
+        echo.url()
+    )
+}
+
+/// One `entra_id` provider as the tollgate app at the dev IdP's default tenant.
+fn entra_provider(idp: &DevIdpHandle, extra: &str) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "entra_id"
+well_known_url = "{}"
+client_id = "{TOLLGATE_CLIENT_ID}"
+{extra}
+"#,
+        idp.well_known_url(DEFAULT_TENANT_ID)
+    )
+}
+
+fn secret_env() -> MapEnv {
+    MapEnv::from([("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET)])
+}
+
+impl Stack {
+    /// The usual stack: secret auth, OBO routes, `extra` appended to the provider.
+    async fn standard(extra_provider: &str) -> Self {
+        let idp = dev_idp().await;
+        let body = format!("{}{}", entra_provider(&idp, extra_provider), obo_routes());
+        Self::start(idp, &body, &secret_env()).await
+    }
+
+    async fn start(idp: DevIdpHandle, body: &str, env: &MapEnv) -> Self {
+        let echo = Echo::start().await;
+        let cfg = Config::from_toml_str(&config_text(&echo, body), env).unwrap();
+        let server = Server::bind(cfg).await.unwrap().spawn();
+        let stack = Stack {
+            idp: Some(idp),
+            echo,
+            server,
+            http: reqwest::Client::new(),
+        };
+        stack.wait_ready().await;
+        stack
+    }
+
+    fn idp(&self) -> &DevIdpHandle {
+        self.idp.as_ref().expect("the dev IdP was stopped")
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.server.admin.unwrap());
+        for _ in 0..400 {
+            if self.http.get(&url).send().await.unwrap().status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("tollgate never became ready");
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.api.unwrap())
+    }
+
+    fn public(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.public)
+    }
+
+    async fn user_token(&self, user: &str) -> String {
+        self.idp()
+            .password_token(user, FRONTEND_CLIENT_ID, &tollgate_scope())
+            .await
+            .unwrap()
+    }
+
+    fn idp_calls(&self, grant: &str) -> u64 {
+        self.idp().token_requests(grant)
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        read(
+            self.http
+                .post(self.api(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        read(
+            self.http
+                .post(self.api(path))
+                .form(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/token/exchange` in JSON.
+    async fn exchange(&self, user_token: &str, target: &str, skip: bool) -> (StatusCode, Value) {
+        self.post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "entra_id", "target": target, "user_token": user_token, "skip_cache": skip}),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/token` in JSON.
+    async fn client_token(&self, provider: &str, target: &str) -> (StatusCode, Value) {
+        self.post_json(
+            "/api/v1/token",
+            json!({"identity_provider": provider, "target": target}),
+        )
+        .await
+    }
+
+    async fn get_public(
+        &self,
+        path: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.get(self.public(path)).bearer_auth(token);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.server.admin.unwrap());
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops tollgate first (so no connection to the IdP stays open), then the dev IdP.
+    async fn stop(self) {
+        drop(self.http);
+        self.server.shutdown().await.unwrap();
+        if let Some(idp) = self.idp {
+            idp.shutdown().await;
+        }
+    }
+}
+
+async fn read(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// The payload of a JWT, unverified (the dev IdP signed it; here only its claims matter).
+fn payload(jwt: &str) -> Value {
+    let part = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// A Texas token response: exactly `access_token`, `token_type: "Bearer"`, `expires_in`.
+fn access_token(status: StatusCode, body: &Value) -> String {
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        keys(body),
+        BTreeSet::from([
+            "access_token".into(),
+            "expires_in".into(),
+            "token_type".into()
+        ]),
+        "{body}"
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    let expires_in = body["expires_in"].as_u64().expect("integer expires_in");
+    assert!(expires_in > 0 && expires_in <= 3600, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// An API error: the status and exactly `{error, error_description}`.
+fn assert_api_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(
+        keys(body),
+        BTreeSet::from(["error".into(), "error_description".into()]),
+        "{body}"
+    );
+    assert_eq!(body["error"], code, "{body}");
+    assert!(!body["error_description"].as_str().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local API: success paths in Texas's shapes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn client_credentials_in_json_and_form_with_texas_field_names() {
+    let s = Stack::standard("").await;
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    let first = access_token(status, &body);
+    let claims = payload(&first);
+    assert_eq!(claims["aud"], DOWNSTREAM_CLIENT_ID);
+    assert_eq!(claims["azp"], TOLLGATE_CLIENT_ID);
+    assert_eq!(claims["idtyp"], "app");
+
+    // The same request as a form, through Texas's alias: served from the cache.
+    let (status, body) = s
+        .post_form(
+            "/api/v1/token",
+            &[("identity_provider", "azuread"), ("target", &downstream())],
+        )
+        .await;
+    assert_eq!(access_token(status, &body), first);
+    assert_eq!(s.idp_calls("client_credentials"), 1);
+
+    // skip_cache as a form string.
+    let (status, body) = s
+        .post_form(
+            "/api/v1/token",
+            &[
+                ("identity_provider", "entra_id"),
+                ("target", &downstream()),
+                ("skip_cache", "true"),
+            ],
+        )
+        .await;
+    assert_ne!(access_token(status, &body), first);
+    assert_eq!(s.idp_calls("client_credentials"), 2);
+    // And as a JSON bool; Texas's `resource` field is accepted too.
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "entra_id", "target": downstream(), "resource": "ignored", "skip_cache": true}),
+        )
+        .await;
+    access_token(status, &body);
+    assert_eq!(s.idp_calls("client_credentials"), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn on_behalf_of_in_json_and_form_with_texas_field_names() {
+    let s = Stack::standard("").await;
+    let user = s.user_token(ALICE).await;
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "entra_id", "target": downstream(), "user_token": user}),
+        )
+        .await;
+    let token = access_token(status, &body);
+    let claims = payload(&token);
+    assert_eq!(claims["aud"], DOWNSTREAM_CLIENT_ID);
+    assert_eq!(claims["oid"], ALICE_OID);
+    assert_eq!(claims["azp"], TOLLGATE_CLIENT_ID);
+    assert_ne!(token, user);
+
+    let (status, body) = s
+        .post_form(
+            "/api/v1/token/exchange",
+            &[
+                ("identity_provider", "azuread"),
+                ("target", &downstream()),
+                ("user_token", &user),
+                ("skip_cache", "false"),
+            ],
+        )
+        .await;
+    assert_eq!(access_token(status, &body), token, "cached");
+    assert_eq!(s.idp_calls(JWT_BEARER), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn introspect_is_always_200_active_or_not() {
+    let s = Stack::standard("").await;
+    let user = s.user_token(ALICE).await;
+    let (status, body) = s
+        .post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "entra_id", "token": user}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["active"], true);
+    // Every claim is copied verbatim next to `active`.
+    let claims = payload(&user);
+    for (k, v) in claims.as_object().unwrap() {
+        assert_eq!(&body[k], v, "claim {k}");
+    }
+    assert_eq!(keys(&body).len(), claims.as_object().unwrap().len() + 1);
+
+    let (status, body) = s
+        .post_form(
+            "/api/v1/introspect",
+            &[("identity_provider", "azuread"), ("token", &user)],
+        )
+        .await;
+    assert_eq!((status, &body["oid"]), (StatusCode::OK, &json!(ALICE_OID)));
+
+    // A token for another audience (the downstream API) is not active here.
+    let (_, exchanged) = s.exchange(&user, &downstream(), false).await;
+    let inactive = [
+        ("entra_id", "not-a-token".to_owned()),
+        (
+            "entra_id",
+            exchanged["access_token"].as_str().unwrap().to_owned(),
+        ),
+        ("tokenx", user.clone()),
+    ];
+    for (provider, token) in inactive {
+        let (status, body) = s
+            .post_json(
+                "/api/v1/introspect",
+                json!({"identity_provider": provider, "token": token}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            keys(&body),
+            BTreeSet::from(["active".into(), "error".into()]),
+            "{body}"
+        );
+        assert_eq!(body["active"], false);
+        assert!(!body["error"].as_str().unwrap().is_empty());
+        if provider == "tokenx" {
+            assert_eq!(body["error"], "identity provider 'tokenx' is not enabled");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let s = Stack::standard("").await;
+    let resp = s
+        .http
+        .get(s.api("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/token",
+        "/api/v1/token/exchange",
+        "/api/v1/introspect",
+    ] {
+        assert!(doc["paths"][path]["post"].is_object(), "{path}");
+    }
+    let required = &doc["components"]["schemas"]["TokenResponse"]["required"];
+    assert_eq!(
+        required,
+        &json!(["access_token", "token_type", "expires_in"])
+    );
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local API: refusals
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn malformed_requests_get_specific_errors() {
+    let s = Stack::standard("").await;
+    let user = s.user_token(ALICE).await;
+
+    let (status, body) = s.client_token("tokenx", &downstream()).await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("tokenx")
+    );
+
+    let (status, body) = s
+        .post_json("/api/v1/token", json!({"identity_provider": "entra_id"}))
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("target"),
+        "{body}"
+    );
+
+    let (status, body) = s
+        .post_form(
+            "/api/v1/token/exchange",
+            &[("identity_provider", "entra_id"), ("target", &downstream())],
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("user_token"),
+        "{body}"
+    );
+
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "entra_id", "target": downstream(), "skip_cache": "maybe"}),
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "entra_id", "target": " "}),
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    let resp = s
+        .http
+        .post(s.api("/api/v1/token"))
+        .header("content-type", "application/json")
+        .body("{\"identity_provider\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(resp).await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    for ctype in [Some("text/plain"), Some("application/jwt"), None] {
+        for path in [
+            "/api/v1/token",
+            "/api/v1/token/exchange",
+            "/api/v1/introspect",
+        ] {
+            let mut req = s
+                .http
+                .post(s.api(path))
+                .body(format!("identity_provider=entra_id&target=x&token={user}"));
+            if let Some(c) = ctype {
+                req = req.header("content-type", c);
+            }
+            let (status, body) = read(req.send().await.unwrap()).await;
+            assert_api_error(
+                status,
+                &body,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+            );
+        }
+    }
+
+    let huge = "x".repeat(100 * 1024);
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "entra_id", "target": downstream(), "user_token": huge}),
+        )
+        .await;
+    assert_api_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+
+    let (status, body) = s.post_json("/api/v1/nothing", json!({})).await;
+    assert_api_error(status, &body, StatusCode::NOT_FOUND, "invalid_request");
+
+    assert_eq!(s.idp_calls("client_credentials"), 0);
+    assert_eq!(s.idp_calls(JWT_BEARER), 0);
+    s.stop().await;
+}
+
+/// An app-only token for tollgate: client credentials of the downstream app, asked directly.
+async fn app_only_token_for_tollgate(idp: &DevIdpHandle) -> String {
+    let resp = reqwest::Client::new()
+        .post(idp.token_endpoint(DEFAULT_TENANT_ID))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", DOWNSTREAM_CLIENT_ID),
+            ("client_secret", DOWNSTREAM_CLIENT_SECRET),
+            ("scope", &format!("{TOLLGATE_APP_ID_URI}/.default")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn invalid_user_tokens_are_refused_without_calling_the_idp() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    let (_, downstream_token) = s.exchange(&alice, &downstream(), false).await;
+    let calls = s.idp_calls(JWT_BEARER);
+    assert_eq!(calls, 1);
+
+    let stranger = TestKey::new("unknown-kid").token(
+        &s.idp().issuer(DEFAULT_TENANT_ID),
+        json!({"aud": TOLLGATE_CLIENT_ID}),
+    );
+    let app_only = app_only_token_for_tollgate(s.idp()).await;
+    assert_eq!(payload(&app_only)["aud"], TOLLGATE_CLIENT_ID);
+    let refused = [
+        ("garbage", "not-a-jwt".to_owned()),
+        ("foreign key", stranger),
+        (
+            "other audience",
+            downstream_token["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        ("app-only", app_only),
+    ];
+    for (why, token) in refused {
+        let (status, body) = s.exchange(&token, &downstream(), false).await;
+        assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_grant");
+        assert_eq!(s.idp_calls(JWT_BEARER), calls, "{why}: the IdP was called");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(
+            !description.contains(&token[..20.min(token.len())]),
+            "{why}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mfa_challenge_reaches_api_and_proxy_clients() {
+    let s = Stack::standard("").await;
+    s.idp().set_require_mfa(BOB, true);
+    let bob = s.user_token(BOB).await;
+
+    let (status, body) = s.exchange(&bob, &downstream(), false).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(body["suberror"], "basic_action");
+    let claims_text = body["claims"].as_str().expect("claims is a JSON string");
+    let claims: Value = serde_json::from_str(claims_text).unwrap();
+    assert_eq!(
+        claims["access_token"]["capolids"]["values"],
+        json!([MFA_POLICY_ID])
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS50076")
+    );
+    // Errors are not cached: the next attempt asks again.
+    let (status, _) = s.exchange(&bob, &downstream(), false).await;
+    assert_eq!(status, 400);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // On the proxy the same challenge is a 401 the client can step up with.
+    let resp = s.get_public("/obo/data", &bob, &[]).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains("error=\"insufficient_claims\""),
+        "{challenge}"
+    );
+    let authorize = format!(
+        "{}/{DEFAULT_TENANT_ID}/oauth2/v2.0/authorize",
+        s.idp().base_url()
+    );
+    assert!(
+        challenge.contains(&format!("authorization_uri=\"{authorize}\"")),
+        "{challenge}"
+    );
+    let b64 = challenge
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a claims parameter");
+    assert_eq!(STANDARD.decode(b64).unwrap(), claims_text.as_bytes());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_claims");
+    assert_eq!(
+        s.echo.hits(),
+        0,
+        "the upstream saw a request without its token"
+    );
+
+    // Alice, without the policy, goes through on the same stack.
+    let alice = s.user_token(ALICE).await;
+    assert_eq!(s.get_public("/obo/data", &alice, &[]).await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idp_down_gives_502_and_nothing_is_forwarded() {
+    let mut s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    s.idp.take().unwrap().shutdown().await;
+
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_api_error(status, &body, StatusCode::BAD_GATEWAY, "server_error");
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_api_error(status, &body, StatusCode::BAD_GATEWAY, "server_error");
+
+    let resp = s.get_public("/obo/data", &alice, &[]).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(s.echo.hits(), 0);
+
+    // Validation needs no IdP round trip: introspection still works from the cached keys.
+    let (status, body) = s
+        .post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "entra_id", "token": alice}),
+        )
+        .await;
+    assert_eq!((status, &body["active"]), (StatusCode::OK, &json!(true)));
+    s.stop().await;
+}
+
+/// A TCP listener that accepts connections and never answers.
+async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn idp_timeout_gives_504() {
+    let (hole, hole_task) = black_hole().await;
+    let s = Stack::standard(&format!(
+        "token_endpoint = \"http://{hole}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token\"\ntimeout = \"300ms\""
+    ))
+    .await;
+    let alice = s.user_token(ALICE).await;
+
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_api_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "server_error");
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_api_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "server_error");
+
+    let resp = s.get_public("/obo/data", &alice, &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(s.echo.hits(), 0);
+    s.stop().await;
+    hole_task.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// API key and bind rules
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn api_key_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api_key");
+    std::fs::write(&key_file, "s3cret-api-key\n").unwrap();
+    let idp = dev_idp().await;
+    let body = format!(
+        "[api]\nkey_file = \"{}\"\n{}",
+        key_file.display(),
+        entra_provider(&idp, "")
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let request = json!({"identity_provider": "entra_id", "target": downstream()});
+
+    for key in [None, Some("wrong"), Some("s3cret-api-key-but-longer")] {
+        let mut req = s.http.post(s.api("/api/v1/token")).json(&request);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "key {key:?}");
+        let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+        let (_, body) = read(resp).await;
+        assert_eq!(keys(&body).len(), 2);
+        assert_eq!(body["error"], "invalid_client");
+    }
+    assert_eq!(s.idp_calls("client_credentials"), 0);
+
+    let resp = s
+        .http
+        .post(s.api("/api/v1/token"))
+        .bearer_auth("s3cret-api-key")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(resp).await;
+    access_token(status, &body);
+    s.stop().await;
+}
+
+#[test]
+fn a_non_loopback_api_listener_needs_a_key() {
+    let idp_url = "http://127.0.0.1:9/t/v2.0/.well-known/openid-configuration";
+    let text = |api: &str, extra: &str| {
+        format!(
+            "[listen]\napi = \"{api}\"\n{extra}\n[[providers]]\nname = \"entra_id\"\nwell_known_url = \"{idp_url}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\n"
+        )
+    };
+    let refused = Config::from_toml_str(&text("0.0.0.0:7164", ""), &secret_env()).unwrap_err();
+    assert!(refused.to_string().starts_with("listen.api"), "{refused}");
+    // Via Texas's BIND_ADDRESS too.
+    let env = MapEnv::from([
+        ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),
+        ("BIND_ADDRESS", "0.0.0.0:3000"),
+    ]);
+    assert!(Config::from_toml_str(&text("127.0.0.1:7164", ""), &env).is_err());
+
+    Config::from_toml_str(&text("127.0.0.1:7164", ""), &secret_env()).unwrap();
+    Config::from_toml_str(
+        &text("0.0.0.0:7164", "[api]\nallow_insecure_api = true"),
+        &secret_env(),
+    )
+    .unwrap();
+    Config::from_toml_str(
+        &text("0.0.0.0:7164", "[api]\nkey_file = \"/run/secrets/api_key\""),
+        &secret_env(),
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cache
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fifty_concurrent_identical_exchanges_make_one_idp_call() {
+    let s = Arc::new(Stack::standard("").await);
+    let alice = s.user_token(ALICE).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (s, alice) = (s.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                s.exchange(&alice, &downstream(), false).await
+            } else {
+                s.post_form(
+                    "/api/v1/token/exchange",
+                    &[
+                        ("identity_provider", "entra_id"),
+                        ("target", &downstream()),
+                        ("user_token", &alice),
+                    ],
+                )
+                .await
+            }
+        }));
+    }
+    let mut tokens = BTreeSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        tokens.insert(access_token(status, &body));
+    }
+    assert_eq!(tokens.len(), 1, "callers got different tokens");
+    assert_eq!(s.idp_calls(JWT_BEARER), 1);
+
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.client_token("entra_id", GRAPH_DEFAULT).await
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        access_token(status, &body);
+    }
+    assert_eq!(s.idp_calls("client_credentials"), 1);
+    Arc::into_inner(s).unwrap().stop().await;
+}
+
+/// An HTTP forwarder to the dev IdP that records request paths and holds every request until
+/// its gate opens.
+#[derive(Clone)]
+struct Forwarder {
+    addr: SocketAddr,
+    target: String,
+    paths: Arc<Mutex<Vec<String>>>,
+    arrivals: Arc<AtomicUsize>,
+    arrived: Arc<tokio::sync::Notify>,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Forwarder {
+    async fn start(target: String, open: bool) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (gate_tx, gate) = tokio::sync::watch::channel(open);
+        let fwd = Forwarder {
+            addr: listener.local_addr().unwrap(),
+            target,
+            paths: Arc::default(),
+            arrivals: Arc::default(),
+            arrived: Arc::default(),
+            gate,
+        };
+        let app = Router::new().fallback(forward).with_state(fwd.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (fwd, gate_tx)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+async fn forward(State(fwd): State<Forwarder>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    fwd.paths.lock().unwrap().push(path.clone());
+    fwd.arrivals.fetch_add(1, Ordering::SeqCst);
+    fwd.arrived.notify_one();
+    let mut gate = fwd.gate.clone();
+    gate.wait_for(|open| *open).await.unwrap();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let mut out = reqwest::Client::new()
+        .post(format!("{}{path}", fwd.target))
+        .body(body);
+    for name in ["content-type", "authorization"] {
+        if let Some(v) = headers.get(name) {
+            out = out.header(name, v.as_bytes());
+        }
+    }
+    let resp = out.send().await.unwrap();
+    let status = axum::http::StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let body = resp.bytes().await.unwrap();
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+#[tokio::test]
+async fn a_cancelled_first_caller_does_not_cancel_the_exchange() {
+    let idp = dev_idp().await;
+    let (fwd, gate) = Forwarder::start(idp.base_url(), false).await;
+    let provider = Provider::new(ProviderConfig {
+        client_id: TOLLGATE_CLIENT_ID.into(),
+        client_secret: Some(Secret::new(TOLLGATE_CLIENT_SECRET)),
+        well_known_url: Some(idp.well_known_url(DEFAULT_TENANT_ID).parse().unwrap()),
+        token_endpoint: Some(
+            fwd.url(&format!("/{DEFAULT_TENANT_ID}/oauth2/v2.0/token"))
+                .parse()
+                .unwrap(),
+        ),
+        ..Default::default()
+    })
+    .unwrap();
+    provider.refresh().await.unwrap();
+    let exchanger = Exchanger::new(
+        Validator::new(provider, 1000),
+        1000,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let alice = idp
+        .password_token(ALICE, FRONTEND_CLIENT_ID, &tollgate_scope())
+        .await
+        .unwrap();
+    let call = |x: &Exchanger| {
+        let (x, alice) = (x.clone(), alice.clone());
+        tokio::spawn(async move { x.on_behalf_of(&alice, &downstream(), false).await })
+    };
+
+    let first = call(&exchanger);
+    // The first caller's request has reached the IdP side; now it goes away.
+    fwd.arrived.notified().await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    let others: Vec<_> = (0..10).map(|_| call(&exchanger)).collect();
+    gate.send(true).unwrap();
+    let mut tokens = BTreeSet::new();
+    for t in others {
+        let token = t
+            .await
+            .unwrap()
+            .expect("the exchange completed for the others");
+        assert_eq!(payload(token.access_token())["oid"], ALICE_OID);
+        tokens.insert(token.access_token().to_owned());
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(
+        fwd.arrivals.load(Ordering::SeqCst),
+        1,
+        "the exchange was restarted"
+    );
+    assert_eq!(idp.token_requests(JWT_BEARER), 1);
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn expiry_margin_is_honoured_in_real_time() {
+    const LIFETIME: u64 = 5;
+    let idp = dev_idp().await;
+    let body = format!(
+        "{}\n[cache]\nexpiry_margin = \"3s\"\n",
+        entra_provider(&idp, "")
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let short = Duration::from_secs(LIFETIME);
+    // A user token that outlives the test, and one that expires in 5 s.
+    let long_user = s.user_token(ALICE).await;
+    s.idp().set_access_token_lifetime(short);
+    let short_user = s.user_token(BOB).await;
+    let short_claims = payload(&short_user);
+    assert_eq!(
+        short_claims["exp"].as_u64().unwrap() - short_claims["iat"].as_u64().unwrap(),
+        LIFETIME
+    );
+    // Bob's downstream token lives an hour: his own token's exp bounds the entry.
+    s.idp().set_access_token_lifetime(Duration::from_secs(3600));
+    let (status, body) = s.exchange(&short_user, &downstream(), false).await;
+    let bob_first = access_token(status, &body);
+    // Alice's downstream token lives 5 s: its own exp bounds the entry.
+    s.idp().set_access_token_lifetime(short);
+    let (status, body) = s.exchange(&long_user, &downstream(), false).await;
+    let alice_first = access_token(status, &body);
+    assert!(body["expires_in"].as_u64().unwrap() <= LIFETIME);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // Before exp - margin (more than a second away): both come from the cache.
+    let (status, body) = s.exchange(&long_user, &downstream(), false).await;
+    assert_eq!(access_token(status, &body), alice_first);
+    assert!(body["expires_in"].as_u64().unwrap() <= LIFETIME);
+    let (status, body) = s.exchange(&short_user, &downstream(), false).await;
+    assert_eq!(access_token(status, &body), bob_first);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // Within the margin of both exps (yet before Bob's token expires): new exchanges.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = s.exchange(&long_user, &downstream(), false).await;
+    assert_ne!(access_token(status, &body), alice_first);
+    let (status, body) = s.exchange(&short_user, &downstream(), false).await;
+    assert_ne!(access_token(status, &body), bob_first);
+    assert_eq!(s.idp_calls(JWT_BEARER), 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn skip_cache_refetches_and_replaces_the_entry() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    let first = access_token(status, &body);
+    let (status, body) = s.exchange(&alice, &downstream(), true).await;
+    let second = access_token(status, &body);
+    assert_ne!(first, second);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(
+        access_token(status, &body),
+        second,
+        "the entry was not replaced"
+    );
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_key_separates_targets_clients_and_user_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("downstream_secret");
+    std::fs::write(&secret_file, DOWNSTREAM_CLIENT_SECRET).unwrap();
+    let idp = dev_idp().await;
+    // Two providers at the same IdP acting as two different clients.
+    let body = format!(
+        "{}\n[[providers]]\nname = \"other_app\"\nwell_known_url = \"{}\"\nclient_id = \"{DOWNSTREAM_CLIENT_ID}\"\nclient_secret_file = \"{}\"\n",
+        entra_provider(&idp, ""),
+        idp.well_known_url(DEFAULT_TENANT_ID),
+        secret_file.display()
+    );
+    // And one that only validates: it has no credential to exchange with.
+    let body = format!(
+        "{body}\n[[providers]]\nname = \"validate_only\"\nwell_known_url = \"{}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\n",
+        idp.well_known_url(DEFAULT_TENANT_ID)
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let alice = s.user_token(ALICE).await;
+    let bob = s.user_token(BOB).await;
+
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    let alice_downstream = access_token(status, &body);
+    let (status, body) = s.exchange(&alice, GRAPH_DEFAULT, false).await;
+    let alice_graph = access_token(status, &body);
+    let (status, body) = s.exchange(&bob, &downstream(), false).await;
+    let bob_downstream = access_token(status, &body);
+    assert_eq!(s.idp_calls(JWT_BEARER), 3);
+    assert_eq!(payload(&alice_downstream)["aud"], DOWNSTREAM_CLIENT_ID);
+    assert!(
+        [GRAPH_CLIENT_ID, GRAPH_APP_ID_URI]
+            .contains(&payload(&alice_graph)["aud"].as_str().unwrap()),
+        "{}",
+        payload(&alice_graph)
+    );
+    assert_eq!(payload(&bob_downstream)["oid"], BOB_OID);
+    assert_eq!(payload(&alice_downstream)["oid"], ALICE_OID);
+    // Each is cached under its own key.
+    for (user, target, want) in [
+        (&alice, downstream(), &alice_downstream),
+        (&alice, GRAPH_DEFAULT.to_owned(), &alice_graph),
+        (&bob, downstream(), &bob_downstream),
+    ] {
+        let (status, body) = s.exchange(user, &target, false).await;
+        assert_eq!(&access_token(status, &body), want);
+    }
+    assert_eq!(s.idp_calls(JWT_BEARER), 3);
+
+    let (status, body) = s.client_token("entra_id", GRAPH_DEFAULT).await;
+    let as_tollgate = access_token(status, &body);
+    let (status, body) = s.client_token("other_app", GRAPH_DEFAULT).await;
+    let as_other = access_token(status, &body);
+    assert_eq!(s.idp_calls("client_credentials"), 2);
+    assert_eq!(payload(&as_tollgate)["azp"], TOLLGATE_CLIENT_ID);
+    assert_eq!(payload(&as_other)["azp"], DOWNSTREAM_CLIENT_ID);
+
+    let (status, body) = s.client_token("validate_only", GRAPH_DEFAULT).await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot exchange tokens"),
+        "{body}"
+    );
+    let (status, body) = s
+        .post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "validate_only", "token": alice}),
+        )
+        .await;
+    assert_eq!((status, &body["active"]), (StatusCode::OK, &json!(true)));
+    assert_eq!(s.idp_calls("client_credentials"), 2);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client authentication
+// ---------------------------------------------------------------------------------------------
+
+/// A DER TLV.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn der_seq(parts: &[Vec<u8>]) -> Vec<u8> {
+    der(0x30, &parts.concat())
+}
+
+/// Splits one TLV off `data`: (tag, content, rest).
+fn der_next(data: &[u8]) -> (u8, &[u8], &[u8]) {
+    let tag = data[0];
+    let (len, start) = if data[1] < 0x80 {
+        (usize::from(data[1]), 2)
+    } else {
+        let n = usize::from(data[1] & 0x7f);
+        let len = data[2..2 + n]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+        (len, 2 + n)
+    };
+    (tag, &data[start..start + len], &data[start + len..])
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A client key pair, as an app registration's certificate credential would hold it.
+struct ClientKey {
+    pair: KeyPair,
+    kid: String,
+}
+
+impl ClientKey {
+    fn new(kid: &str) -> Self {
+        Self {
+            pair: KeyPair::generate(KeySize::Rsa2048).unwrap(),
+            kid: kid.into(),
+        }
+    }
+
+    fn pkcs8_pem(&self) -> String {
+        pem("PRIVATE KEY", self.pair.as_der().unwrap().as_ref())
+    }
+
+    /// A self-signed X.509 v3 certificate (sha256WithRSAEncryption) for the key.
+    fn certificate(&self) -> Vec<u8> {
+        let sha256_rsa = der_seq(&[
+            der(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b],
+            ),
+            vec![0x05, 0x00],
+        ]);
+        let cn = der_seq(&[
+            der(0x06, &[0x55, 0x04, 0x03]),
+            der(0x0c, b"tollgate test client"),
+        ]);
+        let name = der_seq(&[der(0x31, &cn)]);
+        let validity = der_seq(&[der(0x17, b"250101000000Z"), der(0x17, b"450101000000Z")]);
+        let spki = self.pair.public_key().as_der().unwrap().as_ref().to_vec();
+        let tbs = der_seq(&[
+            der(0xa0, &der(0x02, &[2])),
+            der(0x02, &[0x01, 0x23]),
+            sha256_rsa.clone(),
+            name.clone(),
+            validity,
+            name,
+            spki,
+        ]);
+        let mut sig = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                &tbs,
+                &mut sig,
+            )
+            .unwrap();
+        let mut bits = vec![0];
+        bits.extend(sig);
+        der_seq(&[tbs, sha256_rsa, der(0x03, &bits)])
+    }
+
+    fn public_jwk(&self) -> Value {
+        let p = self.pair.public_key();
+        json!({"kty": "RSA", "kid": self.kid,
+               "n": URL_SAFE_NO_PAD.encode(p.modulus().big_endian_without_leading_zero()),
+               "e": URL_SAFE_NO_PAD.encode(p.exponent().big_endian_without_leading_zero())})
+    }
+
+    /// The private JWK (RFC 7518 §6.3), read out of the PKCS#8 RSAPrivateKey.
+    fn private_jwk(&self, alg: Option<&str>) -> Value {
+        let pkcs8 = self.pair.as_der().unwrap();
+        let (_, info, _) = der_next(pkcs8.as_ref());
+        let (_, _version, rest) = der_next(info);
+        let (_, _algorithm, rest) = der_next(rest);
+        let (_, octets, _) = der_next(rest);
+        let (_, mut ints, _) = der_next(octets);
+        let mut jwk = json!({"kty": "RSA", "kid": self.kid});
+        for (i, name) in ["version", "n", "e", "d", "p", "q", "dp", "dq", "qi"]
+            .iter()
+            .enumerate()
+        {
+            let (tag, value, rest) = der_next(ints);
+            assert_eq!(tag, 0x02);
+            ints = rest;
+            if i > 0 {
+                let start = value.iter().position(|b| *b != 0).unwrap_or(0);
+                jwk[*name] = json!(URL_SAFE_NO_PAD.encode(&value[start..]));
+            }
+        }
+        if let Some(alg) = alg {
+            jwk["alg"] = json!(alg);
+        }
+        jwk
+    }
+}
+
+#[tokio::test]
+async fn private_key_jwt_from_certificate_and_jwk_files_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let idp = dev_idp().await;
+    let cert_key = ClientKey::new("cert-credential");
+    let cert = cert_key.certificate();
+    // Registered by certificate only: the IdP must find it by thumbprint.
+    let mut registered = cert_key.public_jwk();
+    registered.as_object_mut().unwrap().remove("kid");
+    registered["x5c"] = json!([STANDARD.encode(&cert)]);
+    idp.register_client_key(TOLLGATE_CLIENT_ID, registered)
+        .unwrap();
+    let jwk_key = ClientKey::new("jwk-credential");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, jwk_key.public_jwk())
+        .unwrap();
+    let unregistered = ClientKey::new("never-registered");
+
+    let provider = |name: &str, auth: &str| {
+        format!(
+            "\n[[providers]]\nname = \"{name}\"\nwell_known_url = \"{}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\nclient_auth = \"private_key_jwt\"\n{auth}\n",
+            idp.well_known_url(DEFAULT_TENANT_ID)
+        )
+    };
+    let body = [
+        provider(
+            "with_cert",
+            &format!(
+                "client_key_file = \"{}\"\nclient_cert_file = \"{}\"",
+                write("key.pem", &cert_key.pkcs8_pem()),
+                write("cert.pem", &pem("CERTIFICATE", &cert))
+            ),
+        ),
+        provider(
+            "with_jwk",
+            &format!(
+                "client_jwk_file = \"{}\"",
+                write("jwk.json", &jwk_key.private_jwk(None).to_string())
+            ),
+        ),
+        provider(
+            "unregistered",
+            &format!(
+                "client_jwk_file = \"{}\"",
+                write("other.json", &unregistered.private_jwk(None).to_string())
+            ),
+        ),
+    ]
+    .concat();
+    let s = Stack::start(idp, &body, &MapEnv::default()).await;
+    let alice = s.user_token(ALICE).await;
+
+    for provider in ["with_cert", "with_jwk"] {
+        let (status, body) = s.client_token(provider, &downstream()).await;
+        let token = access_token(status, &body);
+        // azpacr 2: the IdP authenticated tollgate by a certificate/key assertion.
+        assert_eq!(payload(&token)["azpacr"], "2", "{provider}");
+        let (status, body) = s
+            .post_json(
+                "/api/v1/token/exchange",
+                json!({"identity_provider": provider, "target": downstream(), "user_token": alice}),
+            )
+            .await;
+        let token = access_token(status, &body);
+        assert_eq!(payload(&token)["oid"], ALICE_OID, "{provider}");
+        assert_eq!(payload(&token)["azpacr"], "2", "{provider}");
+    }
+    let (status, body) = s.client_token("unregistered", &downstream()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_client");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn azure_app_jwk_from_the_environment_signs_ps256_assertions() {
+    let idp = dev_idp().await;
+    let key = ClientKey::new("nais-jwk");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, key.public_jwk())
+        .unwrap();
+    let jwk = key.private_jwk(Some("PS256")).to_string();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    // No [[providers]] at all: Texas's environment alone makes the entra_id provider.
+    let env = MapEnv::from([
+        ("AZURE_APP_CLIENT_ID", TOLLGATE_CLIENT_ID),
+        ("AZURE_APP_WELL_KNOWN_URL", well_known.as_str()),
+        ("AZURE_APP_JWK", jwk.as_str()),
+    ]);
+    let s = Stack::start(idp, "", &env).await;
+    let (status, body) = s.client_token("azuread", &downstream()).await;
+    assert_eq!(payload(&access_token(status, &body))["azpacr"], "2");
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(payload(&access_token(status, &body))["oid"], ALICE_OID);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn federated_assertion_file_is_read_on_each_use() {
+    const ISSUER: &str = "https://oidc.cluster.example/issuer";
+    const SUBJECT: &str = "system:serviceaccount:team:app";
+    let idp = dev_idp().await;
+    let cluster_key = TestKey::new("cluster-key");
+    idp.register_federated_credential(
+        TOLLGATE_CLIENT_ID,
+        ISSUER,
+        SUBJECT,
+        json!({"keys": [cluster_key.public_jwk()]}),
+    )
+    .unwrap();
+    let assertion = |subject: &str| {
+        let now = support::now();
+        cluster_key.sign(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": cluster_key.kid}),
+            &json!({"iss": ISSUER, "sub": subject, "aud": ["api://AzureADTokenExchange"],
+                    "iat": now, "nbf": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string()}),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, assertion("system:serviceaccount:team:someone-else")).unwrap();
+    let body = entra_provider(
+        &idp,
+        &format!(
+            "client_auth = \"federated\"\nclient_assertion_file = \"{}\"",
+            file.display()
+        ),
+    );
+    let s = Stack::start(idp, &body, &MapEnv::default()).await;
+
+    // The file holds an assertion for another subject: refused by the IdP.
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    // The platform rotates the file: the next request uses the new content.
+    std::fs::write(&file, assertion(SUBJECT)).unwrap();
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(payload(&access_token(status, &body))["azpacr"], "2");
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(payload(&access_token(status, &body))["oid"], ALICE_OID);
+    // And once more, to a bad one, bypassing the cache.
+    std::fs::write(&file, assertion("system:serviceaccount:team:someone-else")).unwrap();
+    let (status, _) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "entra_id", "target": downstream(), "skip_cache": true}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(s.idp_calls("client_credentials"), 3);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-tenant
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_organizations_authority_exchanges_at_the_users_tenant() {
+    let idp = dev_idp().await;
+    let (recorder, _gate) = Forwarder::start(idp.base_url(), true).await;
+    // The discovery document is the real /organizations/ one; the token endpoint goes through a
+    // recorder so the tenant each exchange is sent to is visible.
+    let body = format!(
+        "\n[[providers]]\nname = \"entra_id\"\nwell_known_url = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\nallowed_tenants = [\"*\"]\n",
+        idp.well_known_url("organizations"),
+        recorder.url("/organizations/oauth2/v2.0/token"),
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let carol = s.user_token(CAROL).await;
+    assert_eq!(payload(&carol)["tid"], SECOND_TENANT_ID);
+    let alice = s.user_token(ALICE).await;
+
+    let (status, body) = s.exchange(&carol, &downstream(), false).await;
+    let token = payload(&access_token(status, &body));
+    assert_eq!(token["oid"], CAROL_OID);
+    assert_eq!(token["tid"], SECOND_TENANT_ID);
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(
+        payload(&access_token(status, &body))["tid"],
+        DEFAULT_TENANT_ID
+    );
+    assert_eq!(
+        *recorder.paths.lock().unwrap(),
+        vec![
+            format!("/{SECOND_TENANT_ID}/oauth2/v2.0/token"),
+            format!("/{DEFAULT_TENANT_ID}/oauth2/v2.0/token"),
+        ]
+    );
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn obo_routes_inject_downstream_tokens_and_never_forward_the_inbound_one() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    let resp = s
+        .get_public(
+            "/obo/orders",
+            &alice,
+            &[("X-Graph-Token", "client-supplied")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    let auth = headers["authorization"].as_str().unwrap();
+    let downstream_token = auth.strip_prefix("Bearer ").expect("a bearer token");
+    let claims = payload(downstream_token);
+    assert_eq!(claims["aud"], DOWNSTREAM_CLIENT_ID);
+    assert_eq!(claims["oid"], ALICE_OID);
+    let graph = headers["x-graph-token"].as_str().unwrap();
+    assert_ne!(graph, "client-supplied");
+    let graph_claims = payload(graph);
+    assert!(
+        [GRAPH_CLIENT_ID, GRAPH_APP_ID_URI].contains(&graph_claims["aud"].as_str().unwrap()),
+        "{graph_claims}"
+    );
+    assert_eq!(graph_claims["oid"], ALICE_OID);
+    assert!(
+        !seen.to_string().contains(&alice),
+        "the inbound token reached the upstream"
+    );
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // A second request is served from the cache.
+    let resp = s.get_public("/obo/orders", &alice, &[]).await;
+    let again: Value = resp.json().await.unwrap();
+    assert_eq!(again["headers"]["authorization"], auth);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // Outside the OBO route the header is the client's own and nothing is exchanged.
+    let resp = s
+        .get_public("/plain", &alice, &[("X-Graph-Token", "client-supplied")])
+        .await;
+    let plain: Value = resp.json().await.unwrap();
+    assert_eq!(plain["headers"]["x-graph-token"], "client-supplied");
+    assert_eq!(plain["headers"]["authorization"], format!("Bearer {alice}"));
+
+    // An app-only token cannot be exchanged on a user's behalf: the client's 401, upstream untouched.
+    let hits = s.echo.hits();
+    let app_only = app_only_token_for_tollgate(s.idp()).await;
+    let resp = s.get_public("/obo/orders", &app_only, &[]).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(s.echo.hits(), hits);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn exchange_metrics_are_exported() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    for _ in 0..2 {
+        let (status, body) = s.exchange(&alice, &downstream(), false).await;
+        access_token(status, &body);
+    }
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    access_token(status, &body);
+    let text = s.metrics().await;
+    let line_with = |name: &str, labels: &[&str]| {
+        text.lines()
+            .any(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+    };
+    assert!(
+        line_with(
+            "tollgate_exchanges_total{",
+            &["grant=\"on_behalf_of\"", "result=\"ok\""]
+        ),
+        "{text}"
+    );
+    assert!(line_with(
+        "tollgate_exchanges_total{",
+        &["grant=\"client_credentials\"", "result=\"ok\""]
+    ));
+    for result in ["hit", "miss"] {
+        assert!(line_with(
+            "tollgate_exchange_cache_total{",
+            &["grant=\"on_behalf_of\"", &format!("result=\"{result}\"")]
+        ));
+    }
+    assert!(line_with(
+        "tollgate_idp_duration_seconds_count{",
+        &["grant=\"on_behalf_of\""]
+    ));
+    assert!(line_with("tollgate_idp_duration_seconds_bucket{", &["le="]));
+    s.stop().await;
+}

@@ -1,0 +1,1846 @@
+//! The login proxy end to end. A small OIDC relying party (the "test RP") uses tollgate as its
+//! identity provider: discovery from tollgate, authorization code + PKCE + state + nonce, the code
+//! redeemed at tollgate's token endpoint with the RP's client secret, the ID token validated
+//! against the dev IdP's keys. A real headless Chromium (chromedriver driven by fantoccini) does
+//! the main login; the other tests walk the same redirects with an HTTP client that fills in the
+//! dev IdP's login form, so they also run where no browser is installed.
+//!
+//! Then the delegated-token API: stored token by oid and by upn, refresh for other targets,
+//! expiry, rotation, one refresh for concurrent requests, MFA challenges, dead refresh tokens,
+//! deletion and logout, with the memory, SQLite and Redis stores.
+//!
+//! Chromium and chromedriver come from Debian (`chromium`, `chromium-driver`); without them the
+//! browser test prints a loud SKIPPED, or fails when `CI` is set. The same holds for
+//! `redis-server` and the Redis variant.
+#![cfg(feature = "dev-idp")]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fantoccini::Locator;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tollgate::config::{Config, MapEnv};
+use tollgate::devidp::*;
+use tollgate::server::{RunningServer, Server};
+use url::Url;
+
+const TENANT: &str = DEFAULT_TENANT_ID;
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Where the token endpoint's success members come in Entra's order (entra-reference §5).
+const TOKEN_MEMBERS: [&str; 8] = [
+    "token_type",
+    "scope",
+    "expires_in",
+    "ext_expires_in",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_info",
+];
+
+fn tollgate_scope() -> String {
+    format!("{TOLLGATE_APP_ID_URI}/access_as_user")
+}
+
+fn graph_scope() -> String {
+    format!("{GRAPH_APP_ID_URI}/User.Read")
+}
+
+fn downstream_default() -> String {
+    format!("{DOWNSTREAM_APP_ID_URI}/.default")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The full flow in a real browser
+
+#[tokio::test]
+async fn browser_login_through_tollgate_then_delegated_tokens() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let stack = Stack::start(Options::default()).await;
+    let rp = stack.rp();
+
+    let page = browser.login(&stack, ALICE, "login_hint=alice").await;
+    assert!(
+        page.scope_shown.contains(&graph_scope()) && page.scope_shown.contains("offline_access"),
+        "the dev IdP's consent line shows the widened scope: {}",
+        page.scope_shown
+    );
+    assert_eq!(page.upn_shown, ALICE_UPN, "the RP shows who logged in");
+    assert!(
+        page.final_url
+            .starts_with(&format!("{}/callback?", rp.url())),
+        "{}",
+        page.final_url
+    );
+    assert!(rp.errors().is_empty(), "{:?}", rp.errors());
+    let login = rp.last_login();
+    // state, nonce and the PKCE verifier went through tollgate both ways: the RP checked state and
+    // nonce, and the dev IdP would not have redeemed the code without the right verifier.
+    assert_eq!(login.claims["oid"], ALICE_OID);
+    assert_eq!(login.claims["aud"], TOLLGATE_CLIENT_ID);
+    assert_token_response_unchanged(&login);
+    assert_eq!(stack.idp.token_requests("authorization_code"), 1);
+
+    // The stored token, by oid and by upn, as JSON and as a form, for every spelling of a
+    // target it covers; no refresh needed.
+    let by_oid = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(by_oid.0, 200, "{}", by_oid.1);
+    assert_eq!(by_oid.1["access_token"], login.access_token);
+    assert_eq!(by_oid.1["token_type"], "Bearer");
+    let expires_in = by_oid.1["expires_in"].as_u64().unwrap();
+    assert!(expires_in > 3000 && expires_in <= 3600, "{expires_in}");
+    let by_upn = stack
+        .delegated_form(&[
+            ("user_upn", ALICE_UPN),
+            ("target", &format!("{TOLLGATE_APP_ID_URI}/.default")),
+        ])
+        .await;
+    assert_eq!(by_upn.0, 200, "{}", by_upn.1);
+    assert_eq!(by_upn.1["access_token"], login.access_token);
+    assert_eq!(stack.idp.token_requests("refresh_token"), 0);
+
+    // Another target: the refresh token is redeemed once, then the new token is the stored one.
+    let graph = stack
+        .delegated(json!({"user_upn": ALICE_UPN, "target": graph_scope()}))
+        .await;
+    assert_eq!(graph.0, 200, "{}", graph.1);
+    let graph_token = graph.1["access_token"].as_str().unwrap().to_owned();
+    let claims = jwt_claims(&graph_token);
+    assert_eq!(claims["aud"], GRAPH_CLIENT_ID);
+    assert_eq!(claims["oid"], ALICE_OID);
+    assert_eq!(claims["scp"], "User.Read");
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+    let again = stack
+        .delegated_form(&[("user_oid", ALICE_OID), ("target", &graph_scope())])
+        .await;
+    assert_eq!(again.0, 200, "{}", again.1);
+    assert_eq!(again.1["access_token"], graph_token.as_str());
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+
+    // Logout in the browser: tollgate forgets alice, the dev IdP sends the browser back to the RP.
+    let landed = browser
+        .visit_until(
+            &stack.logout_url(&login.id_token, &rp.logged_out_url()),
+            "logged-out",
+        )
+        .await;
+    assert!(
+        landed.starts_with(&rp.logged_out_url()),
+        "the browser ends at the RP's post-logout page: {landed}"
+    );
+    let gone = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(gone.0, 400);
+    assert_eq!(gone.1["error"], "unknown_user");
+
+    browser.close().await;
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discovery and authorize
+
+#[tokio::test]
+async fn discovery_points_the_app_at_tollgate() {
+    let stack = Stack::start(Options::default()).await;
+    let original: Value = stack
+        .http
+        .get(stack.idp.well_known_url(TENANT))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/.well-known/openid-configuration".to_owned(),
+        format!("/{TENANT}/v2.0/.well-known/openid-configuration"),
+    ] {
+        let r = stack.http.get(stack.public(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let doc: Value = r.json().await.unwrap();
+        assert_eq!(
+            doc["authorization_endpoint"],
+            stack.public("/oauth2/authorize")
+        );
+        assert_eq!(doc["token_endpoint"], stack.public("/oauth2/token"));
+        assert_eq!(doc["end_session_endpoint"], stack.public("/oauth2/logout"));
+        // The app keeps validating ID tokens against the real IdP.
+        assert_eq!(doc["issuer"], stack.idp.issuer(TENANT));
+        assert_eq!(doc["jwks_uri"], stack.idp.jwks_uri(TENANT));
+        let mut rest = doc.as_object().unwrap().clone();
+        let mut expected = original.as_object().unwrap().clone();
+        for k in [
+            "authorization_endpoint",
+            "token_endpoint",
+            "end_session_endpoint",
+        ] {
+            rest.remove(k);
+            expected.remove(k);
+        }
+        assert_eq!(rest, expected, "{path}: every other member is untouched");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn authorize_widens_the_scope_and_passes_the_rest_through() {
+    let stack = Stack::start(Options::default()).await;
+    let redirect_uri = stack.rp().callback_url();
+    let challenge = pkce_challenge("a-verifier-that-is-long-enough-for-rfc-7636-section-4-1");
+    let sent = [
+        ("client_id", TOLLGATE_CLIENT_ID),
+        ("response_type", "code"),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("scope", "openid profile offline_access"),
+        ("state", "st-1 with space&amp"),
+        ("nonce", "n-0S6_WzA2Mj"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("prompt", "select_account"),
+        ("login_hint", ALICE_UPN),
+        ("domain_hint", "contoso.example"),
+        ("response_mode", "query"),
+    ];
+    let location = stack.authorize(&sent).await.expect_redirect();
+    let idp_authorize = format!("{}/{TENANT}/oauth2/v2.0/authorize", stack.idp.base_url());
+    assert_eq!(
+        location.split('?').next().unwrap(),
+        idp_authorize,
+        "{location}"
+    );
+    let got = query_map(&location);
+    for (k, v) in sent {
+        if k != "scope" {
+            assert_eq!(
+                got.get(k).map(String::as_str),
+                Some(v),
+                "{k} passes through"
+            );
+        }
+    }
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "nothing added but the scope: {got:?}"
+    );
+    let scopes: Vec<&str> = got["scope"].split(' ').collect();
+    assert_eq!(
+        scopes,
+        ["openid", "profile", "offline_access", &graph_scope()],
+        "extra_scopes appended, offline_access not repeated"
+    );
+
+    let without_offline = stack
+        .authorize(&authorize_params(&redirect_uri, "openid", &challenge))
+        .await
+        .expect_redirect();
+    let scopes = query_map(&without_offline)["scope"].clone();
+    assert_eq!(scopes, format!("openid {} offline_access", graph_scope()));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn require_pkce_is_the_default_and_refuses_authorize_without_s256() {
+    let stack = Stack::start(Options::default()).await;
+    let redirect_uri = stack.rp().callback_url();
+    let challenge = pkce_challenge("another-verifier-that-is-long-enough-for-rfc-7636-4-1");
+    let base = authorize_params(&redirect_uri, "openid", &challenge);
+    let without = |drop: &[&str]| -> Vec<(&str, &str)> {
+        base.iter()
+            .filter(|(k, _)| !drop.contains(k))
+            .copied()
+            .collect()
+    };
+    let mut plain = without(&["code_challenge_method"]);
+    plain.push(("code_challenge_method", "plain"));
+    let cases: [(&str, Vec<(&str, &str)>); 3] = [
+        (
+            "no challenge at all",
+            without(&["code_challenge", "code_challenge_method"]),
+        ),
+        (
+            "challenge without method (plain)",
+            without(&["code_challenge_method"]),
+        ),
+        ("plain method", plain),
+    ];
+    for (why, params) in cases {
+        // The redirect URI is registered, so the error goes back to it (RFC 6749 §4.1.2.1).
+        let location = stack.authorize(&params).await.expect_redirect();
+        assert!(
+            location.starts_with(&format!("{redirect_uri}?")),
+            "{why}: {location}"
+        );
+        let q = query_map(&location);
+        assert_eq!(q["error"], "invalid_request", "{why}");
+        assert_eq!(q["state"], "xyz", "{why}");
+        assert!(!q.contains_key("code"), "{why}");
+    }
+    // A second method could be the one the IdP reads: refused outright, no redirect.
+    let mut twice = base.clone();
+    twice.push(("code_challenge_method", "plain"));
+    stack
+        .authorize(&twice)
+        .await
+        .expect_refused("repeated method");
+
+    let ok = stack.authorize(&base).await.expect_redirect();
+    assert!(ok.starts_with(&stack.idp.base_url()), "{ok}");
+    stack.stop().await;
+
+    let lenient = Stack::start(Options {
+        require_pkce: Some(false),
+        ..Options::default()
+    })
+    .await;
+    let redirect_uri = lenient.rp().callback_url();
+    let no_pkce: Vec<(&str, &str)> = authorize_params(&redirect_uri, "openid", &challenge)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("code_challenge"))
+        .collect();
+    let location = lenient.authorize(&no_pkce).await.expect_redirect();
+    assert!(
+        location.starts_with(&lenient.idp.base_url()),
+        "require_pkce = false lets it through: {location}"
+    );
+    lenient.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_uri_attacks_are_refused_without_a_redirect() {
+    let stack = Stack::start(Options::default()).await;
+    let registered = stack.rp().callback_url();
+    let port = stack.rp().addr.port();
+    let other_port = port.wrapping_add(1).max(1);
+    let challenge = pkce_challenge("yet-another-verifier-that-is-long-enough-for-rfc-7636");
+    let attacks = [
+        format!("http://127.0.0.1:{port}/callbac"),
+        format!("http://127.0.0.1:{port}/callbackx"),
+        format!("http://127.0.0.1:{port}/callback.evil.example"),
+        format!("http://127.0.0.1:{port}/callback/"),
+        format!("http://127.0.0.1:{port}/callback/evil"),
+        format!("http://127.0.0.1:{port}/callback/../evil"),
+        format!("http://127.0.0.1:{port}/evil/../callback"),
+        format!("http://evil@127.0.0.1:{port}/callback"),
+        format!("http://127.0.0.1:{port}@evil.example/callback"),
+        format!("http://127.0.0.1:{port}/%63allback"),
+        format!("http://127.0.0.1:{port}/callback%2F..%2Fevil"),
+        format!("http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback"),
+        format!("http://127.0.0.1:{port}/callback%00"),
+        format!("http://127.0.0.1:{port}/callback "),
+        format!("http://127.0.0.1:{other_port}/callback"),
+        "http://127.0.0.1/callback".to_owned(),
+        format!("http://localhost:{port}/callback"),
+        format!("http://[::1]:{port}/callback"),
+        format!("https://127.0.0.1:{port}/callback"),
+        format!("HTTP://127.0.0.1:{port}/callback"),
+        format!("{registered}?next=https://evil.example"),
+        format!("{registered}#fragment"),
+        "https://evil.example/callback".to_owned(),
+        String::new(),
+    ];
+    for attack in &attacks {
+        stack
+            .authorize(&authorize_params(attack, "openid", &challenge))
+            .await
+            .expect_refused(attack);
+    }
+    // Missing, or registered once and repeated with a foreign one in either order.
+    let mut missing = authorize_params(&registered, "openid", &challenge);
+    missing.retain(|(k, _)| *k != "redirect_uri");
+    stack.authorize(&missing).await.expect_refused("missing");
+    for order in [
+        [registered.as_str(), "https://evil.example/cb"],
+        ["https://evil.example/cb", registered.as_str()],
+    ] {
+        let mut twice = authorize_params(order[0], "openid", &challenge);
+        twice.push(("redirect_uri", order[1]));
+        stack.authorize(&twice).await.expect_refused("repeated");
+    }
+    // And the registered one, byte for byte, goes through.
+    let ok = stack
+        .authorize(&authorize_params(&registered, "openid", &challenge))
+        .await
+        .expect_redirect();
+    assert!(ok.starts_with(&stack.idp.base_url()), "{ok}");
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token endpoint
+
+#[tokio::test]
+async fn token_endpoint_routes_on_the_path_and_accepts_basic_client_auth() {
+    // MSAL's way: `?client-request-id=` on the token URL, `client_info=1`; here also HTTP Basic,
+    // so tollgate must find the client id in the Authorization header to store the tokens.
+    let stack = Stack::start(Options {
+        rps: vec![RpOptions {
+            basic_auth: true,
+            client_request_id: true,
+            ..RpOptions::default()
+        }],
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert!(login.token_url.contains("?client-request-id="));
+    assert_token_response_unchanged(&login);
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], login.access_token);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn token_errors_reach_the_app_unchanged() {
+    let stack = Stack::start(Options::default()).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", "0.A-not-a-code"),
+        ("redirect_uri", "http://127.0.0.1:1/callback"),
+        ("client_id", TOLLGATE_CLIENT_ID),
+        ("client_secret", TOLLGATE_CLIENT_SECRET),
+    ];
+    let via = stack
+        .http
+        .post(stack.public("/oauth2/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let direct = stack
+        .http
+        .post(stack.idp.token_endpoint(TENANT))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via.status(), direct.status());
+    for h in ["content-type", "cache-control", "pragma"] {
+        assert_eq!(via.headers().get(h), direct.headers().get(h), "{h}");
+    }
+    let via = via.text().await.unwrap();
+    let direct = direct.text().await.unwrap();
+    assert_eq!(member_names(&via), member_names(&direct), "{via}");
+    let (v, d): (Value, Value) = (
+        serde_json::from_str(&via).unwrap(),
+        serde_json::from_str(&direct).unwrap(),
+    );
+    assert_eq!(v["error"], "invalid_grant");
+    assert_eq!(v["error_codes"], d["error_codes"]);
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delegated tokens
+
+#[tokio::test]
+async fn an_expired_stored_token_is_refreshed() {
+    let stack = Stack::start(Options::default()).await;
+    // Shorter than tollgate's 120 s expiry margin: every token is too close to its end to hand
+    // out, so each delegated call must redeem the (rotated) refresh token again.
+    stack.idp.set_access_token_lifetime(Duration::from_secs(60));
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    let mut seen = vec![login.access_token.clone()];
+    for round in 1..=2 {
+        let (status, body) = stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        assert!(!seen.contains(&token), "round {round}: a fresh token");
+        assert!(body["expires_in"].as_u64().unwrap() <= 60);
+        assert_eq!(jwt_claims(&token)["aud"], TOLLGATE_CLIENT_ID);
+        assert_eq!(stack.idp.token_requests("refresh_token"), round);
+        seen.push(token);
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_refresh_tokens_are_stored() {
+    let stack = Stack::start(Options::default()).await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    // Each redemption rotates the refresh token, and the dev IdP revokes the whole grant when a
+    // rotated one comes back: the second refresh works only if the first one's was stored.
+    for (round, target) in [graph_scope(), downstream_default()].iter().enumerate() {
+        let (status, body) = stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": target}))
+            .await;
+        assert_eq!(status, 200, "{target}: {body}");
+        assert_eq!(stack.idp.token_requests("refresh_token"), round as u64 + 1);
+    }
+    // The refresh token the app got at login is the rotated-away one: the IdP refuses it.
+    let replay = stack
+        .http
+        .post(stack.idp.token_endpoint(TENANT))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", login.refresh_token.as_str()),
+            ("client_id", TOLLGATE_CLIENT_ID),
+            ("client_secret", TOLLGATE_CLIENT_SECRET),
+            ("scope", &graph_scope()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["error"], "invalid_grant");
+    // That replay made the dev IdP revoke the grant (RFC 9700 §4.14.2): the next refresh is
+    // refused, tollgate asks for a new login and forgets the user.
+    let (status, body) = stack
+        .delegated(
+            json!({"user_oid": ALICE_OID, "target": format!("{GRAPH_APP_ID_URI}/Mail.Read")}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "interaction_required");
+    let (_, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(body["error"], "unknown_user");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_target_make_one_refresh() {
+    let stack = Stack::start(Options::default()).await;
+    stack.scripted_login(0, ALICE, false, "").await;
+    let calls = (0..8).map(|i| {
+        let body = if i % 2 == 0 {
+            json!({"user_oid": ALICE_OID, "target": graph_scope()})
+        } else {
+            json!({"user_upn": ALICE_UPN, "target": graph_scope()})
+        };
+        stack.delegated(body)
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let first = answers[0].1["access_token"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["access_token"], first);
+    }
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_for_several_targets_keep_the_grant_alive() {
+    let stack = Stack::start(Options::default()).await;
+    stack.scripted_login(0, ALICE, false, "").await;
+    // Four targets at once, each needing a refresh: were they redeemed in parallel, the dev IdP
+    // would see one refresh token three times too many and revoke the grant.
+    let targets = [
+        graph_scope(),
+        format!("{GRAPH_APP_ID_URI}/Mail.Read"),
+        downstream_default(),
+        format!("{TOLLGATE_APP_ID_URI}/read"),
+    ];
+    let answers = futures_util::future::join_all(
+        targets
+            .iter()
+            .map(|t| stack.delegated(json!({"user_oid": ALICE_OID, "target": t}))),
+    )
+    .await;
+    for ((status, body), target) in answers.iter().zip(&targets) {
+        assert_eq!(*status, 200, "{target}: {body}");
+    }
+    assert_eq!(stack.idp.token_requests("refresh_token"), 4);
+    let (status, body) = stack
+        .delegated(
+            json!({"user_oid": ALICE_OID, "target": format!("{DOWNSTREAM_APP_ID_URI}/Data.Write")}),
+        )
+        .await;
+    assert_eq!(status, 200, "the grant survived: {body}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_mfa_challenge_is_passed_back_and_the_user_kept() {
+    let stack = Stack::start(Options::default()).await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    stack.idp.set_require_mfa(ALICE, true);
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(body["suberror"], "basic_action");
+    let claims: Value = serde_json::from_str(body["claims"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        claims["access_token"]["capolids"]["values"][0],
+        MFA_POLICY_ID
+    );
+    // The grant is alive: the stored token is still served, and an MFA login fixes the rest.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], login.access_token);
+    stack.scripted_login(0, ALICE, true, "").await;
+    let (status, body) = stack
+        .delegated(json!({"user_upn": ALICE_UPN, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 200, "after MFA: {body}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_refresh_token_asks_for_login_and_forgets_the_user() {
+    let stack = Stack::start(Options::default()).await;
+    // A refresh token that is already past its lifetime when issued: the IdP answers
+    // invalid_grant (AADSTS700082) to its first use.
+    stack.idp.set_refresh_token_lifetime(Duration::from_secs(0));
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the stored access token needs no refresh: {body}"
+    );
+    assert_eq!(body["access_token"], login.access_token);
+    let (status, body) = stack
+        .delegated(json!({"user_upn": ALICE_UPN, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "interaction_required");
+    assert!(!body.to_string().contains(&login.refresh_token));
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "unknown_user", "the entry is gone");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_users_and_deleting_a_user() {
+    let stack = Stack::start(Options::default()).await;
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "unknown_user");
+    }
+    let (status, body) = stack.delegated(json!({"target": tollgate_scope()})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request");
+
+    stack.scripted_login(0, ALICE, false, "").await;
+    stack.scripted_login(0, BOB, false, "").await;
+    let r = stack
+        .http
+        .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "unknown_user");
+    }
+    let (status, body) = stack
+        .delegated(json!({"user_oid": BOB_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "only alice was deleted: {body}");
+    assert_eq!(
+        jwt_claims(body["access_token"].as_str().unwrap())["oid"],
+        BOB_OID
+    );
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logout
+
+#[tokio::test]
+async fn logout_forgets_the_user_and_redirects_only_where_allowed() {
+    let stack = Stack::start(Options::default()).await;
+    let rp = stack.rp();
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    let known = || async {
+        stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .await
+            .0
+            == 200
+    };
+
+    for foreign in [
+        "https://evil.example/logged-out".to_owned(),
+        format!("{}x", rp.logged_out_url()),
+        rp.callback_url(),
+    ] {
+        let r = stack
+            .http
+            .get(stack.logout_url(&login.id_token, &foreign))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{foreign}");
+        assert!(r.headers().get("location").is_none(), "{foreign}");
+        assert!(known().await, "{foreign}: nothing deleted");
+    }
+
+    let r = stack
+        .http
+        .get(format!(
+            "{}&state=s-42",
+            stack.logout_url(&login.id_token, &rp.logged_out_url())
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let end_session = format!("{}/{TENANT}/oauth2/v2.0/logout", stack.idp.base_url());
+    assert_eq!(location.split('?').next().unwrap(), end_session);
+    let q = query_map(&location);
+    assert_eq!(q["post_logout_redirect_uri"], rp.logged_out_url());
+    assert_eq!(q["state"], "s-42");
+    assert!(!known().await, "alice's tokens are deleted");
+
+    // Without a post-logout URI the user still goes to the IdP's end-session page.
+    let r = stack
+        .http
+        .get(stack.public("/oauth2/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], end_session.as_str());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn another_clients_login_is_not_stored_and_cannot_log_users_out() {
+    // A second app with its own registration logs in through the same tollgate: its tokens
+    // reach it, but tollgate cannot redeem another client's refresh tokens, so it keeps nothing;
+    // and that app's ID token is no id_token_hint for tollgate's users.
+    let stack = Stack::start(Options {
+        rps: vec![
+            RpOptions::default(),
+            RpOptions {
+                client_id: DOWNSTREAM_CLIENT_ID,
+                client_secret: DOWNSTREAM_CLIENT_SECRET,
+                ..RpOptions::default()
+            },
+        ],
+        ..Options::default()
+    })
+    .await;
+    stack.scripted_login(0, ALICE, false, "").await;
+    let other = stack.scripted_login(1, BOB, false, "").await;
+    assert_eq!(other.claims["aud"], DOWNSTREAM_CLIENT_ID);
+    assert!(!other.refresh_token.is_empty());
+    let (status, body) = stack
+        .delegated(json!({"user_oid": BOB_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "unknown_user");
+
+    let alice_hint = stack.scripted_login(1, ALICE, false, "").await.id_token;
+    let r = stack
+        .http
+        .get(stack.logout_url(&alice_hint, &stack.rps[1].logged_out_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "alice is still stored: {body}");
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent stores
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_store_serves_delegated_tokens_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, tollgate::store::keygen() + "\n").unwrap();
+    let db = dir.path().join("tollgate.db");
+    let store = format!(
+        "kind = \"sqlite\"\npath = {}\nencryption_keys_file = {}",
+        toml_str(&db),
+        toml_str(&keys)
+    );
+    let mut stack = Stack::start(Options {
+        store: store.clone(),
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    let graph = delegated_check(&stack, &login).await;
+    let mut at_rest = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        at_rest.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    for secret in [&login.access_token, &login.refresh_token, &graph] {
+        assert!(
+            !contains(&at_rest, secret.as_bytes()),
+            "a token is readable in the SQLite files"
+        );
+    }
+
+    stack.restart_tollgate().await;
+    let (status, body) = stack
+        .delegated(json!({"user_upn": ALICE_UPN, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["access_token"],
+        graph.as_str(),
+        "read back from SQLite"
+    );
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+    stack.stop().await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_store_serves_delegated_tokens_across_restarts() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, tollgate::store::keygen() + "\n").unwrap();
+    let store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\nencryption_keys_file = {}",
+        redis.url(),
+        toml_str(&keys)
+    );
+    let mut stack = Stack::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    let graph = delegated_check(&stack, &login).await;
+    stack.restart_tollgate().await;
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], graph.as_str(), "read back from Redis");
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+    stack.stop().await;
+    drop(redis);
+}
+
+/// The main delegated check: stored token by oid and upn, one refresh for Graph. Returns the
+/// Graph token.
+async fn delegated_check(stack: &Stack, login: &Login) -> String {
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], login.access_token);
+    }
+    assert_eq!(stack.idp.token_requests("refresh_token"), 0);
+    let (status, body) = stack
+        .delegated_form(&[("user_oid", ALICE_OID), ("target", &graph_scope())])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.idp.token_requests("refresh_token"), 1);
+    let graph = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt_claims(&graph)["aud"], GRAPH_CLIENT_ID);
+    graph
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack: dev IdP, tollgate, test RPs
+
+struct Options {
+    /// The body of tollgate's `[store]` table.
+    store: String,
+    require_pkce: Option<bool>,
+    rps: Vec<RpOptions>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            store: "kind = \"memory\"".into(),
+            require_pkce: None,
+            rps: vec![RpOptions::default()],
+        }
+    }
+}
+
+struct Stack {
+    idp: DevIdpHandle,
+    tollgate: Option<RunningServer>,
+    config: String,
+    public_url: String,
+    api_url: String,
+    rps: Vec<Rp>,
+    /// Follows no redirects, so every hop can be checked.
+    http: reqwest::Client,
+}
+
+impl Stack {
+    async fn start(options: Options) -> Self {
+        let mut idp_config = DevIdpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..DevIdpConfig::default()
+        };
+        for app in &mut idp_config.apps {
+            if options.rps.iter().any(|rp| rp.client_id == app.client_id) {
+                app.loopback_redirects = true;
+            }
+        }
+        let idp = DevIdp::start(idp_config).await.unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut rps = Vec::new();
+        for rp in options.rps {
+            rps.push(Rp::start(rp, http.clone()).await);
+        }
+        // tollgate must know its public URL before it binds: reserve a port first.
+        let port = free_port();
+        let public_url = format!("http://127.0.0.1:{port}");
+        let list = |urls: Vec<String>| {
+            urls.iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pkce = options
+            .require_pkce
+            .map(|p| format!("require_pkce = {p}"))
+            .unwrap_or_default();
+        let config = format!(
+            r#"
+[listen]
+public = "127.0.0.1:{port}"
+api = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[[providers]]
+name = "entra_id"
+well_known_url = "{well_known}"
+client_id = "{TOLLGATE_CLIENT_ID}"
+
+[login]
+enabled = true
+public_url = "{public_url}"
+extra_scopes = ["{graph}"]
+redirect_uris = [{redirects}]
+post_logout_redirect_uris = [{post_logout}]
+{pkce}
+
+[store]
+{store}
+"#,
+            well_known = idp.well_known_url(TENANT),
+            graph = graph_scope(),
+            redirects = list(rps.iter().map(Rp::callback_url).collect()),
+            post_logout = list(rps.iter().map(Rp::logged_out_url).collect()),
+            store = options.store,
+        );
+        let mut stack = Stack {
+            idp,
+            tollgate: None,
+            config,
+            public_url,
+            api_url: String::new(),
+            rps,
+            http,
+        };
+        stack.start_tollgate().await;
+        for rp in &stack.rps {
+            rp.discover(&stack.public_url).await;
+        }
+        stack
+    }
+
+    async fn start_tollgate(&mut self) {
+        let env = MapEnv::from([("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET)]);
+        let cfg = Config::from_toml_str(&self.config, &env).unwrap();
+        let server = Server::bind(cfg).await.unwrap().spawn();
+        self.api_url = format!("http://{}", server.api.unwrap());
+        self.tollgate = Some(server);
+        // The provider's metadata loads in the background; discovery answers 503 until then.
+        let discovery = self.public("/.well-known/openid-configuration");
+        for _ in 0..500 {
+            let r = self.http.get(&discovery).send().await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tollgate never served its discovery document");
+    }
+
+    /// Stops tollgate and starts it again with the same configuration (and public port).
+    async fn restart_tollgate(&mut self) {
+        if let Some(server) = self.tollgate.take() {
+            server.shutdown().await.unwrap();
+        }
+        self.start_tollgate().await;
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.tollgate.take() {
+            server.shutdown().await.unwrap();
+        }
+        for rp in self.rps.drain(..) {
+            rp.stop().await;
+        }
+        self.idp.shutdown().await;
+    }
+
+    fn rp(&self) -> &Rp {
+        &self.rps[0]
+    }
+
+    fn public(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.api_url)
+    }
+
+    fn logout_url(&self, id_token_hint: &str, post_logout: &str) -> String {
+        let mut url = Url::parse(&self.public("/oauth2/logout")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("id_token_hint", id_token_hint)
+            .append_pair("post_logout_redirect_uri", post_logout);
+        url.into()
+    }
+
+    async fn authorize(&self, params: &[(&str, &str)]) -> Answer {
+        let mut url = Url::parse(&self.public("/oauth2/authorize")).unwrap();
+        url.query_pairs_mut().extend_pairs(params);
+        Answer(self.http.get(url).send().await.unwrap())
+    }
+
+    async fn delegated(&self, mut body: Value) -> (StatusCode, Value) {
+        body["identity_provider"] = json!("entra_id");
+        let r = self
+            .http
+            .post(self.api("/api/v1/token/delegated"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn delegated_form(&self, fields: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut form = vec![("identity_provider", "azuread")];
+        form.extend_from_slice(fields);
+        let r = self
+            .http
+            .post(self.api("/api/v1/token/delegated"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// The login the browser does, hop by hop over HTTP: the RP's `/start`, tollgate's
+    /// authorize, the dev IdP's login page and its form post, the RP's callback.
+    async fn scripted_login(&self, rp: usize, user: &str, mfa: bool, query: &str) -> Login {
+        let rp = &self.rps[rp];
+        let before = rp.logins.lock().unwrap().len();
+        let to_tollgate = self
+            .expect_redirect(&format!("{}/start?{query}", rp.url()))
+            .await;
+        assert!(
+            to_tollgate.starts_with(&self.public("/oauth2/authorize?")),
+            "{to_tollgate}"
+        );
+        let to_idp = self.expect_redirect(&to_tollgate).await;
+        let page = self.http.get(&to_idp).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("name=\"login\""));
+        let mut form: Vec<(String, String)> = Url::parse(&to_idp)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        form.push(("login".into(), user.into()));
+        form.push(("password".into(), DEV_PASSWORD.into()));
+        if mfa {
+            form.push(("mfa".into(), "on".into()));
+        }
+        let submit = self
+            .http
+            .post(to_idp.split('?').next().unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(submit.status(), 302, "{}", submit.text().await.unwrap());
+        let callback = submit.headers()["location"].to_str().unwrap().to_owned();
+        assert!(callback.starts_with(&rp.callback_url()), "{callback}");
+        let done = self.http.get(&callback).send().await.unwrap();
+        let status = done.status();
+        let html = done.text().await.unwrap();
+        assert_eq!(status, 200, "{html} {:?}", rp.errors());
+        let logins = rp.logins.lock().unwrap();
+        assert_eq!(logins.len(), before + 1);
+        let login = logins.last().unwrap().clone();
+        assert!(html.contains(login.claims["preferred_username"].as_str().unwrap()));
+        login
+    }
+
+    async fn expect_redirect(&self, url: &str) -> String {
+        Answer(self.http.get(url).send().await.unwrap()).expect_redirect()
+    }
+}
+
+/// An answer to a request that must redirect, or be refused without one.
+struct Answer(reqwest::Response);
+
+impl Answer {
+    fn expect_redirect(self) -> String {
+        assert_eq!(self.0.status(), 302, "{}", self.0.url());
+        self.0.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    fn expect_refused(self, why: &str) {
+        assert_eq!(self.0.status(), 400, "{why}");
+        assert!(
+            self.0.headers().get("location").is_none(),
+            "{why}: never a redirect"
+        );
+    }
+}
+
+fn authorize_params<'a>(
+    redirect_uri: &'a str,
+    scope: &'a str,
+    challenge: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("client_id", TOLLGATE_CLIENT_ID),
+        ("response_type", "code"),
+        ("redirect_uri", redirect_uri),
+        ("scope", scope),
+        ("state", "xyz"),
+        ("nonce", "n-1"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test RP
+
+#[derive(Clone)]
+struct RpOptions {
+    client_id: &'static str,
+    client_secret: &'static str,
+    /// `client_secret_basic` instead of `client_secret_post`.
+    basic_auth: bool,
+    /// Append MSAL's `?client-request-id=` to the token endpoint.
+    client_request_id: bool,
+}
+
+impl Default for RpOptions {
+    fn default() -> Self {
+        Self {
+            client_id: TOLLGATE_CLIENT_ID,
+            client_secret: TOLLGATE_CLIENT_SECRET,
+            basic_auth: false,
+            client_request_id: false,
+        }
+    }
+}
+
+/// One completed login as the RP saw it.
+#[derive(Clone, Debug)]
+struct Login {
+    /// The token endpoint URL the RP posted to.
+    token_url: String,
+    /// The token response body, byte for byte.
+    raw: String,
+    cache_control: String,
+    /// The validated ID token's claims.
+    claims: Value,
+    access_token: String,
+    refresh_token: String,
+    id_token: String,
+}
+
+struct Discovered {
+    authorization_endpoint: String,
+    token_endpoint: String,
+    issuer: String,
+    jwks_uri: String,
+}
+
+struct Pending {
+    nonce: String,
+    verifier: String,
+}
+
+struct RpShared {
+    options: RpOptions,
+    base: String,
+    http: reqwest::Client,
+    discovered: OnceLock<Discovered>,
+    pending: Mutex<HashMap<String, Pending>>,
+    logins: Mutex<Vec<Login>>,
+    errors: Mutex<Vec<String>>,
+}
+
+struct Rp {
+    addr: SocketAddr,
+    shared: Arc<RpShared>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for Rp {
+    type Target = RpShared;
+    fn deref(&self) -> &RpShared {
+        &self.shared
+    }
+}
+
+impl Rp {
+    async fn start(options: RpOptions, http: reqwest::Client) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(RpShared {
+            options,
+            base: format!("http://{addr}"),
+            http,
+            discovered: OnceLock::new(),
+            pending: Mutex::default(),
+            logins: Mutex::default(),
+            errors: Mutex::default(),
+        });
+        let app = Router::new()
+            .route("/start", get(rp_start))
+            .route("/callback", get(rp_callback))
+            .route(
+                "/logged-out",
+                get(|| async { Html("<p id=\"logged-out\">signed out</p>") }),
+            )
+            .with_state(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Rp {
+            addr,
+            shared,
+            stop,
+            task,
+        }
+    }
+
+    /// Reads tollgate's discovery document, as an OIDC client library would.
+    async fn discover(&self, issuer_url: &str) {
+        let doc: Value = self
+            .http
+            .get(format!("{issuer_url}/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let s = |k: &str| doc[k].as_str().unwrap().to_owned();
+        let _ = self.discovered.set(Discovered {
+            authorization_endpoint: s("authorization_endpoint"),
+            token_endpoint: s("token_endpoint"),
+            issuer: s("issuer"),
+            jwks_uri: s("jwks_uri"),
+        });
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+
+    fn url(&self) -> String {
+        self.base.clone()
+    }
+
+    fn callback_url(&self) -> String {
+        format!("{}/callback", self.base)
+    }
+
+    fn logged_out_url(&self) -> String {
+        format!("{}/logged-out", self.base)
+    }
+
+    fn last_login(&self) -> Login {
+        self.logins
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no login yet")
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+/// Starts a login: fresh state, nonce and PKCE verifier; extra query parameters (login_hint,
+/// prompt...) are passed on to the authorization request.
+async fn rp_start(
+    State(rp): State<Arc<RpShared>>,
+    Query(extra): Query<Vec<(String, String)>>,
+) -> Response {
+    let Some(d) = rp.discovered.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not discovered yet").into_response();
+    };
+    let state = uuid::Uuid::new_v4().simple().to_string();
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let verifier = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let challenge = pkce_challenge(&verifier);
+    let mut url = Url::parse(&d.authorization_endpoint).unwrap();
+    url.query_pairs_mut()
+        .append_pair("client_id", rp.options.client_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", &format!("{}/callback", rp.base))
+        .append_pair("scope", &format!("openid profile {}", tollgate_scope()))
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .extend_pairs(extra);
+    rp.pending
+        .lock()
+        .unwrap()
+        .insert(state, Pending { nonce, verifier });
+    (
+        StatusCode::FOUND,
+        [(http::header::LOCATION, url.to_string())],
+    )
+        .into_response()
+}
+
+async fn rp_callback(
+    State(rp): State<Arc<RpShared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match redeem(&rp, &q).await {
+        Ok(login) => {
+            let upn = login.claims["preferred_username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            rp.logins.lock().unwrap().push(login);
+            Html(format!("<h1>Signed in</h1><p id=\"upn\">{upn}</p>")).into_response()
+        }
+        Err(e) => {
+            rp.errors.lock().unwrap().push(e.clone());
+            (
+                StatusCode::BAD_REQUEST,
+                Html(format!("<p id=\"error\">{e}</p>")),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Checks state, redeems the code at the discovered token endpoint and validates the ID token
+/// (signature with the provider's keys, issuer, audience, nonce).
+async fn redeem(rp: &RpShared, q: &HashMap<String, String>) -> Result<Login, String> {
+    if let Some(e) = q.get("error") {
+        return Err(format!("authorization error {e}"));
+    }
+    let state = q.get("state").ok_or("no state")?;
+    let pending = rp
+        .pending
+        .lock()
+        .unwrap()
+        .remove(state)
+        .ok_or("unknown state")?;
+    let code = q.get("code").ok_or("no code")?;
+    let d = rp.discovered.get().ok_or("not discovered")?;
+    let token_url = if rp.options.client_request_id {
+        format!(
+            "{}?client-request-id={}",
+            d.token_endpoint,
+            uuid::Uuid::new_v4()
+        )
+    } else {
+        d.token_endpoint.clone()
+    };
+    let redirect_uri = format!("{}/callback", rp.base);
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("code_verifier", pending.verifier.as_str()),
+        ("client_info", "1"),
+    ];
+    let mut req = rp.http.post(&token_url);
+    if rp.options.basic_auth {
+        req = req.basic_auth(rp.options.client_id, Some(rp.options.client_secret));
+    } else {
+        form.push(("client_id", rp.options.client_id));
+        form.push(("client_secret", rp.options.client_secret));
+    }
+    let r = req.form(&form).send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let cache_control = r
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let raw = r.text().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("token endpoint answered {status}: {raw}"));
+    }
+    let body: Value = serde_json::from_str(&raw).map_err(|e| e.to_string())?;
+    let s = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    let id_token = s("id_token");
+    let claims = validate_id_token(rp, d, &id_token).await?;
+    if claims["nonce"] != pending.nonce.as_str() {
+        return Err("nonce mismatch".into());
+    }
+    Ok(Login {
+        token_url,
+        raw,
+        cache_control,
+        claims,
+        access_token: s("access_token"),
+        refresh_token: s("refresh_token"),
+        id_token,
+    })
+}
+
+async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result<Value, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let jwks: Value = rp
+        .http
+        .get(&d.jwks_uri)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|keys| {
+            keys.iter()
+                .find(|k| k["kid"].as_str() == header.kid.as_deref())
+        })
+        .ok_or("unknown kid")?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_components(
+        jwk["n"].as_str().unwrap_or_default(),
+        jwk["e"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[&d.issuer]);
+    validation.set_audience(&[rp.options.client_id]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| format!("ID token refused: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser
+
+/// chromedriver (a child process in its own process group, with the Chromium it starts) and a
+/// WebDriver session on it.
+struct Browser {
+    client: fantoccini::Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+/// What the browser saw during a login.
+struct BrowserLogin {
+    scope_shown: String,
+    upn_shown: String,
+    final_url: String,
+}
+
+const BROWSER_WAIT: Duration = Duration::from_secs(30);
+
+impl Browser {
+    /// `None` after a loud notice when Chromium or chromedriver is missing, unless `CI` is set.
+    async fn start() -> Option<Self> {
+        let driver_installed = Command::new("chromedriver")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !driver_installed || !Path::new(CHROMIUM).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chromium / chromedriver are not installed and CI is set: the browser test cannot be skipped"
+            );
+            let _ = std::io::stderr().write_all(
+                b"\n******** SKIPPED: chromium or chromedriver not installed; the browser login test did not run ********\n",
+            );
+            return None;
+        }
+        let port = free_port();
+        let driver = {
+            use std::os::unix::process::CommandExt as _;
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let profile = tempfile::tempdir().unwrap();
+        let client = match Browser::connect(port, profile.path()).await {
+            Ok(c) => c,
+            Err(e) => {
+                kill_group(&driver);
+                panic!("no WebDriver session on chromedriver: {e}");
+            }
+        };
+        Some(Browser {
+            client,
+            driver,
+            _profile: profile,
+        })
+    }
+
+    async fn connect(port: u16, profile: &Path) -> Result<fantoccini::Client, String> {
+        use fantoccini::error::NewSessionError;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        // chromedriver takes a moment to listen: retry while the connection is refused (bounded).
+        let mut last = String::new();
+        for _ in 0..250 {
+            let session = fantoccini::ClientBuilder::new(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+            )
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await;
+            match session {
+                Ok(c) => return Ok(c),
+                Err(
+                    e @ (NewSessionError::Failed(_)
+                    | NewSessionError::FailedC(_)
+                    | NewSessionError::Lost(_)),
+                ) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("chromedriver never answered: {last}"))
+    }
+
+    /// Logs `user` in at the dev IdP, starting at the RP.
+    async fn login(&self, stack: &Stack, user: &str, start_query: &str) -> BrowserLogin {
+        let c = &self.client;
+        c.goto(&format!("{}/start?{start_query}", stack.rp().url()))
+            .await
+            .unwrap();
+        let login = c
+            .wait()
+            .at_most(BROWSER_WAIT)
+            .for_element(Locator::Id("login"))
+            .await
+            .unwrap();
+        let at = c.current_url().await.unwrap();
+        assert!(
+            at.as_str().starts_with(&stack.idp.base_url()),
+            "the login page is the dev IdP's: {at}"
+        );
+        let scope_shown = c
+            .find(Locator::Css("p code"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        login.clear().await.unwrap();
+        login.send_keys(user).await.unwrap();
+        c.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys(DEV_PASSWORD)
+            .await
+            .unwrap();
+        c.find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let upn = c
+            .wait()
+            .at_most(BROWSER_WAIT)
+            .for_element(Locator::Id("upn"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the RP never showed the user ({e}): {:?}",
+                    stack.rp().errors()
+                )
+            });
+        BrowserLogin {
+            scope_shown,
+            upn_shown: upn.text().await.unwrap(),
+            final_url: c.current_url().await.unwrap().into(),
+        }
+    }
+
+    /// Navigates to `url` and waits for an element with id `id`; returns where the browser is.
+    async fn visit_until(&self, url: &str, id: &str) -> String {
+        self.client.goto(url).await.unwrap();
+        self.client
+            .wait()
+            .at_most(BROWSER_WAIT)
+            .for_element(Locator::Id(id))
+            .await
+            .unwrap();
+        self.client.current_url().await.unwrap().into()
+    }
+
+    async fn close(mut self) {
+        let client = self.client.clone();
+        let _ = client.close().await;
+        kill_group(&self.driver);
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // After a failed assertion: chromedriver and its Chromium share the process group.
+        if matches!(self.driver.try_wait(), Ok(None)) {
+            kill_group(&self.driver);
+            let _ = self.driver.wait();
+        }
+    }
+}
+
+fn kill_group(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server
+
+/// A private `redis-server` on a free loopback port, without persistence; killed on drop.
+#[cfg(feature = "redis")]
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "redis")]
+impl RedisServer {
+    /// `None` (after a loud notice) when redis-server is not installed, unless `CI` is set.
+    fn start() -> Option<Self> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed and CI is set: the Redis login test cannot be skipped"
+            );
+            let _ = std::io::stderr().write_all(
+                b"\n******** SKIPPED: redis-server not installed; the Redis login test did not run ********\n",
+            );
+            return None;
+        }
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("redis-server exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = server.child.kill();
+        panic!("redis-server did not start listening");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+/// The token response arrived as the dev IdP wrote it: Entra's members in Entra's order,
+/// `client_info` (asked for with `client_info=1`) included, and its no-store header.
+fn assert_token_response_unchanged(login: &Login) {
+    assert_eq!(member_names(&login.raw), TOKEN_MEMBERS, "{}", login.raw);
+    let body: Value = serde_json::from_str(&login.raw).unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    let scope = body["scope"].as_str().unwrap();
+    assert!(
+        scope.split(' ').any(|s| s == "offline_access"),
+        "tollgate asked for offline_access: {scope}"
+    );
+    let info: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(body["client_info"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["uid"], login.claims["oid"]);
+    assert_eq!(info["utid"], TENANT);
+    assert_eq!(login.cache_control, "no-store, no-cache");
+}
+
+/// Top-level member names of a JSON object in the order they appear in the text.
+fn member_names(json_text: &str) -> Vec<String> {
+    let Value::Object(map) = serde_json::from_str::<Value>(json_text).unwrap() else {
+        panic!("not an object: {json_text}");
+    };
+    let mut names: Vec<(usize, String)> = map
+        .keys()
+        .map(|k| {
+            let at = json_text
+                .find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} not found"));
+            (at, k.clone())
+        })
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, k)| k).collect()
+}
+
+/// The payload of a JWT, unverified (the dev IdP signed it; only its claims are of interest).
+fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+fn query_map(url: &str) -> HashMap<String, String> {
+    Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn toml_str(path: &Path) -> String {
+    Value::String(path.display().to_string()).to_string()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
