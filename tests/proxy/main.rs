@@ -593,7 +593,7 @@ async fn dev_idp_tokens_and_key_rotation() {
     let toml = config_toml(
         &idp.well_known_url(devidp::DEFAULT_TENANT_ID),
         &echo.url(),
-        "jwks_unknown_kid_min_interval = \"1s\"",
+        "",
     );
     let server = Server::bind(Config::from_toml_str(&toml, &MapEnv::default()).unwrap())
         .await
