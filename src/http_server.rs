@@ -23,7 +23,8 @@ use tower::Service;
 pub(crate) struct ServerLimits {
     /// Most header fields accepted in one HTTP/1.1 request.
     pub(crate) max_headers: usize,
-    /// Most bytes of request head (request line and headers) accepted.
+    /// Most bytes of request head (request line and headers) accepted; also hyper's HTTP/1
+    /// read buffer size (at least 8 KiB) and the HTTP/2 header list limit.
     pub(crate) max_header_bytes: usize,
 }
 

@@ -175,10 +175,12 @@ impl Auth {
     /// A layer requiring a valid token (add requirements with its methods).
     pub fn layer(&self) -> AuthLayer {
         AuthLayer {
-            validator: self.validator.clone(),
-            scopes: Arc::from([]),
-            roles: Arc::from([]),
-            optional: false,
+            inner: Arc::new(Requirements {
+                validator: self.validator.clone(),
+                scopes: Vec::new(),
+                roles: Vec::new(),
+                optional: false,
+            }),
         }
     }
 
@@ -315,28 +317,34 @@ impl AuthBuilder {
 /// ```
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
+    // One Arc so that the per-request clone in `call` is a single reference-count increment.
+    inner: Arc<Requirements>,
+}
+
+#[derive(Clone, Debug)]
+struct Requirements {
     validator: Validator,
-    scopes: Arc<[String]>,
-    roles: Arc<[String]>,
+    scopes: Vec<String>,
+    roles: Vec<String>,
     optional: bool,
 }
 
 impl AuthLayer {
     /// Any one of these delegated scopes (`scp`) is required; otherwise `403 insufficient_scope`.
     pub fn require_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
-        self.scopes = scopes.into_iter().map(Into::into).collect();
+        Arc::make_mut(&mut self.inner).scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
     /// Any one of these app roles (`roles`) is required; otherwise `403 insufficient_scope`.
     pub fn require_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roles: I) -> Self {
-        self.roles = roles.into_iter().map(Into::into).collect();
+        Arc::make_mut(&mut self.inner).roles = roles.into_iter().map(Into::into).collect();
         self
     }
 
     /// Requests without a token pass (without [`Claims`]); a bad token is still refused.
     pub fn optional(mut self) -> Self {
-        self.optional = true;
+        Arc::make_mut(&mut self.inner).optional = true;
         self
     }
 }
@@ -424,7 +432,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let token = match bearer_token(req.headers()) {
             Ok(Some(token)) => token.to_owned(),
-            Ok(None) if self.layer.optional => {
+            Ok(None) if self.layer.inner.optional => {
                 return ResponseFuture::new(State::Calling {
                     future: self.inner.call(req),
                 });
@@ -436,7 +444,7 @@ where
         // serve this request once the token is validated.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let layer = Arc::clone(&self.layer.inner);
         let validation = Box::pin(async move {
             let claims = layer.validator.validate(&token).await?;
             claims.check(&layer.scopes, &layer.roles)?;

@@ -99,9 +99,11 @@ impl Forwarder {
     }
 
     /// Forwards `req` (already authorised, headers already adjusted by the caller) to the
-    /// upstream and returns its response, or a JSON `502`/`504` when the upstream fails.
+    /// upstream and returns its response, or a JSON `502`/`504` when the upstream fails
+    /// (`405` for `CONNECT`, which is never tunnelled).
     ///
-    /// `peer` is the client's address, used for `X-Forwarded-For`.
+    /// `peer` is the client's address, used for `X-Forwarded-For`. A client listing
+    /// `Authorization`, `Host` or `X-Auth-*` in `Connection` does not get them removed.
     pub(crate) async fn forward(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         match self.inner.try_forward(req, peer).await {
@@ -110,10 +112,14 @@ impl Forwarder {
                 response
             }
             Err(error) => {
-                if let Some(outcome) = error.outcome() {
-                    record_upstream_duration(outcome, started.elapsed());
+                match error.outcome() {
+                    Some(outcome) => {
+                        record_upstream_duration(outcome, started.elapsed());
+                        tracing::warn!(error = %ErrorChain(&error), "upstream request failed");
+                    }
+                    // The client's request was at fault, or the configuration: not the upstream.
+                    None => tracing::debug!(error = %error, "request not forwarded"),
                 }
-                tracing::warn!(error = %ErrorChain(&error), "upstream request failed");
                 json_error(error.status(), error.code(), &error.to_string())
             }
         }
@@ -146,8 +152,6 @@ pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> R
 
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -326,34 +330,58 @@ fn original_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in `Connection` and the fixed
 /// set. With `keep_upgrade`, `Upgrade` stays for a valid upgrade handshake.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut connection = headers.get_all(header::CONNECTION).iter();
-    match (connection.next(), connection.next()) {
-        (None, _) => {}
-        (Some(only), None) => {
-            let only = only.clone();
-            remove_connection_options(headers, &only, keep_upgrade);
-        }
-        (Some(_), Some(_)) => {
-            let all: Vec<HeaderValue> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .cloned()
-                .collect();
-            for value in &all {
-                remove_connection_options(headers, value, keep_upgrade);
+    // One pass over the names finds what is present: most messages carry no hop-by-hop field,
+    // and a lookup for each absent one costs more than the scan.
+    let found = headers
+        .keys()
+        .fold(0u8, |found, name| found | hop_by_hop_bit(name));
+    if found == 0 {
+        return;
+    }
+    if found & HOP_CONNECTION != 0 {
+        let mut connection = headers.get_all(header::CONNECTION).iter();
+        match (connection.next(), connection.next()) {
+            (Some(only), None) => {
+                let only = only.clone();
+                remove_connection_options(headers, &only, keep_upgrade);
+            }
+            _ => {
+                let all: Vec<HeaderValue> = headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .cloned()
+                    .collect();
+                for value in &all {
+                    remove_connection_options(headers, value, keep_upgrade);
+                }
             }
         }
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
+    for (bit, name) in &HOP_BY_HOP {
+        if found & bit != 0 && !(keep_upgrade && *bit == HOP_UPGRADE) {
+            headers.remove(name);
+        }
     }
+}
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_UPGRADE: u8 = 1 << 5;
+static HOP_BY_HOP: [(u8, HeaderName); 8] = [
+    (HOP_CONNECTION, header::CONNECTION),
+    (1 << 1, HeaderName::from_static("keep-alive")),
+    (1 << 2, HeaderName::from_static("proxy-connection")),
+    (1 << 3, header::TE),
+    (1 << 4, header::TRANSFER_ENCODING),
+    (HOP_UPGRADE, header::UPGRADE),
+    (1 << 6, header::PROXY_AUTHENTICATE),
+    (1 << 7, header::PROXY_AUTHORIZATION),
+];
+
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    HOP_BY_HOP
+        .iter()
+        .find(|(_, hop)| hop == name)
+        .map_or(0, |(bit, _)| *bit)
 }
 
 /// Removes the fields a `Connection` value names, except those the caller put there for the
@@ -401,8 +429,11 @@ fn set_forwarded_headers(
             }
             chain.extend_from_slice(value.as_bytes());
         }
-        // Writing to a Vec cannot fail.
-        let _ = write!(chain, ", {peer}");
+        let mut buf = [0u8; IP_TEXT_MAX];
+        if let Some(len) = format_ip(peer, &mut buf) {
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(&buf[..len]);
+        }
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
             headers.insert(&X_FORWARDED_FOR, value);
         }
@@ -430,12 +461,44 @@ fn set_forwarded_headers(
 
 /// The address as a header value without an intermediate `String`.
 fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
-    // The longest textual IPv6 address is 45 bytes.
-    let mut buf = [0u8; 48];
-    let mut cursor = &mut buf[..];
-    write!(cursor, "{ip}").ok()?;
-    let len = 48 - cursor.len();
+    let mut buf = [0u8; IP_TEXT_MAX];
+    let len = format_ip(ip, &mut buf)?;
     HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// The longest textual IPv6 address is 45 bytes.
+const IP_TEXT_MAX: usize = 48;
+
+/// Writes `ip` as text into `buf`, returning its length. IPv4, the usual peer, skips the
+/// `fmt` machinery, which costs more than the rest of the header rewriting.
+fn format_ip(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> Option<usize> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            Some(len)
+        }
+        IpAddr::V6(v6) => {
+            let mut cursor = &mut buf[..];
+            write!(cursor, "{v6}").ok()?;
+            Some(IP_TEXT_MAX - cursor.len())
+        }
+    }
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections.
@@ -918,6 +981,24 @@ mod tests {
         drop(client);
         proxy.stop().await;
         upstream.stop().await;
+    }
+
+    #[test]
+    fn formats_addresses_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.20",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; IP_TEXT_MAX];
+            let len = format_ip(ip, &mut buf).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), ip.to_string());
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The sidecar: three listeners built from one [`Config`], and where each request goes.
 //!
 //! - **public** (`listen.public`): login routes when `[login]` is on, else every request goes to
-//!   [`public_request`]: route lookup (longest prefix), spoofed `X-Auth-*` headers removed, bearer
+//!   `public_request`: route lookup (longest prefix), spoofed `X-Auth-*` headers removed, bearer
 //!   token validated and route requirements checked, identity headers added, then the forwarder.
 //! - **api** (`listen.api`): the local token API (`crate::api`).
 //! - **admin** (`listen.admin`): `/healthz`, `/readyz`, `/metrics` (`crate::admin`).
