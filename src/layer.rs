@@ -93,7 +93,6 @@ pub use extract::AuthRejection;
 pub struct Auth {
     validator: Validator,
     exchanger: Option<Exchanger>,
-    _refresh: Arc<AbortOnDrop>,
 }
 
 /// Why [`Auth`] could not be built. Messages never contain secrets.
@@ -142,11 +141,12 @@ impl Auth {
             None
         };
         p.refresh().await?;
-        let refresh = p.spawn_refresh();
+        // The refresh task holds the provider weakly: it runs while anything built from this
+        // `Auth` (a layer, a validator, an exchanger) is alive, whether or not the `Auth` is.
+        drop(p.spawn_refresh());
         Ok(Self {
             validator,
             exchanger,
-            _refresh: Arc::new(AbortOnDrop(refresh)),
         })
     }
 
@@ -580,15 +580,6 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
-    }
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -89,6 +89,8 @@ mod http_server;
 #[cfg(feature = "server")]
 mod login;
 #[cfg(feature = "server")]
+mod path;
+#[cfg(feature = "server")]
 mod proxy;
 #[cfg(feature = "server")]
 mod routes;

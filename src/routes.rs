@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::{AuthMode, Config, RouteConfig};
+use crate::path::prefix_matches;
 use crate::validate::Validator;
 
 /// One configured route, resolved against its provider.
@@ -20,47 +21,45 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    pub(crate) fn new(config: &Config, validator_for: impl Fn(&str) -> Option<Validator>) -> Self {
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| {
-                let validator = match r.auth {
-                    AuthMode::None => None,
-                    _ => config
+    /// Resolves each route's provider. A route that must authenticate but whose provider is
+    /// unknown is an error, never a route that lets everything through.
+    pub(crate) fn new(
+        config: &Config,
+        validator_for: impl Fn(&str) -> Option<Validator>,
+    ) -> Result<Self, String> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let validator = match r.auth {
+                AuthMode::None => None,
+                _ => {
+                    let provider = config
                         .route_provider(r)
-                        .ok()
-                        .and_then(|p| validator_for(&p.name)),
-                };
-                Route {
-                    config: r.clone(),
-                    validator,
-                    label: Arc::from(r.path.as_str()),
+                        .map_err(|e| format!("routes[{i}].provider: {e}"))?;
+                    Some(validator_for(&provider.name).ok_or_else(|| {
+                        format!(
+                            "routes[{i}].provider: no provider named {:?} is running",
+                            provider.name
+                        )
+                    })?)
                 }
-            })
-            .collect();
+            };
+            routes.push(Route {
+                config: r.clone(),
+                validator,
+                label: Arc::from(r.path.as_str()),
+            });
+        }
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
-        Self { routes }
+        Ok(Self { routes })
     }
 
-    /// The route for `path`: the longest prefix that matches on a segment boundary
-    /// (`/api` matches `/api` and `/api/x`, not `/apix`; `/api/` matches `/api/x`).
+    /// The route for `path` (already normalised, see [`crate::path`]): the longest prefix that
+    /// matches on a segment boundary, ignoring ASCII case (`/api` matches `/api`, `/API/x`, not
+    /// `/apix`; `/api/` matches `/api/x`).
     pub(crate) fn find(&self, path: &str) -> Option<&Route> {
         self.routes
             .iter()
             .find(|r| prefix_matches(&r.config.path, path))
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => {
-            prefix.ends_with('/')
-                || rest.is_empty()
-                || rest.starts_with('/')
-                || rest.starts_with('?')
-        }
     }
 }
 
@@ -81,7 +80,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let t = RouteTable::new(&cfg, |_| None);
+        let t = RouteTable::new(&cfg, |_| None).unwrap();
         let hit = |p: &str| t.find(p).map(|r| r.config.path.clone());
         assert_eq!(hit("/api/admin/users").as_deref(), Some("/api/admin/"));
         assert_eq!(hit("/api/admin").as_deref(), Some("/api"));
@@ -94,7 +93,23 @@ mod tests {
                 ..Default::default()
             },
             |_| None,
-        );
+        )
+        .unwrap();
         assert!(t.find("/").is_none());
+        assert_eq!(hit("/API/Admin/x").as_deref(), Some("/api/admin/"));
+    }
+
+    #[test]
+    fn a_route_that_must_authenticate_without_a_provider_is_an_error() {
+        let cfg = Config {
+            routes: vec![RouteConfig {
+                path: "/api".into(),
+                provider: Some("nope".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = RouteTable::new(&cfg, |_| None).err().unwrap();
+        assert!(err.starts_with("routes[0].provider"), "{err}");
     }
 }

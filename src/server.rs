@@ -1,7 +1,8 @@
 //! The sidecar: three listeners built from one [`Config`], and where each request goes.
 //!
 //! - **public** (`listen.public`): login routes when `[login]` is on, else every request goes to
-//!   `public_request`: route lookup (longest prefix), spoofed `X-Auth-*` headers removed, bearer
+//!   `public_request`: path normalised (`crate::path`), route lookup (longest prefix, ASCII case
+//!   ignored), spoofed `X-Auth-*` headers removed, bearer
 //!   token validated and route requirements checked, identity headers added, then the forwarder.
 //! - **api** (`listen.api`): the local token API (`crate::api`).
 //! - **admin** (`listen.admin`): `/healthz`, `/readyz`, `/metrics` (`crate::admin`).
@@ -171,7 +172,8 @@ impl Server {
             .time_to_live(std::time::Duration::from_secs(2))
             .max_capacity(10_000)
             .build();
-        let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()));
+        let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()))
+            .map_err(ServerError::Start)?;
         let upstream = &config.upstream;
         let url = upstream
             .url
@@ -373,6 +375,10 @@ async fn public_request(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response<Body> {
+    // Route on, and forward, the normalised path: what was authorised is what the upstream gets.
+    if let Err(response) = normalize_path(&mut req) {
+        return response;
+    }
     let Some(route) = state.routes.find(req.uri().path()) else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -400,6 +406,31 @@ async fn public_request(
     metrics::counter!("tollgate_requests_total", "route" => route.label.to_string(), "status" => response.status().as_u16().to_string())
         .increment(1);
     response
+}
+
+/// Replaces the request's path by its normal form ([`crate::path`]), or refuses it with `400`.
+fn normalize_path(req: &mut Request<Body>) -> Result<(), Response<Body>> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
+    };
+    let normal = match crate::path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(refuse(&e)),
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| refuse(&"the request path is not valid"))?,
+    );
+    *req.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| refuse(&"the request target is not valid"))?;
+    Ok(())
 }
 
 /// Validates the bearer token as the route demands: `Ok(None)` when the request goes on

@@ -1,0 +1,218 @@
+//! Request path normalisation before routing, so that the path tollgate authorises is the path
+//! the upstream serves.
+//!
+//! Routes are matched on path prefixes; an upstream that resolves `/public/../api`, decodes
+//! `%61pi` or folds `//api` into `/api` would otherwise serve a protected resource through a
+//! route that matched something else (the class of bypass Envoy's `normalize_path` and
+//! `merge_slashes` exist for). The normalised path replaces the request's path, query untouched.
+//!
+//! What is done, in order (RFC 3986 §6.2.2):
+//! - percent-encoded unreserved characters (`ALPHA / DIGIT / - . _ ~`, §2.3) are decoded and
+//!   other escapes get upper-case hex (§6.2.2.1-2);
+//! - encoded `/` (`%2F`), `\` (`%5C`) and NUL (`%00`), and a raw `\`, are refused: what they mean
+//!   depends on the upstream's decoder, so no single route decision can be right;
+//! - runs of `/` become one (what most servers do on their own);
+//! - `.` and `..` segments are removed (§5.2.4; `..` never climbs above the root).
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PathError {
+    /// An escape for `/`, `\` or NUL, or a raw `\`.
+    #[error("the request path contains an encoded '/', '\\' or NUL, or a '\\'")]
+    AmbiguousSeparator,
+    /// A `%` not followed by two hex digits.
+    #[error("the request path contains a malformed percent-escape")]
+    BadEscape,
+}
+
+/// The normalised form of `path` (an origin-form path, no query); borrowed when already normal,
+/// which is the common case and costs one scan.
+pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// Case-insensitive ASCII prefix test on a segment boundary: `/api` matches `/api`, `/API/x` and
+/// `/api?q`, not `/apix`; a prefix ending in `/` matches anything below it.
+///
+/// Case-insensitive because common upstreams (ASP.NET Core, IIS, many file servers) route
+/// case-insensitively: a case-sensitive match would let `/API/x` slip past an `/api` route.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let (p, s) = (prefix.as_bytes(), path.as_bytes());
+    if s.len() < p.len() || !s[..p.len()].eq_ignore_ascii_case(p) {
+        return false;
+    }
+    let rest = &s[p.len()..];
+    p.ends_with(b"/") || rest.is_empty() || rest[0] == b'/' || rest[0] == b'?'
+}
+
+/// True when no step of [`normalize`] would change or refuse `path`.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.contains(&b'%') || b.contains(&b'\\') {
+        return false;
+    }
+    // Look for "//", "/./", "/../" and a trailing "/." or "/..".
+    let mut i = 0;
+    while let Some(off) = memchr_slash(&b[i..]) {
+        let at = i + off;
+        let rest = &b[at + 1..];
+        let dot_segment = |n: usize| rest.len() >= n && rest[..n].iter().all(|c| *c == b'.');
+        if rest.first() == Some(&b'/')
+            || (dot_segment(1) && matches!(rest.get(1), None | Some(b'/')))
+            || (dot_segment(2) && matches!(rest.get(2), None | Some(b'/')))
+        {
+            return false;
+        }
+        i = at + 1;
+    }
+    true
+}
+
+fn memchr_slash(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == b'/')
+}
+
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let byte = h << 4 | l;
+                match byte {
+                    b'/' | b'\\' | 0 => return Err(PathError::AmbiguousSeparator),
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(char::from(c));
+                    }
+                    c => {
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(c >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(c & 0xf)]));
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::AmbiguousSeparator),
+            _ => {
+                // `path` is a &str and we copy whole runs between escapes: valid UTF-8 stays so.
+                let end = b[i..]
+                    .iter()
+                    .position(|c| matches!(c, b'%' | b'\\'))
+                    .map_or(b.len(), |n| i + n);
+                out.push_str(&path[i..end]);
+                i = end;
+            }
+        }
+    }
+    Ok(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 §5.2.4 on an absolute path, with empty segments (from `//`) dropped as well. A
+/// trailing `/`, `/.` or `/..` leaves a trailing `/`, as the RFC's algorithm does.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathError> {
+        normalize(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for p in ["/", "/api", "/api/x", "/api/x/", "/a.b/c..d/.e/..f", "/x?y"] {
+            assert!(
+                matches!(normalize(p), Ok(Cow::Borrowed(s)) if s == p),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_repeated_slashes_are_resolved() {
+        assert_eq!(norm("/public/../api/x").unwrap(), "/api/x");
+        assert_eq!(norm("/public/./../api").unwrap(), "/api");
+        assert_eq!(norm("/../../api").unwrap(), "/api");
+        assert_eq!(norm("//api//x").unwrap(), "/api/x");
+        assert_eq!(norm("/api/x/.").unwrap(), "/api/x/");
+        assert_eq!(norm("/api/x/..").unwrap(), "/api/");
+        assert_eq!(norm("/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept_upper_case() {
+        assert_eq!(norm("/%61pi/x").unwrap(), "/api/x");
+        assert_eq!(norm("/public/%2e%2E/api").unwrap(), "/api");
+        assert_eq!(norm("/a%20b%c3%a9").unwrap(), "/a%20b%C3%A9");
+        assert_eq!(norm("/caf\u{e9}/%7e").unwrap(), "/caf\u{e9}/~");
+    }
+
+    #[test]
+    fn ambiguous_separators_and_bad_escapes_are_refused() {
+        for p in ["/public%2F..%2Fapi", "/a%2fb", "/a%5Cb", "/a\\b", "/a%00"] {
+            assert_eq!(norm(p), Err(PathError::AmbiguousSeparator), "{p}");
+        }
+        for p in ["/a%", "/a%4", "/a%zz"] {
+            assert_eq!(norm(p), Err(PathError::BadEscape), "{p}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries_ignoring_ascii_case() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/API/x"));
+        assert!(prefix_matches("/api", "/Api?x"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(!prefix_matches("/api", "/ap"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+}
