@@ -1,6 +1,9 @@
 //! The public listener's route table: longest path prefix wins.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use metrics::{Counter, SharedString};
 
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::path::prefix_matches;
@@ -13,6 +16,23 @@ pub(crate) struct Route {
     pub(crate) validator: Option<Validator>,
     /// Metric label: the configured path prefix (bounded cardinality).
     pub(crate) label: Arc<str>,
+    /// `tollgate_requests_total{route, status}` handles by status (100-599), registered on first
+    /// use: counting a request is then an atomic add, not a registry lookup with new labels.
+    requests: Box<[OnceLock<Counter>]>,
+}
+
+impl Route {
+    /// Counts one answered request with `status` on this route.
+    pub(crate) fn count(&self, status: StatusCode) {
+        let register = || metrics::counter!("tollgate_requests_total", "route" => SharedString::from(self.label.clone()), "status" => status.as_str().to_owned());
+        match self
+            .requests
+            .get(usize::from(status.as_u16()).wrapping_sub(100))
+        {
+            Some(slot) => slot.get_or_init(register).increment(1),
+            None => register().increment(1),
+        }
+    }
 }
 
 /// Routes sorted longest prefix first.
@@ -47,6 +67,7 @@ impl RouteTable {
                 config: r.clone(),
                 validator,
                 label: Arc::from(r.path.as_str()),
+                requests: (100..600).map(|_| OnceLock::new()).collect(),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));

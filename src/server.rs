@@ -36,7 +36,7 @@ use crate::provider::{Provider, ProviderError};
 use crate::proxy::{Forwarder, UpstreamSettings, json_error};
 use crate::routes::{Route, RouteTable};
 use crate::store::TokenStore;
-use crate::validate::{Claims, ValidationError, Validator, bearer_token};
+use crate::validate::{Claims, Derived, ValidationError, Validator, bearer_token};
 
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -403,8 +403,7 @@ async fn public_request(
         }
         Err(e) => auth_error(&e),
     };
-    metrics::counter!("tollgate_requests_total", "route" => route.label.to_string(), "status" => response.status().as_u16().to_string())
-        .increment(1);
+    route.count(response.status());
     response
 }
 
@@ -599,13 +598,33 @@ fn remove_identity_headers(headers: &mut HeaderMap) {
 }
 
 fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
+    // Built once per validated token and kept with its cached claims; here only cloned
+    // (a reference-count increment per value).
+    let computed;
+    let values = match claims.derived(Derived::IdentityHeaders, identity_headers) {
+        Some(values) => values,
+        None => {
+            computed = identity_headers(claims);
+            &computed
+        }
+    };
+    for (name, value) in &values.0 {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// The identity headers a validated token yields, empty claims left out.
+struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
+
+fn identity_headers(claims: &Claims) -> IdentityHeaders {
+    let mut out = Vec::with_capacity(6);
     let mut put = |name: HeaderName, value: &str| {
         // Claims are UTF-8; HeaderValue takes visible ASCII and obs-text but no controls, so a
         // claim with a control character is left out rather than forwarded mangled.
         if !value.is_empty()
             && let Ok(v) = HeaderValue::from_bytes(value.as_bytes())
         {
-            headers.insert(name, v);
+            out.push((name, v));
         }
     };
     put(X_AUTH_SUBJECT, claims.subject());
@@ -614,4 +633,5 @@ fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
     put(X_AUTH_NAME, claims.name().unwrap_or(""));
     put(X_AUTH_SCOPES, &claims.scopes().join(" "));
     put(X_AUTH_ROLES, &claims.roles().join(","));
+    IdentityHeaders(out)
 }

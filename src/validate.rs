@@ -49,6 +49,23 @@ struct ClaimsInner {
     roles: Vec<String>,
     exp: u64,
     provider: String,
+    /// See [`Claims::derived`]: one slot per [`Derived`] use.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    derived: [std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>; Derived::COUNT],
+}
+
+/// What the sidecar derives from validated claims and keeps with them.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Derived {
+    /// The proxy's `X-Auth-*` header values.
+    IdentityHeaders = 0,
+    /// The token API's serialised `/introspect` answer.
+    Introspection = 1,
+}
+
+impl Derived {
+    const COUNT: usize = 2;
 }
 
 impl Claims {
@@ -79,7 +96,22 @@ impl Claims {
             roles,
             exp,
             provider: provider.to_owned(),
+            derived: Default::default(),
         }))
+    }
+
+    /// A value computed from these claims once and kept with them (identity headers, the
+    /// introspection answer): a token validated from the cache then costs no formatting per
+    /// request. `None` when the slot holds a value of another type (a caller's bug).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        slot: Derived,
+        init: impl FnOnce(&Claims) -> T,
+    ) -> Option<&T> {
+        self.0.derived[slot as usize]
+            .get_or_init(|| Box::new(init(self)))
+            .downcast_ref()
     }
 
     /// `sub`.
@@ -287,8 +319,7 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
         ));
     }
     let token = token.trim();
-    let token68 = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
-    if token.is_empty() || !token.chars().all(token68) {
+    if token.is_empty() || !token.bytes().all(|b| TOKEN68[usize::from(b)]) {
         return Err(ValidationError::InvalidToken(
             "the token is not a well-formed bearer token".into(),
         ));
@@ -296,12 +327,29 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
     Ok(Some(token))
 }
 
+/// The token68 characters (RFC 7235 §2.1): ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"
+/// / "=". A table, because this runs over every byte of every token on every request.
+static TOKEN68: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        b += 1;
+    }
+    table
+};
+
 /// Validates access tokens issued by one provider.
 #[derive(Clone)]
 pub struct Validator {
     provider: Arc<Provider>,
     audiences: Arc<Vec<String>>,
     cache: moka::sync::Cache<[u8; 32], Claims>,
+    /// `tollgate_validations_total{result="cached"}`, registered at the first hit (after the
+    /// recorder is installed) so the hot path skips the registry's label lookup.
+    cached_hits: Arc<std::sync::OnceLock<metrics::Counter>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -339,6 +387,7 @@ impl Validator {
             provider,
             audiences,
             cache,
+            cached_hits: Arc::default(),
         }
     }
 
@@ -356,7 +405,8 @@ impl Validator {
         if let Some(claims) = self.cache.get(&digest)
             && claims.expires_at() > now()
         {
-            metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached")
+            self.cached_hits
+                .get_or_init(|| metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached"))
                 .increment(1);
             return Ok(claims);
         }

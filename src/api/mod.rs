@@ -36,11 +36,12 @@ use body::ApiBody;
 
 use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
 use crate::server::AppState;
+use crate::validate::Derived;
 
 /// Builds the API router. When an API key is configured every route needs
 /// `Authorization: Bearer <key>`.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+    let routes = Router::new()
         .route("/api/v1/token", post(token))
         .route("/api/v1/token/exchange", post(exchange))
         .route("/api/v1/introspect", post(introspect))
@@ -53,12 +54,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 "invalid_request",
                 "unknown API route",
             )
-        })
-        .layer(middleware::from_fn_with_state(
+        });
+    // Without a key the middleware would only pass requests on: leave it out of the stack.
+    let routes = if state.api_key.is_some() {
+        routes.layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
-        ));
-    api.with_state(state)
+        ))
+    } else {
+        routes
+    };
+    routes.with_state(state)
 }
 
 /// An API error response `{error, error_description}`.
@@ -75,7 +81,18 @@ fn exchange_error(e: &ExchangeError) -> Response {
 }
 
 fn token_response(t: &ExchangedToken) -> Response {
-    Json(json!({"access_token": t.access_token(), "token_type": "Bearer", "expires_in": t.expires_in()})).into_response()
+    #[derive(serde::Serialize)]
+    struct TokenResponse<'a> {
+        access_token: &'a str,
+        token_type: &'static str,
+        expires_in: u64,
+    }
+    Json(TokenResponse {
+        access_token: t.access_token(),
+        token_type: "Bearer",
+        expires_in: t.expires_in(),
+    })
+    .into_response()
 }
 
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -181,27 +198,48 @@ async fn exchange(
     }
 }
 
-/// Always `200` (Texas): `{active:true, ...claims}` or `{active:false, error}`.
+/// Always `200` (Texas): `{active:true, ...claims}` or `{active:false, error}`. The active
+/// answer is serialised once per validated token and kept with its cached claims.
 async fn introspect(
     State(state): State<Arc<AppState>>,
     ApiBody(req): ApiBody<IntrospectRequest>,
-) -> Json<Value> {
+) -> Response {
     let Some((_, validator)) = state.provider(&req.identity_provider) else {
         return Json(
             json!({"active": false, "error": format!("identity provider '{}' is not enabled", req.identity_provider)}),
-        );
+        )
+        .into_response();
     };
     match validator.validate(&req.token).await {
         Ok(claims) => {
-            let mut out = serde_json::Map::with_capacity(claims.as_map().len() + 1);
-            out.insert("active".into(), Value::Bool(true));
-            for (k, v) in claims.as_map() {
-                if k != "active" {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
-            Json(Value::Object(out))
+            let body = claims
+                .derived(Derived::Introspection, introspection)
+                .cloned()
+                .unwrap_or_else(|| introspection(&claims));
+            ([(http::header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response()
         }
-        Err(e) => Json(json!({"active": false, "error": e.to_string()})),
+        Err(e) => Json(json!({"active": false, "error": e.to_string()})).into_response(),
     }
+}
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// `{"active": true, ...claims}` as JSON bytes (a claim named `active` is left out).
+fn introspection(claims: &crate::validate::Claims) -> bytes::Bytes {
+    struct Active<'a>(&'a serde_json::Map<String, Value>);
+    impl serde::Serialize for Active<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(self.0.len() + 1))?;
+            map.serialize_entry("active", &true)?;
+            for (k, v) in self.0.iter().filter(|(k, _)| *k != "active") {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        }
+    }
+    // Serialising a JSON map into a Vec cannot fail.
+    serde_json::to_vec(&Active(claims.as_map()))
+        .unwrap_or_else(|_| br#"{"active":true}"#.to_vec())
+        .into()
 }
