@@ -1,5 +1,9 @@
-//! The admin listener: `/healthz` (the process is up), `/readyz` (keys loaded for every provider,
-//! store reachable, not shutting down) and `/metrics` (Prometheus text format).
+//! The admin listener: `/healthz` (the process is up), `/readyz` (signing keys loaded for every
+//! provider, not shutting down) and `/metrics` (Prometheus text format).
+//!
+//! `/readyz` does not look at the token store: the proxy and exchange paths work without it, so a
+//! store outage (Redis down) must not take the pod out of service. It shows as `503` on the
+//! delegated-token API alone.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

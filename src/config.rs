@@ -38,6 +38,17 @@ use url::Url;
 pub use crate::store::{StoreConfig, StoreKind};
 
 /// The whole configuration of a tollgate process.
+///
+/// Every section has defaults: a file with no providers and no routes is valid.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv};
+/// let toml = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+/// let cfg = Config::from_toml_str(toml, &MapEnv::default())?;
+/// assert_eq!(cfg.listen.public.port(), 8080);
+/// assert!(cfg.providers.is_empty() && cfg.routes.is_empty());
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -62,6 +73,15 @@ pub struct Config {
 }
 
 /// `[listen]`: where the three listeners bind.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::ListenConfig;
+/// let listen = ListenConfig::default();
+/// assert_eq!(listen.public, "0.0.0.0:8080".parse().unwrap());
+/// assert_eq!(listen.api, Some("127.0.0.1:7164".parse().unwrap()));
+/// assert_eq!(listen.shutdown_grace, Duration::from_secs(20));
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
@@ -94,6 +114,16 @@ impl Default for ListenConfig {
 }
 
 /// `[api]`: the local token API.
+///
+/// The key comes from a file or the environment; an inline `key` in the file is refused.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv};
+/// let cfg = Config::from_toml_str("[api]\nkey_file = \"/run/secrets/api_key\"\n", &MapEnv::default())?;
+/// assert_eq!(cfg.api.key_file.as_deref(), Some("/run/secrets/api_key".as_ref()));
+/// assert!(Config::from_toml_str("[api]\nkey = \"s3cret\"\n", &MapEnv::default()).is_err());
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -106,6 +136,12 @@ pub struct ApiConfig {
 }
 
 /// `[log]`.
+///
+/// ```
+/// use tollgate::config::{LogConfig, LogFormat};
+/// let log = LogConfig::default();
+/// assert_eq!((log.format, log.level.as_str()), (LogFormat::Pretty, "info"));
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -125,6 +161,13 @@ impl Default for LogConfig {
 }
 
 /// Log output format.
+///
+/// ```
+/// use tollgate::config::{Config, LogFormat, MapEnv};
+/// let cfg = Config::from_toml_str("[log]\nformat = \"json\"\n", &MapEnv::default())?;
+/// assert_eq!(cfg.log.format, LogFormat::Json);
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -135,6 +178,16 @@ pub enum LogFormat {
 }
 
 /// `[upstream]`: the app behind tollgate.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::{Config, MapEnv};
+/// let toml = "[upstream]\nurl = \"http://127.0.0.1:8000/app\"\ntimeout = \"30s\"\n";
+/// let cfg = Config::from_toml_str(toml, &MapEnv::default())?;
+/// assert_eq!(cfg.upstream.timeout, Duration::from_secs(30));
+/// assert_eq!(cfg.upstream.connect_timeout, Duration::from_secs(2)); // the default
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
@@ -166,6 +219,22 @@ impl Default for UpstreamConfig {
 }
 
 /// `[[providers]]`: one OpenID Connect identity provider.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::{ClientAuthMethod, Config, MapEnv};
+/// let toml = r#"
+/// [[providers]]
+/// name = "entra_id"
+/// well_known_url = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
+/// client_id = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"
+/// "#;
+/// let p = &Config::from_toml_str(toml, &MapEnv::default())?.providers[0];
+/// assert_eq!(p.algorithms, [jsonwebtoken::Algorithm::RS256]);
+/// assert_eq!(p.client_auth, ClientAuthMethod::ClientSecretPost);
+/// assert_eq!(p.leeway, Duration::from_secs(60));
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
@@ -254,6 +323,14 @@ impl Default for ProviderConfig {
 
 impl ProviderConfig {
     /// The accepted audiences: the configured list, or the client id and `api://<client id>`.
+    ///
+    /// ```
+    /// use tollgate::config::ProviderConfig;
+    /// let mut p = ProviderConfig { client_id: "abc".into(), ..Default::default() };
+    /// assert_eq!(p.effective_audiences(), ["abc", "api://abc"]);
+    /// p.audiences = vec!["https://api.example".into()];
+    /// assert_eq!(p.effective_audiences(), ["https://api.example"]);
+    /// ```
     pub fn effective_audiences(&self) -> Vec<String> {
         if self.audiences.is_empty() {
             vec![self.client_id.clone(), format!("api://{}", self.client_id)]
@@ -263,12 +340,34 @@ impl ProviderConfig {
     }
 
     /// True when `name` designates this provider (`azuread` is accepted for `entra_id`).
+    ///
+    /// ```
+    /// use tollgate::config::ProviderConfig;
+    /// let entra = ProviderConfig::default(); // named `entra_id`
+    /// assert!(entra.answers_to("entra_id") && entra.answers_to("azuread"));
+    /// assert!(!entra.answers_to("idporten"));
+    /// ```
     pub fn answers_to(&self, name: &str) -> bool {
         self.name == name || (self.name == "entra_id" && name == "azuread")
     }
 }
 
 /// How tollgate authenticates to the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
+///
+/// Set with `client_auth = "client_secret_basic"` etc.; `AZURE_APP_JWK` without a secret selects
+/// `private_key_jwt`, as in Texas:
+///
+/// ```
+/// use tollgate::config::{ClientAuthMethod, Config, MapEnv};
+/// let env = MapEnv::from([
+///     ("AZURE_APP_CLIENT_ID", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+///     ("AZURE_APP_WELL_KNOWN_URL", "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"),
+///     ("AZURE_APP_JWK", r#"{"kty":"RSA","kid":"k1"}"#),
+/// ]);
+/// let cfg = Config::from_toml_str("", &env)?;
+/// assert_eq!(cfg.providers[0].client_auth, ClientAuthMethod::PrivateKeyJwt);
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMethod {
@@ -283,6 +382,13 @@ pub enum ClientAuthMethod {
 }
 
 /// `[[routes]]`: what the public listener does for a path prefix.
+///
+/// ```
+/// use tollgate::config::{AuthMode, RouteConfig};
+/// let route = RouteConfig { path: "/api".into(), scopes: vec!["access_as_user".into()], ..Default::default() };
+/// assert_eq!(route.auth, AuthMode::Required); // the default
+/// assert!(route.identity_headers && route.obo.is_none());
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
@@ -320,6 +426,16 @@ impl Default for RouteConfig {
 }
 
 /// Whether a route needs a bearer token.
+///
+/// ```
+/// use tollgate::config::{AuthMode, Config, MapEnv};
+/// let cfg = Config::from_toml_str("[[routes]]\npath = \"/healthz\"\nauth = \"none\"\n", &MapEnv::default())?;
+/// assert_eq!(cfg.routes[0].auth, AuthMode::None);
+/// // Scopes need a validated token.
+/// let bad = "[[routes]]\npath = \"/x\"\nauth = \"none\"\nscopes = [\"a\"]\n";
+/// assert!(Config::from_toml_str(bad, &MapEnv::default()).is_err());
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
@@ -332,6 +448,14 @@ pub enum AuthMode {
 }
 
 /// `[cache]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::CacheConfig;
+/// let cache = CacheConfig::default();
+/// assert_eq!(cache.obo_capacity, 100_000);
+/// assert_eq!(cache.expiry_margin, Duration::from_secs(120));
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -355,6 +479,15 @@ impl Default for CacheConfig {
 }
 
 /// `[login]`: the interactive-login proxy.
+///
+/// ```
+/// use tollgate::config::{Config, LoginConfig, MapEnv};
+/// let login = LoginConfig::default();
+/// assert!(!login.enabled && login.require_pkce);
+/// // Enabled, it needs a provider, a public URL and allowed redirect URIs.
+/// let err = Config::from_toml_str("[login]\nenabled = true\n", &MapEnv::default()).unwrap_err();
+/// assert!(err.to_string().starts_with("login."));
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginConfig {
@@ -390,17 +523,35 @@ impl Default for LoginConfig {
 }
 
 /// A secret value: never printed, logged or serialized in clear.
+///
+/// ```
+/// use tollgate::config::Secret;
+/// let secret = Secret::new("s3cret");
+/// assert_eq!(format!("{secret:?}"), "[redacted]");
+/// assert_eq!(serde_json::to_string(&secret).unwrap(), "\"[redacted]\"");
+/// ```
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
     /// Wraps a secret.
+    ///
+    /// ```
+    /// # use tollgate::config::Secret;
+    /// let secret = Secret::new(String::from("s3cret"));
+    /// assert_eq!(secret, Secret::new("s3cret"));
+    /// ```
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The secret itself; call only where it is sent to its destination.
+    ///
+    /// ```
+    /// # use tollgate::config::Secret;
+    /// assert_eq!(Secret::new("s3cret").expose(), "s3cret");
+    /// ```
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -419,6 +570,15 @@ impl Serialize for Secret {
 }
 
 /// A configuration error; its message starts with the option's name.
+///
+/// ```
+/// use tollgate::config::{Config, ConfigError, MapEnv};
+/// let err = Config::from_toml_str("[cache]\nobo_capacity = 0\n", &MapEnv::default()).unwrap_err();
+/// assert!(matches!(&err, ConfigError::Invalid { option, .. } if option == "cache"));
+/// assert_eq!(err.to_string(), "cache: capacities must be greater than 0");
+/// let err = Config::from_toml_str("[nope]\n", &MapEnv::default()).unwrap_err();
+/// assert!(matches!(err, ConfigError::Parse(_)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment could not be parsed into the configuration.
@@ -444,12 +604,36 @@ impl ConfigError {
 }
 
 /// Where environment variables come from: the process, or a map in tests.
+///
+/// ```
+/// use tollgate::config::{Config, EnvSource};
+/// struct Fixed;
+/// impl EnvSource for Fixed {
+///     fn vars(&self) -> Vec<(String, String)> {
+///         vec![("TOLLGATE_LOG__LEVEL".into(), "debug".into())]
+///     }
+/// }
+/// assert_eq!(Config::from_toml_str("", &Fixed)?.log.level, "debug");
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 pub trait EnvSource {
     /// All variables (name, value).
+    ///
+    /// ```
+    /// use tollgate::config::{EnvSource, MapEnv};
+    /// assert_eq!(MapEnv::from([("BIND_ADDRESS", "127.0.0.1:7164")]).vars().len(), 1);
+    /// ```
     fn vars(&self) -> Vec<(String, String)>;
 }
 
 /// The process environment.
+///
+/// Variables whose name or value is not UTF-8 are skipped.
+///
+/// ```
+/// use tollgate::config::{EnvSource, ProcessEnv};
+/// assert!(ProcessEnv.vars().len() <= std::env::vars_os().count());
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessEnv;
 
@@ -462,6 +646,14 @@ impl EnvSource for ProcessEnv {
 }
 
 /// A fixed set of variables, for tests and embedding.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv};
+/// let env = MapEnv::from([("TOLLGATE_UPSTREAM__URL", "http://127.0.0.1:8000")]);
+/// let cfg = Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:3000\"\n", &env)?;
+/// assert_eq!(cfg.upstream.url.port(), Some(8000)); // the environment wins
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct MapEnv(HashMap<String, String>);
 
@@ -493,6 +685,17 @@ const STRING_KEYS: &[&str] = &[
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) merged with `env`, then validates.
+    ///
+    /// ```
+    /// use tollgate::config::{Config, MapEnv};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("tollgate.toml");
+    /// std::fs::write(&path, "[log]\nlevel = \"debug\"\n")?;
+    /// assert_eq!(Config::load(Some(&path), &MapEnv::default())?.log.level, "debug");
+    /// assert!(Config::load(Some(&dir.path().join("missing.toml")), &MapEnv::default()).is_err());
+    /// assert_eq!(Config::load(None, &MapEnv::default())?.log.level, "info");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p)
@@ -503,6 +706,14 @@ impl Config {
     }
 
     /// Parses TOML text merged with `env`, then validates.
+    ///
+    /// ```
+    /// use tollgate::config::{Config, MapEnv};
+    /// let env = MapEnv::from([("TOLLGATE_LOG__LEVEL", "warn")]);
+    /// let cfg = Config::from_toml_str("[log]\nlevel = \"debug\"\n", &env)?;
+    /// assert_eq!(cfg.log.level, "warn"); // TOLLGATE_* variables override the file
+    /// # Ok::<(), tollgate::config::ConfigError>(())
+    /// ```
     pub fn from_toml_str(text: &str, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         refuse_inline_secrets(text)?;
         let mut figment = Figment::new().merge(Toml::string(text));
@@ -585,6 +796,14 @@ impl Config {
     }
 
     /// Checks every rule that types alone do not express.
+    ///
+    /// ```
+    /// use tollgate::config::{Config, RouteConfig};
+    /// let mut cfg = Config::default();
+    /// assert!(cfg.validate().is_ok());
+    /// cfg.routes.push(RouteConfig::default()); // needs a token, but no provider is configured
+    /// assert_eq!(cfg.validate().unwrap_err().to_string(), "providers: at least one provider is needed by the routes");
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.providers.is_empty() && !self.routes.iter().all(|r| r.auth == AuthMode::None) {
             return Err(ConfigError::invalid(
@@ -809,6 +1028,15 @@ impl Config {
     }
 
     /// The provider a route uses.
+    ///
+    /// ```
+    /// use tollgate::config::{Config, ProviderConfig, RouteConfig};
+    /// let cfg = Config { providers: vec![ProviderConfig::default()], ..Default::default() };
+    /// assert_eq!(cfg.route_provider(&RouteConfig::default())?.name, "entra_id"); // the only one
+    /// let other = RouteConfig { provider: Some("idporten".into()), ..Default::default() };
+    /// assert_eq!(cfg.route_provider(&other).unwrap_err(), "no provider named \"idporten\"");
+    /// # Ok::<(), String>(())
+    /// ```
     pub fn route_provider(&self, route: &RouteConfig) -> Result<&ProviderConfig, String> {
         match &route.provider {
             Some(name) => self
@@ -821,11 +1049,30 @@ impl Config {
     }
 
     /// The provider answering to `name` (aliases included).
+    ///
+    /// ```
+    /// use tollgate::config::{Config, ProviderConfig};
+    /// let cfg = Config { providers: vec![ProviderConfig::default()], ..Default::default() };
+    /// assert_eq!(cfg.provider_named("azuread").map(|p| p.name.as_str()), Some("entra_id"));
+    /// assert!(cfg.provider_named("idporten").is_none());
+    /// ```
     pub fn provider_named(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.answers_to(name))
     }
 
     /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    ///
+    /// ```
+    /// use tollgate::config::{Config, MapEnv};
+    /// let env = MapEnv::from([
+    ///     ("AZURE_APP_CLIENT_ID", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+    ///     ("AZURE_APP_CLIENT_SECRET", "s3cret"),
+    ///     ("AZURE_APP_WELL_KNOWN_URL", "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"),
+    /// ]);
+    /// let toml = Config::from_toml_str("", &env)?.to_redacted_toml();
+    /// assert!(toml.contains("client_secret = \"[redacted]\"") && !toml.contains("s3cret"));
+    /// # Ok::<(), tollgate::config::ConfigError>(())
+    /// ```
     pub fn to_redacted_toml(&self) -> String {
         toml_string(self)
     }
@@ -906,6 +1153,13 @@ fn check_idp_url(u: &Url) -> Result<(), String> {
 }
 
 /// True for `localhost`, 127.0.0.0/8 and `::1`.
+///
+/// ```
+/// use tollgate::config::is_loopback_host;
+/// assert!(is_loopback_host(&"http://127.0.0.2:9400/".parse().unwrap()));
+/// assert!(is_loopback_host(&"http://[::1]/".parse().unwrap()));
+/// assert!(!is_loopback_host(&"https://login.microsoftonline.com/".parse().unwrap()));
+/// ```
 pub fn is_loopback_host(u: &Url) -> bool {
     match u.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -971,12 +1225,33 @@ fn redact_figment(e: &figment::Error) -> String {
 }
 
 /// Durations as human strings (`"90s"`, `"10m"`) in serde.
+///
+/// ```
+/// use std::time::Duration;
+/// #[derive(serde::Deserialize, serde::Serialize)]
+/// struct Retry {
+///     #[serde(with = "tollgate::config::duration_str")]
+///     every: Duration,
+/// }
+/// let retry: Retry = toml::from_str("every = \"90s\"").unwrap();
+/// assert_eq!(retry.every, Duration::from_secs(90));
+/// assert_eq!(toml::to_string(&retry).unwrap().trim(), "every = \"1m 30s\"");
+/// ```
 pub mod duration_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// Parses a humantime string.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use tollgate::config::duration_str;
+    /// let d = duration_str::deserialize(serde_json::json!("10m"))?;
+    /// assert_eq!(d, Duration::from_secs(600));
+    /// assert!(duration_str::deserialize(serde_json::json!("soon")).is_err());
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
@@ -987,6 +1262,14 @@ pub mod duration_str {
     }
 
     /// Prints a humantime string.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use tollgate::config::duration_str;
+    /// let v = duration_str::serialize(&Duration::from_secs(3600), serde_json::value::Serializer)?;
+    /// assert_eq!(v, "1h");
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }

@@ -96,6 +96,15 @@ pub struct Auth {
 }
 
 /// Why [`Auth`] could not be built. Messages never contain secrets.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tollgate::{Auth, config::ConfigError, layer::AuthError};
+/// let err = Auth::builder().well_known_url("login.example").client_id("app").build().await.unwrap_err();
+/// assert!(matches!(err, AuthError::Config(ConfigError::Invalid { ref option, .. }) if option == "well_known_url"));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The configuration is invalid; the message names the option.
@@ -173,6 +182,29 @@ impl Auth {
     }
 
     /// A layer requiring a valid token (add requirements with its methods).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().layer(hello); // `hello` answers "hello"
+    /// let response = service.clone().oneshot(ask(&token)).await?;
+    /// assert_eq!(response.status(), http::StatusCode::OK);
+    /// let response = service.oneshot(http::Request::new(())).await?;
+    /// assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED); // no token
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn layer(&self) -> AuthLayer {
         AuthLayer {
             inner: Arc::new(Requirements {
@@ -185,6 +217,25 @@ impl Auth {
     }
 
     /// The validator (for tokens that do not arrive in an `Authorization` header).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # use tollgate::devidp::ALICE_OID;
+    /// // e.g. a token sent as a WebSocket subprotocol
+    /// let claims = auth.validator().validate(&token).await?;
+    /// assert_eq!(claims.oid(), Some(ALICE_OID));
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn validator(&self) -> &Validator {
         &self.validator
     }
@@ -211,6 +262,15 @@ impl Auth {
 
 /// Builds an [`Auth`] from code; see [`Auth::builder`]. Errors (a malformed URL, a missing client
 /// id...) are reported by [`AuthBuilder::build`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tollgate::Auth;
+/// let err = Auth::builder().well_known_url("https://login.example/.well-known/openid-configuration").build().await.unwrap_err();
+/// assert!(err.to_string().starts_with("providers[0].client_id: missing"));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct AuthBuilder {
     provider: ProviderConfig,
@@ -220,6 +280,16 @@ pub struct AuthBuilder {
 
 impl AuthBuilder {
     /// The OpenID discovery URL (`https`, or `http` on a loopback host).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::Auth;
+    /// let plain_http = "http://login.example/v2.0/.well-known/openid-configuration";
+    /// let err = Auth::builder().well_known_url(plain_http).client_id("app").build().await.unwrap_err();
+    /// assert!(err.to_string().starts_with("providers[0].well_known_url: must be https"));
+    /// # }
+    /// ```
     pub fn well_known_url(mut self, url: &str) -> Self {
         self.provider.well_known_url = self.parse_url("well_known_url", url);
         self
@@ -227,6 +297,20 @@ impl AuthBuilder {
 
     /// Explicit issuer and JWKS URL instead of discovery. The issuer may contain `{tenantid}`
     /// (then list the accepted [`tenants`](Self::tenants)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::Auth;
+    /// let err = Auth::builder()
+    ///     .issuer("https://login.microsoftonline.com/{tenantid}/v2.0", "https://login.microsoftonline.com/common/discovery/v2.0/keys")
+    ///     .client_id("app")
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("providers[0].allowed_tenants: required"));
+    /// # }
+    /// ```
     pub fn issuer(mut self, issuer: &str, jwks_uri: &str) -> Self {
         self.provider.issuer = Some(issuer.to_owned());
         self.provider.jwks_uri = self.parse_url("jwks_uri", jwks_uri);
@@ -234,12 +318,50 @@ impl AuthBuilder {
     }
 
     /// This app's client id (also the default audience).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// let auth = tollgate::Auth::builder()
+    ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    ///     .client_id(TOLLGATE_CLIENT_ID)
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(auth.validator().provider().config().client_id, TOLLGATE_CLIENT_ID);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn client_id(mut self, id: &str) -> Self {
         self.provider.client_id = id.to_owned();
         self
     }
 
     /// A client secret, enabling the exchanger (On-Behalf-Of, client credentials).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::TOLLGATE_CLIENT_SECRET;
+    /// let auth = tollgate::Auth::builder()
+    ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    ///     .client_id(TOLLGATE_CLIENT_ID)
+    ///     .client_secret(TOLLGATE_CLIENT_SECRET)
+    ///     .build()
+    ///     .await?;
+    /// assert!(auth.exchanger().is_some());
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn client_secret(mut self, secret: &str) -> Self {
         self.provider.client_secret = Some(Secret::new(secret));
         self.provider.client_auth = ClientAuthMethod::ClientSecretPost;
@@ -247,30 +369,130 @@ impl AuthBuilder {
     }
 
     /// Accepted audiences (default: client id and `api://<client id>`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// let auth = tollgate::Auth::builder()
+    ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    ///     .client_id(TOLLGATE_CLIENT_ID)
+    ///     .audiences(["api://another-app"])
+    ///     .build()
+    ///     .await?;
+    /// let err = auth.validator().validate(&token).await.unwrap_err(); // `aud` is this app
+    /// assert_eq!(err.to_string(), "the token is not meant for this audience");
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn audiences<I: IntoIterator<Item = S>, S: Into<String>>(mut self, audiences: I) -> Self {
         self.provider.audiences = audiences.into_iter().map(Into::into).collect();
         self
     }
 
     /// Accepted algorithms (default RS256); shared-secret (HS*) algorithms are refused.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use jsonwebtoken::Algorithm;
+    /// let err = tollgate::Auth::builder()
+    ///     .well_known_url("https://login.example/.well-known/openid-configuration")
+    ///     .client_id("app")
+    ///     .algorithms(&[Algorithm::RS256, Algorithm::HS256])
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("HS256 is a shared-secret algorithm"));
+    /// # }
+    /// ```
     pub fn algorithms(mut self, algorithms: &[jsonwebtoken::Algorithm]) -> Self {
         self.provider.algorithms = algorithms.to_vec();
         self
     }
 
     /// Tenants accepted with a `{tenantid}` issuer; `["*"]` accepts any.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # use tollgate::devidp::SECOND_TENANT_ID;
+    /// let auth = tollgate::Auth::builder()
+    ///     .issuer(&idp.issuer("{tenantid}"), &idp.jwks_uri("common"))
+    ///     .client_id(TOLLGATE_CLIENT_ID)
+    ///     .tenants([SECOND_TENANT_ID]) // Alice's token is from DEFAULT_TENANT_ID
+    ///     .build()
+    ///     .await?;
+    /// let err = auth.validator().validate(&token).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "the token's tenant is not allowed");
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn tenants<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tenants: I) -> Self {
         self.provider.allowed_tenants = tenants.into_iter().map(Into::into).collect();
         self
     }
 
     /// Never hand out a cached exchanged token closer than this to its expiry (default 120 s).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::{DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
+    /// let auth = tollgate::Auth::builder()
+    ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    ///     .client_id(TOLLGATE_CLIENT_ID)
+    ///     .client_secret(TOLLGATE_CLIENT_SECRET)
+    ///     .expiry_margin(std::time::Duration::from_secs(24 * 3600)) // longer than any token lives
+    ///     .build()
+    ///     .await?;
+    /// let exchanger = auth.exchanger().unwrap();
+    /// let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
+    /// exchanger.client_credentials(&target, false).await?;
+    /// exchanger.client_credentials(&target, false).await?;
+    /// assert_eq!(idp.token_requests("client_credentials"), 2); // nothing could be reused
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.cache.expiry_margin = margin;
         self
     }
 
     /// Checks the settings, loads the keys and builds.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate::layer::AuthError;
+    /// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(); // closed again
+    /// let err = tollgate::Auth::builder()
+    ///     .well_known_url(&format!("http://127.0.0.1:{port}/v2.0/.well-known/openid-configuration"))
+    ///     .client_id("app")
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, AuthError::Provider(_))); // the IdP is down: retry later
+    /// # Ok(()) }
+    /// ```
     pub async fn build(self) -> Result<Auth, AuthError> {
         if let Some((option, message)) = self.error {
             return Err(ConfigError::Invalid {
@@ -331,18 +553,83 @@ struct Requirements {
 
 impl AuthLayer {
     /// Any one of these delegated scopes (`scp`) is required; otherwise `403 insufficient_scope`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().require_scopes(["access_as_user"]).layer(hello.clone());
+    /// assert_eq!(service.oneshot(ask(&token)).await?.status(), 200);
+    /// let service = auth.layer().require_scopes(["Files.Read"]).layer(hello);
+    /// assert_eq!(service.oneshot(ask(&token)).await?.status(), 403);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn require_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
         Arc::make_mut(&mut self.inner).scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
     /// Any one of these app roles (`roles`) is required; otherwise `403 insufficient_scope`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().require_roles(["Reports.Admin"]).layer(hello);
+    /// let response = service.oneshot(ask(&token)).await?;
+    /// assert_eq!(response.status(), 403);
+    /// assert!(response.headers()["www-authenticate"].to_str()?.ends_with("scope=\"Reports.Admin\""));
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn require_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roles: I) -> Self {
         Arc::make_mut(&mut self.inner).roles = roles.into_iter().map(Into::into).collect();
         self
     }
 
     /// Requests without a token pass (without [`Claims`]); a bad token is still refused.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().optional().layer(hello);
+    /// assert_eq!(service.clone().oneshot(http::Request::new(())).await?.status(), 200);
+    /// assert_eq!(service.oneshot(ask("not-a-jwt")).await?.status(), 401);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn optional(mut self) -> Self {
         Arc::make_mut(&mut self.inner).optional = true;
         self
@@ -463,6 +750,26 @@ type Validation = Pin<Box<dyn Future<Output = Result<(Claims, String), Validatio
 pin_project! {
     /// The response future of [`AuthService`]: validates the token, then runs the inner service's
     /// future (or answers the refusal).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// let hello = tower::service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    /// });
+    /// let mut service = auth.layer().layer(hello);
+    /// let future: tollgate::layer::ResponseFuture<_, ()> = service.ready().await?.call(http::Request::new(()));
+    /// assert_eq!(future.await?.status(), 401); // no token: answered without calling `hello`
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub struct ResponseFuture<S, ReqB>
     where
         S: Service<Request<ReqB>>,
@@ -617,6 +924,14 @@ mod extract {
 
     /// The rejection of tollgate's extractors: the same RFC 6750 answer as the proxy and the
     /// layer (`Claims` on a route without the layer answers `401 Bearer realm="tollgate"`).
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use tollgate::{layer::AuthRejection, validate::ValidationError};
+    /// let response = AuthRejection(ValidationError::Missing).into_response();
+    /// assert_eq!(response.status(), 401);
+    /// assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    /// ```
     #[derive(Debug)]
     pub struct AuthRejection(pub ValidationError);
 

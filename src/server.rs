@@ -376,8 +376,8 @@ async fn public_request(
     mut req: Request<Body>,
 ) -> Response<Body> {
     // Route on, and forward, the normalised path: what was authorised is what the upstream gets.
-    if let Err(response) = normalize_path(&mut req) {
-        return response;
+    if let Err(why) = normalize_path(&mut req) {
+        return json_error(StatusCode::BAD_REQUEST, "invalid_request", &why);
     }
     let Some(route) = state.routes.find(req.uri().path()) else {
         return json_error(
@@ -407,28 +407,22 @@ async fn public_request(
     response
 }
 
-/// Replaces the request's path by its normal form ([`crate::path`]), or refuses it with `400`.
-fn normalize_path(req: &mut Request<Body>) -> Result<(), Response<Body>> {
-    let refuse = |e: &dyn std::fmt::Display| {
-        json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
-    };
+/// Replaces the request's path by its normal form ([`crate::path`]); the error says why the
+/// path is refused (`400`).
+fn normalize_path(req: &mut Request<Body>) -> Result<(), String> {
     let normal = match crate::path::normalize(req.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
         Ok(std::borrow::Cow::Owned(p)) => p,
-        Err(e) => return Err(refuse(&e)),
+        Err(e) => return Err(e.to_string()),
     };
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{normal}?{q}"),
         None => normal,
     };
+    let invalid = || "the request target is not valid".to_owned();
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| refuse(&"the request path is not valid"))?,
-    );
-    *req.uri_mut() =
-        http::Uri::from_parts(parts).map_err(|_| refuse(&"the request target is not valid"))?;
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| invalid())?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| invalid())?;
     Ok(())
 }
 

@@ -29,9 +29,32 @@ use serde_json::{Map, Value};
 use crate::provider::Provider;
 
 /// The realm named in every `WWW-Authenticate` challenge.
+///
+/// ```
+/// use tollgate::validate::{REALM, ValidationError};
+/// assert_eq!(ValidationError::Missing.www_authenticate(), format!("Bearer realm=\"{REALM}\""));
+/// ```
 pub const REALM: &str = "tollgate";
 
 /// Longest token accepted; Entra tokens are a few KiB, this leaves room for big group lists.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+/// # let provider = Provider::new(ProviderConfig {
+/// #     client_id: "app".into(),
+/// #     issuer: Some("https://login.example/v2.0".into()),
+/// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+/// #     ..Default::default()
+/// # }).unwrap();
+/// # let validator = Validator::new(provider, 100);
+/// use tollgate::validate::MAX_TOKEN_BYTES;
+/// let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+/// let err = validator.validate(&huge).await.unwrap_err(); // refused before any parsing
+/// assert_eq!(err.to_string(), "the token is too large");
+/// # }
+/// ```
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Header parameters that would let a token pick its own key (RFC 8725 §3.10 / RFC 7515
@@ -39,6 +62,23 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 const FORBIDDEN_HEADER_PARAMS: &[&str] = &["jku", "jwk", "x5u", "x5c", "crit"];
 
 /// The validated claims of an access token. Cheap to clone.
+///
+/// ```
+/// use tollgate::Claims;
+/// let map = serde_json::from_value(serde_json::json!({
+///     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ",
+///     "oid": "99999999-8888-7777-6666-555555555555",
+///     "tid": "11111111-2222-3333-4444-555555555555",
+///     "name": "Alice",
+///     "scp": "access_as_user User.Read",
+///     "exp": 1900000000,
+/// }))?;
+/// let claims = Claims::from_map("entra_id", map);
+/// assert_eq!(claims.oid(), Some("99999999-8888-7777-6666-555555555555"));
+/// assert_eq!(claims.name(), Some("Alice"));
+/// assert_eq!(claims.scopes(), ["access_as_user", "User.Read"]);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Claims(Arc<ClaimsInner>);
 
@@ -70,6 +110,17 @@ impl Derived {
 
 impl Claims {
     /// Builds claims from a decoded JSON object (used by the validator and by tests).
+    ///
+    /// ```
+    /// use serde_json::{Map, json};
+    /// use tollgate::Claims;
+    /// let mut map = Map::new();
+    /// map.insert("sub".into(), json!("user-1"));
+    /// map.insert("roles".into(), json!("Reports.Read")); // a single role as a string is accepted
+    /// let claims = Claims::from_map("idporten", map);
+    /// assert_eq!((claims.subject(), claims.provider()), ("user-1", "idporten"));
+    /// assert_eq!(claims.roles(), ["Reports.Read"]);
+    /// ```
     pub fn from_map(provider: &str, map: Map<String, Value>) -> Self {
         let scopes = match map.get("scp").or_else(|| map.get("scope")) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
@@ -115,66 +166,201 @@ impl Claims {
     }
 
     /// `sub`.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.subject(), "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ");
+    /// ```
     pub fn subject(&self) -> &str {
         self.str("sub").unwrap_or("")
     }
 
     /// `oid` (Entra object id), when present.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.oid(), Some("99999999-8888-7777-6666-555555555555"));
+    /// ```
     pub fn oid(&self) -> Option<&str> {
         self.str("oid")
     }
 
     /// `tid` (Entra tenant id), when present.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.tid(), Some("11111111-2222-3333-4444-555555555555"));
+    /// ```
     pub fn tid(&self) -> Option<&str> {
         self.str("tid")
     }
 
     /// `name`, when present.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.name(), Some("Alice"));
+    /// ```
     pub fn name(&self) -> Option<&str> {
         self.str("name")
     }
 
     /// `upn`, else `preferred_username`.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.username(), Some("alice@contoso.example")); // no `upn` in this token
+    /// ```
     pub fn username(&self) -> Option<&str> {
         self.str("upn").or_else(|| self.str("preferred_username"))
     }
 
     /// `iss`.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert!(claims.issuer().starts_with("https://login.microsoftonline.com/"));
+    /// ```
     pub fn issuer(&self) -> &str {
         self.str("iss").unwrap_or("")
     }
 
     /// Delegated scopes (`scp`, space separated; or `scope`).
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.scopes(), ["access_as_user", "User.Read"]);
+    /// ```
     pub fn scopes(&self) -> &[String] {
         &self.0.scopes
     }
 
     /// App roles (`roles`).
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.roles(), ["Reports.Read"]);
+    /// ```
     pub fn roles(&self) -> &[String] {
         &self.0.roles
     }
 
     /// `exp`, seconds since the epoch.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.expires_at(), 1900000000);
+    /// ```
     pub fn expires_at(&self) -> u64 {
         self.0.exp
     }
 
     /// The name of the provider that issued the token.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.provider(), "entra_id");
+    /// ```
     pub fn provider(&self) -> &str {
         &self.0.provider
     }
 
     /// Any claim.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert_eq!(claims.get("ver").and_then(|v| v.as_str()), Some("2.0"));
+    /// assert!(claims.get("groups").is_none());
+    /// ```
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.map.get(name)
     }
 
     /// All claims, as in the token.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert!(claims.as_map().contains_key("scp"));
+    /// let json = serde_json::to_string(claims.as_map()).unwrap();
+    /// assert!(json.contains(r#""name":"Alice""#));
+    /// ```
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0.map
     }
 
     /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// assert!(!claims.is_app_only()); // a user's delegated token
+    /// let map = serde_json::from_value(serde_json::json!({"sub": "app-oid", "oid": "app-oid", "roles": ["Jobs.Run"]})).unwrap();
+    /// assert!(tollgate::Claims::from_map("entra_id", map).is_app_only());
+    /// ```
     pub fn is_app_only(&self) -> bool {
         self.str("idtyp") == Some("app")
             || (self.0.scopes.is_empty()
@@ -184,6 +370,19 @@ impl Claims {
 
     /// Checks route requirements: any one of `scopes` (when non-empty) and any one of `roles`
     /// (when non-empty).
+    ///
+    /// ```
+    /// # let claims = tollgate::Claims::from_map("entra_id", serde_json::from_value(serde_json::json!({
+    /// #     "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "99999999-8888-7777-6666-555555555555",
+    /// #     "tid": "11111111-2222-3333-4444-555555555555", "name": "Alice", "preferred_username": "alice@contoso.example",
+    /// #     "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    /// #     "scp": "access_as_user User.Read", "roles": ["Reports.Read"], "exp": 1900000000, "ver": "2.0",
+    /// # })).unwrap());
+    /// let any_of = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    /// assert!(claims.check(&any_of(&["Files.Read", "access_as_user"]), &[]).is_ok());
+    /// let err = claims.check(&[], &any_of(&["Reports.Admin"])).unwrap_err();
+    /// assert_eq!(err.status(), http::StatusCode::FORBIDDEN);
+    /// ```
     pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
         if !scopes.is_empty() && !scopes.iter().any(|s| self.0.scopes.contains(s)) {
             return Err(ValidationError::InsufficientScope {
@@ -204,6 +403,15 @@ impl Claims {
 }
 
 /// Why a request was not authenticated or not authorised. Messages never contain the token.
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate::validate::ValidationError;
+/// let expired = ValidationError::InvalidToken("the token has expired".into());
+/// assert_eq!((expired.status(), expired.code()), (StatusCode::UNAUTHORIZED, "invalid_token"));
+/// assert_eq!(expired.to_string(), "the token has expired");
+/// assert_eq!(ValidationError::KeysUnavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// No credentials: challenge without an error code (RFC 6750 §3.1).
@@ -228,6 +436,14 @@ pub enum ValidationError {
 
 impl ValidationError {
     /// The HTTP status for this error (RFC 6750 §3.1).
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tollgate::validate::ValidationError;
+    /// assert_eq!(ValidationError::Missing.status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!(ValidationError::InvalidRequest("two Authorization headers").status(), StatusCode::BAD_REQUEST);
+    /// assert_eq!(ValidationError::InsufficientScope { scope: "a".into() }.status(), StatusCode::FORBIDDEN);
+    /// ```
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Missing | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
@@ -238,6 +454,12 @@ impl ValidationError {
     }
 
     /// The OAuth error code for the JSON body.
+    ///
+    /// ```
+    /// use tollgate::validate::ValidationError;
+    /// assert_eq!(ValidationError::InsufficientScope { scope: "a".into() }.code(), "insufficient_scope");
+    /// assert_eq!(ValidationError::KeysUnavailable.code(), "temporarily_unavailable");
+    /// ```
     pub fn code(&self) -> &'static str {
         match self {
             Self::Missing => "unauthorized",
@@ -249,6 +471,15 @@ impl ValidationError {
     }
 
     /// The `WWW-Authenticate` value (RFC 6750 §3; auth-params as quoted-strings per RFC 9110 §11.4).
+    ///
+    /// ```
+    /// use tollgate::validate::ValidationError;
+    /// let err = ValidationError::InsufficientScope { scope: "Files.Read Files.Write".into() };
+    /// assert_eq!(
+    ///     err.www_authenticate(),
+    ///     "Bearer realm=\"tollgate\", error=\"insufficient_scope\", error_description=\"the token lacks a required scope or role\", scope=\"Files.Read Files.Write\""
+    /// );
+    /// ```
     pub fn www_authenticate(&self) -> String {
         match self {
             Self::Missing | Self::KeysUnavailable => format!("Bearer realm=\"{REALM}\""),
@@ -269,6 +500,14 @@ impl ValidationError {
 impl ValidationError {
     /// The whole answer: status, `WWW-Authenticate` and a JSON body `{error, error_description}`.
     /// Used by the proxy, the Tower layer and the axum extractors alike.
+    ///
+    /// ```
+    /// use tollgate::validate::ValidationError;
+    /// let response: http::Response<String> = ValidationError::Missing.to_response();
+    /// assert_eq!(response.status(), 401);
+    /// assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    /// assert_eq!(response.body(), r#"{"error":"unauthorized","error_description":"no bearer token"}"#);
+    /// ```
     pub fn to_response<B: From<String>>(&self) -> http::Response<B> {
         let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()})
             .to_string();
@@ -295,6 +534,17 @@ fn quote_safe(s: &str) -> String {
 
 /// Extracts the token from an `Authorization` header value (RFC 6750 §2.1: scheme
 /// case-insensitive, one space, token68).
+///
+/// ```
+/// use http::HeaderMap;
+/// use tollgate::validate::{ValidationError, bearer_token};
+/// let mut headers = HeaderMap::new();
+/// assert_eq!(bearer_token(&headers), Ok(None));
+/// headers.insert("authorization", "bearer eyJ0eXAi.eyJhdWQi.c2ln".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), Ok(Some("eyJ0eXAi.eyJhdWQi.c2ln")));
+/// headers.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+/// assert!(matches!(bearer_token(&headers), Err(ValidationError::InvalidRequest(_))));
+/// ```
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, ValidationError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -342,6 +592,30 @@ static TOKEN68: [bool; 256] = {
 };
 
 /// Validates access tokens issued by one provider.
+///
+/// ```
+/// # #[cfg(feature = "dev-idp")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+/// # use tollgate::devidp::{ALICE, ALICE_UPN, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+/// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+/// use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+/// let provider = Provider::new(ProviderConfig {
+///     client_id: TOLLGATE_CLIENT_ID.into(),
+///     well_known_url: Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?),
+///     ..Default::default()
+/// })?;
+/// provider.refresh().await?;
+/// let validator = Validator::new(provider, 100_000);
+/// let claims = validator.validate(&token).await?;
+/// assert_eq!(claims.username(), Some(ALICE_UPN));
+/// # idp.shutdown().await;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "dev-idp"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct Validator {
     provider: Arc<Provider>,
@@ -377,6 +651,22 @@ impl moka::Expiry<[u8; 32], Claims> for UntilExp {
 
 impl Validator {
     /// A validator for `provider`'s tokens caching up to `cache_capacity` validated tokens.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::{config::ProviderConfig, provider::Provider, validate::{ValidationError, Validator}};
+    /// let provider = Provider::new(ProviderConfig {
+    ///     client_id: "app".into(),
+    ///     issuer: Some("https://login.example/v2.0".into()),
+    ///     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    ///     ..Default::default()
+    /// }).unwrap();
+    /// let validator = Validator::new(provider, 10_000);
+    /// let err = validator.validate("not-a-jwt").await.unwrap_err(); // no key needed to refuse this
+    /// assert_eq!(err, ValidationError::InvalidToken("the token is not a well-formed JWT".into()));
+    /// # }
+    /// ```
     pub fn new(provider: Arc<Provider>, cache_capacity: u64) -> Self {
         let audiences = Arc::new(provider.config().effective_audiences());
         let cache = moka::sync::Cache::builder()
@@ -392,11 +682,46 @@ impl Validator {
     }
 
     /// The provider this validator trusts.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    /// #     ..Default::default()
+    /// # }).unwrap();
+    /// # let validator = Validator::new(provider, 100);
+    /// assert_eq!(validator.provider().config().client_id, "app");
+    /// ```
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
     }
 
     /// Validates `token`, from the cache when it was validated before and has not expired.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+    /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+    /// # provider.refresh().await?;
+    /// # let validator = Validator::new(provider, 100);
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// let claims = validator.validate(&token).await?;
+    /// assert!(claims.scopes().iter().any(|s| s == "access_as_user"));
+    /// let again = validator.validate(&token).await?; // a hash and a lookup, no RSA
+    /// assert_eq!(again.subject(), claims.subject());
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn validate(&self, token: &str) -> Result<Claims, ValidationError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(self.refuse("oversized", "the token is too large"));
@@ -424,6 +749,24 @@ impl Validator {
     }
 
     /// Validates without reading or filling the cache (benchmarks, first sight).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    /// #     ..Default::default()
+    /// # }).unwrap();
+    /// # let validator = Validator::new(provider, 100);
+    /// // The algorithm comes from the configuration (RS256), never from the token.
+    /// let hs256 = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln";
+    /// let err = validator.validate_uncached(hs256).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "algorithm HS256 is not accepted");
+    /// # }
+    /// ```
     pub async fn validate_uncached(&self, token: &str) -> Result<Claims, ValidationError> {
         let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
         if token.len() > MAX_TOKEN_BYTES {
@@ -507,6 +850,33 @@ impl Validator {
     /// issuer, `aud` = `client_id`; `exp` is skipped when `allow_expired` (an `id_token_hint` at
     /// logout may be old — it only names the user). The caller checks `nonce` where the flow has
     /// one: ID tokens from a refresh grant carry none (OIDC Core §12.2).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+    /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+    /// # provider.refresh().await?;
+    /// # let validator = Validator::new(provider, 100);
+    /// # use tollgate::devidp::{ALICE_OID, ALICE_UPN, DEV_PASSWORD, TOLLGATE_CLIENT_SECRET};
+    /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),
+    /// #     ("username", ALICE_UPN), ("password", DEV_PASSWORD), ("scope", "openid profile")];
+    /// # let response = reqwest::Client::new().post(idp.token_endpoint(DEFAULT_TENANT_ID)).form(&form).send().await?;
+    /// # let body: serde_json::Value = response.json().await?;
+    /// # let id_token = body["id_token"].as_str().ok_or("no id_token")?.to_owned();
+    /// let claims = validator.validate_id_token(&id_token, TOLLGATE_CLIENT_ID, false).await?;
+    /// assert_eq!(claims.oid(), Some(ALICE_OID));
+    /// assert!(validator.validate_id_token(&id_token, "another-client", false).await.is_err());
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn validate_id_token(
         &self,
         token: &str,
@@ -697,11 +1067,25 @@ pub(crate) fn now() -> u64 {
 }
 
 /// The `kid` of a token's header, unverified (for diagnostics and tests).
+///
+/// ```
+/// use tollgate::validate::token_kid;
+/// // header {"alg":"RS256","kid":"key-1","typ":"JWT"}
+/// assert_eq!(token_kid("eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleS0xIiwidHlwIjoiSldUIn0.e30.c2ln").as_deref(), Some("key-1"));
+/// assert_eq!(token_kid("not-a-jwt"), None);
+/// ```
 pub fn token_kid(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).ok()?.kid
 }
 
 /// The algorithm a validator would check a token with (for diagnostics).
+///
+/// ```
+/// use jsonwebtoken::Algorithm;
+/// use tollgate::validate::token_algorithm;
+/// assert_eq!(token_algorithm("eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleS0xIiwidHlwIjoiSldUIn0.e30.c2ln"), Some(Algorithm::RS256));
+/// assert_eq!(token_algorithm("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln"), Some(Algorithm::HS256));
+/// ```
 pub fn token_algorithm(token: &str) -> Option<Algorithm> {
     jsonwebtoken::decode_header(token).ok().map(|h| h.alg)
 }

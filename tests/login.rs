@@ -452,6 +452,72 @@ async fn token_errors_reach_the_app_unchanged() {
     stack.stop().await;
 }
 
+/// tollgate keeps a user's tokens only when the ID token of the response passes its own checks
+/// (issue 6: signature, iss, aud = client id, nonce present). A code grant whose authorization
+/// request had no nonce gets an ID token without one from the dev IdP (as from Entra): the app
+/// still gets the response as the IdP wrote it, and tollgate stores nothing. The same login
+/// with a nonce, through a second RP of the same client, is stored: only the nonce differs.
+#[tokio::test]
+async fn a_code_grant_id_token_without_nonce_is_passed_on_but_not_stored() {
+    let stack = Stack::start(Options {
+        rps: vec![
+            RpOptions {
+                nonce: false,
+                ..RpOptions::default()
+            },
+            RpOptions::default(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert!(login.claims.get("nonce").is_none(), "{}", login.claims);
+    assert_eq!(login.claims["aud"], TOLLGATE_CLIENT_ID);
+    assert!(!login.refresh_token.is_empty());
+    assert_token_response_unchanged(&login);
+    assert_eq!(stack.idp.token_requests("authorization_code"), 1);
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "unknown_user", "{body}");
+    }
+    assert_eq!(stack.idp.token_requests("refresh_token"), 0);
+
+    let with_nonce = stack.scripted_login(1, ALICE, false, "").await;
+    assert!(with_nonce.claims["nonce"].is_string());
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], with_nonce.access_token);
+    stack.stop().await;
+}
+
+/// An ID token that is not from tollgate's provider (its `iss` is not the configured issuer) is
+/// not trusted to name a user: nothing is stored, and the app (which trusts the discovered
+/// issuer) still gets the response unchanged.
+#[tokio::test]
+async fn an_id_token_from_another_issuer_is_passed_on_but_not_stored() {
+    let stack = Stack::start(Options {
+        provider_extra: "issuer = \"https://login.example/another-tenant/v2.0\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert_eq!(login.claims["iss"], stack.idp.issuer(TENANT));
+    assert!(login.claims["nonce"].is_string());
+    assert_token_response_unchanged(&login);
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unknown_user", "{body}");
+    stack.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delegated tokens
 
@@ -865,6 +931,170 @@ async fn redis_store_serves_delegated_tokens_across_restarts() {
     drop(redis);
 }
 
+/// Issue 6: "a Redis outage makes the delegated API answer 503 while the proxy and exchange paths
+/// keep working". Redis is down before tollgate starts: tollgate starts anyway, the delegated API
+/// (and user deletion) answer 503 with an OAuth-style JSON error and quickly, readiness stays up,
+/// proxied requests and token exchanges succeed; once Redis is back the delegated API works
+/// again without a restart.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_outage_fails_only_the_delegated_api() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    redis.stop();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, tollgate::store::keygen() + "\n").unwrap();
+    let store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\ntimeout = \"300ms\"\nencryption_keys_file = {}",
+        redis.url(),
+        toml_str(&keys)
+    );
+    let extra = format!(
+        "[upstream]\nurl = \"{}\"\n\n[[routes]]\npath = \"/app\"\nscopes = [\"access_as_user\"]\n",
+        upstream.url()
+    );
+    // Server::bind opens the store: it must not need Redis.
+    let stack = Stack::start(Options {
+        store,
+        extra,
+        ..Options::default()
+    })
+    .await;
+    let admin = stack.tollgate.as_ref().unwrap().admin.unwrap();
+    let readyz = stack
+        .http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        readyz.status(),
+        200,
+        "readiness does not depend on the store"
+    );
+
+    // The app's login works: it gets the IdP's answer as is; tollgate cannot keep the tokens.
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert_token_response_unchanged(&login);
+
+    let started = std::time::Instant::now();
+    let r = stack
+        .http
+        .post(stack.api("/api/v1/token/delegated"))
+        .json(&json!({"identity_provider": "entra_id", "user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{:?}",
+        r.headers()
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("store")),
+        "{body}"
+    );
+    let (status, body) = stack
+        .delegated_form(&[("user_upn", ALICE_UPN), ("target", &graph_scope())])
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let r = stack
+        .http
+        .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // Three store calls of at most 300 ms each, plus margin for a loaded machine: no hang.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the store outage took {:?} to report",
+        started.elapsed()
+    );
+
+    // The proxy validates and forwards without the store.
+    let user_token = stack
+        .idp
+        .password_token(ALICE, FRONTEND_CLIENT_ID, &tollgate_scope())
+        .await
+        .unwrap();
+    let r = stack
+        .http
+        .get(stack.public("/app/hello"))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["path"], "/app/hello");
+    assert_eq!(seen["headers"]["x-auth-oid"], ALICE_OID, "{seen}");
+    let r = stack
+        .http
+        .get(stack.public("/app/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the proxy still refuses requests without a token"
+    );
+    assert_eq!(upstream.hits(), 1);
+
+    // So does the token exchange (On-Behalf-Of).
+    let r = stack
+        .http
+        .post(stack.api("/api/v1/token/exchange"))
+        .json(&json!({"identity_provider": "entra_id", "target": downstream_default(), "user_token": user_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let exchanged: Value = r.json().await.unwrap();
+    let claims = jwt_claims(exchanged["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], DOWNSTREAM_CLIENT_ID);
+    assert_eq!(claims["oid"], ALICE_OID);
+
+    // Redis is back: the same tollgate reconnects. The login made during the outage was not kept.
+    redis.restart();
+    let mut answer = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    for _ in 0..300 {
+        answer = stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .await;
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answer.0, 400, "{}", answer.1);
+    assert_eq!(answer.1["error"], "unknown_user");
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    for by in [
+        json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
+        json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
+    ] {
+        let (status, body) = stack.delegated(by).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], login.access_token);
+    }
+    stack.stop().await;
+    drop(redis);
+}
+
 /// The main delegated check: stored token by oid and upn, one refresh for Graph. Returns the
 /// Graph token.
 async fn delegated_check(stack: &Stack, login: &Login) -> String {
@@ -895,6 +1125,10 @@ struct Options {
     store: String,
     require_pkce: Option<bool>,
     rps: Vec<RpOptions>,
+    /// More tables (`[upstream]`, `[[routes]]`) appended to tollgate's configuration.
+    extra: String,
+    /// More keys of tollgate's `[[providers]]` entry.
+    provider_extra: String,
 }
 
 impl Default for Options {
@@ -903,6 +1137,8 @@ impl Default for Options {
             store: "kind = \"memory\"".into(),
             require_pkce: None,
             rps: vec![RpOptions::default()],
+            extra: String::new(),
+            provider_extra: String::new(),
         }
     }
 }
@@ -963,6 +1199,7 @@ shutdown_grace = "2s"
 name = "entra_id"
 well_known_url = "{well_known}"
 client_id = "{TOLLGATE_CLIENT_ID}"
+{provider_extra}
 
 [login]
 enabled = true
@@ -974,12 +1211,16 @@ post_logout_redirect_uris = [{post_logout}]
 
 [store]
 {store}
+
+{extra}
 "#,
             well_known = idp.well_known_url(TENANT),
             graph = graph_scope(),
             redirects = list(rps.iter().map(Rp::callback_url).collect()),
             post_logout = list(rps.iter().map(Rp::logged_out_url).collect()),
             store = options.store,
+            extra = options.extra,
+            provider_extra = options.provider_extra,
         );
         let mut stack = Stack {
             idp,
@@ -1182,6 +1423,8 @@ struct RpOptions {
     basic_auth: bool,
     /// Append MSAL's `?client-request-id=` to the token endpoint.
     client_request_id: bool,
+    /// Send a `nonce` with the authorization request (and expect it back in the ID token).
+    nonce: bool,
 }
 
 impl Default for RpOptions {
@@ -1191,6 +1434,7 @@ impl Default for RpOptions {
             client_secret: TOLLGATE_CLIENT_SECRET,
             basic_auth: false,
             client_request_id: false,
+            nonce: true,
         }
     }
 }
@@ -1218,7 +1462,7 @@ struct Discovered {
 }
 
 struct Pending {
-    nonce: String,
+    nonce: Option<String>,
     verifier: String,
 }
 
@@ -1345,7 +1589,7 @@ async fn rp_start(
         return (StatusCode::SERVICE_UNAVAILABLE, "not discovered yet").into_response();
     };
     let state = uuid::Uuid::new_v4().simple().to_string();
-    let nonce = uuid::Uuid::new_v4().to_string();
+    let nonce = rp.options.nonce.then(|| uuid::Uuid::new_v4().to_string());
     let verifier = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -1359,10 +1603,12 @@ async fn rp_start(
         .append_pair("redirect_uri", &format!("{}/callback", rp.base))
         .append_pair("scope", &format!("openid profile {}", tollgate_scope()))
         .append_pair("state", &state)
-        .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256")
         .extend_pairs(extra);
+    if let Some(nonce) = &nonce {
+        url.query_pairs_mut().append_pair("nonce", nonce);
+    }
     rp.pending
         .lock()
         .unwrap()
@@ -1453,7 +1699,8 @@ async fn redeem(rp: &RpShared, q: &HashMap<String, String>) -> Result<Login, Str
     let s = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
     let id_token = s("id_token");
     let claims = validate_id_token(rp, d, &id_token).await?;
-    if claims["nonce"] != pending.nonce.as_str() {
+    // Without a nonce in the request, OIDC Core §3.1.2.1 lets the ID token have none.
+    if claims.get("nonce").and_then(Value::as_str) != pending.nonce.as_deref() {
         return Err("nonce mismatch".into());
     }
     Ok(Login {
@@ -1700,9 +1947,9 @@ fn kill_group(child: &Child) {
 /// A private `redis-server` on a free loopback port, without persistence; killed on drop.
 #[cfg(feature = "redis")]
 struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 #[cfg(feature = "redis")]
@@ -1723,33 +1970,47 @@ impl RedisServer {
             );
             return None;
         }
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// Starts the server (again, on the same port) and waits until it accepts connections.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
+        let child = self.child.insert(child);
         for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!("redis-server exited: {status}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = server.child.kill();
+        self.stop();
         panic!("redis-server did not start listening");
+    }
+
+    /// Kills the server: connections are refused until [`RedisServer::restart`].
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn url(&self) -> String {
@@ -1760,8 +2021,49 @@ impl RedisServer {
 #[cfg(feature = "redis")]
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// An app behind tollgate: answers with the path and headers it received, and counts requests.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = hits.clone();
+        let app = Router::new().fallback(move |req: axum::extract::Request| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let headers: serde_json::Map<String, Value> = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        (k.as_str().to_owned(), Value::String(v))
+                    })
+                    .collect();
+                axum::Json(json!({"path": req.uri().path(), "headers": headers}))
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Upstream { addr, hits }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

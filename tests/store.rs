@@ -722,6 +722,152 @@ async fn persistent_store_without_key_is_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The `tollgate keygen` and `tollgate store rotate` commands.
+
+/// The `tollgate` binary with a clean environment (no TOLLGATE_* or AZURE_* from the caller).
+#[cfg(all(feature = "server", feature = "dev-idp"))]
+fn tollgate_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[cfg(all(feature = "server", feature = "dev-idp"))]
+#[test]
+fn cli_keygen_prints_one_fresh_key_line() {
+    use base64::Engine as _;
+
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let out = tollgate_cli(&["keygen"]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.ends_with('\n'), "{stdout:?}");
+        let line = stdout.trim_end_matches('\n');
+        assert!(!line.contains('\n'), "one line: {stdout:?}");
+        let (kid, key) = line.split_once(':').expect("kid:base64");
+        assert!(
+            !kid.is_empty()
+                && kid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{kid:?}"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .expect("the key is standard base64");
+        assert_eq!(key.len(), 32);
+        // What the key file takes.
+        Sealer::parse(line).unwrap();
+        lines.push((kid.to_owned(), key));
+    }
+    assert_ne!(lines[0].1, lines[1].1, "two runs give two keys");
+    assert_ne!(lines[0].0, lines[1].0, "and two key ids");
+}
+
+#[cfg(all(feature = "server", feature = "dev-idp", feature = "sqlite"))]
+#[tokio::test]
+async fn cli_store_rotate_reseals_a_sqlite_store_under_the_first_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = keygen();
+    let out = tollgate_cli(&["keygen"]);
+    assert!(out.status.success(), "{out:?}");
+    let new = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let only_old = write_keys(dir.path(), "old.keys", &[&old]);
+    let only_new = write_keys(dir.path(), "new.keys", &[&new]);
+    let new_then_old = write_keys(dir.path(), "rotation.keys", &[&new, &old]);
+    let db = dir.path().join("tollgate.db");
+    let open = async |keys: &Path| {
+        tollgate::store::open(&StoreConfig {
+            path: db.clone(),
+            ..sqlite_config(dir.path(), keys)
+        })
+        .await
+        .unwrap()
+    };
+    let config = |name: &str, keys: &Path| {
+        let path = dir.path().join(name);
+        let toml = format!(
+            "[store]\nkind = \"sqlite\"\npath = {}\nencryption_keys_file = {}\n",
+            serde_json::Value::String(db.display().to_string()),
+            serde_json::Value::String(keys.display().to_string()),
+        );
+        std::fs::write(&path, toml).unwrap();
+        path.display().to_string()
+    };
+
+    let users: Vec<UserTokens> = (0..3)
+        .map(|i| {
+            user(
+                &format!("cli-user{i}"),
+                Some(&format!("Cli{i}@example.com")),
+            )
+        })
+        .collect();
+    let store = open(&only_old).await;
+    for u in &users {
+        store.put(PROVIDER, u).await.unwrap();
+    }
+    drop(store);
+
+    let rotation = config("rotation.toml", &new_then_old);
+    let out = tollgate_cli(&["store", "rotate", "--config", &rotation]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("re-sealed 3 entries"), "{stdout}");
+
+    // Every record now opens with the new key alone, and no longer with the old one.
+    let store = open(&only_new).await;
+    for u in &users {
+        assert_eq!(
+            store.get_by_oid(PROVIDER, &u.oid).await.unwrap(),
+            Some(u.clone())
+        );
+        let upn = u.upn.as_deref().unwrap().to_lowercase();
+        assert_eq!(
+            store.get_by_upn(PROVIDER, &upn).await.unwrap(),
+            Some(u.clone())
+        );
+    }
+    drop(store);
+    let store = open(&only_old).await;
+    expect_corrupt(
+        store.get_by_oid(PROVIDER, "cli-user0").await,
+        "old key after rotation",
+    );
+    drop(store);
+
+    // Nothing left to do the second time.
+    let out = tollgate_cli(&["store", "rotate", "--config", &rotation]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-sealed 0 entries"),
+        "{out:?}"
+    );
+
+    // Records no configured key opens make the command fail, so the operator keeps the key.
+    let stranger = write_keys(dir.path(), "stranger.keys", &[&keygen()]);
+    let out = tollgate_cli(&[
+        "store",
+        "rotate",
+        "--config",
+        &config("stranger.toml", &stranger),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be opened"), "{stderr}");
+    let store = open(&only_new).await;
+    assert_eq!(
+        store.get_by_oid(PROVIDER, "cli-user1").await.unwrap(),
+        Some(users[1].clone()),
+        "a failed rotation changes nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Durability: every acknowledged put survives SIGKILL.
 
 const KILL9_CHILD_ENV: &str = "TOLLGATE_STORE_KILL9_DIR";
@@ -891,23 +1037,126 @@ async fn redis_outage_fails_fast_and_reconnects() {
     assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), Some(ada));
 }
 
+/// tollgate must start while Redis is down (the proxy and exchange paths do not need it): the
+/// store opens, answers Unavailable quickly, and works once Redis is up.
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn redis_connect_to_nothing_is_unavailable() {
-    let port = free_port();
-    let sealer = Sealer::parse(&keygen()).unwrap();
-    let url = format!("redis://127.0.0.1:{port}");
-    let result = not_hung(tollgate::store::RedisStore::connect(
-        &url,
-        sealer,
-        Duration::from_millis(300),
-    ))
-    .await;
-    match result {
-        Err(StoreError::Unavailable(_)) => {}
-        Err(other) => panic!("expected Unavailable, got {other:?}"),
-        Ok(_) => panic!("connected to a port nobody listens on"),
+async fn redis_down_at_open_is_unavailable_then_connects() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        timeout: Duration::from_millis(300),
+        ..redis_config(&server, &write_keys(dir.path(), "keys", &[&keygen()]))
+    };
+    let store = not_hung(tollgate::store::open(&cfg))
+        .await
+        .expect("the Redis store opens while Redis is down");
+    let ada = user("ada", Some("ada@example.com"));
+    for round in 0..3 {
+        expect_unavailable(fast(store.ping()).await, &format!("ping {round}"));
+        expect_unavailable(
+            fast(store.get_by_oid(PROVIDER, "ada")).await,
+            &format!("get by oid {round}"),
+        );
+        expect_unavailable(
+            fast(store.get_by_upn(PROVIDER, "ada@example.com")).await,
+            &format!("get by upn {round}"),
+        );
+        expect_unavailable(
+            fast(store.put(PROVIDER, &ada)).await,
+            &format!("put {round}"),
+        );
+        expect_unavailable(
+            fast(store.delete(PROVIDER, "ada")).await,
+            &format!("delete {round}"),
+        );
+        expect_unavailable(fast(store.rotate_keys()).await, &format!("rotate {round}"));
     }
+
+    server.restart();
+    not_hung(until_ok(|| store.ping())).await;
+    store.put(PROVIDER, &ada).await.unwrap();
+    assert_eq!(
+        store.get_by_upn(PROVIDER, "ada@example.com").await.unwrap(),
+        Some(ada)
+    );
+}
+
+/// Only a URL that cannot work is refused when the store opens; nothing is asked of Redis.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_bad_url_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_keys(dir.path(), "keys", &[&keygen()]);
+    for url in [
+        "http://127.0.0.1:6379",
+        "redis://",
+        "redis://127.0.0.1:6379/not-a-db",
+        "not a url",
+    ] {
+        let cfg = StoreConfig {
+            kind: StoreKind::Redis,
+            url: Some(url.into()),
+            encryption_keys_file: Some(keys.clone()),
+            ..StoreConfig::default()
+        };
+        match not_hung(tollgate::store::open(&cfg)).await {
+            Err(StoreError::Config(_)) => {}
+            Err(other) => panic!("{url}: expected a Config error, got {other:?}"),
+            Ok(_) => panic!("{url}: opened"),
+        }
+    }
+    let cfg = StoreConfig {
+        kind: StoreKind::Redis,
+        url: None,
+        encryption_keys_file: Some(keys),
+        ..StoreConfig::default()
+    };
+    assert!(matches!(
+        tollgate::store::open(&cfg).await,
+        Err(StoreError::Config(_))
+    ));
+}
+
+/// A connection Redis refused to authenticate is not given up for good: once Redis accepts the
+/// configured password (its ACLs loaded late, say), the store works without a restart.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_refused_credentials_are_tried_again() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut admin = server.raw().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("not-yet")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://:s3cret@127.0.0.1:{}", server.port);
+    let sealer = Sealer::parse(&keygen()).unwrap();
+    let store = tollgate::store::RedisStore::connect(&url, sealer, Duration::from_millis(300))
+        .await
+        .unwrap();
+    for round in 0..3 {
+        expect_unavailable(fast(store.ping()).await, &format!("wrong password {round}"));
+    }
+    // The admin connection is authenticated already and stays so.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    not_hung(until_ok(|| store.ping())).await;
+    let ada = user("ada", None);
+    store.put(PROVIDER, &ada).await.unwrap();
+    assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), Some(ada));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1025,6 +1274,14 @@ async fn not_hung<T>(call: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), call)
         .await
         .expect("store call hung instead of failing fast")
+}
+
+/// A store call that fails must fail fast: well within ten times the 300 ms store timeout the
+/// tests configure, even on a loaded machine.
+async fn fast<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .expect("store call took far longer than its timeout")
 }
 
 async fn until_ok<F, Fut>(mut call: F)

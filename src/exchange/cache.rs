@@ -9,6 +9,31 @@ use super::{ExchangeError, Grant, grants::TokenResponse};
 use crate::validate::{now, sha256};
 
 /// An access token obtained from the IdP (or the cache).
+///
+/// ```
+/// # #[cfg(feature = "dev-idp")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+/// # let auth = tollgate::Auth::builder()
+/// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+/// #     .client_id(TOLLGATE_CLIENT_ID)
+/// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+/// #     .build()
+/// #     .await?;
+/// # use tollgate::devidp::DOWNSTREAM_APP_ID_URI;
+/// let exchanger = auth.exchanger().expect("a client secret is configured");
+/// let token = exchanger.client_credentials(&format!("{DOWNSTREAM_APP_ID_URI}/.default"), false).await?;
+/// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+/// assert!(token.expires_in() > 0 && token.expires_at() >= now + token.expires_in());
+/// assert!(!token.access_token().is_empty());
+/// assert!(format!("{token:?}").contains(r#"access_token: "[redacted]""#));
+/// # idp.shutdown().await;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "dev-idp"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct ExchangedToken {
     access_token: Arc<str>,
@@ -39,16 +64,37 @@ impl ExchangedToken {
     }
 
     /// The access token.
+    ///
+    /// ```
+    /// use tollgate::exchange::ExchangedToken;
+    /// fn authorization(token: &ExchangedToken) -> String {
+    ///     format!("Bearer {}", token.access_token())
+    /// }
+    /// ```
     pub fn access_token(&self) -> &str {
         &self.access_token
     }
 
     /// Seconds left before the token expires (what `expires_in` reports for a cached token).
+    ///
+    /// ```
+    /// use tollgate::exchange::ExchangedToken;
+    /// fn texas_response(token: &ExchangedToken) -> serde_json::Value {
+    ///     serde_json::json!({"access_token": token.access_token(), "expires_in": token.expires_in(), "token_type": "Bearer"})
+    /// }
+    /// ```
     pub fn expires_in(&self) -> u64 {
         self.expires_at.saturating_sub(now())
     }
 
     /// `exp` of the token, Unix seconds.
+    ///
+    /// ```
+    /// use tollgate::exchange::ExchangedToken;
+    /// fn still_valid_in(token: &ExchangedToken, seconds: u64, now: u64) -> bool {
+    ///     token.expires_at() > now + seconds
+    /// }
+    /// ```
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }

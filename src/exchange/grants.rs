@@ -24,6 +24,18 @@ pub(crate) struct TokenResponse {
 }
 
 /// Tokens from a refresh-token redemption.
+///
+/// ```
+/// use tollgate::exchange::RefreshedTokens;
+/// let tokens = RefreshedTokens {
+///     access_token: "eyJ0eXAi...".into(),
+///     expires_in: 3599,
+///     refresh_token: Some("1.AXkA...".into()),
+///     scope: Some("api://downstream/.default".into()),
+/// };
+/// let debug = format!("{tokens:?}"); // tokens are left out
+/// assert!(debug.contains("3599") && !debug.contains("eyJ0eXAi") && !debug.contains("1.AXkA"));
+/// ```
 #[derive(Clone)]
 pub struct RefreshedTokens {
     /// The new access token.
@@ -46,6 +58,21 @@ impl std::fmt::Debug for RefreshedTokens {
 }
 
 /// An OAuth error answered by the IdP (RFC 6749 §5.2 plus Entra's members).
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate::exchange::{ExchangeError, IdpError};
+/// let idp_error = IdpError {
+///     status: 400,
+///     error: "invalid_grant".into(),
+///     description: Some("AADSTS50173: the provided grant has expired".into()),
+///     suberror: None,
+///     claims: None,
+///     error_codes: vec![50173],
+/// };
+/// let err = ExchangeError::Idp(Box::new(idp_error));
+/// assert_eq!((err.status(), err.code()), (StatusCode::BAD_REQUEST, "invalid_grant"));
+/// ```
 #[derive(Debug, Clone)]
 pub struct IdpError {
     /// HTTP status the IdP answered with.

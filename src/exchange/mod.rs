@@ -31,6 +31,14 @@ use crate::provider::client_auth::{ClientAuth, ClientAuthError};
 use crate::validate::{ValidationError, Validator};
 
 /// Why an exchange failed. Display never includes a token.
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate::exchange::ExchangeError;
+/// let err = ExchangeError::InvalidRequest("target must not be empty".into());
+/// assert_eq!((err.status(), err.code()), (StatusCode::BAD_REQUEST, "invalid_request"));
+/// assert_eq!(err.to_json(), serde_json::json!({"error": "invalid_request", "error_description": "target must not be empty"}));
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
     /// The subject token did not validate; nothing was sent to the IdP.
@@ -60,6 +68,14 @@ pub enum ExchangeError {
 
 impl ExchangeError {
     /// The HTTP status the local API answers with.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tollgate::exchange::ExchangeError;
+    /// let timeout = ExchangeError::Upstream { message: "timed out".into(), timeout: true };
+    /// assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+    /// assert_eq!(ExchangeError::NoTokenEndpoint.status(), StatusCode::BAD_GATEWAY);
+    /// ```
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidSubject(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -72,6 +88,16 @@ impl ExchangeError {
     }
 
     /// The OAuth error code.
+    ///
+    /// ```
+    /// # use tollgate::exchange::{ExchangeError, IdpError};
+    /// # let idp_error = |error: &str, description: Option<&str>| IdpError {
+    /// #     status: 400, error: error.into(), description: description.map(Into::into),
+    /// #     suberror: None, claims: None, error_codes: vec![],
+    /// # };
+    /// assert_eq!(ExchangeError::Idp(Box::new(idp_error("invalid_grant", None))).code(), "invalid_grant");
+    /// assert_eq!(ExchangeError::NoTokenEndpoint.code(), "server_error");
+    /// ```
     pub fn code(&self) -> &str {
         match self {
             Self::InvalidSubject(_) => "invalid_grant",
@@ -82,6 +108,21 @@ impl ExchangeError {
     }
 
     /// The error as a JSON body `{error, error_description[, suberror, claims, error_codes]}`.
+    ///
+    /// ```
+    /// use tollgate::exchange::{ExchangeError, IdpError};
+    /// let err = ExchangeError::Idp(Box::new(IdpError {
+    ///     status: 400,
+    ///     error: "interaction_required".into(),
+    ///     description: Some("AADSTS50079: multi-factor authentication is required".into()),
+    ///     suberror: Some("basic_action".into()),
+    ///     claims: Some(r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#.into()),
+    ///     error_codes: vec![50079],
+    /// }));
+    /// let body = err.to_json();
+    /// assert_eq!((body["error"].as_str(), body["suberror"].as_str()), (Some("interaction_required"), Some("basic_action")));
+    /// assert_eq!(body["error_codes"], serde_json::json!([50079]));
+    /// ```
     pub fn to_json(&self) -> Value {
         let mut body =
             serde_json::json!({"error": self.code(), "error_description": self.description()});
@@ -100,6 +141,17 @@ impl ExchangeError {
     }
 
     /// Human description for `error_description`.
+    ///
+    /// ```
+    /// # use tollgate::exchange::{ExchangeError, IdpError};
+    /// # let idp_error = |error: &str, description: Option<&str>| IdpError {
+    /// #     status: 400, error: error.into(), description: description.map(Into::into),
+    /// #     suberror: None, claims: None, error_codes: vec![],
+    /// # };
+    /// let refused = ExchangeError::Idp(Box::new(idp_error("invalid_grant", Some("AADSTS50173: the grant has expired"))));
+    /// assert_eq!(refused.description(), "AADSTS50173: the grant has expired");
+    /// assert_eq!(ExchangeError::InvalidRequest("bad target".into()).description(), "bad target");
+    /// ```
     pub fn description(&self) -> String {
         match self {
             Self::Idp(e) => e.description.clone().unwrap_or_else(|| self.to_string()),
@@ -109,6 +161,22 @@ impl ExchangeError {
 }
 
 /// Exchanges tokens with one provider. Cheap to clone; clones share the cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::{ProviderConfig, Secret};
+/// use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+/// let provider = Provider::new(ProviderConfig {
+///     client_id: "app".into(),
+///     client_secret: Some(Secret::new("s3cret")), // the exchanger needs a client credential
+///     issuer: Some("https://login.example/v2.0".into()),
+///     jwks_uri: Some("https://login.example/keys".parse()?),
+///     ..Default::default()
+/// })?;
+/// let exchanger = Exchanger::new(Validator::new(provider, 10_000), 10_000, Duration::from_secs(120))?;
+/// assert_eq!(exchanger.provider().name(), "entra_id");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Exchanger {
     inner: Arc<Inner>,
@@ -148,6 +216,20 @@ impl Grant {
 impl Exchanger {
     /// An exchanger for the validator's provider, caching up to `capacity` tokens and never
     /// handing one out closer than `expiry_margin` to its expiry.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use tollgate::{config::ProviderConfig, exchange::{ExchangeError, Exchanger}, provider::Provider, validate::Validator};
+    /// let provider = Provider::new(ProviderConfig {
+    ///     client_id: "app".into(),
+    ///     issuer: Some("https://login.example/v2.0".into()),
+    ///     jwks_uri: Some("https://login.example/keys".parse()?),
+    ///     ..Default::default() // no client secret
+    /// })?;
+    /// let err = Exchanger::new(Validator::new(provider, 100), 100, Duration::from_secs(120)).unwrap_err();
+    /// assert!(matches!(err, ExchangeError::ClientAuth(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(
         validator: Validator,
         capacity: u64,
@@ -166,17 +248,76 @@ impl Exchanger {
     }
 
     /// The provider.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     client_secret: Some(Secret::new("s3cret")),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// # let exchanger = Exchanger::new(Validator::new(provider, 100), 100, Duration::from_secs(120))?;
+    /// assert_eq!(exchanger.provider().config().client_id, "app");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn provider(&self) -> &Arc<Provider> {
         &self.inner.provider
     }
 
     /// Entries in the cache (approximate; for metrics and tests).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     client_secret: Some(Secret::new("s3cret")),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// # let exchanger = Exchanger::new(Validator::new(provider, 100), 100, Duration::from_secs(120))?;
+    /// assert_eq!(exchanger.cached_entries(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cached_entries(&self) -> u64 {
         self.inner.cache.entry_count()
     }
 
     /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a
     /// valid access token for this app (checked before anything is sent to the IdP).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder()
+    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    /// #     .client_id(TOLLGATE_CLIENT_ID)
+    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .build()
+    /// #     .await?;
+    /// # use tollgate::devidp::{ALICE, DOWNSTREAM_APP_ID_URI, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// use tollgate::exchange::ExchangeError;
+    /// let exchanger = auth.exchanger().expect("a client secret is configured");
+    /// let user_token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
+    /// let token = exchanger.on_behalf_of(&user_token, &target, false).await?;
+    /// assert!(token.expires_in() > 0);
+    /// let refused = exchanger.on_behalf_of("not-a-jwt", &target, false).await.unwrap_err();
+    /// assert!(matches!(refused, ExchangeError::InvalidSubject(_))); // never sent to the IdP
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn on_behalf_of(
         &self,
         user_token: &str,
@@ -224,6 +365,30 @@ impl Exchanger {
     }
 
     /// Client credentials: an app token for `target` (`<resource>/.default`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder()
+    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    /// #     .client_id(TOLLGATE_CLIENT_ID)
+    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .build()
+    /// #     .await?;
+    /// # use tollgate::devidp::DOWNSTREAM_APP_ID_URI;
+    /// let exchanger = auth.exchanger().expect("a client secret is configured");
+    /// let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
+    /// let first = exchanger.client_credentials(&target, false).await?;
+    /// let again = exchanger.client_credentials(&target, false).await?; // from the cache
+    /// assert_eq!(first.access_token(), again.access_token());
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn client_credentials(
         &self,
         target: &str,
@@ -253,6 +418,37 @@ impl Exchanger {
     }
 
     /// Redeems a refresh token for `target` (not cached: the caller stores the rotated tokens).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder()
+    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    /// #     .client_id(TOLLGATE_CLIENT_ID)
+    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .build()
+    /// #     .await?;
+    /// # use tollgate::devidp::{ALICE_UPN, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
+    /// # let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
+    /// # let scope = format!("openid offline_access {target}");
+    /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),
+    /// #     ("username", ALICE_UPN), ("password", DEV_PASSWORD), ("scope", &scope)];
+    /// # let response = reqwest::Client::new().post(idp.token_endpoint(DEFAULT_TENANT_ID)).form(&form).send().await?;
+    /// # let body: serde_json::Value = response.json().await?;
+    /// # let refresh_token = body["refresh_token"].as_str().ok_or("no refresh token")?.to_owned();
+    /// let exchanger = auth.exchanger().expect("a client secret is configured");
+    /// let tokens = exchanger.refresh(&refresh_token, &target, Some(DEFAULT_TENANT_ID)).await?;
+    /// assert!(tokens.expires_in > 0);
+    /// let rotated = tokens.refresh_token.expect("the IdP rotates refresh tokens");
+    /// assert_ne!(rotated, refresh_token);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn refresh(
         &self,
         refresh_token: &str,

@@ -17,6 +17,19 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 
 /// A client credential loaded once at start (files other than the federated assertion are read
 /// here, so a missing key file fails start-up, not the first request).
+///
+/// ```
+/// use tollgate::config::{ClientAuthMethod, ProviderConfig, Secret};
+/// use tollgate::provider::client_auth::ClientAuth;
+/// let auth = ClientAuth::from_config(&ProviderConfig {
+///     client_id: "app".into(),
+///     client_auth: ClientAuthMethod::ClientSecretBasic,
+///     client_secret: Some(Secret::new("s3cret")),
+///     ..Default::default()
+/// })?;
+/// assert_eq!(format!("{auth:?}"), r#"ClientAuth { client_id: "app", kind: "client_secret_basic" }"#);
+/// # Ok::<(), tollgate::provider::client_auth::ClientAuthError>(())
+/// ```
 #[derive(Clone)]
 pub struct ClientAuth {
     client_id: String,
@@ -52,6 +65,13 @@ impl std::fmt::Debug for ClientAuth {
 }
 
 /// A credential problem; names the option, never the secret.
+///
+/// ```
+/// use tollgate::{config::ProviderConfig, provider::client_auth::ClientAuth};
+/// let err = ClientAuth::from_config(&ProviderConfig { client_id: "app".into(), ..Default::default() }).unwrap_err();
+/// assert_eq!(err.option, "client_secret_file");
+/// assert!(err.to_string().starts_with("client_secret_file: a client secret is needed"));
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{option}: {message}")]
 pub struct ClientAuthError {
@@ -70,6 +90,16 @@ fn err(option: &'static str, message: impl Into<String>) -> ClientAuthError {
 
 impl ClientAuth {
     /// Loads the credential the provider's configuration names.
+    ///
+    /// ```
+    /// use tollgate::{config::ProviderConfig, provider::client_auth::ClientAuth};
+    /// let dir = tempfile::tempdir()?;
+    /// let secret_file = dir.path().join("client_secret");
+    /// std::fs::write(&secret_file, "s3cret\n")?; // read now, trimmed
+    /// let cfg = ProviderConfig { client_id: "app".into(), client_secret_file: Some(secret_file), ..Default::default() };
+    /// assert_eq!(ClientAuth::from_config(&cfg)?.client_id(), "app");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_config(cfg: &ProviderConfig) -> Result<Self, ClientAuthError> {
         let kind = match cfg.client_auth {
             ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {
@@ -103,11 +133,32 @@ impl ClientAuth {
     }
 
     /// The client id.
+    ///
+    /// ```
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::provider::client_auth::ClientAuth;
+    /// let cfg = ProviderConfig { client_id: "app".into(), client_secret: Some(Secret::new("s3cret")), ..Default::default() };
+    /// assert_eq!(ClientAuth::from_config(&cfg)?.client_id(), "app");
+    /// # Ok::<(), tollgate::provider::client_auth::ClientAuthError>(())
+    /// ```
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
 
     /// Adds the credential to a token request: form fields and, for Basic, the header.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::provider::client_auth::ClientAuthError> {
+    /// use tollgate::config::{ProviderConfig, Secret};
+    /// use tollgate::provider::client_auth::ClientAuth;
+    /// let cfg = ProviderConfig { client_id: "app".into(), client_secret: Some(Secret::new("s3cret")), ..Default::default() };
+    /// let mut form = vec![("grant_type", "client_credentials".to_owned())];
+    /// let header = ClientAuth::from_config(&cfg)?.apply("https://login.example/token", &mut form).await?;
+    /// assert_eq!(header, None); // client_secret_post: all in the body
+    /// assert_eq!(form[1..], [("client_id", "app".to_owned()), ("client_secret", "s3cret".to_owned())]);
+    /// # Ok(()) }
+    /// ```
     pub async fn apply(
         &self,
         token_endpoint: &str,

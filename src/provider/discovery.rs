@@ -8,6 +8,20 @@ use crate::config::ProviderConfig;
 
 /// The parts of the provider metadata tollgate uses, plus the whole document (the login proxy
 /// serves it rewritten).
+///
+/// ```
+/// use tollgate::{config::ProviderConfig, provider::Provider};
+/// let provider = Provider::new(ProviderConfig {
+///     client_id: "app".into(),
+///     issuer: Some("https://login.example/v2.0".into()),
+///     jwks_uri: Some("https://login.example/keys".parse()?),
+///     ..Default::default()
+/// })?;
+/// let metadata = provider.metadata().expect("configured explicitly, no discovery needed");
+/// assert_eq!(metadata.jwks_uri.as_str(), "https://login.example/keys");
+/// assert!(metadata.document.as_object().is_some_and(|d| d.is_empty()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Metadata {
     /// `issuer`; may be an Entra `{tenantid}` template.

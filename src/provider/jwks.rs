@@ -17,6 +17,20 @@ use url::Url;
 use super::{ProviderError, http};
 
 /// One verification key from the JWKS.
+///
+/// ```
+/// use jsonwebtoken::{AlgorithmFamily, DecodingKey};
+/// use tollgate::provider::VerifyingKey;
+/// let key = VerifyingKey {
+///     kid: "ed-1".into(),
+///     key: DecodingKey::from_ed_components("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")?,
+///     family: AlgorithmFamily::Ed,
+///     alg: None,
+///     issuer: None,
+/// };
+/// assert_eq!(format!("{key:?}"), r#"VerifyingKey { kid: "ed-1", family: Ed, alg: None }"#);
+/// # Ok::<(), jsonwebtoken::errors::Error>(())
+/// ```
 pub struct VerifyingKey {
     /// The key id.
     pub kid: String,
@@ -42,12 +56,48 @@ impl std::fmt::Debug for VerifyingKey {
 
 impl VerifyingKey {
     /// Whether this key may verify a signature made with `alg`.
+    ///
+    /// ```
+    /// # use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+    /// # use tollgate::provider::VerifyingKey;
+    /// # let n = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+    /// let key = VerifyingKey {
+    ///     kid: "rsa-1".into(),
+    ///     key: DecodingKey::from_rsa_components(n, "AQAB")?,
+    ///     family: AlgorithmFamily::Rsa,
+    ///     alg: Some(Algorithm::PS256), // the JWK's own `alg` pins the algorithm
+    ///     issuer: None,
+    /// };
+    /// assert!(key.allows(Algorithm::PS256));
+    /// assert!(!key.allows(Algorithm::RS256) && !key.allows(Algorithm::ES256));
+    /// # Ok::<(), jsonwebtoken::errors::Error>(())
+    /// ```
     pub fn allows(&self, alg: Algorithm) -> bool {
         self.family == alg_family(alg) && self.alg.is_none_or(|a| a == alg)
     }
 }
 
 /// The keys loaded from one JWKS fetch.
+///
+/// ```
+/// # #[cfg(feature = "dev-idp")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # use tollgate::{config::ProviderConfig, provider::Provider};
+/// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+/// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+/// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+/// provider.refresh().await?;
+/// let keys = provider.key_set();
+/// for kid in keys.kids() {
+///     assert_eq!(keys.get(&kid).unwrap().family, jsonwebtoken::AlgorithmFamily::Rsa);
+/// }
+/// # idp.shutdown().await;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "dev-idp"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: HashMap<String, Arc<VerifyingKey>>,
@@ -60,21 +110,41 @@ impl KeySet {
     }
 
     /// The key with this kid.
+    ///
+    /// ```
+    /// use tollgate::provider::KeySet;
+    /// assert!(KeySet::default().get("some-kid").is_none());
+    /// ```
     pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         self.keys.get(kid).cloned()
     }
 
     /// Number of usable keys.
+    ///
+    /// ```
+    /// use tollgate::provider::KeySet;
+    /// assert_eq!(KeySet::default().len(), 0);
+    /// ```
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// True when no usable key is loaded.
+    ///
+    /// ```
+    /// use tollgate::provider::KeySet;
+    /// assert!(KeySet::default().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
     /// The key ids, for diagnostics.
+    ///
+    /// ```
+    /// use tollgate::provider::KeySet;
+    /// assert!(KeySet::default().kids().is_empty());
+    /// ```
     pub fn kids(&self) -> Vec<String> {
         self.keys.keys().cloned().collect()
     }

@@ -35,6 +35,18 @@ pub use jwks::{KeySet, VerifyingKey};
 use crate::config::ProviderConfig;
 
 /// An error talking to an identity provider. Messages never carry tokens or secrets.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tollgate::{config::ProviderConfig, provider::{Provider, ProviderError}};
+/// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(); // closed again
+/// let url = format!("http://127.0.0.1:{port}/v2.0/.well-known/openid-configuration");
+/// let provider = Provider::new(ProviderConfig { client_id: "app".into(), well_known_url: Some(url.parse()?), ..Default::default() })?;
+/// let err = provider.refresh().await.unwrap_err();
+/// assert!(matches!(err, ProviderError::Unreachable { what: "discovery document", timeout: false, .. }));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The IdP could not be reached or did not answer in time.
@@ -69,6 +81,28 @@ pub enum ProviderError {
 }
 
 /// An identity provider with cached metadata and keys.
+///
+/// ```
+/// # #[cfg(feature = "dev-idp")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+/// use tollgate::{config::ProviderConfig, provider::Provider};
+/// let provider = Provider::new(ProviderConfig {
+///     client_id: TOLLGATE_CLIENT_ID.into(),
+///     well_known_url: Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?),
+///     ..Default::default()
+/// })?;
+/// assert!(!provider.is_ready()); // nothing fetched yet
+/// provider.refresh().await?;
+/// assert!(provider.is_ready());
+/// assert_eq!(provider.metadata().unwrap().issuer, idp.issuer(DEFAULT_TENANT_ID));
+/// # idp.shutdown().await;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "dev-idp"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug)]
 pub struct Provider {
     config: ProviderConfig,
@@ -85,6 +119,17 @@ pub struct Provider {
 
 impl Provider {
     /// Builds the provider; no network I/O happens here.
+    ///
+    /// ```
+    /// use tollgate::{config::ProviderConfig, provider::Provider};
+    /// let provider = Provider::new(ProviderConfig {
+    ///     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    ///     well_known_url: Some("https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration".parse()?),
+    ///     ..Default::default()
+    /// })?;
+    /// assert!(provider.metadata().is_none() && provider.key_set().is_empty()); // nothing fetched yet
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(config: ProviderConfig) -> Result<Arc<Self>, ProviderError> {
         let http = http::client(config.timeout)?;
         let metadata = discovery::from_config(&config).map(Arc::new);
@@ -100,37 +145,128 @@ impl Provider {
     }
 
     /// The provider's configuration.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// assert_eq!(provider.config().client_id, "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn config(&self) -> &ProviderConfig {
         &self.config
     }
 
     /// The provider's name.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// assert_eq!(provider.name(), "entra_id"); // the default name
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
     /// The HTTP client used for this IdP (rustls, pooled, with the provider's timeout).
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// let request = provider.http().get("https://graph.microsoft.com/v1.0/me").build()?;
+    /// assert_eq!(request.method(), "GET");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// The current metadata, when discovery has succeeded (or was configured explicitly).
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// let metadata = provider.metadata().expect("issuer and jwks_uri are configured");
+    /// assert!(metadata.issuer.ends_with("/v2.0") && metadata.token_endpoint.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn metadata(&self) -> Option<Arc<Metadata>> {
         read(&self.metadata).clone()
     }
 
     /// True when signing keys are loaded and not older than `jwks_max_stale`.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// assert!(!provider.is_ready()); // keys are fetched by `refresh` or `spawn_refresh`
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_ready(&self) -> bool {
         let keys = self.key_set();
         !keys.is_empty() && !keys.is_stale(self.config.jwks_max_stale)
     }
 
     /// The current key set.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/discovery/v2.0/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// assert_eq!(provider.key_set().len(), 0); // nothing fetched yet
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn key_set(&self) -> Arc<KeySet> {
         read(&self.keys).clone()
     }
 
     /// Fetches discovery (when needed) and the JWKS now.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+    /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+    /// provider.refresh().await?;
+    /// assert!(provider.is_ready() && !provider.key_set().is_empty());
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn refresh(&self) -> Result<(), ProviderError> {
         let _guard = self.fetch_lock.lock().await;
         self.fetch_locked().await
@@ -139,6 +275,25 @@ impl Provider {
     /// The key for `kid`. An unknown kid triggers at most one JWKS refetch per
     /// `jwks_unknown_kid_min_interval`, shared by every concurrent caller; no lock is held by a
     /// caller that finds its key in the cache.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+    /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+    /// provider.refresh().await?;
+    /// let kid = provider.key_set().kids().remove(0);
+    /// assert_eq!(provider.key(&kid).await.unwrap().kid, kid);
+    /// assert!(provider.key("no-such-kid").await.is_none()); // after one refetch
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub async fn key(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         if let Some(k) = self.key_set().get(kid) {
             return Some(k);
@@ -164,6 +319,29 @@ impl Provider {
     /// Keeps metadata and keys fresh in the background until the returned handle is aborted
     /// (or the provider dropped): retries with backoff while nothing is loaded, then refreshes every
     /// `jwks_refresh`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
+    /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
+    /// let task = provider.spawn_refresh();
+    /// tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    ///     while !provider.is_ready() {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    ///     }
+    /// })
+    /// .await?;
+    /// task.abort();
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -139,7 +139,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// [`StoreError::Corrupt`] after the others are done.
     fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    /// Checks that the store answers (readiness).
+    /// Checks that the store answers now. (`/readyz` does not call it: the proxy works without
+    /// the store.)
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// `"memory"`, `"sqlite"` or `"redis"`.
@@ -173,6 +174,8 @@ pub struct StoreConfig {
     /// The SQLite database file.
     pub path: PathBuf,
     /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS-capable builds).
+    /// Serialized (`tollgate check`) with its password masked.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: Option<String>,
     /// The key file (`kid:base64(32 bytes)` per line, first seals); required for sqlite and redis.
     pub encryption_keys_file: Option<PathBuf>,
@@ -222,7 +225,8 @@ pub enum StoreKind {
 /// Opens the configured store.
 ///
 /// SQLite and Redis refuse to open without `encryption_keys_file`; memory uses the keys when
-/// given and a random per-process key otherwise.
+/// given and a random per-process key otherwise. Redis opens without waiting for the server (see
+/// [`RedisStore::connect`]): only a URL that cannot work is refused here.
 pub async fn open(cfg: &StoreConfig) -> Result<Arc<dyn TokenStore>, StoreError> {
     match cfg.kind {
         StoreKind::Memory => {
@@ -410,16 +414,47 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The URL with its password replaced by `REDACTED`: the userinfo one
+/// (`redis://user:password@host`) and the `pass` query parameter of `redis+unix:///path?pass=`.
+/// A URL without a password is returned as written; one that does not parse is not shown.
 fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // set_password only fails for URLs that cannot carry credentials at all.
-                let _ = parsed.set_password(Some("REDACTED"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable url>".to_owned(),
+    const MASK: &str = "REDACTED";
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<unparsable url>".to_owned();
+    };
+    let in_userinfo = parsed.password().is_some();
+    let in_query = parsed.query_pairs().any(|(k, _)| k == "pass");
+    if !in_userinfo && !in_query {
+        return url.to_owned();
+    }
+    if in_userinfo {
+        // set_password only fails for URLs that cannot carry credentials at all.
+        let _ = parsed.set_password(Some(MASK));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "pass" {
+                    MASK.into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &Option<String>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => ser.serialize_some(&redact_url(url)),
+        None => ser.serialize_none(),
     }
 }
 
@@ -520,5 +555,63 @@ mod tests {
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("cache:6379"), "{debug}");
+    }
+
+    #[test]
+    fn config_serialization_masks_redis_password() {
+        let cases = [
+            (
+                "redis://:hunter2@cache:6379/0",
+                "redis://:REDACTED@cache:6379/0",
+            ),
+            (
+                "rediss://tollgate:hunter2@cache.example:6380/2",
+                "rediss://tollgate:REDACTED@cache.example:6380/2",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=hunter2&user=tollgate",
+                "redis+unix:///run/redis.sock?db=1&pass=REDACTED&user=tollgate",
+            ),
+            // Nothing to hide: shown as written.
+            ("redis://cache:6379/0", "redis://cache:6379/0"),
+            ("redis://tollgate@cache", "redis://tollgate@cache"),
+        ];
+        for (url, shown) in cases {
+            let cfg = StoreConfig {
+                kind: StoreKind::Redis,
+                url: Some(url.into()),
+                ..StoreConfig::default()
+            };
+            let value = serde_json::to_value(&cfg).unwrap();
+            assert_eq!(value["url"], shown, "{url}");
+            assert_eq!(value["kind"], "redis");
+        }
+        let unparsable = StoreConfig {
+            url: Some("redis://:hunter2@cache:port".into()),
+            ..StoreConfig::default()
+        };
+        let value = serde_json::to_value(&unparsable).unwrap();
+        assert!(!value.to_string().contains("hunter2"), "{value}");
+        let none = serde_json::to_value(StoreConfig::default()).unwrap();
+        assert!(
+            none.get("url").is_none_or(serde_json::Value::is_null),
+            "{none}"
+        );
+
+        // What `tollgate check` prints.
+        let config = crate::config::Config {
+            store: StoreConfig {
+                kind: StoreKind::Redis,
+                url: Some("redis://:hunter2@cache:6379/0".into()),
+                ..StoreConfig::default()
+            },
+            ..crate::config::Config::default()
+        };
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("redis://:REDACTED@cache:6379/0"),
+            "{printed}"
+        );
     }
 }

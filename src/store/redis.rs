@@ -4,12 +4,15 @@
 //! - `tollgate:tok:<len>:<provider>:<oid>`: hash `{v: sealed blob, u: hex sha256 of the UPN}`
 //! - `tollgate:upn:<len>:<provider>:<hex sha256 of the lower-cased UPN>`: the oid
 //!
-//! Every call is bounded by the configured timeout, so an outage turns into
-//! [`StoreError::Unavailable`] instead of a hang; the connection manager reconnects by itself
-//! once Redis is back.
+//! Opening the store does not wait for Redis: a server that is down when tollgate starts only
+//! makes the store calls fail until it is up (the delegated API answers `503`; the proxy and
+//! exchange paths do not use the store). Every call is bounded by the configured timeout, so an
+//! outage turns into [`StoreError::Unavailable`] instead of a hang; the connection manager
+//! reconnects by itself once Redis is back.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, RedisError, RedisResult, Script};
@@ -32,16 +35,32 @@ use super::{
 /// # Ok(()) }
 /// ```
 pub struct RedisStore {
-    conn: ConnectionManager,
+    client: ::redis::Client,
+    config: ConnectionManagerConfig,
+    conn: Mutex<Connection>,
     sealer: Sealer,
     timeout: Duration,
     delete_script: Script,
     reseal_script: Script,
 }
 
+/// The connection manager in use, and when it was made.
+struct Connection {
+    manager: ConnectionManager,
+    made: Instant,
+}
+
+/// A connection manager that failed to authenticate never tries again by itself (it reconnects
+/// only after I/O errors): a new one is made, at most this often.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
+
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:password@]host[:port][/db]`) and checks that the server
-    /// answers within `timeout`, which then bounds every call.
+    /// Sets up the store for `url` (`redis://[user:password@]host[:port][/db]`) without waiting
+    /// for Redis: a malformed URL fails here ([`StoreError::Config`]), an unreachable server does
+    /// not. The first connection is attempted in the background right away; until Redis answers,
+    /// each call fails with [`StoreError::Unavailable`] within `timeout` (which bounds every
+    /// call), and once Redis is up the store connects (again) by itself. Use
+    /// [`TokenStore::ping`] to check that Redis answers.
     pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, StoreError> {
         let client = ::redis::Client::open(url)
             .map_err(|err| StoreError::Config(format!("invalid redis `url`: {err}")))?;
@@ -53,17 +72,37 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        // Lazy: nothing is sent until the first command.
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|err| StoreError::Config(format!("redis connection settings: {err}")))?;
-        let store = Self {
-            conn,
+        // Warm the connection up so that the first request does not pay for it, and say early
+        // when Redis is not there. Failing here is no error: the store keeps trying.
+        let mut warm = manager.clone();
+        tokio::spawn(async move {
+            let ping = ::redis::cmd("PING");
+            let answer = tokio::time::timeout(timeout, ping.query_async::<String>(&mut warm)).await;
+            let why = match answer {
+                Ok(Ok(_)) => return,
+                Ok(Err(err)) => redis_error(&err),
+                Err(_) => no_answer(timeout),
+            };
+            tracing::warn!(
+                error = %why,
+                "redis token store not reachable yet: delegated tokens are unavailable until it is"
+            );
+        });
+        Ok(Self {
+            client,
+            config,
+            conn: Mutex::new(Connection {
+                manager,
+                made: Instant::now(),
+            }),
             sealer,
             timeout,
             delete_script: Script::new(DELETE_SCRIPT),
             reseal_script: Script::new(RESEAL_SCRIPT),
-        };
-        store.ping().await?;
-        Ok(store)
+        })
     }
 }
 
@@ -103,7 +142,7 @@ impl TokenStore for RedisStore {
                     .arg(expires_at)
                     .ignore();
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             self.timed(pipe.query_async::<()>(&mut conn)).await
         })
     }
@@ -128,7 +167,7 @@ impl TokenStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
         Box::pin(async move {
             let index = format!("{}{}", upn_key_prefix(provider), hex(&upn_hash(upn)));
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let oid: Option<String> = self
                 .timed(::redis::cmd("GET").arg(&index).query_async(&mut conn))
                 .await?;
@@ -153,7 +192,7 @@ impl TokenStore for RedisStore {
 
     fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let pattern = format!("{RECORD_PREFIX}*");
             let (mut cursor, mut resealed, mut unreadable) = (0u64, 0u64, 0u64);
             let now = now_unix();
@@ -201,7 +240,7 @@ impl TokenStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let pong: String = self
                 .timed(::redis::cmd("PING").query_async(&mut conn))
                 .await?;
@@ -244,19 +283,50 @@ return 0
 ";
 
 impl RedisStore {
+    /// The connection manager to send a command on (a cheap handle on a shared connection).
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .manager
+            .clone()
+    }
+
     async fn timed<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(redis_error(&err)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis did not answer within {}",
-                humantime::format_duration(self.timeout)
-            ))),
+            Ok(Err(err)) => {
+                if err.kind() == ErrorKind::AuthenticationFailed {
+                    self.renew_connection();
+                }
+                Err(redis_error(&err))
+            }
+            Err(_) => Err(no_answer(self.timeout)),
+        }
+    }
+
+    /// Replaces the connection manager by a new (lazy) one, unless it is younger than
+    /// [`RENEW_AFTER`]: Redis may accept the credentials by now (its ACLs or `requirepass`
+    /// loaded after it started listening).
+    fn renew_connection(&self) {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if conn.made.elapsed() < RENEW_AFTER {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(manager) => {
+                tracing::warn!("redis refused tollgate's credentials; trying a new connection");
+                *conn = Connection {
+                    manager,
+                    made: Instant::now(),
+                };
+            }
+            Err(err) => tracing::warn!(error = %err, "redis: cannot make a new connection"),
         }
     }
 
     async fn fetch_blob(&self, provider: &str, oid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.timed(
             ::redis::cmd("HGET")
                 .arg(record_key(provider, oid))
@@ -288,7 +358,7 @@ impl RedisStore {
     }
 
     async fn reseal(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let swapped: i64 = self
             .timed(
                 self.reseal_script
@@ -302,7 +372,7 @@ impl RedisStore {
     }
 
     async fn delete_record(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let removed: i64 = self
             .timed(
                 self.delete_script
@@ -314,6 +384,13 @@ impl RedisStore {
             .await?;
         Ok(removed > 0)
     }
+}
+
+fn no_answer(timeout: Duration) -> StoreError {
+    StoreError::Unavailable(format!(
+        "redis did not answer within {}",
+        humantime::format_duration(timeout)
+    ))
 }
 
 fn record_key(provider: &str, oid: &str) -> String {
