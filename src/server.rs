@@ -277,23 +277,37 @@ impl Server {
                 grace,
             ));
         }
-        if let Some(l) = self.admin {
-            tasks.spawn(http_server::serve(
+        // The admin listener outlives the others: while they drain, `/readyz` answers 503, so a
+        // load balancer or kubelet sees "not ready" before the sidecar goes away.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let mut admin = self.admin.map(|l| {
+            AbortOnDrop(tokio::spawn(http_server::serve(
                 l,
                 crate::admin::router(state.clone()),
                 limits,
-                stopped(stop_rx.clone()),
+                stopped(admin_stop_rx),
                 grace,
-            ));
-        }
+            )))
+        });
         tracing::info!("tollgate is serving");
         shutdown.await;
         tracing::info!("shutting down: readiness off, draining in-flight requests");
+        // Readiness first, then the public and API listeners stop accepting and drain.
         state.accepting.store(false, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         let mut result = Ok(());
         while let Some(done) = tasks.join_next().await {
             match done {
+                Ok(Err(e)) => result = Err(ServerError::Io(e)),
+                Err(e) if e.is_panic() => {
+                    result = Err(ServerError::Start("a listener task panicked".into()))
+                }
+                _ => {}
+            }
+        }
+        let _ = admin_stop_tx.send(true);
+        if let Some(admin) = admin.as_mut() {
+            match (&mut admin.0).await {
                 Ok(Err(e)) => result = Err(ServerError::Io(e)),
                 Err(e) if e.is_panic() => {
                     result = Err(ServerError::Start("a listener task panicked".into()))
@@ -356,6 +370,15 @@ impl Drop for RunningServer {
         if self.stop.is_some() {
             self.task.abort();
         }
+    }
+}
+
+/// A task that ends with its owner: the admin listener must not outlive an aborted server.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

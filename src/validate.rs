@@ -810,6 +810,11 @@ impl Validator {
             }
             return Err(invalid("the token is signed by an unknown key"));
         };
+        // Keys older than `jwks_max_stale` (the IdP unreachable that long) no longer vouch for
+        // anything, even before the next refresh attempt drops them.
+        if !self.provider.is_ready() {
+            return Err(ValidationError::KeysUnavailable);
+        }
         if !key.allows(header.alg) {
             return Err(invalid(
                 "the signing key does not match the token's algorithm",

@@ -1,6 +1,8 @@
 //! The reverse proxy end to end: a static JWKS IdP and keys made in the test, an echo upstream,
 //! tollgate on 127.0.0.1:0, driven by reqwest.
 
+mod paths;
+mod shutdown;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -45,6 +47,98 @@ impl Harness {
         }
         panic!("tollgate never became ready");
     }
+
+    async fn ready_status(&self) -> u16 {
+        self.http
+            .get(self.admin("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `tollgate_jwks_fetches_total{provider=<provider>,result="error"}`, 0 when not yet recorded.
+    async fn jwks_fetch_errors(&self, provider: &str) -> f64 {
+        metric_value(
+            &self.metrics_text().await,
+            "tollgate_jwks_fetches_total",
+            &[("provider", provider), ("result", "error")],
+        )
+    }
+}
+
+/// The value of the Prometheus sample `name` carrying all of `labels` (0 when absent).
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A config with one `[[providers]]` whose lines (besides `client_id`) are all given, and a
+/// single `auth = "required"` route.
+fn custom_config(upstream: &str, provider: &str) -> String {
+    format!(
+        r#"
+[listen]
+public = "127.0.0.1:0"
+api = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[upstream]
+url = "{upstream}"
+timeout = "5s"
+
+[[providers]]
+client_id = "{CLIENT_ID}"
+{provider}
+
+[[routes]]
+path = "/"
+auth = "required"
+"#
+    )
+}
+
+async fn harness_custom(idp: StaticIdp, provider: &str) -> Harness {
+    let echo = Echo::start().await;
+    let cfg =
+        Config::from_toml_str(&custom_config(&echo.url(), provider), &MapEnv::default()).unwrap();
+    let server = Server::bind(cfg).await.unwrap().spawn();
+    Harness {
+        idp,
+        echo,
+        server,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn assert_ok(h: &Harness, token: &str, why: &str) -> Value {
+    let before = h.echo.hits();
+    let r = h.get("/ok", Some(token)).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{why}: {body}");
+    assert_eq!(h.echo.hits(), before + 1, "{why}: reached the upstream");
+    body
 }
 
 fn config_toml(well_known: &str, upstream: &str, extra_provider: &str) -> String {
@@ -494,34 +588,152 @@ async fn idp_down_at_start_then_up() {
 
 #[tokio::test]
 async fn jwks_failure_after_start_keeps_cached_keys() {
+    // A provider name of its own: the Prometheus recorder is shared by every test in the binary.
+    const NAME: &str = "keep_stale";
     let key = TestKey::new("k1");
-    let h = harness_with(&[&key], "jwks_refresh = \"200ms\"").await;
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "name = \"{NAME}\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
+        idp.well_known()
+    );
+    let h = harness_custom(idp, &provider).await;
     h.wait_ready().await;
-    *h.idp.fail.lock().unwrap() = Some(reqwest::StatusCode::SERVICE_UNAVAILABLE);
-    let before = h.idp.fetches();
-    // Wait until at least one background refresh has failed.
-    for _ in 0..50 {
-        if h.idp.fetches() > before {
+    let iss = h.idp.issuer();
+    assert_eq!(
+        h.get("/x", Some(&key.token(&iss, json!({}))))
+            .await
+            .status(),
+        200
+    );
+    let errors_before = h.jwks_fetch_errors(NAME).await;
+    let served_errors_before = h.idp.jwks_errors();
+    // Discovery keeps working: the refresh reaches the JWKS endpoint and fails there.
+    h.idp
+        .set_jwks_fail(Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+    let mut failed = false;
+    for _ in 0..100 {
+        if h.idp.jwks_errors() >= served_errors_before + 2
+            && h.jwks_fetch_errors(NAME).await >= errors_before + 2.0
+        {
+            failed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(h.idp.fetches() > before || before > 0);
-    let token = key.token(&h.idp.issuer(), json!({"jti": "fresh"}));
-    assert_eq!(
-        h.get("/x", Some(&token)).await.status(),
-        200,
-        "stale keys still verify"
+    assert!(
+        failed,
+        "background refreshes hit the failing JWKS endpoint and count as errors \
+         (served {} errors, metric {} -> {})",
+        h.idp.jwks_errors() - served_errors_before,
+        errors_before,
+        h.jwks_fetch_errors(NAME).await
     );
+    for i in 0..3 {
+        let token = key.token(&iss, json!({"jti": format!("fresh-{i}")}));
+        assert_eq!(
+            h.get("/x", Some(&token)).await.status(),
+            200,
+            "cached keys still verify new tokens while the IdP fails"
+        );
+    }
     assert_eq!(
-        h.http
-            .get(h.admin("/readyz"))
-            .send()
+        h.ready_status().await,
+        200,
+        "still ready within jwks_max_stale"
+    );
+    assert_eq!(h.echo.hits(), 4);
+}
+
+/// `jwks_max_stale` (1 s) is shorter than `jwks_refresh` (3 s): readiness must turn false as soon
+/// as the keys are older than max_stale (before the next refresh can drop them), and the next
+/// failed refresh drops them, after which tokens get 503.
+#[tokio::test]
+async fn jwks_keys_are_dropped_once_older_than_max_stale() {
+    const NAME: &str = "drop_stale";
+    const REFRESH: Duration = Duration::from_secs(3);
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "name = \"{NAME}\"\nwell_known_url = \"{}\"\njwks_refresh = \"{}s\"\njwks_max_stale = \"1s\"",
+        idp.well_known(),
+        REFRESH.as_secs()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    // The keys were fetched at most this long ago (the start-up refresh).
+    let loaded_by = std::time::Instant::now();
+    let iss = h.idp.issuer();
+    assert_eq!(
+        h.get("/x", Some(&key.token(&iss, json!({"jti": "early"}))))
             .await
-            .unwrap()
             .status(),
         200
     );
+    let errors_before = h.jwks_fetch_errors(NAME).await;
+    h.idp
+        .set_jwks_fail(Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+    // Readiness turns false once the keys are older than jwks_max_stale, before the next
+    // background refresh (REFRESH after the start-up one) could drop them.
+    let mut not_ready_after = None;
+    while loaded_by.elapsed() < REFRESH - Duration::from_millis(700) {
+        if h.ready_status().await == 503 {
+            not_ready_after = Some(loaded_by.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let not_ready_after = not_ready_after.expect("readiness turns false after jwks_max_stale");
+    assert!(
+        not_ready_after >= Duration::from_millis(700),
+        "not ready after only {not_ready_after:?}: the keys were not stale yet"
+    );
+    // Stale keys vouch for nothing, even before the next refresh drops them.
+    let r = h
+        .get("/x", Some(&key.token(&iss, json!({"jti": "stale-now"}))))
+        .await;
+    assert_eq!(
+        r.status(),
+        503,
+        "keys older than jwks_max_stale verify nothing"
+    );
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    // The next refresh fails and drops them; tokens still get 503.
+    for _ in 0..100 {
+        if h.idp.jwks_errors() >= 1 && h.jwks_fetch_errors(NAME).await > errors_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        h.idp.jwks_errors() >= 1 && h.jwks_fetch_errors(NAME).await > errors_before,
+        "the background refresh tried and failed"
+    );
+    let r = h
+        .get("/x", Some(&key.token(&iss, json!({"jti": "dropped"}))))
+        .await;
+    assert_eq!(r.status(), 503, "dropped keys verify nothing");
+    assert_eq!(h.ready_status().await, 503);
+    // The IdP comes back: keys are loaded again and tokens pass.
+    let hits = h.echo.hits();
+    h.idp.set_jwks_fail(None);
+    let mut ready = false;
+    for _ in 0..100 {
+        if h.ready_status().await == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready again once the IdP answers");
+    assert_eq!(
+        h.get("/x", Some(&key.token(&iss, json!({"jti": "back"}))))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(h.echo.hits(), hits + 1);
 }
 
 #[tokio::test]
@@ -661,4 +873,418 @@ async fn dev_idp_tokens_and_key_rotation() {
         200
     );
     assert_eq!(echo.hits(), 2);
+}
+
+const ENTRA_V2_TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
+
+fn entra_v2(tenant: &str) -> String {
+    format!("https://login.microsoftonline.com/{tenant}/v2.0")
+}
+
+fn entra_v1(tenant: &str) -> String {
+    format!("https://sts.windows.net/{tenant}/")
+}
+
+/// A v1 access token's claims: `appid` instead of `azp`, `ver: 1.0`, the `api://` audience.
+fn v1_claims(tenant: &str) -> Value {
+    json!({"iss": entra_v1(tenant), "tid": tenant, "ver": "1.0", "azp": null,
+           "appid": "cccccccc-3333-4444-5555-dddddddddddd", "aud": format!("api://{CLIENT_ID}")})
+}
+
+/// A multi-tenant Entra provider: the discovery document (`/common`) names the `{tenantid}`
+/// issuer template, as Entra's does. `pinned` carries Entra's per-key `issuer` naming
+/// `OTHER_TENANT`; `key` carries the `{tenantid}` template as its `issuer` when `key_issuer`, and
+/// none otherwise (so only the provider's issuer rules can refuse its tokens: validate.rs
+/// checks a key's `issuer` too, which would mask a broken provider-level check).
+async fn entra_template_harness(
+    key: &TestKey,
+    pinned: &TestKey,
+    allowed: &str,
+    key_issuer: bool,
+) -> Harness {
+    let idp = StaticIdp::start(&[]).await;
+    idp.set_discovery_issuer(ENTRA_V2_TEMPLATE);
+    let mut k1 = key.public_jwk();
+    if key_issuer {
+        k1["issuer"] = json!(ENTRA_V2_TEMPLATE);
+    }
+    let mut k2 = pinned.public_jwk();
+    k2["issuer"] = json!(entra_v2(OTHER_TENANT));
+    idp.set_jwks(json!({"keys": [k1, k2]}));
+    let provider = format!(
+        "well_known_url = \"{}\"\nallowed_tenants = {allowed}",
+        idp.well_known_for("common")
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    h
+}
+
+#[tokio::test]
+async fn entra_tenant_template_is_checked_against_allowed_tenants() {
+    let key = TestKey::new("k1");
+    let pinned = TestKey::new("k-other-tenant");
+    let h = entra_template_harness(&key, &pinned, &format!("[\"{TENANT}\"]"), false).await;
+
+    // An allowed tenant, v2 issuer.
+    let echo = assert_ok(&h, &key.token(&entra_v2(TENANT), json!({})), "T1 v2").await;
+    assert_eq!(echo["headers"]["x-auth-tid"], TENANT);
+    // The same tenant id in upper case names the same tenant.
+    let upper = TENANT.to_uppercase();
+    assert_ok(
+        &h,
+        &key.token(&entra_v2(&upper), json!({"tid": upper})),
+        "T1 in upper case",
+    )
+    .await;
+
+    // Another tenant, consistent iss and tid: refused by allowed_tenants.
+    let t2 = key.token(&entra_v2(OTHER_TENANT), json!({"tid": OTHER_TENANT}));
+    assert_invalid(&h, &t2, "T2 token").await;
+    // iss and tid disagree, in both directions.
+    assert_invalid(
+        &h,
+        &key.token(&entra_v2(TENANT), json!({"tid": OTHER_TENANT})),
+        "iss names T1, tid says T2",
+    )
+    .await;
+    assert_invalid(
+        &h,
+        &key.token(&entra_v2(OTHER_TENANT), json!({"tid": TENANT})),
+        "iss names T2, tid says T1",
+    )
+    .await;
+    // The template cannot be filled without a usable tid.
+    assert_invalid(
+        &h,
+        &key.token(&entra_v2(TENANT), json!({"tid": null})),
+        "no tid",
+    )
+    .await;
+    for bad in [
+        "contoso.onmicrosoft.com",
+        "common",
+        "11111111222233334444555555555555",
+    ] {
+        assert_invalid(
+            &h,
+            &key.token(&entra_v2(bad), json!({"tid": bad})),
+            &format!("non-GUID tid {bad}"),
+        )
+        .await;
+    }
+    // The issuer template itself is not an issuer.
+    assert_invalid(
+        &h,
+        &key.token(ENTRA_V2_TEMPLATE, json!({})),
+        "literal template as iss",
+    )
+    .await;
+    // A key whose Entra `issuer` is pinned to T2 cannot sign for T1.
+    assert_invalid(
+        &h,
+        &pinned.token(&entra_v2(TENANT), json!({})),
+        "key issued for another tenant",
+    )
+    .await;
+
+    // validate.rs accepts the v1 form of the same template (`https://sts.windows.net/{tid}/`).
+    let echo = assert_ok(
+        &h,
+        &key.token(&entra_v1(TENANT), v1_claims(TENANT)),
+        "T1 v1",
+    )
+    .await;
+    assert_eq!(echo["headers"]["x-auth-tid"], TENANT);
+    assert_invalid(
+        &h,
+        &key.token(&entra_v1(OTHER_TENANT), v1_claims(OTHER_TENANT)),
+        "T2 v1",
+    )
+    .await;
+    let mut mixed = v1_claims(TENANT);
+    mixed["tid"] = json!(OTHER_TENANT);
+    assert_invalid(
+        &h,
+        &key.token(&entra_v1(TENANT), mixed),
+        "v1 iss T1, tid T2",
+    )
+    .await;
+    assert_eq!(h.echo.hits(), 3);
+}
+
+/// `allowed_tenants = ["*"]` accepts any tenant, so here nothing but the issuer/tid rules can
+/// refuse: it shows the refusals above are the tenant rules' doing.
+#[tokio::test]
+async fn entra_tenant_wildcard_still_requires_a_guid_tid_matching_iss() {
+    let key = TestKey::new("k1");
+    let pinned = TestKey::new("k-other-tenant");
+    // Without and with Entra's per-key `issuer` template on the signing key.
+    for key_issuer in [false, true] {
+        let h = entra_template_harness(&key, &pinned, "[\"*\"]", key_issuer).await;
+        let why = |w: &str| format!("{w} (key issuer: {key_issuer})");
+        assert_ok(&h, &key.token(&entra_v2(TENANT), json!({})), &why("T1")).await;
+        assert_ok(
+            &h,
+            &key.token(&entra_v2(OTHER_TENANT), json!({"tid": OTHER_TENANT})),
+            &why("T2 is accepted under *"),
+        )
+        .await;
+        assert_ok(
+            &h,
+            &key.token(&entra_v1(OTHER_TENANT), v1_claims(OTHER_TENANT)),
+            &why("T2 v1 is accepted under *"),
+        )
+        .await;
+        assert_invalid(
+            &h,
+            &key.token(&entra_v2(TENANT), json!({"tid": OTHER_TENANT})),
+            &why("iss names T1, tid says T2"),
+        )
+        .await;
+        assert_invalid(
+            &h,
+            &key.token(&entra_v1(TENANT), json!({"tid": OTHER_TENANT})),
+            &why("v1 iss names T1, tid says T2"),
+        )
+        .await;
+        for bad in [
+            "contoso.onmicrosoft.com",
+            "common",
+            "11111111222233334444555555555555",
+        ] {
+            assert_invalid(
+                &h,
+                &key.token(&entra_v2(bad), json!({"tid": bad})),
+                &why(&format!("non-GUID tid {bad}")),
+            )
+            .await;
+        }
+        assert_invalid(
+            &h,
+            &key.token(&entra_v2(TENANT), json!({"tid": null})),
+            &why("no tid"),
+        )
+        .await;
+        assert_eq!(h.echo.hits(), 3);
+    }
+}
+
+#[tokio::test]
+async fn leeway_applies_to_exp_and_nbf() {
+    let key = TestKey::new("k1");
+    let t = now();
+    let expired_30s = json!({"iat": t - 3600, "nbf": t - 3600, "exp": t - 30});
+    let nbf_in_30s = json!({"nbf": t + 30});
+    let expired_5m = json!({"iat": t - 3600, "nbf": t - 3600, "exp": t - 300});
+    let nbf_in_5m = json!({"nbf": t + 300});
+
+    let lenient = harness_with(&[&key], "leeway = \"60s\"").await;
+    lenient.wait_ready().await;
+    let iss = lenient.idp.issuer();
+    assert_ok(
+        &lenient,
+        &key.token(&iss, expired_30s.clone()),
+        "expired 30 s ago, leeway 60 s",
+    )
+    .await;
+    assert_ok(
+        &lenient,
+        &key.token(&iss, nbf_in_30s.clone()),
+        "nbf in 30 s, leeway 60 s",
+    )
+    .await;
+    assert_invalid(
+        &lenient,
+        &key.token(&iss, expired_5m.clone()),
+        "expired 5 min ago, leeway 60 s",
+    )
+    .await;
+    assert_invalid(
+        &lenient,
+        &key.token(&iss, nbf_in_5m.clone()),
+        "nbf in 5 min, leeway 60 s",
+    )
+    .await;
+
+    for leeway in ["0s", "5s"] {
+        let strict = harness_with(&[&key], &format!("leeway = \"{leeway}\"")).await;
+        strict.wait_ready().await;
+        let iss = strict.idp.issuer();
+        assert_ok(&strict, &key.token(&iss, json!({})), "a current token").await;
+        assert_invalid(
+            &strict,
+            &key.token(&iss, expired_30s.clone()),
+            &format!("expired 30 s ago, leeway {leeway}"),
+        )
+        .await;
+        assert_invalid(
+            &strict,
+            &key.token(&iss, nbf_in_30s.clone()),
+            &format!("nbf in 30 s, leeway {leeway}"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn explicit_issuer_and_jwks_uri_without_discovery() {
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "issuer = \"{}\"\njwks_uri = \"{}\"",
+        idp.issuer(),
+        idp.jwks_uri()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    let echo = assert_ok(
+        &h,
+        &key.token(&iss, json!({})),
+        "explicitly configured provider",
+    )
+    .await;
+    assert_eq!(echo["headers"]["x-auth-subject"], "alice-sub");
+    assert_invalid(
+        &h,
+        &key.token(
+            &format!("http://{}/{OTHER_TENANT}/v2.0", h.idp.addr),
+            json!({"tid": OTHER_TENANT}),
+        ),
+        "another issuer",
+    )
+    .await;
+    assert_invalid(
+        &h,
+        &TestKey::new("k1").token(&iss, json!({})),
+        "another key",
+    )
+    .await;
+    assert!(
+        h.idp.fetches() >= 1,
+        "keys come from the configured jwks_uri"
+    );
+    assert_eq!(
+        h.idp.discovery_fetches(),
+        0,
+        "no discovery without well_known_url"
+    );
+}
+
+#[tokio::test]
+async fn any_of_several_audiences_is_accepted() {
+    let key = TestKey::new("k1");
+    let h = harness_with(
+        &[&key],
+        "audiences = [\"api://first-api\", \"api://second-api\"]",
+    )
+    .await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    assert_ok(
+        &h,
+        &key.token(&iss, json!({"aud": "api://second-api"})),
+        "second audience",
+    )
+    .await;
+    assert_ok(
+        &h,
+        &key.token(&iss, json!({"aud": "api://first-api"})),
+        "first audience",
+    )
+    .await;
+    assert_ok(
+        &h,
+        &key.token(
+            &iss,
+            json!({"aud": ["api://third-api", "api://second-api"]}),
+        ),
+        "an aud array naming one of them",
+    )
+    .await;
+    assert_invalid(
+        &h,
+        &key.token(&iss, json!({"aud": "api://third-api"})),
+        "third audience",
+    )
+    .await;
+    assert_invalid(
+        &h,
+        &key.token(
+            &iss,
+            json!({"aud": ["api://third-api", "api://fourth-api"]}),
+        ),
+        "an aud array naming none of them",
+    )
+    .await;
+    // A configured list replaces the default (client id, api://client id).
+    assert_invalid(
+        &h,
+        &key.token(&iss, json!({"aud": CLIENT_ID})),
+        "client id not listed",
+    )
+    .await;
+    assert_invalid(
+        &h,
+        &key.token(&iss, json!({"aud": format!("api://{CLIENT_ID}")})),
+        "api://client id not listed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_kid_refetch_is_allowed_again_after_the_interval() {
+    const INTERVAL: Duration = Duration::from_secs(2);
+    let key = TestKey::new("k1");
+    let new = TestKey::new("new");
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "well_known_url = \"{}\"\njwks_unknown_kid_min_interval = \"{}ms\"",
+        idp.well_known(),
+        INTERVAL.as_millis()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    let before = h.idp.fetches();
+    // An unknown kid forces one refetch; the interval starts.
+    assert_invalid(
+        &h,
+        &TestKey::new("rogue").token(&iss, json!({})),
+        "unknown kid",
+    )
+    .await;
+    let forced_at = std::time::Instant::now();
+    assert_eq!(
+        h.idp.fetches(),
+        before + 1,
+        "the first unknown kid refetches"
+    );
+    // The IdP rotates: within the interval the new kid is not fetched.
+    h.idp.set_keys(&[&key, &new]);
+    let token = new.token(&iss, json!({}));
+    assert_invalid(&h, &token, "new kid within the interval").await;
+    assert!(
+        forced_at.elapsed() < INTERVAL,
+        "the test was too slow to probe inside the interval"
+    );
+    assert_eq!(
+        h.idp.fetches(),
+        before + 1,
+        "no refetch within the interval"
+    );
+    // Once the interval has passed, the next unknown kid may refetch again.
+    tokio::time::sleep(INTERVAL + Duration::from_millis(300) - forced_at.elapsed().min(INTERVAL))
+        .await;
+    assert_ok(&h, &token, "new kid after the interval").await;
+    assert_eq!(h.idp.fetches(), before + 2, "exactly one more refetch");
+    // And the interval starts over.
+    assert_invalid(
+        &h,
+        &TestKey::new("rogue-2").token(&iss, json!({})),
+        "another unknown kid",
+    )
+    .await;
+    assert_eq!(h.idp.fetches(), before + 2, "within the new interval");
 }

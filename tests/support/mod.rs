@@ -118,12 +118,21 @@ pub fn merge(base: &mut Value, extra: Value) {
 }
 
 /// A static IdP: discovery + JWKS, with a swappable key set, a failure switch and a fetch counter.
+///
+/// `fail` makes discovery and JWKS fail; `jwks_fail` makes only the JWKS endpoint fail (so a
+/// refresh really reaches the key endpoint and fails there), and `jwks_errors` counts the error
+/// answers the JWKS endpoint gave. `discovery_issuer` replaces the `issuer` of the discovery
+/// document (e.g. an Entra `{tenantid}` template).
 #[derive(Clone)]
 pub struct StaticIdp {
     pub addr: SocketAddr,
     pub jwks: Arc<Mutex<Value>>,
     pub fail: Arc<Mutex<Option<StatusCode>>>,
     pub jwks_fetches: Arc<AtomicUsize>,
+    pub jwks_fail: Arc<Mutex<Option<StatusCode>>>,
+    pub jwks_errors: Arc<AtomicUsize>,
+    pub discovery_issuer: Arc<Mutex<Option<String>>>,
+    pub discovery_fetches: Arc<AtomicUsize>,
 }
 
 impl StaticIdp {
@@ -141,6 +150,10 @@ impl StaticIdp {
             )),
             fail: Arc::new(Mutex::new(None)),
             jwks_fetches: Arc::new(AtomicUsize::new(0)),
+            jwks_fail: Arc::new(Mutex::new(None)),
+            jwks_errors: Arc::new(AtomicUsize::new(0)),
+            discovery_issuer: Arc::new(Mutex::new(None)),
+            discovery_fetches: Arc::new(AtomicUsize::new(0)),
         };
         let app = Router::new()
             .route(
@@ -164,6 +177,44 @@ impl StaticIdp {
         )
     }
 
+    /// The discovery URL for another tenant path segment (`common`, `organizations`, a tid).
+    pub fn well_known_for(&self, tenant: &str) -> String {
+        format!(
+            "http://{}/{tenant}/v2.0/.well-known/openid-configuration",
+            self.addr
+        )
+    }
+
+    /// The JWKS URL the discovery document for `TENANT` names.
+    pub fn jwks_uri(&self) -> String {
+        format!("http://{}/{TENANT}/discovery/v2.0/keys", self.addr)
+    }
+
+    /// Serves `issuer` as the discovery document's `issuer` from now on.
+    pub fn set_discovery_issuer(&self, issuer: &str) {
+        *self.discovery_issuer.lock().unwrap() = Some(issuer.to_owned());
+    }
+
+    /// Serves this raw JWK Set (for keys with extra members such as Entra's `issuer`).
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.jwks.lock().unwrap() = jwks;
+    }
+
+    /// Makes only the JWKS endpoint answer `status` (`None`: serve keys again).
+    pub fn set_jwks_fail(&self, status: Option<StatusCode>) {
+        *self.jwks_fail.lock().unwrap() = status;
+    }
+
+    /// Error answers given by the JWKS endpoint so far.
+    pub fn jwks_errors(&self) -> usize {
+        self.jwks_errors.load(Ordering::SeqCst)
+    }
+
+    /// Discovery documents requested so far.
+    pub fn discovery_fetches(&self) -> usize {
+        self.discovery_fetches.load(Ordering::SeqCst)
+    }
+
     pub fn set_keys(&self, keys: &[&TestKey]) {
         *self.jwks.lock().unwrap() =
             json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()});
@@ -178,12 +229,19 @@ async fn discovery(
     State(idp): State<StaticIdp>,
     axum::extract::Path(tid): axum::extract::Path<String>,
 ) -> axum::response::Response {
+    idp.discovery_fetches.fetch_add(1, Ordering::SeqCst);
     if let Some(s) = *idp.fail.lock().unwrap() {
         return s.into_response();
     }
     let base = format!("http://{}", idp.addr);
+    let issuer = idp
+        .discovery_issuer
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| format!("{base}/{tid}/v2.0"));
     Json(json!({
-        "issuer": format!("{base}/{tid}/v2.0"),
+        "issuer": issuer,
         "jwks_uri": format!("{base}/{tid}/discovery/v2.0/keys"),
         "token_endpoint": format!("{base}/{tid}/oauth2/v2.0/token"),
         "authorization_endpoint": format!("{base}/{tid}/oauth2/v2.0/authorize"),
@@ -194,7 +252,9 @@ async fn discovery(
 
 async fn jwks(State(idp): State<StaticIdp>) -> axum::response::Response {
     idp.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    if let Some(s) = *idp.fail.lock().unwrap() {
+    let fail = (*idp.fail.lock().unwrap()).or(*idp.jwks_fail.lock().unwrap());
+    if let Some(s) = fail {
+        idp.jwks_errors.fetch_add(1, Ordering::SeqCst);
         return s.into_response();
     }
     Json(idp.jwks.lock().unwrap().clone()).into_response()
