@@ -81,18 +81,35 @@ fn exchange_error(e: &ExchangeError) -> Response {
 }
 
 fn token_response(t: &ExchangedToken) -> Response {
-    #[derive(serde::Serialize)]
-    struct TokenResponse<'a> {
-        access_token: &'a str,
-        token_type: &'static str,
-        expires_in: u64,
+    (
+        [(http::header::CONTENT_TYPE, APPLICATION_JSON)],
+        token_json(t.access_token(), t.expires_in()),
+    )
+        .into_response()
+}
+
+/// `{"access_token": ..., "token_type": "Bearer", "expires_in": ...}`. A JWT needs no JSON
+/// escaping, so it is copied in directly rather than run through the escaper byte by byte;
+/// anything else is serialised properly.
+fn token_json(access_token: &str, expires_in: u64) -> Vec<u8> {
+    use std::io::Write as _;
+    let plain = access_token
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !plain {
+        let body =
+            json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in});
+        return body.to_string().into_bytes();
     }
-    Json(TokenResponse {
-        access_token: t.access_token(),
-        token_type: "Bearer",
-        expires_in: t.expires_in(),
-    })
-    .into_response()
+    let mut out = Vec::with_capacity(access_token.len() + 64);
+    out.extend_from_slice(br#"{"access_token":""#);
+    out.extend_from_slice(access_token.as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"","token_type":"Bearer","expires_in":{expires_in}}}"#
+    );
+    out
 }
 
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -242,4 +259,25 @@ fn introspection(claims: &crate::validate::Claims) -> bytes::Bytes {
     serde_json::to_vec(&Active(claims.as_map()))
         .unwrap_or_else(|_| br#"{"active":true}"#.to_vec())
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_json_is_the_serialised_answer_for_any_token() {
+        for token in [
+            "eyJ0eXAi.eyJhdWQi.c2ln-_",
+            "with \"quote\" and \\ and \u{1}",
+            "caf\u{e9}",
+        ] {
+            let parsed: Value = serde_json::from_slice(&token_json(token, 3599)).unwrap();
+            assert_eq!(
+                parsed,
+                json!({"access_token": token, "token_type": "Bearer", "expires_in": 3599}),
+                "{token:?}"
+            );
+        }
+    }
 }
