@@ -317,6 +317,28 @@ impl AuthBuilder {
         self
     }
 
+    /// The token endpoint, for exchanges when the provider is set up with
+    /// [`issuer`](Self::issuer) rather than discovery (discovery supplies it otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::Auth;
+    /// let err = Auth::builder()
+    ///     .issuer("https://login.example/v2.0", "https://login.example/keys")
+    ///     .token_endpoint("not a url")
+    ///     .client_id("app")
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("token_endpoint"), "{err}");
+    /// # }
+    /// ```
+    pub fn token_endpoint(mut self, url: &str) -> Self {
+        self.provider.token_endpoint = self.parse_url("token_endpoint", url);
+        self
+    }
+
     /// This app's client id (also the default audience).
     ///
     /// ```

@@ -704,3 +704,73 @@ async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
     let response = send(url, token).await;
     (response.status().as_u16(), response.text().await.unwrap())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Code-first setup without discovery, and key refresh independent of the `Auth` value
+
+#[tokio::test]
+async fn explicit_issuer_jwks_and_token_endpoint_validate_and_exchange_client_credentials() {
+    let idp = start_idp().await;
+    let auth = Auth::builder()
+        .issuer(
+            &idp.issuer(DEFAULT_TENANT_ID),
+            &idp.jwks_uri(DEFAULT_TENANT_ID),
+        )
+        .token_endpoint(&idp.token_endpoint(DEFAULT_TENANT_ID))
+        .client_id(TOLLGATE_CLIENT_ID)
+        .client_secret(TOLLGATE_CLIENT_SECRET)
+        .build()
+        .await
+        .unwrap();
+    let alice = token(&idp, ALICE, TOLLGATE_SCOPE).await;
+    let claims = auth.validator().validate(&alice).await.unwrap();
+    assert_eq!(claims.oid(), Some(ALICE_OID));
+    let exchanger = auth.exchanger().expect("a client secret is configured");
+    let first = exchanger
+        .client_credentials(DOWNSTREAM_DEFAULT, false)
+        .await
+        .unwrap();
+    let second = exchanger
+        .clone()
+        .client_credentials(DOWNSTREAM_DEFAULT, false)
+        .await
+        .unwrap();
+    let app = payload(first.access_token());
+    assert_eq!(app["aud"], DOWNSTREAM_CLIENT_ID);
+    assert_eq!(app["idtyp"], "app", "an app-only token");
+    assert_eq!(
+        second.access_token(),
+        first.access_token(),
+        "served from the cache"
+    );
+    assert_eq!(idp.token_requests("client_credentials"), 1);
+}
+
+#[tokio::test]
+async fn keys_keep_refreshing_after_the_auth_value_is_dropped() {
+    let idp = start_idp().await;
+    let provider = ProviderConfig {
+        well_known_url: Some(idp.well_known_url(DEFAULT_TENANT_ID).parse().unwrap()),
+        client_id: TOLLGATE_CLIENT_ID.into(),
+        jwks_refresh: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let auth = Auth::from_config(&provider, &CacheConfig::default())
+        .await
+        .unwrap();
+    let layer = auth.layer();
+    let validator = auth.validator().clone();
+    drop(auth);
+    // The IdP rotates and drops the old key: only a refresh can learn the new kid.
+    let new_kid = idp.rotate_keys(true);
+    let mut learned = false;
+    for _ in 0..50 {
+        if validator.provider().key_set().get(&new_kid).is_some() {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(learned, "the background refresh kept running for the layer");
+    drop(layer);
+}
