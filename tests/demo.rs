@@ -13,6 +13,8 @@ struct Demo {
     child: Child,
     vars: HashMap<String, String>,
     lines: Vec<String>,
+    /// Everything the demo logged, at trace level for tollgate's own code.
+    log: tempfile::NamedTempFile,
 }
 
 impl Drop for Demo {
@@ -23,10 +25,12 @@ impl Drop for Demo {
 }
 
 fn start_demo() -> Demo {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["demo", "--port", "0"])
+        .env("RUST_LOG", "tollgate=trace,info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
         .expect("tollgate demo starts");
     let stdout = child.stdout.take().unwrap();
@@ -58,7 +62,12 @@ fn start_demo() -> Demo {
         vars.contains_key("public"),
         "demo printed its addresses: {lines:?}"
     );
-    Demo { child, vars, lines }
+    Demo {
+        child,
+        vars,
+        lines,
+        log,
+    }
 }
 
 fn hidden_inputs(html: &str) -> Vec<(String, String)> {
@@ -259,6 +268,13 @@ async fn demo_commands_work_as_printed() {
         .await
         .unwrap();
     assert!(page.contains("alice@contoso.example"), "{page}");
+    let code = url::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("the callback carries a code");
+    let mut secrets = vec![token.clone(), read.clone(), forwarded.clone(), code];
     // 8: delegated tokens by UPN and by oid.
     for (k, val, target) in [
         (
@@ -288,6 +304,7 @@ async fn demo_commands_work_as_printed() {
             claims(body["access_token"].as_str().unwrap())["oid"],
             tollgate::devidp::ALICE_OID
         );
+        secrets.push(body["access_token"].as_str().unwrap().to_owned());
     }
     // Ctrl-C stops everything.
     let mut demo = demo;
@@ -305,4 +322,18 @@ async fn demo_commands_work_as_printed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stopped, "demo stops on SIGINT");
+    // Tokens and codes never reach a log, even at trace level: not whole, not their signature.
+    let log = std::fs::read_to_string(demo.log.path()).unwrap();
+    assert!(
+        log.contains("tollgate is serving"),
+        "the demo logged to stderr: {log}"
+    );
+    for secret in &secrets {
+        let tail = &secret[secret.len().saturating_sub(24)..];
+        assert!(
+            !log.contains(tail),
+            "a token or code (ending {tail}) appears in the log"
+        );
+    }
+    assert!(!log.contains(tollgate::devidp::TOLLGATE_CLIENT_SECRET));
 }
