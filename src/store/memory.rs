@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_record,
-    rotation_result, seal_record, upn_hash, upn_matches,
+    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
+    open_record, rotation_result, seal_record, upn_hash,
 };
 
 /// A [`TokenStore`] in process memory; everything is lost when the process exits.
@@ -241,14 +241,7 @@ impl MemoryStore {
         blob: Vec<u8>,
         upn: Option<&str>,
     ) -> Result<Option<UserTokens>, StoreError> {
-        let opened = open_record(&self.sealer, provider, oid, &blob)?;
-        if let Some(upn) = upn
-            && !upn_matches(&opened.tokens, upn)
-        {
-            return Err(StoreError::Corrupt(
-                "UPN index points at another user's record".into(),
-            ));
-        }
+        let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
         if is_expired(&opened.tokens, now_unix()) {
             self.lock()?.remove_if_unchanged(provider, oid, &blob);
             return Ok(None);

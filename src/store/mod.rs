@@ -380,6 +380,26 @@ fn open_record(
     Ok(Opened { tokens, resealed })
 }
 
+/// [`open_record`] for a lookup by UPN (`upn` given) or by oid: a record found through the UPN
+/// index must belong to that UPN, else the store was edited behind tollgate's back.
+fn open_found(
+    sealer: &Sealer,
+    provider: &str,
+    oid: &str,
+    blob: &[u8],
+    upn: Option<&str>,
+) -> Result<Opened, StoreError> {
+    let opened = open_record(sealer, provider, oid, blob)?;
+    if let Some(upn) = upn
+        && !upn_matches(&opened.tokens, upn)
+    {
+        return Err(StoreError::Corrupt(
+            "UPN index points at another user's record".into(),
+        ));
+    }
+    Ok(opened)
+}
+
 fn upn_matches(tokens: &UserTokens, upn: &str) -> bool {
     tokens
         .upn

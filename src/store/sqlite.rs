@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
-    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_record,
-    rotation_result, seal_record, upn_hash, upn_matches,
+    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
+    open_record, rotation_result, seal_record, upn_hash,
 };
 
 /// A [`TokenStore`] in one SQLite file.
@@ -231,15 +231,8 @@ impl SqliteStore {
         blob: Vec<u8>,
         upn: Option<&str>,
     ) -> Result<Option<UserTokens>, StoreError> {
-        let opened = open_record(&self.sealer, provider, oid, &blob)?;
-        if let Some(upn) = upn
-            && !upn_matches(&opened.tokens, upn)
-        {
-            // Both live in one row, so only an edit of the file can make them disagree.
-            return Err(StoreError::Corrupt(
-                "UPN index points at another user's record".into(),
-            ));
-        }
+        // UPN and record live in one row, so only an edit of the file can make them disagree.
+        let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
         let (p, o) = (provider.to_owned(), oid.to_owned());
         if is_expired(&opened.tokens, now_unix()) {
             self.run(move |conn| {
