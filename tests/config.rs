@@ -210,3 +210,21 @@ fn check_command_prints_redacted_config_and_fails_on_errors() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// config.example.toml is a working file whose every value is the built-in default (apart from
+/// the placeholders a user must fill in): the documentation cannot drift from the code.
+#[test]
+fn config_example_parses_and_states_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut example = Config::from_toml_str(&text, &MapEnv::default()).unwrap();
+    let defaults = Config::from_toml_str(PROVIDER, &MapEnv::default()).unwrap();
+    let (ex, def) = (&mut example.providers[0], &defaults.providers[0]);
+    assert_eq!(ex.client_id, "<client-id>");
+    ex.client_id = def.client_id.clone();
+    ex.well_known_url = def.well_known_url.clone();
+    assert_eq!(example.routes.len(), 1);
+    assert_eq!(example.routes[0].path, "/");
+    example.routes.clear();
+    assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
+}
