@@ -457,6 +457,13 @@ async fn openapi_document_is_served() {
     ] {
         assert!(doc["paths"][path]["post"].is_object(), "{path}");
     }
+    // Every status the exchange routes can answer is documented.
+    for path in ["/api/v1/token", "/api/v1/token/exchange"] {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        for status in ["200", "400", "401", "413", "415", "500", "502", "504"] {
+            assert!(responses[status].is_object(), "{path} {status}");
+        }
+    }
     let required = &doc["components"]["schemas"]["TokenResponse"]["required"];
     assert_eq!(
         required,
@@ -766,6 +773,224 @@ async fn idp_timeout_gives_504() {
     hole_task.abort();
 }
 
+/// A token endpoint that answers every request with one fixed status, content type and body,
+/// counting the requests.
+struct FakeTokenEndpoint {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeTokenEndpoint {
+    async fn start(status: u16, content_type: &'static str, body: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let counter = hits.clone();
+        let app = Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (status, [("content-type", content_type)], body)
+            }
+        });
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, hits, task }
+    }
+
+    /// The provider option pointing exchanges here.
+    fn token_endpoint_option(&self) -> String {
+        format!(
+            "token_endpoint = \"http://{}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token\"",
+            self.addr
+        )
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeTokenEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A proxy answer with exactly `{error, error_description}` as its JSON body.
+async fn proxy_error(resp: reqwest::Response, want: StatusCode) -> Value {
+    assert_eq!(resp.status(), want);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let (_, body) = read(resp).await;
+    assert_eq!(
+        keys(&body),
+        BTreeSet::from(["error".into(), "error_description".into()]),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn idp_5xx_gives_502_and_nothing_is_forwarded() {
+    let answers: [(u16, &str, &str); 3] = [
+        (
+            503,
+            "text/html",
+            "<html><body>Service Unavailable</body></html>",
+        ),
+        (
+            500,
+            "application/json",
+            r#"{"error":"server_error","error_description":"AADSTS90033: A transient error has occurred.","error_codes":[90033]}"#,
+        ),
+        (
+            503,
+            "application/json",
+            r#"{"error":"temporarily_unavailable","error_description":"AADSTS90027: try again later."}"#,
+        ),
+    ];
+    for (status, content_type, body) in answers {
+        let fake = FakeTokenEndpoint::start(status, content_type, body).await;
+        let s = Stack::standard(&fake.token_endpoint_option()).await;
+        let alice = s.user_token(ALICE).await;
+        let case = format!("HTTP {status} {content_type}");
+
+        let (status, body) = s.client_token("entra_id", &downstream()).await;
+        assert_api_error(status, &body, StatusCode::BAD_GATEWAY, "server_error");
+        let (status, body) = s.exchange(&alice, &downstream(), false).await;
+        assert_api_error(status, &body, StatusCode::BAD_GATEWAY, "server_error");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(!description.contains(&alice), "{case}");
+
+        let resp = s.get_public("/obo/data", &alice, &[]).await;
+        let body = proxy_error(resp, StatusCode::BAD_GATEWAY).await;
+        assert!(!body.to_string().contains(&alice), "{case}");
+        assert_eq!(s.echo.hits(), 0, "{case}: forwarded without its token");
+        // The IdP was reached each time (this is not connection refused), and nothing was cached.
+        assert_eq!(fake.hits(), 3, "{case}");
+        s.stop().await;
+    }
+}
+
+/// A token endpoint that sends its status line and headers, a part of the body, then stalls.
+async fn stalled_body() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            // Read the request head and its form body before answering.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4096\r\n\r\n{\"access_token\":\"";
+            let _ = socket.write_all(head.as_bytes()).await;
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_token_response_stalling_mid_body_gives_504() {
+    let (addr, task) = stalled_body().await;
+    let s = Stack::standard(&format!(
+        "token_endpoint = \"http://{addr}/{DEFAULT_TENANT_ID}/oauth2/v2.0/token\"\ntimeout = \"300ms\""
+    ))
+    .await;
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_api_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "server_error");
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_api_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "server_error");
+    let resp = s.get_public("/obo/data", &alice, &[]).await;
+    proxy_error(resp, StatusCode::GATEWAY_TIMEOUT).await;
+    assert_eq!(s.echo.hits(), 0);
+    s.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_obo_refusal_without_a_claims_challenge_reaches_the_client_without_forwarding() {
+    // Entra's answer when the user's grant was revoked: invalid_grant, no claims, no suberror.
+    let fake = FakeTokenEndpoint::start(
+        400,
+        "application/json",
+        r#"{"error":"invalid_grant","error_description":"AADSTS50173: The provided grant has expired due to it being revoked.","error_codes":[50173]}"#,
+    )
+    .await;
+    let s = Stack::standard(&fake.token_endpoint_option()).await;
+    let alice = s.user_token(ALICE).await;
+
+    // The API passes the IdP's error on as is.
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "invalid_grant",
+               "error_description": "AADSTS50173: The provided grant has expired due to it being revoked.",
+               "error_codes": [50173]})
+    );
+
+    // The proxy: 403 access_denied naming the IdP's code; no step-up challenge, nothing forwarded.
+    let resp = s.get_public("/obo/data", &alice, &[]).await;
+    let challenge = resp.headers().get("www-authenticate").cloned();
+    let body = proxy_error(resp, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["error"], "access_denied");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("invalid_grant"), "{description}");
+    assert!(!description.contains(&alice));
+    assert!(
+        challenge
+            .as_ref()
+            .is_none_or(|c| !c.to_str().unwrap().contains("insufficient_claims")),
+        "{challenge:?}"
+    );
+    assert_eq!(s.echo.hits(), 0);
+    assert_eq!(fake.hits(), 2);
+
+    // An app-only token is refused before the IdP: the client's own 401 invalid_token.
+    let app_only = app_only_token_for_tollgate(s.idp()).await;
+    let resp = s.get_public("/obo/data", &app_only, &[]).await;
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    let body = proxy_error(resp, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["error"], "invalid_token");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("app-only"),
+        "{body}"
+    );
+    assert_eq!(fake.hits(), 2, "an app-only token reached the IdP");
+    assert_eq!(s.echo.hits(), 0);
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // API key and bind rules
 // ---------------------------------------------------------------------------------------------
@@ -892,13 +1117,25 @@ async fn fifty_concurrent_identical_exchanges_make_one_idp_call() {
     Arc::into_inner(s).unwrap().stop().await;
 }
 
-/// An HTTP forwarder to the dev IdP that records request paths and holds every request until
-/// its gate opens.
+/// How a token request forwarded to the dev IdP authenticated tollgate (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeenRequest {
+    /// The `Authorization` scheme, when there was one.
+    scheme: Option<String>,
+    /// The client id of Basic credentials.
+    basic_client_id: Option<String>,
+    /// The names of the form fields.
+    fields: BTreeSet<String>,
+}
+
+/// An HTTP forwarder to the dev IdP that records request paths (and how each request
+/// authenticated) and holds every request until its gate opens.
 #[derive(Clone)]
 struct Forwarder {
     addr: SocketAddr,
     target: String,
     paths: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
     arrivals: Arc<AtomicUsize>,
     arrived: Arc<tokio::sync::Notify>,
     gate: tokio::sync::watch::Receiver<bool>,
@@ -912,6 +1149,7 @@ impl Forwarder {
             addr: listener.local_addr().unwrap(),
             target,
             paths: Arc::default(),
+            seen: Arc::default(),
             arrivals: Arc::default(),
             arrived: Arc::default(),
             gate,
@@ -937,6 +1175,25 @@ async fn forward(State(fwd): State<Forwarder>, req: Request) -> Response {
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap();
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '));
+    let basic_client_id = authorization
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, credentials)| STANDARD.decode(credentials).ok())
+        .and_then(|pair| {
+            let pair = String::from_utf8(pair).ok()?;
+            let (id, _secret) = pair.split_once(':')?;
+            Some(id.to_owned())
+        });
+    fwd.seen.lock().unwrap().push(SeenRequest {
+        scheme: authorization.map(|(scheme, _)| scheme.to_owned()),
+        basic_client_id,
+        fields: url::form_urlencoded::parse(&body)
+            .map(|(k, _)| k.into_owned())
+            .collect(),
+    });
     let mut out = reqwest::Client::new()
         .post(format!("{}{path}", fwd.target))
         .body(body);
@@ -1459,6 +1716,91 @@ async fn federated_assertion_file_is_read_on_each_use() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn client_secret_basic_is_sent_as_http_basic_and_checked_by_the_idp() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let idp = dev_idp().await;
+    // The recorder in front of the IdP shows what tollgate sent.
+    let (recorder, _gate) = Forwarder::start(idp.base_url(), true).await;
+    let provider = |name: &str, secret_file: &str| {
+        format!(
+            "\n[[providers]]\nname = \"{name}\"\nwell_known_url = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\nclient_auth = \"client_secret_basic\"\nclient_secret_file = \"{secret_file}\"\n",
+            idp.well_known_url(DEFAULT_TENANT_ID),
+            recorder.url(&format!("/{DEFAULT_TENANT_ID}/oauth2/v2.0/token")),
+        )
+    };
+    let wrong_secret = "not-the-tollgate-secret";
+    let body = [
+        provider("basic", &write("secret", TOLLGATE_CLIENT_SECRET)),
+        provider("basic_wrong", &write("wrong", wrong_secret)),
+    ]
+    .concat();
+    let s = Stack::start(idp, &body, &MapEnv::default()).await;
+    let alice = s.user_token(ALICE).await;
+
+    let (status, body) = s.client_token("basic", &downstream()).await;
+    let token = payload(&access_token(status, &body));
+    // azpacr 1: the IdP authenticated tollgate by its secret.
+    assert_eq!(
+        (&token["azp"], &token["azpacr"]),
+        (&json!(TOLLGATE_CLIENT_ID), &json!("1"))
+    );
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "basic", "target": downstream(), "user_token": alice}),
+        )
+        .await;
+    let token = payload(&access_token(status, &body));
+    assert_eq!(token["oid"], ALICE_OID);
+    assert_eq!(token["azpacr"], "1");
+
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for request in &seen {
+        assert_eq!(request.scheme.as_deref(), Some("Basic"), "{request:?}");
+        assert_eq!(request.basic_client_id.as_deref(), Some(TOLLGATE_CLIENT_ID));
+        // The secret travels in the header only (the IdP refuses two methods at once).
+        for field in ["client_secret", "client_assertion"] {
+            assert!(!request.fields.contains(field), "{request:?}");
+        }
+        assert!(request.fields.contains("grant_type"));
+    }
+
+    // A wrong secret sent the same way is refused by the IdP: the API maps its invalid_client.
+    let (status, body) = s.client_token("basic_wrong", &downstream()).await;
+    let refusals = [
+        (status, body),
+        s.post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "basic_wrong", "target": downstream(), "user_token": alice}),
+        )
+        .await,
+    ];
+    for (status, body) in refusals {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid_client", "{body}");
+        let text = body.to_string();
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("AADSTS7000215"))
+        );
+        assert!(!text.contains(wrong_secret) && !text.contains(TOLLGATE_CLIENT_SECRET));
+    }
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.iter().all(|r| r.scheme.as_deref() == Some("Basic")));
+    assert_eq!(s.idp_calls("client_credentials"), 2);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Multi-tenant
 // ---------------------------------------------------------------------------------------------
@@ -1563,9 +1905,40 @@ async fn obo_routes_inject_downstream_tokens_and_never_forward_the_inbound_one()
 // Metrics
 // ---------------------------------------------------------------------------------------------
 
+/// The value of the first sample of `name` (with `{`) whose labels include all of `labels`.
+fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels.iter().all(|lab| l.contains(lab))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 #[tokio::test]
 async fn exchange_metrics_are_exported() {
-    let s = Stack::standard("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("downstream_secret");
+    std::fs::write(&secret_file, DOWNSTREAM_CLIENT_SECRET).unwrap();
+    let idp = dev_idp().await;
+    // A second provider, named only here (the recorder is shared by the tests of this binary).
+    let body = format!(
+        "{}\n[[providers]]\nname = \"metrics_probe\"\nwell_known_url = \"{}\"\nclient_id = \"{DOWNSTREAM_CLIENT_ID}\"\nclient_secret_file = \"{}\"\n",
+        entra_provider(&idp, ""),
+        idp.well_known_url(DEFAULT_TENANT_ID),
+        secret_file.display(),
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let refused = |text: &str| {
+        metric_value(
+            text,
+            "tollgate_exchanges_total",
+            &["grant=\"on_behalf_of\"", "result=\"refused\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let refused_before = refused(&s.metrics().await);
     let alice = s.user_token(ALICE).await;
     for _ in 0..2 {
         let (status, body) = s.exchange(&alice, &downstream(), false).await;
@@ -1573,11 +1946,34 @@ async fn exchange_metrics_are_exported() {
     }
     let (status, body) = s.client_token("entra_id", &downstream()).await;
     access_token(status, &body);
+    let (status, body) = s.client_token("metrics_probe", GRAPH_DEFAULT).await;
+    access_token(status, &body);
+    // An exchange the IdP refuses (an MFA challenge).
+    s.idp().set_require_mfa(BOB, true);
+    let bob = s.user_token(BOB).await;
+    let (status, _) = s.exchange(&bob, &downstream(), false).await;
+    assert_eq!(status, 400);
     let text = s.metrics().await;
     let line_with = |name: &str, labels: &[&str]| {
         text.lines()
             .any(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
     };
+    assert!(refused(&text) > refused_before, "{text}");
+    // One cache-size gauge per provider, none without the label.
+    for provider in ["entra_id", "metrics_probe"] {
+        let entries = metric_value(
+            &text,
+            "tollgate_exchange_cache_entries",
+            &[&format!("provider=\"{provider}\"")],
+        );
+        assert!(entries.is_some_and(|n| n >= 0.0), "{provider}: {text}");
+    }
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tollgate_exchange_cache_entries ")),
+        "{text}"
+    );
     assert!(
         line_with(
             "tollgate_exchanges_total{",

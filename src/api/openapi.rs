@@ -23,6 +23,7 @@ fn spec() -> Value {
             "401": {"description": "API key missing or wrong", "content": {"application/json": {"schema": error}}},
             "413": {"description": "body too large", "content": {"application/json": {"schema": error}}},
             "415": {"description": "unsupported content type", "content": {"application/json": {"schema": error}}},
+            "500": {"description": "tollgate's own client credential is unusable (e.g. an unreadable federated assertion file)", "content": {"application/json": {"schema": error}}},
             "502": {"description": "identity provider failed", "content": {"application/json": {"schema": error}}},
             "503": {"description": "token store unavailable", "content": {"application/json": {"schema": error}}},
             "504": {"description": "identity provider timed out", "content": {"application/json": {"schema": error}}}

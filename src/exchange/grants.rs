@@ -158,9 +158,15 @@ async fn post(
     let status = resp.status().as_u16();
     let body = crate::provider::read_capped(resp, "token endpoint")
         .await
-        .map_err(|e| ExchangeError::Upstream {
-            message: e.to_string(),
-            timeout: false,
+        .map_err(|e| match e {
+            // The body can stall after the headers: that is the IdP timing out too (504).
+            crate::provider::ProviderError::Unreachable {
+                message, timeout, ..
+            } => ExchangeError::Upstream { message, timeout },
+            other => ExchangeError::Upstream {
+                message: other.to_string(),
+                timeout: false,
+            },
         })?;
     if (200..300).contains(&status) {
         return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {

@@ -17,7 +17,7 @@
 mod cache;
 mod grants;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -187,6 +187,17 @@ struct Inner {
     validator: Validator,
     auth: ClientAuth,
     cache: cache::TokenCache,
+    metrics: CacheMetrics,
+}
+
+/// This exchanger's cache metric handles, registered at first use (after the server installed
+/// its recorder) so a cached exchange costs atomic updates, not registry lookups with labels.
+#[derive(Default)]
+struct CacheMetrics {
+    /// `tollgate_exchange_cache_total{grant, result}`, by [`Grant::index`] then miss/hit.
+    lookups: [[OnceLock<metrics::Counter>; 2]; 2],
+    /// `tollgate_exchange_cache_entries{provider}`: each provider's exchanger has its own.
+    entries: OnceLock<metrics::Gauge>,
 }
 
 impl std::fmt::Debug for Exchanger {
@@ -209,6 +220,13 @@ impl Grant {
         match self {
             Self::OnBehalfOf => "on_behalf_of",
             Self::ClientCredentials => "client_credentials",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::OnBehalfOf => 0,
+            Self::ClientCredentials => 1,
         }
     }
 }
@@ -243,6 +261,7 @@ impl Exchanger {
                 validator,
                 auth,
                 cache: cache::TokenCache::new(capacity, expiry_margin),
+                metrics: CacheMetrics::default(),
             }),
         })
     }
@@ -531,9 +550,12 @@ impl Exchanger {
             result.map(|r| ExchangedToken::from_response(r, subject_exp))
         };
         let (result, hit) = self.inner.cache.get_or_fetch(key, skip_cache, fetch).await;
-        metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" })
+        let m = &self.inner.metrics;
+        m.lookups[grant.index()][usize::from(hit)]
+            .get_or_init(|| metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" }))
             .increment(1);
-        metrics::gauge!("tollgate_exchange_cache_entries")
+        m.entries
+            .get_or_init(|| metrics::gauge!("tollgate_exchange_cache_entries", "provider" => self.inner.provider.name().to_owned()))
             .set(self.inner.cache.entry_count() as f64);
         result
     }
@@ -572,7 +594,12 @@ mod tests {
     use crate::config::{ProviderConfig, Secret};
 
     fn exchanger(token_endpoint: &str) -> Exchanger {
+        exchanger_named("entra_id", token_endpoint)
+    }
+
+    fn exchanger_named(name: &str, token_endpoint: &str) -> Exchanger {
         let provider = Provider::new(ProviderConfig {
+            name: name.into(),
             client_id: "client".into(),
             client_secret: Some(Secret::new("secret")),
             issuer: Some("https://login.example/{tenantid}/v2.0".into()),
@@ -614,5 +641,161 @@ mod tests {
         }
         let single = "https://login.example/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token";
         assert_eq!(exchanger(single).token_endpoint(Some(tid)).unwrap(), single);
+    }
+
+    type Registered = Arc<std::sync::Mutex<Vec<String>>>;
+    type Counts = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+    /// Records each registration (`name{k=v,...}`) and sums counter increments per key.
+    #[derive(Default)]
+    struct CountingRecorder {
+        registered: Registered,
+        counts: Counts,
+    }
+
+    struct SummedCounter {
+        key: String,
+        counts: Counts,
+    }
+
+    impl metrics::CounterFn for SummedCounter {
+        fn increment(&self, value: u64) {
+            *self
+                .counts
+                .lock()
+                .unwrap()
+                .entry(self.key.clone())
+                .or_default() += value;
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    fn key_text(key: &metrics::Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl metrics::Recorder for CountingRecorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            let key = key_text(key);
+            self.registered.lock().unwrap().push(key.clone());
+            metrics::Counter::from_arc(Arc::new(SummedCounter {
+                key,
+                counts: self.counts.clone(),
+            }))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            self.registered.lock().unwrap().push(key_text(key));
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            self.registered.lock().unwrap().push(key_text(key));
+            metrics::Histogram::noop()
+        }
+    }
+
+    // Single-threaded runtime: the spawned fetch task sees the thread's local recorder too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn cache_metric_handles_are_registered_once_per_exchanger_and_labelled_by_provider() {
+        let recorder = CountingRecorder::default();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let endpoint = "https://login.example/t/oauth2/v2.0/token";
+        let fetch = || async {
+            Ok(grants::TokenResponse {
+                access_token: "exchanged".into(),
+                expires_in: 3600,
+                refresh_token: None,
+                scope: None,
+            })
+        };
+        for (name, calls) in [("entra_id", 5), ("other_idp", 3)] {
+            let x = exchanger_named(name, endpoint);
+            for _ in 0..calls {
+                let t = x
+                    .cached(
+                        Grant::ClientCredentials,
+                        "api://t/.default",
+                        "",
+                        None,
+                        false,
+                        fetch,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(t.access_token(), "exchanged");
+            }
+        }
+        let registered = recorder.registered.lock().unwrap().clone();
+        let of = |prefix: &str| {
+            let mut v: Vec<&str> = registered
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .map(String::as_str)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // One registration per handle and exchanger, however many lookups.
+        assert_eq!(
+            of("tollgate_exchange_cache_entries"),
+            [
+                "tollgate_exchange_cache_entries{provider=entra_id}",
+                "tollgate_exchange_cache_entries{provider=other_idp}"
+            ]
+        );
+        assert_eq!(
+            of("tollgate_exchange_cache_total"),
+            [
+                "tollgate_exchange_cache_total{grant=client_credentials,result=hit}",
+                "tollgate_exchange_cache_total{grant=client_credentials,result=hit}",
+                "tollgate_exchange_cache_total{grant=client_credentials,result=miss}",
+                "tollgate_exchange_cache_total{grant=client_credentials,result=miss}",
+            ]
+        );
+        let counts = recorder.counts.lock().unwrap().clone();
+        assert_eq!(
+            counts["tollgate_exchange_cache_total{grant=client_credentials,result=hit}"],
+            4 + 2
+        );
+        assert_eq!(
+            counts["tollgate_exchange_cache_total{grant=client_credentials,result=miss}"],
+            2
+        );
+        assert_eq!(
+            counts["tollgate_exchanges_total{grant=client_credentials,result=ok}"],
+            2
+        );
     }
 }

@@ -463,6 +463,65 @@ mod tests {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
     }
 
+    /// Splits one DER TLV off `data`: (tag, content, rest).
+    fn der_next(data: &[u8]) -> (u8, &[u8], &[u8]) {
+        let (len, start) = if data[1] < 0x80 {
+            (usize::from(data[1]), 2)
+        } else {
+            let n = usize::from(data[1] & 0x7f);
+            let len = data[2..2 + n]
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+            (len, 2 + n)
+        };
+        (data[0], &data[start..start + len], &data[start + len..])
+    }
+
+    /// The private JWK (RFC 7518 §6.3) of a PKCS#8 RSA key, as Texas's `AZURE_APP_JWK` holds it.
+    fn private_jwk(pkcs8: &[u8], kid: &str, alg: Option<&str>) -> Value {
+        let (_, info, _) = der_next(pkcs8);
+        let (_, _version, rest) = der_next(info);
+        let (_, _algorithm, rest) = der_next(rest);
+        let (_, octets, _) = der_next(rest);
+        let (_, mut ints, _) = der_next(octets);
+        let mut jwk = json!({"kty": "RSA", "kid": kid});
+        for (i, name) in ["version", "n", "e", "d", "p", "q", "dp", "dq", "qi"]
+            .iter()
+            .enumerate()
+        {
+            let (tag, value, rest) = der_next(ints);
+            assert_eq!(tag, 0x02);
+            ints = rest;
+            if i > 0 {
+                let start = value.iter().position(|b| *b != 0).unwrap_or(0);
+                jwk[*name] = json!(URL_SAFE_NO_PAD.encode(&value[start..]));
+            }
+        }
+        if let Some(alg) = alg {
+            jwk["alg"] = json!(alg);
+        }
+        jwk
+    }
+
+    /// Whether the JWT's signature verifies with the public half of `pkcs8` under `params`
+    /// (checked by aws-lc-rs directly, whatever the header claims).
+    fn verifies(jwt: &str, pkcs8: &[u8], params: &aws_lc_rs::signature::RsaParameters) -> bool {
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8).unwrap();
+        let public = pair.public_key();
+        let (input, sig) = jwt.rsplit_once('.').unwrap();
+        aws_lc_rs::signature::RsaPublicKeyComponents {
+            n: public.modulus().big_endian_without_leading_zero(),
+            e: public.exponent().big_endian_without_leading_zero(),
+        }
+        .verify(
+            params,
+            input.as_bytes(),
+            &URL_SAFE_NO_PAD.decode(sig).unwrap(),
+        )
+        .is_ok()
+    }
+
     async fn assertion_of(auth: &ClientAuth, endpoint: &str) -> String {
         let mut form = Vec::new();
         assert!(auth.apply(endpoint, &mut form).await.unwrap().is_none());
@@ -479,7 +538,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
-        std::fs::write(&key, pem("PRIVATE KEY", &rsa_pkcs8())).unwrap();
+        let pkcs8 = rsa_pkcs8();
+        std::fs::write(&key, pem("PRIVATE KEY", &pkcs8)).unwrap();
         let cert_der = b"stand-in certificate DER".to_vec();
         std::fs::write(&cert, pem("CERTIFICATE", &cert_der)).unwrap();
         let mut cfg = ProviderConfig {
@@ -504,6 +564,12 @@ mod tests {
             header["x5t#S256"],
             URL_SAFE_NO_PAD.encode(crate::validate::sha256(&cert_der))
         );
+        assert!(header.get("kid").is_none(), "{header}");
+        assert!(verifies(
+            &jwt,
+            &pkcs8,
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256
+        ));
         let claims = decode_part(&jwt, 1);
         assert_eq!(claims["iss"], "client-1");
         assert_eq!(claims["sub"], "client-1");
@@ -626,5 +692,94 @@ mod tests {
             format!("Basic {}", STANDARD.encode("id%3A1:p%40ss+word"))
         );
         assert!(form.is_empty());
+    }
+
+    fn jwk_config(jwk: &Value) -> ProviderConfig {
+        ProviderConfig {
+            client_id: "client-1".into(),
+            client_auth: ClientAuthMethod::PrivateKeyJwt,
+            client_jwk: Some(Secret::new(jwk.to_string())),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_jwk_assertion_uses_the_jwks_alg_rs256_by_default_and_verifies() {
+        use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256};
+        let pkcs8 = rsa_pkcs8();
+        let endpoint = "https://idp/t/oauth2/v2.0/token";
+        let public = {
+            use aws_lc_rs::signature::KeyPair as _;
+            let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).unwrap();
+            let p = pair.public_key();
+            jsonwebtoken::DecodingKey::from_rsa_raw_components(
+                p.modulus().big_endian_without_leading_zero(),
+                p.exponent().big_endian_without_leading_zero(),
+            )
+        };
+        let cases = [
+            (Some("PS256"), "PS256", Algorithm::PS256),
+            (Some("RS256"), "RS256", Algorithm::RS256),
+            (None, "RS256", Algorithm::RS256),
+        ];
+        for (jwk_alg, want, alg) in cases {
+            let auth =
+                ClientAuth::from_config(&jwk_config(&private_jwk(&pkcs8, "k-1", jwk_alg))).unwrap();
+            let jwt = assertion_of(&auth, endpoint).await;
+            let header = decode_part(&jwt, 0);
+            assert_eq!(header["alg"], want, "{jwk_alg:?}");
+            assert_eq!(header["kid"], "k-1");
+            assert_eq!(header["typ"], "JWT");
+            // Without a certificate in the JWK the kid alone names the key.
+            assert!(header.get("x5t").is_none() && header.get("x5t#S256").is_none());
+            // The padding really is the one the header names.
+            let (pss, pkcs1) = (
+                verifies(&jwt, &pkcs8, &RSA_PSS_2048_8192_SHA256),
+                verifies(&jwt, &pkcs8, &RSA_PKCS1_2048_8192_SHA256),
+            );
+            assert_eq!(
+                (pss, pkcs1),
+                (want == "PS256", want == "RS256"),
+                "{jwk_alg:?}"
+            );
+            // And a standard verifier accepts it as a client assertion for this endpoint.
+            let mut validation = jsonwebtoken::Validation::new(alg);
+            validation.set_audience(&[endpoint]);
+            validation.set_issuer(&["client-1"]);
+            validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+            let claims = jsonwebtoken::decode::<Value>(&jwt, &public, &validation)
+                .unwrap()
+                .claims;
+            assert_eq!(claims["sub"], "client-1");
+            assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+        }
+        let refused =
+            ClientAuth::from_config(&jwk_config(&private_jwk(&pkcs8, "k-1", Some("ES256"))))
+                .unwrap_err();
+        assert_eq!(refused.option, "client_jwk_file");
+        assert!(refused.message.contains("unsupported alg"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_jwk_with_a_certificate_chain_names_it_by_x5t_s256() {
+        let pkcs8 = rsa_pkcs8();
+        let cert = b"stand-in certificate DER";
+        let mut jwk = private_jwk(&pkcs8, "k-2", Some("PS256"));
+        jwk["x5c"] = json!([STANDARD.encode(cert)]);
+        let auth = ClientAuth::from_config(&jwk_config(&jwk)).unwrap();
+        let jwt = assertion_of(&auth, "https://idp/token").await;
+        let header = decode_part(&jwt, 0);
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["kid"], "k-2");
+        assert_eq!(
+            header["x5t#S256"],
+            URL_SAFE_NO_PAD.encode(crate::validate::sha256(cert))
+        );
+        assert!(header["x5t"].as_str().is_some());
+        assert!(verifies(
+            &jwt,
+            &pkcs8,
+            &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256
+        ));
     }
 }
