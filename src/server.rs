@@ -505,7 +505,7 @@ async fn exchange_for_route(
     };
     if let Some(target) = &cfg.obo {
         let token = exchanger
-            .on_behalf_of(&inbound, target, false)
+            .on_behalf_of_subject(claims, &inbound, target, false)
             .await
             .map_err(fail)?;
         let value =
@@ -520,7 +520,7 @@ async fn exchange_for_route(
     }
     for (name, target) in &cfg.obo_headers {
         let token = exchanger
-            .on_behalf_of(&inbound, target, false)
+            .on_behalf_of_subject(claims, &inbound, target, false)
             .await
             .map_err(fail)?;
         let (Ok(name), Ok(value)) = (
@@ -565,14 +565,47 @@ fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Bod
             }
             resp
         }
-        ExchangeError::Idp(idp) => json_error(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            &format!(
-                "the identity provider refused the On-Behalf-Of exchange ({})",
-                idp.error
-            ),
-        ),
+        // The IdP refused tollgate itself (its credential, its registration, the route's
+        // target): the client can do nothing about it, so it is a gateway failure, logged.
+        ExchangeError::Idp(idp)
+            if matches!(
+                idp.error.as_str(),
+                "invalid_client"
+                    | "unauthorized_client"
+                    | "invalid_scope"
+                    | "invalid_resource"
+                    | "invalid_request"
+                    | "unsupported_grant_type"
+            ) =>
+        {
+            tracing::error!(
+                error = %idp.error,
+                error_codes = ?idp.error_codes,
+                "On-Behalf-Of: the identity provider refused tollgate's request (configuration)"
+            );
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                &format!(
+                    "the identity provider refused tollgate's On-Behalf-Of request ({})",
+                    idp.error
+                ),
+            )
+        }
+        // The user's grant does not allow the exchange (consent, a revoked session, ...).
+        ExchangeError::Idp(idp) => {
+            let description = match &idp.suberror {
+                Some(sub) => format!(
+                    "the identity provider refused the On-Behalf-Of exchange ({}, {sub})",
+                    idp.error
+                ),
+                None => format!(
+                    "the identity provider refused the On-Behalf-Of exchange ({})",
+                    idp.error
+                ),
+            };
+            json_error(StatusCode::FORBIDDEN, "access_denied", &description)
+        }
         ExchangeError::InvalidSubject(v) => auth_error(v),
         ExchangeError::Upstream { timeout: true, .. } => json_error(
             StatusCode::GATEWAY_TIMEOUT,
@@ -587,7 +620,15 @@ fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Bod
                 "tollgate's client credential is misconfigured",
             )
         }
-        other => json_error(StatusCode::BAD_GATEWAY, "bad_gateway", &other.to_string()),
+        other => {
+            // The detail (addresses, OS errors) is for the operator, not the public client.
+            tracing::warn!(error = %other, "On-Behalf-Of failed");
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the identity provider could not be reached or answered badly",
+            )
+        }
     }
 }
 

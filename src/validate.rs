@@ -89,6 +89,8 @@ struct ClaimsInner {
     roles: Vec<String>,
     exp: u64,
     provider: String,
+    /// `sha256(token)`, set by the validator that produced these claims.
+    token_digest: std::sync::OnceLock<[u8; 32]>,
     /// See [`Claims::derived`]: one slot per [`Derived`] use.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     derived: [std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>; Derived::COUNT],
@@ -147,6 +149,7 @@ impl Claims {
             roles,
             exp,
             provider: provider.to_owned(),
+            token_digest: std::sync::OnceLock::new(),
             derived: Default::default(),
         }))
     }
@@ -154,6 +157,11 @@ impl Claims {
     /// A value computed from these claims once and kept with them (identity headers, the
     /// introspection answer): a token validated from the cache then costs no formatting per
     /// request. `None` when the slot holds a value of another type (a caller's bug).
+    /// `sha256` of the token these claims were validated from, when a [`Validator`] made them.
+    pub(crate) fn token_digest(&self) -> Option<&[u8; 32]> {
+        self.0.token_digest.get()
+    }
+
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn derived<T: std::any::Any + Send + Sync>(
         &self,
@@ -744,6 +752,7 @@ impl Validator {
         metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
             .increment(1);
         let claims = result?;
+        let _ = claims.0.token_digest.set(digest);
         self.cache.insert(digest, claims.clone());
         Ok(claims)
     }

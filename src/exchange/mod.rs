@@ -350,6 +350,20 @@ impl Exchanger {
             .validate(user_token)
             .await
             .map_err(ExchangeError::InvalidSubject)?;
+        self.on_behalf_of_subject(&subject, user_token, target, skip_cache)
+            .await
+    }
+
+    /// [`Exchanger::on_behalf_of`] for a token this exchanger's validator has just validated into
+    /// `subject` (the proxy path): no second validation.
+    pub(crate) async fn on_behalf_of_subject(
+        &self,
+        subject: &crate::validate::Claims,
+        user_token: &str,
+        target: &str,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
+        check_target(target)?;
         if subject.is_app_only() {
             return Err(ExchangeError::InvalidSubject(
                 ValidationError::InvalidToken(
@@ -357,6 +371,11 @@ impl Exchanger {
                 ),
             ));
         }
+        // The validator's digest of this very token, else (claims not from a validator) our own.
+        let subject_digest = subject
+            .token_digest()
+            .copied()
+            .unwrap_or_else(|| crate::validate::sha256(user_token.as_bytes()));
         let tid = subject.tid().map(str::to_owned);
         let subject_exp = subject.expires_at();
         let this = self.clone();
@@ -365,7 +384,7 @@ impl Exchanger {
         self.cached(
             Grant::OnBehalfOf,
             target,
-            user_token,
+            &subject_digest,
             Some(subject_exp),
             skip_cache,
             move || async move {
@@ -419,7 +438,7 @@ impl Exchanger {
         self.cached(
             Grant::ClientCredentials,
             target,
-            "",
+            b"",
             None,
             skip_cache,
             move || async move {
@@ -524,7 +543,7 @@ impl Exchanger {
         &self,
         grant: Grant,
         target: &str,
-        subject: &str,
+        subject: &[u8],
         subject_exp: Option<u64>,
         skip_cache: bool,
         fetch: F,
