@@ -766,7 +766,7 @@ mod tests {
                     .cached(
                         Grant::ClientCredentials,
                         "api://t/.default",
-                        "",
+                        b"",
                         None,
                         false,
                         fetch,
