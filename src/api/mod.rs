@@ -93,9 +93,10 @@ fn token_response(t: &ExchangedToken) -> Response {
 /// anything else is serialised properly.
 fn token_json(access_token: &str, expires_in: u64) -> Vec<u8> {
     use std::io::Write as _;
-    let plain = access_token
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    // Branch-free, so it vectorises: this runs over every byte of every token handed out.
+    let plain = access_token.bytes().fold(true, |ok, b| {
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    });
     if !plain {
         let body =
             json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in});
