@@ -158,16 +158,8 @@ async fn post(
     let status = resp.status().as_u16();
     let body = crate::provider::read_capped(resp, "token endpoint")
         .await
-        .map_err(|e| match e {
-            // The body can stall after the headers: that is the IdP timing out too (504).
-            crate::provider::ProviderError::Unreachable {
-                message, timeout, ..
-            } => ExchangeError::Upstream { message, timeout },
-            other => ExchangeError::Upstream {
-                message: other.to_string(),
-                timeout: false,
-            },
-        })?;
+        // The body can stall after the headers: that is the IdP timing out too (504).
+        .map_err(from_provider)?;
     if (200..300).contains(&status) {
         return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {
             ExchangeError::Upstream {
@@ -212,7 +204,12 @@ async fn post(
 }
 
 fn upstream(e: &reqwest::Error) -> ExchangeError {
-    match crate::provider::transport("token endpoint", e) {
+    from_provider(crate::provider::transport("token endpoint", e))
+}
+
+/// A transport failure talking to the token endpoint, keeping whether it was a timeout.
+fn from_provider(e: crate::provider::ProviderError) -> ExchangeError {
+    match e {
         crate::provider::ProviderError::Unreachable {
             message, timeout, ..
         } => ExchangeError::Upstream { message, timeout },
