@@ -1830,6 +1830,15 @@ async fn an_organizations_authority_exchanges_at_the_users_tenant() {
         payload(&access_token(status, &body))["tid"],
         DEFAULT_TENANT_ID
     );
+    // An app token has no user tenant to go to: refused with the fix, the IdP never asked.
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("/organizations/") && description.contains("tenant-specific"),
+        "{description}"
+    );
     assert_eq!(
         *recorder.paths.lock().unwrap(),
         vec![

@@ -433,6 +433,16 @@ impl Exchanger {
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
+        // An app token belongs to one tenant, and there is no user token to name it: Entra
+        // refuses client credentials at `common`/`organizations` (AADSTS50059), so say so here,
+        // with the fix, instead of passing its refusal on.
+        if let Some(alias) = self.multi_tenant_authority() {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "client credentials need a tenant: the provider's token endpoint is the \
+                 multi-tenant /{alias}/ one; configure a tenant-specific well_known_url or \
+                 token_endpoint for app tokens"
+            )));
+        }
         let this = self.clone();
         let target_owned = target.to_owned();
         self.cached(
@@ -506,6 +516,15 @@ impl Exchanger {
         .await;
         record("refresh_token", &result, started);
         result
+    }
+
+    /// `Some("common")` or `Some("organizations")` when the token endpoint is multi-tenant.
+    fn multi_tenant_authority(&self) -> Option<&'static str> {
+        let metadata = self.inner.provider.metadata()?;
+        let path = metadata.token_endpoint.as_ref()?.path();
+        ["common", "organizations"]
+            .into_iter()
+            .find(|alias| path.split('/').any(|segment| segment == *alias))
     }
 
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
