@@ -159,7 +159,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 // Cloning a static value is a pointer copy; it is never parsed or allocated again.
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
-static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+pub(crate) static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Why a request got no upstream response; the `Display` text is sent to the client, so it

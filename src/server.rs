@@ -36,7 +36,7 @@ use crate::provider::{Provider, ProviderError};
 use crate::proxy::{Forwarder, UpstreamSettings, json_error};
 use crate::routes::{Route, RouteTable};
 use crate::store::TokenStore;
-use crate::validate::{Claims, Derived, ValidationError, Validator, bearer_token};
+use crate::validate::{Claims, ValidationError, Validator, bearer_token};
 
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -297,23 +297,15 @@ impl Server {
         let _ = stop_tx.send(true);
         let mut result = Ok(());
         while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(Err(e)) => result = Err(ServerError::Io(e)),
-                Err(e) if e.is_panic() => {
-                    result = Err(ServerError::Start("a listener task panicked".into()))
-                }
-                _ => {}
+            if let Some(e) = listener_failure(done) {
+                result = Err(e);
             }
         }
         let _ = admin_stop_tx.send(true);
-        if let Some(admin) = admin.as_mut() {
-            match (&mut admin.0).await {
-                Ok(Err(e)) => result = Err(ServerError::Io(e)),
-                Err(e) if e.is_panic() => {
-                    result = Err(ServerError::Start("a listener task panicked".into()))
-                }
-                _ => {}
-            }
+        if let Some(admin) = admin.as_mut()
+            && let Some(e) = listener_failure((&mut admin.0).await)
+        {
+            result = Err(e);
         }
         for r in refreshers {
             r.abort();
@@ -370,6 +362,17 @@ impl Drop for RunningServer {
         if self.stop.is_some() {
             self.task.abort();
         }
+    }
+}
+
+/// How a listener task ended, as the server's error (`None`: it stopped cleanly or was aborted).
+fn listener_failure(
+    done: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Option<ServerError> {
+    match done {
+        Ok(Err(e)) => Some(ServerError::Io(e)),
+        Err(e) if e.is_panic() => Some(ServerError::Start("a listener task panicked".into())),
+        _ => None,
     }
 }
 
@@ -594,17 +597,15 @@ fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Bod
         }
         // The user's grant does not allow the exchange (consent, a revoked session, ...).
         ExchangeError::Idp(idp) => {
-            let description = match &idp.suberror {
-                Some(sub) => format!(
-                    "the identity provider refused the On-Behalf-Of exchange ({}, {sub})",
-                    idp.error
-                ),
-                None => format!(
-                    "the identity provider refused the On-Behalf-Of exchange ({})",
-                    idp.error
-                ),
+            let reason = match &idp.suberror {
+                Some(sub) => format!("{}, {sub}", idp.error),
+                None => idp.error.clone(),
             };
-            json_error(StatusCode::FORBIDDEN, "access_denied", &description)
+            json_error(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                &format!("the identity provider refused the On-Behalf-Of exchange ({reason})"),
+            )
         }
         ExchangeError::InvalidSubject(v) => auth_error(v),
         ExchangeError::Upstream { timeout: true, .. } => json_error(
@@ -658,23 +659,13 @@ fn remove_identity_headers(headers: &mut HeaderMap) {
 fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
     // Built once per validated token and kept with its cached claims; here only cloned
     // (a reference-count increment per value).
-    let computed;
-    let values = match claims.derived(Derived::IdentityHeaders, identity_headers) {
-        Some(values) => values,
-        None => {
-            computed = identity_headers(claims);
-            &computed
-        }
-    };
-    for (name, value) in &values.0 {
+    for (name, value) in claims.identity_headers_with(identity_headers) {
         headers.insert(name.clone(), value.clone());
     }
 }
 
 /// The identity headers a validated token yields, empty claims left out.
-struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
-
-fn identity_headers(claims: &Claims) -> IdentityHeaders {
+fn identity_headers(claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(6);
     let mut put = |name: HeaderName, value: &str| {
         // Claims are UTF-8; HeaderValue takes visible ASCII and obs-text but no controls, so a
@@ -691,5 +682,5 @@ fn identity_headers(claims: &Claims) -> IdentityHeaders {
     put(X_AUTH_NAME, claims.name().unwrap_or(""));
     put(X_AUTH_SCOPES, &claims.scopes().join(" "));
     put(X_AUTH_ROLES, &claims.roles().join(","));
-    IdentityHeaders(out)
+    out
 }

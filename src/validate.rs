@@ -91,23 +91,12 @@ struct ClaimsInner {
     provider: String,
     /// `sha256(token)`, set by the validator that produced these claims.
     token_digest: std::sync::OnceLock<[u8; 32]>,
-    /// See [`Claims::derived`]: one slot per [`Derived`] use.
+    /// The proxy's `X-Auth-*` header values, built at the first request that needs them.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    derived: [std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>; Derived::COUNT],
-}
-
-/// What the sidecar derives from validated claims and keeps with them.
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Derived {
-    /// The proxy's `X-Auth-*` header values.
-    IdentityHeaders = 0,
-    /// The token API's serialised `/introspect` answer.
-    Introspection = 1,
-}
-
-impl Derived {
-    const COUNT: usize = 2;
+    identity_headers: std::sync::OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// The token API's serialised `/introspect` answer, built at the first introspection.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    introspection: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Claims {
@@ -150,27 +139,33 @@ impl Claims {
             exp,
             provider: provider.to_owned(),
             token_digest: std::sync::OnceLock::new(),
-            derived: Default::default(),
+            identity_headers: std::sync::OnceLock::new(),
+            introspection: std::sync::OnceLock::new(),
         }))
     }
 
-    /// A value computed from these claims once and kept with them (identity headers, the
-    /// introspection answer): a token validated from the cache then costs no formatting per
-    /// request. `None` when the slot holds a value of another type (a caller's bug).
     /// `sha256` of the token these claims were validated from, when a [`Validator`] made them.
     pub(crate) fn token_digest(&self) -> Option<&[u8; 32]> {
         self.0.token_digest.get()
     }
 
+    /// The identity header values, built by `init` once and kept with these claims: a token
+    /// validated from the cache then costs no formatting per request.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    pub(crate) fn derived<T: std::any::Any + Send + Sync>(
+    pub(crate) fn identity_headers_with(
         &self,
-        slot: Derived,
-        init: impl FnOnce(&Claims) -> T,
-    ) -> Option<&T> {
-        self.0.derived[slot as usize]
-            .get_or_init(|| Box::new(init(self)))
-            .downcast_ref()
+        init: impl FnOnce(&Claims) -> Vec<(http::HeaderName, http::HeaderValue)>,
+    ) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.0.identity_headers.get_or_init(|| init(self))
+    }
+
+    /// The serialised introspection answer, built by `init` once and kept with these claims.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn introspection_with(
+        &self,
+        init: impl FnOnce(&Claims) -> bytes::Bytes,
+    ) -> &bytes::Bytes {
+        self.0.introspection.get_or_init(|| init(self))
     }
 
     /// `sub`.

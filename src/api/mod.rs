@@ -35,8 +35,8 @@ use serde_json::{Value, json};
 use body::ApiBody;
 
 use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
+use crate::proxy::APPLICATION_JSON;
 use crate::server::AppState;
-use crate::validate::Derived;
 
 /// Builds the API router. When an API key is configured every route needs
 /// `Authorization: Bearer <key>`.
@@ -82,7 +82,7 @@ fn exchange_error(e: &ExchangeError) -> Response {
 
 fn token_response(t: &ExchangedToken) -> Response {
     (
-        [(http::header::CONTENT_TYPE, APPLICATION_JSON)],
+        [(http::header::CONTENT_TYPE, APPLICATION_JSON.clone())],
         token_json(t.access_token(), t.expires_in()),
     )
         .into_response()
@@ -230,17 +230,16 @@ async fn introspect(
     };
     match validator.validate(&req.token).await {
         Ok(claims) => {
-            let body = claims
-                .derived(Derived::Introspection, introspection)
-                .cloned()
-                .unwrap_or_else(|| introspection(&claims));
-            ([(http::header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response()
+            let body = claims.introspection_with(introspection).clone();
+            (
+                [(http::header::CONTENT_TYPE, APPLICATION_JSON.clone())],
+                body,
+            )
+                .into_response()
         }
         Err(e) => Json(json!({"active": false, "error": e.to_string()})).into_response(),
     }
 }
-
-const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// `{"active": true, ...claims}` as JSON bytes (a claim named `active` is left out).
 fn introspection(claims: &crate::validate::Claims) -> bytes::Bytes {

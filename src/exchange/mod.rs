@@ -436,10 +436,18 @@ impl Exchanger {
         // An app token belongs to one tenant, and there is no user token to name it: Entra
         // refuses client credentials at `common`/`organizations` (AADSTS50059), so say so here,
         // with the fix, instead of passing its refusal on.
-        if let Some(alias) = self.multi_tenant_authority() {
+        let endpoint = self
+            .inner
+            .provider
+            .metadata()
+            .and_then(|m| m.token_endpoint.clone());
+        if let Some(alias) = endpoint
+            .as_ref()
+            .and_then(|e| multi_tenant_segment(e.as_str()))
+        {
             return Err(ExchangeError::InvalidRequest(format!(
                 "client credentials need a tenant: the provider's token endpoint is the \
-                 multi-tenant /{alias}/ one; configure a tenant-specific well_known_url or \
+                 multi-tenant {alias} one; configure a tenant-specific well_known_url or \
                  token_endpoint for app tokens"
             )));
         }
@@ -518,15 +526,6 @@ impl Exchanger {
         result
     }
 
-    /// `Some("common")` or `Some("organizations")` when the token endpoint is multi-tenant.
-    fn multi_tenant_authority(&self) -> Option<&'static str> {
-        let metadata = self.inner.provider.metadata()?;
-        let path = metadata.token_endpoint.as_ref()?.path();
-        ["common", "organizations"]
-            .into_iter()
-            .find(|alias| path.split('/').any(|segment| segment == *alias))
-    }
-
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
     /// (entra-reference §9: OBO goes to the resource tenant in the token's `tid`).
     fn token_endpoint(&self, tid: Option<&str>) -> Result<String, ExchangeError> {
@@ -540,20 +539,14 @@ impl Exchanger {
             .as_ref()
             .ok_or(ExchangeError::NoTokenEndpoint)?
             .to_string();
-        if let Some(tid) = tid {
-            for alias in ["/common/", "/organizations/"] {
-                if endpoint.contains(alias) {
-                    // The tid becomes a path segment: only a tenant id (GUID) may go there.
-                    if tid.is_empty() || !tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                        return Err(ExchangeError::InvalidSubject(
-                            ValidationError::InvalidToken(
-                                "the token's tid is not a tenant id".into(),
-                            ),
-                        ));
-                    }
-                    return Ok(endpoint.replacen(alias, &format!("/{tid}/"), 1));
-                }
+        if let (Some(tid), Some(alias)) = (tid, multi_tenant_segment(&endpoint)) {
+            // The tid becomes a path segment: only a tenant id (GUID) may go there.
+            if tid.is_empty() || !tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(ExchangeError::InvalidSubject(
+                    ValidationError::InvalidToken("the token's tid is not a tenant id".into()),
+                ));
             }
+            return Ok(endpoint.replacen(alias, &format!("/{tid}/"), 1));
         }
         Ok(endpoint)
     }
@@ -597,6 +590,13 @@ impl Exchanger {
             .set(self.inner.cache.entry_count() as f64);
         result
     }
+}
+
+/// The multi-tenant authority segment (`/common/`, `/organizations/`) of a token endpoint.
+fn multi_tenant_segment(endpoint: &str) -> Option<&'static str> {
+    ["/common/", "/organizations/"]
+        .into_iter()
+        .find(|alias| endpoint.contains(alias))
 }
 
 fn record<T>(grant: &'static str, result: &Result<T, ExchangeError>, started: std::time::Instant) {
