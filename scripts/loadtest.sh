@@ -31,8 +31,8 @@ trap cleanup EXIT
 
 UP=127.0.0.1:18080; BARE=127.0.0.1:18081; PUB=127.0.0.1:18082; API=127.0.0.1:18083; ADMIN=127.0.0.1:18084; IDP=127.0.0.1:18085
 TID=11111111-2222-3333-4444-555555555555
-"$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!)
-"$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!)
+"$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!); UP_PID=$!
+"$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!); BARE_PID=$!
 "$BIN/tollgate" dev-idp --listen $IDP >/dev/null 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do curl -sf http://$IDP/$TID/v2.0/.well-known/openid-configuration >/dev/null && break; sleep 0.1; done
 
@@ -97,12 +97,24 @@ request = function()
 end
 LUA
 
-declare -A RPS P50 P99
-measure() { # name url [wrk args...]: one round; keeps the best requests/s seen for name
-  local name=$1 url=$2; shift 2
+declare -A RPS P50 P99 CPU
+# CPU time (user + system, in clock ticks) the process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+measure() { # name pid url [wrk args...]: one round; keeps the best requests/s seen for name
+  local name=$1 pid=$2 url=$3; shift 3
+  local before; before=$(cpu_ticks "$pid")
   local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  local used=$(( $(cpu_ticks "$pid") - before ))
   if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers:"; echo "$out"; exit 1; fi
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  # CPU the serving process spent per request: what the throughput would be bound by if the
+  # process had a core to itself, free of wrk's and the upstream's share of this machine.
+  local us; us=$(awk -v t="$used" -v k="$TICK_US" -v n="$reqs" 'BEGIN { printf "%.2f", t * k / n }')
+  if [ -z "${CPU[$name]:-}" ] || awk -v a="$us" -v b="${CPU[$name]}" 'BEGIN { exit !(a < b) }'; then
+    CPU[$name]=$us
+  fi
   if [ -z "${RPS[$name]:-}" ] || awk -v a="$rps" -v b="${RPS[$name]}" 'BEGIN { exit !(a > b) }'; then
     RPS[$name]=$rps
     P50[$name]=$(echo "$out" | awk '$1=="50%" {print $2}')
@@ -110,20 +122,22 @@ measure() { # name url [wrk args...]: one round; keeps the best requests/s seen 
   fi
 }
 AUTH=(-H "Authorization: Bearer $TOKEN")
+# name|serving process|url|extra wrk arguments
 TARGETS=(
-  "direct|http://$UP/x"
-  "bare_proxy|http://$BARE/x"
+  "direct|up|http://$UP/x"
+  "bare_proxy|bare|http://$BARE/x"
   # The same request the token routes get: a ~1.2 KB Authorization header costs the bare proxy too.
-  "bare_proxy_token|http://$BARE/x|auth"
-  "auth_none|http://$PUB/none/x"
-  "auth_required|http://$PUB/required/x|auth"
-  "obo_route|http://$PUB/obo/x|auth"
-  "healthz|http://$ADMIN/healthz"
-  "exchange|http://$API/api/v1/token/exchange|$WORK/exchange.lua"
-  "introspect|http://$API/api/v1/introspect|$WORK/introspect.lua"
-  "exchange_pool|http://$API/api/v1/token/exchange|$WORK/exchange_pool.lua"
-  "introspect_pool|http://$API/api/v1/introspect|$WORK/introspect_pool.lua"
+  "bare_proxy_token|bare|http://$BARE/x|auth"
+  "auth_none|tg|http://$PUB/none/x"
+  "auth_required|tg|http://$PUB/required/x|auth"
+  "obo_route|tg|http://$PUB/obo/x|auth"
+  "healthz|tg|http://$ADMIN/healthz"
+  "exchange|tg|http://$API/api/v1/token/exchange|$WORK/exchange.lua"
+  "introspect|tg|http://$API/api/v1/introspect|$WORK/introspect.lua"
+  "exchange_pool|tg|http://$API/api/v1/token/exchange|$WORK/exchange_pool.lua"
+  "introspect_pool|tg|http://$API/api/v1/introspect|$WORK/introspect_pool.lua"
 )
+pid_of() { case "$1" in up) echo "$UP_PID" ;; bare) echo "$BARE_PID" ;; *) echo "$TG_PID" ;; esac; }
 args_for() { # extra -> wrk arguments
   case "$1" in
     "") ;;
@@ -134,16 +148,16 @@ args_for() { # extra -> wrk arguments
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS..."
   for t in "${TARGETS[@]}"; do
-    IFS='|' read -r name url extra <<<"$t"
+    IFS='|' read -r name who url extra <<<"$t"
     mapfile -d '' ARGS < <(args_for "${extra:-}")
     # Warm caches (validation, OBO, the token pool) before the first measurement.
     [ "$round" -eq 1 ] && { wrk -t1 -c"$CONNS" -d2s "${ARGS[@]}" "$url" >/dev/null 2>&1 || true; }
-    measure "$name" "$url" "${ARGS[@]}"
+    measure "$name" "$(pid_of "$who")" "$url" "${ARGS[@]}"
   done
 done
 for t in "${TARGETS[@]}"; do
   name=${t%%|*}
-  printf '%-18s %12s req/s   p50 %-9s p99 %-9s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+  printf '%-18s %12s req/s   p50 %-9s p99 %-9s %8s us CPU/request\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}"
 done
 RSS=$(awk '/VmRSS/ {print $2}' /proc/$TG_PID/status)
 
@@ -162,4 +176,16 @@ echo "  introspect     / healthz    = $(ratio introspect healthz)   (>= 0.80)"
 echo "  exchange_pool  / healthz    = $(ratio exchange_pool healthz)"
 echo "  introspect_pool/ healthz    = $(ratio introspect_pool healthz)"
 echo "  bare_proxy     / direct     = $(ratio bare_proxy direct)"
+# The same ratios from CPU per request (floor's CPU / tollgate's CPU): the throughput ratio the
+# two would show if each had a core to itself, which a 2-core box shared with wrk cannot give.
+cpu_ratio() { awk -v a="${CPU[$1]}" -v b="${CPU[$2]}" 'BEGIN { printf "%.2f", b / a }'; }
+echo
+echo "ratios from CPU per request of the serving process (best of $ROUNDS rounds each):"
+echo "  auth_none      / bare_proxy = $(cpu_ratio auth_none bare_proxy)   (>= 0.90)"
+echo "  auth_required  / bare_proxy = $(cpu_ratio auth_required bare_proxy)   (>= 0.85)"
+echo "  obo_route      / bare_proxy = $(cpu_ratio obo_route bare_proxy)   (>= 0.80)"
+echo "  auth_required  / bare_proxy_token = $(cpu_ratio auth_required bare_proxy_token)"
+echo "  obo_route      / bare_proxy_token = $(cpu_ratio obo_route bare_proxy_token)"
+echo "  exchange       / healthz    = $(cpu_ratio exchange healthz)   (>= 0.80)"
+echo "  introspect     / healthz    = $(cpu_ratio introspect healthz)   (>= 0.80)"
 echo "tollgate RSS after the run: ${RSS} kB"

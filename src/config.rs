@@ -741,8 +741,21 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(redact_figment(&e)))?;
         cfg.apply_nais_env(&vars)?;
+        cfg.normalize();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Writes values in the one form the IdP puts in tokens. Entra accepts an application
+    /// (client) id in any case on the wire but always emits it in lower case in `aud` and
+    /// `azp`/`appid`: an id pasted in upper case from the portal would otherwise match no token.
+    fn normalize(&mut self) {
+        for p in &mut self.providers {
+            let id = p.client_id.trim();
+            if is_guid(id) {
+                p.client_id = id.to_ascii_lowercase();
+            }
+        }
     }
 
     fn apply_nais_env(&mut self, vars: &[(String, String)]) -> Result<(), ConfigError> {
@@ -1137,6 +1150,11 @@ fn toml_value(v: &serde_json::Value) -> String {
         ),
         other => other.to_string(),
     }
+}
+
+/// A GUID in its hyphenated 8-4-4-4-12 form (any case), as Entra writes application ids.
+pub(crate) fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
 /// IdP URLs must be https, except loopback hosts (the dev IdP, tests).

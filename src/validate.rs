@@ -26,6 +26,7 @@ use http::StatusCode;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use crate::config::is_guid;
 use crate::provider::Provider;
 
 /// The realm named in every `WWW-Authenticate` challenge.
@@ -1033,17 +1034,6 @@ fn entra_v1_counterpart(issuer: &str) -> Option<String> {
         .strip_prefix("https://login.microsoftonline.com/")?
         .strip_suffix("/v2.0")?;
     Some(format!("https://sts.windows.net/{tenant}/"))
-}
-
-fn is_guid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
 }
 
 trait KindDescription {

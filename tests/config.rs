@@ -162,6 +162,37 @@ fn environment_overrides_and_nais_names() {
 }
 
 #[test]
+fn guid_client_ids_are_kept_in_the_lower_case_tokens_carry() {
+    let upper = PROVIDER.replace(
+        "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb",
+        " AAAAAAAA-0000-1111-2222-BBBBBBBBBBBB ",
+    );
+    let cfg = Config::from_toml_str(&upper, &MapEnv::default()).unwrap();
+    let p = &cfg.providers[0];
+    assert_eq!(p.client_id, "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb");
+    assert_eq!(
+        p.effective_audiences(),
+        [
+            "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb",
+            "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"
+        ]
+    );
+    let env = MapEnv::from([(
+        "AZURE_APP_CLIENT_ID",
+        "AAAAAAAA-0000-1111-2222-BBBBBBBBBBBB",
+    )]);
+    let cfg = Config::from_toml_str(PROVIDER, &env).unwrap();
+    assert_eq!(
+        cfg.providers[0].client_id,
+        "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"
+    );
+    // Not a GUID (another IdP's client id): kept exactly as written.
+    let other = PROVIDER.replace("aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb", "My-App");
+    let cfg = Config::from_toml_str(&other, &MapEnv::default()).unwrap();
+    assert_eq!(cfg.providers[0].client_id, "My-App");
+}
+
+#[test]
 fn check_command_prints_redacted_config_and_fails_on_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");

@@ -413,6 +413,32 @@ async fn token_endpoint_routes_on_the_path_and_accepts_basic_client_auth() {
 }
 
 #[tokio::test]
+async fn a_client_id_in_upper_case_still_stores_the_login() {
+    // Entra takes an application id in any case, and the portal's copy button gives lower case,
+    // but ids also arrive in upper case (PowerShell, `az ad app list -o tsv | tr`). Tokens carry
+    // the lower-case form whatever was sent.
+    const UPPER: &str = "AAAAAAAA-0000-1111-2222-BBBBBBBBBBBB";
+    assert_eq!(UPPER.to_ascii_lowercase(), TOLLGATE_CLIENT_ID);
+    let stack = Stack::start(Options {
+        client_id: UPPER,
+        rps: vec![RpOptions {
+            client_id: UPPER,
+            ..RpOptions::default()
+        }],
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert_eq!(login.claims["aud"], TOLLGATE_CLIENT_ID);
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "the login was not stored: {body}");
+    assert_eq!(body["access_token"], login.access_token);
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn token_errors_reach_the_app_unchanged() {
     let stack = Stack::start(Options::default()).await;
     let form = [
@@ -1129,6 +1155,8 @@ struct Options {
     extra: String,
     /// More keys of tollgate's `[[providers]]` entry.
     provider_extra: String,
+    /// tollgate's `client_id`.
+    client_id: &'static str,
 }
 
 impl Default for Options {
@@ -1139,6 +1167,7 @@ impl Default for Options {
             rps: vec![RpOptions::default()],
             extra: String::new(),
             provider_extra: String::new(),
+            client_id: TOLLGATE_CLIENT_ID,
         }
     }
 }
@@ -1161,7 +1190,11 @@ impl Stack {
             ..DevIdpConfig::default()
         };
         for app in &mut idp_config.apps {
-            if options.rps.iter().any(|rp| rp.client_id == app.client_id) {
+            if options
+                .rps
+                .iter()
+                .any(|rp| rp.client_id.eq_ignore_ascii_case(&app.client_id))
+            {
                 app.loopback_redirects = true;
             }
         }
@@ -1198,7 +1231,7 @@ shutdown_grace = "2s"
 [[providers]]
 name = "entra_id"
 well_known_url = "{well_known}"
-client_id = "{TOLLGATE_CLIENT_ID}"
+client_id = "{client_id}"
 {provider_extra}
 
 [login]
@@ -1221,6 +1254,7 @@ post_logout_redirect_uris = [{post_logout}]
             store = options.store,
             extra = options.extra,
             provider_extra = options.provider_extra,
+            client_id = options.client_id,
         );
         let mut stack = Stack {
             idp,
@@ -1739,7 +1773,8 @@ async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result
     .map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_issuer(&[&d.issuer]);
-    validation.set_audience(&[rp.options.client_id]);
+    // Entra writes the client id in lower case whatever case the app registered it in.
+    validation.set_audience(&[rp.options.client_id.to_ascii_lowercase()]);
     jsonwebtoken::decode::<Value>(token, &key, &validation)
         .map(|data| data.claims)
         .map_err(|e| format!("ID token refused: {e}"))

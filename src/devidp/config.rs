@@ -12,6 +12,8 @@ use figment::providers::{Format, Toml};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+use crate::config::is_guid;
+
 use super::{
     ALICE, ALICE_OID, ALICE_UPN, BOB, BOB_OID, BOB_UPN, CAROL, CAROL_OID, CAROL_UPN,
     DEFAULT_LISTEN, DEFAULT_TENANT_ID, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, DOWNSTREAM_CLIENT_ID,
@@ -473,10 +475,6 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Text(text) => humantime::parse_duration(&text).map_err(serde::de::Error::custom),
         Raw::Seconds(secs) => Ok(Duration::from_secs(secs)),
     }
-}
-
-pub(crate) fn is_guid(s: &str) -> bool {
-    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
 /// A GUID that is the same on every start for the same input, so configured users and service

@@ -286,7 +286,9 @@ async fn capture(
     };
     let client_id = client_id.ok_or("the token request names no client_id")?;
     let own_client_id = validator.provider().config().client_id.as_str();
-    if client_id != own_client_id {
+    // Entra takes a client id in any case; the configured one is normalised to the lower case
+    // tokens carry (config.rs `normalize`).
+    if !client_id.eq_ignore_ascii_case(own_client_id) {
         // Refresh tokens are bound to the client they were issued to: tollgate, redeeming with
         // its own credentials, could never use them.
         return Err(format!(
@@ -294,7 +296,7 @@ async fn capture(
         ));
     }
     let claims = validator
-        .validate_id_token(id_token, client_id, false)
+        .validate_id_token(id_token, own_client_id, false)
         .await
         .map_err(|e| e.to_string())?;
     // OIDC Core §3.1.3.7: the code flow's ID token echoes the authorize nonce; a refresh grant's
