@@ -6,7 +6,8 @@
 //! honoured with the configured leeway, a `{tenantid}` issuer template is filled with the token's
 //! `tid` and the tenant checked against `allowed_tenants`, and ID tokens are refused as access
 //! tokens (§3.12). A validated token is cached by `sha256(token)` until its `exp`, so a repeat
-//! costs a hash and a lookup instead of an RSA verification.
+//! costs a hash and a lookup instead of an RSA verification; when the IdP withdraws a key from
+//! its JWKS, every cached token is checked again on its next use.
 //!
 //! ```no_run
 //! # async fn f(provider: std::sync::Arc<tollgate::provider::Provider>, token: &str) {
@@ -628,7 +629,9 @@ fn is_token68(bytes: &[u8]) -> bool {
 pub struct Validator {
     provider: Arc<Provider>,
     audiences: Arc<Vec<String>>,
-    cache: moka::sync::Cache<[u8; 32], Claims>,
+    /// Validated tokens by `sha256(token)`, each with the provider's key epoch it was checked
+    /// under: an entry from before a key was withdrawn is validated again.
+    cache: moka::sync::Cache<[u8; 32], (Claims, u64)>,
     /// `tollgate_validations_total{result="cached"}`, registered at the first hit (after the
     /// recorder is installed) so the hot path skips the registry's label lookup.
     cached_hits: Arc<std::sync::OnceLock<metrics::Counter>>,
@@ -644,11 +647,11 @@ impl std::fmt::Debug for Validator {
 
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Claims> for UntilExp {
+impl moka::Expiry<[u8; 32], (Claims, u64)> for UntilExp {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        claims: &Claims,
+        (claims, _): &(Claims, u64),
         _: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
@@ -735,7 +738,11 @@ impl Validator {
             return Err(self.refuse("oversized", "the token is too large"));
         }
         let digest = sha256(token.as_bytes());
-        if let Some(claims) = self.cache.get(&digest)
+        // Read before validating: a key withdrawn while this token is checked leaves the new
+        // entry under the older epoch, so the next request checks it again.
+        let epoch = self.provider.key_epoch();
+        if let Some((claims, checked_under)) = self.cache.get(&digest)
+            && checked_under == epoch
             && claims.expires_at() > now()
         {
             self.cached_hits
@@ -753,7 +760,7 @@ impl Validator {
             .increment(1);
         let claims = result?;
         let _ = claims.0.token_digest.set(digest);
-        self.cache.insert(digest, claims.clone());
+        self.cache.insert(digest, (claims.clone(), epoch));
         Ok(claims)
     }
 

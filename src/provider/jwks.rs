@@ -149,6 +149,12 @@ impl KeySet {
         self.keys.keys().cloned().collect()
     }
 
+    /// Whether replacing `self` by `next` takes away a key id, so that what it signed must no
+    /// longer be trusted from any cache.
+    pub(super) fn retired_by(&self, next: &KeySet) -> bool {
+        self.keys.keys().any(|kid| !next.keys.contains_key(kid))
+    }
+
     pub(super) fn is_stale(&self, max: Duration) -> bool {
         self.fetched_at.is_some_and(|t| t.elapsed() > max)
     }

@@ -115,6 +115,9 @@ pub struct Provider {
     fetch_generation: AtomicU64,
     /// When the last fetch forced by an unknown kid started.
     last_forced: RwLock<Option<Instant>>,
+    /// Bumped whenever a key id leaves the key set (rotated out by the IdP, or dropped as
+    /// stale): validations cached under an older epoch are checked again (see [`Self::key_epoch`]).
+    key_epoch: AtomicU64,
 }
 
 impl Provider {
@@ -141,6 +144,7 @@ impl Provider {
             fetch_lock: tokio::sync::Mutex::new(()),
             fetch_generation: AtomicU64::new(0),
             last_forced: RwLock::new(None),
+            key_epoch: AtomicU64::new(0),
         }))
     }
 
@@ -247,6 +251,34 @@ impl Provider {
     /// ```
     pub fn key_set(&self) -> Arc<KeySet> {
         read(&self.keys).clone()
+    }
+
+    /// A counter bumped each time a key id leaves the key set. A cache of validated tokens keeps
+    /// the epoch it validated under and re-checks a token whose epoch is older: a key the IdP
+    /// withdrew (an emergency rollover) stops vouching for tokens at once, not at their `exp`.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     ..Default::default()
+    /// # })?;
+    /// assert_eq!(provider.key_epoch(), 0); // no key has been withdrawn yet
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn key_epoch(&self) -> u64 {
+        self.key_epoch.load(Ordering::Acquire)
+    }
+
+    /// Installs a new key set, bumping the key epoch when it withdraws a key id.
+    fn replace_keys(&self, next: KeySet) {
+        let mut keys = write(&self.keys);
+        if keys.retired_by(&next) {
+            self.key_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        *keys = Arc::new(next);
     }
 
     /// Fetches discovery (when needed) and the JWKS now.
@@ -377,7 +409,7 @@ impl Provider {
             let stale = self.key_set().is_stale(self.config.jwks_max_stale);
             if stale && !self.key_set().is_empty() {
                 tracing::error!(provider = %self.config.name, "dropping signing keys older than jwks_max_stale");
-                *write(&self.keys) = Arc::new(KeySet::empty());
+                self.replace_keys(KeySet::empty());
             }
         }
         result
@@ -400,7 +432,7 @@ impl Provider {
         };
         let set = jwks::fetch(&self.http, &metadata.jwks_uri, &self.config.algorithms).await?;
         tracing::debug!(provider = %self.config.name, keys = set.len(), "JWKS loaded");
-        *write(&self.keys) = Arc::new(set);
+        self.replace_keys(set);
         Ok(())
     }
 }

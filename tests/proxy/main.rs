@@ -489,6 +489,50 @@ async fn key_rotation_is_picked_up_with_exactly_one_refetch() {
 }
 
 #[tokio::test]
+async fn a_withdrawn_key_stops_vouching_for_cached_tokens() {
+    // An emergency rollover: the IdP takes a key out of its JWKS. Tokens it signed were valid
+    // and are cached, but must not be served from the cache until their `exp`.
+    let old = TestKey::new("old");
+    let new = TestKey::new("new");
+    let idp = StaticIdp::start(&[&old, &new]).await;
+    let provider = format!(
+        "name = \"withdrawn\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
+        idp.well_known()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    let signed_by_old = old.token(&iss, json!({}));
+    let signed_by_new = new.token(&iss, json!({}));
+    for token in [&signed_by_old, &signed_by_old, &signed_by_new] {
+        assert_eq!(h.get("/x", Some(token)).await.status(), 200);
+    }
+    h.idp.set_keys(&[&new]);
+    let before = h.idp.fetches();
+    for _ in 0..100 {
+        if h.idp.fetches() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.idp.fetches() >= before + 2, "the background refresh ran");
+    let r = h.get("/x", Some(&signed_by_old)).await;
+    assert_eq!(r.status(), 401, "the cached token's key is gone");
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert_eq!(
+        h.get("/x", Some(&signed_by_new)).await.status(),
+        200,
+        "tokens of the remaining key are checked again and pass"
+    );
+    assert_eq!(h.echo.hits(), 4);
+}
+
+#[tokio::test]
 async fn random_kid_flood_causes_at_most_one_fetch_per_interval() {
     let key = TestKey::new("k1");
     let h = harness(&[&key]).await;
