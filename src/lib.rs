@@ -96,6 +96,8 @@ mod proxy;
 mod routes;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(test)]
+mod test_metrics;
 
 pub use config::Config;
 pub use exchange::Exchanger;

@@ -583,7 +583,6 @@ mod tests {
     use futures_util::{SinkExt, StreamExt};
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -1241,81 +1240,10 @@ mod tests {
         );
     }
 
-    type Recorded = Arc<Mutex<Vec<(String, Vec<(String, String)>, f64)>>>;
-
-    /// Captures histogram values with their key, for the current thread only.
-    #[derive(Default)]
-    struct CapturingRecorder {
-        recorded: Recorded,
-    }
-
-    struct CapturedHistogram {
-        key: metrics::Key,
-        recorded: Recorded,
-    }
-
-    impl metrics::HistogramFn for CapturedHistogram {
-        fn record(&self, value: f64) {
-            let labels = self
-                .key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            self.recorded
-                .lock()
-                .unwrap()
-                .push((self.key.name().to_owned(), labels, value));
-        }
-    }
-
-    impl metrics::Recorder for CapturingRecorder {
-        fn describe_counter(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_gauge(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_histogram(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn register_counter(
-            &self,
-            _: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Counter {
-            metrics::Counter::noop()
-        }
-        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-            metrics::Gauge::noop()
-        }
-        fn register_histogram(
-            &self,
-            key: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Histogram {
-            metrics::Histogram::from_arc(Arc::new(CapturedHistogram {
-                key: key.clone(),
-                recorded: self.recorded.clone(),
-            }))
-        }
-    }
-
     // Single-threaded runtime: every task, including the proxy's, sees the local recorder.
     #[tokio::test(flavor = "current_thread")]
     async fn records_upstream_duration_by_status_class() {
-        let recorder = CapturingRecorder::default();
+        let recorder = crate::test_metrics::TestRecorder::default();
         let _guard = metrics::set_default_local_recorder(&recorder);
         let upstream = upstream(Router::new().fallback(|req: Request<Body>| async move {
             if req.uri().path() == "/missing" {
@@ -1344,18 +1272,17 @@ mod tests {
         broken.stop().await;
         upstream.stop().await;
 
-        let recorded = recorder.recorded.lock().unwrap().clone();
-        let classes: Vec<&str> = recorded
-            .iter()
-            .map(|(name, labels, value)| {
-                assert_eq!(name, "tollgate_upstream_duration_seconds");
-                assert!(*value >= 0.0);
-                assert_eq!(labels.len(), 1);
-                assert_eq!(labels[0].0, "status");
-                labels[0].1.as_str()
-            })
-            .collect();
-        assert_eq!(classes, ["2xx", "4xx", "error"]);
+        let recorded = recorder.histograms();
+        assert!(recorded.iter().all(|(_, seconds)| *seconds >= 0.0));
+        let keys: Vec<&str> = recorded.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tollgate_upstream_duration_seconds{status=2xx}",
+                "tollgate_upstream_duration_seconds{status=4xx}",
+                "tollgate_upstream_duration_seconds{status=error}"
+            ]
+        );
     }
 
     async fn proxy_for_closed(closed: SocketAddr) -> Running {

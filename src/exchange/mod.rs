@@ -681,93 +681,10 @@ mod tests {
         assert_eq!(exchanger(single).token_endpoint(Some(tid)).unwrap(), single);
     }
 
-    type Registered = Arc<std::sync::Mutex<Vec<String>>>;
-    type Counts = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
-
-    /// Records each registration (`name{k=v,...}`) and sums counter increments per key.
-    #[derive(Default)]
-    struct CountingRecorder {
-        registered: Registered,
-        counts: Counts,
-    }
-
-    struct SummedCounter {
-        key: String,
-        counts: Counts,
-    }
-
-    impl metrics::CounterFn for SummedCounter {
-        fn increment(&self, value: u64) {
-            *self
-                .counts
-                .lock()
-                .unwrap()
-                .entry(self.key.clone())
-                .or_default() += value;
-        }
-        fn absolute(&self, _: u64) {}
-    }
-
-    fn key_text(key: &metrics::Key) -> String {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        format!("{}{{{}}}", key.name(), labels.join(","))
-    }
-
-    impl metrics::Recorder for CountingRecorder {
-        fn describe_counter(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_gauge(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_histogram(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn register_counter(
-            &self,
-            key: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Counter {
-            let key = key_text(key);
-            self.registered.lock().unwrap().push(key.clone());
-            metrics::Counter::from_arc(Arc::new(SummedCounter {
-                key,
-                counts: self.counts.clone(),
-            }))
-        }
-        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-            self.registered.lock().unwrap().push(key_text(key));
-            metrics::Gauge::noop()
-        }
-        fn register_histogram(
-            &self,
-            key: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Histogram {
-            self.registered.lock().unwrap().push(key_text(key));
-            metrics::Histogram::noop()
-        }
-    }
-
     // Single-threaded runtime: the spawned fetch task sees the thread's local recorder too.
     #[tokio::test(flavor = "current_thread")]
     async fn cache_metric_handles_are_registered_once_per_exchanger_and_labelled_by_provider() {
-        let recorder = CountingRecorder::default();
+        let recorder = crate::test_metrics::TestRecorder::default();
         let _guard = metrics::set_default_local_recorder(&recorder);
         let endpoint = "https://login.example/t/oauth2/v2.0/token";
         let fetch = || async {
@@ -795,7 +712,7 @@ mod tests {
                 assert_eq!(t.access_token(), "exchanged");
             }
         }
-        let registered = recorder.registered.lock().unwrap().clone();
+        let registered = recorder.registered();
         let of = |prefix: &str| {
             let mut v: Vec<&str> = registered
                 .iter()
@@ -822,7 +739,7 @@ mod tests {
                 "tollgate_exchange_cache_total{grant=client_credentials,result=miss}",
             ]
         );
-        let counts = recorder.counts.lock().unwrap().clone();
+        let counts = recorder.counts();
         assert_eq!(
             counts["tollgate_exchange_cache_total{grant=client_credentials,result=hit}"],
             4 + 2
