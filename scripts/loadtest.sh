@@ -22,8 +22,14 @@ CONNS=${CONNS:-16}
 command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 
+# PIN=1: the proxy under test (tollgate or the bare proxy) gets CPU 1 to itself; wrk, the
+# upstream and the dev IdP share CPU 0. Less scheduler noise, and CPU per request is then the
+# proxy's own, not shared with a neighbour's wake-ups.
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then PROXY_CPU=(taskset -c 1); LOAD_CPU=(taskset -c 0); else PROXY_CPU=(); LOAD_CPU=(); fi
+
 cargo build --release --quiet --bin tollgate --example bare_proxy --example hello_upstream
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -31,9 +37,9 @@ trap cleanup EXIT
 
 UP=127.0.0.1:18080; BARE=127.0.0.1:18081; PUB=127.0.0.1:18082; API=127.0.0.1:18083; ADMIN=127.0.0.1:18084; IDP=127.0.0.1:18085
 TID=11111111-2222-3333-4444-555555555555
-"$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!); UP_PID=$!
-"$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!); BARE_PID=$!
-"$BIN/tollgate" dev-idp --listen $IDP >/dev/null 2>&1 & PIDS+=($!)
+"${LOAD_CPU[@]}" "$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!); UP_PID=$!
+"${PROXY_CPU[@]}" "$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!); BARE_PID=$!
+"${LOAD_CPU[@]}" "$BIN/tollgate" dev-idp --listen $IDP >/dev/null 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do curl -sf http://$IDP/$TID/v2.0/.well-known/openid-configuration >/dev/null && break; sleep 0.1; done
 
 cat > "$WORK/tollgate.toml" <<TOML
@@ -60,7 +66,7 @@ scopes = ["access_as_user"]
 path = "/obo"
 obo = "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default"
 TOML
-AZURE_APP_CLIENT_SECRET=dev-secret-tollgate TOKIO_WORKER_THREADS=1 "$BIN/tollgate" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 & PIDS+=($!)
+AZURE_APP_CLIENT_SECRET=dev-secret-tollgate TOKIO_WORKER_THREADS=1 "${PROXY_CPU[@]}" "$BIN/tollgate" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 & PIDS+=($!)
 TG_PID=$!
 for _ in $(seq 100); do curl -sf http://$ADMIN/readyz >/dev/null && break; sleep 0.1; done
 
@@ -104,7 +110,7 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 measure() { # name pid url [wrk args...]: one round; keeps the best requests/s seen for name
   local name=$1 pid=$2 url=$3; shift 3
   local before; before=$(cpu_ticks "$pid")
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  local out; out=$("${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
   local used=$(( $(cpu_ticks "$pid") - before ))
   if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers:"; echo "$out"; exit 1; fi
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
