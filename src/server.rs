@@ -511,15 +511,7 @@ async fn exchange_for_route(
             .on_behalf_of_subject(claims, &inbound, target, false)
             .await
             .map_err(fail)?;
-        let value =
-            HeaderValue::try_from(format!("Bearer {}", token.access_token())).map_err(|_| {
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the identity provider returned an unusable token",
-                )
-            })?;
-        headers.insert(http::header::AUTHORIZATION, value);
+        headers.insert(http::header::AUTHORIZATION, token.authorization());
     }
     for (name, target) in &cfg.obo_headers {
         let token = exchanger

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http::HeaderValue;
 use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
@@ -36,7 +38,11 @@ use crate::validate::{now, sha256};
 /// ```
 #[derive(Clone)]
 pub struct ExchangedToken {
-    access_token: Arc<str>,
+    /// `Bearer <access token>`: the token is a slice of it.
+    bearer: Arc<str>,
+    /// The same bytes as an `Authorization` value, checked once when the token arrives rather
+    /// than copied and checked again on every request an OBO route forwards.
+    authorization: HeaderValue,
     expires_at: u64,
     /// Latest moment (Unix s) the cache may hand this token out; set by the cache.
     usable_until: u64,
@@ -53,14 +59,29 @@ impl std::fmt::Debug for ExchangedToken {
 }
 
 impl ExchangedToken {
-    pub(super) fn from_response(r: TokenResponse, subject_exp: Option<u64>) -> Self {
+    /// Fails (and so is never cached) when the token could not be sent in a header: an access
+    /// token is visible ASCII (RFC 6750 section 2.1, `b64token`), anything else is garbage.
+    pub(super) fn from_response(
+        r: TokenResponse,
+        subject_exp: Option<u64>,
+    ) -> Result<Self, ExchangeError> {
         let expires_at = now() + r.expires_in;
-        Self {
-            access_token: Arc::from(r.access_token),
+        let bearer: Arc<str> = Arc::from(format!("{BEARER}{}", r.access_token));
+        let authorization = HeaderValue::from_maybe_shared(Bytes::from_owner(SharedStr(
+            bearer.clone(),
+        )))
+        .map_err(|_| ExchangeError::Upstream {
+            message: "the identity provider returned an access token that is not a header value"
+                .into(),
+            timeout: false,
+        })?;
+        Ok(Self {
+            bearer,
+            authorization,
             expires_at,
             usable_until: expires_at,
             subject_exp,
-        }
+        })
     }
 
     /// The access token.
@@ -72,7 +93,12 @@ impl ExchangedToken {
     /// }
     /// ```
     pub fn access_token(&self) -> &str {
-        &self.access_token
+        &self.bearer[BEARER.len()..]
+    }
+
+    /// `Bearer <access token>` as a header value; cloning it shares the token's bytes.
+    pub(crate) fn authorization(&self) -> HeaderValue {
+        self.authorization.clone()
     }
 
     /// Seconds left before the token expires (what `expires_in` reports for a cached token).
@@ -97,6 +123,17 @@ impl ExchangedToken {
     /// ```
     pub fn expires_at(&self) -> u64 {
         self.expires_at
+    }
+}
+
+const BEARER: &str = "Bearer ";
+
+/// Lets the `Authorization` value borrow the token's allocation instead of copying it.
+struct SharedStr(Arc<str>);
+
+impl AsRef<[u8]> for SharedStr {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -260,13 +297,13 @@ mod tests {
     use super::*;
 
     fn token(name: &str, lifetime: u64, subject_exp: Option<u64>) -> ExchangedToken {
-        let expires_at = now() + lifetime;
-        ExchangedToken {
-            access_token: Arc::from(name),
-            expires_at,
-            usable_until: expires_at,
-            subject_exp,
-        }
+        let response = TokenResponse {
+            access_token: name.to_owned(),
+            expires_in: lifetime,
+            refresh_token: None,
+            scope: None,
+        };
+        ExchangedToken::from_response(response, subject_exp).expect("a header-safe token")
     }
 
     /// A fetch that counts its calls and answers `token(name, lifetime)`.
@@ -361,6 +398,24 @@ mod tests {
         assert_eq!(r.unwrap().access_token(), "ok");
         assert!(!hit);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_authorization_value_is_built_once_and_a_garbled_token_refused() {
+        let t = token("eyJ0.e30.sig", 3600, None);
+        assert_eq!(t.access_token(), "eyJ0.e30.sig");
+        assert_eq!(t.authorization(), "Bearer eyJ0.e30.sig");
+        for garbled in ["line\nbreak", "nul\0", "del\x7f"] {
+            let response = TokenResponse {
+                access_token: garbled.to_owned(),
+                expires_in: 3600,
+                refresh_token: None,
+                scope: None,
+            };
+            let err = ExchangedToken::from_response(response, None).expect_err("refused");
+            assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
+            assert!(!err.to_string().contains(garbled), "{err}");
+        }
     }
 
     #[tokio::test]

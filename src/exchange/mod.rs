@@ -576,9 +576,11 @@ impl Exchanger {
         let label = grant.label();
         let started = std::time::Instant::now();
         let fetch = move || async move {
-            let result = fetch().await;
+            let result = fetch()
+                .await
+                .and_then(|r| ExchangedToken::from_response(r, subject_exp));
             record(label, &result, started);
-            result.map(|r| ExchangedToken::from_response(r, subject_exp))
+            result
         };
         let (result, hit) = self.inner.cache.get_or_fetch(key, skip_cache, fetch).await;
         let m = &self.inner.metrics;
