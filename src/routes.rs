@@ -22,6 +22,11 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Whether the route exchanges the inbound token (`obo` or `obo_headers`).
+    pub(crate) fn exchanges(&self) -> bool {
+        self.config.obo.is_some() || !self.config.obo_headers.is_empty()
+    }
+
     /// Counts one answered request with `status` on this route.
     pub(crate) fn count(&self, status: StatusCode) {
         let register = || metrics::counter!("tollgate_requests_total", "route" => SharedString::from(self.label.clone()), "status" => status.as_str().to_owned());

@@ -416,13 +416,13 @@ async fn public_request(
     // on every route, so an upstream can trust them.
     remove_identity_headers(req.headers_mut());
     let response = match authenticate(route, req.headers()).await {
-        Ok(claims) => {
-            if let Some(claims) = &claims
+        Ok(user) => {
+            if let Some(user) = &user
                 && route.config.identity_headers
             {
-                add_identity_headers(req.headers_mut(), claims);
+                add_identity_headers(req.headers_mut(), &user.claims);
             }
-            match exchange_for_route(&state, route, claims.as_ref(), req.headers_mut()).await {
+            match exchange_for_route(&state, route, user, req.headers_mut()).await {
                 Ok(()) => state.forwarder.forward(req, peer).await,
                 Err(resp) => resp,
             }
@@ -457,7 +457,7 @@ fn normalize_path(req: &mut Request<Body>) -> Result<(), String> {
 async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
-) -> Result<Option<Claims>, ValidationError> {
+) -> Result<Option<Authenticated>, ValidationError> {
     let Some(validator) = &route.validator else {
         return Ok(None);
     };
@@ -468,7 +468,17 @@ async fn authenticate(
     };
     let claims = validator.validate(token).await?;
     claims.check(&route.config.scopes, &route.config.roles)?;
-    Ok(Some(claims))
+    // Kept only where the route exchanges it: the headers change before the exchange, and
+    // parsing them a second time would scan the whole token again.
+    let token = route.exchanges().then(|| token.to_owned());
+    Ok(Some(Authenticated { claims, token }))
+}
+
+/// A request that passed [`authenticate`].
+struct Authenticated {
+    claims: Claims,
+    /// The inbound token, for routes that exchange it.
+    token: Option<String>,
 }
 
 /// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
@@ -477,7 +487,7 @@ async fn authenticate(
 async fn exchange_for_route(
     state: &AppState,
     route: &Route,
-    claims: Option<&Claims>,
+    user: Option<Authenticated>,
     headers: &mut HeaderMap,
 ) -> Result<(), Response<Body>> {
     let cfg = &route.config;
@@ -485,19 +495,20 @@ async fn exchange_for_route(
     for name in cfg.obo_headers.keys() {
         headers.remove(name.as_str());
     }
-    let (Some(claims), true) = (claims, cfg.obo.is_some() || !cfg.obo_headers.is_empty()) else {
+    let Some(Authenticated {
+        claims,
+        token: Some(inbound),
+    }) = user
+    else {
         return Ok(());
     };
+    let claims = &claims;
     let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
         return Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "the route's provider cannot exchange tokens",
         ));
-    };
-    let inbound = match bearer_token(headers) {
-        Ok(Some(t)) => t.to_owned(),
-        _ => return Err(auth_error(&ValidationError::Missing)),
     };
     let fail = |e: ExchangeError| {
         let authorize = exchanger

@@ -620,7 +620,13 @@ fn check_target(target: &str) -> Result<(), ExchangeError> {
             "target must not be empty".into(),
         ));
     }
-    if target.chars().any(char::is_control) {
+    // Byte scan for the usual ASCII target; only a non-ASCII one needs decoding (C1 controls).
+    let control = if target.is_ascii() {
+        target.bytes().any(|b| b.is_ascii_control())
+    } else {
+        target.chars().any(char::is_control)
+    };
+    if control {
         return Err(ExchangeError::InvalidRequest(
             "target contains control characters".into(),
         ));
@@ -653,6 +659,30 @@ mod tests {
         })
         .unwrap();
         Exchanger::new(Validator::new(provider, 10), 10, Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn targets_that_are_blank_or_hold_control_characters_are_refused() {
+        for bad in [
+            "",
+            "  ",
+            "api://x/.default\n",
+            "api://x\0",
+            "api://x/\u{85}.default",
+        ] {
+            let err = check_target(bad).expect_err(bad);
+            assert!(
+                matches!(err, ExchangeError::InvalidRequest(_)),
+                "{bad:?}: {err}"
+            );
+        }
+        for good in [
+            "api://x/.default",
+            "https://graph.microsoft.com/User.Read",
+            "api://\u{e9}t\u{e9}/.default",
+        ] {
+            assert!(check_target(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
