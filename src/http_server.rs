@@ -202,6 +202,16 @@ mod tests {
             Self::start_on(listener, addr, router, limits, grace)
         }
 
+        /// The `/peer` router with default limits and a one-second grace.
+        async fn peer() -> Self {
+            Self::start(
+                peer_router(),
+                ServerLimits::default(),
+                Duration::from_secs(1),
+            )
+            .await
+        }
+
         fn start_on(
             acceptor: impl Acceptor + Send + 'static,
             addr: SocketAddr,
@@ -251,12 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_http1_with_connect_info() {
-        let server = TestServer::start(
-            peer_router(),
-            ServerLimits::default(),
-            Duration::from_secs(1),
-        )
-        .await;
+        let server = TestServer::peer().await;
         let response = reqwest::Client::new()
             .get(server.url("/peer"))
             .send()
@@ -272,12 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_h2c_prior_knowledge() {
-        let server = TestServer::start(
-            peer_router(),
-            ServerLimits::default(),
-            Duration::from_secs(1),
-        )
-        .await;
+        let server = TestServer::peer().await;
         let client = reqwest::Client::builder()
             .http2_prior_knowledge()
             .build()
@@ -315,12 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn too_many_headers_get_431() {
-        let server = TestServer::start(
-            peer_router(),
-            ServerLimits::default(),
-            Duration::from_secs(1),
-        )
-        .await;
+        let server = TestServer::peer().await;
         let mut head = b"GET /peer HTTP/1.1\r\nhost: x\r\n".to_vec();
         for i in 0..200 {
             head.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
@@ -354,12 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_header_gets_431() {
-        let server = TestServer::start(
-            peer_router(),
-            ServerLimits::default(),
-            Duration::from_secs(1),
-        )
-        .await;
+        let server = TestServer::peer().await;
         let mut head = b"GET /peer HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
         head.extend(std::iter::repeat_n(b'a', 100 * 1024));
         head.extend_from_slice(b"\r\n\r\n");
@@ -377,12 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_h2_header_list_is_refused() {
-        let server = TestServer::start(
-            peer_router(),
-            ServerLimits::default(),
-            Duration::from_secs(1),
-        )
-        .await;
+        let server = TestServer::peer().await;
         let client = reqwest::Client::builder()
             .http2_prior_knowledge()
             .build()
