@@ -3,6 +3,7 @@
 #
 #   scripts/loadtest.sh                 # 3 interleaved rounds of 4 s per target, 16 connections
 #   ROUNDS=5 DURATION=3 scripts/loadtest.sh
+#   ONLY="bare_proxy auth_none auth_required" ROUNDS=8 scripts/loadtest.sh   # a subset, more rounds
 #
 # On a small shared machine (wrk, the upstream and the proxy share the cores) one run of one
 # target is at the mercy of the scheduler: targets are measured round-robin, ROUNDS times, and
@@ -76,8 +77,12 @@ token() {
     | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
 }
 TOKEN=$(token)
-echo "minting 1000 distinct user tokens for the pool run..."
-{ echo "tokens = {"; for _ in $(seq 1000); do printf '"%s",\n' "$(token)"; done; echo "}"; } > "$WORK/pool.lua"
+if [ -z "${ONLY:-}" ] || [[ "$ONLY" == *_pool* ]]; then
+  echo "minting 1000 distinct user tokens for the pool run..."
+  { echo "tokens = {"; for _ in $(seq 1000); do printf '"%s",\n' "$(token)"; done; echo "}"; } > "$WORK/pool.lua"
+else
+  echo "tokens = {}" > "$WORK/pool.lua"
+fi
 
 cat > "$WORK/exchange.lua" <<LUA
 wrk.method = "POST"
@@ -151,6 +156,12 @@ args_for() { # extra -> wrk arguments
     *) printf '%s\0' -s "$1" ;;
   esac
 }
+if [ -n "${ONLY:-}" ]; then
+  KEEP=()
+  for t in "${TARGETS[@]}"; do if [[ " $ONLY " == *" ${t%%|*} "* ]]; then KEEP+=("$t"); fi; done
+  [ ${#KEEP[@]} -gt 0 ] || { echo "ONLY names no target (names: direct bare_proxy auth_none ...)"; exit 1; }
+  TARGETS=("${KEEP[@]}")
+fi
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS..."
   for t in "${TARGETS[@]}"; do
@@ -167,7 +178,8 @@ for t in "${TARGETS[@]}"; do
 done
 RSS=$(awk '/VmRSS/ {print $2}' /proc/$TG_PID/status)
 
-ratio() { awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+# A ratio needs both targets measured (ONLY may have left one out).
+ratio() { [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ] || { printf "n/a "; return; }; awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "ratios, best of $ROUNDS rounds each (targets in parentheses):"
 echo "  auth_none      / bare_proxy = $(ratio auth_none bare_proxy)   (>= 0.90)"
@@ -184,7 +196,7 @@ echo "  introspect_pool/ healthz    = $(ratio introspect_pool healthz)"
 echo "  bare_proxy     / direct     = $(ratio bare_proxy direct)"
 # The same ratios from CPU per request (floor's CPU / tollgate's CPU): the throughput ratio the
 # two would show if each had a core to itself, which a 2-core box shared with wrk cannot give.
-cpu_ratio() { awk -v a="${CPU[$1]}" -v b="${CPU[$2]}" 'BEGIN { printf "%.2f", b / a }'; }
+cpu_ratio() { [ -n "${CPU[$1]:-}" ] && [ -n "${CPU[$2]:-}" ] || { printf "n/a "; return; }; awk -v a="${CPU[$1]}" -v b="${CPU[$2]}" 'BEGIN { printf "%.2f", b / a }'; }
 echo
 echo "ratios from CPU per request of the serving process (best of $ROUNDS rounds each):"
 echo "  auth_none      / bare_proxy = $(cpu_ratio auth_none bare_proxy)   (>= 0.90)"
