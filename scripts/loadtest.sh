@@ -13,8 +13,10 @@
 # Targets: direct to a local upstream; a bare hyper pass-through proxy (the floor); tollgate with
 # auth="none"; auth="required" (same valid token, cached validation, identity headers); an OBO
 # route (cached exchange); the local API's cached /token/exchange and /introspect (one token and a
-# pool of 1000 distinct tokens) against admin /healthz on the same process. Both proxies run one
-# tokio worker (TOKIO_WORKER_THREADS=1; the bare proxy is current-thread).
+# pool of 1000 distinct tokens) against admin /healthz on the same process; and the API's I/O
+# floor (examples/api_floor.rs: the same exchange request read and answered with as many bytes,
+# no work) against its own /healthz. Both proxies and the floor run one tokio worker
+# (TOKIO_WORKER_THREADS=1; the bare proxy and the floor are current-thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-4}
@@ -29,14 +31,14 @@ command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq cur
 PIN=${PIN:-0}
 if [ "$PIN" = 1 ]; then PROXY_CPU=(taskset -c 1); LOAD_CPU=(taskset -c 0); else PROXY_CPU=(); LOAD_CPU=(); fi
 
-cargo build --release --quiet --bin tollgate --example bare_proxy --example hello_upstream
+cargo build --release --quiet --bin tollgate --example bare_proxy --example hello_upstream --example api_floor
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-UP=127.0.0.1:18080; BARE=127.0.0.1:18081; PUB=127.0.0.1:18082; API=127.0.0.1:18083; ADMIN=127.0.0.1:18084; IDP=127.0.0.1:18085
+UP=127.0.0.1:18080; BARE=127.0.0.1:18081; PUB=127.0.0.1:18082; API=127.0.0.1:18083; ADMIN=127.0.0.1:18084; IDP=127.0.0.1:18085; FLOOR=127.0.0.1:18086
 TID=11111111-2222-3333-4444-555555555555
 "${LOAD_CPU[@]}" "$BIN/examples/hello_upstream" $UP >/dev/null & PIDS+=($!); UP_PID=$!
 "${PROXY_CPU[@]}" "$BIN/examples/bare_proxy" $BARE http://$UP >/dev/null & PIDS+=($!); BARE_PID=$!
@@ -77,6 +79,11 @@ token() {
     | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
 }
 TOKEN=$(token)
+# The API's I/O floor answers what a cached exchange answers, byte for byte in size.
+EXCHANGED=$(curl -s http://$API/api/v1/token/exchange -d identity_provider=entra_id \
+  -d target=api://eeeeeeee-6666-7777-8888-ffffffffffff/.default -d "user_token=$TOKEN" | wc -c)
+"${PROXY_CPU[@]}" "$BIN/examples/api_floor" $FLOOR "$EXCHANGED" >/dev/null & PIDS+=($!); FLOOR_PID=$!
+for _ in $(seq 50); do curl -sf http://$FLOOR/healthz >/dev/null && break; sleep 0.1; done
 if [ -z "${ONLY:-}" ] || [[ "$ONLY" == *_pool* ]]; then
   echo "minting 1000 distinct user tokens for the pool run..."
   { echo "tokens = {"; for _ in $(seq 1000); do printf '"%s",\n' "$(token)"; done; echo "}"; } > "$WORK/pool.lua"
@@ -147,8 +154,11 @@ TARGETS=(
   "introspect|tg|http://$API/api/v1/introspect|$WORK/introspect.lua"
   "exchange_pool|tg|http://$API/api/v1/token/exchange|$WORK/exchange_pool.lua"
   "introspect_pool|tg|http://$API/api/v1/introspect|$WORK/introspect_pool.lua"
+  # The same exchange request against a handler that only reads it and answers as many bytes.
+  "floor_healthz|floor|http://$FLOOR/healthz"
+  "floor_post|floor|http://$FLOOR/post|$WORK/exchange.lua"
 )
-pid_of() { case "$1" in up) echo "$UP_PID" ;; bare) echo "$BARE_PID" ;; *) echo "$TG_PID" ;; esac; }
+pid_of() { case "$1" in up) echo "$UP_PID" ;; bare) echo "$BARE_PID" ;; floor) echo "$FLOOR_PID" ;; *) echo "$TG_PID" ;; esac; }
 args_for() { # extra -> wrk arguments
   case "$1" in
     "") ;;
@@ -193,6 +203,10 @@ echo "  exchange       / healthz    = $(ratio exchange healthz)   (>= 0.80)"
 echo "  introspect     / healthz    = $(ratio introspect healthz)   (>= 0.80)"
 echo "  exchange_pool  / healthz    = $(ratio exchange_pool healthz)"
 echo "  introspect_pool/ healthz    = $(ratio introspect_pool healthz)"
+echo "  the bytes alone (api_floor: read the form, answer as many bytes, nothing else):"
+echo "  floor_post     / floor_healthz = $(ratio floor_post floor_healthz)"
+echo "  exchange       / floor_post    = $(ratio exchange floor_post)"
+echo "  introspect     / floor_post    = $(ratio introspect floor_post)"
 echo "  bare_proxy     / direct     = $(ratio bare_proxy direct)"
 # The same ratios from CPU per request (floor's CPU / tollgate's CPU): the throughput ratio the
 # two would show if each had a core to itself, which a 2-core box shared with wrk cannot give.
@@ -206,4 +220,6 @@ echo "  auth_required  / bare_proxy_token = $(cpu_ratio auth_required bare_proxy
 echo "  obo_route      / bare_proxy_token = $(cpu_ratio obo_route bare_proxy_token)"
 echo "  exchange       / healthz    = $(cpu_ratio exchange healthz)   (>= 0.80)"
 echo "  introspect     / healthz    = $(cpu_ratio introspect healthz)   (>= 0.80)"
+echo "  floor_post     / floor_healthz = $(cpu_ratio floor_post floor_healthz)"
+echo "  exchange       / floor_post    = $(cpu_ratio exchange floor_post)"
 echo "tollgate RSS after the run: ${RSS} kB"
