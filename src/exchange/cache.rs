@@ -96,8 +96,16 @@ impl ExchangedToken {
         &self.bearer[BEARER.len()..]
     }
 
-    /// `Bearer <access token>` as a header value; cloning it shares the token's bytes.
-    pub(crate) fn authorization(&self) -> HeaderValue {
+    /// `Bearer <access token>` as an `Authorization` value for a downstream call, built once
+    /// when the token arrived: each call is a reference-count increment, not a copy.
+    ///
+    /// ```
+    /// use tollgate::exchange::ExchangedToken;
+    /// fn call_downstream(token: &ExchangedToken, req: &mut http::Request<()>) {
+    ///     req.headers_mut().insert(http::header::AUTHORIZATION, token.authorization());
+    /// }
+    /// ```
+    pub fn authorization(&self) -> HeaderValue {
         self.authorization.clone()
     }
 
