@@ -350,7 +350,7 @@ impl Exchanger {
             .validate(user_token)
             .await
             .map_err(ExchangeError::InvalidSubject)?;
-        self.on_behalf_of_subject(&subject, user_token, target, skip_cache)
+        self.on_behalf_of_checked(&subject, user_token, target, skip_cache)
             .await
     }
 
@@ -364,6 +364,18 @@ impl Exchanger {
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
+        self.on_behalf_of_checked(subject, user_token, target, skip_cache)
+            .await
+    }
+
+    /// The exchange itself, once `target` has passed [`check_target`].
+    async fn on_behalf_of_checked(
+        &self,
+        subject: &crate::validate::Claims,
+        user_token: &str,
+        target: &str,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
         if subject.is_app_only() {
             return Err(ExchangeError::InvalidSubject(
                 ValidationError::InvalidToken(
