@@ -356,6 +356,7 @@ impl Exchanger {
 
     /// [`Exchanger::on_behalf_of`] for a token this exchanger's validator has just validated into
     /// `subject` (the proxy path): no second validation.
+    #[cfg(feature = "server")]
     pub(crate) async fn on_behalf_of_subject(
         &self,
         subject: &crate::validate::Claims,
