@@ -229,6 +229,7 @@ impl TokenCache {
 
     /// The cached token for `key`, or the result of one shared `fetch`. Returns whether the
     /// answer came from the cache (or from another caller's fetch).
+    #[cfg(test)]
     pub(super) async fn get_or_fetch<F, Fut>(
         &self,
         key: [u8; 32],
@@ -236,6 +237,22 @@ impl TokenCache {
         fetch: F,
     ) -> (Result<ExchangedToken, ExchangeError>, bool)
     where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<ExchangedToken, ExchangeError>> + Send + 'static,
+    {
+        self.get_or_else(key, skip_cache, || fetch).await
+    }
+
+    /// [`TokenCache::get_or_fetch`] with the fetch built by `make_fetch` only when the cache
+    /// cannot answer: a hit copies nothing the fetch would own (the user token, the target).
+    pub(super) async fn get_or_else<M, F, Fut>(
+        &self,
+        key: [u8; 32],
+        skip_cache: bool,
+        make_fetch: M,
+    ) -> (Result<ExchangedToken, ExchangeError>, bool)
+    where
+        M: FnOnce() -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<ExchangedToken, ExchangeError>> + Send + 'static,
     {
@@ -248,7 +265,7 @@ impl TokenCache {
             t
         };
         if skip_cache {
-            let result = fetch().await.map(limit);
+            let result = make_fetch()().await.map(limit);
             if let Ok(t) = &result {
                 self.cache.insert(key, t.clone()).await;
             }
@@ -259,6 +276,7 @@ impl TokenCache {
             Some(_) => true,
             None => false,
         };
+        let fetch = make_fetch();
         // The fetch runs in its own task: if this caller is cancelled, the callers coalesced on
         // the same key still get their answer.
         let cache = self.cache.clone();
@@ -320,7 +338,7 @@ mod tests {
         name: &'static str,
         lifetime: u64,
         subject_exp: Option<u64>,
-    ) -> impl FnOnce() -> std::future::Ready<Result<ExchangedToken, ExchangeError>> + Send + 'static
+    ) -> impl FnOnce() -> std::future::Ready<Result<ExchangedToken, ExchangeError>> + Send + use<>
     {
         let calls = calls.clone();
         move || {
@@ -424,6 +442,31 @@ mod tests {
             assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
             assert!(!err.to_string().contains(garbled), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_hit_builds_no_fetch() {
+        let cache = TokenCache::new(100, Duration::from_secs(10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let built = Arc::new(AtomicUsize::new(0));
+        let make = |name: &'static str| {
+            let (calls, built) = (calls.clone(), built.clone());
+            move || {
+                built.fetch_add(1, Ordering::SeqCst);
+                fetch(&calls, name, 3600, None)
+            }
+        };
+        let (first, hit) = cache.get_or_else([9; 32], false, make("a")).await;
+        assert_eq!((first.unwrap().access_token(), hit), ("a", false));
+        let (again, hit) = cache.get_or_else([9; 32], false, make("b")).await;
+        assert_eq!((again.unwrap().access_token(), hit), ("a", true));
+        assert_eq!(built.load(Ordering::SeqCst), 1, "the hit built a fetch");
+        let (skipped, hit) = cache.get_or_else([9; 32], true, make("c")).await;
+        assert_eq!((skipped.unwrap().access_token(), hit), ("c", false));
+        assert_eq!(
+            (built.load(Ordering::SeqCst), calls.load(Ordering::SeqCst)),
+            (2, 2)
+        );
     }
 
     #[tokio::test]

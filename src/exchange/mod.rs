@@ -389,17 +389,13 @@ impl Exchanger {
             .token_digest()
             .copied()
             .unwrap_or_else(|| crate::validate::sha256(user_token.as_bytes()));
-        let tid = subject.tid().map(str::to_owned);
         let subject_exp = subject.expires_at();
-        let this = self.clone();
-        let token = user_token.to_owned();
-        let target_owned = target.to_owned();
-        self.cached(
-            Grant::OnBehalfOf,
-            target,
-            &subject_digest,
-            Some(subject_exp),
-            skip_cache,
+        // Built on a miss only: a cache hit copies neither the token nor the target.
+        let make_fetch = || {
+            let tid = subject.tid().map(str::to_owned);
+            let this = self.clone();
+            let token = user_token.to_owned();
+            let target = target.to_owned();
             move || async move {
                 let endpoint = this.token_endpoint(tid.as_deref())?;
                 grants::on_behalf_of(
@@ -407,10 +403,18 @@ impl Exchanger {
                     &this.inner.auth,
                     &endpoint,
                     &token,
-                    &target_owned,
+                    &target,
                 )
                 .await
-            },
+            }
+        };
+        self.cached(
+            Grant::OnBehalfOf,
+            target,
+            &subject_digest,
+            Some(subject_exp),
+            skip_cache,
+            make_fetch,
         )
         .await
     }
@@ -464,24 +468,27 @@ impl Exchanger {
                  token_endpoint for app tokens"
             )));
         }
-        let this = self.clone();
-        let target_owned = target.to_owned();
-        self.cached(
-            Grant::ClientCredentials,
-            target,
-            b"",
-            None,
-            skip_cache,
+        let make_fetch = || {
+            let this = self.clone();
+            let target = target.to_owned();
             move || async move {
                 let endpoint = this.token_endpoint(None)?;
                 grants::client_credentials(
                     &this.inner.provider,
                     &this.inner.auth,
                     &endpoint,
-                    &target_owned,
+                    &target,
                 )
                 .await
-            },
+            }
+        };
+        self.cached(
+            Grant::ClientCredentials,
+            target,
+            b"",
+            None,
+            skip_cache,
+            make_fetch,
         )
         .await
     }
@@ -564,16 +571,18 @@ impl Exchanger {
         Ok(endpoint)
     }
 
-    async fn cached<F, Fut>(
+    /// The cached token, or one shared fetch built by `make_fetch` (called on a miss only).
+    async fn cached<M, F, Fut>(
         &self,
         grant: Grant,
         target: &str,
         subject: &[u8],
         subject_exp: Option<u64>,
         skip_cache: bool,
-        fetch: F,
+        make_fetch: M,
     ) -> Result<ExchangedToken, ExchangeError>
     where
+        M: FnOnce() -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<grants::TokenResponse, ExchangeError>>
             + Send
@@ -587,15 +596,18 @@ impl Exchanger {
             subject,
         );
         let label = grant.label();
-        let started = std::time::Instant::now();
-        let fetch = move || async move {
-            let result = fetch()
-                .await
-                .and_then(|r| ExchangedToken::from_response(r, subject_exp));
-            record(label, &result, started);
-            result
+        let make = move || {
+            let fetch = make_fetch();
+            move || async move {
+                let started = std::time::Instant::now();
+                let result = fetch()
+                    .await
+                    .and_then(|r| ExchangedToken::from_response(r, subject_exp));
+                record(label, &result, started);
+                result
+            }
         };
-        let (result, hit) = self.inner.cache.get_or_fetch(key, skip_cache, fetch).await;
+        let (result, hit) = self.inner.cache.get_or_else(key, skip_cache, make).await;
         let m = &self.inner.metrics;
         m.lookups[grant.index()][usize::from(hit)]
             .get_or_init(|| metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" }))
@@ -750,7 +762,7 @@ mod tests {
                         b"",
                         None,
                         false,
-                        fetch,
+                        || fetch,
                     )
                     .await
                     .unwrap();
