@@ -188,8 +188,13 @@ for t in "${TARGETS[@]}"; do
 done
 RSS=$(awk '/VmRSS/ {print $2}' /proc/$TG_PID/status)
 
-# A ratio needs both targets measured (ONLY may have left one out).
-ratio() { [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ] || { printf "n/a "; return; }; awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+# ratio_of MAP a b: MAP[a] / MAP[b], or n/a when ONLY left either target out.
+ratio_of() {
+  local -n m=$1
+  [ -n "${m[$2]:-}" ] && [ -n "${m[$3]:-}" ] || { printf "n/a "; return; }
+  awk -v a="${m[$2]}" -v b="${m[$3]}" 'BEGIN { printf "%.2f", a / b }'
+}
+ratio() { ratio_of RPS "$1" "$2"; }
 echo
 echo "ratios, best of $ROUNDS rounds each (targets in parentheses):"
 echo "  auth_none      / bare_proxy = $(ratio auth_none bare_proxy)   (>= 0.90)"
@@ -210,7 +215,7 @@ echo "  introspect     / floor_post    = $(ratio introspect floor_post)"
 echo "  bare_proxy     / direct     = $(ratio bare_proxy direct)"
 # The same ratios from CPU per request (floor's CPU / tollgate's CPU): the throughput ratio the
 # two would show if each had a core to itself, which a 2-core box shared with wrk cannot give.
-cpu_ratio() { [ -n "${CPU[$1]:-}" ] && [ -n "${CPU[$2]:-}" ] || { printf "n/a "; return; }; awk -v a="${CPU[$1]}" -v b="${CPU[$2]}" 'BEGIN { printf "%.2f", b / a }'; }
+cpu_ratio() { ratio_of CPU "$2" "$1"; }
 echo
 echo "ratios from CPU per request of the serving process (best of $ROUNDS rounds each):"
 echo "  auth_none      / bare_proxy = $(cpu_ratio auth_none bare_proxy)   (>= 0.90)"

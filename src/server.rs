@@ -498,11 +498,10 @@ async fn exchange_for_route(
     let Some(Authenticated {
         claims,
         token: Some(inbound),
-    }) = user
+    }) = &user
     else {
         return Ok(());
     };
-    let claims = &claims;
     let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
         return Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -519,14 +518,14 @@ async fn exchange_for_route(
     };
     if let Some(target) = &cfg.obo {
         let token = exchanger
-            .on_behalf_of_subject(claims, &inbound, target, false)
+            .on_behalf_of_subject(claims, inbound, target, false)
             .await
             .map_err(fail)?;
         headers.insert(http::header::AUTHORIZATION, token.authorization());
     }
     for (name, target) in &cfg.obo_headers {
         let token = exchanger
-            .on_behalf_of_subject(claims, &inbound, target, false)
+            .on_behalf_of_subject(claims, inbound, target, false)
             .await
             .map_err(fail)?;
         let (Ok(name), Ok(value)) = (
