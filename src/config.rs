@@ -942,11 +942,14 @@ impl Config {
                     .map_err(|m| ConfigError::invalid(at("provider"), m))?;
             }
             if r.auth == AuthMode::None
-                && (!r.scopes.is_empty() || !r.roles.is_empty() || r.obo.is_some())
+                && (!r.scopes.is_empty()
+                    || !r.roles.is_empty()
+                    || r.obo.is_some()
+                    || !r.obo_headers.is_empty())
             {
                 return Err(ConfigError::invalid(
                     at("auth"),
-                    "scopes, roles and obo need auth = \"required\"",
+                    "scopes, roles, obo and obo_headers need auth = \"required\"",
                 ));
             }
             if r.auth == AuthMode::Optional && (r.obo.is_some() || !r.obo_headers.is_empty()) {
@@ -955,11 +958,26 @@ impl Config {
                     "obo needs auth = \"required\"",
                 ));
             }
-            for name in r.obo_headers.keys() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if let Some(why) = r.obo.as_deref().and_then(crate::exchange::target_problem) {
+                return Err(ConfigError::invalid(at("obo"), why));
+            }
+            for (name, target) in &r.obo_headers {
+                let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
                     return Err(ConfigError::invalid(
                         at("obo_headers"),
                         format!("{name:?} is not a valid header name"),
+                    ));
+                };
+                if let Some(why) = reserved_header(&header) {
+                    return Err(ConfigError::invalid(
+                        at("obo_headers"),
+                        format!("{name:?} cannot carry a token: {why}"),
+                    ));
+                }
+                if let Some(why) = crate::exchange::target_problem(target) {
+                    return Err(ConfigError::invalid(
+                        at("obo_headers"),
+                        format!("{name:?}: {why}"),
                     ));
                 }
             }
@@ -1153,6 +1171,30 @@ fn toml_value(v: &serde_json::Value) -> String {
 }
 
 /// A GUID in its hyphenated 8-4-4-4-12 form (any case), as Entra writes application ids.
+/// Why a route's `obo_headers` cannot use this header name, if it cannot: the value would be
+/// dropped on the way (hop-by-hop fields, RFC 9110 section 7.6.1), frame the message (`Host`,
+/// `Content-Length`), or take the place of a header tollgate sets itself (`Authorization` is
+/// what `obo` replaces; `X-Auth-*` are the identity headers).
+fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
+    let name = name.as_str();
+    match name {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "transfer-encoding"
+        | "upgrade"
+        | "proxy-authenticate"
+        | "proxy-authorization" => {
+            Some("it is a hop-by-hop header (RFC 9110 section 7.6.1) and is not forwarded")
+        }
+        "host" | "content-length" => Some("it frames the request"),
+        "authorization" => Some("use `obo` to replace Authorization"),
+        _ if name.starts_with("x-auth-") => Some("X-Auth-* are tollgate's identity headers"),
+        _ => None,
+    }
+}
+
 pub(crate) fn is_guid(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }

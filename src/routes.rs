@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 use metrics::{Counter, SharedString};
 
 use crate::config::{AuthMode, Config, RouteConfig};
@@ -16,6 +16,8 @@ pub(crate) struct Route {
     pub(crate) validator: Option<Validator>,
     /// Metric label: the configured path prefix (bounded cardinality).
     pub(crate) label: Arc<str>,
+    /// `obo_headers`, names parsed once: header name -> target.
+    pub(crate) obo_headers: Vec<(HeaderName, String)>,
     /// `tollgate_requests_total{route, status}` handles by status (100-599), registered on first
     /// use: counting a request is then an atomic add, not a registry lookup with new labels.
     requests: Box<[OnceLock<Counter>]>,
@@ -68,10 +70,22 @@ impl RouteTable {
                     })?)
                 }
             };
+            let obo_headers = r
+                .obo_headers
+                .iter()
+                .map(|(name, target)| {
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map(|h| (h, target.clone()))
+                        .map_err(|_| {
+                            format!("routes[{i}].obo_headers: {name:?} is not a header name")
+                        })
+                })
+                .collect::<Result<_, _>>()?;
             routes.push(Route {
                 config: r.clone(),
                 validator,
                 label: Arc::from(r.path.as_str()),
+                obo_headers,
                 requests: (100..600).map(|_| OnceLock::new()).collect(),
             });
         }

@@ -492,8 +492,8 @@ async fn exchange_for_route(
 ) -> Result<(), Response<Body>> {
     let cfg = &route.config;
     // Whatever the client sent under an injected header's name is never passed on as ours.
-    for name in cfg.obo_headers.keys() {
-        headers.remove(name.as_str());
+    for (name, _) in &route.obo_headers {
+        headers.remove(name);
     }
     let Some(Authenticated {
         claims,
@@ -523,22 +523,19 @@ async fn exchange_for_route(
             .map_err(fail)?;
         headers.insert(http::header::AUTHORIZATION, token.authorization());
     }
-    for (name, target) in &cfg.obo_headers {
+    for (name, target) in &route.obo_headers {
         let token = exchanger
             .on_behalf_of_subject(claims, inbound, target, false)
             .await
             .map_err(fail)?;
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(token.access_token()),
-        ) else {
+        let Some(value) = token.access_token_value() else {
             return Err(json_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 "the identity provider returned an unusable token",
             ));
         };
-        headers.insert(name, value);
+        headers.insert(name.clone(), value);
     }
     Ok(())
 }

@@ -259,3 +259,68 @@ fn config_example_parses_and_states_the_defaults() {
     example.routes.clear();
     assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
 }
+
+/// A route's exchange targets and injected header names are checked at load (and so by
+/// `tollgate check`), not refused on every request once the sidecar runs.
+#[test]
+fn route_exchange_targets_and_header_names_are_checked() {
+    let route = |body: &str| format!("{PROVIDER}\n[[routes]]\npath = \"/api/\"\n{body}\n");
+    let cases = [
+        (r#"obo = "  ""#, "routes[0].obo", "must not be empty"),
+        (
+            r#"obo = "api://x/.default\n""#,
+            "routes[0].obo",
+            "control characters",
+        ),
+        (
+            r#"obo_headers = { "X-Graph-Token" = "https://graph.microsoft.com/.default\u0000" }"#,
+            "routes[0].obo_headers",
+            "control characters",
+        ),
+        (
+            r#"obo_headers = { "X-Graph-Token" = "" }"#,
+            "routes[0].obo_headers",
+            "must not be empty",
+        ),
+        (
+            r#"obo_headers = { "Upgrade" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "hop-by-hop",
+        ),
+        (
+            r#"obo_headers = { "Authorization" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "use `obo`",
+        ),
+        (
+            r#"obo_headers = { "X-Auth-Token" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "identity headers",
+        ),
+        (
+            r#"obo_headers = { "Host" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "frames the request",
+        ),
+        (
+            "auth = \"none\"\nobo_headers = { \"X-Graph-Token\" = \"api://x/.default\" }",
+            "routes[0].auth",
+            "need auth = \"required\"",
+        ),
+    ];
+    for (body, option, why) in cases {
+        let e = err(&route(body));
+        assert!(
+            e.contains(option) && e.contains(why),
+            "{body}: error {e:?} should name {option} and say {why:?}"
+        );
+    }
+    let ok = route(
+        "obo = \"api://downstream/.default\"\nobo_headers = { \"X-Graph-Token\" = \"https://graph.microsoft.com/.default\" }",
+    );
+    let cfg = Config::from_toml_str(&ok, &MapEnv::default()).unwrap();
+    assert_eq!(
+        cfg.routes[0].obo_headers["X-Graph-Token"],
+        "https://graph.microsoft.com/.default"
+    );
+}

@@ -109,6 +109,14 @@ impl ExchangedToken {
         self.authorization.clone()
     }
 
+    /// The bare access token as a header value (an `obo_headers` header), sharing the cached
+    /// bytes: no copy of the token, only the header-value check.
+    #[cfg(feature = "server")]
+    pub(crate) fn access_token_value(&self) -> Option<HeaderValue> {
+        let bytes = Bytes::from_owner(SharedStr(self.bearer.clone())).slice(BEARER.len()..);
+        HeaderValue::from_maybe_shared(bytes).ok()
+    }
+
     /// Seconds left before the token expires (what `expires_in` reports for a cached token).
     ///
     /// ```
@@ -431,6 +439,13 @@ mod tests {
         let t = token("eyJ0.e30.sig", 3600, None);
         assert_eq!(t.access_token(), "eyJ0.e30.sig");
         assert_eq!(t.authorization(), "Bearer eyJ0.e30.sig");
+        #[cfg(feature = "server")]
+        {
+            // The obo_headers value is the bare token, sharing the cached bytes.
+            let bare = t.access_token_value().expect("a header value");
+            assert_eq!(bare, "eyJ0.e30.sig");
+            assert_eq!(bare.as_bytes().as_ptr(), t.access_token().as_ptr());
+        }
         for garbled in ["line\nbreak", "nul\0", "del\x7f"] {
             let response = TokenResponse {
                 access_token: garbled.to_owned(),

@@ -640,10 +640,17 @@ fn record<T>(grant: &'static str, result: &Result<T, ExchangeError>, started: st
 }
 
 fn check_target(target: &str) -> Result<(), ExchangeError> {
+    match target_problem(target) {
+        Some(why) => Err(ExchangeError::InvalidRequest(why.into())),
+        None => Ok(()),
+    }
+}
+
+/// Why `target` cannot be asked for, if it cannot: shared by each request and by config
+/// validation, so a route's `obo` target that would fail every request fails `tollgate check`.
+pub(crate) fn target_problem(target: &str) -> Option<&'static str> {
     if target.trim().is_empty() {
-        return Err(ExchangeError::InvalidRequest(
-            "target must not be empty".into(),
-        ));
+        return Some("target must not be empty");
     }
     // Byte scan for the usual ASCII target; only a non-ASCII one needs decoding (C1 controls).
     let control = if target.is_ascii() {
@@ -651,12 +658,7 @@ fn check_target(target: &str) -> Result<(), ExchangeError> {
     } else {
         target.chars().any(char::is_control)
     };
-    if control {
-        return Err(ExchangeError::InvalidRequest(
-            "target contains control characters".into(),
-        ));
-    }
-    Ok(())
+    control.then_some("target contains control characters")
 }
 
 #[cfg(test)]
