@@ -406,8 +406,8 @@ impl Provider {
         if let Err(e) = &result {
             tracing::warn!(provider = %self.config.name, error = %e, "identity provider refresh failed");
             // Keep serving the last good keys until they are older than jwks_max_stale.
-            let stale = self.key_set().is_stale(self.config.jwks_max_stale);
-            if stale && !self.key_set().is_empty() {
+            let keys = self.key_set();
+            if keys.is_stale(self.config.jwks_max_stale) && !keys.is_empty() {
                 tracing::error!(provider = %self.config.name, "dropping signing keys older than jwks_max_stale");
                 self.replace_keys(KeySet::empty());
             }
