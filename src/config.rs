@@ -277,6 +277,10 @@ pub struct ProviderConfig {
     pub allowed_tenants: Vec<String>,
     /// More issuers to accept (each may contain `{tenantid}`).
     pub additional_issuers: Vec<String>,
+    /// The tenant id (GUID) app tokens (client credentials) are asked for when the token
+    /// endpoint is a multi-tenant `common`/`organizations` one: an app token belongs to one
+    /// tenant and there is no user token to name it. Usually the app's home tenant.
+    pub client_credentials_tenant: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "duration_str")]
     pub leeway: Duration,
@@ -313,6 +317,7 @@ impl Default for ProviderConfig {
             algorithms: vec![jsonwebtoken::Algorithm::RS256],
             allowed_tenants: Vec::new(),
             additional_issuers: Vec::new(),
+            client_credentials_tenant: None,
             leeway: Duration::from_secs(60),
             jwks_refresh: Duration::from_secs(600),
             jwks_unknown_kid_min_interval: Duration::from_secs(30),
@@ -889,6 +894,14 @@ impl Config {
                 return Err(ConfigError::invalid(
                     at("allowed_tenants"),
                     "required with a {tenantid} issuer template: list the tenant ids, or [\"*\"] to accept any tenant",
+                ));
+            }
+            if let Some(t) = &p.client_credentials_tenant
+                && !is_guid(t)
+            {
+                return Err(ConfigError::invalid(
+                    at("client_credentials_tenant"),
+                    "must be a tenant id (GUID), not a domain or an alias",
                 ));
             }
             if p.jwks_unknown_kid_min_interval.is_zero() {

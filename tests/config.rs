@@ -92,6 +92,10 @@ fn every_bad_option_is_named() {
             "listen.api",
         ),
         (
+            format!("{PROVIDER}client_credentials_tenant = \"contoso.onmicrosoft.com\"\n"),
+            "providers[0].client_credentials_tenant",
+        ),
+        (
             format!("{PROVIDER}\n[login]\nenabled = true\n"),
             "login.public_url",
         ),

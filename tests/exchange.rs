@@ -1841,6 +1841,37 @@ async fn an_organizations_authority_exchanges_at_the_users_tenant() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn client_credentials_at_a_multi_tenant_authority_go_to_the_configured_tenant() {
+    let idp = dev_idp().await;
+    let (recorder, _gate) = Forwarder::start(idp.base_url(), true).await;
+    let body = format!(
+        "\n[[providers]]\nname = \"entra_id\"\nwell_known_url = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\nallowed_tenants = [\"*\"]\nclient_credentials_tenant = \"{DEFAULT_TENANT_ID}\"\n",
+        idp.well_known_url("common"),
+        recorder.url("/common/oauth2/v2.0/token"),
+    );
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    let token = payload(&access_token(status, &body));
+    assert_eq!(token["tid"], DEFAULT_TENANT_ID);
+    assert_eq!(token["idtyp"], "app");
+    // A user's exchange still goes to the user's tenant, not the configured one.
+    let carol = s.user_token(CAROL).await;
+    let (status, body) = s.exchange(&carol, &downstream(), false).await;
+    assert_eq!(
+        payload(&access_token(status, &body))["tid"],
+        SECOND_TENANT_ID
+    );
+    assert_eq!(
+        *recorder.paths.lock().unwrap(),
+        vec![
+            format!("/{DEFAULT_TENANT_ID}/oauth2/v2.0/token"),
+            format!("/{SECOND_TENANT_ID}/oauth2/v2.0/token"),
+        ]
+    );
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The proxy
 // ---------------------------------------------------------------------------------------------

@@ -451,28 +451,35 @@ impl Exchanger {
     ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
         // An app token belongs to one tenant, and there is no user token to name it: Entra
-        // refuses client credentials at `common`/`organizations` (AADSTS50059), so say so here,
-        // with the fix, instead of passing its refusal on.
-        let endpoint = self
+        // refuses client credentials at `common`/`organizations` (AADSTS50059). With
+        // `client_credentials_tenant` the request goes to that tenant; without, say so here,
+        // with the fix, instead of passing the IdP's refusal on.
+        let tenant = self
             .inner
             .provider
-            .metadata()
-            .and_then(|m| m.token_endpoint.clone());
-        if let Some(alias) = endpoint
-            .as_ref()
-            .and_then(|e| multi_tenant_segment(e.as_str()))
+            .config()
+            .client_credentials_tenant
+            .clone();
+        if tenant.is_none()
+            && let Some(alias) = self
+                .inner
+                .provider
+                .metadata()
+                .and_then(|m| m.token_endpoint.clone())
+                .as_ref()
+                .and_then(|e| multi_tenant_segment(e.as_str()))
         {
             return Err(ExchangeError::InvalidRequest(format!(
                 "client credentials need a tenant: the provider's token endpoint is the \
-                 multi-tenant {alias} one; configure a tenant-specific well_known_url or \
-                 token_endpoint for app tokens"
+                 multi-tenant {alias} one; set client_credentials_tenant, or configure a \
+                 tenant-specific well_known_url or token_endpoint for app tokens"
             )));
         }
         let make_fetch = || {
             let this = self.clone();
             let target = target.to_owned();
             move || async move {
-                let endpoint = this.token_endpoint(None)?;
+                let endpoint = this.token_endpoint(tenant.as_deref())?;
                 grants::client_credentials(
                     &this.inner.provider,
                     &this.inner.auth,
