@@ -468,6 +468,28 @@ impl AuthBuilder {
         self
     }
 
+    /// The tenant id app tokens ([`Exchanger::client_credentials`]) are asked for when the
+    /// discovered token endpoint is a multi-tenant `common`/`organizations` one. Users'
+    /// On-Behalf-Of exchanges still go to each user's own tenant.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = tollgate::Auth::builder()
+    ///     .well_known_url("https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration")
+    ///     .client_id("aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb")
+    ///     .client_credentials_tenant("contoso.onmicrosoft.com") // a domain, not a tenant id
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("providers[0].client_credentials_tenant: must be a tenant id"));
+    /// # }
+    /// ```
+    pub fn client_credentials_tenant(mut self, tenant_id: &str) -> Self {
+        self.provider.client_credentials_tenant = Some(tenant_id.to_owned());
+        self
+    }
+
     /// Never hand out a cached exchanged token closer than this to its expiry (default 120 s).
     ///
     /// ```
