@@ -149,6 +149,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `tollgate=debug,info`.
     pub level: String,
+    /// One `info` line per request the public and API listeners answer (target
+    /// `tollgate::access`): listener, method,
+    /// path without the query, status, time, peer, and on the public listener the user.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -156,6 +160,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             level: "info".into(),
+            access: false,
         }
     }
 }

@@ -77,6 +77,8 @@ pub mod store;
 pub mod validate;
 
 #[cfg(feature = "server")]
+mod access_log;
+#[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
 mod api;

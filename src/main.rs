@@ -96,7 +96,14 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
             let cfg = load(&config)?;
-            init_logging(cfg.log.format, &cfg.log.level);
+            // `access = true` shows the access lines whatever `level` keeps quiet (RUST_LOG,
+            // when set, still decides alone).
+            let level = if cfg.log.access {
+                format!("{},tollgate::access=info", cfg.log.level)
+            } else {
+                cfg.log.level.clone()
+            };
+            init_logging(cfg.log.format, &level);
             let server = tollgate::server::Server::bind(cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -158,8 +165,10 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a terminal: in a file or a log collector they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

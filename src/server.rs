@@ -29,6 +29,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access_log::{AccessLogLayer, AccessNote};
 use crate::config::{AuthMode, Config};
 use crate::exchange::{ExchangeError, Exchanger};
 use crate::http_server::{self, ServerLimits};
@@ -261,9 +262,10 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
         let mut tasks = tokio::task::JoinSet::new();
+        let access = state.config.log.access;
         tasks.spawn(http_server::serve(
             self.public,
-            public_router(state.clone()),
+            logged(public_router(state.clone()), "public", access),
             limits.clone(),
             stopped(stop_rx.clone()),
             grace,
@@ -271,7 +273,7 @@ impl Server {
         if let Some(l) = self.api {
             tasks.spawn(http_server::serve(
                 l,
-                crate::api::router(state.clone()),
+                logged(crate::api::router(state.clone()), "api", access),
                 limits.clone(),
                 stopped(stop_rx.clone()),
                 grace,
@@ -390,6 +392,16 @@ fn local(l: &TcpListener) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
+/// The router with the access log in front when `[log] access` is on; without it, nothing is
+/// added to the request path.
+fn logged(router: Router, listener: &'static str, access: bool) -> Router {
+    if access {
+        router.layer(AccessLogLayer::new(listener))
+    } else {
+        router
+    }
+}
+
 fn public_router(state: Arc<AppState>) -> Router {
     let router = crate::login::routes(Router::new(), &state);
     router.fallback(public_request).with_state(state)
@@ -415,8 +427,14 @@ async fn public_request(
     // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
     // on every route, so an upstream can trust them.
     remove_identity_headers(req.headers_mut());
-    let response = match authenticate(route, req.headers()).await {
+    let access = state.config.log.access;
+    let mut note = AccessNote::default();
+    let mut response = match authenticate(route, req.headers()).await {
         Ok(user) => {
+            if access && let Some(user) = &user {
+                let c = &user.claims;
+                note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
+            }
             if let Some(user) = &user
                 && route.config.identity_headers
             {
@@ -427,9 +445,15 @@ async fn public_request(
                 Err(resp) => resp,
             }
         }
-        Err(e) => auth_error(&e),
+        Err(e) => {
+            note.error = Some(e.code());
+            auth_error(&e)
+        }
     };
     route.count(response.status());
+    if access {
+        response.extensions_mut().insert(note);
+    }
     response
 }
 

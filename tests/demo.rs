@@ -336,4 +336,62 @@ async fn demo_commands_work_as_printed() {
         );
     }
     assert!(!log.contains(tollgate::devidp::TOLLGATE_CLIENT_SECRET));
+    // The demo's access log: one line per answered request, with who and why, never a query.
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tollgate::access"))
+        .collect();
+    let logged = |parts: &[&str]| access.iter().any(|l| parts.iter().all(|p| l.contains(p)));
+    let alice = format!("user=\"{}\"", tollgate::devidp::ALICE_OID);
+    for (what, parts) in [
+        (
+            "the proxied call, with its user",
+            vec![
+                "listener=\"public\"",
+                "method=GET",
+                "path=\"/api/hello\"",
+                "status=200",
+                &alice,
+            ],
+        ),
+        (
+            "the call without a token",
+            vec![
+                "path=\"/api/hello\"",
+                "status=401",
+                "error=\"unauthorized\"",
+            ],
+        ),
+        (
+            "the call without the scope",
+            vec![
+                "path=\"/api/hello\"",
+                "status=403",
+                "error=\"insufficient_scope\"",
+            ],
+        ),
+        (
+            "the login callback, without its code",
+            vec!["path=\"/callback\"", "status=200"],
+        ),
+        (
+            "the token API",
+            vec![
+                "listener=\"api\"",
+                "method=POST",
+                "path=\"/api/v1/token/delegated\"",
+                "status=200",
+            ],
+        ),
+    ] {
+        assert!(logged(&parts), "{what} is in the access log: {access:#?}");
+    }
+    assert!(
+        access.iter().all(|l| !l.contains('?')),
+        "no query is logged: {access:#?}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes when stderr is a file"
+    );
 }
