@@ -1067,6 +1067,14 @@ impl Config {
                 })?;
             }
         }
+        // Refused here rather than replaced by `info` at start, unseen.
+        #[cfg(feature = "server")]
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("not a tracing filter (e.g. \"info\" or \"tollgate=debug,info\"): {e}"),
+            ));
+        }
         if self.cache.obo_capacity == 0 || self.cache.validation_capacity == 0 {
             return Err(ConfigError::invalid(
                 "cache",

@@ -96,6 +96,10 @@ fn every_bad_option_is_named() {
             "providers[0].client_credentials_tenant",
         ),
         (
+            format!("{PROVIDER}\n[log]\nlevel = \"tollgate=verbose\"\n"),
+            "log.level",
+        ),
+        (
             format!("{PROVIDER}\n[login]\nenabled = true\n"),
             "login.public_url",
         ),
