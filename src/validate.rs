@@ -540,6 +540,11 @@ fn quote_safe(s: &str) -> String {
 /// Extracts the token from an `Authorization` header value (RFC 6750 §2.1: scheme
 /// case-insensitive, one space, token68).
 ///
+/// Another scheme (`Basic`, `Negotiate`) is no bearer credential at all, `Ok(None)`: RFC 6750
+/// §3.1 answers a request "attempted using an unsupported authentication method" like one
+/// without credentials, with a challenge and no error code. A `Bearer` credential without a
+/// token, or two `Authorization` headers, is malformed (`invalid_request`).
+///
 /// ```
 /// use http::HeaderMap;
 /// use tollgate::validate::{ValidationError, bearer_token};
@@ -548,6 +553,8 @@ fn quote_safe(s: &str) -> String {
 /// headers.insert("authorization", "bearer eyJ0eXAi.eyJhdWQi.c2ln".parse().unwrap());
 /// assert_eq!(bearer_token(&headers), Ok(Some("eyJ0eXAi.eyJhdWQi.c2ln")));
 /// headers.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), Ok(None));
+/// headers.insert("authorization", "Bearer".parse().unwrap());
 /// assert!(matches!(bearer_token(&headers), Err(ValidationError::InvalidRequest(_))));
 /// ```
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, ValidationError> {
@@ -563,18 +570,17 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
     let value = value
         .to_str()
         .map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
-    let Some((scheme, token)) = value.split_once(' ') else {
-        return Err(ValidationError::InvalidRequest(
-            "Authorization header is not a Bearer credential",
-        ));
-    };
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ValidationError::InvalidRequest(
-            "Authorization header is not a Bearer credential",
-        ));
+        return Ok(None);
     }
     let token = token.trim();
-    if token.is_empty() || !is_token68(token.as_bytes()) {
+    if token.is_empty() {
+        return Err(ValidationError::InvalidRequest(
+            "the Bearer credential has no token",
+        ));
+    }
+    if !is_token68(token.as_bytes()) {
         return Err(ValidationError::InvalidToken(
             "the token is not a well-formed bearer token".into(),
         ));
@@ -1138,11 +1144,21 @@ mod tests {
         assert_eq!(bearer_token(&h), Ok(None));
         h.insert("authorization", "bEaReR abc.def.ghi".parse().unwrap());
         assert_eq!(bearer_token(&h), Ok(Some("abc.def.ghi")));
-        h.insert("authorization", "Basic abc".parse().unwrap());
-        assert!(matches!(
-            bearer_token(&h),
-            Err(ValidationError::InvalidRequest(_))
-        ));
+        // Another scheme is no bearer credential (RFC 6750 §3.1): answered like none at all.
+        for other in ["Basic abc", "Negotiate", "Bearerx abc"] {
+            h.insert("authorization", other.parse().unwrap());
+            assert_eq!(bearer_token(&h), Ok(None), "{other}");
+        }
+        for empty in ["Bearer", "Bearer ", "bearer   "] {
+            h.insert("authorization", empty.parse().unwrap());
+            assert_eq!(
+                bearer_token(&h),
+                Err(ValidationError::InvalidRequest(
+                    "the Bearer credential has no token"
+                )),
+                "{empty:?}"
+            );
+        }
         h.insert("authorization", "Bearer a b".parse().unwrap());
         assert!(matches!(
             bearer_token(&h),

@@ -121,9 +121,19 @@ async fn bad_tokens_are_401_invalid_token_and_malformed_credentials_400() {
         assert_eq!(body["error"], "invalid_token", "{what}");
     }
 
+    // Another scheme is no bearer credential: a challenge without an error (RFC 6750 §3.1).
     let response = http()
         .get(server.url("/"))
         .header("authorization", "Basic YWxpY2U6ZGV2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], REALM_ONLY);
+    // A Bearer credential without its token is malformed.
+    let response = http()
+        .get(server.url("/"))
+        .header("authorization", "Bearer")
         .send()
         .await
         .unwrap();
@@ -278,10 +288,11 @@ async fn extractors_without_the_layer_answer_like_the_layer() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], REALM_ONLY);
     assert_eq!(
         response.json::<Value>().await.unwrap()["error"],
-        "invalid_request"
+        "unauthorized"
     );
     assert_eq!(
         get_text(&bare.url("/bearer"), Some("abc.def")).await,

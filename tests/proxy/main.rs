@@ -293,6 +293,16 @@ async fn missing_token_gets_a_challenge_without_error() {
         .send()
         .await
         .unwrap();
+    // Another scheme is no bearer credential (RFC 6750 §3.1): the same challenge, no error.
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    let r = h
+        .http
+        .get(h.url("/x"))
+        .header("authorization", "Bearer")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(
         r.headers()["www-authenticate"]
@@ -447,6 +457,19 @@ async fn optional_and_none_routes() {
         .await
         .unwrap();
     assert_eq!(echo["headers"]["x-auth-subject"], "alice-sub");
+    // Another scheme carries no bearer token: where one is optional the request goes on
+    // unauthenticated, the app's own credential untouched.
+    let r = h
+        .http
+        .get(h.url("/optional/x"))
+        .header("authorization", "Basic dXNlcjpwdw==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["headers"]["authorization"], "Basic dXNlcjpwdw==");
+    assert!(echo["headers"].get("x-auth-subject").is_none());
     let r = h
         .http
         .get(h.url("/public/y"))
