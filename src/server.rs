@@ -404,7 +404,10 @@ fn logged(router: Router, listener: &'static str, access: bool) -> Router {
 
 fn public_router(state: Arc<AppState>) -> Router {
     let router = crate::login::routes(Router::new(), &state);
-    router.fallback(public_request).with_state(state)
+    router
+        .method_not_allowed_fallback(crate::proxy::method_not_allowed)
+        .fallback(public_request)
+        .with_state(state)
 }
 
 /// Every proxied request: route, authenticate, authorise, decorate, forward.

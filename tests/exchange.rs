@@ -584,6 +584,35 @@ async fn malformed_requests_get_specific_errors() {
     let (status, body) = s.post_json("/api/v1/nothing", json!({})).await;
     assert_api_error(status, &body, StatusCode::NOT_FOUND, "invalid_request");
 
+    // A known path with the wrong method: 405 with `Allow` and the same JSON shape.
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/api/v1/token", "POST"),
+        (reqwest::Method::PUT, "/api/v1/token/exchange", "POST"),
+        (reqwest::Method::GET, "/api/v1/users/someone", "DELETE"),
+    ] {
+        let resp = s
+            .http
+            .request(method.clone(), s.api(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let (status, body) = read(resp).await;
+        assert_api_error(
+            status,
+            &body,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+        );
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains(method.as_str()),
+            "{body}"
+        );
+    }
+
     assert_eq!(s.idp_calls("client_credentials"), 0);
     assert_eq!(s.idp_calls(JWT_BEARER), 0);
     s.stop().await;

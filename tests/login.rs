@@ -198,6 +198,26 @@ async fn discovery_points_the_app_at_tollgate() {
         }
         assert_eq!(rest, expected, "{path}: every other member is untouched");
     }
+    // The login paths answer a wrong method with 405, `Allow` and a JSON error.
+    for (method, path, allow) in [
+        (
+            reqwest::Method::POST,
+            "/.well-known/openid-configuration",
+            "GET,HEAD",
+        ),
+        (reqwest::Method::DELETE, "/oauth2/token", "POST"),
+    ] {
+        let r = stack
+            .http
+            .request(method.clone(), stack.public(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
     stack.stop().await;
 }
 

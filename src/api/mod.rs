@@ -48,6 +48,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/token/delegated", post(delegated::delegated))
         .route("/api/v1/users/{oid}", delete(delegated::forget_user))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .method_not_allowed_fallback(crate::proxy::method_not_allowed)
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
