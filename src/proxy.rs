@@ -130,16 +130,6 @@ impl Forwarder {
 ///
 /// Callers add headers such as `WWW-Authenticate` through `headers_mut()`. The description is
 /// sent to the client as is: it must not contain tokens or header values.
-/// `405` for a known path asked with a method it does not serve, in the same JSON shape as
-/// every other refusal; axum adds the `Allow` header (RFC 9110 §15.5.6).
-pub(crate) async fn method_not_allowed(method: http::Method) -> Response<Body> {
-    json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request",
-        &format!("{method} is not allowed on this path"),
-    )
-}
-
 pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> Response<Body> {
     #[derive(serde::Serialize)]
     struct ErrorBody<'a> {
@@ -158,6 +148,16 @@ pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> R
     headers.insert(header::CONTENT_TYPE, APPLICATION_JSON.clone());
     headers.insert(header::CACHE_CONTROL, NO_STORE.clone());
     response
+}
+
+/// `405` for a known path asked with a method it does not serve, in the same JSON shape as
+/// every other refusal; axum adds the `Allow` header (RFC 9110 §15.5.6).
+pub(crate) async fn method_not_allowed(method: http::Method) -> Response<Body> {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        &format!("{method} is not allowed on this path"),
+    )
 }
 
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
