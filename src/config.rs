@@ -201,7 +201,8 @@ pub struct UpstreamConfig {
     /// TCP connect timeout.
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response headers arrive.
+    /// Time allowed for the upstream's response headers, counted from the end of the request
+    /// body (a slow upload is not a slow app), as Go's `ResponseHeaderTimeout` does.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
     /// Keep the client's `Host` header (true) or send the upstream's authority (false).

@@ -18,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
 /// Where and how requests are forwarded.
 #[derive(Debug, Clone)]
@@ -26,7 +27,8 @@ pub(crate) struct UpstreamSettings {
     pub(crate) url: Uri,
     /// Limit on establishing a TCP connection to the upstream.
     pub(crate) connect_timeout: Duration,
-    /// Limit from sending the request until the upstream's response headers arrive.
+    /// Limit from the end of the request body (for a request without one, from sending it)
+    /// until the upstream's response headers arrive.
     pub(crate) timeout: Duration,
     /// Forward the client's `Host`; otherwise send the upstream's authority.
     pub(crate) preserve_host: bool,
@@ -150,6 +152,44 @@ pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> R
     response
 }
 
+pin_project_lite::pin_project! {
+    /// A request body that says when it has all been sent: the upstream timeout starts then.
+    struct UploadWatch<B> {
+        #[pin]
+        inner: B,
+        done: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for UploadWatch<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        // The end is no frame at all, or a body that knows nothing follows what it just gave
+        // (a Content-Length reached): hyper may not poll again after that.
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(done) = this.done.take()
+        {
+            let _ = done.send(());
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// `405` for a known path asked with a method it does not serve, in the same JSON shape as
 /// every other refusal; axum adds the `Allow` header (RFC 9110 §15.5.6).
 pub(crate) async fn method_not_allowed(method: http::Method) -> Response<Body> {
@@ -270,11 +310,39 @@ impl Inner {
             headers.insert(header::HOST, host);
         }
 
+        // `timeout` counts from the end of the upload, as Go's `ResponseHeaderTimeout` (and so
+        // oauth2-proxy's upstream timeout) does: a slow upload of a large body is not the app
+        // being slow. A request without a body (most) starts the clock at once, unwrapped.
+        let (body, uploaded) = if http_body::Body::is_end_stream(&body) {
+            (body, None)
+        } else {
+            let (done, uploaded) = oneshot::channel();
+            let watched = UploadWatch {
+                inner: body,
+                done: Some(done),
+            };
+            (Body::new(watched), Some(uploaded))
+        };
         let pending = self.client.request(Request::from_parts(parts, body));
-        let mut response = tokio::time::timeout(self.timeout, pending)
-            .await
-            .map_err(|_| ProxyError::Timeout)?
-            .map_err(ProxyError::from_client)?;
+        let timeout = self.timeout;
+        let answered = match uploaded {
+            None => tokio::time::timeout(timeout, pending)
+                .await
+                .map_err(|_| ProxyError::Timeout)?,
+            Some(uploaded) => {
+                // A failed upload drops the sender: the clock starts then too.
+                let deadline = async move {
+                    let _ = uploaded.await;
+                    tokio::time::sleep(timeout).await;
+                };
+                tokio::select! {
+                    biased;
+                    answered = pending => answered,
+                    () = deadline => return Err(ProxyError::Timeout),
+                }
+            }
+        };
+        let mut response = answered.map_err(ProxyError::from_client)?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -1164,6 +1232,58 @@ mod tests {
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "gateway_timeout");
+        proxy.stop().await;
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn the_upstream_timeout_starts_when_the_upload_is_complete() {
+        let upstream = upstream(echo_router()).await;
+        let proxy = proxy(UpstreamSettings {
+            timeout: Duration::from_millis(300),
+            ..settings_for(upstream.addr)
+        })
+        .await;
+        // Six chunks 100 ms apart: the upload alone takes twice the timeout, and the app
+        // answers as soon as it has the body.
+        let chunks = futures_util::stream::iter(0..6).then(|i| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(Bytes::from(format!("chunk{i};")))
+        });
+        let response = reqwest::Client::new()
+            .post(proxy.url("/upload"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen: Seen = response.json().await.unwrap();
+        assert_eq!(seen.body, "chunk0;chunk1;chunk2;chunk3;chunk4;chunk5;");
+        proxy.stop().await;
+        upstream.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_upstream_silent_after_the_upload_gives_504() {
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = proxy(UpstreamSettings {
+            timeout: Duration::from_millis(100),
+            ..settings_for(silent.local_addr().unwrap())
+        })
+        .await;
+        let client = reqwest::Client::new();
+        // A body of known length, and a streamed one: both end, then the clock runs out.
+        let sized = client.post(proxy.url("/")).body("payload");
+        let chunks = futures_util::stream::iter(["a", "b"].map(Ok::<_, std::io::Error>));
+        let streamed = client
+            .post(proxy.url("/"))
+            .body(reqwest::Body::wrap_stream(chunks));
+        for request in [sized, streamed] {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "gateway_timeout");
+        }
         proxy.stop().await;
         drop(silent);
     }
