@@ -419,6 +419,11 @@ pub struct RouteConfig {
     pub obo_headers: BTreeMap<String, String>,
     /// Add `X-Auth-*` identity headers.
     pub identity_headers: bool,
+    /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`,
+    /// and no `Authorization`) without a token, so the app can answer them: browsers never
+    /// send credentials on a preflight (Fetch standard, CORS-preflight request). Like
+    /// oauth2-proxy's `skip_auth_preflight`.
+    pub skip_auth_preflight: bool,
 }
 
 impl Default for RouteConfig {
@@ -432,6 +437,7 @@ impl Default for RouteConfig {
             obo: None,
             obo_headers: BTreeMap::new(),
             identity_headers: true,
+            skip_auth_preflight: false,
         }
     }
 }

@@ -430,6 +430,11 @@ async fn public_request(
     // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
     // on every route, so an upstream can trust them.
     remove_identity_headers(req.headers_mut());
+    if route.config.skip_auth_preflight && is_cors_preflight(&req) {
+        let response = state.forwarder.forward(req, peer).await;
+        route.count(response.status());
+        return response;
+    }
     let access = state.config.log.access;
     let mut note = AccessNote::default();
     let mut response = match authenticate(route, req.headers()).await {
@@ -458,6 +463,17 @@ async fn public_request(
         response.extensions_mut().insert(note);
     }
     response
+}
+
+/// A CORS preflight as a browser sends it (Fetch standard, "CORS-preflight request"):
+/// `OPTIONS` with `Origin` and `Access-Control-Request-Method`. A browser never puts
+/// credentials on one, so a request with `Authorization` is treated as an ordinary request.
+fn is_cors_preflight(req: &Request<Body>) -> bool {
+    let headers = req.headers();
+    req.method() == http::Method::OPTIONS
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && !headers.contains_key(http::header::AUTHORIZATION)
 }
 
 /// Replaces the request's path by its normal form ([`crate::path`]); the error says why the

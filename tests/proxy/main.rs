@@ -186,6 +186,10 @@ path = "/optional"
 auth = "optional"
 
 [[routes]]
+path = "/cors"
+skip_auth_preflight = true
+
+[[routes]]
 path = "/public"
 auth = "none"
 "#
@@ -433,6 +437,55 @@ async fn scopes_and_roles_are_enforced_with_403() {
         assert_eq!(body["error"], "insufficient_scope");
     }
     assert_eq!(h.echo.hits(), 2);
+}
+
+#[tokio::test]
+async fn cors_preflights_reach_the_app_only_where_allowed() {
+    let key = TestKey::new("k1");
+    let h = harness(&[&key]).await;
+    h.wait_ready().await;
+    let preflight = |path: &str| {
+        h.http
+            .request(reqwest::Method::OPTIONS, h.url(path))
+            .header("origin", "https://spa.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+    };
+    // Allowed: the app answers the preflight, and is told no identity.
+    let r = preflight("/cors/x")
+        .header("x-auth-subject", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["method"], "OPTIONS");
+    assert_eq!(echo["headers"]["origin"], "https://spa.example");
+    assert!(echo["headers"].get("x-auth-subject").is_none());
+    assert_eq!(h.echo.hits(), 1);
+    // Not a preflight: an OPTIONS without Access-Control-Request-Method, one carrying a
+    // credential, and any other method still need a token.
+    let bare_options = h
+        .http
+        .request(reqwest::Method::OPTIONS, h.url("/cors/x"))
+        .header("origin", "https://spa.example");
+    let with_credential = preflight("/cors/x").header("authorization", "Bearer garbage");
+    for (what, request) in [
+        (
+            "OPTIONS without Access-Control-Request-Method",
+            bare_options,
+        ),
+        ("a preflight with a credential", with_credential),
+        ("a GET", h.http.get(h.url("/cors/x"))),
+        (
+            "a preflight where the route does not allow it",
+            preflight("/ok"),
+        ),
+    ] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+    }
+    assert_eq!(h.echo.hits(), 1, "nothing else reached the app");
 }
 
 #[tokio::test]
