@@ -424,6 +424,11 @@ pub struct RouteConfig {
     /// send credentials on a preflight (Fetch standard, CORS-preflight request). Like
     /// oauth2-proxy's `skip_auth_preflight`.
     pub skip_auth_preflight: bool,
+    /// Also take the token from an `access_token` query parameter (RFC 6750 §2.3), for
+    /// WebSocket and EventSource clients that cannot set headers (SignalR sends it this way).
+    /// tollgate takes it out of the forwarded URL (URLs end up in logs) and hands the app the
+    /// same `Authorization: Bearer` header a header client would have sent.
+    pub token_in_query: bool,
 }
 
 impl Default for RouteConfig {
@@ -438,6 +443,7 @@ impl Default for RouteConfig {
             obo_headers: BTreeMap::new(),
             identity_headers: true,
             skip_auth_preflight: false,
+            token_in_query: false,
         }
     }
 }

@@ -437,11 +437,16 @@ async fn public_request(
     }
     let access = state.config.log.access;
     let mut note = AccessNote::default();
-    let mut response = match authenticate(route, req.headers()).await {
+    let mut response = match authenticate(route, req.headers(), req.uri()).await {
         Ok(user) => {
             if access && let Some(user) = &user {
                 let c = &user.claims;
                 note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
+            }
+            if let Some(user) = &user
+                && user.from_query
+            {
+                move_query_token(&mut req, route, user.token.as_deref());
             }
             if let Some(user) = &user
                 && route.config.identity_headers
@@ -500,28 +505,113 @@ fn normalize_path(req: &mut Request<Body>) -> Result<(), String> {
 async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
+    uri: &http::Uri,
 ) -> Result<Option<Authenticated>, ValidationError> {
     let Some(validator) = &route.validator else {
         return Ok(None);
     };
-    let token = match bearer_token(headers)? {
-        Some(t) => t,
-        None if route.config.auth == AuthMode::Optional => return Ok(None),
-        None => return Err(ValidationError::Missing),
+    let in_query = if route.config.token_in_query {
+        query_token(uri)?
+    } else {
+        None
     };
-    let claims = validator.validate(token).await?;
+    let (token, from_query) = match (bearer_token(headers)?, in_query) {
+        // RFC 6750 §2: a client MUST NOT use more than one method to send the token.
+        (Some(_), Some(_)) => {
+            return Err(ValidationError::InvalidRequest(
+                "the token is both in the Authorization header and in the query",
+            ));
+        }
+        (Some(t), None) => (std::borrow::Cow::Borrowed(t), false),
+        (None, Some(t)) => (std::borrow::Cow::Owned(t), true),
+        (None, None) if route.config.auth == AuthMode::Optional => return Ok(None),
+        (None, None) => return Err(ValidationError::Missing),
+    };
+    let claims = validator.validate(&token).await?;
     claims.check(&route.config.scopes, &route.config.roles)?;
-    // Kept only where the route exchanges it: the headers change before the exchange, and
-    // parsing them a second time would scan the whole token again.
-    let token = route.exchanges().then(|| token.to_owned());
-    Ok(Some(Authenticated { claims, token }))
+    // Kept only where the route exchanges it (the headers change before the exchange, and
+    // parsing them a second time would scan the whole token again) or moves it to a header.
+    let token = (route.exchanges() || from_query).then(|| token.into_owned());
+    Ok(Some(Authenticated {
+        claims,
+        token,
+        from_query,
+    }))
 }
 
 /// A request that passed [`authenticate`].
 struct Authenticated {
     claims: Claims,
-    /// The inbound token, for routes that exchange it.
+    /// The inbound token, for routes that exchange it or when it came in the query.
     token: Option<String>,
+    /// The token was the `access_token` query parameter (`token_in_query`).
+    from_query: bool,
+}
+
+/// The `access_token` query parameter (RFC 6750 §2.3), decoded: `None` when there is none.
+fn query_token(uri: &http::Uri) -> Result<Option<String>, ValidationError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name == QUERY_TOKEN {
+            if found.is_some() {
+                return Err(ValidationError::InvalidRequest(
+                    "more than one access_token query parameter",
+                ));
+            }
+            found = Some(value.into_owned());
+        }
+    }
+    match found {
+        Some(t) if t.is_empty() => Err(ValidationError::InvalidRequest(
+            "the access_token query parameter is empty",
+        )),
+        Some(t) if !crate::validate::is_token68(t.as_bytes()) => Err(
+            ValidationError::InvalidToken("the token is not a well-formed bearer token".into()),
+        ),
+        found => Ok(found),
+    }
+}
+
+const QUERY_TOKEN: &str = "access_token";
+
+/// For a token that came in the query: the forwarded URL loses it (URLs end up in access logs,
+/// RFC 6750 §5.3), and the app gets `Authorization: Bearer` as from a header client, unless
+/// the route's `obo` puts the exchanged token there.
+fn move_query_token(req: &mut Request<Body>, route: &Route, token: Option<&str>) {
+    if let Some(path_and_query) = req.uri().path_and_query() {
+        let path = path_and_query.path();
+        let kept: Vec<&str> = path_and_query
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| {
+                url::form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .is_none_or(|(name, _)| name != QUERY_TOKEN)
+            })
+            .collect();
+        let rebuilt = if kept.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        };
+        let mut parts = req.uri().clone().into_parts();
+        // Removing pairs from a valid target leaves a valid target.
+        if let Ok(p) = rebuilt.parse() {
+            parts.path_and_query = Some(p);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    if route.config.obo.is_none()
+        && let Some(value) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+    {
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+    }
 }
 
 /// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
@@ -541,10 +631,14 @@ async fn exchange_for_route(
     let Some(Authenticated {
         claims,
         token: Some(inbound),
+        ..
     }) = &user
     else {
         return Ok(());
     };
+    if !route.exchanges() {
+        return Ok(());
+    }
     let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
         return Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,

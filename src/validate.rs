@@ -591,7 +591,7 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
 /// True when every byte is a token68 character (RFC 7235 §2.1): ALPHA / DIGIT / "-" / "." /
 /// "_" / "~" / "+" / "/" / "=". This runs over every byte of every token on every request, so it
 /// is written without early exits or table lookups, which lets the compiler vectorise it.
-fn is_token68(bytes: &[u8]) -> bool {
+pub(crate) fn is_token68(bytes: &[u8]) -> bool {
     bytes.iter().fold(true, |ok, &b| {
         let lower = b | 0x20;
         ok & (lower.is_ascii_lowercase()

@@ -52,8 +52,14 @@ fn obo_routes() -> String {
 [[routes]]
 path = "/obo/"
 auth = "required"
-obo = "{}"
+obo = "{0}"
 obo_headers = {{ "X-Graph-Token" = "{GRAPH_DEFAULT}" }}
+
+[[routes]]
+path = "/hub/"
+auth = "required"
+obo = "{0}"
+token_in_query = true
 
 [[routes]]
 path = "/"
@@ -1951,6 +1957,29 @@ async fn obo_routes_inject_downstream_tokens_and_never_forward_the_inbound_one()
     let plain: Value = resp.json().await.unwrap();
     assert_eq!(plain["headers"]["x-graph-token"], "client-supplied");
     assert_eq!(plain["headers"]["authorization"], format!("Bearer {alice}"));
+
+    // A token in the query (token_in_query, SignalR) is exchanged the same way, and neither the
+    // URL nor any header the upstream sees holds it.
+    let resp = s
+        .http
+        .get(s.public(&format!(
+            "/hub/negotiate?access_token={alice}&negotiateVersion=1"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let hub: Value = resp.json().await.unwrap();
+    assert_eq!(hub["path"], "/hub/negotiate?negotiateVersion=1");
+    assert_eq!(
+        hub["headers"]["authorization"], auth,
+        "the cached OBO token"
+    );
+    assert!(
+        !hub.to_string().contains(&alice),
+        "the inbound token reached the upstream"
+    );
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
 
     // An app-only token cannot be exchanged on a user's behalf: the client's 401, upstream untouched.
     let hits = s.echo.hits();

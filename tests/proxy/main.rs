@@ -190,6 +190,10 @@ path = "/cors"
 skip_auth_preflight = true
 
 [[routes]]
+path = "/signalr"
+token_in_query = true
+
+[[routes]]
 path = "/public"
 auth = "none"
 "#
@@ -486,6 +490,64 @@ async fn cors_preflights_reach_the_app_only_where_allowed() {
         assert_eq!(r.status(), 401, "{what}");
     }
     assert_eq!(h.echo.hits(), 1, "nothing else reached the app");
+}
+
+#[tokio::test]
+async fn a_query_token_is_accepted_where_allowed_and_moved_to_authorization() {
+    let key = TestKey::new("k1");
+    let h = harness(&[&key]).await;
+    h.wait_ready().await;
+    let token = key.token(&h.idp.issuer(), json!({}));
+    let get = |path_and_query: String| h.http.get(h.url(&path_and_query)).send();
+    // SignalR's WebSocket handshake: the token is a query parameter among others.
+    let r = get(format!("/signalr/hub?id=7&access_token={token}&x=a%20b"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(
+        echo["path"], "/signalr/hub?id=7&x=a%20b",
+        "the token left the URL"
+    );
+    assert_eq!(echo["headers"]["authorization"], format!("Bearer {token}"));
+    assert_eq!(echo["headers"]["x-auth-subject"], "alice-sub");
+    let r = get(format!("/signalr/hub?access_token={token}"))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["path"], "/signalr/hub");
+    assert_eq!(h.echo.hits(), 2);
+
+    // Refused, and nothing forwarded: another route, two methods at once, two tokens, a bad one.
+    let r = get(format!("/ok?access_token={token}")).await.unwrap();
+    assert_eq!(r.status(), 401, "only where token_in_query is set");
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    let both = h
+        .http
+        .get(h.url(&format!("/signalr/hub?access_token={token}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 400, "RFC 6750 §2: one method only");
+    let twice = get(format!(
+        "/signalr/hub?access_token={token}&access_token={token}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(twice.status(), 400);
+    for bad in ["", "not%20a%20token", "eyJ.e30.sig"] {
+        let r = get(format!("/signalr/hub?access_token={bad}"))
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert!(status == 400 || status == 401, "{bad:?}: {status}");
+        assert!(
+            !body.to_string().contains("eyJ.e30.sig"),
+            "the token is not echoed: {body}"
+        );
+    }
+    assert_eq!(h.echo.hits(), 2, "no refused request reached the app");
 }
 
 #[tokio::test]
