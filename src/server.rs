@@ -493,10 +493,15 @@ fn normalize_path(req: &mut Request<Body>) -> Result<(), String> {
         Some(q) => format!("{normal}?{q}"),
         None => normal,
     };
-    let invalid = || "the request target is not valid".to_owned();
+    set_path_and_query(req, &path_and_query)
+        .map_err(|()| "the request target is not valid".to_owned())
+}
+
+/// Replaces the request target's path and query, keeping its scheme and authority.
+fn set_path_and_query(req: &mut Request<Body>, path_and_query: &str) -> Result<(), ()> {
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse().map_err(|_| invalid())?);
-    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| invalid())?;
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| ())?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ())?;
     Ok(())
 }
 
@@ -598,14 +603,8 @@ fn move_query_token(req: &mut Request<Body>, route: &Route, token: Option<&str>)
         } else {
             format!("{path}?{}", kept.join("&"))
         };
-        let mut parts = req.uri().clone().into_parts();
-        // Removing pairs from a valid target leaves a valid target.
-        if let Ok(p) = rebuilt.parse() {
-            parts.path_and_query = Some(p);
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
+        // Removing pairs from a valid target leaves a valid target: this cannot fail.
+        let _ = set_path_and_query(req, &rebuilt);
     }
     if route.config.obo.is_none()
         && let Some(value) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
