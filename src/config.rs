@@ -429,6 +429,10 @@ pub struct RouteConfig {
     /// tollgate takes it out of the forwarded URL (URLs end up in logs) and hands the app the
     /// same `Authorization: Bearer` header a header client would have sent.
     pub token_in_query: bool,
+    /// A Conditional Access authentication context (`c1` ... `c99`) the token must carry in
+    /// `acrs`. Without it the client gets `401` with an `insufficient_claims` challenge asking
+    /// for it, so MSAL can step the user up (Entra's authentication-context guidance).
+    pub auth_context: Option<String>,
 }
 
 impl Default for RouteConfig {
@@ -444,6 +448,7 @@ impl Default for RouteConfig {
             identity_headers: true,
             skip_auth_preflight: false,
             token_in_query: false,
+            auth_context: None,
         }
     }
 }
@@ -976,11 +981,23 @@ impl Config {
                 && (!r.scopes.is_empty()
                     || !r.roles.is_empty()
                     || r.obo.is_some()
-                    || !r.obo_headers.is_empty())
+                    || !r.obo_headers.is_empty()
+                    || r.auth_context.is_some())
             {
                 return Err(ConfigError::invalid(
                     at("auth"),
-                    "scopes, roles, obo and obo_headers need auth = \"required\"",
+                    "scopes, roles, auth_context, obo and obo_headers need auth = \"required\"",
+                ));
+            }
+            if let Some(id) = &r.auth_context
+                && (id.is_empty()
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            {
+                return Err(ConfigError::invalid(
+                    at("auth_context"),
+                    "must be an authentication context id such as \"c1\"",
                 ));
             }
             if r.auth == AuthMode::Optional && (r.obo.is_some() || !r.obo_headers.is_empty()) {

@@ -438,6 +438,12 @@ async fn public_request(
     let access = state.config.log.access;
     let mut note = AccessNote::default();
     let mut response = match authenticate(route, req.headers(), req.uri()).await {
+        Ok(Some(user))
+            if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>
+        {
+            note.error = Some("insufficient_claims");
+            challenge
+        }
         Ok(user) => {
             if access && let Some(user) = &user {
                 let c = &user.claims;
@@ -676,33 +682,69 @@ async fn exchange_for_route(
     Ok(())
 }
 
+/// `401` with a claims challenge (entra-reference §6.3): `error="insufficient_claims"`, the
+/// claims request `claims_json` in standard base64 and, when known, the `authorization_uri` to
+/// send the user to, so the client (MSAL) can get a token that satisfies it.
+fn claims_challenge(
+    claims_json: &str,
+    authorization_uri: Option<&str>,
+    description: &str,
+) -> Response<Body> {
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::STANDARD.encode(claims_json);
+    let mut resp = json_error(StatusCode::UNAUTHORIZED, "insufficient_claims", description);
+    let mut challenge = format!("Bearer realm=\"{}\"", crate::validate::REALM);
+    if let Some(uri) = authorization_uri {
+        challenge.push_str(&format!(", authorization_uri=\"{uri}\""));
+    }
+    challenge.push_str(&format!(
+        ", error=\"insufficient_claims\", claims=\"{claims}\""
+    ));
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// For a route with `auth_context`: the challenge for a token whose `acrs` lacks it, asking for
+/// exactly that context (`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`).
+fn missing_auth_context(
+    state: &AppState,
+    route: &Route,
+    claims: &Claims,
+) -> Option<Response<Body>> {
+    let wanted = route.config.auth_context.as_deref()?;
+    let satisfied = claims
+        .get("acrs")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|acrs| acrs.iter().any(|a| a.as_str() == Some(wanted)));
+    if satisfied {
+        return None;
+    }
+    let request =
+        serde_json::json!({"access_token": {"acrs": {"essential": true, "value": wanted}}});
+    let authorize = state
+        .provider(claims.provider())
+        .and_then(|(p, _)| p.metadata())
+        .and_then(|m| m.authorization_endpoint.clone());
+    Some(claims_challenge(
+        &request.to_string(),
+        authorize.as_ref().map(url::Url::as_str),
+        "this route needs a token for the authentication context it names (step-up authentication)",
+    ))
+}
+
 /// An OBO failure on the proxy path. A Conditional Access / MFA challenge goes back to the
 /// client as `401` with `error="insufficient_claims"`, the base64 `claims` and, when known, the
 /// IdP's `authorization_uri`, so it can step up (entra-reference §6.3); a token that cannot be
 /// exchanged (app-only) is the client's `401`; IdP failures are `502`/`504`.
 fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Body> {
-    use base64::Engine;
     match e {
-        ExchangeError::Idp(idp) if idp.claims.is_some() => {
-            let claims = base64::engine::general_purpose::STANDARD
-                .encode(idp.claims.as_deref().unwrap_or_default());
-            let mut resp = json_error(
-                StatusCode::UNAUTHORIZED,
-                "insufficient_claims",
-                "the identity provider requires additional claims (step-up authentication)",
-            );
-            let mut challenge = format!("Bearer realm=\"{}\"", crate::validate::REALM);
-            if let Some(uri) = authorization_uri {
-                challenge.push_str(&format!(", authorization_uri=\"{uri}\""));
-            }
-            challenge.push_str(&format!(
-                ", error=\"insufficient_claims\", claims=\"{claims}\""
-            ));
-            if let Ok(v) = HeaderValue::from_str(&challenge) {
-                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-            }
-            resp
-        }
+        ExchangeError::Idp(idp) if idp.claims.is_some() => claims_challenge(
+            idp.claims.as_deref().unwrap_or_default(),
+            authorization_uri,
+            "the identity provider requires additional claims (step-up authentication)",
+        ),
         // The IdP refused tollgate itself (its credential, its registration, the route's
         // target): the client can do nothing about it, so it is a gateway failure, logged.
         ExchangeError::Idp(idp)

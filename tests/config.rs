@@ -100,6 +100,16 @@ fn every_bad_option_is_named() {
             "log.level",
         ),
         (
+            format!("{PROVIDER}\n[[routes]]\npath = \"/\"\nauth_context = \"c 1\"\n"),
+            "routes[0].auth_context",
+        ),
+        (
+            format!(
+                "{PROVIDER}\n[[routes]]\npath = \"/\"\nauth = \"none\"\nauth_context = \"c1\"\n"
+            ),
+            "routes[0].auth",
+        ),
+        (
             format!("{PROVIDER}\n[login]\nenabled = true\n"),
             "login.public_url",
         ),

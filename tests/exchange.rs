@@ -62,6 +62,11 @@ obo = "{0}"
 token_in_query = true
 
 [[routes]]
+path = "/sensitive/"
+auth = "required"
+auth_context = "c1"
+
+[[routes]]
 path = "/"
 auth = "required"
 "#,
@@ -1825,6 +1830,83 @@ async fn client_secret_basic_is_sent_as_http_basic_and_checked_by_the_idp() {
     assert!(seen.iter().all(|r| r.scheme.as_deref() == Some("Basic")));
     assert_eq!(s.idp_calls("client_credentials"), 2);
     assert_eq!(s.idp_calls(JWT_BEARER), 2);
+    s.stop().await;
+}
+
+/// A ROPC token for alice that went through a `claims` request (the step-up a client makes
+/// after a challenge).
+async fn token_with_claims(s: &Stack, claims: &str) -> String {
+    let body: Value = s
+        .http
+        .post(s.idp().token_endpoint(DEFAULT_TENANT_ID))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", FRONTEND_CLIENT_ID),
+            ("username", ALICE),
+            ("password", "dev"),
+            ("scope", &tollgate_scope()),
+            ("claims", claims),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test]
+async fn a_route_with_an_auth_context_challenges_tokens_without_it() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    let hits = s.echo.hits();
+    let resp = s.get_public("/sensitive/report", &alice, &[]).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_claims");
+    assert_eq!(s.echo.hits(), hits, "the upstream never sees it");
+    assert!(
+        challenge.contains("error=\"insufficient_claims\""),
+        "{challenge}"
+    );
+    let authorize = format!(
+        "authorization_uri=\"{}/{DEFAULT_TENANT_ID}/oauth2/v2.0/authorize\"",
+        s.idp().base_url()
+    );
+    assert!(challenge.contains(&authorize), "{challenge}");
+    let claims = challenge
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a claims parameter");
+    let request = STANDARD.decode(claims).unwrap();
+    let request: Value = serde_json::from_slice(&request).unwrap();
+    assert_eq!(
+        request,
+        json!({"access_token": {"acrs": {"essential": true, "value": "c1"}}})
+    );
+
+    // The client steps up with exactly that claims request: the new token passes.
+    let stepped_up = token_with_claims(&s, &request.to_string()).await;
+    assert_eq!(payload(&stepped_up)["acrs"], json!(["c1"]));
+    let resp = s.get_public("/sensitive/report", &stepped_up, &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.echo.hits(), hits + 1);
+    // Another context does not do.
+    let other = token_with_claims(
+        &s,
+        r#"{"access_token":{"acrs":{"essential":true,"value":"c2"}}}"#,
+    )
+    .await;
+    let resp = s.get_public("/sensitive/report", &other, &[]).await;
+    assert_eq!(resp.status(), 401);
+    // Routes without auth_context take either.
+    assert_eq!(s.get_public("/plain", &alice, &[]).await.status(), 200);
     s.stop().await;
 }
 

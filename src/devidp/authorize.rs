@@ -148,6 +148,7 @@ fn sign_in(shared: &Shared, request: &AuthorizeRequest, params: &Params, login: 
                     username: user.username.clone(),
                     tid: user.tenant_id.clone(),
                     amr,
+                    acrs: super::state::requested_acrs(params.get("claims").map(String::as_str)),
                     sid: uuid::Uuid::new_v4().to_string(),
                 },
                 expires_at,

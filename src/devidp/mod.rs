@@ -19,6 +19,10 @@
 //! plus development hooks under `/_dev/` (key rotation, MFA, lifetimes, statistics, client keys
 //! and federated credentials registered at run time).
 //!
+//! A `claims` request for authentication contexts (`{"access_token":{"acrs":{"essential":true,
+//! "value":"c1"}}}`) on authorize or the password grant is satisfied at once: the user's access
+//! tokens carry `acrs`, through refresh and OBO too.
+//!
 //! It is a development tool: it keeps everything in memory, grants every scope and role that
 //! exists, and must never face real users.
 //!

@@ -86,7 +86,30 @@ pub(crate) struct UserSession {
     pub(crate) username: String,
     pub(crate) tid: String,
     pub(crate) amr: Vec<String>,
+    /// Conditional Access authentication contexts satisfied at sign-in (`acrs`), from a
+    /// `claims` request for them.
+    pub(crate) acrs: Vec<String>,
     pub(crate) sid: String,
+}
+
+/// The authentication contexts a `claims` request asks for (entra-reference §5.6):
+/// `{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`, or `values` with several. The
+/// dev IdP satisfies every one it is asked for.
+pub(crate) fn requested_acrs(claims: Option<&str>) -> Vec<String> {
+    let Some(request) = claims.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+    else {
+        return Vec::new();
+    };
+    let acrs = &request["access_token"]["acrs"];
+    let mut ids: Vec<String> = acrs["value"]
+        .as_str()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    if let Some(values) = acrs["values"].as_array() {
+        ids.extend(values.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+    }
+    ids
 }
 
 #[derive(Clone, Debug)]

@@ -376,6 +376,7 @@ fn password(
         username: user.username.clone(),
         tid: user.tenant_id.clone(),
         amr: vec!["pwd".into()],
+        acrs: super::state::requested_acrs(params.get("claims")),
         sid: uuid::Uuid::new_v4().to_string(),
     };
     let mut minted = mint_user_tokens(
@@ -622,6 +623,18 @@ fn verify_user_assertion(
                 .collect()
         })
         .unwrap_or_default();
+    // The contexts the user satisfied stay with the exchanged token, as amr does.
+    let acrs = jwt
+        .claims
+        .get("acrs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let sid = jwt
         .claim_str("sid")
         .map(str::to_owned)
@@ -637,6 +650,7 @@ fn verify_user_assertion(
             username,
             tid,
             amr,
+            acrs,
             sid,
         },
     })
@@ -742,6 +756,9 @@ fn mint_user_tokens(
     access.insert("upn".into(), json!(user.upn));
     // v2 Entra tokens omit amr; the dev IdP keeps it so OBO can see whether MFA was done.
     access.insert("amr".into(), json!(session.amr));
+    if !session.acrs.is_empty() {
+        access.insert("acrs".into(), json!(session.acrs));
+    }
     insert_roles(&mut access, &user.roles, &resource_roles);
     add_custom_claims(&mut access, user);
 
