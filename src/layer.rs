@@ -212,6 +212,7 @@ impl Auth {
                 scopes: Vec::new(),
                 roles: Vec::new(),
                 optional: false,
+                auth_context: None,
             }),
         }
     }
@@ -593,6 +594,7 @@ struct Requirements {
     scopes: Vec<String>,
     roles: Vec<String>,
     optional: bool,
+    auth_context: Option<String>,
 }
 
 impl AuthLayer {
@@ -649,6 +651,36 @@ impl AuthLayer {
     /// ```
     pub fn require_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roles: I) -> Self {
         Arc::make_mut(&mut self.inner).roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An Entra Conditional Access authentication context (`c1` ... `c99`) the token's `acrs`
+    /// must hold. Any other token gets `401` with the `insufficient_claims` challenge asking for
+    /// it (and the IdP's `authorization_uri`), which MSAL answers by stepping the user up.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().require_auth_context("c1").layer(hello);
+    /// let response = service.oneshot(ask(&token)).await?; // alice has not stepped up
+    /// assert_eq!(response.status(), 401);
+    /// assert!(response.headers()["www-authenticate"].to_str()?.contains("error=\"insufficient_claims\", claims="));
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
+    pub fn require_auth_context(mut self, id: &str) -> Self {
+        Arc::make_mut(&mut self.inner).auth_context = Some(id.to_owned());
         self
     }
 
@@ -779,6 +811,19 @@ where
         let validation = Box::pin(async move {
             let claims = layer.validator.validate(&token).await?;
             claims.check(&layer.scopes, &layer.roles)?;
+            if let Some(wanted) = &layer.auth_context
+                && !crate::validate::has_auth_context(&claims, wanted)
+            {
+                let authorization_uri = layer
+                    .validator
+                    .provider()
+                    .metadata()
+                    .and_then(|m| m.authorization_endpoint.as_ref().map(|u| u.to_string()));
+                return Err(Refusal::AuthContext {
+                    wanted: wanted.clone(),
+                    authorization_uri,
+                });
+            }
             Ok((claims, token))
         });
         ResponseFuture::new(State::Validating {
@@ -789,7 +834,35 @@ where
     }
 }
 
-type Validation = Pin<Box<dyn Future<Output = Result<(Claims, String), ValidationError>> + Send>>;
+type Validation = Pin<Box<dyn Future<Output = Result<(Claims, String), Refusal>> + Send>>;
+
+/// Why the layer answers a request itself.
+enum Refusal {
+    Invalid(ValidationError),
+    /// The token lacks the `wanted` authentication context.
+    AuthContext {
+        wanted: String,
+        authorization_uri: Option<String>,
+    },
+}
+
+impl From<ValidationError> for Refusal {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl Refusal {
+    fn to_response<B: From<String>>(&self) -> Response<B> {
+        match self {
+            Self::Invalid(e) => e.to_response(),
+            Self::AuthContext {
+                wanted,
+                authorization_uri,
+            } => crate::validate::auth_context_challenge(wanted, authorization_uri.as_deref()),
+        }
+    }
+}
 
 pin_project! {
     /// The response future of [`AuthService`]: validates the token, then runs the inner service's

@@ -682,55 +682,23 @@ async fn exchange_for_route(
     Ok(())
 }
 
-/// `401` with a claims challenge (entra-reference §6.3): `error="insufficient_claims"`, the
-/// claims request `claims_json` in standard base64 and, when known, the `authorization_uri` to
-/// send the user to, so the client (MSAL) can get a token that satisfies it.
-fn claims_challenge(
-    claims_json: &str,
-    authorization_uri: Option<&str>,
-    description: &str,
-) -> Response<Body> {
-    use base64::Engine;
-    let claims = base64::engine::general_purpose::STANDARD.encode(claims_json);
-    let mut resp = json_error(StatusCode::UNAUTHORIZED, "insufficient_claims", description);
-    let mut challenge = format!("Bearer realm=\"{}\"", crate::validate::REALM);
-    if let Some(uri) = authorization_uri {
-        challenge.push_str(&format!(", authorization_uri=\"{uri}\""));
-    }
-    challenge.push_str(&format!(
-        ", error=\"insufficient_claims\", claims=\"{claims}\""
-    ));
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
-/// For a route with `auth_context`: the challenge for a token whose `acrs` lacks it, asking for
-/// exactly that context (`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`).
+/// For a route with `auth_context`: the claims challenge for a token whose `acrs` lacks it.
 fn missing_auth_context(
     state: &AppState,
     route: &Route,
     claims: &Claims,
 ) -> Option<Response<Body>> {
     let wanted = route.config.auth_context.as_deref()?;
-    let satisfied = claims
-        .get("acrs")
-        .and_then(serde_json::Value::as_array)
-        .is_some_and(|acrs| acrs.iter().any(|a| a.as_str() == Some(wanted)));
-    if satisfied {
+    if crate::validate::has_auth_context(claims, wanted) {
         return None;
     }
-    let request =
-        serde_json::json!({"access_token": {"acrs": {"essential": true, "value": wanted}}});
     let authorize = state
         .provider(claims.provider())
         .and_then(|(p, _)| p.metadata())
         .and_then(|m| m.authorization_endpoint.clone());
-    Some(claims_challenge(
-        &request.to_string(),
+    Some(crate::validate::auth_context_challenge(
+        wanted,
         authorize.as_ref().map(url::Url::as_str),
-        "this route needs a token for the authentication context it names (step-up authentication)",
     ))
 }
 
@@ -740,7 +708,7 @@ fn missing_auth_context(
 /// exchanged (app-only) is the client's `401`; IdP failures are `502`/`504`.
 fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Body> {
     match e {
-        ExchangeError::Idp(idp) if idp.claims.is_some() => claims_challenge(
+        ExchangeError::Idp(idp) if idp.claims.is_some() => crate::validate::claims_challenge(
             idp.claims.as_deref().unwrap_or_default(),
             authorization_uri,
             "the identity provider requires additional claims (step-up authentication)",

@@ -530,6 +530,66 @@ impl ValidationError {
     }
 }
 
+/// `401` with a claims challenge (entra-reference §6.3): `error="insufficient_claims"`, the
+/// claims request `claims_json` in standard base64 and, when known, the `authorization_uri` to
+/// send the user to, so the client (MSAL) can get a token that satisfies it.
+pub(crate) fn claims_challenge<B: From<String>>(
+    claims_json: &str,
+    authorization_uri: Option<&str>,
+    description: &str,
+) -> http::Response<B> {
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::STANDARD.encode(claims_json);
+    let body =
+        serde_json::json!({"error": "insufficient_claims", "error_description": description})
+            .to_string();
+    let mut resp = http::Response::new(B::from(body));
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    let mut challenge = format!("Bearer realm=\"{REALM}\"");
+    if let Some(uri) = authorization_uri {
+        challenge.push_str(&format!(", authorization_uri=\"{}\"", quote_safe(uri)));
+    }
+    challenge.push_str(&format!(
+        ", error=\"insufficient_claims\", claims=\"{claims}\""
+    ));
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        headers.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Whether the token's `acrs` holds the Entra authentication context `wanted` (`c1`).
+pub(crate) fn has_auth_context(claims: &Claims, wanted: &str) -> bool {
+    claims
+        .get("acrs")
+        .and_then(Value::as_array)
+        .is_some_and(|acrs| acrs.iter().any(|a| a.as_str() == Some(wanted)))
+}
+
+/// The claims challenge asking for exactly the authentication context `wanted`:
+/// `{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`.
+pub(crate) fn auth_context_challenge<B: From<String>>(
+    wanted: &str,
+    authorization_uri: Option<&str>,
+) -> http::Response<B> {
+    let request =
+        serde_json::json!({"access_token": {"acrs": {"essential": true, "value": wanted}}});
+    claims_challenge(
+        &request.to_string(),
+        authorization_uri,
+        "this needs a token for the authentication context it names (step-up authentication)",
+    )
+}
+
 /// RFC 6750 §3: error_description and scope values exclude `"` and `\` (and controls).
 fn quote_safe(s: &str) -> String {
     s.chars()

@@ -198,6 +198,62 @@ async fn missing_scope_or_role_is_403_naming_what_would_do() {
 }
 
 #[tokio::test]
+async fn a_required_auth_context_is_a_claims_challenge_until_the_user_steps_up() {
+    let idp = start_idp().await;
+    let auth = auth_for(&idp, TOLLGATE_CLIENT_ID).await;
+    let (router, calls) = counting_router();
+    let server = serve(router.route_layer(auth.layer().require_auth_context("c1"))).await;
+    let alice = token(&idp, ALICE, TOLLGATE_SCOPE).await;
+    let (status, headers, body) = get_json(&server.url("/"), Some(&alice)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "insufficient_claims");
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    let authorize = format!(
+        "authorization_uri=\"{}/{DEFAULT_TENANT_ID}/oauth2/v2.0/authorize\"",
+        idp.base_url()
+    );
+    assert!(challenge.contains(&authorize), "{challenge}");
+    let claims = challenge
+        .split("claims=\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"');
+    let request: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        request,
+        json!({"access_token": {"acrs": {"essential": true, "value": "c1"}}})
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The stepped-up token (a claims request for c1 at the IdP) reaches the handler.
+    let stepped_up: Value = reqwest::Client::new()
+        .post(idp.token_endpoint(DEFAULT_TENANT_ID))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", FRONTEND_CLIENT_ID),
+            ("username", ALICE),
+            ("password", "dev"),
+            ("scope", TOLLGATE_SCOPE),
+            ("claims", &request.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stepped_up = stepped_up["access_token"].as_str().unwrap();
+    let (status, _, _) = get_json(&server.url("/"), Some(stepped_up)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn optional_layer_passes_anonymous_requests_and_still_refuses_bad_tokens() {
     let idp = start_idp().await;
     let auth = auth_for(&idp, TOLLGATE_CLIENT_ID).await;
