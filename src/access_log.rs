@@ -13,6 +13,12 @@
 //! | `error` | public listener: the RFC 6750 error code of a refused token |
 //!
 //! A request whose client went away before the answer was ready is not logged.
+//!
+//! With `[log] request_id = true` the same layer gives every request an `X-Request-Id`, the
+//! header Envoy, nginx and most app frameworks use to correlate logs. It keeps one the client
+//! sent (visible ASCII, at most 128 bytes), else makes a UUID v4. The app receives it with the
+//! request, the client gets it back on the response, and the access line carries it as
+//! `request_id`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,16 +32,23 @@ use http::{Method, Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-/// Adds the access log to a listener's router.
+/// Adds the access log and request ids to a listener's router.
 #[derive(Clone, Copy)]
 pub(crate) struct AccessLogLayer {
     listener: &'static str,
+    log: bool,
+    request_id: bool,
 }
 
 impl AccessLogLayer {
-    /// Logs each request answered by the listener named `listener`.
-    pub(crate) fn new(listener: &'static str) -> Self {
-        Self { listener }
+    /// For the listener named `listener`: `log` each answered request, give each a
+    /// `request_id`.
+    pub(crate) fn new(listener: &'static str, log: bool, request_id: bool) -> Self {
+        Self {
+            listener,
+            log,
+            request_id,
+        }
     }
 }
 
@@ -45,7 +58,32 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessLog {
             inner,
-            listener: self.listener,
+            layer: *self,
+        }
+    }
+}
+
+/// `X-Request-Id`: not registered with IANA, but the de facto name.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// Longest client-sent request id kept; a longer one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's request id when it is one worth keeping, else a new UUID v4.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+    match (sent.next(), sent.next()) {
+        (Some(id), None)
+            if !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID
+                && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.clone()
+        }
+        _ => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            // A hyphenated UUID is lower-case hex and `-`: always a header value.
+            http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
         }
     }
 }
@@ -61,7 +99,7 @@ pub(crate) struct AccessNote {
 #[derive(Clone)]
 pub(crate) struct AccessLog<S> {
     inner: S,
-    listener: &'static str,
+    layer: AccessLogLayer,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for AccessLog<S>
@@ -76,9 +114,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let request_id = self.layer.request_id.then(|| {
+            let id = request_id(req.headers());
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        });
         let entry = Entry {
-            listener: self.listener,
+            listener: self.layer.listener,
+            log: self.layer.log,
             started: Instant::now(),
             method: req.method().clone(),
             // A clone shares the request target's bytes; the handler may rewrite its own copy.
@@ -87,6 +131,7 @@ where
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0),
+            request_id,
         };
         ResponseFuture {
             inner: self.inner.call(req),
@@ -112,9 +157,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let (Some(entry), Ok(response)) = (this.entry.take(), &result) {
-            entry.log(response);
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Some(entry), Ok(response)) = (this.entry.take(), &mut result) {
+            if let Some(id) = &entry.request_id {
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), id.clone());
+            }
+            if entry.log {
+                entry.log(response);
+            }
         }
         Poll::Ready(result)
     }
@@ -122,10 +174,12 @@ where
 
 struct Entry {
     listener: &'static str,
+    log: bool,
     started: Instant,
     method: Method,
     uri: Uri,
     peer: Option<SocketAddr>,
+    request_id: Option<http::HeaderValue>,
 }
 
 impl Entry {
@@ -142,6 +196,7 @@ impl Entry {
             peer = self.peer.map(tracing::field::display),
             user = note.and_then(|n| n.user.as_deref()),
             error = note.and_then(|n| n.error),
+            request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
             "request"
         );
     }

@@ -153,6 +153,9 @@ pub struct LogConfig {
     /// `tollgate::access`): listener, method,
     /// path without the query, status, time, peer, and on the public listener the user.
     pub access: bool,
+    /// Give each request on the public and API listeners an `X-Request-Id` (the client's, or a
+    /// new UUID): forwarded to the app, returned to the client, and in the access line.
+    pub request_id: bool,
 }
 
 impl Default for LogConfig {
@@ -161,6 +164,7 @@ impl Default for LogConfig {
             format: LogFormat::Pretty,
             level: "info".into(),
             access: false,
+            request_id: false,
         }
     }
 }

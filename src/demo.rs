@@ -106,8 +106,10 @@ fn demo_config(
     cfg.listen.api = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg.listen.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg.listen.shutdown_grace = std::time::Duration::from_secs(2);
-    // The demo shows each request it answers (never a query, so never a code or state).
+    // The demo shows each request it answers (never a query, so never a code or state), with
+    // the X-Request-Id the app sees too.
     cfg.log.access = true;
+    cfg.log.request_id = true;
     cfg.upstream.url =
         url::Url::parse(&format!("http://{echo}")).unwrap_or_else(|_| cfg.upstream.url.clone());
     cfg.providers = vec![ProviderConfig {

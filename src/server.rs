@@ -262,10 +262,11 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
         let mut tasks = tokio::task::JoinSet::new();
-        let access = state.config.log.access;
+        let log = &state.config.log;
+        let (access, request_id) = (log.access, log.request_id);
         tasks.spawn(http_server::serve(
             self.public,
-            logged(public_router(state.clone()), "public", access),
+            logged(public_router(state.clone()), "public", access, request_id),
             limits.clone(),
             stopped(stop_rx.clone()),
             grace,
@@ -273,7 +274,7 @@ impl Server {
         if let Some(l) = self.api {
             tasks.spawn(http_server::serve(
                 l,
-                logged(crate::api::router(state.clone()), "api", access),
+                logged(crate::api::router(state.clone()), "api", access, request_id),
                 limits.clone(),
                 stopped(stop_rx.clone()),
                 grace,
@@ -392,11 +393,11 @@ fn local(l: &TcpListener) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// The router with the access log in front when `[log] access` is on; without it, nothing is
-/// added to the request path.
-fn logged(router: Router, listener: &'static str, access: bool) -> Router {
-    if access {
-        router.layer(AccessLogLayer::new(listener))
+/// The router with the access log and request ids in front when `[log] access` or
+/// `request_id` is on; with neither, nothing is added to the request path.
+fn logged(router: Router, listener: &'static str, access: bool, request_id: bool) -> Router {
+    if access || request_id {
+        router.layer(AccessLogLayer::new(listener, access, request_id))
     } else {
         router
     }

@@ -156,9 +156,26 @@ async fn demo_commands_work_as_printed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let returned_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["x-auth-oid"], tollgate::devidp::ALICE_OID);
     assert_eq!(echo["headers"]["x-auth-scopes"], "access_as_user");
+    // The demo gives each request an X-Request-Id: a new UUID, the same for app and client.
+    assert_eq!(echo["headers"]["x-request-id"], returned_id.as_str());
+    assert!(uuid::Uuid::try_parse(&returned_id).is_ok(), "{returned_id}");
+    // A client's own id is kept; one that is not a sane header value is replaced.
+    for (sent, kept) in [("trace-7f3a", true), (&*"x".repeat(200), false)] {
+        let r = http
+            .get(format!("http://{public}/"))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let back = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let echo: Value = r.json().await.unwrap();
+        assert_eq!(echo["headers"]["x-request-id"], back.as_str());
+        assert_eq!(back == sent, kept, "{sent}: {back}");
+    }
     // 3: no token.
     let r = http
         .get(format!("http://{public}/api/hello"))
@@ -343,6 +360,7 @@ async fn demo_commands_work_as_printed() {
         .collect();
     let logged = |parts: &[&str]| access.iter().any(|l| parts.iter().all(|p| l.contains(p)));
     let alice = format!("user=\"{}\"", tollgate::devidp::ALICE_OID);
+    let with_id = format!("request_id=\"{returned_id}\"");
     for (what, parts) in [
         (
             "the proxied call, with its user",
@@ -352,6 +370,7 @@ async fn demo_commands_work_as_printed() {
                 "path=\"/api/hello\"",
                 "status=200",
                 &alice,
+                &with_id,
             ],
         ),
         (
@@ -373,6 +392,10 @@ async fn demo_commands_work_as_printed() {
         (
             "the login callback, without its code",
             vec!["path=\"/callback\"", "status=200"],
+        ),
+        (
+            "the client's own request id",
+            vec!["path=\"/\"", "request_id=\"trace-7f3a\""],
         ),
         (
             "the token API",
