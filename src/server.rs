@@ -450,20 +450,7 @@ async fn public_request(
                 let c = &user.claims;
                 note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
             }
-            if let Some(user) = &user
-                && user.from_query
-            {
-                move_query_token(&mut req, route, user.token.as_deref());
-            }
-            if let Some(user) = &user
-                && route.config.identity_headers
-            {
-                add_identity_headers(req.headers_mut(), &user.claims);
-            }
-            match exchange_for_route(&state, route, user, req.headers_mut()).await {
-                Ok(()) => state.forwarder.forward(req, peer).await,
-                Err(resp) => resp,
-            }
+            forward_authorised(&state, route, user, req, peer).await
         }
         Err(e) => {
             note.error = Some(e.code());
@@ -475,6 +462,29 @@ async fn public_request(
         response.extensions_mut().insert(note);
     }
     response
+}
+
+/// A request the route lets through (`user` is `None` where none is needed): the query token
+/// moved to `Authorization`, identity headers added, tokens exchanged, then forwarded.
+async fn forward_authorised(
+    state: &AppState,
+    route: &Route,
+    user: Option<Authenticated>,
+    mut req: Request<Body>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    if let Some(user) = &user {
+        if user.from_query {
+            move_query_token(&mut req, route, user.token.as_deref());
+        }
+        if route.config.identity_headers {
+            add_identity_headers(req.headers_mut(), &user.claims);
+        }
+    }
+    match exchange_for_route(state, route, user, req.headers_mut()).await {
+        Ok(()) => state.forwarder.forward(req, peer).await,
+        Err(resp) => resp,
+    }
 }
 
 /// A CORS preflight as a browser sends it (Fetch standard, "CORS-preflight request"):
