@@ -210,7 +210,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 pub(crate) static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+pub(crate) static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Why a request got no upstream response; the `Display` text is sent to the client, so it
 /// never includes header values, the target or the upstream's address.

@@ -354,6 +354,23 @@ async fn client_credentials_in_json_and_form_with_texas_field_names() {
         .await;
     access_token(status, &body);
     assert_eq!(s.idp_calls("client_credentials"), 3);
+
+    // RFC 6749 §5.1: every answer holding a token (or a user's claims) is never cached.
+    let user = s.user_token(ALICE).await;
+    for (path, form) in [
+        ("/api/v1/token", vec![("target", downstream())]),
+        (
+            "/api/v1/token/exchange",
+            vec![("target", downstream()), ("user_token", user.clone())],
+        ),
+        ("/api/v1/introspect", vec![("token", user.clone())]),
+    ] {
+        let mut form = form;
+        form.push(("identity_provider", "entra_id".to_owned()));
+        let resp = s.http.post(s.api(path)).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    }
     s.stop().await;
 }
 

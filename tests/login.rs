@@ -1363,6 +1363,10 @@ post_logout_redirect_uris = [{post_logout}]
             .send()
             .await
             .unwrap();
+        if r.status() == StatusCode::OK {
+            // RFC 6749 §5.1: an answer holding a token is never cached.
+            assert_eq!(r.headers()["cache-control"], "no-store");
+        }
         (r.status(), r.json().await.unwrap())
     }
 

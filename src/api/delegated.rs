@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, PoisonError, Weak};
 
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::body::ApiBody;
@@ -358,7 +357,7 @@ fn store_error(e: &StoreError) -> Response {
 }
 
 fn token(access_token: &str, expires_at: u64) -> Response {
-    Json(json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_at.saturating_sub(now())})).into_response()
+    super::token_answer(access_token, expires_at.saturating_sub(now()))
 }
 
 #[cfg(test)]

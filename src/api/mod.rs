@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use body::ApiBody;
 
 use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
-use crate::proxy::APPLICATION_JSON;
+use crate::proxy::{APPLICATION_JSON, NO_STORE};
 use crate::server::AppState;
 
 /// Builds the API router. When an API key is configured every route needs
@@ -82,9 +82,18 @@ fn exchange_error(e: &ExchangeError) -> Response {
 }
 
 fn token_response(t: &ExchangedToken) -> Response {
+    token_answer(t.access_token(), t.expires_in())
+}
+
+/// A token answer `{access_token, token_type, expires_in}`. RFC 6749 §5.1: a response holding a
+/// token carries `Cache-Control: no-store`, so no cache between the app and tollgate keeps it.
+pub(crate) fn token_answer(access_token: &str, expires_in: u64) -> Response {
     (
-        [(http::header::CONTENT_TYPE, APPLICATION_JSON.clone())],
-        token_json(t.access_token(), t.expires_in()),
+        [
+            (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
+            (http::header::CACHE_CONTROL, NO_STORE.clone()),
+        ],
+        token_json(access_token, expires_in),
     )
         .into_response()
 }
@@ -232,8 +241,12 @@ async fn introspect(
     match validator.validate(&req.token).await {
         Ok(claims) => {
             let body = claims.introspection_with(introspection).clone();
+            // The claims describe a user: no more cacheable than the token.
             (
-                [(http::header::CONTENT_TYPE, APPLICATION_JSON.clone())],
+                [
+                    (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
+                    (http::header::CACHE_CONTROL, NO_STORE.clone()),
+                ],
                 body,
             )
                 .into_response()
