@@ -357,7 +357,11 @@ fn store_error(e: &StoreError) -> Response {
 }
 
 fn token(access_token: &str, expires_at: u64) -> Response {
-    super::token_answer(access_token, expires_at.saturating_sub(now()))
+    super::token_answer(
+        access_token,
+        expires_at.saturating_sub(now()),
+        crate::exchange::is_json_plain(access_token),
+    )
 }
 
 #[cfg(test)]

@@ -47,6 +47,19 @@ pub struct ExchangedToken {
     /// Latest moment (Unix s) the cache may hand this token out; set by the cache.
     usable_until: u64,
     subject_exp: Option<u64>,
+    /// The token needs no JSON escaping (a JWT never does): checked once, not per answer of
+    /// the token API.
+    #[cfg(feature = "server")]
+    json_plain: bool,
+}
+
+/// Whether `s` can go between JSON quotes as it is: printable ASCII without `"` or `\`.
+#[cfg(feature = "server")]
+pub(crate) fn is_json_plain(s: &str) -> bool {
+    // Branch-free, so it vectorises.
+    s.bytes().fold(true, |ok, b| {
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    })
 }
 
 impl std::fmt::Debug for ExchangedToken {
@@ -75,12 +88,16 @@ impl ExchangedToken {
                 .into(),
             timeout: false,
         })?;
+        #[cfg(feature = "server")]
+        let json_plain = is_json_plain(&r.access_token);
         Ok(Self {
             bearer,
             authorization,
             expires_at,
             usable_until: expires_at,
             subject_exp,
+            #[cfg(feature = "server")]
+            json_plain,
         })
     }
 
@@ -115,6 +132,12 @@ impl ExchangedToken {
     pub(crate) fn access_token_value(&self) -> Option<HeaderValue> {
         let bytes = Bytes::from_owner(SharedStr(self.bearer.clone())).slice(BEARER.len()..);
         HeaderValue::from_maybe_shared(bytes).ok()
+    }
+
+    /// Whether the token can be written into JSON without escaping.
+    #[cfg(feature = "server")]
+    pub(crate) fn is_json_plain(&self) -> bool {
+        self.json_plain
     }
 
     /// Seconds left before the token expires (what `expires_in` reports for a cached token).

@@ -15,6 +15,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "server")]
+pub(crate) use cache::is_json_plain;
 mod grants;
 
 use std::sync::{Arc, OnceLock};
