@@ -355,6 +355,19 @@ async fn client_credentials_in_json_and_form_with_texas_field_names() {
     access_token(status, &body);
     assert_eq!(s.idp_calls("client_credentials"), 3);
 
+    // Media type names are case-insensitive, and parameters are ignored (RFC 9110 §8.3.1).
+    let body = json!({"identity_provider": "entra_id", "target": downstream()}).to_string();
+    let resp = s
+        .http
+        .post(s.api("/api/v1/token"))
+        .header("content-type", "Application/JSON; charset=UTF-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(resp).await;
+    access_token(status, &body);
+
     // RFC 6749 §5.1: every answer holding a token (or a user's claims) is never cached.
     let user = s.user_token(ALICE).await;
     for (path, form) in [

@@ -18,20 +18,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
     type Rejection = Response;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Response> {
+        // The media type without parameters; its name is case-insensitive (RFC 9110 §8.3.1).
         let ctype = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        let json = match ctype.as_deref() {
-            Some("application/json") => true,
-            Some("application/x-www-form-urlencoded") => false,
+            .map(|v| v.split(';').next().unwrap_or("").trim());
+        let json = match ctype {
+            Some(c) if c.eq_ignore_ascii_case("application/json") => true,
+            Some(c) if c.eq_ignore_ascii_case("application/x-www-form-urlencoded") => false,
             other => {
                 let got = other.unwrap_or("none");
                 return Err(error(
