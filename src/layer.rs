@@ -213,6 +213,7 @@ impl Auth {
                 roles: Vec::new(),
                 optional: false,
                 auth_context: None,
+                query_token: false,
             }),
         }
     }
@@ -595,6 +596,7 @@ struct Requirements {
     roles: Vec<String>,
     optional: bool,
     auth_context: Option<String>,
+    query_token: bool,
 }
 
 impl AuthLayer {
@@ -681,6 +683,37 @@ impl AuthLayer {
     /// ```
     pub fn require_auth_context(mut self, id: &str) -> Self {
         Arc::make_mut(&mut self.inner).auth_context = Some(id.to_owned());
+        self
+    }
+
+    /// Also take the token from an `access_token` query parameter (RFC 6750 §2.3) when the
+    /// request has no `Authorization` header: browsers cannot set headers on a WebSocket or
+    /// EventSource request, so SignalR-style clients send it this way. A token in both places
+    /// is `400 invalid_request` (RFC 6750 §2 allows one method per request).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// use tower::{Layer, ServiceExt};
+    /// let hub = http::Request::get(format!("/hub?access_token={token}")).body(())?;
+    /// let service = auth.layer().allow_query_token().layer(hello.clone());
+    /// assert_eq!(service.oneshot(hub).await?.status(), 200);
+    /// let hub = http::Request::get(format!("/hub?access_token={token}")).body(())?;
+    /// assert_eq!(auth.layer().layer(hello).oneshot(hub).await?.status(), 401); // not allowed
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
+    pub fn allow_query_token(mut self) -> Self {
+        Arc::make_mut(&mut self.inner).query_token = true;
         self
     }
 
@@ -793,8 +826,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let token = match bearer_token(req.headers()) {
-            Ok(Some(token)) => token.to_owned(),
+        let token = match self.token(&req) {
+            Ok(Some(token)) => token,
             Ok(None) if self.layer.inner.optional => {
                 return ResponseFuture::new(State::Calling {
                     future: self.inner.call(req),
@@ -831,6 +864,23 @@ where
             inner,
             req,
         })
+    }
+}
+
+impl<S> AuthService<S> {
+    /// The bearer token from `Authorization`, or where allowed from the query.
+    fn token<B>(&self, req: &Request<B>) -> Result<Option<String>, ValidationError> {
+        let header = bearer_token(req.headers())?;
+        if !self.layer.inner.query_token {
+            return Ok(header.map(str::to_owned));
+        }
+        match (header, crate::validate::query_token(req.uri())?) {
+            (Some(_), Some(_)) => Err(ValidationError::InvalidRequest(
+                "the token is both in the Authorization header and in the query",
+            )),
+            (Some(t), None) => Ok(Some(t.to_owned())),
+            (None, t) => Ok(t),
+        }
     }
 }
 

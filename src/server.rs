@@ -37,7 +37,7 @@ use crate::provider::{Provider, ProviderError};
 use crate::proxy::{Forwarder, UpstreamSettings, json_error};
 use crate::routes::{Route, RouteTable};
 use crate::store::TokenStore;
-use crate::validate::{Claims, ValidationError, Validator, bearer_token};
+use crate::validate::{Claims, QUERY_TOKEN, ValidationError, Validator, bearer_token};
 
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -533,7 +533,7 @@ async fn authenticate(
         return Ok(None);
     };
     let in_query = if route.config.token_in_query {
-        query_token(uri)?
+        crate::validate::query_token(uri)?
     } else {
         None
     };
@@ -569,35 +569,6 @@ struct Authenticated {
     /// The token was the `access_token` query parameter (`token_in_query`).
     from_query: bool,
 }
-
-/// The `access_token` query parameter (RFC 6750 §2.3), decoded: `None` when there is none.
-fn query_token(uri: &http::Uri) -> Result<Option<String>, ValidationError> {
-    let Some(query) = uri.query() else {
-        return Ok(None);
-    };
-    let mut found = None;
-    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        if name == QUERY_TOKEN {
-            if found.is_some() {
-                return Err(ValidationError::InvalidRequest(
-                    "more than one access_token query parameter",
-                ));
-            }
-            found = Some(value.into_owned());
-        }
-    }
-    match found {
-        Some(t) if t.is_empty() => Err(ValidationError::InvalidRequest(
-            "the access_token query parameter is empty",
-        )),
-        Some(t) if !crate::validate::is_token68(t.as_bytes()) => Err(
-            ValidationError::InvalidToken("the token is not a well-formed bearer token".into()),
-        ),
-        found => Ok(found),
-    }
-}
-
-const QUERY_TOKEN: &str = "access_token";
 
 /// For a token that came in the query: the forwarded URL loses it (URLs end up in access logs,
 /// RFC 6750 §5.3), and the app gets `Authorization: Bearer` as from a header client, unless

@@ -648,6 +648,36 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
     Ok(Some(token))
 }
 
+/// The `access_token` query parameter (RFC 6750 §2.3), decoded: `None` when there is none.
+pub(crate) fn query_token(uri: &http::Uri) -> Result<Option<String>, ValidationError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name == QUERY_TOKEN {
+            if found.is_some() {
+                return Err(ValidationError::InvalidRequest(
+                    "more than one access_token query parameter",
+                ));
+            }
+            found = Some(value.into_owned());
+        }
+    }
+    match found {
+        Some(t) if t.is_empty() => Err(ValidationError::InvalidRequest(
+            "the access_token query parameter is empty",
+        )),
+        Some(t) if !is_token68(t.as_bytes()) => Err(ValidationError::InvalidToken(
+            "the token is not a well-formed bearer token".into(),
+        )),
+        found => Ok(found),
+    }
+}
+
+/// The query parameter RFC 6750 §2.3 names for a bearer token.
+pub(crate) const QUERY_TOKEN: &str = "access_token";
+
 /// True when every byte is a token68 character (RFC 7235 §2.1): ALPHA / DIGIT / "-" / "." /
 /// "_" / "~" / "+" / "/" / "=". This runs over every byte of every token on every request, so it
 /// is written without early exits or table lookups, which lets the compiler vectorise it.

@@ -254,6 +254,49 @@ async fn a_required_auth_context_is_a_claims_challenge_until_the_user_steps_up()
 }
 
 #[tokio::test]
+async fn a_query_token_is_taken_only_where_allowed_and_only_alone() {
+    let idp = start_idp().await;
+    let auth = auth_for(&idp, TOLLGATE_CLIENT_ID).await;
+    let router = Router::new()
+        .route("/hub", get(|b: BearerToken| async move { b.0 }))
+        .route_layer(auth.layer().allow_query_token())
+        .merge(
+            Router::new()
+                .route("/plain", get(|| async { "plain" }))
+                .route_layer(auth.layer()),
+        );
+    let server = serve(router).await;
+    let alice = token(&idp, ALICE, TOLLGATE_SCOPE).await;
+    // SignalR's WebSocket handshake carries the token in the query; the handler gets it.
+    assert_eq!(
+        get_text(
+            &server.url(&format!("/hub?id=1&access_token={alice}")),
+            None
+        )
+        .await,
+        (200, alice.clone())
+    );
+    // The header still works where the query is allowed.
+    assert_eq!(
+        get_text(&server.url("/hub"), Some(&alice)).await,
+        (200, alice.clone())
+    );
+    let with_query = server.url(&format!("/hub?access_token={alice}"));
+    let (status, _, body) = get_json(&with_query, Some(&alice)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "both methods at once");
+    assert_eq!(body["error"], "invalid_request");
+    let (status, _, body) = get_json(&server.url("/hub?access_token=a%20b"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_token");
+    // Where it is not allowed, a query token is no token.
+    let (status, headers, _) =
+        get_json(&server.url(&format!("/plain?access_token={alice}")), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], REALM_ONLY);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn optional_layer_passes_anonymous_requests_and_still_refuses_bad_tokens() {
     let idp = start_idp().await;
     let auth = auth_for(&idp, TOLLGATE_CLIENT_ID).await;
