@@ -1470,3 +1470,99 @@ async fn unknown_kid_refetch_is_allowed_again_after_the_interval() {
     .await;
     assert_eq!(h.idp.fetches(), before + 2, "within the new interval");
 }
+
+/// SignalR's WebSocket transport end to end: the browser cannot set `Authorization`, so the
+/// token rides in the query. tollgate validates it, and the app's WebSocket handshake arrives
+/// with the token in `Authorization` and not in the URL, then frames flow both ways.
+#[tokio::test]
+// tungstenite's handshake callback type returns its whole error response by value.
+#[allow(clippy::result_large_err)]
+async fn a_websocket_with_a_query_token_is_authenticated_and_tunnelled() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    // The app: a WebSocket echo that records the handshake it was sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<(String, Option<String>)>();
+    let upstream = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut seen = Some(seen_tx);
+        let record = |req: &Request, resp: Response| {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if let Some(tx) = seen.take() {
+                let _ = tx.send((req.uri().to_string(), auth));
+            }
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, record)
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() {
+                ws.send(message).await.unwrap();
+            }
+        }
+    });
+    let toml = format!(
+        r#"
+[listen]
+public = "127.0.0.1:0"
+api = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[upstream]
+url = "http://{app}"
+
+[[providers]]
+name = "entra_id"
+well_known_url = "{}"
+client_id = "{CLIENT_ID}"
+
+[[routes]]
+path = "/hub"
+token_in_query = true
+"#,
+        idp.well_known()
+    );
+    let cfg = Config::from_toml_str(&toml, &MapEnv::default()).unwrap();
+    let server = Server::bind(cfg).await.unwrap().spawn();
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let ready = http
+            .get(format!("http://{}/readyz", server.admin.unwrap()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let token = key.token(&idp.issuer(), json!({}));
+
+    // Without a token the handshake is refused before the app sees anything.
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{}/hub?id=1", server.public)).await;
+    assert!(refused.is_err(), "a handshake without a token is refused");
+
+    let url = format!("ws://{}/hub?id=1&access_token={token}", server.public);
+    let (mut ws, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let (target, authorization) = seen_rx.await.unwrap();
+    assert_eq!(target, "/hub?id=1", "the token left the URL");
+    assert_eq!(authorization, Some(format!("Bearer {token}")));
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    upstream.await.unwrap();
+    server.shutdown().await.unwrap();
+}
