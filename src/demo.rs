@@ -181,6 +181,7 @@ tollgate demo is running (Ctrl-C stops everything)
   local token API http://{api}/api/v1/...
   admin           http://{admin}/readyz  /metrics
   dev IdP         {idp}   (users alice, bob, carol; password "dev")
+  each request it answers is logged below as a tollgate::access line, with its X-Request-Id
 TOLLGATE_DEMO public={public} api={api} admin={admin} idp={idp} tenant={tenant}
 
 # 1. Get a user token for alice from the dev IdP:
