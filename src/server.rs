@@ -432,6 +432,10 @@ async fn public_request(
     // on every route, so an upstream can trust them.
     remove_identity_headers(req.headers_mut());
     if route.config.skip_auth_preflight && is_cors_preflight(&req) {
+        if route.config.token_in_query {
+            // A preflight's URL is the real request's: a token in it goes no further.
+            move_query_token(&mut req, route, None);
+        }
         let response = state.forwarder.forward(req, peer).await;
         route.count(response.status());
         return response;

@@ -188,6 +188,7 @@ auth = "optional"
 [[routes]]
 path = "/cors"
 skip_auth_preflight = true
+token_in_query = true
 
 [[routes]]
 path = "/signalr"
@@ -467,6 +468,15 @@ async fn cors_preflights_reach_the_app_only_where_allowed() {
     assert_eq!(echo["headers"]["origin"], "https://spa.example");
     assert!(echo["headers"].get("x-auth-subject").is_none());
     assert_eq!(h.echo.hits(), 1);
+    // A preflight's URL is the real request's: with token_in_query, a token in it is dropped.
+    let r = preflight("/cors/x?id=1&access_token=eyJ.e30.sig")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["path"], "/cors/x?id=1");
+    assert!(echo["headers"].get("authorization").is_none());
+    assert_eq!(h.echo.hits(), 2);
     // Not a preflight: an OPTIONS without Access-Control-Request-Method, one carrying a
     // credential, and any other method still need a token.
     let bare_options = h
@@ -489,7 +499,7 @@ async fn cors_preflights_reach_the_app_only_where_allowed() {
         let r = request.send().await.unwrap();
         assert_eq!(r.status(), 401, "{what}");
     }
-    assert_eq!(h.echo.hits(), 1, "nothing else reached the app");
+    assert_eq!(h.echo.hits(), 2, "nothing else reached the app");
 }
 
 #[tokio::test]
