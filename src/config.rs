@@ -986,11 +986,12 @@ impl Config {
                     || !r.roles.is_empty()
                     || r.obo.is_some()
                     || !r.obo_headers.is_empty()
-                    || r.auth_context.is_some())
+                    || r.auth_context.is_some()
+                    || r.token_in_query)
             {
                 return Err(ConfigError::invalid(
                     at("auth"),
-                    "scopes, roles, auth_context, obo and obo_headers need auth = \"required\"",
+                    "scopes, roles, auth_context, token_in_query, obo and obo_headers need auth = \"required\"",
                 ));
             }
             if let Some(id) = &r.auth_context
