@@ -110,6 +110,12 @@ fn every_bad_option_is_named() {
             "routes[0].auth",
         ),
         (
+            format!(
+                "{PROVIDER}\n[[routes]]\npath = \"/\"\nauth = \"none\"\ntoken_in_query = true\n"
+            ),
+            "routes[0].auth",
+        ),
+        (
             format!("{PROVIDER}\n[login]\nenabled = true\n"),
             "login.public_url",
         ),
