@@ -441,7 +441,10 @@ async fn public_request(
         return response;
     }
     let access = state.config.log.access;
-    let mut note = AccessNote::default();
+    let mut note = AccessNote {
+        route: access.then(|| route.label.clone()),
+        ..AccessNote::default()
+    };
     let mut response = match authenticate(route, req.headers(), req.uri()).await {
         Ok(Some(user))
             if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>

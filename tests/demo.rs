@@ -369,6 +369,7 @@ async fn demo_commands_work_as_printed() {
                 "method=GET",
                 "path=\"/api/hello\"",
                 "status=200",
+                "route=\"/api\"",
                 &alice,
                 &with_id,
             ],
