@@ -1866,24 +1866,10 @@ async fn client_secret_basic_is_sent_as_http_basic_and_checked_by_the_idp() {
 /// A ROPC token for alice that went through a `claims` request (the step-up a client makes
 /// after a challenge).
 async fn token_with_claims(s: &Stack, claims: &str) -> String {
-    let body: Value = s
-        .http
-        .post(s.idp().token_endpoint(DEFAULT_TENANT_ID))
-        .form(&[
-            ("grant_type", "password"),
-            ("client_id", FRONTEND_CLIENT_ID),
-            ("username", ALICE),
-            ("password", "dev"),
-            ("scope", &tollgate_scope()),
-            ("claims", claims),
-        ])
-        .send()
+    s.idp()
+        .password_token_with_claims(ALICE, FRONTEND_CLIENT_ID, &tollgate_scope(), claims)
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().expect("a token").to_owned()
 }
 
 #[tokio::test]

@@ -230,24 +230,16 @@ async fn a_required_auth_context_is_a_claims_challenge_until_the_user_steps_up()
     );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     // The stepped-up token (a claims request for c1 at the IdP) reaches the handler.
-    let stepped_up: Value = reqwest::Client::new()
-        .post(idp.token_endpoint(DEFAULT_TENANT_ID))
-        .form(&[
-            ("grant_type", "password"),
-            ("client_id", FRONTEND_CLIENT_ID),
-            ("username", ALICE),
-            ("password", "dev"),
-            ("scope", TOLLGATE_SCOPE),
-            ("claims", &request.to_string()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let stepped_up = idp
+        .password_token_with_claims(
+            ALICE,
+            FRONTEND_CLIENT_ID,
+            TOLLGATE_SCOPE,
+            &request.to_string(),
+        )
         .await
         .unwrap();
-    let stepped_up = stepped_up["access_token"].as_str().unwrap();
-    let (status, _, _) = get_json(&server.url("/"), Some(stepped_up)).await;
+    let (status, _, _) = get_json(&server.url("/"), Some(&stepped_up)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     server.stop().await;

@@ -338,7 +338,33 @@ impl DevIdpHandle {
         client_id: &str,
         scope: &str,
     ) -> Result<String, DevIdpError> {
-        self.shared.password_token(user, client_id, scope).await
+        self.shared
+            .password_token(user, client_id, scope, None)
+            .await
+    }
+
+    /// [`password_token`](Self::password_token) with a `claims` request, as a client sends it
+    /// after a claims challenge: an authentication-context request
+    /// (`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`) puts `acrs` in the token.
+    ///
+    /// ```no_run
+    /// # async fn f(idp: tollgate::devidp::DevIdpHandle) -> Result<(), tollgate::devidp::DevIdpError> {
+    /// use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// let scope = format!("{TOLLGATE_APP_ID_URI}/access_as_user");
+    /// let claims = r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#;
+    /// let stepped_up = idp.password_token_with_claims(ALICE, FRONTEND_CLIENT_ID, &scope, claims).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn password_token_with_claims(
+        &self,
+        user: &str,
+        client_id: &str,
+        scope: &str,
+        claims: &str,
+    ) -> Result<String, DevIdpError> {
+        self.shared
+            .password_token(user, client_id, scope, Some(claims))
+            .await
     }
 
     /// Stops accepting connections and waits for open ones to finish.

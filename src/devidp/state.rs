@@ -340,6 +340,7 @@ impl Shared {
         user: &str,
         client_id: &str,
         scope: &str,
+        claims: Option<&str>,
     ) -> Result<String, DevIdpError> {
         let (tid, username, password, secret) = {
             let inner = self.lock();
@@ -372,6 +373,9 @@ impl Shared {
         ];
         if let Some(secret) = &secret {
             form.push(("client_secret", secret.as_str()));
+        }
+        if let Some(claims) = claims {
+            form.push(("claims", claims));
         }
         let response = self
             .http

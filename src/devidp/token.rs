@@ -611,30 +611,22 @@ fn verify_user_assertion(
             "Assertion is not a delegated user token: On-Behalf-Of only works for user principals (the assertion has no 'scp').",
         ));
     }
-    let amr = jwt
-        .claims
-        .get("amr")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    // The contexts the user satisfied stay with the exchanged token, as amr does.
-    let acrs = jwt
-        .claims
-        .get("acrs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    // What the user did at sign-in stays with the exchanged token.
+    let strings = |name: &str| -> Vec<String> {
+        jwt.claims
+            .get(name)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let amr = strings("amr");
+    let acrs = strings("acrs");
     let sid = jwt
         .claim_str("sid")
         .map(str::to_owned)
