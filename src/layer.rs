@@ -43,7 +43,7 @@ use tower::{Layer, Service};
 use crate::config::{CacheConfig, ClientAuthMethod, Config, ConfigError, ProviderConfig, Secret};
 use crate::exchange::{ExchangeError, Exchanger};
 use crate::provider::{Provider, ProviderError};
-use crate::validate::{Claims, ValidationError, Validator, bearer_token};
+use crate::validate::{Claims, ValidationError, Validator};
 
 #[cfg(feature = "axum")]
 pub use extract::AuthRejection;
@@ -826,8 +826,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let token = match self.token(&req) {
-            Ok(Some(token)) => token,
+        let sent =
+            crate::validate::sent_token(req.headers(), req.uri(), self.layer.inner.query_token);
+        let token = match sent {
+            Ok(Some(token)) => token.as_str().to_owned(),
             Ok(None) if self.layer.inner.optional => {
                 return ResponseFuture::new(State::Calling {
                     future: self.inner.call(req),
@@ -864,23 +866,6 @@ where
             inner,
             req,
         })
-    }
-}
-
-impl<S> AuthService<S> {
-    /// The bearer token from `Authorization`, or where allowed from the query.
-    fn token<B>(&self, req: &Request<B>) -> Result<Option<String>, ValidationError> {
-        let header = bearer_token(req.headers())?;
-        if !self.layer.inner.query_token {
-            return Ok(header.map(str::to_owned));
-        }
-        match (header, crate::validate::query_token(req.uri())?) {
-            (Some(_), Some(_)) => Err(ValidationError::InvalidRequest(
-                "the token is both in the Authorization header and in the query",
-            )),
-            (Some(t), None) => Ok(Some(t.to_owned())),
-            (None, t) => Ok(t),
-        }
     }
 }
 

@@ -37,7 +37,7 @@ use crate::provider::{Provider, ProviderError};
 use crate::proxy::{Forwarder, UpstreamSettings, json_error};
 use crate::routes::{Route, RouteTable};
 use crate::store::TokenStore;
-use crate::validate::{Claims, QUERY_TOKEN, ValidationError, Validator, bearer_token};
+use crate::validate::{Claims, QUERY_TOKEN, SentToken, ValidationError, Validator};
 
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -539,28 +539,21 @@ async fn authenticate(
     let Some(validator) = &route.validator else {
         return Ok(None);
     };
-    let in_query = if route.config.token_in_query {
-        crate::validate::query_token(uri)?
-    } else {
-        None
+    let sent = crate::validate::sent_token(headers, uri, route.config.token_in_query)?;
+    let token = match sent {
+        Some(t) => t,
+        None if route.config.auth == AuthMode::Optional => return Ok(None),
+        None => return Err(ValidationError::Missing),
     };
-    let (token, from_query) = match (bearer_token(headers)?, in_query) {
-        // RFC 6750 §2: a client MUST NOT use more than one method to send the token.
-        (Some(_), Some(_)) => {
-            return Err(ValidationError::InvalidRequest(
-                "the token is both in the Authorization header and in the query",
-            ));
-        }
-        (Some(t), None) => (std::borrow::Cow::Borrowed(t), false),
-        (None, Some(t)) => (std::borrow::Cow::Owned(t), true),
-        (None, None) if route.config.auth == AuthMode::Optional => return Ok(None),
-        (None, None) => return Err(ValidationError::Missing),
-    };
-    let claims = validator.validate(&token).await?;
+    let from_query = matches!(token, SentToken::Query(_));
+    let claims = validator.validate(token.as_str()).await?;
     claims.check(&route.config.scopes, &route.config.roles)?;
     // Kept only where the route exchanges it (the headers change before the exchange, and
     // parsing them a second time would scan the whole token again) or moves it to a header.
-    let token = (route.exchanges() || from_query).then(|| token.into_owned());
+    let token = (route.exchanges() || from_query).then(|| match token {
+        SentToken::Header(t) => t.to_owned(),
+        SentToken::Query(t) => t,
+    });
     Ok(Some(Authenticated {
         claims,
         token,

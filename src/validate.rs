@@ -648,8 +648,45 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
     Ok(Some(token))
 }
 
+/// A bearer token sent in the request.
+pub(crate) enum SentToken<'a> {
+    /// In `Authorization` (RFC 6750 §2.1).
+    Header(&'a str),
+    /// As the `access_token` query parameter (RFC 6750 §2.3), decoded.
+    Query(String),
+}
+
+impl SentToken<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Header(t) => t,
+            Self::Query(t) => t,
+        }
+    }
+}
+
+/// The request's bearer token: from `Authorization`, or where `query_allowed` also from the
+/// query. RFC 6750 §2: a client MUST NOT use more than one method, so both is `invalid_request`.
+pub(crate) fn sent_token<'a>(
+    headers: &'a http::HeaderMap,
+    uri: &http::Uri,
+    query_allowed: bool,
+) -> Result<Option<SentToken<'a>>, ValidationError> {
+    let header = bearer_token(headers)?;
+    if !query_allowed {
+        return Ok(header.map(SentToken::Header));
+    }
+    match (header, query_token(uri)?) {
+        (Some(_), Some(_)) => Err(ValidationError::InvalidRequest(
+            "the token is both in the Authorization header and in the query",
+        )),
+        (Some(t), None) => Ok(Some(SentToken::Header(t))),
+        (None, t) => Ok(t.map(SentToken::Query)),
+    }
+}
+
 /// The `access_token` query parameter (RFC 6750 §2.3), decoded: `None` when there is none.
-pub(crate) fn query_token(uri: &http::Uri) -> Result<Option<String>, ValidationError> {
+fn query_token(uri: &http::Uri) -> Result<Option<String>, ValidationError> {
     let Some(query) = uri.query() else {
         return Ok(None);
     };
