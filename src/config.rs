@@ -1232,6 +1232,19 @@ fn toml_value(v: &serde_json::Value) -> String {
 }
 
 /// A GUID in its hyphenated 8-4-4-4-12 form (any case), as Entra writes application ids.
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection` and the proxy authentication pair), which the proxy never forwards.
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
 /// Why a route's `obo_headers` cannot use this header name, if it cannot: the value would be
 /// dropped on the way (hop-by-hop fields, RFC 9110 section 7.6.1), frame the message (`Host`,
 /// `Content-Length`), or take the place of a header tollgate sets itself (`Authorization` is
@@ -1239,14 +1252,7 @@ fn toml_value(v: &serde_json::Value) -> String {
 fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
     let name = name.as_str();
     match name {
-        "connection"
-        | "keep-alive"
-        | "proxy-connection"
-        | "te"
-        | "transfer-encoding"
-        | "upgrade"
-        | "proxy-authenticate"
-        | "proxy-authorization" => {
+        _ if HOP_BY_HOP.contains(&name) => {
             Some("it is a hop-by-hop header (RFC 9110 section 7.6.1) and is not forwarded")
         }
         "host" | "content-length" => Some("it frames the request"),

@@ -442,18 +442,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Bit `i` stands for `config::HOP_BY_HOP[i]`.
 const HOP_CONNECTION: u8 = 1;
 const HOP_UPGRADE: u8 = 1 << 5;
 static HOP_BY_HOP: [(u8, HeaderName); 8] = [
-    (HOP_CONNECTION, header::CONNECTION),
-    (1 << 1, HeaderName::from_static("keep-alive")),
-    (1 << 2, HeaderName::from_static("proxy-connection")),
-    (1 << 3, header::TE),
-    (1 << 4, header::TRANSFER_ENCODING),
-    (HOP_UPGRADE, header::UPGRADE),
-    (1 << 6, header::PROXY_AUTHENTICATE),
-    (1 << 7, header::PROXY_AUTHORIZATION),
+    hop(0),
+    hop(1),
+    hop(2),
+    hop(3),
+    hop(4),
+    hop(5),
+    hop(6),
+    hop(7),
 ];
+
+const fn hop(i: usize) -> (u8, HeaderName) {
+    (1 << i, HeaderName::from_static(crate::config::HOP_BY_HOP[i]))
+}
 
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     HOP_BY_HOP
