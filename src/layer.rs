@@ -852,8 +852,8 @@ where
                 let authorization_uri = layer
                     .validator
                     .provider()
-                    .metadata()
-                    .and_then(|m| m.authorization_endpoint.as_ref().map(|u| u.to_string()));
+                    .authorization_endpoint()
+                    .map(String::from);
                 return Err(Refusal::AuthContext {
                     wanted: wanted.clone(),
                     authorization_uri,

@@ -457,7 +457,10 @@ static HOP_BY_HOP: [(u8, HeaderName); 8] = [
 ];
 
 const fn hop(i: usize) -> (u8, HeaderName) {
-    (1 << i, HeaderName::from_static(crate::config::HOP_BY_HOP[i]))
+    (
+        1 << i,
+        HeaderName::from_static(crate::config::HOP_BY_HOP[i]),
+    )
 }
 
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {

@@ -634,10 +634,7 @@ async fn exchange_for_route(
         ));
     };
     let fail = |e: ExchangeError| {
-        let authorize = exchanger
-            .provider()
-            .metadata()
-            .and_then(|m| m.authorization_endpoint.clone());
+        let authorize = exchanger.provider().authorization_endpoint();
         obo_error(&e, authorize.as_ref().map(url::Url::as_str))
     };
     if let Some(target) = &cfg.obo {
@@ -676,8 +673,7 @@ fn missing_auth_context(
     }
     let authorize = state
         .provider(claims.provider())
-        .and_then(|(p, _)| p.metadata())
-        .and_then(|m| m.authorization_endpoint.clone());
+        .and_then(|(p, _)| p.authorization_endpoint());
     Some(crate::validate::auth_context_challenge(
         wanted,
         authorize.as_ref().map(url::Url::as_str),

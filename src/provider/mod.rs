@@ -218,6 +218,13 @@ impl Provider {
         read(&self.metadata).clone()
     }
 
+    /// Where a client sends the user to step up: the `authorization_uri` of a claims challenge.
+    pub(crate) fn authorization_endpoint(&self) -> Option<url::Url> {
+        read(&self.metadata)
+            .as_ref()
+            .and_then(|m| m.authorization_endpoint.clone())
+    }
+
     /// True when signing keys are loaded and not older than `jwks_max_stale`.
     ///
     /// ```
