@@ -514,19 +514,12 @@ impl ValidationError {
     /// assert_eq!(response.body(), r#"{"error":"unauthorized","error_description":"no bearer token"}"#);
     /// ```
     pub fn to_response<B: From<String>>(&self) -> http::Response<B> {
-        let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()})
-            .to_string();
-        let mut resp = http::Response::new(B::from(body));
-        *resp.status_mut() = self.status();
-        let headers = resp.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        if let Ok(v) = http::HeaderValue::from_str(&self.www_authenticate()) {
-            headers.insert(http::header::WWW_AUTHENTICATE, v);
-        }
-        resp
+        refusal(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            &self.www_authenticate(),
+        )
     }
 }
 
@@ -540,11 +533,6 @@ pub(crate) fn claims_challenge<B: From<String>>(
 ) -> http::Response<B> {
     use base64::Engine;
     let claims = base64::engine::general_purpose::STANDARD.encode(claims_json);
-    let body =
-        serde_json::json!({"error": "insufficient_claims", "error_description": description})
-            .to_string();
-    let mut resp = http::Response::new(B::from(body));
-    *resp.status_mut() = StatusCode::UNAUTHORIZED;
     let mut challenge = format!("Bearer realm=\"{REALM}\"");
     if let Some(uri) = authorization_uri {
         challenge.push_str(&format!(", authorization_uri=\"{}\"", quote_safe(uri)));
@@ -552,16 +540,36 @@ pub(crate) fn claims_challenge<B: From<String>>(
     challenge.push_str(&format!(
         ", error=\"insufficient_claims\", claims=\"{claims}\""
     ));
+    let mut resp = refusal(
+        StatusCode::UNAUTHORIZED,
+        "insufficient_claims",
+        description,
+        &challenge,
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// A refusal: `status`, the `WWW-Authenticate` challenge and the JSON body
+/// `{error, error_description}`.
+fn refusal<B: From<String>>(
+    status: StatusCode,
+    code: &str,
+    description: &str,
+    challenge: &str,
+) -> http::Response<B> {
+    let body = serde_json::json!({"error": code, "error_description": description}).to_string();
+    let mut resp = http::Response::new(B::from(body));
+    *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+    if let Ok(v) = http::HeaderValue::from_str(challenge) {
         headers.insert(http::header::WWW_AUTHENTICATE, v);
     }
     resp

@@ -90,13 +90,18 @@ fn token_response(t: &ExchangedToken) -> Response {
 /// `json_plain`: [`crate::exchange::is_json_plain`] of the token, known beforehand.
 pub(crate) fn token_answer(access_token: &str, expires_in: u64, json_plain: bool) -> Response {
     (
-        [
-            (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
-            (http::header::CACHE_CONTROL, NO_STORE.clone()),
-        ],
+        uncacheable_json(),
         token_json(access_token, expires_in, json_plain),
     )
         .into_response()
+}
+
+/// The headers of an answer holding a token or a user's claims: JSON, never cached.
+fn uncacheable_json() -> [(http::HeaderName, HeaderValue); 2] {
+    [
+        (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
+        (http::header::CACHE_CONTROL, NO_STORE.clone()),
+    ]
 }
 
 /// `{"access_token": ..., "token_type": "Bearer", "expires_in": ...}`. A JWT needs no JSON
@@ -239,14 +244,7 @@ async fn introspect(
         Ok(claims) => {
             let body = claims.introspection_with(introspection).clone();
             // The claims describe a user: no more cacheable than the token.
-            (
-                [
-                    (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
-                    (http::header::CACHE_CONTROL, NO_STORE.clone()),
-                ],
-                body,
-            )
-                .into_response()
+            (uncacheable_json(), body).into_response()
         }
         Err(e) => Json(json!({"active": false, "error": e.to_string()})).into_response(),
     }
