@@ -37,6 +37,12 @@ impl Harness {
         req.send().await.unwrap()
     }
 
+    /// A GET carrying one header as the client sets it.
+    async fn get_with(&self, path: &str, name: &str, value: &str) -> reqwest::Response {
+        let req = self.http.get(self.url(path)).header(name, value);
+        req.send().await.unwrap()
+    }
+
     async fn wait_ready(&self) {
         for _ in 0..200 {
             let r = self.http.get(self.admin("/readyz")).send().await.unwrap();
@@ -296,22 +302,12 @@ async fn missing_token_gets_a_challenge_without_error() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
     assert_eq!(r.headers()["content-type"], "application/json");
     let r = h
-        .http
-        .get(h.url("/x"))
-        .header("authorization", "Basic dXNlcjpwdw==")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/x", "authorization", "Basic dXNlcjpwdw==")
+        .await;
     // Another scheme is no bearer credential (RFC 6750 §3.1): the same challenge, no error.
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
-    let r = h
-        .http
-        .get(h.url("/x"))
-        .header("authorization", "Bearer")
-        .send()
-        .await
-        .unwrap();
+    let r = h.get_with("/x", "authorization", "Bearer").await;
     assert_eq!(r.status(), 400);
     assert!(
         r.headers()["www-authenticate"]
@@ -585,23 +581,13 @@ async fn optional_and_none_routes() {
     // Another scheme carries no bearer token: where one is optional the request goes on
     // unauthenticated, the app's own credential untouched.
     let r = h
-        .http
-        .get(h.url("/optional/x"))
-        .header("authorization", "Basic dXNlcjpwdw==")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/optional/x", "authorization", "Basic dXNlcjpwdw==")
+        .await;
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["authorization"], "Basic dXNlcjpwdw==");
     assert!(echo["headers"].get("x-auth-subject").is_none());
-    let r = h
-        .http
-        .get(h.url("/public/y"))
-        .header("x-auth-subject", "spoofed")
-        .send()
-        .await
-        .unwrap();
+    let r = h.get_with("/public/y", "x-auth-subject", "spoofed").await;
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.unwrap();
     assert!(
