@@ -829,7 +829,7 @@ where
         let sent =
             crate::validate::sent_token(req.headers(), req.uri(), self.layer.inner.query_token);
         let token = match sent {
-            Ok(Some(token)) => token.as_str().to_owned(),
+            Ok(Some(token)) => token.into_string(),
             Ok(None) if self.layer.inner.optional => {
                 return ResponseFuture::new(State::Calling {
                     future: self.inner.call(req),

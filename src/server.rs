@@ -550,10 +550,7 @@ async fn authenticate(
     claims.check(&route.config.scopes, &route.config.roles)?;
     // Kept only where the route exchanges it (the headers change before the exchange, and
     // parsing them a second time would scan the whole token again) or moves it to a header.
-    let token = (route.exchanges() || from_query).then(|| match token {
-        SentToken::Header(t) => t.to_owned(),
-        SentToken::Query(t) => t,
-    });
+    let token = (route.exchanges() || from_query).then(|| token.into_string());
     Ok(Some(Authenticated {
         claims,
         token,

@@ -671,6 +671,14 @@ impl SentToken<'_> {
             Self::Query(t) => t,
         }
     }
+
+    /// The token as an owned string; a query token is already one.
+    pub(crate) fn into_string(self) -> String {
+        match self {
+            Self::Header(t) => t.to_owned(),
+            Self::Query(t) => t,
+        }
+    }
 }
 
 /// The request's bearer token: from `Authorization`, or where `query_allowed` also from the
