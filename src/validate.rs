@@ -943,21 +943,7 @@ impl Validator {
             }
             _ => invalid("the token is not a well-formed JWT"),
         })?;
-        if header.jku.is_some()
-            || header.jwk.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-        {
-            return Err(invalid(
-                "the token header carries its own key (jku, jwk, x5u or x5c)",
-            ));
-        }
-        if FORBIDDEN_HEADER_PARAMS
-            .iter()
-            .any(|p| header.extras.inner().contains_key(*p))
-        {
-            return Err(invalid("the token header has critical extensions"));
-        }
+        check_header(&header)?;
         let config = self.provider.config();
         if !config.algorithms.contains(&header.alg) {
             return Err(ValidationError::InvalidToken(format!(
@@ -1059,6 +1045,7 @@ impl Validator {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the ID token is not a well-formed JWT"))?;
+        check_header(&header)?;
         let config = self.provider.config();
         if !config.algorithms.contains(&header.alg) {
             return Err(invalid("the ID token algorithm is not accepted"));
@@ -1165,6 +1152,28 @@ impl Validator {
         metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => result).increment(1);
         ValidationError::InvalidToken(message.to_owned())
     }
+}
+
+/// Refuses a header that would pick its own key (RFC 8725 §3.10, RFC 7515 §4.1.2-4.1.6) or that
+/// lists critical extensions: RFC 7515 §4.1.11 says a recipient must reject a JWS whose `crit`
+/// names an extension it does not understand, and tollgate understands none. jsonwebtoken parses
+/// `crit` into its own field, so the extras map never holds it: both places are read.
+fn check_header(header: &jsonwebtoken::Header) -> Result<(), ValidationError> {
+    let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
+    if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some()
+    {
+        return Err(invalid(
+            "the token header carries its own key (jku, jwk, x5u or x5c)",
+        ));
+    }
+    if header.crit.is_some()
+        || FORBIDDEN_HEADER_PARAMS
+            .iter()
+            .any(|p| header.extras.inner().contains_key(*p))
+    {
+        return Err(invalid("the token header has critical extensions"));
+    }
+    Ok(())
 }
 
 /// RFC 8725 §3.12: Entra access and ID tokens are both `typ: JWT`; tell them apart by content

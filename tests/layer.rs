@@ -6,6 +6,7 @@
 
 #[path = "../examples/axum_app.rs"]
 mod example;
+mod support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -150,6 +151,42 @@ async fn bad_tokens_are_401_invalid_token_and_malformed_credentials_400() {
     let (status, _, _) = get_json(&server.url("/"), Some(&good)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_with_critical_extensions_is_refused_though_signed_by_the_real_key() {
+    // RFC 7515 §4.1.11: tollgate understands no JWS extension, so any `crit` is a refusal.
+    let key = support::TestKey::new("k1");
+    let idp = support::StaticIdp::start(&[&key]).await;
+    let auth = Auth::builder()
+        .well_known_url(&idp.well_known())
+        .client_id(support::CLIENT_ID)
+        .build()
+        .await
+        .unwrap();
+    let (router, calls) = counting_router();
+    let server = serve(router.layer(auth.layer())).await;
+    let claims = support::user_claims(&idp.issuer());
+    for crit in [json!(["exp"]), json!(["urn:example:ext"]), json!([])] {
+        let header = json!({"typ": "JWT", "alg": "RS256", "kid": "k1", "crit": crit, "urn:example:ext": 1});
+        let token = key.sign(&header, &claims);
+        let (status, headers, body) = get_json(&server.url("/"), Some(&token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "crit {crit}");
+        assert!(
+            headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\""),
+            "crit {crit}"
+        );
+        assert_eq!(body["error"], "invalid_token", "crit {crit}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler must not run");
+    // The same claims under a plain header pass: the refusal was the header's.
+    let good = key.sign(&json!({"typ": "JWT", "alg": "RS256", "kid": "k1"}), &claims);
+    let (status, _, _) = get_json(&server.url("/"), Some(&good)).await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
 
