@@ -11,6 +11,9 @@
 //!   other escapes get upper-case hex (§6.2.2.1-2);
 //! - encoded `/` (`%2F`), `\` (`%5C`) and NUL (`%00`), and a raw `\`, are refused: what they mean
 //!   depends on the upstream's decoder, so no single route decision can be right;
+//! - a `;` in the path, raw or as `%3B`, is refused: Tomcat, Jetty and Spring read `;...` as
+//!   matrix parameters and drop it per segment, so `/admin;x/users` is `/admin/users` to them
+//!   and `/public/..;/admin` climbs out of `/public`, while a prefix match sees neither;
 //! - runs of `/` become one (what most servers do on their own);
 //! - `.` and `..` segments are removed (§5.2.4; `..` never climbs above the root).
 
@@ -22,6 +25,9 @@ pub(crate) enum PathError {
     /// An escape for `/`, `\` or NUL, or a raw `\`.
     #[error("the request path contains an encoded '/', '\\' or NUL, or a '\\'")]
     AmbiguousSeparator,
+    /// A `;` (or `%3B`): a path parameter some upstreams strip before routing.
+    #[error("the request path contains a ';' (path parameters are refused)")]
+    Semicolon,
     /// A `%` not followed by two hex digits.
     #[error("the request path contains a malformed percent-escape")]
     BadEscape,
@@ -54,7 +60,7 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// True when no step of [`normalize`] would change or refuse `path`.
 fn is_normal(path: &str) -> bool {
     let b = path.as_bytes();
-    if b.contains(&b'%') || b.contains(&b'\\') {
+    if b.iter().any(|c| matches!(c, b'%' | b'\\' | b';')) {
         return false;
     }
     // Look for "//", "/./", "/../" and a trailing "/." or "/..".
@@ -94,6 +100,7 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                 let byte = h << 4 | l;
                 match byte {
                     b'/' | b'\\' | 0 => return Err(PathError::AmbiguousSeparator),
+                    b';' => return Err(PathError::Semicolon),
                     c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
                         out.push(char::from(c));
                     }
@@ -106,11 +113,12 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::AmbiguousSeparator),
+            b';' => return Err(PathError::Semicolon),
             _ => {
                 // `path` is a &str and we copy whole runs between escapes: valid UTF-8 stays so.
                 let end = b[i..]
                     .iter()
-                    .position(|c| matches!(c, b'%' | b'\\'))
+                    .position(|c| matches!(c, b'%' | b'\\' | b';'))
                     .map_or(b.len(), |n| i + n);
                 out.push_str(&path[i..end]);
                 i = end;
@@ -201,6 +209,17 @@ mod tests {
         }
         for p in ["/a%", "/a%4", "/a%zz"] {
             assert_eq!(norm(p), Err(PathError::BadEscape), "{p}");
+        }
+        for p in [
+            "/admin;x/users",
+            "/public/..;/admin/x",
+            "/public/.;/admin",
+            "/admin;",
+            "/admin%3Bx/users",
+            "/public/..%3b/admin",
+            "/a/b;jsessionid=1",
+        ] {
+            assert_eq!(norm(p), Err(PathError::Semicolon), "{p}");
         }
     }
 

@@ -256,6 +256,17 @@ async fn assert_invalid(h: &Harness, token: &str, why: &str) {
         before,
         "{why}: the upstream must never see a rejected request"
     );
+    // Introspection runs the same checks: the token is not active there either.
+    let r = h
+        .http
+        .post(format!("http://{}/api/v1/introspect", h.server.api.unwrap()))
+        .json(&json!({"identity_provider": "entra_id", "token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{why}: introspection status");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["active"], false, "{why}: introspection");
 }
 
 #[tokio::test]
@@ -364,6 +375,10 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
         json!({"jku": "http://127.0.0.1:1/keys"}),
         json!({"x5u": "http://127.0.0.1:1/cert"}),
         json!({"jwk": attacker.public_jwk()}),
+        // RFC 7515 §4.1.11: critical extensions tollgate does not understand (it understands none).
+        json!({"crit": ["exp"]}),
+        json!({"crit": ["urn:example:ext"], "urn:example:ext": true}),
+        json!({"crit": []}),
     ] {
         assert_invalid(
             &h,

@@ -86,6 +86,43 @@ async fn dot_segments_escapes_and_case_cannot_reach_a_protected_route_unauthenti
 }
 
 #[tokio::test]
+async fn path_parameters_are_refused_before_routing() {
+    // Tomcat, Jetty and Spring drop `;params` per segment: each of these is `/needs-role/...` to
+    // them, while a prefix match would see `/needs-role;x`, `/public/..;` and so on.
+    let key = TestKey::new("k1");
+    let h = harness(&[&key]).await;
+    h.wait_ready().await;
+    let before = h.echo.hits();
+    let token = key.token(&h.idp.issuer(), json!({}));
+    for target in [
+        "/needs-role;x/users",
+        "/needs-role;/x",
+        "/public/..;/needs-role/x",
+        "/public/.;/needs-role",
+        "/public;jsessionid=1/x",
+        "/needs-role%3Bx/users",
+        "/public/..%3b/needs-role/x",
+        "/public/%2e%2e;/needs-role",
+    ] {
+        for sent in [None, Some(token.as_str())] {
+            let (status, body) = raw_get(&h, target, sent).await;
+            assert_eq!(status, 400, "{target}: a path parameter is refused");
+            assert_eq!(body["error"], "invalid_request", "{target}");
+            assert!(
+                body["error_description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(';')),
+                "{target}: {body}"
+            );
+        }
+    }
+    // A `;` in the query is the query's business.
+    let (status, _) = raw_get(&h, "/public/x?a=1;b=2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(h.echo.hits(), before + 1, "only the last request was forwarded");
+}
+
+#[tokio::test]
 async fn the_normalised_path_is_what_the_upstream_receives() {
     let key = TestKey::new("k1");
     let h = harness(&[&key]).await;
