@@ -205,6 +205,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
 // Cloning a static value is a pointer copy; it is never parsed or allocated again.
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -542,6 +544,10 @@ fn set_forwarded_headers(
     }
     if !trusted {
         headers.remove(header::FORWARDED);
+        // Other spellings of the client address that apps and frameworks read (nginx's
+        // real_ip, Akamai and Cloudflare's True-Client-IP): only a trusted proxy may set them.
+        headers.remove(&X_REAL_IP);
+        headers.remove(&TRUE_CLIENT_IP);
     }
 }
 
@@ -1004,6 +1010,8 @@ mod tests {
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "evil.example")
             .header("forwarded", "for=203.0.113.7;proto=https")
+            .header("x-real-ip", "203.0.113.7")
+            .header("true-client-ip", "203.0.113.7")
             .send()
             .await
             .unwrap()
@@ -1015,6 +1023,8 @@ mod tests {
         let front = proxy.addr.to_string();
         assert_eq!(seen.all("x-forwarded-host"), [front.as_str()]);
         assert!(seen.all("forwarded").is_empty());
+        assert!(seen.all("x-real-ip").is_empty());
+        assert!(seen.all("true-client-ip").is_empty());
         proxy.stop().await;
         upstream.stop().await;
     }
@@ -1035,6 +1045,8 @@ mod tests {
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "app.example")
             .header("forwarded", "for=203.0.113.7;proto=https")
+            .header("x-real-ip", "203.0.113.7")
+            .header("true-client-ip", "203.0.113.7")
             .send()
             .await
             .unwrap()
@@ -1048,6 +1060,8 @@ mod tests {
         assert_eq!(seen.all("x-forwarded-proto"), ["https"]);
         assert_eq!(seen.all("x-forwarded-host"), ["app.example"]);
         assert_eq!(seen.all("forwarded"), ["for=203.0.113.7;proto=https"]);
+        assert_eq!(seen.all("x-real-ip"), ["203.0.113.7"]);
+        assert_eq!(seen.all("true-client-ip"), ["203.0.113.7"]);
 
         // Trusted, but nothing supplied: the proxy's own values.
         let seen: Seen = client

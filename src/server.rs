@@ -765,15 +765,53 @@ const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
 const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
+/// Drops what a client sent under our identity names, and forwarding headers spelt with `_`.
+///
+/// CGI, WSGI and Rack map every `-` in a header name to `_` (`HTTP_X_AUTH_OID`), so to an app
+/// behind them `X_Auth_Oid` and `X-Auth-Oid` are the same header (the class of Puma's
+/// CVE-2024-45614). Names are therefore compared with `_` read as `-`: any spelling of
+/// `X-Auth-*` goes, and so does an underscore spelling of `X-Forwarded-*`, `Forwarded`,
+/// `X-Real-IP` or `True-Client-IP` (the dashed ones are the forwarder's business, which replaces
+/// or keeps them by `trust_forwarded_headers`).
 fn remove_identity_headers(headers: &mut HeaderMap) {
+    // Most requests carry none: one scan over the names, no allocation unless one is found.
+    if !headers.keys().any(|k| is_spoofable(k.as_str().as_bytes())) {
+        return;
+    }
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
+        .filter(|k| is_spoofable(k.as_str().as_bytes()))
         .cloned()
         .collect();
     for name in spoofed {
         headers.remove(name);
     }
+}
+
+/// True for a name (lower case, as `HeaderName` keeps it) that is ours to set: `x-auth-*` in any
+/// `-`/`_` spelling, or a forwarding header spelt with `_`.
+fn is_spoofable(name: &[u8]) -> bool {
+    if dashed_starts_with(name, b"x-auth-") {
+        return true;
+    }
+    name.contains(&b'_')
+        && (dashed_starts_with(name, b"x-forwarded-")
+            || dashed_eq(name, b"forwarded")
+            || dashed_eq(name, b"x-real-ip")
+            || dashed_eq(name, b"true-client-ip"))
+}
+
+/// `name` starts with `prefix` where each `-` of the prefix may be `_` in the name.
+fn dashed_starts_with(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .iter()
+            .zip(prefix)
+            .all(|(n, p)| n == p || (*p == b'-' && *n == b'_'))
+}
+
+fn dashed_eq(name: &[u8], other: &[u8]) -> bool {
+    name.len() == other.len() && dashed_starts_with(name, other)
 }
 
 fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {

@@ -304,6 +304,62 @@ async fn valid_token_reaches_upstream_with_identity_headers() {
 }
 
 #[tokio::test]
+async fn identity_and_forwarding_headers_are_stripped_in_every_spelling() {
+    // CGI/WSGI/Rack servers read `_` as `-` (HTTP_X_AUTH_OID): each of these would reach such an
+    // app as one of ours.
+    let key = TestKey::new("k1");
+    let h = harness(&[&key]).await;
+    h.wait_ready().await;
+    let token = key.token(&h.idp.issuer(), json!({}));
+    let spoofed = [
+        "X_Auth_Oid",
+        "x_auth_subject",
+        "X-Auth_Roles",
+        "x_auth-tid",
+        "X_AUTH_CUSTOM",
+        "X_Forwarded_For",
+        "x_forwarded_host",
+        "X-Forwarded_Proto",
+        "x_forwarded-prefix",
+        "x_real_ip",
+        "X-Real-IP",
+        "True-Client-IP",
+        "true_client_ip",
+    ];
+    for (path, sent) in [("/hello", Some(token.as_str())), ("/public/y", None)] {
+        let mut req = h.http.get(h.url(path));
+        if let Some(t) = sent {
+            req = req.bearer_auth(t);
+        }
+        for name in spoofed {
+            req = req.header(name, "203.0.113.66");
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let echo: Value = r.json().await.unwrap();
+        let hdr = echo["headers"].as_object().unwrap();
+        for name in spoofed {
+            let lower = name.to_ascii_lowercase();
+            assert!(!hdr.contains_key(&lower), "{path}: {name} reached the app");
+        }
+        for (name, value) in hdr {
+            assert!(
+                !value.as_str().is_some_and(|v| v.contains("203.0.113.66")),
+                "{path}: {name} carries the client's value"
+            );
+        }
+        assert_eq!(hdr["x-forwarded-for"], "127.0.0.1", "{path}");
+        if sent.is_some() {
+            assert_eq!(hdr["x-auth-oid"], "99999999-8888-7777-6666-555555555555");
+        }
+    }
+    // An underscore name that is not one of ours passes untouched.
+    let r = h.get_with("/public/y", "x_custom_header", "kept").await;
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["headers"]["x_custom_header"], "kept");
+}
+
+#[tokio::test]
 async fn missing_token_gets_a_challenge_without_error() {
     let key = TestKey::new("k1");
     let h = harness(&[&key]).await;
