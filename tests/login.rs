@@ -461,10 +461,11 @@ async fn a_client_id_in_upper_case_still_stores_the_login() {
 #[tokio::test]
 async fn token_errors_reach_the_app_unchanged() {
     let stack = Stack::start(Options::default()).await;
+    let redirect_uri = stack.rps[0].callback_url();
     let form = [
         ("grant_type", "authorization_code"),
         ("code", "0.A-not-a-code"),
-        ("redirect_uri", "http://127.0.0.1:1/callback"),
+        ("redirect_uri", redirect_uri.as_str()),
         ("client_id", TOLLGATE_CLIENT_ID),
         ("client_secret", TOLLGATE_CLIENT_SECRET),
     ];
@@ -857,10 +858,10 @@ async fn logout_forgets_the_user_and_redirects_only_where_allowed() {
 }
 
 #[tokio::test]
-async fn another_clients_login_is_not_stored_and_cannot_log_users_out() {
-    // A second app with its own registration logs in through the same tollgate: its tokens
-    // reach it, but tollgate cannot redeem another client's refresh tokens, so it keeps nothing;
-    // and that app's ID token is no id_token_hint for tollgate's users.
+async fn another_clients_token_requests_are_not_relayed_and_its_id_token_cannot_log_users_out() {
+    // A second app with its own registration points its OIDC client at the same tollgate: its
+    // code redemption is refused before the IdP sees it (tollgate relays only its own client's
+    // sign-in), and that app's ID token is no id_token_hint for tollgate's users.
     let stack = Stack::start(Options {
         rps: vec![
             RpOptions::default(),
@@ -874,16 +875,44 @@ async fn another_clients_login_is_not_stored_and_cannot_log_users_out() {
     })
     .await;
     stack.scripted_login(0, ALICE, false, "").await;
-    let other = stack.scripted_login(1, BOB, false, "").await;
-    assert_eq!(other.claims["aud"], DOWNSTREAM_CLIENT_ID);
-    assert!(!other.refresh_token.is_empty());
+    let codes_redeemed = stack.idp.token_requests("authorization_code");
+    let refused = stack.scripted_callback(1, BOB, false, "").await;
+    assert_ne!(refused.status(), 200);
+    let errors = stack.rps[1].errors().join("\n");
+    assert!(
+        errors.contains("400") && errors.contains("unauthorized_client"),
+        "{errors}"
+    );
+    assert_eq!(
+        stack.idp.token_requests("authorization_code"),
+        codes_redeemed,
+        "the other client's code never reached the IdP"
+    );
     let (status, body) = stack
         .delegated(json!({"user_oid": BOB_OID, "target": tollgate_scope()}))
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "unknown_user");
 
-    let alice_hint = stack.scripted_login(1, ALICE, false, "").await.id_token;
+    // Alice's ID token issued to the other app, straight from the IdP.
+    let direct: Value = stack
+        .http
+        .post(stack.idp.token_endpoint(TENANT))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", DOWNSTREAM_CLIENT_ID),
+            ("client_secret", DOWNSTREAM_CLIENT_SECRET),
+            ("username", ALICE),
+            ("password", DEV_PASSWORD),
+            ("scope", "openid profile"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alice_hint = direct["id_token"].as_str().expect("an ID token").to_owned();
     let r = stack
         .http
         .get(stack.logout_url(&alice_hint, &stack.rps[1].logged_out_url()))
@@ -895,6 +924,167 @@ async fn another_clients_login_is_not_stored_and_cannot_log_users_out() {
         .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
         .await;
     assert_eq!(status, 200, "alice is still stored: {body}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_endpoint_relays_only_the_apps_own_sign_in() {
+    // Anything but the app's own code and refresh grants would turn tollgate into a relay to the
+    // IdP from the organisation's address: password spraying, other clients' grants.
+    let stack = Stack::start(Options::default()).await;
+    let callback = stack.rps[0].callback_url();
+    let own = [
+        ("client_id", TOLLGATE_CLIENT_ID),
+        ("client_secret", TOLLGATE_CLIENT_SECRET),
+    ];
+    let other = [
+        ("client_id", DOWNSTREAM_CLIENT_ID),
+        ("client_secret", DOWNSTREAM_CLIENT_SECRET),
+    ];
+    let password = [
+        ("grant_type", "password"),
+        ("username", ALICE),
+        ("password", DEV_PASSWORD),
+        ("scope", "openid"),
+    ];
+    fn code(redirect: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("grant_type", "authorization_code"),
+            ("code", "0.A-a-code"),
+            ("redirect_uri", redirect),
+        ]
+    }
+    let callback = callback.as_str();
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "password, own client",
+            [&password[..], &own].concat(),
+            "unsupported_grant_type",
+        ),
+        (
+            "password, other client",
+            [&password[..], &other].concat(),
+            "unsupported_grant_type",
+        ),
+        (
+            "client credentials",
+            [
+                &[("grant_type", "client_credentials"), ("scope", ".default")][..],
+                &own,
+            ]
+            .concat(),
+            "unsupported_grant_type",
+        ),
+        (
+            "device code",
+            [
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", "x"),
+                ][..],
+                &own,
+            ]
+            .concat(),
+            "unsupported_grant_type",
+        ),
+        ("no grant_type", own.to_vec(), "invalid_request"),
+        (
+            "code, other client",
+            [&code(callback)[..], &other].concat(),
+            "unauthorized_client",
+        ),
+        (
+            "code, unregistered redirect_uri",
+            [&code("https://evil.example/cb")[..], &own].concat(),
+            "invalid_grant",
+        ),
+        (
+            "code, no redirect_uri",
+            [&code(callback)[..2], &own].concat(),
+            "invalid_request",
+        ),
+        ("code, no client", code(callback), "invalid_request"),
+        (
+            "refresh, other client",
+            [
+                &[("grant_type", "refresh_token"), ("refresh_token", "0.A-rt")][..],
+                &other,
+            ]
+            .concat(),
+            "unauthorized_client",
+        ),
+        (
+            "repeated grant_type",
+            [
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("grant_type", "password"),
+                    ("refresh_token", "x"),
+                ][..],
+                &own,
+            ]
+            .concat(),
+            "invalid_request",
+        ),
+        (
+            "repeated client_id",
+            [
+                &code(callback)[..],
+                &own,
+                &[("client_id", DOWNSTREAM_CLIENT_ID)],
+            ]
+            .concat(),
+            "invalid_request",
+        ),
+    ];
+    let before: u64 = [
+        "password",
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",
+    ]
+    .iter()
+    .map(|g| stack.idp.token_requests(g))
+    .sum();
+    for (what, form, error) in cases {
+        let r = stack
+            .http
+            .post(stack.public("/oauth2/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], error, "{what}: {body}");
+        assert!(
+            !body.to_string().contains(DEV_PASSWORD),
+            "{what}: nothing sent is echoed"
+        );
+    }
+    // HTTP Basic naming another client than the form.
+    let r = stack
+        .http
+        .post(stack.public("/oauth2/token"))
+        .basic_auth(DOWNSTREAM_CLIENT_ID, Some(DOWNSTREAM_CLIENT_SECRET))
+        .form(&[&code(callback)[..], &[("client_id", TOLLGATE_CLIENT_ID)]].concat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let after: u64 = [
+        "password",
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",
+    ]
+    .iter()
+    .map(|g| stack.idp.token_requests(g))
+    .sum();
+    assert_eq!(after, before, "no refused request reached the IdP");
+    // The app's own sign-in still goes through.
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    assert!(!login.refresh_token.is_empty());
     stack.stop().await;
 }
 
@@ -1385,9 +1575,16 @@ post_logout_redirect_uris = [{post_logout}]
 
     /// The login the browser does, hop by hop over HTTP: the RP's `/start`, tollgate's
     /// authorize, the dev IdP's login page and its form post, the RP's callback.
-    async fn scripted_login(&self, rp: usize, user: &str, mfa: bool, query: &str) -> Login {
+    /// Signs `user` in at the dev IdP through tollgate for RP `rp` and returns the RP's answer
+    /// to the callback (after its code redemption).
+    async fn scripted_callback(
+        &self,
+        rp: usize,
+        user: &str,
+        mfa: bool,
+        query: &str,
+    ) -> reqwest::Response {
         let rp = &self.rps[rp];
-        let before = rp.logins.lock().unwrap().len();
         let to_tollgate = self
             .expect_redirect(&format!("{}/start?{query}", rp.url()))
             .await;
@@ -1419,7 +1616,13 @@ post_logout_redirect_uris = [{post_logout}]
         assert_eq!(submit.status(), 302, "{}", submit.text().await.unwrap());
         let callback = submit.headers()["location"].to_str().unwrap().to_owned();
         assert!(callback.starts_with(&rp.callback_url()), "{callback}");
-        let done = self.http.get(&callback).send().await.unwrap();
+        self.http.get(&callback).send().await.unwrap()
+    }
+
+    async fn scripted_login(&self, rp: usize, user: &str, mfa: bool, query: &str) -> Login {
+        let before = self.rps[rp].logins.lock().unwrap().len();
+        let done = self.scripted_callback(rp, user, mfa, query).await;
+        let rp = &self.rps[rp];
         let status = done.status();
         let html = done.text().await.unwrap();
         assert_eq!(status, 200, "{html} {:?}", rp.errors());

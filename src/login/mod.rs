@@ -199,6 +199,12 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
     };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    // Only the app's own sign-in is relayed: anything else would make tollgate an open relay to
+    // the IdP from the organisation's egress address (password spraying through `password`,
+    // other clients' grants). Refused here, without a call to the IdP.
+    if let Err((code, why)) = relayable(&state, validator, &form, &headers) {
+        return json_error(StatusCode::BAD_REQUEST, code, &why);
+    }
     let mut req = provider.http().post(endpoint.as_str()).body(body.clone());
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT] {
         if let Some(v) = headers.get(&name) {
@@ -263,6 +269,92 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
     *response.status_mut() = status;
     *response.headers_mut() = out_headers;
     response
+}
+
+/// Whether a token request is one the login proxy relays (RFC 6749 §4.1.3, §6): an
+/// `authorization_code` grant with a registered `redirect_uri`, or a `refresh_token` grant, from
+/// the login provider's own client. Each parameter appears at most once (RFC 6749 §3.2), so the
+/// IdP cannot read another value than the one checked here. The error is an RFC 6749 §5.2 code
+/// and a description.
+fn relayable(
+    state: &AppState,
+    validator: &Validator,
+    form: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<(), (&'static str, String)> {
+    for (i, (name, _)) in form.iter().enumerate() {
+        if form[..i].iter().any(|(n, _)| n == name) {
+            return Err((
+                "invalid_request",
+                format!("the parameter {name} is repeated"),
+            ));
+        }
+    }
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match field("grant_type") {
+        Some("refresh_token") => {}
+        Some("authorization_code") => {
+            let Some(redirect_uri) = field("redirect_uri") else {
+                return Err(("invalid_request", "redirect_uri is required".into()));
+            };
+            if !state
+                .config
+                .login
+                .redirect_uris
+                .iter()
+                .any(|allowed| allowed == redirect_uri)
+            {
+                return Err((
+                    "invalid_grant",
+                    "redirect_uri is not registered with tollgate".into(),
+                ));
+            }
+        }
+        Some(_) => {
+            return Err((
+                "unsupported_grant_type",
+                "the login proxy relays only the authorization_code and refresh_token grants"
+                    .into(),
+            ));
+        }
+        None => return Err(("invalid_request", "grant_type is required".into())),
+    }
+    let basic = basic_client_id(headers);
+    let client_id = match (field("client_id"), basic.as_deref()) {
+        (Some(form), Some(basic)) if form != basic => {
+            return Err((
+                "invalid_request",
+                "the client_id differs from the HTTP Basic client".into(),
+            ));
+        }
+        (Some(id), _) | (None, Some(id)) => Some(id.to_owned()),
+        // private_key_jwt without client_id (RFC 7523 §3): the assertion names the client.
+        (None, None) => field("client_assertion").and_then(assertion_subject),
+    };
+    let own = validator.provider().config().client_id.as_str();
+    match client_id {
+        Some(id) if id.eq_ignore_ascii_case(own) => Ok(()),
+        Some(_) => Err((
+            "unauthorized_client",
+            "the login proxy relays token requests of its own client only".into(),
+        )),
+        None => Err((
+            "invalid_request",
+            "the token request names no client".into(),
+        )),
+    }
+}
+
+/// The `sub` of a client assertion, read without checking the signature: only to pick the
+/// client; the IdP verifies the assertion itself.
+fn assertion_subject(assertion: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = assertion.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
 }
 
 /// Validates the ID token of a successful token response and stores the user's tokens.
