@@ -291,6 +291,15 @@ pub struct ProviderConfig {
     /// endpoint is a multi-tenant `common`/`organizations` one: an app token belongs to one
     /// tenant and there is no user token to name it. Usually the app's home tenant.
     pub client_credentials_tenant: Option<String>,
+    /// Accept tokens that carry neither `scp` nor `roles` on routes of this provider (default
+    /// `false`). Such a token is usually an app-only token of any app in the tenant (or in any
+    /// tenant, with `allowed_tenants = ["*"]`) that asked for `api://<this app>/.default`
+    /// without being granted a role; Microsoft.Identity.Web refuses it the same way (IDW10201)
+    /// unless `AllowWebApiToBeAuthorizedByACL` is set. A route can override this.
+    pub allow_unscoped_tokens: bool,
+    /// Clients (`azp` in v2 tokens, `appid` in v1) whose tokens are accepted on this provider's
+    /// routes; empty accepts any client. Routes can narrow it further with their own list.
+    pub allowed_client_ids: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "duration_str")]
     pub leeway: Duration,
@@ -328,6 +337,8 @@ impl Default for ProviderConfig {
             allowed_tenants: Vec::new(),
             additional_issuers: Vec::new(),
             client_credentials_tenant: None,
+            allow_unscoped_tokens: false,
+            allowed_client_ids: Vec::new(),
             leeway: Duration::from_secs(60),
             jwks_refresh: Duration::from_secs(600),
             jwks_unknown_kid_min_interval: Duration::from_secs(30),
@@ -437,6 +448,11 @@ pub struct RouteConfig {
     /// `acrs`. Without it the client gets `401` with an `insufficient_claims` challenge asking
     /// for it, so MSAL can step the user up (Entra's authentication-context guidance).
     pub auth_context: Option<String>,
+    /// Overrides the provider's `allow_unscoped_tokens` for this route.
+    pub allow_unscoped_tokens: Option<bool>,
+    /// Clients (`azp`/`appid`) accepted on this route, on top of the provider's list; empty
+    /// adds no restriction.
+    pub allowed_client_ids: Vec<String>,
 }
 
 impl Default for RouteConfig {
@@ -453,6 +469,8 @@ impl Default for RouteConfig {
             skip_auth_preflight: false,
             token_in_query: false,
             auth_context: None,
+            allow_unscoped_tokens: None,
+            allowed_client_ids: Vec::new(),
         }
     }
 }
@@ -787,6 +805,10 @@ impl Config {
             if is_guid(id) {
                 p.client_id = id.to_ascii_lowercase();
             }
+            normalize_client_ids(&mut p.allowed_client_ids);
+        }
+        for r in &mut self.routes {
+            normalize_client_ids(&mut r.allowed_client_ids);
         }
     }
 
@@ -972,6 +994,14 @@ impl Config {
                 )?,
             }
         }
+        for (i, p) in self.providers.iter().enumerate() {
+            if p.allowed_client_ids.iter().any(|id| id.is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("providers[{i}].allowed_client_ids"),
+                    "a client id is blank",
+                ));
+            }
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let at = |k: &str| format!("routes[{i}].{k}");
             if !r.path.starts_with('/') {
@@ -987,11 +1017,19 @@ impl Config {
                     || r.obo.is_some()
                     || !r.obo_headers.is_empty()
                     || r.auth_context.is_some()
-                    || r.token_in_query)
+                    || r.token_in_query
+                    || r.allow_unscoped_tokens.is_some()
+                    || !r.allowed_client_ids.is_empty())
             {
                 return Err(ConfigError::invalid(
                     at("auth"),
-                    "scopes, roles, auth_context, token_in_query, obo and obo_headers need auth = \"required\"",
+                    "scopes, roles, auth_context, token_in_query, allow_unscoped_tokens, allowed_client_ids, obo and obo_headers need auth = \"required\"",
+                ));
+            }
+            if r.allowed_client_ids.iter().any(|id| id.is_empty()) {
+                return Err(ConfigError::invalid(
+                    at("allowed_client_ids"),
+                    "a client id is blank",
                 ));
             }
             if let Some(id) = &r.auth_context
@@ -1259,6 +1297,19 @@ fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
         "authorization" => Some("use `obo` to replace Authorization"),
         _ if name.starts_with("x-auth-") => Some("X-Auth-* are tollgate's identity headers"),
         _ => None,
+    }
+}
+
+/// Trims client ids and writes GUIDs in the lower case tokens carry them in (see `normalize`);
+/// other ids (Keycloak, Auth0) are case-sensitive and kept as written.
+pub(crate) fn normalize_client_ids(ids: &mut [String]) {
+    for id in ids {
+        let trimmed = id.trim();
+        *id = if is_guid(trimmed) {
+            trimmed.to_ascii_lowercase()
+        } else {
+            trimmed.to_owned()
+        };
     }
 }
 

@@ -214,6 +214,8 @@ impl Auth {
                 optional: false,
                 auth_context: None,
                 query_token: false,
+                allow_unscoped: None,
+                allowed_client_ids: Vec::new(),
             }),
         }
     }
@@ -597,6 +599,9 @@ struct Requirements {
     optional: bool,
     auth_context: Option<String>,
     query_token: bool,
+    /// `None`: the provider's `allow_unscoped_tokens`.
+    allow_unscoped: Option<bool>,
+    allowed_client_ids: Vec<String>,
 }
 
 impl AuthLayer {
@@ -714,6 +719,58 @@ impl AuthLayer {
     /// ```
     pub fn allow_query_token(mut self) -> Self {
         Arc::make_mut(&mut self.inner).query_token = true;
+        self
+    }
+
+    /// Accept tokens that carry neither `scp` nor `roles` (overriding the provider's
+    /// `allow_unscoped_tokens`). By default they get `403 insufficient_scope`: such a token is
+    /// usually an app-only token of any app in the tenant that asked for `api://<this
+    /// app>/.default` without being granted a role (Microsoft.Identity.Web's IDW10201). Allow them
+    /// only where the app authorises callers itself, e.g. by [`Claims::client_id`].
+    ///
+    /// ```no_run
+    /// # async fn f(auth: tollgate::Auth) {
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/jobs", axum::routing::post(|| async { "queued" }))
+    ///     .route_layer(auth.layer().allow_unscoped_tokens());
+    /// # }
+    /// ```
+    pub fn allow_unscoped_tokens(mut self) -> Self {
+        Arc::make_mut(&mut self.inner).allow_unscoped = Some(true);
+        self
+    }
+
+    /// Accept only tokens issued to one of these clients (`azp`, or `appid` in v1 tokens), on
+    /// top of the provider's `allowed_client_ids`; any other is `401 invalid_token`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
+    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
+    /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
+    /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+    /// use tower::{Layer, ServiceExt};
+    /// let service = auth.layer().allowed_client_ids([FRONTEND_CLIENT_ID]).layer(hello.clone());
+    /// assert_eq!(service.oneshot(ask(&token)).await?.status(), 200);
+    /// let service = auth.layer().allowed_client_ids(["another-client"]).layer(hello);
+    /// assert_eq!(service.oneshot(ask(&token)).await?.status(), 401);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
+    pub fn allowed_client_ids<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        ids: I,
+    ) -> Self {
+        let mut ids: Vec<String> = ids.into_iter().map(Into::into).collect();
+        crate::config::normalize_client_ids(&mut ids);
+        Arc::make_mut(&mut self.inner).allowed_client_ids = ids;
         self
     }
 
@@ -846,6 +903,13 @@ where
         let validation = Box::pin(async move {
             let claims = layer.validator.validate(&token).await?;
             claims.check(&layer.scopes, &layer.roles)?;
+            let provider = layer.validator.provider().config();
+            claims.check_access(
+                layer
+                    .allow_unscoped
+                    .unwrap_or(provider.allow_unscoped_tokens),
+                [&provider.allowed_client_ids, &layer.allowed_client_ids],
+            )?;
             if let Some(wanted) = &layer.auth_context
                 && !crate::validate::has_auth_context(&claims, wanted)
             {

@@ -548,6 +548,17 @@ async fn authenticate(
     let from_query = matches!(token, SentToken::Query(_));
     let claims = validator.validate(token.as_str()).await?;
     claims.check(&route.config.scopes, &route.config.roles)?;
+    let provider = validator.provider().config();
+    claims.check_access(
+        route
+            .config
+            .allow_unscoped_tokens
+            .unwrap_or(provider.allow_unscoped_tokens),
+        [
+            &provider.allowed_client_ids,
+            &route.config.allowed_client_ids,
+        ],
+    )?;
     // Kept only where the route exchanges it (the headers change before the exchange, and
     // parsing them a second time would scan the whole token again) or moves it to a header.
     let token = (route.exchanges() || from_query).then(|| token.into_string());

@@ -402,6 +402,45 @@ impl Claims {
         Ok(())
     }
 
+    /// The client the token was issued to: `azp` (v2 tokens) or `appid` (v1).
+    ///
+    /// ```
+    /// let map = serde_json::from_value(serde_json::json!({"sub": "s", "appid": "cccccccc-3333-4444-5555-dddddddddddd"})).unwrap();
+    /// let claims = tollgate::Claims::from_map("entra_id", map);
+    /// assert_eq!(claims.client_id(), Some("cccccccc-3333-4444-5555-dddddddddddd"));
+    /// ```
+    pub fn client_id(&self) -> Option<&str> {
+        self.str("azp").or_else(|| self.str("appid"))
+    }
+
+    /// The checks that come with a provider's and a route's (or layer's) access settings, after
+    /// [`check`](Self::check): a token with neither `scp` nor `roles` is refused unless
+    /// `allow_unscoped` (Microsoft.Identity.Web's IDW10201), and the token's client must be in
+    /// each non-empty allow-list.
+    pub(crate) fn check_access(
+        &self,
+        allow_unscoped: bool,
+        client_lists: [&[String]; 2],
+    ) -> Result<(), ValidationError> {
+        if !allow_unscoped && self.0.scopes.is_empty() && self.0.roles.is_empty() {
+            return Err(ValidationError::InsufficientScope {
+                scope: String::new(),
+            });
+        }
+        for allowed in client_lists {
+            if !allowed.is_empty()
+                && !self
+                    .client_id()
+                    .is_some_and(|id| allowed.iter().any(|a| a == id))
+            {
+                return Err(ValidationError::InvalidToken(
+                    "the token was issued to a client that is not allowed here".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn str(&self, name: &str) -> Option<&str> {
         self.0.map.get(name).and_then(Value::as_str)
     }
@@ -488,6 +527,11 @@ impl ValidationError {
     pub fn www_authenticate(&self) -> String {
         match self {
             Self::Missing | Self::KeysUnavailable => format!("Bearer realm=\"{REALM}\""),
+            // A token without any scope or role: nothing to name that would do.
+            Self::InsufficientScope { scope } if scope.is_empty() => format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                quote_safe(&self.to_string())
+            ),
             Self::InsufficientScope { scope } => format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
                 quote_safe(&self.to_string()),

@@ -80,6 +80,26 @@ fn every_bad_option_is_named() {
             "providers[0].algorithms",
         ),
         (
+            format!("{PROVIDER}allowed_client_ids = [\" \"]\n"),
+            "providers[0].allowed_client_ids",
+        ),
+        (
+            format!("{PROVIDER}\n[[routes]]\npath = \"/\"\nallowed_client_ids = [\"\"]\n"),
+            "routes[0].allowed_client_ids",
+        ),
+        (
+            format!(
+                "{PROVIDER}\n[[routes]]\npath = \"/\"\nauth = \"none\"\nallow_unscoped_tokens = true\n"
+            ),
+            "routes[0].auth",
+        ),
+        (
+            format!(
+                "{PROVIDER}\n[[routes]]\npath = \"/\"\nauth = \"none\"\nallowed_client_ids = [\"x\"]\n"
+            ),
+            "routes[0].auth",
+        ),
+        (
             format!("{PROVIDER}issuer = \"https://login.microsoftonline.com/{{tenantid}}/v2.0\"\n"),
             "providers[0].allowed_tenants",
         ),

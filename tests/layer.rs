@@ -169,7 +169,8 @@ async fn a_header_with_critical_extensions_is_refused_though_signed_by_the_real_
     let server = serve(router.layer(auth.layer())).await;
     let claims = support::user_claims(&idp.issuer());
     for crit in [json!(["exp"]), json!(["urn:example:ext"]), json!([])] {
-        let header = json!({"typ": "JWT", "alg": "RS256", "kid": "k1", "crit": crit, "urn:example:ext": 1});
+        let header =
+            json!({"typ": "JWT", "alg": "RS256", "kid": "k1", "crit": crit, "urn:example:ext": 1});
         let token = key.sign(&header, &claims);
         let (status, headers, body) = get_json(&server.url("/"), Some(&token)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "crit {crit}");
@@ -188,6 +189,34 @@ async fn a_header_with_critical_extensions_is_refused_though_signed_by_the_real_
     let (status, _, _) = get_json(&server.url("/"), Some(&good)).await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_without_scopes_or_roles_need_the_layer_to_allow_them() {
+    let key = support::TestKey::new("k1");
+    let idp = support::StaticIdp::start(&[&key]).await;
+    let auth = Auth::builder()
+        .well_known_url(&idp.well_known())
+        .client_id(support::CLIENT_ID)
+        .build()
+        .await
+        .unwrap();
+    let mut claims = support::user_claims(&idp.issuer());
+    support::merge(&mut claims, json!({"scp": null, "roles": null}));
+    let unscoped = key.sign(&json!({"typ": "JWT", "alg": "RS256", "kid": "k1"}), &claims);
+    let (router, calls) = counting_router();
+    let strict = serve(router.clone().layer(auth.layer())).await;
+    let (status, headers, body) = get_json(&strict.url("/"), Some(&unscoped)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "insufficient_scope");
+    assert!(!headers["www-authenticate"].to_str().unwrap().contains("scope=\""));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let lenient = serve(router.layer(auth.layer().allow_unscoped_tokens())).await;
+    let (status, _, _) = get_json(&lenient.url("/"), Some(&unscoped)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    strict.stop().await;
+    lenient.stop().await;
 }
 
 #[tokio::test]

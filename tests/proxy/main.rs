@@ -259,7 +259,10 @@ async fn assert_invalid(h: &Harness, token: &str, why: &str) {
     // Introspection runs the same checks: the token is not active there either.
     let r = h
         .http
-        .post(format!("http://{}/api/v1/introspect", h.server.api.unwrap()))
+        .post(format!(
+            "http://{}/api/v1/introspect",
+            h.server.api.unwrap()
+        ))
         .json(&json!({"identity_provider": "entra_id", "token": token}))
         .send()
         .await
@@ -357,6 +360,70 @@ async fn identity_and_forwarding_headers_are_stripped_in_every_spelling() {
     let r = h.get_with("/public/y", "x_custom_header", "kept").await;
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["x_custom_header"], "kept");
+}
+
+#[tokio::test]
+async fn tokens_without_scopes_or_roles_and_from_other_clients_are_refused() {
+    // An app-only token of any app in the tenant that asked for `api://<us>/.default` without
+    // being granted a role carries neither scp nor roles: refused unless a route allows it.
+    const FRONTEND: &str = "cccccccc-3333-4444-5555-dddddddddddd";
+    const DAEMON: &str = "dddddddd-4444-5555-6666-eeeeeeeeeeee";
+    const STRANGER: &str = "eeeeeeee-5555-6666-7777-ffffffffffff";
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "well_known_url = \"{}\"\nallowed_client_ids = [\"{FRONTEND}\", \"{DAEMON}\"]\n\n\
+         [[routes]]\npath = \"/acl\"\nallow_unscoped_tokens = true\n\n\
+         [[routes]]\npath = \"/frontend-only\"\nallowed_client_ids = [\"{}\"]\n",
+        idp.well_known(),
+        FRONTEND.to_ascii_uppercase()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    let app = |client: &str, extra: Value| {
+        let mut claims = json!({"scp": null, "roles": null, "azp": client, "idtyp": "app",
+                                "sub": "app-oid", "oid": "app-oid", "name": null, "preferred_username": null});
+        merge(&mut claims, extra);
+        key.token(&iss, claims)
+    };
+    let unscoped = app(DAEMON, json!({}));
+    let before = h.echo.hits();
+    let r = h.get("/x", Some(&unscoped)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"tollgate\", error=\"insufficient_scope\", error_description=\"the token lacks a required scope or role\""
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(h.echo.hits(), before, "never forwarded");
+    // A route that authorises by client itself lets it through.
+    assert_eq!(h.get("/acl/x", Some(&unscoped)).await.status(), 200);
+    // With a role it is an ordinary app token; a v1 token names its client in appid.
+    let with_role = app(DAEMON, json!({"roles": ["Jobs.Run"]}));
+    assert_eq!(h.get("/x", Some(&with_role)).await.status(), 200);
+    let v1 = app(
+        DAEMON,
+        json!({"roles": ["Jobs.Run"], "azp": null, "appid": DAEMON, "ver": "1.0"}),
+    );
+    assert_eq!(h.get("/x", Some(&v1)).await.status(), 200);
+    // A client on neither list: 401 everywhere, even where unscoped tokens are allowed.
+    let stranger = app(STRANGER, json!({"roles": ["Jobs.Run"]}));
+    for path in ["/x", "/acl/x", "/frontend-only/x"] {
+        let r = h.get(path, Some(&stranger)).await;
+        assert_eq!(r.status(), 401, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_token", "{path}");
+    }
+    // The route's list narrows the provider's (an upper-case GUID in the file still matches).
+    assert_eq!(
+        h.get("/frontend-only/x", Some(&with_role)).await.status(),
+        401
+    );
+    let user = key.token(&iss, json!({}));
+    assert_eq!(h.get("/frontend-only/x", Some(&user)).await.status(), 200);
+    assert_eq!(h.get("/x", Some(&user)).await.status(), 200);
 }
 
 #[tokio::test]

@@ -119,7 +119,11 @@ async fn path_parameters_are_refused_before_routing() {
     // A `;` in the query is the query's business.
     let (status, _) = raw_get(&h, "/public/x?a=1;b=2", None).await;
     assert_eq!(status, 200);
-    assert_eq!(h.echo.hits(), before + 1, "only the last request was forwarded");
+    assert_eq!(
+        h.echo.hits(),
+        before + 1,
+        "only the last request was forwarded"
+    );
 }
 
 #[tokio::test]
