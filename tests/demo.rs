@@ -88,6 +88,73 @@ fn hidden_inputs(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The commands the banner prints under each `# N.` heading, in order.
+fn printed_steps(lines: &[String]) -> std::collections::BTreeMap<u32, Vec<String>> {
+    let mut steps = std::collections::BTreeMap::new();
+    let mut current = None;
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("# ") {
+            current = rest
+                .split_once('.')
+                .and_then(|(n, _)| n.parse::<u32>().ok());
+        } else if line.trim().is_empty() {
+            current = None;
+        } else if let Some(n) = current {
+            steps.entry(n).or_insert_with(Vec::new).push(line.clone());
+        }
+    }
+    steps
+}
+
+/// Runs one printed line with bash, as a user pasting it would, with `vars` set.
+fn shell(line: &str, vars: &[(&str, &str)]) -> String {
+    let out = Command::new("bash")
+        .args(["-c", line])
+        .envs(vars.iter().copied())
+        .output()
+        .expect("bash runs (and curl is installed: scripts/test installs it)");
+    assert!(out.status.success(), "{line}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a printed `VAR=$(...)` line and returns what it put in `var`.
+fn shell_var(line: &str, var: &str, vars: &[(&str, &str)]) -> String {
+    assert!(line.starts_with(&format!("{var}=")), "{line}");
+    let value = shell(&format!("{line}\nprintf '%s' \"${var}\""), vars);
+    assert!(!value.is_empty() && !value.contains('{'), "{line}: {value}");
+    value
+}
+
+/// Runs a printed `curl` line; `curl -i` output gives the status and headers, `curl -s` only
+/// the body (status 200 when it is JSON without an `error`).
+fn curl(line: &str, vars: &[(&str, &str)]) -> (u16, String, Value) {
+    assert!(line.starts_with("curl "), "{line}");
+    let out = shell(line, vars);
+    if let Some(rest) = out.strip_prefix("HTTP/1.1 ") {
+        let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        let status = head[..3].parse().unwrap();
+        return (
+            status,
+            head.to_owned(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        );
+    }
+    let body: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{line}: {out}"));
+    let status = if body.get("error").is_some() {
+        400
+    } else {
+        200
+    };
+    (status, String::new(), body)
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
 fn claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(
@@ -102,8 +169,8 @@ fn claims(token: &str) -> Value {
 async fn demo_commands_work_as_printed() {
     let demo = start_demo();
     let v = |k: &str| demo.vars[k].clone();
-    let (public, api, admin, idp, tenant) =
-        (v("public"), v("api"), v("admin"), v("idp"), v("tenant"));
+    let (public, admin, idp, tenant) =
+        (v("public"), v("admin"), v("idp"), v("tenant"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -120,47 +187,23 @@ async fn demo_commands_work_as_printed() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let token_for = |scope: &str| {
-        let http = http.clone();
-        let url = format!("{idp}/{tenant}/oauth2/v2.0/token");
-        let scope = scope.to_owned();
-        async move {
-            let form = [
-                ("grant_type", "password"),
-                ("client_id", tollgate::devidp::FRONTEND_CLIENT_ID),
-                ("username", "alice"),
-                ("password", "dev"),
-                ("scope", scope.as_str()),
-            ];
-            let body: Value = http
-                .post(url)
-                .form(&form)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body["access_token"]
-                .as_str()
-                .expect("the dev IdP issued a token")
-                .to_owned()
-        }
+    let steps = printed_steps(&demo.lines);
+    let step = |n: u32| -> &[String] {
+        steps
+            .get(&n)
+            .unwrap_or_else(|| panic!("step {n} printed: {:?}", demo.lines))
     };
-    // 1-2: a user token passes, the app sees identity headers.
-    let token = token_for("api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user").await;
-    let r = http
-        .get(format!("http://{public}/api/hello"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let returned_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let echo: Value = r.json().await.unwrap();
+    // 1: the printed command gets a user token from the dev IdP.
+    let token = shell_var(&step(1)[0], "TOKEN", &[]);
+    assert_eq!(claims(&token)["oid"], tollgate::devidp::ALICE_OID);
+    let with_token = [("TOKEN", token.as_str())];
+    // 2: through tollgate: 200, and the app sees identity headers.
+    let (status, headers, echo) = curl(&step(2)[0], &with_token);
+    assert_eq!(status, 200, "{headers}");
     assert_eq!(echo["headers"]["x-auth-oid"], tollgate::devidp::ALICE_OID);
     assert_eq!(echo["headers"]["x-auth-scopes"], "access_as_user");
     // The demo gives each request an X-Request-Id: a new UUID, the same for app and client.
+    let returned_id = header(&headers, "x-request-id").expect("an X-Request-Id");
     assert_eq!(echo["headers"]["x-request-id"], returned_id.as_str());
     assert!(uuid::Uuid::try_parse(&returned_id).is_ok(), "{returned_id}");
     // A client's own id is kept; one that is not a sane header value is replaced.
@@ -176,39 +219,23 @@ async fn demo_commands_work_as_printed() {
         assert_eq!(echo["headers"]["x-request-id"], back.as_str());
         assert_eq!(back == sent, kept, "{sent}: {back}");
     }
-    // 3: no token.
-    let r = http
-        .get(format!("http://{public}/api/hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
-    // 4: a token without the scope.
-    let read = token_for("api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/read").await;
-    let r = http
-        .get(format!("http://{public}/api/hello"))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    // 3: no token: 401 with the bare challenge.
+    let (status, headers, _) = curl(&step(3)[0], &[]);
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&headers, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"tollgate\"")
+    );
+    // 4: a token without the scope: 403 insufficient_scope.
+    let read = shell_var(&step(4)[0], "READ", &[]);
+    let (status, headers, _) = curl(&step(4)[1], &[("READ", read.as_str())]);
+    assert_eq!(status, 403);
     assert!(
-        r.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("insufficient_scope")
+        header(&headers, "www-authenticate").is_some_and(|c| c.contains("insufficient_scope")),
+        "{headers}"
     );
     // 5: On-Behalf-Of route: the app gets a downstream token, not alice's.
-    let echo: Value = http
-        .get(format!("http://{public}/obo/hello"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, _, echo) = curl(&step(5)[0], &with_token);
     let forwarded = echo["headers"]["authorization"]
         .as_str()
         .unwrap()
@@ -221,27 +248,22 @@ async fn demo_commands_work_as_printed() {
         tollgate::devidp::DOWNSTREAM_CLIENT_ID
     );
     assert_eq!(claims(&forwarded)["oid"], tollgate::devidp::ALICE_OID);
-    // 6: the Texas API.
-    let r: Value = http
-        .post(format!("http://{api}/api/v1/token/exchange"))
-        .json(&serde_json::json!({"identity_provider": "azuread", "target": "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default", "user_token": token}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["token_type"], "Bearer");
-    let r: Value = http
-        .post(format!("http://{api}/api/v1/introspect"))
-        .form(&[("identity_provider", "entra_id"), ("token", token.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["active"], true);
+    // 6: the Texas API: client credentials, exchange, introspection, each as printed.
+    let [app, exchanged, introspected] = [0, 1, 2].map(|i| curl(&step(6)[i], &with_token));
+    assert_eq!(app.0, 200, "{}", app.2);
+    assert_eq!(
+        claims(app.2["access_token"].as_str().unwrap())["idtyp"],
+        "app"
+    );
+    assert_eq!(exchanged.0, 200, "{}", exchanged.2);
+    assert_eq!(exchanged.2["token_type"], "Bearer");
+    assert_eq!(
+        claims(exchanged.2["access_token"].as_str().unwrap())["oid"],
+        tollgate::devidp::ALICE_OID
+    );
+    assert_eq!(introspected.0, 200);
+    assert_eq!(introspected.2["active"], true);
+    assert_eq!(introspected.2["oid"], tollgate::devidp::ALICE_OID);
     // 7: the login flow, as a browser follows it.
     let login_url = demo
         .lines
@@ -292,36 +314,15 @@ async fn demo_commands_work_as_printed() {
         .map(|(_, v)| v.into_owned())
         .expect("the callback carries a code");
     let mut secrets = vec![token.clone(), read.clone(), forwarded.clone(), code];
-    // 8: delegated tokens by UPN and by oid.
-    for (k, val, target) in [
-        (
-            "user_upn",
-            "alice@contoso.example",
-            "https://graph.microsoft.com/User.Read",
-        ),
-        (
-            "user_oid",
-            tollgate::devidp::ALICE_OID,
-            "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user",
-        ),
-    ] {
-        let r = http
-            .post(format!("http://{api}/api/v1/token/delegated"))
-            .form(&[
-                ("identity_provider", "entra_id"),
-                ("target", target),
-                (k, val),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "delegated by {k}");
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(
-            claims(body["access_token"].as_str().unwrap())["oid"],
-            tollgate::devidp::ALICE_OID
-        );
-        secrets.push(body["access_token"].as_str().unwrap().to_owned());
+    // 8: delegated tokens by UPN and by oid, each command as printed.
+    let delegated = step(8);
+    assert_eq!(delegated.len(), 2, "{delegated:?}");
+    for command in delegated {
+        let (status, _, body) = curl(command, &[]);
+        assert_eq!(status, 200, "{command}: {body}");
+        let access_token = body["access_token"].as_str().expect("a delegated token");
+        assert_eq!(claims(access_token)["oid"], tollgate::devidp::ALICE_OID);
+        secrets.push(access_token.to_owned());
     }
     // Ctrl-C stops everything.
     let mut demo = demo;

@@ -209,7 +209,12 @@ async fn tokens_without_scopes_or_roles_need_the_layer_to_allow_them() {
     let (status, headers, body) = get_json(&strict.url("/"), Some(&unscoped)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "insufficient_scope");
-    assert!(!headers["www-authenticate"].to_str().unwrap().contains("scope=\""));
+    assert!(
+        !headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"")
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     let lenient = serve(router.layer(auth.layer().allow_unscoped_tokens())).await;
     let (status, _, _) = get_json(&lenient.url("/"), Some(&unscoped)).await;

@@ -77,15 +77,96 @@ fn from_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         return serde_urlencoded::from_bytes::<T>(bytes).map_err(|e| e.to_string());
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "the form is not UTF-8".to_owned())?;
-    let pairs = text
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")));
+    let pairs = text.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (name, FormValue(value))
+    });
     T::deserialize(serde::de::value::MapDeserializer::<
         _,
         serde::de::value::Error,
     >::new(pairs))
     .map_err(|e| e.to_string())
+}
+
+/// One form value, deserialised as `serde_urlencoded` deserialises its values: a present value
+/// is `Some` for an `Option` field (serde's plain `&str` deserializer refuses options, which made
+/// every optional field fail from a form), numbers and booleans are parsed from the text, and
+/// everything else sees the borrowed string.
+struct FormValue<'a>(&'a str);
+
+impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for FormValue<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+/// `deserialize_$ty` parses the value with `FromStr` and visits the result; the error is the
+/// parser's, which (unlike serde's "invalid type" message) does not quote the value.
+macro_rules! parsed {
+    ($($method:ident => $visit:ident,)*) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            match self.0.parse() {
+                Ok(v) => visitor.$visit(v),
+                Err(e) => Err(serde::de::Error::custom(e)),
+            }
+        }
+    )*};
+}
+
+impl<'de> serde::Deserializer<'de> for FormValue<'de> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_borrowed_str(self.0)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(serde::de::value::BorrowedStrDeserializer::new(self.0))
+    }
+
+    parsed! {
+        deserialize_bool => visit_bool,
+        deserialize_u8 => visit_u8,
+        deserialize_u16 => visit_u16,
+        deserialize_u32 => visit_u32,
+        deserialize_u64 => visit_u64,
+        deserialize_i8 => visit_i8,
+        deserialize_i16 => visit_i16,
+        deserialize_i32 => visit_i32,
+        deserialize_i64 => visit_i64,
+        deserialize_f32 => visit_f32,
+        deserialize_f64 => visit_f64,
+    }
+
+    serde::forward_to_deserialize_any! {
+        char str string bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        identifier ignored_any i128 u128
+    }
 }
 
 fn too_large(e: &axum::Error) -> bool {
@@ -99,14 +180,18 @@ fn too_large(e: &axum::Error) -> bool {
     false
 }
 
-/// serde messages name the field but never quote its value beyond the type; trim the position
-/// suffix so the description stays stable across JSON and form.
+/// serde messages name the field; the position suffix is trimmed so the description stays
+/// stable across JSON and form, and a quoted string value (`invalid type: string "..."`, where
+/// a field wanted another type) is left out: it could be a token sent in the wrong field.
 fn describe(message: String) -> String {
-    let m = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_owned();
+    let m = message.split(" at line ").next().unwrap_or(&message);
+    let m = match m.split_once("string \"") {
+        Some((before, rest)) => match rest.rsplit_once("\",") {
+            Some((_, after)) => format!("{before}a string,{after}"),
+            None => format!("{before}a string"),
+        },
+        None => m.to_owned(),
+    };
     format!("invalid request body: {m}")
 }
 
@@ -158,6 +243,48 @@ mod tests {
         assert_eq!(pairs, reference);
     }
 
+    /// Every API body's optional fields, as the token, exchange and delegated requests have them.
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Optional {
+        identity_provider: String,
+        user_oid: Option<String>,
+        user_upn: Option<String>,
+        resource: Option<String>,
+        count: Option<u32>,
+        #[serde(default)]
+        flag: bool,
+    }
+
+    #[test]
+    fn optional_fields_parse_from_a_form_exactly_as_from_json() {
+        for (form, json) in [
+            (
+                "identity_provider=entra_id&user_upn=alice@contoso.example",
+                r#"{"identity_provider":"entra_id","user_upn":"alice@contoso.example"}"#,
+            ),
+            (
+                "identity_provider=entra_id&user_oid=99999999-8888-7777-6666-555555555555&count=3&flag=true",
+                r#"{"identity_provider":"entra_id","user_oid":"99999999-8888-7777-6666-555555555555","count":3,"flag":true}"#,
+            ),
+            (
+                "identity_provider=entra_id&resource=",
+                r#"{"identity_provider":"entra_id","resource":""}"#,
+            ),
+            ("identity_provider=x", r#"{"identity_provider":"x"}"#),
+        ] {
+            let fast: Optional = from_form(form.as_bytes()).unwrap();
+            let reference: Optional = serde_urlencoded::from_str(form).unwrap();
+            let from_json: Optional = serde_json::from_str(json).unwrap();
+            assert_eq!(fast, reference, "{form}");
+            assert_eq!(fast, from_json, "{form}");
+        }
+        let bad = from_form::<Optional>(b"identity_provider=x&count=many").unwrap_err();
+        let reference = serde_urlencoded::from_str::<Optional>("identity_provider=x&count=many")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(bad, reference);
+    }
+
     #[test]
     fn escaped_forms_are_decoded_and_errors_name_the_problem() {
         let r: Req = from_form(b"identity_provider=entra%5Fid&target=a+b").unwrap();
@@ -170,5 +297,20 @@ mod tests {
         let twice = from_form::<Req>(b"identity_provider=x&target=a&target=b").unwrap_err();
         assert!(twice.contains("duplicate field `target`"), "{twice}");
         assert!(from_form::<Req>(b"identity_provider=\xff&target=a").is_err());
+    }
+
+    #[test]
+    fn a_string_in_the_wrong_field_is_not_quoted_back() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Typed {
+            n: Vec<u8>,
+        }
+        let e = serde_json::from_str::<Typed>(r#"{"n":"eyJhbGciOi.secret.sig"}"#).unwrap_err();
+        let d = describe(e.to_string());
+        assert_eq!(
+            d,
+            "invalid request body: invalid type: a string, expected a sequence"
+        );
     }
 }
