@@ -717,6 +717,16 @@ impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
     }
 }
 
+impl<'a> FromIterator<(&'a str, &'a str)> for MapEnv {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(vars: I) -> Self {
+        Self(
+            vars.into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
 impl EnvSource for MapEnv {
     fn vars(&self) -> Vec<(String, String)> {
         self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -732,6 +742,45 @@ const STRING_KEYS: &[&str] = &[
     "name",
     "level",
 ];
+
+/// The `<SECTION>__<KEY>` part of a `TOLLGATE_*` variable that is configuration.
+///
+/// Only names with a `__` level separator are: Kubernetes puts `TOLLGATE_PORT`,
+/// `TOLLGATE_SERVICE_HOST`, `TOLLGATE_PORT_8080_TCP_ADDR` ... into every pod of a namespace that
+/// has a Service named `tollgate` (service links), and those must not stop the start. A
+/// misspelt key inside a section (`TOLLGATE_LOG__LEVLE`) still has the `__` and stays an error.
+/// `TOLLGATE_CONFIG` names the file (read by the CLI); it is not an option.
+fn env_option(name: &str) -> Option<&str> {
+    name.strip_prefix("TOLLGATE_")
+        .filter(|rest| rest.contains("__") && name != "TOLLGATE_CONFIG")
+}
+
+/// The `TOLLGATE_*` variables in `env` that are not configuration and were left alone
+/// (Kubernetes service links such as `TOLLGATE_SERVICE_HOST`), for a debug line at start.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv, ignored_env_names};
+/// let env = MapEnv::from([
+///     ("TOLLGATE_SERVICE_HOST", "10.0.0.7"),
+///     ("TOLLGATE_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+///     ("TOLLGATE_LOG__LEVEL", "debug"),
+/// ]);
+/// assert_eq!(Config::from_toml_str("", &env)?.log.level, "debug");
+/// assert_eq!(ignored_env_names(&env), ["TOLLGATE_PORT_8080_TCP", "TOLLGATE_SERVICE_HOST"]);
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+pub fn ignored_env_names(env: &dyn EnvSource) -> Vec<String> {
+    let mut names: Vec<String> = env
+        .vars()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            name.starts_with("TOLLGATE_") && name != "TOLLGATE_CONFIG" && env_option(name).is_none()
+        })
+        .collect();
+    names.sort();
+    names
+}
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) merged with `env`, then validates.
@@ -769,11 +818,7 @@ impl Config {
         let mut figment = Figment::new().merge(Toml::string(text));
         let vars = env.vars();
         for (name, value) in &vars {
-            // TOLLGATE_CONFIG names the file (read by the CLI), it is not an option.
-            let Some(rest) = name
-                .strip_prefix("TOLLGATE_")
-                .filter(|_| name != "TOLLGATE_CONFIG")
-            else {
+            let Some(rest) = env_option(name) else {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");

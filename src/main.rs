@@ -104,6 +104,10 @@ async fn run(command: Command) -> Result<(), String> {
                 cfg.log.level.clone()
             };
             init_logging(cfg.log.format, &level);
+            let ignored = tollgate::config::ignored_env_names(&ProcessEnv);
+            if !ignored.is_empty() {
+                tracing::debug!(names = ?ignored, "TOLLGATE_* variables without a SECTION__KEY are not configuration; ignored");
+            }
             let server = tollgate::server::Server::bind(cfg)
                 .await
                 .map_err(|e| e.to_string())?;

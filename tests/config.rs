@@ -286,6 +286,50 @@ fn check_command_prints_redacted_config_and_fails_on_errors() {
     assert!(!out.status.success());
 }
 
+#[test]
+fn kubernetes_service_link_variables_do_not_stop_the_start() {
+    // What Kubernetes puts in every pod of a namespace with a Service named `tollgate`.
+    let links = [
+        ("TOLLGATE_SERVICE_HOST", "10.96.0.12"),
+        ("TOLLGATE_SERVICE_PORT", "8080"),
+        ("TOLLGATE_SERVICE_PORT_HTTP", "8080"),
+        ("TOLLGATE_PORT", "tcp://10.96.0.12:8080"),
+        ("TOLLGATE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("TOLLGATE_PORT_8080_TCP_PROTO", "tcp"),
+        ("TOLLGATE_PORT_8080_TCP_PORT", "8080"),
+        ("TOLLGATE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ];
+    let mut vars = links.to_vec();
+    vars.push(("TOLLGATE_LOG__LEVEL", "debug"));
+    let env = MapEnv::from_iter(vars.iter().copied());
+    let cfg = Config::from_toml_str(PROVIDER, &env).unwrap();
+    assert_eq!(cfg.log.level, "debug", "SECTION__KEY names still configure");
+    let mut ignored: Vec<&str> = links.iter().map(|(n, _)| *n).collect();
+    ignored.sort_unstable();
+    assert_eq!(tollgate::config::ignored_env_names(&env), ignored);
+    // A misspelt key inside a section is still an error naming it.
+    let env = MapEnv::from([("TOLLGATE_LOG__LEVLE", "debug")]);
+    let e = Config::from_toml_str(PROVIDER, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("levle"), "{e}");
+    // And the binary starts its checks with them set.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.toml");
+    std::fs::write(&file, format!("{PROVIDER}\n[[routes]]\npath = \"/\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .envs(links)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// config.example.toml is a working file whose every value is the built-in default (apart from
 /// the placeholders a user must fill in): the documentation cannot drift from the code.
 #[test]

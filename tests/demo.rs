@@ -169,8 +169,7 @@ fn claims(token: &str) -> Value {
 async fn demo_commands_work_as_printed() {
     let demo = start_demo();
     let v = |k: &str| demo.vars[k].clone();
-    let (public, admin, idp, tenant) =
-        (v("public"), v("admin"), v("idp"), v("tenant"));
+    let (public, admin, idp, tenant) = (v("public"), v("admin"), v("idp"), v("tenant"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
