@@ -1042,7 +1042,7 @@ impl Validator {
             })?;
         let claims = data.claims;
         self.check_issuer(&claims, key.issuer.as_deref())?;
-        refuse_id_tokens(&claims)?;
+        refuse_id_tokens(header.typ.as_deref(), &claims)?;
         Ok(Claims::from_map(self.provider.name(), claims))
     }
 
@@ -1220,19 +1220,46 @@ fn check_header(header: &jsonwebtoken::Header) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// RFC 8725 §3.12: Entra access and ID tokens are both `typ: JWT`; tell them apart by content
-/// (entra-reference §3.8): an ID token carries `nonce`, and an Entra (`ver`) access token always
-/// names its client in `azp` (v2) or `appid` (v1).
-fn refuse_id_tokens(claims: &Map<String, Value>) -> Result<(), ValidationError> {
-    if claims.contains_key("nonce") {
-        return Err(ValidationError::InvalidToken(
+/// RFC 8725 §3.11-3.12: an ID token (or another JWT of the IdP's) must not pass as an access
+/// token. Entra's access and ID tokens are both `typ: JWT`, so they are told apart by content:
+/// - an explicit type that is not an access token's: a header `typ` other than `JWT` or RFC 9068's
+///   `at+jwt`, or a payload `typ` of Keycloak's `ID`, `Refresh`, `Offline` or `Logout`;
+/// - claims only ID tokens carry: `nonce`, `at_hash`, `c_hash` (OIDC Core §2, §3.3.2.11), and
+///   `events` (a logout token, OpenID Back-Channel Logout §2.4);
+/// - an Entra (`ver`) access token always names its client in `azp` (v2) or `appid` (v1); an
+///   Entra ID token (a refresh grant's has no `nonce`) names neither.
+fn refuse_id_tokens(
+    header_typ: Option<&str>,
+    claims: &Map<String, Value>,
+) -> Result<(), ValidationError> {
+    let not_access = || {
+        Err(ValidationError::InvalidToken(
             "an ID token is not an access token".into(),
-        ));
+        ))
+    };
+    if let Some(typ) = header_typ {
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        if !(typ.eq_ignore_ascii_case("jwt") || typ.eq_ignore_ascii_case("at+jwt")) {
+            return Err(ValidationError::InvalidToken(
+                "the token's type (typ) is not an access token's".into(),
+            ));
+        }
+    }
+    if let Some(typ) = claims.get("typ").and_then(Value::as_str)
+        && ["id", "refresh", "offline", "logout"]
+            .iter()
+            .any(|t| typ.eq_ignore_ascii_case(t))
+    {
+        return not_access();
+    }
+    if ["nonce", "at_hash", "c_hash", "events"]
+        .iter()
+        .any(|c| claims.contains_key(*c))
+    {
+        return not_access();
     }
     if claims.contains_key("ver") && !claims.contains_key("azp") && !claims.contains_key("appid") {
-        return Err(ValidationError::InvalidToken(
-            "an ID token is not an access token".into(),
-        ));
+        return not_access();
     }
     Ok(())
 }

@@ -502,6 +502,9 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
         json!({"crit": ["exp"]}),
         json!({"crit": ["urn:example:ext"], "urn:example:ext": true}),
         json!({"crit": []}),
+        // RFC 8725 §3.11 explicit typing: not an access token's type.
+        json!({"typ": "logout+jwt"}),
+        json!({"typ": "application/id_token+jwt"}),
     ] {
         assert_invalid(
             &h,
@@ -535,12 +538,26 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
         (json!({"iss": null}), "missing iss"),
         (json!({"nonce": "n-0S6"}), "ID token with nonce"),
         (
+            json!({"ver": null, "at_hash": "HK6E_P6Dh8Y93mRNtsDB1Q"}),
+            "Google-style ID token (at_hash, no ver)",
+        ),
+        (json!({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}), "hybrid-flow ID token"),
+        (json!({"ver": null, "typ": "ID"}), "Keycloak ID token"),
+        (json!({"ver": null, "typ": "Refresh"}), "Keycloak refresh token"),
+        (
+            json!({"events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+            "logout token",
+        ),
+        (
             json!({"azp": null, "scp": null}),
             "ID token without azp/appid",
         ),
     ] {
         assert_invalid(&h, &key.token(&iss, extra), why).await;
     }
+    // RFC 9068's access-token type is one.
+    let typed = key.sign(&hdr(json!({"typ": "at+jwt"})), &claims);
+    assert_eq!(h.get("/ok", Some(&typed)).await.status(), 200);
     let good = key.token(&iss, json!({}));
     let mut parts: Vec<&str> = good.split('.').collect();
     parts[1] = "eyJub3QtYmFzZTY0!!!";
