@@ -44,13 +44,20 @@ pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Case-insensitive ASCII prefix test on a segment boundary: `/api` matches `/api`, `/API/x` and
-/// `/api?q`, not `/apix`; a prefix ending in `/` matches anything below it.
+/// `/api?q`, not `/apix`; a prefix ending in `/` matches anything below it, and the directory
+/// itself without its slash (`/secret/` covers `/secret`, which most upstreams serve as the
+/// same resource or redirect to it: leaving it to a shorter, laxer route would open it).
 ///
 /// Case-insensitive because common upstreams (ASP.NET Core, IIS, many file servers) route
 /// case-insensitively: a case-sensitive match would let `/API/x` slip past an `/api` route.
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     let (p, s) = (prefix.as_bytes(), path.as_bytes());
     if s.len() < p.len() || !s[..p.len()].eq_ignore_ascii_case(p) {
+        if let Some(bare) = p.strip_suffix(b"/").filter(|b| !b.is_empty()) {
+            return s.len() >= bare.len()
+                && s[..bare.len()].eq_ignore_ascii_case(bare)
+                && matches!(s.get(bare.len()), None | Some(b'?'));
+        }
         return false;
     }
     let rest = &s[p.len()..];
@@ -232,6 +239,9 @@ mod tests {
         assert!(prefix_matches("/", "/anything"));
         assert!(!prefix_matches("/api", "/apix"));
         assert!(!prefix_matches("/api", "/ap"));
-        assert!(!prefix_matches("/api/", "/api"));
+        assert!(prefix_matches("/api/", "/api"));
+        assert!(prefix_matches("/api/", "/API?x"));
+        assert!(!prefix_matches("/api/", "/apix"));
+        assert!(!prefix_matches("/api/", "/ap"));
     }
 }

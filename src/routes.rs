@@ -123,7 +123,9 @@ mod tests {
         let t = RouteTable::new(&cfg, |_| None).unwrap();
         let hit = |p: &str| t.find(p).map(|r| r.config.path.clone());
         assert_eq!(hit("/api/admin/users").as_deref(), Some("/api/admin/"));
-        assert_eq!(hit("/api/admin").as_deref(), Some("/api"));
+        // A directory route covers the directory itself: `/api/admin` is not left to `/api`.
+        assert_eq!(hit("/api/admin").as_deref(), Some("/api/admin/"));
+        assert_eq!(hit("/api/adminx").as_deref(), Some("/api"));
         assert_eq!(hit("/api").as_deref(), Some("/api"));
         assert_eq!(hit("/apix").as_deref(), Some("/"));
         assert_eq!(hit("/other").as_deref(), Some("/"));
