@@ -293,7 +293,8 @@ impl Inner {
         // The upstream is spoken to in HTTP/1.1 whatever the client used (h2, HTTP/1.0).
         parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
-        strip_hop_by_hop(headers, upgrade);
+        let kept = parts.extensions.get::<AddedHeaders>().map(|a| &*a.0);
+        strip_hop_by_hop_keeping(headers, upgrade, kept.unwrap_or_default());
         if upgrade {
             headers.insert(header::CONNECTION, UPGRADE.clone());
         }
@@ -407,9 +408,20 @@ fn original_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// Header names tollgate set on a request for the upstream beyond the fixed ones (a route's
+/// `obo_headers`), carried as a request extension: a client naming them in `Connection` must
+/// not get them stripped after they were set.
+#[derive(Clone, Debug)]
+pub(crate) struct AddedHeaders(pub(crate) Arc<[HeaderName]>);
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in `Connection` and the fixed
 /// set. With `keep_upgrade`, `Upgrade` stays for a valid upgrade handshake.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip_hop_by_hop_keeping(headers, keep_upgrade, &[]);
+}
+
+/// [`strip_hop_by_hop`], where `Connection` cannot name any of `kept` either.
+fn strip_hop_by_hop_keeping(headers: &mut HeaderMap, keep_upgrade: bool, kept: &[HeaderName]) {
     // One pass over the names finds what is present: most messages carry no hop-by-hop field,
     // and a lookup for each absent one costs more than the scan.
     let found = headers
@@ -423,7 +435,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         match (connection.next(), connection.next()) {
             (Some(only), None) => {
                 let only = only.clone();
-                remove_connection_options(headers, &only, keep_upgrade);
+                remove_connection_options(headers, &only, keep_upgrade, kept);
             }
             _ => {
                 let all: Vec<HeaderValue> = headers
@@ -432,7 +444,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                     .cloned()
                     .collect();
                 for value in &all {
-                    remove_connection_options(headers, value, keep_upgrade);
+                    remove_connection_options(headers, value, keep_upgrade, kept);
                 }
             }
         }
@@ -473,9 +485,15 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 }
 
 /// Removes the fields a `Connection` value names, except those the caller put there for the
-/// upstream: a client must not be able to strip the injected `Authorization` or `X-Auth-*`
-/// identity headers (or `Host`) by listing them as hop-by-hop.
-fn remove_connection_options(headers: &mut HeaderMap, value: &HeaderValue, keep_upgrade: bool) {
+/// upstream: a client must not be able to strip the injected `Authorization`, `X-Auth-*`
+/// identity headers, `X-Request-Id`, a route's `obo_headers` (`kept`) or `Host` by listing them
+/// as hop-by-hop.
+fn remove_connection_options(
+    headers: &mut HeaderMap,
+    value: &HeaderValue,
+    keep_upgrade: bool,
+    kept: &[HeaderName],
+) {
     for token in value.as_bytes().split(|&b| b == b',') {
         let token = token.trim_ascii();
         let Ok(name) = std::str::from_utf8(token) else {
@@ -485,6 +503,8 @@ fn remove_connection_options(headers: &mut HeaderMap, value: &HeaderValue, keep_
             || name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("authorization")
             || starts_with_ignore_case(name, "x-auth-")
+            || name.eq_ignore_ascii_case("x-request-id")
+            || kept.iter().any(|k| name.eq_ignore_ascii_case(k.as_str()))
             || (keep_upgrade && name.eq_ignore_ascii_case("upgrade"))
         {
             continue;
@@ -963,7 +983,7 @@ mod tests {
             ("connection", &b"Keep-Alive, X-A"[..]),
             (
                 "connection",
-                b" x-b ,, upgrade, \xffbad, host, Authorization, X-Auth-Oid",
+                b" x-b ,, upgrade, \xffbad, host, Authorization, X-Auth-Oid, X-Request-Id",
             ),
             ("x-a", b"1"),
             ("x-b", b"2"),
@@ -977,6 +997,8 @@ mod tests {
             ("host", b"front.example"),
             ("authorization", b"Bearer t"),
             ("x-auth-oid", b"o"),
+            ("x-request-id", b"r"),
+            ("x-graph-token", b"g"),
             ("x-end-to-end", b"kept"),
         ] {
             headers.append(
@@ -984,15 +1006,33 @@ mod tests {
                 HeaderValue::from_bytes(value).unwrap(),
             );
         }
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-graph-token"),
+        );
         let mut upgrade = headers.clone();
+        let mut kept = headers.clone();
 
         strip_hop_by_hop(&mut headers, false);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(
             left,
-            ["authorization", "host", "x-auth-oid", "x-end-to-end"]
+            [
+                "authorization",
+                "host",
+                "x-auth-oid",
+                "x-end-to-end",
+                "x-request-id"
+            ]
         );
+        // A route's obo_headers, set by tollgate, are not the client's to strip.
+        strip_hop_by_hop_keeping(
+            &mut kept,
+            false,
+            &[HeaderName::from_static("x-graph-token")],
+        );
+        assert_eq!(kept["x-graph-token"], "g");
 
         strip_hop_by_hop(&mut upgrade, true);
         assert_eq!(upgrade["upgrade"], "websocket");

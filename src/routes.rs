@@ -18,6 +18,9 @@ pub(crate) struct Route {
     pub(crate) label: Arc<str>,
     /// `obo_headers`, names parsed once: header name -> target.
     pub(crate) obo_headers: Vec<(HeaderName, String)>,
+    /// The `obo_headers` names, which a client's `Connection` must not strip once tollgate has
+    /// set them (shared with each such request as an extension; `None` without `obo_headers`).
+    pub(crate) added_headers: Option<crate::proxy::AddedHeaders>,
     /// `tollgate_requests_total{route, status}` handles by status (100-599), registered on first
     /// use: counting a request is then an atomic add, not a registry lookup with new labels.
     requests: Box<[OnceLock<Counter>]>,
@@ -80,12 +83,16 @@ impl RouteTable {
                             format!("routes[{i}].obo_headers: {name:?} is not a header name")
                         })
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            let added_headers = (!obo_headers.is_empty()).then(|| {
+                crate::proxy::AddedHeaders(obo_headers.iter().map(|(h, _)| h.clone()).collect())
+            });
             routes.push(Route {
                 config: r.clone(),
                 validator,
                 label: Arc::from(r.path.as_str()),
                 obo_headers,
+                added_headers,
                 requests: (100..600).map(|_| OnceLock::new()).collect(),
             });
         }

@@ -431,6 +431,14 @@ async fn public_request(
     // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
     // on every route, so an upstream can trust them.
     remove_identity_headers(req.headers_mut());
+    // The same for the route's `obo_headers`: only tollgate sets them, and a preflight (which
+    // is not exchanged) must not carry a client's values under those names either.
+    if let Some(added) = &route.added_headers {
+        for name in added.0.iter() {
+            req.headers_mut().remove(name);
+        }
+        req.extensions_mut().insert(added.clone());
+    }
     if route.config.skip_auth_preflight && is_cors_preflight(&req) {
         if route.config.token_in_query {
             // A preflight's URL is the real request's: a token in it goes no further.

@@ -54,6 +54,7 @@ path = "/obo/"
 auth = "required"
 obo = "{0}"
 obo_headers = {{ "X-Graph-Token" = "{GRAPH_DEFAULT}" }}
+skip_auth_preflight = true
 
 [[routes]]
 path = "/hub/"
@@ -2046,6 +2047,38 @@ async fn obo_routes_inject_downstream_tokens_and_never_forward_the_inbound_one()
     let resp = s.get_public("/obo/orders", &alice, &[]).await;
     let again: Value = resp.json().await.unwrap();
     assert_eq!(again["headers"]["authorization"], auth);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // A client naming the headers tollgate sets in `Connection` (RFC 9110 §7.6.1 hop-by-hop)
+    // does not get them stripped after they were set.
+    let resp = s
+        .get_public(
+            "/obo/orders",
+            &alice,
+            &[("Connection", "X-Graph-Token, x-request-id, authorization")],
+        )
+        .await;
+    let named: Value = resp.json().await.unwrap();
+    assert_eq!(named["headers"]["authorization"], auth);
+    assert_eq!(named["headers"]["x-graph-token"], graph);
+
+    // A CORS preflight goes on untokened, and without a client's value under an obo_headers name.
+    let resp = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.public("/obo/orders"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("X-Graph-Token", "client-supplied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let preflight: Value = resp.json().await.unwrap();
+    assert_eq!(preflight["method"], "OPTIONS");
+    assert!(
+        preflight["headers"].get("x-graph-token").is_none(),
+        "{preflight}"
+    );
     assert_eq!(s.idp_calls(JWT_BEARER), 2);
 
     // Outside the OBO route the header is the client's own and nothing is exchanged.

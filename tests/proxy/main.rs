@@ -541,9 +541,15 @@ async fn hostile_tokens_are_refused_and_never_forwarded() {
             json!({"ver": null, "at_hash": "HK6E_P6Dh8Y93mRNtsDB1Q"}),
             "Google-style ID token (at_hash, no ver)",
         ),
-        (json!({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}), "hybrid-flow ID token"),
+        (
+            json!({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}),
+            "hybrid-flow ID token",
+        ),
         (json!({"ver": null, "typ": "ID"}), "Keycloak ID token"),
-        (json!({"ver": null, "typ": "Refresh"}), "Keycloak refresh token"),
+        (
+            json!({"ver": null, "typ": "Refresh"}),
+            "Keycloak refresh token",
+        ),
         (
             json!({"events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
             "logout token",
