@@ -1256,10 +1256,35 @@ impl Config {
 fn toml_string(cfg: &Config) -> String {
     // figment can serialize back through its Value; TOML needs tables after plain values, which
     // figment's Dict ordering does not guarantee, so print JSON-shaped TOML via serde_json.
-    let value = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    let mut value = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    redact_url_credentials(&mut value);
     let mut out = String::new();
     write_toml(&mut out, "", &value);
     out
+}
+
+/// Replaces the userinfo of every URL in `value` (`redis://:password@host`,
+/// `http://user:password@app`) by `[redacted]`: `tollgate check` prints the configuration.
+fn redact_url_credentials(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            if let Some(redacted) = without_userinfo(s) {
+                *s = redacted;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_url_credentials),
+        Value::Object(map) => map.values_mut().for_each(redact_url_credentials),
+        _ => {}
+    }
+}
+
+/// `scheme://[redacted]@rest` for a URL with userinfo, else `None`.
+fn without_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some(format!("{scheme}://[redacted]@{}", &rest[at + 1..]))
 }
 
 fn write_toml(out: &mut String, prefix: &str, value: &serde_json::Value) {

@@ -263,6 +263,32 @@ fn check_command_prints_redacted_config_and_fails_on_errors() {
     );
     assert!(!stdout.contains("s3cr3t-value"));
 
+    // Credentials in URLs are redacted too (an upstream behind basic auth, a Redis password).
+    let with_userinfo = dir.path().join("userinfo.toml");
+    std::fs::write(
+        &with_userinfo,
+        format!(
+            "{PROVIDER}\n[upstream]\nurl = \"http://app:pa55word@127.0.0.1:3000/base\"\n\n[[routes]]\npath = \"/\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&with_userinfo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("pa55word"), "{stdout}");
+    assert!(
+        stdout.contains("url = \"http://[redacted]@127.0.0.1:3000/base\""),
+        "{stdout}"
+    );
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
