@@ -607,6 +607,14 @@ impl Secret {
     }
 }
 
+/// The secret's bytes are overwritten when it is dropped, so a freed buffer (a core dump, a later
+/// allocation) does not still hold it.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
