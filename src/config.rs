@@ -214,6 +214,9 @@ pub struct UpstreamConfig {
     /// Append to client-supplied `X-Forwarded-*` headers instead of replacing them: only behind a
     /// trusted proxy (RFC 9700 §4.13, RFC 7239 §8).
     pub trust_forwarded_headers: bool,
+    /// Close an upgraded connection (WebSocket) when the token that opened it expires: the
+    /// tunnel is otherwise authorised once and then lives on (default `true`).
+    pub close_tunnels_at_expiry: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -224,6 +227,7 @@ impl Default for UpstreamConfig {
             timeout: Duration::from_secs(60),
             preserve_host: true,
             trust_forwarded_headers: false,
+            close_tunnels_at_expiry: true,
         }
     }
 }

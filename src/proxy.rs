@@ -292,6 +292,7 @@ impl Inner {
         parts.uri = self.upstream_uri(&parts.uri)?;
         // The upstream is spoken to in HTTP/1.1 whatever the client used (h2, HTTP/1.0).
         parts.version = Version::HTTP_11;
+        let tunnel_deadline = parts.extensions.get::<TunnelDeadline>().copied();
         let headers = &mut parts.headers;
         let kept = parts.extensions.get::<AddedHeaders>().map(|a| &*a.0);
         strip_hop_by_hop_keeping(headers, upgrade, kept.unwrap_or_default());
@@ -352,7 +353,7 @@ impl Inner {
                 return Err(ProxyError::UnexpectedUpgrade);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, tunnel_deadline));
             let (mut parts, _empty) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             parts.headers.insert(header::CONNECTION, UPGRADE.clone());
@@ -407,6 +408,11 @@ fn original_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
         None => headers.get(header::HOST).cloned(),
     }
 }
+
+/// When the token that authorised an upgrade request expires (seconds since the epoch), carried
+/// as a request extension: the tunnel is closed then.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TunnelDeadline(pub(crate) u64);
 
 /// Header names tollgate set on a request for the upstream beyond the fixed ones (a route's
 /// `obo_headers`), carried as a request extension: a client naming them in `Connection` must
@@ -613,8 +619,15 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> Option<usize> {
     }
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between the client's and the upstream's upgraded connections, until
+/// either side closes or `deadline` (the authorising token's `exp`) passes. The bytes are not
+/// parsed, so at the deadline both connections are simply closed; WebSocket clients see an
+/// abnormal closure and reconnect with a fresh token.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    deadline: Option<TunnelDeadline>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {
@@ -624,8 +637,23 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let expiry = async {
+        match deadline {
+            Some(TunnelDeadline(exp)) => {
+                let left = exp.saturating_sub(crate::validate::now());
+                tokio::time::sleep(Duration::from_secs(left)).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        copied = copy => {
+            if let Err(error) = copied {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        () = expiry => tracing::debug!("upgraded connection closed: its token expired"),
     }
 }
 

@@ -495,6 +495,13 @@ async fn forward_authorised(
         if route.config.identity_headers {
             add_identity_headers(req.headers_mut(), &user.claims);
         }
+        // A tunnel is authorised once, at its handshake: it lives no longer than the token.
+        if state.config.upstream.close_tunnels_at_expiry
+            && req.headers().contains_key(http::header::UPGRADE)
+        {
+            req.extensions_mut()
+                .insert(crate::proxy::TunnelDeadline(user.claims.expires_at()));
+        }
     }
     match exchange_for_route(state, route, user, req.headers_mut()).await {
         Ok(()) => state.forwarder.forward(req, peer).await,

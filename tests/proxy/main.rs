@@ -1646,25 +1646,30 @@ async fn a_websocket_with_a_query_token_is_authenticated_and_tunnelled() {
     let app = listener.local_addr().unwrap();
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<(String, Option<String>)>();
     let upstream = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
         let mut seen = Some(seen_tx);
-        let record = |req: &Request, resp: Response| {
-            let auth = req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_owned());
-            if let Some(tx) = seen.take() {
-                let _ = tx.send((req.uri().to_string(), auth));
-            }
-            Ok(resp)
-        };
-        let mut ws = tokio_tungstenite::accept_hdr_async(stream, record)
-            .await
-            .unwrap();
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() {
-                ws.send(message).await.unwrap();
-            }
+        // Two connections: the long-lived one, then one whose token is about to expire.
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            let record = |req: &Request, resp: Response| {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                if let Some(tx) = seen.take() {
+                    let _ = tx.send((req.uri().to_string(), auth));
+                }
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(stream, record)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
         }
     });
     let toml = format!(
@@ -1720,6 +1725,24 @@ token_in_query = true
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
+
+    // The tunnel lives no longer than the token that opened it (upstream.close_tunnels_at_expiry).
+    let short = key.token(&idp.issuer(), json!({"exp": support::now() + 2}));
+    let url = format!("ws://{}/hub?access_token={short}", server.public);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("still valid")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still valid")
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the tunnel was closed when its token expired"
+    );
     upstream.await.unwrap();
     server.shutdown().await.unwrap();
 }
