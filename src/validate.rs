@@ -709,6 +709,7 @@ pub(crate) enum SentToken<'a> {
 }
 
 impl SentToken<'_> {
+    #[cfg(feature = "server")]
     pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::Header(t) => t,

@@ -955,7 +955,9 @@ async fn the_token_endpoint_relays_only_the_apps_own_sign_in() {
         ]
     }
     let callback = callback.as_str();
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (what, the form sent, the error expected)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "password, own client",
             [&password[..], &own].concat(),
