@@ -1106,7 +1106,7 @@ impl Config {
                     "obo needs auth = \"required\"",
                 ));
             }
-            if let Some(why) = r.obo.as_deref().and_then(crate::exchange::target_problem) {
+            if let Some(why) = r.obo.as_deref().and_then(target_problem) {
                 return Err(ConfigError::invalid(at("obo"), why));
             }
             for (name, target) in &r.obo_headers {
@@ -1122,7 +1122,7 @@ impl Config {
                         format!("{name:?} cannot carry a token: {why}"),
                     ));
                 }
-                if let Some(why) = crate::exchange::target_problem(target) {
+                if let Some(why) = target_problem(target) {
                     return Err(ConfigError::invalid(
                         at("obo_headers"),
                         format!("{name:?}: {why}"),
@@ -1393,6 +1393,21 @@ pub(crate) fn normalize_client_ids(ids: &mut [String]) {
             trimmed.to_owned()
         };
     }
+}
+
+/// Why `target` cannot be asked for, if it cannot: shared by each request and by config
+/// validation, so a route's `obo` target that would fail every request fails `tollgate check`.
+pub(crate) fn target_problem(target: &str) -> Option<&'static str> {
+    if target.trim().is_empty() {
+        return Some("target must not be empty");
+    }
+    // Byte scan for the usual ASCII target; only a non-ASCII one needs decoding (C1 controls).
+    let control = if target.is_ascii() {
+        target.bytes().any(|b| b.is_ascii_control())
+    } else {
+        target.chars().any(char::is_control)
+    };
+    control.then_some("target contains control characters")
 }
 
 pub(crate) fn is_guid(s: &str) -> bool {

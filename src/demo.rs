@@ -223,7 +223,7 @@ fn urlencode(s: &str) -> String {
 fn pkce_challenge(verifier: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(crate::validate::sha256(verifier.as_bytes()))
+        .encode(crate::util::sha256(verifier.as_bytes()))
 }
 
 #[derive(Clone)]

@@ -100,6 +100,7 @@ mod routes;
 pub mod server;
 #[cfg(test)]
 mod test_metrics;
+mod util;
 
 pub use config::Config;
 pub use exchange::Exchanger;

@@ -641,7 +641,7 @@ async fn tunnel(
     let expiry = async {
         match deadline {
             Some(TunnelDeadline(exp)) => {
-                let left = exp.saturating_sub(crate::validate::now());
+                let left = exp.saturating_sub(crate::util::now());
                 tokio::time::sleep(Duration::from_secs(left)).await;
             }
             None => std::future::pending().await,

@@ -21,7 +21,7 @@ use super::{error, exchange_error, exchanger};
 use crate::exchange::{ExchangeError, Exchanger, IdpError};
 use crate::server::AppState;
 use crate::store::{StoreError, TokenStore, UserTokens};
-use crate::validate::{now, sha256};
+use crate::util::{now, sha256};
 
 /// Refresh tokens without a stated lifetime get Entra's default sliding window (90 days).
 pub(crate) const DEFAULT_REFRESH_LIFETIME: u64 = 90 * 24 * 3600;

@@ -133,8 +133,8 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     // Constant-time comparison of digests: the key's length and prefix never leak through timing.
     let ok = presented.is_some_and(|p| {
         aws_lc_rs::constant_time::verify_slices_are_equal(
-            &crate::validate::sha256(p.as_bytes()),
-            &crate::validate::sha256(expected.as_bytes()),
+            &crate::util::sha256(p.as_bytes()),
+            &crate::util::sha256(expected.as_bytes()),
         )
         .is_ok()
     });

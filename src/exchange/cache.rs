@@ -8,7 +8,7 @@ use http::HeaderValue;
 use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
-use crate::validate::{now, sha256};
+use crate::util::{now, sha256};
 
 /// An access token obtained from the IdP (or the cache).
 ///

@@ -390,7 +390,7 @@ impl Exchanger {
         let subject_digest = subject
             .token_digest()
             .copied()
-            .unwrap_or_else(|| crate::validate::sha256(user_token.as_bytes()));
+            .unwrap_or_else(|| crate::util::sha256(user_token.as_bytes()));
         let subject_exp = subject.expires_at();
         // Built on a miss only: a cache hit copies neither the token nor the target.
         let make_fetch = || {
@@ -649,25 +649,10 @@ fn record<T>(grant: &'static str, result: &Result<T, ExchangeError>, started: st
 }
 
 fn check_target(target: &str) -> Result<(), ExchangeError> {
-    match target_problem(target) {
+    match crate::config::target_problem(target) {
         Some(why) => Err(ExchangeError::InvalidRequest(why.into())),
         None => Ok(()),
     }
-}
-
-/// Why `target` cannot be asked for, if it cannot: shared by each request and by config
-/// validation, so a route's `obo` target that would fail every request fails `tollgate check`.
-pub(crate) fn target_problem(target: &str) -> Option<&'static str> {
-    if target.trim().is_empty() {
-        return Some("target must not be empty");
-    }
-    // Byte scan for the usual ASCII target; only a non-ASCII one needs decoding (C1 controls).
-    let control = if target.is_ascii() {
-        target.bytes().any(|b| b.is_ascii_control())
-    } else {
-        target.chars().any(char::is_control)
-    };
-    control.then_some("target contains control characters")
 }
 
 #[cfg(test)]

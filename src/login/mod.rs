@@ -24,7 +24,8 @@ use crate::api::delegated::{DEFAULT_REFRESH_LIFETIME, lock_user};
 use crate::proxy::json_error;
 use crate::server::AppState;
 use crate::store::UserTokens;
-use crate::validate::{Validator, now};
+use crate::util::now;
+use crate::validate::Validator;
 
 /// Adds the login routes when `[login]` is enabled.
 pub(crate) fn routes(router: Router<Arc<AppState>>, state: &AppState) -> Router<Arc<AppState>> {

@@ -190,7 +190,7 @@ impl ClientAuth {
                 // Entra documents both: `x5t` (SHA-1, long-standing) and `x5t#S256` (current).
                 header.x5t = thumbprints.sha1.clone();
                 header.x5t_s256 = thumbprints.sha256.clone();
-                let now = crate::validate::now();
+                let now = crate::util::now();
                 let claims = json!({
                     "iss": self.client_id, "sub": self.client_id, "aud": token_endpoint,
                     "jti": uuid::Uuid::new_v4().to_string(), "iat": now, "nbf": now, "exp": now + 300,
@@ -319,7 +319,7 @@ impl Thumbprints {
         use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
         Self {
             sha1: Some(URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der))),
-            sha256: Some(URL_SAFE_NO_PAD.encode(crate::validate::sha256(der))),
+            sha256: Some(URL_SAFE_NO_PAD.encode(crate::util::sha256(der))),
         }
     }
 }
@@ -562,7 +562,7 @@ mod tests {
         assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(sha1));
         assert_eq!(
             header["x5t#S256"],
-            URL_SAFE_NO_PAD.encode(crate::validate::sha256(&cert_der))
+            URL_SAFE_NO_PAD.encode(crate::util::sha256(&cert_der))
         );
         assert!(header.get("kid").is_none(), "{header}");
         assert!(verifies(
@@ -590,11 +590,7 @@ mod tests {
         let t = jwk_thumbprints(&jwk).unwrap();
         assert_eq!(
             t.sha256.as_deref(),
-            Some(
-                URL_SAFE_NO_PAD
-                    .encode(crate::validate::sha256(cert))
-                    .as_str()
-            )
+            Some(URL_SAFE_NO_PAD.encode(crate::util::sha256(cert)).as_str())
         );
         assert_eq!(t.sha1.as_deref().map(str::len), Some(27));
         let given = json!({"kty": "RSA", "x5c": [STANDARD.encode(cert)], "x5t#S256": "given"});
@@ -773,7 +769,7 @@ mod tests {
         assert_eq!(header["kid"], "k-2");
         assert_eq!(
             header["x5t#S256"],
-            URL_SAFE_NO_PAD.encode(crate::validate::sha256(cert))
+            URL_SAFE_NO_PAD.encode(crate::util::sha256(cert))
         );
         assert!(header["x5t"].as_str().is_some());
         assert!(verifies(

@@ -630,7 +630,7 @@ mod tests {
         let printed = config.to_redacted_toml();
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(
-            printed.contains("redis://:REDACTED@cache:6379/0"),
+            printed.contains("redis://[redacted]@cache:6379/0"),
             "{printed}"
         );
     }
