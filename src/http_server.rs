@@ -190,7 +190,7 @@ async fn serve_from(
                         %error,
                         retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
                         not_logged,
-                        "accept failed; pausing (at most one such warning per 10s, not_logged \
+                        "accept failed; pausing (one such warning per 10s at most; not_logged \
                          counts the others since the last one)"
                     );
                 }
@@ -1200,8 +1200,10 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_body_gets_408_and_the_connection_closes() {
-        let mut limits = ServerLimits::default();
-        limits.body_timeout = Duration::from_millis(200);
+        let limits = ServerLimits {
+            body_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
         let server = TestServer::start(echo_body_router(), limits, Duration::from_secs(1)).await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream
@@ -1218,8 +1220,10 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_h2_body_gets_408() {
-        let mut limits = ServerLimits::default();
-        limits.body_timeout = Duration::from_millis(200);
+        let limits = ServerLimits {
+            body_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
         let server = TestServer::start(echo_body_router(), limits, Duration::from_secs(1)).await;
         let stream = TcpStream::connect(server.addr).await.unwrap();
         let (mut sender, connection) =
@@ -1255,8 +1259,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_but_steady_body_is_not_cut() {
-        let mut limits = ServerLimits::default();
-        limits.body_timeout = Duration::from_secs(1);
+        let limits = ServerLimits {
+            body_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        };
         let server = TestServer::start(echo_body_router(), limits, Duration::from_secs(1)).await;
         // Fifteen pauses of 100 ms: each far below the timeout, together well above it, so
         // a deadline that is not moved by each chunk fails the upload.

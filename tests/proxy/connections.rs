@@ -206,27 +206,29 @@ async fn max_connections_leaves_the_next_connection_waiting_until_one_closes() {
     server.shutdown().await.unwrap();
 }
 
-/// `tollgate serve` in a child process whose descriptor limit is 64; its JSON log lines.
-struct LimitedTollgate {
+/// `tollgate serve` in a child process, optionally with a descriptor limit; its log lines.
+struct ChildTollgate {
     child: std::process::Child,
     log: Arc<Mutex<Vec<String>>>,
     _config: tempfile::NamedTempFile,
 }
 
-impl Drop for LimitedTollgate {
+impl Drop for ChildTollgate {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl LimitedTollgate {
-    fn start(config: &str) -> Self {
+impl ChildTollgate {
+    fn start(config: &str, max_fds: Option<u32>) -> Self {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), config).unwrap();
         // The limit applies to the child only; `exec` keeps the shell out of the way.
+        let limit = max_fds.map_or(String::new(), |n| format!("ulimit -n {n} && "));
         let mut child = Command::new("/bin/sh")
-            .args(["-c", "ulimit -n 64 && exec \"$0\" serve --config \"$1\""])
+            .arg("-c")
+            .arg(format!("{limit}exec \"$0\" serve --config \"$1\""))
             .arg(env!("CARGO_BIN_EXE_tollgate"))
             .arg(file.path())
             .env_clear()
@@ -265,19 +267,42 @@ impl LimitedTollgate {
         }
         panic!("no log line with {text:?}: {:?}", self.log.lock().unwrap());
     }
+
+    /// The public listener's address, from the JSON `listening` line.
+    async fn public(&self) -> SocketAddr {
+        let listening: Value = serde_json::from_str(&self.wait_for("\"listening\"").await).unwrap();
+        listening["fields"]["public"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_shows_the_408_of_a_stalled_body() {
+    let (upstream, _counts) = body_upstream().await;
+    let config = open_config(&upstream, r#"body_timeout = "300ms""#)
+        + "\n[log]\nformat = \"json\"\nlevel = \"info\"\naccess = true\n";
+    let tollgate = ChildTollgate::start(&config, None);
+    let mut stream = TcpStream::connect(tollgate.public().await).await.unwrap();
+    stream
+        .write_all(b"POST /stalled HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 408 "), "{answer:?}");
+    let line: Value = serde_json::from_str(&tollgate.wait_for("/stalled").await).unwrap();
+    assert_eq!(line["target"], "tollgate::access");
+    assert_eq!(line["fields"]["status"], 408, "{line}");
 }
 
 #[tokio::test]
 async fn out_of_descriptors_the_server_backs_off_quietly_and_recovers() {
     let echo = Echo::start().await;
     let config = open_config(&echo.url(), "") + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
-    let tollgate = LimitedTollgate::start(&config);
-    let listening: Value = serde_json::from_str(&tollgate.wait_for("\"listening\"").await).unwrap();
-    let public: SocketAddr = listening["fields"]["public"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tollgate = ChildTollgate::start(&config, Some(64));
+    let public = tollgate.public().await;
 
     // More connections than the child has descriptors: it accepts until EMFILE, the rest wait
     // in the backlog.
