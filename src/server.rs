@@ -253,10 +253,7 @@ impl Server {
             .map(|(p, _)| p.spawn_refresh())
             .collect();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let limits = ServerLimits {
-            max_headers: state.config.listen.max_request_headers,
-            max_header_bytes: state.config.listen.max_request_header_bytes,
-        };
+        let limits = ServerLimits::from_config(&state.config.listen);
         let grace = state.config.listen.shutdown_grace;
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -396,6 +393,13 @@ fn local(l: &TcpListener) -> SocketAddr {
 /// The router with the access log and request ids in front when `[log] access` or
 /// `request_id` is on; with neither, nothing is added to the request path.
 fn logged(router: Router, listener: &'static str, access: bool, request_id: bool) -> Router {
+    // The serving loop answers 408 for a stalled request body, but outside this router: inside
+    // the access log too, so its line shows the status the client got.
+    let router = if access {
+        router.layer(axum::middleware::from_fn(http_server::answer_stalled_body))
+    } else {
+        router
+    };
     if access || request_id {
         router.layer(AccessLogLayer::new(listener, access, request_id))
     } else {

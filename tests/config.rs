@@ -24,6 +24,11 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(cfg.listen.public.to_string(), "0.0.0.0:8080");
     assert_eq!(cfg.listen.api.unwrap().to_string(), "127.0.0.1:7164");
     assert_eq!(cfg.listen.admin.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(cfg.listen.max_connections, 10_000);
+    assert_eq!(cfg.listen.header_timeout.as_secs(), 30);
+    assert_eq!(cfg.listen.idle_timeout.as_secs(), 60);
+    assert_eq!(cfg.listen.body_timeout.as_secs(), 60);
+    assert_eq!(cfg.listen.h2_keep_alive_interval.as_secs(), 20);
     let p = &cfg.providers[0];
     assert_eq!(p.leeway.as_secs(), 60);
     assert_eq!(p.jwks_refresh.as_secs(), 600);
@@ -138,6 +143,30 @@ fn every_bad_option_is_named() {
         (
             format!("{PROVIDER}\n[login]\nenabled = true\n"),
             "login.public_url",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nmax_connections = 0\n"),
+            "listen.max_connections",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nheader_timeout = \"0s\"\n"),
+            "listen.header_timeout",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nidle_timeout = \"0s\"\n"),
+            "listen.idle_timeout",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nbody_timeout = \"25h\"\n"),
+            "listen.body_timeout",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nh2_keep_alive_interval = \"0s\"\n"),
+            "listen.h2_keep_alive_interval",
+        ),
+        (
+            format!("{PROVIDER}\n[listen]\nidle_timeout = \"soon\"\n"),
+            "listen.idle_timeout",
         ),
     ];
     for (toml, option) in cases {

@@ -1,6 +1,7 @@
 //! The reverse proxy end to end: a static JWKS IdP and keys made in the test, an echo upstream,
 //! tollgate on 127.0.0.1:0, driven by reqwest.
 
+mod connections;
 mod paths;
 mod shutdown;
 #[path = "../support/mod.rs"]
