@@ -1102,6 +1102,16 @@ impl Config {
                 })?;
             }
         }
+        #[cfg(feature = "redis")]
+        if self.store.kind == crate::store::StoreKind::Redis
+            && let Some(why) = self
+                .store
+                .url
+                .as_deref()
+                .and_then(crate::store::redis_url_problem)
+        {
+            return Err(ConfigError::invalid("store.url", why));
+        }
         // Refused here rather than replaced by `info` at start, unseen.
         #[cfg(feature = "server")]
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -173,8 +173,9 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// The SQLite database file.
     pub path: PathBuf,
-    /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS-capable builds).
-    /// Serialized (`tollgate check`) with its password masked.
+    /// The Redis URL (`redis://[:password@]host:port[/db]`; `rediss://` for TLS, the server's
+    /// certificate checked against the system's trust store or `SSL_CERT_FILE`). Serialized
+    /// (`tollgate check`) with its password masked.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: Option<String>,
     /// The key file (`kid:base64(32 bytes)` per line, first seals); required for sqlite and redis.
@@ -207,6 +208,13 @@ impl fmt::Debug for StoreConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Why the Redis `url` cannot work, checked without connecting: `tollgate check` refuses it
+/// under `store.url`.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_url_problem(url: &str) -> Option<String> {
+    self::redis::check_url(url).err()
 }
 
 /// The store backend.

@@ -4,6 +4,9 @@
 //! - `tollgate:tok:<len>:<provider>:<oid>`: hash `{v: sealed blob, u: hex sha256 of the UPN}`
 //! - `tollgate:upn:<len>:<provider>:<hex sha256 of the lower-cased UPN>`: the oid
 //!
+//! `rediss://` URLs connect over TLS (rustls; the server's certificate is checked against the
+//! system's trust store, which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace for a private CA).
+//!
 //! Opening the store does not wait for Redis: a server that is down when tollgate starts only
 //! makes the store calls fail until it is up (the delegated API answers `503`; the proxy and
 //! exchange paths do not use the store). Every call is bounded by the configured timeout, so an
@@ -55,13 +58,14 @@ struct Connection {
 const RENEW_AFTER: Duration = Duration::from_secs(1);
 
 impl RedisStore {
-    /// Sets up the store for `url` (`redis://[user:password@]host[:port][/db]`) without waiting
-    /// for Redis: a malformed URL fails here ([`StoreError::Config`]), an unreachable server does
-    /// not. The first connection is attempted in the background right away; until Redis answers,
+    /// Sets up the store for `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://`
+    /// for TLS) without waiting for Redis: a malformed URL fails here ([`StoreError::Config`]),
+    /// an unreachable server does not. The first connection is attempted in the background right away; until Redis answers,
     /// each call fails with [`StoreError::Unavailable`] within `timeout` (which bounds every
     /// call), and once Redis is up the store connects (again) by itself. Use
     /// [`TokenStore::ping`] to check that Redis answers.
     pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, StoreError> {
+        check_url(url).map_err(|why| StoreError::Config(format!("invalid redis `url`: {why}")))?;
         let client = ::redis::Client::open(url)
             .map_err(|err| StoreError::Config(format!("invalid redis `url`: {err}")))?;
         let config = ConnectionManagerConfig::new()
@@ -384,6 +388,35 @@ impl RedisStore {
             .await?;
         Ok(removed > 0)
     }
+}
+
+/// Why `url` cannot work, found without connecting (also what `tollgate check` says about
+/// `store.url`).
+///
+/// `rediss://` is TLS by rustls, with the server's certificate checked against the system's
+/// trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` point it at a private CA instead). redis-rs's
+/// `#insecure` fragment would turn that check off: it is refused rather than honoured, since a
+/// store connection without it hands sealed tokens and the Redis password to whoever answers.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected redis://host:port, or rediss://host:port for TLS";
+    let parsed = url::Url::parse(url).map_err(|_| format!("not a URL: {EXPECTED}"))?;
+    let scheme = parsed.scheme();
+    if !matches!(
+        scheme,
+        "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "valkey+unix" | "unix"
+    ) {
+        return Err(format!("unsupported URL scheme {scheme:?}: {EXPECTED}"));
+    }
+    if parsed.fragment() == Some("insecure") {
+        return Err(
+            "`#insecure` (no TLS certificate check) is not supported: trust the server's CA \
+             through SSL_CERT_FILE instead"
+                .into(),
+        );
+    }
+    ::redis::Client::open(url)
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 fn no_answer(timeout: Duration) -> StoreError {
