@@ -794,6 +794,153 @@ async fn unknown_users_and_deleting_a_user() {
     stack.stop().await;
 }
 
+/// A dev IdP user `username` in `tenant` whose tokens name alice's UPN: `upn` is the claim
+/// tollgate takes the UPN from before `preferred_username`, and the dev IdP gives no two users
+/// one `preferred_username`.
+fn impostor(username: &str, tenant: &str) -> DevUser {
+    serde_json::from_value(json!({
+        "username": username,
+        "tenant_id": tenant,
+        "claims": {"upn": ALICE_UPN},
+    }))
+    .unwrap()
+}
+
+/// Issue 19: another account with alice's UPN (in alice's tenant, logging in after her) does not
+/// get alice's tokens by `user_upn`: the UPN keeps naming alice until she is deleted.
+#[tokio::test]
+async fn a_second_account_with_the_same_upn_does_not_take_it_over() {
+    let stack = Stack::start(Options {
+        idp_users: vec![impostor("mallory", TENANT)],
+        ..Options::default()
+    })
+    .await;
+    let alice = stack.scripted_login(0, ALICE, false, "").await;
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    let mallory_oid = mallory.claims["oid"].as_str().unwrap().to_owned();
+    assert_ne!(mallory_oid, ALICE_OID);
+    assert_eq!(mallory.claims["upn"], ALICE_UPN);
+    let by_upn = async |extra: Value| {
+        let mut body = json!({"user_upn": ALICE_UPN, "target": tollgate_scope()});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        stack.delegated(body).await
+    };
+
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["access_token"], alice.access_token,
+        "alice keeps her UPN"
+    );
+    // Mallory's login was kept all the same: she is found by her oid.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": mallory_oid, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], mallory.access_token);
+    // Refreshing mallory's tokens (tollgate redeeming her refresh token) does not move the
+    // UPN either.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": mallory_oid, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
+
+    // The provider's own tenant may be named; another one is refused, not searched.
+    let (status, body) = by_upn(json!({"user_tid": TENANT.to_uppercase()})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
+    let (status, body) = by_upn(json!({"user_tid": SECOND_TENANT_ID})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("user_tid"),
+        "{body}"
+    );
+
+    // Deleting alice frees her UPN; mallory gets it only by logging in again.
+    let r = stack
+        .http
+        .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unknown_user");
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], mallory.access_token);
+    stack.stop().await;
+}
+
+/// Issue 19, across tenants: with a multi-tenant provider a UPN alone names nobody, so a lookup
+/// by `user_upn` needs `user_tid`, and finds only that tenant's user.
+#[tokio::test]
+async fn a_multi_tenant_lookup_by_upn_needs_the_tenant() {
+    let stack = Stack::start(Options {
+        tenant: "organizations",
+        provider_extra: format!("allowed_tenants = [\"{TENANT}\", \"{SECOND_TENANT_ID}\"]"),
+        idp_users: vec![impostor("mallory", SECOND_TENANT_ID)],
+        ..Options::default()
+    })
+    .await;
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    assert_eq!(mallory.claims["tid"], SECOND_TENANT_ID);
+    let alice = stack.scripted_login(0, ALICE, false, "").await;
+    assert_eq!(alice.claims["tid"], TENANT);
+    let by_upn = async |tid: Option<&str>| {
+        let mut body = json!({"user_upn": ALICE_UPN, "target": tollgate_scope()});
+        if let Some(tid) = tid {
+            body["user_tid"] = json!(tid);
+        }
+        stack.delegated(body).await
+    };
+
+    let (status, body) = by_upn(None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(
+        why.contains("user_tid") && why.contains("several tenants"),
+        "{why}"
+    );
+    for (tid, expected) in [
+        (TENANT, &alice),
+        (SECOND_TENANT_ID, &mallory),
+        (&*SECOND_TENANT_ID.to_uppercase(), &mallory),
+    ] {
+        let (status, body) = by_upn(Some(tid)).await;
+        assert_eq!(status, 200, "{tid}: {body}");
+        assert_eq!(body["access_token"], expected.access_token, "{tid}");
+    }
+    // A tenant the provider does not accept is refused, not searched.
+    let (status, body) = by_upn(Some("01234567-89ab-cdef-0123-456789abcdef")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    // With user_oid, user_tid is a check.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "user_tid": SECOND_TENANT_ID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unknown_user");
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "user_tid": TENANT, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
+    stack.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Logout
 
@@ -1177,6 +1324,11 @@ struct Options {
     provider_extra: String,
     /// tollgate's `client_id`.
     client_id: &'static str,
+    /// The tenant whose discovery document tollgate's provider reads (`organizations` for a
+    /// multi-tenant app).
+    tenant: &'static str,
+    /// More users of the dev IdP.
+    idp_users: Vec<DevUser>,
 }
 
 impl Default for Options {
@@ -1188,6 +1340,8 @@ impl Default for Options {
             extra: String::new(),
             provider_extra: String::new(),
             client_id: TOLLGATE_CLIENT_ID,
+            tenant: TENANT,
+            idp_users: Vec::new(),
         }
     }
 }
@@ -1209,6 +1363,7 @@ impl Stack {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..DevIdpConfig::default()
         };
+        idp_config.users.extend(options.idp_users);
         for app in &mut idp_config.apps {
             if options
                 .rps
@@ -1267,7 +1422,7 @@ post_logout_redirect_uris = [{post_logout}]
 
 {extra}
 "#,
-            well_known = idp.well_known_url(TENANT),
+            well_known = idp.well_known_url(options.tenant),
             graph = graph_scope(),
             redirects = list(rps.iter().map(Rp::callback_url).collect()),
             post_logout = list(rps.iter().map(Rp::logged_out_url).collect()),
@@ -1796,7 +1951,13 @@ async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result
     )
     .map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.set_issuer(&[&d.issuer]);
+    // A multi-tenant authority's issuer is a template the token's own tenant fills
+    // (entra-reference §9).
+    let tid = jwt_claims(token)["tid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    validation.set_issuer(&[d.issuer.replace("{tenantid}", &tid)]);
     // Entra writes the client id in lower case whatever case the app registered it in.
     validation.set_audience(&[rp.options.client_id.to_ascii_lowercase()]);
     jsonwebtoken::decode::<Value>(token, &key, &validation)

@@ -16,6 +16,10 @@ use tollgate::store::{
 };
 
 const PROVIDER: &str = "entra_id";
+/// The tenant of the test users.
+const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// Another tenant.
+const OTHER_TID: &str = "66666666-7777-8888-9999-000000000000";
 /// Far enough ahead that no record in these tests expires while they run.
 const FAR_FUTURE: u64 = 4_000_000_000;
 
@@ -30,7 +34,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "nobody").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "nobody@example.com")
+            .get_by_upn(PROVIDER, TID, "nobody@example.com")
             .await
             .unwrap(),
         None
@@ -50,7 +54,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
         "ADA.LOVELACE@EXAMPLE.COM",
     ] {
         assert_eq!(
-            store.get_by_upn(PROVIDER, upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, upn).await.unwrap(),
             Some(ada.clone()),
             "lookup by {upn}"
         );
@@ -72,7 +76,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     );
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         Some(ada2.clone())
@@ -82,7 +86,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid("other", "ada").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn("other", "ada.lovelace@example.com")
+            .get_by_upn("other", TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         None
@@ -105,7 +109,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     );
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         Some(ada2.clone())
@@ -119,37 +123,73 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     store.put(PROVIDER, &ada3).await.unwrap();
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ADA@example.org").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ADA@example.org")
+            .await
+            .unwrap(),
         Some(ada3.clone())
     );
 
-    // A UPN reassigned to another user follows the newest login, and deleting the previous
-    // holder does not take the new holder's index with it.
+    // Issue 19: a second account (another oid) with the same tenant and UPN does not take the
+    // UPN over, not at its login and not at a refresh of its tokens: the first user keeps it,
+    // the second is found by oid only.
     let first = user("first", Some("shared@example.com"));
     let second = user("second", Some("Shared@Example.com"));
     store.put(PROVIDER, &first).await.unwrap();
     store.put(PROVIDER, &second).await.unwrap();
-    assert_eq!(
+    let by_shared_upn = async |tid: &str| {
         store
-            .get_by_upn(PROVIDER, "shared@example.com")
+            .get_by_upn(PROVIDER, tid, "shared@example.com")
             .await
-            .unwrap(),
+            .unwrap()
+    };
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(
+        store.get_by_oid(PROVIDER, "second").await.unwrap(),
         Some(second.clone())
     );
+    let second = UserTokens {
+        access_token: unique("AT"),
+        ..second
+    };
+    store.put(PROVIDER, &second).await.unwrap();
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(
+        store.get_by_oid(PROVIDER, "second").await.unwrap(),
+        Some(second.clone())
+    );
+
+    // The same UPN in another tenant is another user, with an entry of its own; tenant ids
+    // compare without case.
+    let elsewhere = UserTokens {
+        tid: OTHER_TID.into(),
+        ..user("elsewhere", Some("shared@example.com"))
+    };
+    store.put(PROVIDER, &elsewhere).await.unwrap();
+    assert_eq!(by_shared_upn(OTHER_TID).await, Some(elsewhere.clone()));
+    assert_eq!(
+        by_shared_upn(&OTHER_TID.to_uppercase()).await,
+        Some(elsewhere.clone())
+    );
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(by_shared_upn("another-tenant").await, None);
+
+    // Deleting the first user frees the entry; the second claims it at its next put, and
+    // deleting the first again (gone) takes nothing from the second.
     assert!(store.delete(PROVIDER, "first").await.unwrap());
-    assert_eq!(
-        store
-            .get_by_upn(PROVIDER, "shared@example.com")
-            .await
-            .unwrap(),
-        Some(second.clone())
-    );
+    assert_eq!(by_shared_upn(TID).await, None);
+    store.put(PROVIDER, &second).await.unwrap();
+    assert_eq!(by_shared_upn(TID).await, Some(second.clone()));
+    assert!(!store.delete(PROVIDER, "first").await.unwrap());
+    assert_eq!(by_shared_upn(TID).await, Some(second.clone()));
+    assert!(store.delete(PROVIDER, "elsewhere").await.unwrap());
+    assert_eq!(by_shared_upn(OTHER_TID).await, None);
 
     // A user without a UPN is found by oid only.
     let no_upn = user("no-upn", None);
@@ -163,7 +203,10 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert!(store.delete(PROVIDER, "ada").await.unwrap());
     assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), None);
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ada@example.org").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ada@example.org")
+            .await
+            .unwrap(),
         None
     );
     assert!(!store.delete(PROVIDER, "ada").await.unwrap());
@@ -178,7 +221,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "expired").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "expired@example.com")
+            .get_by_upn(PROVIDER, TID, "expired@example.com")
             .await
             .unwrap(),
         None
@@ -192,7 +235,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "second").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "shared@example.com")
+            .get_by_upn(PROVIDER, TID, "shared@example.com")
             .await
             .unwrap(),
         None
@@ -233,7 +276,7 @@ async fn sqlite_suite_and_reopen() {
     );
     assert_eq!(
         reopened
-            .get_by_upn(PROVIDER, "KEPT@example.com")
+            .get_by_upn(PROVIDER, TID, "KEPT@example.com")
             .await
             .unwrap(),
         Some(kept)
@@ -393,7 +436,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim").await, "flipped byte");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim@example.com").await,
         "flipped byte by upn",
     );
     // Still there, still reported: not silently dropped.
@@ -418,7 +461,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim2").await, "moved blob");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "moved blob by upn",
     );
 
@@ -453,7 +496,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     )
     .unwrap();
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "re-pointed index",
     );
 
@@ -496,7 +539,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim").await, "flipped byte");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim@example.com").await,
         "flipped byte by upn",
     );
     expect_corrupt(
@@ -525,7 +568,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim2").await, "moved blob");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "moved blob by upn",
     );
 
@@ -533,7 +576,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        sha256_hex("attacker2@example.com")
+        index_hex(TID, "attacker2@example.com")
     );
     store
         .put(PROVIDER, &user("attacker2", Some("attacker2@example.com")))
@@ -542,7 +585,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let victim_index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        sha256_hex("victim3@example.com")
+        index_hex(TID, "victim3@example.com")
     );
     let _: () = redis::cmd("SET")
         .arg(&victim_index)
@@ -552,7 +595,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "victim3@example.com")
+            .get_by_upn(PROVIDER, TID, "victim3@example.com")
             .await
             .unwrap(),
         None
@@ -593,7 +636,7 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         other => panic!("expected Corrupt (unknown kid), got {other:?}"),
     }
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "user1@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "user1@example.com").await,
         "unknown kid by upn",
     );
     drop(store);
@@ -627,7 +670,7 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         );
         let upn = u.upn.as_deref().unwrap().to_lowercase();
         assert_eq!(
-            store.get_by_upn(PROVIDER, &upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, &upn).await.unwrap(),
             Some(u.clone())
         );
     }
@@ -828,7 +871,7 @@ async fn cli_store_rotate_reseals_a_sqlite_store_under_the_first_key() {
         );
         let upn = u.upn.as_deref().unwrap().to_lowercase();
         assert_eq!(
-            store.get_by_upn(PROVIDER, &upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, &upn).await.unwrap(),
             Some(u.clone())
         );
     }
@@ -1018,7 +1061,7 @@ async fn redis_outage_fails_fast_and_reconnects() {
     server.stop();
     expect_unavailable(not_hung(store.ping()).await, "ping, server down");
     expect_unavailable(
-        not_hung(store.get_by_upn(PROVIDER, "ada@example.com")).await,
+        not_hung(store.get_by_upn(PROVIDER, TID, "ada@example.com")).await,
         "get, server down",
     );
     expect_unavailable(
@@ -1062,7 +1105,7 @@ async fn redis_down_at_open_is_unavailable_then_connects() {
             &format!("get by oid {round}"),
         );
         expect_unavailable(
-            fast(store.get_by_upn(PROVIDER, "ada@example.com")).await,
+            fast(store.get_by_upn(PROVIDER, TID, "ada@example.com")).await,
             &format!("get by upn {round}"),
         );
         expect_unavailable(
@@ -1080,7 +1123,10 @@ async fn redis_down_at_open_is_unavailable_then_connects() {
     not_hung(until_ok(|| store.ping())).await;
     store.put(PROVIDER, &ada).await.unwrap();
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ada@example.com").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ada@example.com")
+            .await
+            .unwrap(),
         Some(ada)
     );
 }
@@ -1384,7 +1430,7 @@ async fn redis_refused_credentials_are_tried_again() {
 fn user(oid: &str, upn: Option<&str>) -> UserTokens {
     UserTokens {
         oid: oid.into(),
-        tid: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        tid: TID.into(),
         upn: upn.map(Into::into),
         access_token: unique("AT"),
         access_token_expires_at: 1_900_000_000,
@@ -1463,9 +1509,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn sha256_hex(upn: &str) -> String {
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, upn.to_lowercase().as_bytes());
+/// The hex UPN index key of (tenant, UPN), as the store derives it.
+fn index_hex(tid: &str, upn: &str) -> String {
+    let tid = tid.to_lowercase();
+    let mut input = (tid.len() as u64).to_be_bytes().to_vec();
+    input.extend_from_slice(tid.as_bytes());
+    input.extend_from_slice(upn.to_lowercase().as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
