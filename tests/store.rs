@@ -511,7 +511,8 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (store, _dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let (store, dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let key_line = std::fs::read_to_string(dir.path().join("keys")).unwrap();
     for (oid, upn) in [
         ("victim", "victim@example.com"),
         ("victim2", "victim2@example.com"),
@@ -576,7 +577,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        index_hex(TID, "attacker2@example.com")
+        index_hex(&key_line, TID, "attacker2@example.com")
     );
     store
         .put(PROVIDER, &user("attacker2", Some("attacker2@example.com")))
@@ -585,7 +586,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let victim_index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        index_hex(TID, "victim3@example.com")
+        index_hex(&key_line, TID, "victim3@example.com")
     );
     let _: () = redis::cmd("SET")
         .arg(&victim_index)
@@ -635,9 +636,13 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("unknown key id"), "{msg}"),
         other => panic!("expected Corrupt (unknown kid), got {other:?}"),
     }
-    expect_corrupt(
-        store.get_by_upn(PROVIDER, TID, "user1@example.com").await,
-        "unknown kid by upn",
+    // The UPN index is keyed by A too: without A, it finds nothing.
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user1@example.com")
+            .await
+            .unwrap(),
+        None
     );
     drop(store);
 
@@ -647,6 +652,27 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         store.get_by_oid(PROVIDER, "user0").await.unwrap(),
         Some(users[0].clone())
     );
+    // The index written under A is found with B first, and still counts as taken: another
+    // account with that UPN, sealed under B, does not take it over.
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user2@example.com")
+            .await
+            .unwrap(),
+        Some(users[2].clone())
+    );
+    store
+        .put(PROVIDER, &user("intruder", Some("User2@example.com")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user2@example.com")
+            .await
+            .unwrap(),
+        Some(users[2].clone())
+    );
+    assert!(store.delete(PROVIDER, "intruder").await.unwrap());
     drop(store);
     let store = open(&only_b).await;
     assert_eq!(
@@ -656,9 +682,10 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
     expect_corrupt(store.get_by_oid(PROVIDER, "user1").await, "not yet rotated");
     drop(store);
 
-    // rotate_keys re-seals the rest, once.
+    // rotate_keys re-seals the rest (the reads above re-sealed user0 and user2), once, and moves
+    // every UPN index entry to B.
     let store = open(&b_then_a).await;
-    assert_eq!(store.rotate_keys().await.unwrap(), 2);
+    assert_eq!(store.rotate_keys().await.unwrap(), 1);
     assert_eq!(store.rotate_keys().await.unwrap(), 0);
     drop(store);
 
@@ -1502,6 +1529,13 @@ fn assert_no_secrets(bytes: &[u8], users: &[UserTokens], what: &str) {
                 "{what} contain a {name} in clear"
             );
         }
+        // Issue 19: nor a hash of the UPN that a dictionary of names could be matched against.
+        for hash in unkeyed_hashes(&u.tid, &upn) {
+            assert!(
+                !contains(bytes, &hash) && !contains(bytes, hex(&hash).as_bytes()),
+                "{what} contain an unkeyed hash of a UPN"
+            );
+        }
     }
 }
 
@@ -1509,14 +1543,49 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The hex UPN index key of (tenant, UPN), as the store derives it.
-fn index_hex(tid: &str, upn: &str) -> String {
+/// The hex UPN index key of (tenant, UPN) under the key of `key_line` (`kid:base64`), derived
+/// as documented: HMAC-SHA256 of the length-prefixed tenant and the UPN, keyed by HKDF-SHA256 of
+/// the encryption key (no salt, info "tollgate upn index v1").
+fn index_hex(key_line: &str, tid: &str, upn: &str) -> String {
+    use aws_lc_rs::{hkdf, hmac};
+    use base64::Engine as _;
+
+    let (_, encoded) = key_line.trim().split_once(':').unwrap();
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    let index_key: hmac::Key = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+        .extract(&secret)
+        .expand(&[b"tollgate upn index v1"], hmac::HMAC_SHA256)
+        .unwrap()
+        .into();
     let tid = tid.to_lowercase();
     let mut input = (tid.len() as u64).to_be_bytes().to_vec();
     input.extend_from_slice(tid.as_bytes());
     input.extend_from_slice(upn.to_lowercase().as_bytes());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(hmac::sign(&index_key, &input).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an unkeyed hash of the UPN would be: anyone with a list of names could compute it.
+fn unkeyed_hashes(tid: &str, upn: &str) -> Vec<Vec<u8>> {
+    let sha256 = |b: &[u8]| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let upn = upn.to_lowercase();
+    let mut with_tenant = (tid.len() as u64).to_be_bytes().to_vec();
+    with_tenant.extend_from_slice(tid.as_bytes());
+    with_tenant.extend_from_slice(upn.as_bytes());
+    vec![
+        sha256(upn.as_bytes()),
+        sha256(&with_tenant),
+        sha256(format!("{tid}{upn}").as_bytes()),
+    ]
 }
 
 fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {

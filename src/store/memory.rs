@@ -51,7 +51,7 @@ impl TokenStore for MemoryStore {
                 return Ok(());
             }
             let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys = record_upn_keys(tokens);
+            let keys = record_upn_keys(&self.sealer, tokens);
             let holder = {
                 let mut inner = self.lock()?;
                 let holder = inner.holder(&self.sealer, provider, &tokens.oid, &keys);
@@ -97,11 +97,13 @@ impl TokenStore for MemoryStore {
         Box::pin(async move {
             let found = {
                 let inner = self.lock()?;
-                upn_keys(tid, upn).into_iter().find_map(|hash| {
-                    let oid = inner.upn_index.get(&(provider.to_owned(), hash))?;
-                    let entry = inner.records.get(&key(provider, oid))?;
-                    Some((oid.clone(), entry.blob.clone()))
-                })
+                upn_keys(&self.sealer, tid, upn)
+                    .into_iter()
+                    .find_map(|hash| {
+                        let oid = inner.upn_index.get(&(provider.to_owned(), hash))?;
+                        let entry = inner.records.get(&key(provider, oid))?;
+                        Some((oid.clone(), entry.blob.clone()))
+                    })
             };
             match found {
                 Some((oid, blob)) => self.read(provider, &oid, blob, Some((tid, upn))),
@@ -120,20 +122,30 @@ impl TokenStore for MemoryStore {
 
     fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let snapshot: Vec<((String, String), Vec<u8>)> = self
+            type Snapshot = Vec<((String, String), Vec<u8>, Option<[u8; 32]>)>;
+            let snapshot: Snapshot = self
                 .lock()?
                 .records
                 .iter()
-                .map(|(k, e)| (k.clone(), e.blob.clone()))
+                .map(|(k, e)| (k.clone(), e.blob.clone(), e.upn))
                 .collect();
             let now = now_unix();
             let (mut resealed, mut unreadable) = (0u64, 0u64);
-            for ((provider, oid), blob) in snapshot {
+            for ((provider, oid), blob, upn) in snapshot {
                 match open_record(&self.sealer, &provider, &oid, &blob) {
                     Ok(opened) if is_expired(&opened.tokens, now) => {
                         self.lock()?.remove_if_unchanged(&provider, &oid, &blob);
                     }
                     Ok(opened) => {
+                        // An entry under an older key moves to the first one.
+                        let first = record_upn_keys(&self.sealer, &opened.tokens)
+                            .first()
+                            .copied();
+                        if let (Some(old), Some(new)) = (upn, first)
+                            && old != new
+                        {
+                            self.lock()?.reindex(&provider, &oid, old, new);
+                        }
                         if let Some(new_blob) = opened.resealed
                             && self
                                 .lock()?
@@ -240,6 +252,24 @@ impl Inner {
         let index_key = (provider.to_owned(), hash);
         if self.upn_index.get(&index_key).is_some_and(|o| o == oid) {
             self.upn_index.remove(&index_key);
+        }
+    }
+
+    /// Moves the record's index entry from key `old` to `new`, unless the record no longer holds
+    /// `old` (written meanwhile) or another user holds `new`.
+    fn reindex(&mut self, provider: &str, oid: &str, old: [u8; 32], new: [u8; 32]) {
+        let new_key = (provider.to_owned(), new);
+        let holds_old = self
+            .records
+            .get(&key(provider, oid))
+            .is_some_and(|e| e.upn == Some(old));
+        if !holds_old || self.upn_index.get(&new_key).is_some_and(|o| o != oid) {
+            return;
+        }
+        self.unindex(provider, oid, old);
+        self.upn_index.insert(new_key, oid.to_owned());
+        if let Some(entry) = self.records.get_mut(&key(provider, oid)) {
+            entry.upn = Some(new);
         }
     }
 

@@ -7,8 +7,10 @@
 //!
 //! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
 //! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
-//! keys on a hash of the user's tenant (`tid`) and lower-cased UPN, so nothing at rest reads as a
-//! token or a UPN. A record that does not open is reported as [`StoreError::Corrupt`], never used
+//! keys on an HMAC-SHA256 of the user's tenant (`tid`) and lower-cased UPN, under a key derived
+//! from the encryption key ([`Sealer`]), so nothing at rest reads as a token or a UPN, and a dump
+//! cannot be searched for a name by hashing it. After a key rotation lookups also try the older
+//! keys' index keys; `rotate_keys` moves the entries to the first key along with the records. A record that does not open is reported as [`StoreError::Corrupt`], never used
 //! and never silently dropped. A record whose refresh token has expired reads as absent in every
 //! backend.
 //!
@@ -347,27 +349,24 @@ fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
     format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
 }
 
-/// The UPN index keys of (`tid`, `upn`), the one to write first: lookups try each, and a put
-/// treats an entry under any of them as taken. The tenant is length-prefixed so that no
-/// (tenant, UPN) pair shares a key with another.
-fn upn_keys(tid: &str, upn: &str) -> Vec<[u8; 32]> {
+/// The UPN index keys of (`tid`, `upn`), one per configured key ([`Sealer::index_keys`]), the
+/// one to write first: lookups try each, and a put treats an entry under any of them as taken.
+/// The tenant is length-prefixed so that no (tenant, UPN) pair shares a key with another.
+fn upn_keys(sealer: &Sealer, tid: &str, upn: &str) -> Vec<[u8; 32]> {
     let tid = tid.to_ascii_lowercase();
     let mut input = Vec::with_capacity(8 + tid.len() + upn.len());
     input.extend_from_slice(&(tid.len() as u64).to_be_bytes());
     input.extend_from_slice(tid.as_bytes());
     input.extend_from_slice(upn.to_lowercase().as_bytes());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    vec![out]
+    sealer.index_keys(&input)
 }
 
 /// The UPN index keys of a record (none without a UPN).
-fn record_upn_keys(tokens: &UserTokens) -> Vec<[u8; 32]> {
+fn record_upn_keys(sealer: &Sealer, tokens: &UserTokens) -> Vec<[u8; 32]> {
     tokens
         .upn
         .as_deref()
-        .map(|upn| upn_keys(&tokens.tid, upn))
+        .map(|upn| upn_keys(sealer, &tokens.tid, upn))
         .unwrap_or_default()
 }
 
@@ -595,21 +594,29 @@ mod tests {
     }
 
     #[test]
-    fn upn_keys_ignore_case_and_separate_tenants() {
+    fn upn_keys_ignore_case_and_separate_tenants_and_keys() {
+        let sealer = Sealer::ephemeral().unwrap();
+        let keys = |tid: &str, upn: &str| upn_keys(&sealer, tid, upn);
         assert_eq!(
-            upn_keys("TID-1", "Ada@Example.COM"),
-            upn_keys("tid-1", "ada@example.com")
+            keys("TID-1", "Ada@Example.COM"),
+            keys("tid-1", "ada@example.com")
         );
         assert_ne!(
-            upn_keys("tid-1", "ada@example.com"),
-            upn_keys("tid-1", "bob@example.com")
+            keys("tid-1", "ada@example.com"),
+            keys("tid-1", "bob@example.com")
         );
         assert_ne!(
-            upn_keys("tid-1", "ada@example.com"),
-            upn_keys("tid-2", "ada@example.com")
+            keys("tid-1", "ada@example.com"),
+            keys("tid-2", "ada@example.com")
         );
         // The tenant is length-prefixed: moving characters between tenant and UPN changes the key.
-        assert_ne!(upn_keys("t", "ada@x"), upn_keys("ta", "da@x"));
+        assert_ne!(keys("t", "ada@x"), keys("ta", "da@x"));
+        // Another store key, another index.
+        let other = Sealer::ephemeral().unwrap();
+        assert_ne!(
+            keys("tid-1", "ada@example.com"),
+            upn_keys(&other, "tid-1", "ada@example.com")
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct RedisStore {
     sealer: Sealer,
     timeout: Duration,
     put_script: Script,
+    reindex_script: Script,
     delete_script: Script,
     reseal_script: Script,
 }
@@ -107,6 +108,7 @@ impl RedisStore {
             sealer,
             timeout,
             put_script: Script::new(PUT_SCRIPT),
+            reindex_script: Script::new(REINDEX_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
             reseal_script: Script::new(RESEAL_SCRIPT),
         })
@@ -125,7 +127,10 @@ impl TokenStore for RedisStore {
                 return Ok(());
             }
             let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys: Vec<String> = record_upn_keys(tokens).iter().map(|k| hex(k)).collect();
+            let keys: Vec<String> = record_upn_keys(&self.sealer, tokens)
+                .iter()
+                .map(|k| hex(k))
+                .collect();
             let index_prefix = upn_key_prefix(provider);
             let mut invocation = self.put_script.key(record_key(provider, &tokens.oid));
             for key in &keys {
@@ -171,7 +176,7 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let index_prefix = upn_key_prefix(provider);
             let mut mget = ::redis::cmd("MGET");
-            for key in upn_keys(tid, upn) {
+            for key in upn_keys(&self.sealer, tid, upn) {
                 mget.arg(format!("{index_prefix}{}", hex(&key)));
             }
             let mut conn = self.conn();
@@ -227,6 +232,7 @@ impl TokenStore for RedisStore {
                         // Redis drops it at its TTL; nothing worth re-sealing.
                         Ok(opened) if is_expired(&opened.tokens, now) => {}
                         Ok(opened) => {
+                            self.reindex(provider, &key, &opened.tokens).await?;
                             if let Some(new_blob) = opened.resealed
                                 && self.reseal(&key, &blob, &new_blob).await?
                             {
@@ -300,6 +306,21 @@ if #KEYS > 1 and not holder then
 end
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 return holder
+";
+
+/// Moves a record's index entry to the key it has under the first encryption key (`rotate_keys`),
+/// unless the record's `u` changed meanwhile or another user holds that key. KEYS[1]: the
+/// record, KEYS[2]: the new index key. ARGV: the `u` read before, the new `u`, oid, the index key
+/// prefix, expiry (unix seconds).
+const REINDEX_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'u') ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return 0 end
+local old = ARGV[4] .. ARGV[1]
+if redis.call('GET', old) == ARGV[3] then redis.call('DEL', old) end
+redis.call('SET', KEYS[2], ARGV[3], 'EXAT', ARGV[5])
+redis.call('HSET', KEYS[1], 'u', ARGV[2])
+return 1
 ";
 
 /// Deletes the record and, only while it still points at this oid, its UPN index entry.
@@ -411,6 +432,49 @@ impl RedisStore {
             )
             .await?;
         Ok(swapped == 1)
+    }
+
+    /// [`REINDEX_SCRIPT`] for a record whose index entry is under an older key (or, written by
+    /// a tollgate before issue 19, an unkeyed hash).
+    async fn reindex(
+        &self,
+        provider: &str,
+        record: &str,
+        tokens: &UserTokens,
+    ) -> Result<(), StoreError> {
+        let Some(first) = record_upn_keys(&self.sealer, tokens)
+            .first()
+            .map(|k| hex(k))
+        else {
+            return Ok(());
+        };
+        let mut conn = self.conn();
+        let current: Option<String> = self
+            .timed(
+                ::redis::cmd("HGET")
+                    .arg(record)
+                    .arg("u")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(current) = current.filter(|u| *u != first) else {
+            return Ok(());
+        };
+        let index_prefix = upn_key_prefix(provider);
+        let _: i64 = self
+            .timed(
+                self.reindex_script
+                    .key(record)
+                    .key(format!("{index_prefix}{first}"))
+                    .arg(&current)
+                    .arg(&first)
+                    .arg(&tokens.oid)
+                    .arg(&index_prefix)
+                    .arg(tokens.refresh_token_expires_at)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn delete_record(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {

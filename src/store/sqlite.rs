@@ -80,7 +80,7 @@ impl TokenStore for SqliteStore {
                     .await;
             }
             let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys = record_upn_keys(tokens);
+            let keys = record_upn_keys(&self.sealer, tokens);
             let sealer = self.sealer.clone();
             let holder = self
                 .run(move |conn| {
@@ -139,7 +139,7 @@ impl TokenStore for SqliteStore {
         upn: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
         Box::pin(async move {
-            let (p, keys) = (provider.to_owned(), upn_keys(tid, upn));
+            let (p, keys) = (provider.to_owned(), upn_keys(&self.sealer, tid, upn));
             let row = self
                 .run(move |conn| {
                     for hash in &keys {
@@ -371,7 +371,7 @@ fn reindex(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
         // The old index allowed one row per UPN, so the new keys are unique too.
         let key = open_record(sealer, &provider, &oid, &blob)
             .ok()
-            .and_then(|opened| record_upn_keys(&opened.tokens).first().copied());
+            .and_then(|opened| record_upn_keys(sealer, &opened.tokens).first().copied());
         conn.execute(
             "UPDATE tokens SET upn_hash = ?3 WHERE provider = ?1 AND oid = ?2",
             params![provider, oid, key.as_ref().map(|h| &h[..])],
@@ -395,18 +395,21 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_error)?;
-    let rows: Vec<(String, String, Vec<u8>)> = {
+    type Row = (String, String, Vec<u8>, Option<Vec<u8>>);
+    let rows: Vec<Row> = {
         let mut stmt = tx
-            .prepare("SELECT provider, oid, record FROM tokens")
+            .prepare("SELECT provider, oid, record, upn_hash FROM tokens")
             .map_err(db_error)?;
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .map_err(db_error)?
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?
+        stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?
     };
     let now = now_unix();
     let (mut resealed, mut unreadable) = (0u64, 0u64);
-    for (provider, oid, blob) in rows {
+    for (provider, oid, blob, upn_hash) in rows {
         match open_record(sealer, &provider, &oid, &blob) {
             Ok(opened) if is_expired(&opened.tokens, now) => {
                 tx.execute(
@@ -416,6 +419,18 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
                 .map_err(db_error)?;
             }
             Ok(opened) => {
+                // An entry under an older key moves to the first one (left where it is in the
+                // impossible case that another row holds that already).
+                let first = record_upn_keys(sealer, &opened.tokens).first().copied();
+                if let (Some(old), Some(new)) = (&upn_hash, first)
+                    && old[..] != new[..]
+                {
+                    tx.execute(
+                        "UPDATE OR IGNORE tokens SET upn_hash = ?3 WHERE provider = ?1 AND oid = ?2",
+                        params![provider, oid, &new[..]],
+                    )
+                    .map_err(db_error)?;
+                }
                 if let Some(new_blob) = opened.resealed {
                     tx.execute(
                         "UPDATE tokens SET record = ?3 WHERE provider = ?1 AND oid = ?2",
