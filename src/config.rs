@@ -133,6 +133,10 @@ pub struct ApiConfig {
     pub key: Option<Secret>,
     /// Allow a non-loopback API address without a key.
     pub allow_insecure_api: bool,
+    /// With `[login]` on, serve the API (and its `/api/v1/token/delegated`, which hands out
+    /// signed-in users' tokens) without a key: any process that reaches the API address can then
+    /// get any stored user's tokens. Off by default; `tollgate check` asks for a key instead.
+    pub allow_unauthenticated_delegated: bool,
 }
 
 /// `[log]`.
@@ -1100,6 +1104,16 @@ impl Config {
                 Url::parse(u).map_err(|e| {
                     ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string())
                 })?;
+            }
+            // Loopback is no boundary in a pod: every container shares it.
+            let keyed = self.api.key.is_some() || self.api.key_file.is_some();
+            if self.listen.api.is_some() && !keyed && !self.api.allow_unauthenticated_delegated {
+                return Err(ConfigError::invalid(
+                    "api.key_file",
+                    "required when [login] is enabled: /api/v1/token/delegated hands out signed-in \
+                     users' tokens to any process that reaches the API; set api.key_file (or \
+                     TOLLGATE_API__KEY), or api.allow_unauthenticated_delegated = true to accept that",
+                ));
             }
         }
         #[cfg(feature = "redis")]

@@ -102,8 +102,29 @@ fn claims(token: &str) -> Value {
 async fn demo_commands_work_as_printed() {
     let demo = start_demo();
     let v = |k: &str| demo.vars[k].clone();
-    let (public, api, admin, idp, tenant) =
-        (v("public"), v("api"), v("admin"), v("idp"), v("tenant"));
+    let (public, api, admin, idp, tenant, api_key) = (
+        v("public"),
+        v("api"),
+        v("admin"),
+        v("idp"),
+        v("tenant"),
+        v("api_key"),
+    );
+    // The printed commands send the API key the banner names.
+    let banner_key = format!("API_KEY={api_key}");
+    assert!(demo.lines.contains(&banner_key), "{:?}", demo.lines);
+    let api_commands: Vec<&String> = demo
+        .lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("curl -s http://{api}/")))
+        .collect();
+    assert_eq!(api_commands.len(), 5, "{api_commands:?}");
+    for command in api_commands {
+        assert!(
+            command.contains("-H \"Authorization: Bearer $API_KEY\""),
+            "{command}"
+        );
+    }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -221,9 +242,17 @@ async fn demo_commands_work_as_printed() {
         tollgate::devidp::DOWNSTREAM_CLIENT_ID
     );
     assert_eq!(claims(&forwarded)["oid"], tollgate::devidp::ALICE_OID);
-    // 6: the Texas API.
+    // 6: the Texas API, which with the login proxy on answers only with its key (issue 19).
+    let r = http
+        .post(format!("http://{api}/api/v1/introspect"))
+        .form(&[("identity_provider", "entra_id"), ("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let r: Value = http
         .post(format!("http://{api}/api/v1/token/exchange"))
+        .bearer_auth(&api_key)
         .json(&serde_json::json!({"identity_provider": "azuread", "target": "api://eeeeeeee-6666-7777-8888-ffffffffffff/.default", "user_token": token}))
         .send()
         .await
@@ -234,6 +263,7 @@ async fn demo_commands_work_as_printed() {
     assert_eq!(r["token_type"], "Bearer");
     let r: Value = http
         .post(format!("http://{api}/api/v1/introspect"))
+        .bearer_auth(&api_key)
         .form(&[("identity_provider", "entra_id"), ("token", token.as_str())])
         .send()
         .await
@@ -291,7 +321,13 @@ async fn demo_commands_work_as_printed() {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .expect("the callback carries a code");
-    let mut secrets = vec![token.clone(), read.clone(), forwarded.clone(), code];
+    let mut secrets = vec![
+        token.clone(),
+        read.clone(),
+        forwarded.clone(),
+        code,
+        api_key.clone(),
+    ];
     // 8: delegated tokens by UPN and by oid.
     for (k, val, target) in [
         (
@@ -307,6 +343,7 @@ async fn demo_commands_work_as_printed() {
     ] {
         let r = http
             .post(format!("http://{api}/api/v1/token/delegated"))
+            .bearer_auth(&api_key)
             .form(&[
                 ("identity_provider", "entra_id"),
                 ("target", target),

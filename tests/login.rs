@@ -38,6 +38,8 @@ use tollgate::server::{RunningServer, Server};
 use url::Url;
 
 const TENANT: &str = DEFAULT_TENANT_ID;
+/// tollgate's API key in these tests.
+const API_KEY: &str = "login-test-api-key";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where the token endpoint's success members come in Entra's order (entra-reference §5).
 const TOKEN_MEMBERS: [&str; 8] = [
@@ -754,6 +756,20 @@ async fn a_dead_refresh_token_asks_for_login_and_forgets_the_user() {
 #[tokio::test]
 async fn unknown_users_and_deleting_a_user() {
     let stack = Stack::start(Options::default()).await;
+    // Issue 19: with [login] on, the token API serves nobody without its key.
+    for key in [None, Some("wrong-key")] {
+        let mut req = stack.http.post(stack.api("/api/v1/token/delegated"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let r = req
+            .json(&json!({"identity_provider": "entra_id", "user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{key:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
     for by in [
         json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
         json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
@@ -769,7 +785,7 @@ async fn unknown_users_and_deleting_a_user() {
     stack.scripted_login(0, ALICE, false, "").await;
     stack.scripted_login(0, BOB, false, "").await;
     let r = stack
-        .http
+        .api_http
         .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
         .send()
         .await
@@ -867,7 +883,7 @@ async fn a_second_account_with_the_same_upn_does_not_take_it_over() {
 
     // Deleting alice frees her UPN; mallory gets it only by logging in again.
     let r = stack
-        .http
+        .api_http
         .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
         .send()
         .await
@@ -1175,7 +1191,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
 
     let started = std::time::Instant::now();
     let r = stack
-        .http
+        .api_http
         .post(stack.api("/api/v1/token/delegated"))
         .json(&json!({"identity_provider": "entra_id", "user_oid": ALICE_OID, "target": tollgate_scope()}))
         .send()
@@ -1204,7 +1220,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     let r = stack
-        .http
+        .api_http
         .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
         .send()
         .await
@@ -1249,7 +1265,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
 
     // So does the token exchange (On-Behalf-Of).
     let r = stack
-        .http
+        .api_http
         .post(stack.api("/api/v1/token/exchange"))
         .json(&json!({"identity_provider": "entra_id", "target": downstream_default(), "user_token": user_token}))
         .send()
@@ -1355,6 +1371,8 @@ struct Stack {
     rps: Vec<Rp>,
     /// Follows no redirects, so every hop can be checked.
     http: reqwest::Client,
+    /// For tollgate's token API: sends its API key.
+    api_http: reqwest::Client,
 }
 
 impl Stack {
@@ -1431,6 +1449,15 @@ post_logout_redirect_uris = [{post_logout}]
             provider_extra = options.provider_extra,
             client_id = options.client_id,
         );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {API_KEY}").parse().unwrap(),
+        );
+        let api_http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
         let mut stack = Stack {
             idp,
             tollgate: None,
@@ -1439,6 +1466,7 @@ post_logout_redirect_uris = [{post_logout}]
             api_url: String::new(),
             rps,
             http,
+            api_http,
         };
         stack.start_tollgate().await;
         for rp in &stack.rps {
@@ -1448,7 +1476,11 @@ post_logout_redirect_uris = [{post_logout}]
     }
 
     async fn start_tollgate(&mut self) {
-        let env = MapEnv::from([("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET)]);
+        // Issue 19: with [login] on, the token API needs a key.
+        let env = MapEnv::from([
+            ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),
+            ("TOLLGATE_API__KEY", API_KEY),
+        ]);
         let cfg = Config::from_toml_str(&self.config, &env).unwrap();
         let server = Server::bind(cfg).await.unwrap().spawn();
         self.api_url = format!("http://{}", server.api.unwrap());
@@ -1512,7 +1544,7 @@ post_logout_redirect_uris = [{post_logout}]
     async fn delegated(&self, mut body: Value) -> (StatusCode, Value) {
         body["identity_provider"] = json!("entra_id");
         let r = self
-            .http
+            .api_http
             .post(self.api("/api/v1/token/delegated"))
             .json(&body)
             .send()
@@ -1529,7 +1561,7 @@ post_logout_redirect_uris = [{post_logout}]
         let mut form = vec![("identity_provider", "azuread")];
         form.extend_from_slice(fields);
         let r = self
-            .http
+            .api_http
             .post(self.api("/api/v1/token/delegated"))
             .form(&form)
             .send()
