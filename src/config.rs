@@ -542,6 +542,13 @@ pub struct LoginConfig {
     /// Refuse authorize requests without an S256 PKCE challenge (default `true`: RFC 9700 §2.1.1
     /// asks every client for PKCE, and a confidential client loses nothing by sending it).
     pub require_pkce: bool,
+    /// The oldest `id_token_hint` (by its `iat`) a logout forgets the user's stored tokens for
+    /// (default 12 hours: a working day's session whose app keeps the login's ID token as its
+    /// hint). An older hint still reaches the IdP's end-session endpoint; the tokens stay until
+    /// the refresh token dies or the app deletes the user. A hint must also be of the session the
+    /// tokens were stored from (`sid`), so a leaked old ID token cannot sign the user out later.
+    #[serde(with = "duration_str")]
+    pub logout_hint_max_age: Duration,
 }
 
 impl Default for LoginConfig {
@@ -554,6 +561,7 @@ impl Default for LoginConfig {
             redirect_uris: Vec::new(),
             post_logout_redirect_uris: Vec::new(),
             require_pkce: true,
+            logout_hint_max_age: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -1104,6 +1112,12 @@ impl Config {
                 Url::parse(u).map_err(|e| {
                     ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string())
                 })?;
+            }
+            if self.login.logout_hint_max_age.is_zero() {
+                return Err(ConfigError::invalid(
+                    "login.logout_hint_max_age",
+                    "must be greater than 0",
+                ));
             }
             // Loopback is no boundary in a pod: every container shares it.
             let keyed = self.api.key.is_some() || self.api.key_file.is_some();

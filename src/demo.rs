@@ -160,6 +160,7 @@ fn demo_config(
         redirect_uris: vec![callback.to_owned()],
         post_logout_redirect_uris: vec![public_url.to_owned() + "/"],
         require_pkce: true,
+        ..LoginConfig::default()
     };
     cfg.store = StoreConfig {
         kind: StoreKind::Memory,

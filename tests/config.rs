@@ -161,6 +161,17 @@ fn login_needs_an_api_key_or_an_explicit_opt_out() {
     assert!(cfg.validate().is_err());
     cfg.listen.api = None;
     cfg.validate().unwrap();
+    let keyed = MapEnv::from([("TOLLGATE_API__KEY", "k3y")]);
+    let zero_age = login.replace(
+        "enabled = true",
+        "enabled = true\nlogout_hint_max_age = \"0s\"",
+    );
+    let e = Config::from_toml_str(&zero_age, &keyed)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("login.logout_hint_max_age"), "{e}");
+    let cfg = Config::from_toml_str(&login, &keyed).unwrap();
+    assert_eq!(cfg.login.logout_hint_max_age.as_secs(), 12 * 3600);
     // Without [login] nothing changes.
     Config::from_toml_str(PROVIDER, &MapEnv::default()).unwrap();
 }

@@ -1019,6 +1019,74 @@ async fn logout_forgets_the_user_and_redirects_only_where_allowed() {
     stack.stop().await;
 }
 
+/// Issue 19: a logout (a GET any page can make a browser send) forgets the user only for a hint
+/// of the session the stored tokens came from: an ID token of an earlier login deletes nothing.
+#[tokio::test]
+async fn logout_needs_a_hint_of_the_stored_session() {
+    let stack = Stack::start(Options::default()).await;
+    let rp = stack.rp();
+    let known = || async {
+        stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .await
+            .0
+            == 200
+    };
+    let earlier = stack.scripted_login(0, ALICE, false, "").await;
+    let current = stack.scripted_login(0, ALICE, false, "").await;
+    assert_ne!(earlier.claims["sid"], current.claims["sid"]);
+    let end_session = format!("{}/{TENANT}/oauth2/v2.0/logout", stack.idp.base_url());
+    for (hint, deleted) in [(&earlier, false), (&current, true)] {
+        let r = stack
+            .http
+            .get(stack.logout_url(&hint.id_token, &rp.logged_out_url()))
+            .send()
+            .await
+            .unwrap();
+        // Either way the browser goes on to the IdP's end-session endpoint.
+        assert_eq!(r.status(), 302);
+        let location = r.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with(&end_session), "{location}");
+        assert_eq!(known().await, !deleted, "sid {}", hint.claims["sid"]);
+    }
+    stack.stop().await;
+}
+
+/// Issue 19: an `id_token_hint` older than `logout_hint_max_age` deletes nothing.
+#[tokio::test]
+async fn logout_ignores_a_hint_older_than_its_max_age() {
+    let stack = Stack::start(Options {
+        login_extra: "logout_hint_max_age = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    // Wait on the clock (bounded by it) until the hint is older than a second.
+    let iat = login.claims["iat"].as_u64().unwrap();
+    while unix_now() <= iat + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = stack
+        .http
+        .get(stack.logout_url(&login.id_token, &stack.rp().logged_out_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "the browser still goes on to the IdP");
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "alice's tokens are kept: {body}");
+    stack.stop().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 #[tokio::test]
 async fn another_clients_login_is_not_stored_and_cannot_log_users_out() {
     // A second app with its own registration logs in through the same tollgate: its tokens
@@ -1345,6 +1413,8 @@ struct Options {
     tenant: &'static str,
     /// More users of the dev IdP.
     idp_users: Vec<DevUser>,
+    /// More keys of tollgate's `[login]` table.
+    login_extra: String,
 }
 
 impl Default for Options {
@@ -1358,6 +1428,7 @@ impl Default for Options {
             client_id: TOLLGATE_CLIENT_ID,
             tenant: TENANT,
             idp_users: Vec::new(),
+            login_extra: String::new(),
         }
     }
 }
@@ -1434,6 +1505,7 @@ extra_scopes = ["{graph}"]
 redirect_uris = [{redirects}]
 post_logout_redirect_uris = [{post_logout}]
 {pkce}
+{login_extra}
 
 [store]
 {store}
@@ -1447,6 +1519,7 @@ post_logout_redirect_uris = [{post_logout}]
             store = options.store,
             extra = options.extra,
             provider_extra = options.provider_extra,
+            login_extra = options.login_extra,
             client_id = options.client_id,
         );
         let mut headers = http::HeaderMap::new();

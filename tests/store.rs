@@ -1044,6 +1044,7 @@ fn kill9_tokens(i: u64) -> UserTokens {
         scopes: vec!["User.Read".into()],
         refresh_token: format!("refresh-{i}"),
         refresh_token_expires_at: FAR_FUTURE,
+        sid: None,
     }
 }
 
@@ -1464,6 +1465,7 @@ fn user(oid: &str, upn: Option<&str>) -> UserTokens {
         scopes: vec!["User.Read".into()],
         refresh_token: unique("RT"),
         refresh_token_expires_at: FAR_FUTURE,
+        sid: Some(unique("sid")),
     }
 }
 

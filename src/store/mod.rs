@@ -39,6 +39,7 @@
 //!     scopes: vec!["User.Read".into()],
 //!     refresh_token: "0.AX...".into(),
 //!     refresh_token_expires_at: 1_907_776_000,
+//!     sid: None,
 //! };
 //! store.put("entra_id", &tokens).await?;
 //! let tenant = "11111111-2222-3333-4444-555555555555";
@@ -96,6 +97,9 @@ pub struct UserTokens {
     /// (Redis TTL; other backends treat it as absent), so the caller must set a real lifetime
     /// (Entra usually returns none: use its 90-day default).
     pub refresh_token_expires_at: u64,
+    /// The IdP session the tokens came from (the ID token's `sid`), when it named one: a logout
+    /// only forgets the user for an `id_token_hint` of that session.
+    pub sid: Option<String>,
 }
 
 impl fmt::Debug for UserTokens {
@@ -109,6 +113,7 @@ impl fmt::Debug for UserTokens {
             .field("scopes", &self.scopes)
             .field("refresh_token", &"<redacted>")
             .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .field("sid", &self.sid.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -335,6 +340,9 @@ struct SealedRecord {
     scp: Vec<String>,
     rt: String,
     rt_exp: u64,
+    /// Absent in records written before tollgate kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 /// A record read from a backend, opened.
@@ -396,6 +404,7 @@ fn seal_record(
         scp: tokens.scopes.clone(),
         rt: tokens.refresh_token.clone(),
         rt_exp: tokens.refresh_token_expires_at,
+        sid: tokens.sid.clone(),
     };
     let plain = serde_json::to_vec(&record)
         .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?;
@@ -422,6 +431,7 @@ fn open_record(
         scopes: record.scp,
         refresh_token: record.rt,
         refresh_token_expires_at: record.rt_exp,
+        sid: record.sid,
     };
     let resealed = if old_key {
         Some(seal_record(sealer, provider, &tokens)?)
@@ -560,6 +570,7 @@ mod tests {
             scopes: vec!["User.Read".into()],
             refresh_token: "RT-SECRET-VALUE".into(),
             refresh_token_expires_at: 20,
+            sid: Some("sid-1".into()),
         }
     }
 
@@ -586,6 +597,16 @@ mod tests {
             open_record(&sealer, "other", "oid-1", &blob),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn records_written_before_sid_was_kept_still_open() {
+        let sealer = Sealer::ephemeral().unwrap();
+        let plain = br#"{"tid":"t","upn":null,"at":"a","at_exp":1,"scp":[],"rt":"r","rt_exp":2}"#;
+        let blob = sealer.seal(plain, &record_aad("p", "o")).unwrap();
+        let opened = open_record(&sealer, "p", "o", &blob).unwrap();
+        assert_eq!(opened.tokens.sid, None);
+        assert_eq!(opened.tokens.refresh_token, "r");
     }
 
     #[test]

@@ -522,6 +522,7 @@ mod tests {
             scopes: vec![],
             refresh_token: "RT".into(),
             refresh_token_expires_at: 4_000_000_000,
+            sid: None,
         };
         let (ada, bob) = (
             tokens("ada", "Ada@Example.com"),
