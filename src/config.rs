@@ -190,6 +190,10 @@ pub struct ApiConfig {
     pub key: Option<Secret>,
     /// Allow a non-loopback API address without a key.
     pub allow_insecure_api: bool,
+    /// With `[login]` on, serve the API (and its `/api/v1/token/delegated`, which hands out
+    /// signed-in users' tokens) without a key: any process that reaches the API address can then
+    /// get any stored user's tokens. Off by default; `tollgate check` asks for a key instead.
+    pub allow_unauthenticated_delegated: bool,
 }
 
 /// `[log]`.
@@ -617,6 +621,13 @@ pub struct LoginConfig {
     /// Refuse authorize requests without an S256 PKCE challenge (default `true`: RFC 9700 §2.1.1
     /// asks every client for PKCE, and a confidential client loses nothing by sending it).
     pub require_pkce: bool,
+    /// The oldest `id_token_hint` (by its `iat`) a logout forgets the user's stored tokens for
+    /// (default 12 hours: a working day's session whose app keeps the login's ID token as its
+    /// hint). An older hint still reaches the IdP's end-session endpoint; the tokens stay until
+    /// the refresh token dies or the app deletes the user. A hint must also be of the session the
+    /// tokens were stored from (`sid`), so a leaked old ID token cannot sign the user out later.
+    #[serde(with = "duration_str")]
+    pub logout_hint_max_age: Duration,
 }
 
 impl Default for LoginConfig {
@@ -629,6 +640,7 @@ impl Default for LoginConfig {
             redirect_uris: Vec::new(),
             post_logout_redirect_uris: Vec::new(),
             require_pkce: true,
+            logout_hint_max_age: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -1254,6 +1266,32 @@ impl Config {
                     ConfigError::invalid(format!("login.redirect_uris[{i}]"), e.to_string())
                 })?;
             }
+            if self.login.logout_hint_max_age.is_zero() {
+                return Err(ConfigError::invalid(
+                    "login.logout_hint_max_age",
+                    "must be greater than 0",
+                ));
+            }
+            // Loopback is no boundary in a pod: every container shares it.
+            let keyed = self.api.key.is_some() || self.api.key_file.is_some();
+            if self.listen.api.is_some() && !keyed && !self.api.allow_unauthenticated_delegated {
+                return Err(ConfigError::invalid(
+                    "api.key_file",
+                    "required when [login] is enabled: /api/v1/token/delegated hands out signed-in \
+                     users' tokens to any process that reaches the API; set api.key_file (or \
+                     TOLLGATE_API__KEY), or api.allow_unauthenticated_delegated = true to accept that",
+                ));
+            }
+        }
+        #[cfg(feature = "redis")]
+        if self.store.kind == crate::store::StoreKind::Redis
+            && let Some(why) = self
+                .store
+                .url
+                .as_deref()
+                .and_then(crate::store::redis_url_problem)
+        {
+            return Err(ConfigError::invalid("store.url", why));
         }
         // Refused here rather than replaced by `info` at start, unseen.
         #[cfg(feature = "server")]

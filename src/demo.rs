@@ -76,7 +76,11 @@ pub async fn run(
         }
     });
 
-    let config = demo_config(&idp, public_addr, echo_addr, &public_url, &callback);
+    // With the login proxy on, the token API needs a key (issue 19): a fresh one per run, shown
+    // in the commands below.
+    let api_key = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    let mut config = demo_config(&idp, public_addr, echo_addr, &public_url, &callback);
+    config.api.key = Some(Secret::new(&api_key));
     let server = Server::bind(config).await?;
     let api = server
         .api_addr()
@@ -86,7 +90,15 @@ pub async fn run(
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
     println!(
         "{}",
-        instructions(&idp.base_url(), tenant, public_addr, api, admin, &callback)
+        instructions(
+            &idp.base_url(),
+            tenant,
+            public_addr,
+            api,
+            admin,
+            &callback,
+            &api_key
+        )
     );
     let result = server.run(shutdown).await;
     idp.shutdown().await;
@@ -148,6 +160,7 @@ fn demo_config(
         redirect_uris: vec![callback.to_owned()],
         post_logout_redirect_uris: vec![public_url.to_owned() + "/"],
         require_pkce: true,
+        ..LoginConfig::default()
     };
     cfg.store = StoreConfig {
         kind: StoreKind::Memory,
@@ -163,6 +176,7 @@ fn instructions(
     api: SocketAddr,
     admin: SocketAddr,
     callback: &str,
+    api_key: &str,
 ) -> String {
     let token_url = format!("{idp}/{tenant}/oauth2/v2.0/token");
     let client = devidp::TOLLGATE_CLIENT_ID;
@@ -182,7 +196,7 @@ tollgate demo is running (Ctrl-C stops everything)
   admin           http://{admin}/readyz  /metrics
   dev IdP         {idp}   (users alice, bob, carol; password "dev")
   each request it answers is logged below as a tollgate::access line, with its X-Request-Id
-TOLLGATE_DEMO public={public} api={api} admin={admin} idp={idp} tenant={tenant}
+TOLLGATE_DEMO public={public} api={api} admin={admin} idp={idp} tenant={tenant} api_key={api_key}
 
 # 1. Get a user token for alice from the dev IdP:
 TOKEN=$(curl -s {token_url} -d grant_type=password -d client_id={frontend} -d username=alice -d password=dev -d scope=api://{client}/access_as_user | {extract})
@@ -200,17 +214,19 @@ curl -i -H "Authorization: Bearer $READ" http://{public}/api/hello
 # 5. On-Behalf-Of: the app receives a token for the downstream API instead of alice's
 curl -s -H "Authorization: Bearer $TOKEN" http://{public}/obo/hello
 
-# 6. Texas-compatible local token API: client credentials, OBO exchange, introspection
-curl -s http://{api}/api/v1/token -d identity_provider=entra_id -d target=api://eeeeeeee-6666-7777-8888-ffffffffffff/.default
-curl -s http://{api}/api/v1/token/exchange -H 'Content-Type: application/json' -d "{{\"identity_provider\":\"azuread\",\"target\":\"api://eeeeeeee-6666-7777-8888-ffffffffffff/.default\",\"user_token\":\"$TOKEN\"}}"
-curl -s http://{api}/api/v1/introspect -d identity_provider=entra_id -d token=$TOKEN
+# 6. Texas-compatible local token API: client credentials, OBO exchange, introspection.
+#    With the login proxy on, the API needs its key (without it: 401):
+API_KEY={api_key}
+curl -s http://{api}/api/v1/token -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=api://eeeeeeee-6666-7777-8888-ffffffffffff/.default
+curl -s http://{api}/api/v1/token/exchange -H "Authorization: Bearer $API_KEY" -H 'Content-Type: application/json' -d "{{\"identity_provider\":\"azuread\",\"target\":\"api://eeeeeeee-6666-7777-8888-ffffffffffff/.default\",\"user_token\":\"$TOKEN\"}}"
+curl -s http://{api}/api/v1/introspect -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d token=$TOKEN
 
 # 7. Interactive login through tollgate: open this URL in a browser and log in as alice
 {login}
 
 # 8. Then fetch a delegated token for alice by UPN or by object id
-curl -s http://{api}/api/v1/token/delegated -d identity_provider=entra_id -d target=https://graph.microsoft.com/User.Read -d user_upn=alice@contoso.example
-curl -s http://{api}/api/v1/token/delegated -d identity_provider=entra_id -d target=api://{client}/access_as_user -d user_oid={oid}
+curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=https://graph.microsoft.com/User.Read -d user_upn=alice@contoso.example
+curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=api://{client}/access_as_user -d user_oid={oid}
 "#,
         oid = devidp::ALICE_OID,
     )

@@ -179,6 +179,52 @@ fn every_bad_option_is_named() {
     }
 }
 
+/// Issue 19: the delegated-token API hands out signed-in users' tokens, so with `[login]` on the
+/// token API needs a key, unless the risk is accepted explicitly.
+#[test]
+fn login_needs_an_api_key_or_an_explicit_opt_out() {
+    let login = format!(
+        "{PROVIDER}\n[login]\nenabled = true\npublic_url = \"https://app.example\"\nredirect_uris = [\"https://app.example/callback\"]\n"
+    );
+    let e = err(&login);
+    assert!(e.starts_with("api.key_file"), "{e}");
+    assert!(
+        e.contains("TOLLGATE_API__KEY") && e.contains("allow_unauthenticated_delegated"),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api_key");
+    std::fs::write(&key_file, "k3y\n").unwrap();
+    let with_file = format!(
+        "{login}\n[api]\nkey_file = {}\n",
+        serde_json::Value::String(key_file.display().to_string())
+    );
+    Config::from_toml_str(&with_file, &MapEnv::default()).unwrap();
+    Config::from_toml_str(&login, &MapEnv::from([("TOLLGATE_API__KEY", "k3y")])).unwrap();
+    let opted_out = format!("{login}\n[api]\nallow_unauthenticated_delegated = true\n");
+    let mut cfg = Config::from_toml_str(&opted_out, &MapEnv::default()).unwrap();
+    assert!(cfg.api.allow_unauthenticated_delegated);
+    // Without a token API listener there is nothing to protect.
+    cfg.api.allow_unauthenticated_delegated = false;
+    assert!(cfg.validate().is_err());
+    cfg.listen.api = None;
+    cfg.validate().unwrap();
+    let keyed = MapEnv::from([("TOLLGATE_API__KEY", "k3y")]);
+    let zero_age = login.replace(
+        "enabled = true",
+        "enabled = true\nlogout_hint_max_age = \"0s\"",
+    );
+    let e = Config::from_toml_str(&zero_age, &keyed)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("login.logout_hint_max_age"), "{e}");
+    let cfg = Config::from_toml_str(&login, &keyed).unwrap();
+    assert_eq!(cfg.login.logout_hint_max_age.as_secs(), 12 * 3600);
+    // Without [login] nothing changes.
+    Config::from_toml_str(PROVIDER, &MapEnv::default()).unwrap();
+}
+
 #[test]
 fn environment_overrides_and_nais_names() {
     let env = MapEnv::from([

@@ -93,10 +93,15 @@ fn printed_steps(lines: &[String]) -> std::collections::BTreeMap<u32, Vec<String
     let mut steps = std::collections::BTreeMap::new();
     let mut current = None;
     for line in lines {
-        if let Some(rest) = line.strip_prefix("# ") {
-            current = rest
+        if let Some(rest) = line.strip_prefix('#') {
+            // `# N. ...` starts step N; another comment line continues the current one.
+            if let Some(n) = rest
+                .trim_start()
                 .split_once('.')
-                .and_then(|(n, _)| n.parse::<u32>().ok());
+                .and_then(|(n, _)| n.parse::<u32>().ok())
+            {
+                current = Some(n);
+            }
         } else if line.trim().is_empty() {
             current = None;
         } else if let Some(n) = current {
@@ -169,7 +174,8 @@ fn claims(token: &str) -> Value {
 async fn demo_commands_work_as_printed() {
     let demo = start_demo();
     let v = |k: &str| demo.vars[k].clone();
-    let (public, admin, idp, tenant) = (v("public"), v("admin"), v("idp"), v("tenant"));
+    let (public, api, admin, idp, tenant) =
+        (v("public"), v("api"), v("admin"), v("idp"), v("tenant"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -247,8 +253,19 @@ async fn demo_commands_work_as_printed() {
         tollgate::devidp::DOWNSTREAM_CLIENT_ID
     );
     assert_eq!(claims(&forwarded)["oid"], tollgate::devidp::ALICE_OID);
-    // 6: the Texas API: client credentials, exchange, introspection, each as printed.
-    let [app, exchanged, introspected] = [0, 1, 2].map(|i| curl(&step(6)[i], &with_token));
+    // 6: the Texas API, which with the login proxy on answers only with its key: the banner
+    // prints the key, then client credentials, exchange and introspection, each as printed.
+    let api_key = shell_var(&step(6)[0], "API_KEY", &[]);
+    assert_eq!(api_key, v("api_key"));
+    let with_key = [("TOKEN", token.as_str()), ("API_KEY", api_key.as_str())];
+    let r = http
+        .post(format!("http://{api}/api/v1/introspect"))
+        .form(&[("identity_provider", "entra_id"), ("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the token API wants its key");
+    let [app, exchanged, introspected] = [1, 2, 3].map(|i| curl(&step(6)[i], &with_key));
     assert_eq!(app.0, 200, "{}", app.2);
     assert_eq!(
         claims(app.2["access_token"].as_str().unwrap())["idtyp"],
@@ -312,12 +329,18 @@ async fn demo_commands_work_as_printed() {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .expect("the callback carries a code");
-    let mut secrets = vec![token.clone(), read.clone(), forwarded.clone(), code];
+    let mut secrets = vec![
+        token.clone(),
+        read.clone(),
+        forwarded.clone(),
+        code,
+        api_key.clone(),
+    ];
     // 8: delegated tokens by UPN and by oid, each command as printed.
     let delegated = step(8);
     assert_eq!(delegated.len(), 2, "{delegated:?}");
     for command in delegated {
-        let (status, _, body) = curl(command, &[]);
+        let (status, _, body) = curl(command, &with_key);
         assert_eq!(status, 200, "{command}: {body}");
         let access_token = body["access_token"].as_str().expect("a delegated token");
         assert_eq!(claims(access_token)["oid"], tollgate::devidp::ALICE_OID);

@@ -38,6 +38,8 @@ use tollgate::server::{RunningServer, Server};
 use url::Url;
 
 const TENANT: &str = DEFAULT_TENANT_ID;
+/// tollgate's API key in these tests.
+const API_KEY: &str = "login-test-api-key";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where the token endpoint's success members come in Entra's order (entra-reference §5).
 const TOKEN_MEMBERS: [&str; 8] = [
@@ -755,6 +757,20 @@ async fn a_dead_refresh_token_asks_for_login_and_forgets_the_user() {
 #[tokio::test]
 async fn unknown_users_and_deleting_a_user() {
     let stack = Stack::start(Options::default()).await;
+    // Issue 19: with [login] on, the token API serves nobody without its key.
+    for key in [None, Some("wrong-key")] {
+        let mut req = stack.http.post(stack.api("/api/v1/token/delegated"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let r = req
+            .json(&json!({"identity_provider": "entra_id", "user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{key:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
     for by in [
         json!({"user_oid": ALICE_OID, "target": tollgate_scope()}),
         json!({"user_upn": ALICE_UPN, "target": tollgate_scope()}),
@@ -770,7 +786,7 @@ async fn unknown_users_and_deleting_a_user() {
     stack.scripted_login(0, ALICE, false, "").await;
     stack.scripted_login(0, BOB, false, "").await;
     let r = stack
-        .http
+        .api_http
         .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
         .send()
         .await
@@ -792,6 +808,153 @@ async fn unknown_users_and_deleting_a_user() {
         jwt_claims(body["access_token"].as_str().unwrap())["oid"],
         BOB_OID
     );
+    stack.stop().await;
+}
+
+/// A dev IdP user `username` in `tenant` whose tokens name alice's UPN: `upn` is the claim
+/// tollgate takes the UPN from before `preferred_username`, and the dev IdP gives no two users
+/// one `preferred_username`.
+fn impostor(username: &str, tenant: &str) -> DevUser {
+    serde_json::from_value(json!({
+        "username": username,
+        "tenant_id": tenant,
+        "claims": {"upn": ALICE_UPN},
+    }))
+    .unwrap()
+}
+
+/// Issue 19: another account with alice's UPN (in alice's tenant, logging in after her) does not
+/// get alice's tokens by `user_upn`: the UPN keeps naming alice until she is deleted.
+#[tokio::test]
+async fn a_second_account_with_the_same_upn_does_not_take_it_over() {
+    let stack = Stack::start(Options {
+        idp_users: vec![impostor("mallory", TENANT)],
+        ..Options::default()
+    })
+    .await;
+    let alice = stack.scripted_login(0, ALICE, false, "").await;
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    let mallory_oid = mallory.claims["oid"].as_str().unwrap().to_owned();
+    assert_ne!(mallory_oid, ALICE_OID);
+    assert_eq!(mallory.claims["upn"], ALICE_UPN);
+    let by_upn = async |extra: Value| {
+        let mut body = json!({"user_upn": ALICE_UPN, "target": tollgate_scope()});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        stack.delegated(body).await
+    };
+
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["access_token"], alice.access_token,
+        "alice keeps her UPN"
+    );
+    // Mallory's login was kept all the same: she is found by her oid.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": mallory_oid, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], mallory.access_token);
+    // Refreshing mallory's tokens (tollgate redeeming her refresh token) does not move the
+    // UPN either.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": mallory_oid, "target": graph_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
+
+    // The provider's own tenant may be named; another one is refused, not searched.
+    let (status, body) = by_upn(json!({"user_tid": TENANT.to_uppercase()})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
+    let (status, body) = by_upn(json!({"user_tid": SECOND_TENANT_ID})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("user_tid"),
+        "{body}"
+    );
+
+    // Deleting alice frees her UPN; mallory gets it only by logging in again.
+    let r = stack
+        .api_http
+        .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unknown_user");
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    let (status, body) = by_upn(json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], mallory.access_token);
+    stack.stop().await;
+}
+
+/// Issue 19, across tenants: with a multi-tenant provider a UPN alone names nobody, so a lookup
+/// by `user_upn` needs `user_tid`, and finds only that tenant's user.
+#[tokio::test]
+async fn a_multi_tenant_lookup_by_upn_needs_the_tenant() {
+    let stack = Stack::start(Options {
+        tenant: "organizations",
+        provider_extra: format!("allowed_tenants = [\"{TENANT}\", \"{SECOND_TENANT_ID}\"]"),
+        idp_users: vec![impostor("mallory", SECOND_TENANT_ID)],
+        ..Options::default()
+    })
+    .await;
+    let mallory = stack.scripted_login(0, "mallory", false, "").await;
+    assert_eq!(mallory.claims["tid"], SECOND_TENANT_ID);
+    let alice = stack.scripted_login(0, ALICE, false, "").await;
+    assert_eq!(alice.claims["tid"], TENANT);
+    let by_upn = async |tid: Option<&str>| {
+        let mut body = json!({"user_upn": ALICE_UPN, "target": tollgate_scope()});
+        if let Some(tid) = tid {
+            body["user_tid"] = json!(tid);
+        }
+        stack.delegated(body).await
+    };
+
+    let (status, body) = by_upn(None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(
+        why.contains("user_tid") && why.contains("several tenants"),
+        "{why}"
+    );
+    for (tid, expected) in [
+        (TENANT, &alice),
+        (SECOND_TENANT_ID, &mallory),
+        (&*SECOND_TENANT_ID.to_uppercase(), &mallory),
+    ] {
+        let (status, body) = by_upn(Some(tid)).await;
+        assert_eq!(status, 200, "{tid}: {body}");
+        assert_eq!(body["access_token"], expected.access_token, "{tid}");
+    }
+    // A tenant the provider does not accept is refused, not searched.
+    let (status, body) = by_upn(Some("01234567-89ab-cdef-0123-456789abcdef")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    // With user_oid, user_tid is a check.
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "user_tid": SECOND_TENANT_ID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unknown_user");
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "user_tid": TENANT, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], alice.access_token);
     stack.stop().await;
 }
 
@@ -855,6 +1018,74 @@ async fn logout_forgets_the_user_and_redirects_only_where_allowed() {
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], end_session.as_str());
     stack.stop().await;
+}
+
+/// Issue 19: a logout (a GET any page can make a browser send) forgets the user only for a hint
+/// of the session the stored tokens came from: an ID token of an earlier login deletes nothing.
+#[tokio::test]
+async fn logout_needs_a_hint_of_the_stored_session() {
+    let stack = Stack::start(Options::default()).await;
+    let rp = stack.rp();
+    let known = || async {
+        stack
+            .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+            .await
+            .0
+            == 200
+    };
+    let earlier = stack.scripted_login(0, ALICE, false, "").await;
+    let current = stack.scripted_login(0, ALICE, false, "").await;
+    assert_ne!(earlier.claims["sid"], current.claims["sid"]);
+    let end_session = format!("{}/{TENANT}/oauth2/v2.0/logout", stack.idp.base_url());
+    for (hint, deleted) in [(&earlier, false), (&current, true)] {
+        let r = stack
+            .http
+            .get(stack.logout_url(&hint.id_token, &rp.logged_out_url()))
+            .send()
+            .await
+            .unwrap();
+        // Either way the browser goes on to the IdP's end-session endpoint.
+        assert_eq!(r.status(), 302);
+        let location = r.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with(&end_session), "{location}");
+        assert_eq!(known().await, !deleted, "sid {}", hint.claims["sid"]);
+    }
+    stack.stop().await;
+}
+
+/// Issue 19: an `id_token_hint` older than `logout_hint_max_age` deletes nothing.
+#[tokio::test]
+async fn logout_ignores_a_hint_older_than_its_max_age() {
+    let stack = Stack::start(Options {
+        login_extra: "logout_hint_max_age = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let login = stack.scripted_login(0, ALICE, false, "").await;
+    // Wait on the clock (bounded by it) until the hint is older than a second.
+    let iat = login.claims["iat"].as_u64().unwrap();
+    while unix_now() <= iat + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = stack
+        .http
+        .get(stack.logout_url(&login.id_token, &stack.rp().logged_out_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "the browser still goes on to the IdP");
+    let (status, body) = stack
+        .delegated(json!({"user_oid": ALICE_OID, "target": tollgate_scope()}))
+        .await;
+    assert_eq!(status, 200, "alice's tokens are kept: {body}");
+    stack.stop().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
@@ -1220,7 +1451,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
 
     let started = std::time::Instant::now();
     let r = stack
-        .http
+        .api_http
         .post(stack.api("/api/v1/token/delegated"))
         .json(&json!({"identity_provider": "entra_id", "user_oid": ALICE_OID, "target": tollgate_scope()}))
         .send()
@@ -1249,7 +1480,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     let r = stack
-        .http
+        .api_http
         .delete(stack.api(&format!("/api/v1/users/{ALICE_OID}")))
         .send()
         .await
@@ -1294,7 +1525,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
 
     // So does the token exchange (On-Behalf-Of).
     let r = stack
-        .http
+        .api_http
         .post(stack.api("/api/v1/token/exchange"))
         .json(&json!({"identity_provider": "entra_id", "target": downstream_default(), "user_token": user_token}))
         .send()
@@ -1369,6 +1600,13 @@ struct Options {
     provider_extra: String,
     /// tollgate's `client_id`.
     client_id: &'static str,
+    /// The tenant whose discovery document tollgate's provider reads (`organizations` for a
+    /// multi-tenant app).
+    tenant: &'static str,
+    /// More users of the dev IdP.
+    idp_users: Vec<DevUser>,
+    /// More keys of tollgate's `[login]` table.
+    login_extra: String,
 }
 
 impl Default for Options {
@@ -1380,6 +1618,9 @@ impl Default for Options {
             extra: String::new(),
             provider_extra: String::new(),
             client_id: TOLLGATE_CLIENT_ID,
+            tenant: TENANT,
+            idp_users: Vec::new(),
+            login_extra: String::new(),
         }
     }
 }
@@ -1393,6 +1634,8 @@ struct Stack {
     rps: Vec<Rp>,
     /// Follows no redirects, so every hop can be checked.
     http: reqwest::Client,
+    /// For tollgate's token API: sends its API key.
+    api_http: reqwest::Client,
 }
 
 impl Stack {
@@ -1401,6 +1644,7 @@ impl Stack {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..DevIdpConfig::default()
         };
+        idp_config.users.extend(options.idp_users);
         for app in &mut idp_config.apps {
             if options
                 .rps
@@ -1453,21 +1697,32 @@ extra_scopes = ["{graph}"]
 redirect_uris = [{redirects}]
 post_logout_redirect_uris = [{post_logout}]
 {pkce}
+{login_extra}
 
 [store]
 {store}
 
 {extra}
 "#,
-            well_known = idp.well_known_url(TENANT),
+            well_known = idp.well_known_url(options.tenant),
             graph = graph_scope(),
             redirects = list(rps.iter().map(Rp::callback_url).collect()),
             post_logout = list(rps.iter().map(Rp::logged_out_url).collect()),
             store = options.store,
             extra = options.extra,
             provider_extra = options.provider_extra,
+            login_extra = options.login_extra,
             client_id = options.client_id,
         );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {API_KEY}").parse().unwrap(),
+        );
+        let api_http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
         let mut stack = Stack {
             idp,
             tollgate: None,
@@ -1476,6 +1731,7 @@ post_logout_redirect_uris = [{post_logout}]
             api_url: String::new(),
             rps,
             http,
+            api_http,
         };
         stack.start_tollgate().await;
         for rp in &stack.rps {
@@ -1485,7 +1741,11 @@ post_logout_redirect_uris = [{post_logout}]
     }
 
     async fn start_tollgate(&mut self) {
-        let env = MapEnv::from([("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET)]);
+        // Issue 19: with [login] on, the token API needs a key.
+        let env = MapEnv::from([
+            ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),
+            ("TOLLGATE_API__KEY", API_KEY),
+        ]);
         let cfg = Config::from_toml_str(&self.config, &env).unwrap();
         let server = Server::bind(cfg).await.unwrap().spawn();
         self.api_url = format!("http://{}", server.api.unwrap());
@@ -1549,7 +1809,7 @@ post_logout_redirect_uris = [{post_logout}]
     async fn delegated(&self, mut body: Value) -> (StatusCode, Value) {
         body["identity_provider"] = json!("entra_id");
         let r = self
-            .http
+            .api_http
             .post(self.api("/api/v1/token/delegated"))
             .json(&body)
             .send()
@@ -1566,7 +1826,7 @@ post_logout_redirect_uris = [{post_logout}]
         let mut form = vec![("identity_provider", "azuread")];
         form.extend_from_slice(fields);
         let r = self
-            .http
+            .api_http
             .post(self.api("/api/v1/token/delegated"))
             .form(&form)
             .send()
@@ -2001,7 +2261,13 @@ async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result
     )
     .map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.set_issuer(&[&d.issuer]);
+    // A multi-tenant authority's issuer is a template the token's own tenant fills
+    // (entra-reference §9).
+    let tid = jwt_claims(token)["tid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    validation.set_issuer(&[d.issuer.replace("{tenantid}", &tid)]);
     // Entra writes the client id in lower case whatever case the app registered it in.
     validation.set_audience(&[rp.options.client_id.to_ascii_lowercase()]);
     jsonwebtoken::decode::<Value>(token, &key, &validation)

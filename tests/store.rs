@@ -16,6 +16,10 @@ use tollgate::store::{
 };
 
 const PROVIDER: &str = "entra_id";
+/// The tenant of the test users.
+const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// Another tenant.
+const OTHER_TID: &str = "66666666-7777-8888-9999-000000000000";
 /// Far enough ahead that no record in these tests expires while they run.
 const FAR_FUTURE: u64 = 4_000_000_000;
 
@@ -30,7 +34,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "nobody").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "nobody@example.com")
+            .get_by_upn(PROVIDER, TID, "nobody@example.com")
             .await
             .unwrap(),
         None
@@ -50,7 +54,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
         "ADA.LOVELACE@EXAMPLE.COM",
     ] {
         assert_eq!(
-            store.get_by_upn(PROVIDER, upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, upn).await.unwrap(),
             Some(ada.clone()),
             "lookup by {upn}"
         );
@@ -72,7 +76,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     );
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         Some(ada2.clone())
@@ -82,7 +86,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid("other", "ada").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn("other", "ada.lovelace@example.com")
+            .get_by_upn("other", TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         None
@@ -105,7 +109,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     );
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         Some(ada2.clone())
@@ -119,37 +123,73 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     store.put(PROVIDER, &ada3).await.unwrap();
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "ada.lovelace@example.com")
+            .get_by_upn(PROVIDER, TID, "ada.lovelace@example.com")
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ADA@example.org").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ADA@example.org")
+            .await
+            .unwrap(),
         Some(ada3.clone())
     );
 
-    // A UPN reassigned to another user follows the newest login, and deleting the previous
-    // holder does not take the new holder's index with it.
+    // Issue 19: a second account (another oid) with the same tenant and UPN does not take the
+    // UPN over, not at its login and not at a refresh of its tokens: the first user keeps it,
+    // the second is found by oid only.
     let first = user("first", Some("shared@example.com"));
     let second = user("second", Some("Shared@Example.com"));
     store.put(PROVIDER, &first).await.unwrap();
     store.put(PROVIDER, &second).await.unwrap();
-    assert_eq!(
+    let by_shared_upn = async |tid: &str| {
         store
-            .get_by_upn(PROVIDER, "shared@example.com")
+            .get_by_upn(PROVIDER, tid, "shared@example.com")
             .await
-            .unwrap(),
+            .unwrap()
+    };
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(
+        store.get_by_oid(PROVIDER, "second").await.unwrap(),
         Some(second.clone())
     );
+    let second = UserTokens {
+        access_token: unique("AT"),
+        ..second
+    };
+    store.put(PROVIDER, &second).await.unwrap();
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(
+        store.get_by_oid(PROVIDER, "second").await.unwrap(),
+        Some(second.clone())
+    );
+
+    // The same UPN in another tenant is another user, with an entry of its own; tenant ids
+    // compare without case.
+    let elsewhere = UserTokens {
+        tid: OTHER_TID.into(),
+        ..user("elsewhere", Some("shared@example.com"))
+    };
+    store.put(PROVIDER, &elsewhere).await.unwrap();
+    assert_eq!(by_shared_upn(OTHER_TID).await, Some(elsewhere.clone()));
+    assert_eq!(
+        by_shared_upn(&OTHER_TID.to_uppercase()).await,
+        Some(elsewhere.clone())
+    );
+    assert_eq!(by_shared_upn(TID).await, Some(first.clone()));
+    assert_eq!(by_shared_upn("another-tenant").await, None);
+
+    // Deleting the first user frees the entry; the second claims it at its next put, and
+    // deleting the first again (gone) takes nothing from the second.
     assert!(store.delete(PROVIDER, "first").await.unwrap());
-    assert_eq!(
-        store
-            .get_by_upn(PROVIDER, "shared@example.com")
-            .await
-            .unwrap(),
-        Some(second.clone())
-    );
+    assert_eq!(by_shared_upn(TID).await, None);
+    store.put(PROVIDER, &second).await.unwrap();
+    assert_eq!(by_shared_upn(TID).await, Some(second.clone()));
+    assert!(!store.delete(PROVIDER, "first").await.unwrap());
+    assert_eq!(by_shared_upn(TID).await, Some(second.clone()));
+    assert!(store.delete(PROVIDER, "elsewhere").await.unwrap());
+    assert_eq!(by_shared_upn(OTHER_TID).await, None);
 
     // A user without a UPN is found by oid only.
     let no_upn = user("no-upn", None);
@@ -163,7 +203,10 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert!(store.delete(PROVIDER, "ada").await.unwrap());
     assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), None);
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ada@example.org").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ada@example.org")
+            .await
+            .unwrap(),
         None
     );
     assert!(!store.delete(PROVIDER, "ada").await.unwrap());
@@ -178,7 +221,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "expired").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "expired@example.com")
+            .get_by_upn(PROVIDER, TID, "expired@example.com")
             .await
             .unwrap(),
         None
@@ -192,7 +235,7 @@ async fn suite(store: Arc<dyn TokenStore>, kind: &str) {
     assert_eq!(store.get_by_oid(PROVIDER, "second").await.unwrap(), None);
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "shared@example.com")
+            .get_by_upn(PROVIDER, TID, "shared@example.com")
             .await
             .unwrap(),
         None
@@ -233,7 +276,7 @@ async fn sqlite_suite_and_reopen() {
     );
     assert_eq!(
         reopened
-            .get_by_upn(PROVIDER, "KEPT@example.com")
+            .get_by_upn(PROVIDER, TID, "KEPT@example.com")
             .await
             .unwrap(),
         Some(kept)
@@ -393,7 +436,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim").await, "flipped byte");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim@example.com").await,
         "flipped byte by upn",
     );
     // Still there, still reported: not silently dropped.
@@ -418,7 +461,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim2").await, "moved blob");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "moved blob by upn",
     );
 
@@ -453,7 +496,7 @@ async fn sqlite_tampered_or_moved_records_are_corrupt() {
     )
     .unwrap();
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "re-pointed index",
     );
 
@@ -468,7 +511,8 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (store, _dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let (store, dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let key_line = std::fs::read_to_string(dir.path().join("keys")).unwrap();
     for (oid, upn) in [
         ("victim", "victim@example.com"),
         ("victim2", "victim2@example.com"),
@@ -496,7 +540,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim").await, "flipped byte");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim@example.com").await,
         "flipped byte by upn",
     );
     expect_corrupt(
@@ -525,7 +569,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     expect_corrupt(store.get_by_oid(PROVIDER, "victim2").await, "moved blob");
     expect_corrupt(
-        store.get_by_upn(PROVIDER, "victim2@example.com").await,
+        store.get_by_upn(PROVIDER, TID, "victim2@example.com").await,
         "moved blob by upn",
     );
 
@@ -533,7 +577,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        sha256_hex("attacker2@example.com")
+        index_hex(&key_line, TID, "attacker2@example.com")
     );
     store
         .put(PROVIDER, &user("attacker2", Some("attacker2@example.com")))
@@ -542,7 +586,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
     let victim_index = format!(
         "tollgate:upn:{}:{PROVIDER}:{}",
         PROVIDER.len(),
-        sha256_hex("victim3@example.com")
+        index_hex(&key_line, TID, "victim3@example.com")
     );
     let _: () = redis::cmd("SET")
         .arg(&victim_index)
@@ -552,7 +596,7 @@ async fn redis_tampered_or_moved_records_are_corrupt() {
         .unwrap();
     assert_eq!(
         store
-            .get_by_upn(PROVIDER, "victim3@example.com")
+            .get_by_upn(PROVIDER, TID, "victim3@example.com")
             .await
             .unwrap(),
         None
@@ -592,9 +636,13 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("unknown key id"), "{msg}"),
         other => panic!("expected Corrupt (unknown kid), got {other:?}"),
     }
-    expect_corrupt(
-        store.get_by_upn(PROVIDER, "user1@example.com").await,
-        "unknown kid by upn",
+    // The UPN index is keyed by A too: without A, it finds nothing.
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user1@example.com")
+            .await
+            .unwrap(),
+        None
     );
     drop(store);
 
@@ -604,6 +652,27 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         store.get_by_oid(PROVIDER, "user0").await.unwrap(),
         Some(users[0].clone())
     );
+    // The index written under A is found with B first, and still counts as taken: another
+    // account with that UPN, sealed under B, does not take it over.
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user2@example.com")
+            .await
+            .unwrap(),
+        Some(users[2].clone())
+    );
+    store
+        .put(PROVIDER, &user("intruder", Some("User2@example.com")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_by_upn(PROVIDER, TID, "user2@example.com")
+            .await
+            .unwrap(),
+        Some(users[2].clone())
+    );
+    assert!(store.delete(PROVIDER, "intruder").await.unwrap());
     drop(store);
     let store = open(&only_b).await;
     assert_eq!(
@@ -613,9 +682,10 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
     expect_corrupt(store.get_by_oid(PROVIDER, "user1").await, "not yet rotated");
     drop(store);
 
-    // rotate_keys re-seals the rest, once.
+    // rotate_keys re-seals the rest (the reads above re-sealed user0 and user2), once, and moves
+    // every UPN index entry to B.
     let store = open(&b_then_a).await;
-    assert_eq!(store.rotate_keys().await.unwrap(), 2);
+    assert_eq!(store.rotate_keys().await.unwrap(), 1);
     assert_eq!(store.rotate_keys().await.unwrap(), 0);
     drop(store);
 
@@ -627,7 +697,7 @@ async fn key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Pa
         );
         let upn = u.upn.as_deref().unwrap().to_lowercase();
         assert_eq!(
-            store.get_by_upn(PROVIDER, &upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, &upn).await.unwrap(),
             Some(u.clone())
         );
     }
@@ -828,7 +898,7 @@ async fn cli_store_rotate_reseals_a_sqlite_store_under_the_first_key() {
         );
         let upn = u.upn.as_deref().unwrap().to_lowercase();
         assert_eq!(
-            store.get_by_upn(PROVIDER, &upn).await.unwrap(),
+            store.get_by_upn(PROVIDER, TID, &upn).await.unwrap(),
             Some(u.clone())
         );
     }
@@ -974,6 +1044,7 @@ fn kill9_tokens(i: u64) -> UserTokens {
         scopes: vec!["User.Read".into()],
         refresh_token: format!("refresh-{i}"),
         refresh_token_expires_at: FAR_FUTURE,
+        sid: None,
     }
 }
 
@@ -1018,7 +1089,7 @@ async fn redis_outage_fails_fast_and_reconnects() {
     server.stop();
     expect_unavailable(not_hung(store.ping()).await, "ping, server down");
     expect_unavailable(
-        not_hung(store.get_by_upn(PROVIDER, "ada@example.com")).await,
+        not_hung(store.get_by_upn(PROVIDER, TID, "ada@example.com")).await,
         "get, server down",
     );
     expect_unavailable(
@@ -1062,7 +1133,7 @@ async fn redis_down_at_open_is_unavailable_then_connects() {
             &format!("get by oid {round}"),
         );
         expect_unavailable(
-            fast(store.get_by_upn(PROVIDER, "ada@example.com")).await,
+            fast(store.get_by_upn(PROVIDER, TID, "ada@example.com")).await,
             &format!("get by upn {round}"),
         );
         expect_unavailable(
@@ -1080,7 +1151,10 @@ async fn redis_down_at_open_is_unavailable_then_connects() {
     not_hung(until_ok(|| store.ping())).await;
     store.put(PROVIDER, &ada).await.unwrap();
     assert_eq!(
-        store.get_by_upn(PROVIDER, "ada@example.com").await.unwrap(),
+        store
+            .get_by_upn(PROVIDER, TID, "ada@example.com")
+            .await
+            .unwrap(),
         Some(ada)
     );
 }
@@ -1119,6 +1193,225 @@ async fn redis_bad_url_is_refused_at_open() {
         tollgate::store::open(&cfg).await,
         Err(StoreError::Config(_))
     ));
+}
+
+/// `rediss://` (TLS) URLs pass `tollgate check` and open a store; `#insecure`, which would turn
+/// off the certificate check, is refused by both.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_tls_urls_are_accepted_and_insecure_is_refused() {
+    use tollgate::config::{Config, MapEnv};
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_keys(dir.path(), "keys", &[&keygen()]);
+    let config = |url: &str| {
+        Config::from_toml_str(
+            &format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\n"),
+            &MapEnv::default(),
+        )
+    };
+    for url in [
+        "rediss://127.0.0.1:1",
+        "rediss://tollgate:hunter2@cache.example:6380/2",
+    ] {
+        config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let cfg = StoreConfig {
+            kind: StoreKind::Redis,
+            url: Some(url.into()),
+            encryption_keys_file: Some(keys.clone()),
+            ..StoreConfig::default()
+        };
+        not_hung(tollgate::store::open(&cfg))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    for (url, why) in [
+        ("rediss://127.0.0.1:6380/#insecure", "#insecure"),
+        ("http://127.0.0.1:6379", "URL scheme"),
+        ("redis://:hunter2@cache:port", "URL"),
+    ] {
+        let e = config(url).unwrap_err().to_string();
+        assert!(e.starts_with("store.url"), "{url}: {e}");
+        assert!(e.contains(why), "{url}: {e}");
+        assert!(!e.contains("hunter2"), "{url}: {e}");
+        let cfg = StoreConfig {
+            kind: StoreKind::Redis,
+            url: Some(url.into()),
+            encryption_keys_file: Some(keys.clone()),
+            ..StoreConfig::default()
+        };
+        match tollgate::store::open(&cfg).await {
+            Err(StoreError::Config(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+            Err(other) => panic!("{url}: expected a Config error, got {other:?}"),
+            Ok(_) => panic!("{url}: opened"),
+        }
+    }
+}
+
+/// A real TLS round trip: redis-server with a certificate from a CA made here, tollgate's
+/// `store rotate` re-sealing a record over `rediss://`. Without the CA in `SSL_CERT_FILE` the
+/// same command fails: the server's certificate is checked.
+#[cfg(all(feature = "redis", feature = "server", feature = "dev-idp"))]
+#[tokio::test]
+async fn redis_tls_round_trip_checks_the_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    if !make_test_pki(pki.path()) {
+        return;
+    }
+    let tls_port = free_port();
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let Some(server) = RedisServer::start_with(vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        file("server.pem"),
+        "--tls-key-file".into(),
+        file("server.key"),
+        "--tls-ca-cert-file".into(),
+        file("ca.pem"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (keygen(), keygen());
+    let only_old = write_keys(dir.path(), "old.keys", &[&old]);
+    let only_new = write_keys(dir.path(), "new.keys", &[&new]);
+    let rotation = write_keys(dir.path(), "rotation.keys", &[&new, &old]);
+    let ada = user("ada", Some("ada@example.com"));
+    // Written over the plain port, under the old key.
+    tollgate::store::open(&redis_config(&server, &only_old))
+        .await
+        .unwrap()
+        .put(PROVIDER, &ada)
+        .await
+        .unwrap();
+
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}\"\ntimeout = \"1s\"\nencryption_keys_file = {}\n",
+            serde_json::Value::String(rotation.display().to_string())
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let rotate = |ca: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["store", "rotate", "--config", &config])
+            .env_clear()
+            .stdin(Stdio::null());
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output().unwrap()
+    };
+
+    let untrusted = rotate(None);
+    assert!(
+        !untrusted.status.success(),
+        "an unknown CA must fail the TLS handshake: {untrusted:?}"
+    );
+    let out = rotate(Some(&file("ca.pem")));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-sealed 1 entries"),
+        "{out:?}"
+    );
+    // The record went through TLS and back: it now opens with the new key alone.
+    let store = tollgate::store::open(&redis_config(&server, &only_new))
+        .await
+        .unwrap();
+    assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), Some(ada));
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (`ca.pem`, `server.pem`,
+/// `server.key`), made with the openssl command. `false` (after a loud notice) without it.
+#[cfg(all(feature = "redis", feature = "server", feature = "dev-idp"))]
+fn make_test_pki(dir: &Path) -> bool {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    };
+    if openssl(&["version"]).is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl is not installed and CI is set: the Redis TLS test cannot be skipped"
+        );
+        let _ = std::io::stderr().write_all(
+            b"\n******** SKIPPED: openssl not installed; Redis TLS test did not run ********\n",
+        );
+        return false;
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tollgate test CA",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    ] {
+        let out = openssl(args).unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    true
 }
 
 /// A connection Redis refused to authenticate is not given up for good: once Redis accepts the
@@ -1165,13 +1458,14 @@ async fn redis_refused_credentials_are_tried_again() {
 fn user(oid: &str, upn: Option<&str>) -> UserTokens {
     UserTokens {
         oid: oid.into(),
-        tid: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        tid: TID.into(),
         upn: upn.map(Into::into),
         access_token: unique("AT"),
         access_token_expires_at: 1_900_000_000,
         scopes: vec!["User.Read".into()],
         refresh_token: unique("RT"),
         refresh_token_expires_at: FAR_FUTURE,
+        sid: Some(unique("sid")),
     }
 }
 
@@ -1237,6 +1531,13 @@ fn assert_no_secrets(bytes: &[u8], users: &[UserTokens], what: &str) {
                 "{what} contain a {name} in clear"
             );
         }
+        // Issue 19: nor a hash of the UPN that a dictionary of names could be matched against.
+        for hash in unkeyed_hashes(&u.tid, &upn) {
+            assert!(
+                !contains(bytes, &hash) && !contains(bytes, hex(&hash).as_bytes()),
+                "{what} contain an unkeyed hash of a UPN"
+            );
+        }
     }
 }
 
@@ -1244,10 +1545,49 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn sha256_hex(upn: &str) -> String {
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, upn.to_lowercase().as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// The hex UPN index key of (tenant, UPN) under the key of `key_line` (`kid:base64`), derived
+/// as documented: HMAC-SHA256 of the length-prefixed tenant and the UPN, keyed by HKDF-SHA256 of
+/// the encryption key (no salt, info "tollgate upn index v1").
+fn index_hex(key_line: &str, tid: &str, upn: &str) -> String {
+    use aws_lc_rs::{hkdf, hmac};
+    use base64::Engine as _;
+
+    let (_, encoded) = key_line.trim().split_once(':').unwrap();
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    let index_key: hmac::Key = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+        .extract(&secret)
+        .expand(&[b"tollgate upn index v1"], hmac::HMAC_SHA256)
+        .unwrap()
+        .into();
+    let tid = tid.to_lowercase();
+    let mut input = (tid.len() as u64).to_be_bytes().to_vec();
+    input.extend_from_slice(tid.as_bytes());
+    input.extend_from_slice(upn.to_lowercase().as_bytes());
+    hex(hmac::sign(&index_key, &input).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an unkeyed hash of the UPN would be: anyone with a list of names could compute it.
+fn unkeyed_hashes(tid: &str, upn: &str) -> Vec<Vec<u8>> {
+    let sha256 = |b: &[u8]| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let upn = upn.to_lowercase();
+    let mut with_tenant = (tid.len() as u64).to_be_bytes().to_vec();
+    with_tenant.extend_from_slice(tid.as_bytes());
+    with_tenant.extend_from_slice(upn.as_bytes());
+    vec![
+        sha256(upn.as_bytes()),
+        sha256(&with_tenant),
+        sha256(format!("{tid}{upn}").as_bytes()),
+    ]
 }
 
 fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
@@ -1331,12 +1671,19 @@ struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More `redis-server` arguments (TLS).
+    extra: Vec<String>,
 }
 
 #[cfg(feature = "redis")]
 impl RedisServer {
     /// `None` (after a loud notice) when redis-server is not installed, unless `CI` is set.
     fn start() -> Option<Self> {
+        Self::start_with(Vec::new())
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments; the plain port stays open.
+    fn start_with(extra: Vec<String>) -> Option<Self> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -1356,6 +1703,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            extra,
         };
         server.restart();
         Some(server)
@@ -1378,6 +1726,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -55,7 +55,8 @@ fn spec() -> Value {
             "IntrospectRequest": {"type": "object", "required": ["identity_provider", "token"], "properties": {
                 "identity_provider": {"type": "string"}, "token": {"type": "string"}}},
             "DelegatedRequest": {"type": "object", "required": ["identity_provider", "target"], "properties": {
-                "identity_provider": {"type": "string"}, "target": {"type": "string"}, "user_oid": {"type": "string"}, "user_upn": {"type": "string"}}},
+                "identity_provider": {"type": "string"}, "target": {"type": "string"}, "user_oid": {"type": "string"}, "user_upn": {"type": "string"},
+                "user_tid": {"type": "string", "description": "the user's tenant id: needed with user_upn when the provider accepts several tenants; with user_oid, only a user of this tenant is found"}}},
             "TokenResponse": {"type": "object", "required": ["access_token", "token_type", "expires_in"], "properties": {
                 "access_token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer"}}},
             "Introspection": {"type": "object", "required": ["active"], "properties": {"active": {"type": "boolean"}, "error": {"type": "string"}}, "additionalProperties": true},

@@ -23,9 +23,9 @@ use url::Url;
 use crate::api::delegated::{DEFAULT_REFRESH_LIFETIME, lock_user};
 use crate::proxy::json_error;
 use crate::server::AppState;
-use crate::store::UserTokens;
+use crate::store::{StoreError, UserTokens};
 use crate::util::now;
-use crate::validate::Validator;
+use crate::validate::{Claims, Validator};
 
 /// Adds the login routes when `[login]` is enabled.
 pub(crate) fn routes(router: Router<Arc<AppState>>, state: &AppState) -> Router<Arc<AppState>> {
@@ -420,6 +420,7 @@ async fn capture(
             .collect(),
         refresh_token: refresh_token.to_owned(),
         refresh_token_expires_at: now() + refresh_lifetime,
+        sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
     };
     let provider = validator.provider().name();
     let _guard = lock_user(store, provider, &record.oid).await;
@@ -431,9 +432,14 @@ async fn capture(
     Ok(())
 }
 
-/// OIDC RP-Initiated Logout §2: forgets the user named by `id_token_hint` (signature checked,
-/// expiry not: an old hint still names the user), then redirects to the IdP's end-session
-/// endpoint with `post_logout_redirect_uri` only when it is allowed.
+/// OIDC RP-Initiated Logout §2: forgets the user named by `id_token_hint`, then redirects to the
+/// IdP's end-session endpoint with `post_logout_redirect_uri` only when it is allowed.
+///
+/// The logout is a GET any page can make a browser send, so the hint is what authorises the
+/// deletion: its signature and audience are checked (its expiry not: OIDC lets an app send the
+/// login's ID token), its `iat` must be within `login.logout_hint_max_age`, and its `sid` must be
+/// the session the stored tokens came from, when they came with one. A hint that fails these
+/// deletes nothing; the browser still goes on to the IdP.
 async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     let params: Vec<(String, String)> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
@@ -465,14 +471,22 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
         if let Ok(claims) = validator.validate_id_token(hint, client_id, true).await
             && let Some(oid) = claims.oid()
         {
+            let max_age = state.config.login.logout_hint_max_age.as_secs();
+            let leeway = validator.provider().config().leeway.as_secs();
             let _guard = lock_user(store, provider, oid).await;
-            if let Err(e) = store.delete(provider, oid).await {
-                tracing::warn!(error = %e, "logout: could not delete the user's tokens");
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the token store is unavailable",
-                );
+            let refused = match hint_problem(&claims, max_age, leeway) {
+                Some(why) => Some(why),
+                None => match store.get_by_oid(provider, oid).await {
+                    Ok(Some(stored)) => session_problem(&stored, &claims),
+                    // Nothing to keep; an unreadable record goes with the sign-out too.
+                    Ok(None) | Err(StoreError::Corrupt(_)) => None,
+                    Err(e) => return store_unavailable(&e),
+                },
+            };
+            if let Some(why) = refused {
+                tracing::warn!(oid = %oid, reason = why, "logout: the id_token_hint does not authorise forgetting the user; their tokens are kept");
+            } else if let Err(e) = store.delete(provider, oid).await {
+                return store_unavailable(&e);
             }
         }
     }
@@ -498,6 +512,46 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
         end.query_pairs_mut().extend_pairs(forwarded);
     }
     redirect(end.as_str())
+}
+
+fn store_unavailable(e: &StoreError) -> Response {
+    tracing::warn!(error = %e, "logout: could not delete the user's tokens");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the token store is unavailable",
+    )
+}
+
+/// Why an `id_token_hint` is too old (or too new) to sign its user out: its `iat` must be within
+/// `max_age` before now, and not ahead of the clock by more than `leeway`.
+fn hint_problem(claims: &Claims, max_age: u64, leeway: u64) -> Option<&'static str> {
+    let iat = claims.get("iat").and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    });
+    let Some(iat) = iat else {
+        return Some("the hint has no iat");
+    };
+    let now = now();
+    if iat > now + leeway {
+        Some("the hint is issued in the future")
+    } else if now.saturating_sub(iat) > max_age {
+        Some("the hint is older than login.logout_hint_max_age")
+    } else {
+        None
+    }
+}
+
+/// Why a hint is not of the session the stored tokens came from (`None` when the stored tokens
+/// name no session, as those stored before tollgate kept it).
+fn session_problem(stored: &UserTokens, hint: &Claims) -> Option<&'static str> {
+    let stored_sid = stored.sid.as_deref()?;
+    match hint.get("sid").and_then(Value::as_str) {
+        Some(sid) if sid == stored_sid => None,
+        Some(_) => Some("the hint is of another session than the stored tokens"),
+        None => Some("the hint names no session (sid) and the stored tokens do"),
+    }
 }
 
 /// RFC 6749 §2.3.1: the client id is the form-decoded user part of HTTP Basic.

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
-    open_record, rotation_result, seal_record, upn_hash,
+    open_record, record_upn_keys, rotation_result, seal_record, upn_keys, warn_upn_taken,
 };
 
 /// A [`TokenStore`] in process memory; everything is lost when the process exits.
@@ -51,8 +51,21 @@ impl TokenStore for MemoryStore {
                 return Ok(());
             }
             let blob = seal_record(&self.sealer, provider, tokens)?;
-            let upn = tokens.upn.as_deref().map(upn_hash);
-            self.lock()?.insert(provider, &tokens.oid, upn, blob);
+            let keys = record_upn_keys(&self.sealer, tokens);
+            let holder = {
+                let mut inner = self.lock()?;
+                let holder = inner.holder(&self.sealer, provider, &tokens.oid, &keys);
+                let claim = if holder.is_none() {
+                    keys.first().copied()
+                } else {
+                    None
+                };
+                inner.insert(provider, &tokens.oid, claim, blob);
+                holder
+            };
+            if let Some(holder) = holder {
+                warn_upn_taken(provider, tokens, &holder);
+            }
             Ok(())
         })
     }
@@ -78,21 +91,22 @@ impl TokenStore for MemoryStore {
     fn get_by_upn<'a>(
         &'a self,
         provider: &'a str,
+        tid: &'a str,
         upn: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
         Box::pin(async move {
             let found = {
                 let inner = self.lock()?;
-                inner
-                    .upn_index
-                    .get(&(provider.to_owned(), upn_hash(upn)))
-                    .and_then(|oid| {
+                upn_keys(&self.sealer, tid, upn)
+                    .into_iter()
+                    .find_map(|hash| {
+                        let oid = inner.upn_index.get(&(provider.to_owned(), hash))?;
                         let entry = inner.records.get(&key(provider, oid))?;
                         Some((oid.clone(), entry.blob.clone()))
                     })
             };
             match found {
-                Some((oid, blob)) => self.read(provider, &oid, blob, Some(upn)),
+                Some((oid, blob)) => self.read(provider, &oid, blob, Some((tid, upn))),
                 None => Ok(None),
             }
         })
@@ -108,20 +122,30 @@ impl TokenStore for MemoryStore {
 
     fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let snapshot: Vec<((String, String), Vec<u8>)> = self
+            type Snapshot = Vec<((String, String), Vec<u8>, Option<[u8; 32]>)>;
+            let snapshot: Snapshot = self
                 .lock()?
                 .records
                 .iter()
-                .map(|(k, e)| (k.clone(), e.blob.clone()))
+                .map(|(k, e)| (k.clone(), e.blob.clone(), e.upn))
                 .collect();
             let now = now_unix();
             let (mut resealed, mut unreadable) = (0u64, 0u64);
-            for ((provider, oid), blob) in snapshot {
+            for ((provider, oid), blob, upn) in snapshot {
                 match open_record(&self.sealer, &provider, &oid, &blob) {
                     Ok(opened) if is_expired(&opened.tokens, now) => {
                         self.lock()?.remove_if_unchanged(&provider, &oid, &blob);
                     }
                     Ok(opened) => {
+                        // An entry under an older key moves to the first one.
+                        let first = record_upn_keys(&self.sealer, &opened.tokens)
+                            .first()
+                            .copied();
+                        if let (Some(old), Some(new)) = (upn, first)
+                            && old != new
+                        {
+                            self.lock()?.reindex(&provider, &oid, old, new);
+                        }
                         if let Some(new_blob) = opened.resealed
                             && self
                                 .lock()?
@@ -164,6 +188,39 @@ struct Inner {
 }
 
 impl Inner {
+    /// The other user holding one of `keys` (a (tenant, UPN)'s index keys), if any. Entries of
+    /// records that expired are dropped on the way; a record that does not open still holds its
+    /// entry, since nothing shows it has lost it.
+    fn holder(
+        &mut self,
+        sealer: &Sealer,
+        provider: &str,
+        oid: &str,
+        keys: &[[u8; 32]],
+    ) -> Option<String> {
+        for hash in keys {
+            let Some(other) = self.upn_index.get(&(provider.to_owned(), *hash)).cloned() else {
+                continue;
+            };
+            if other == oid {
+                continue;
+            }
+            let Some(entry) = self.records.get(&key(provider, &other)) else {
+                self.upn_index.remove(&(provider.to_owned(), *hash));
+                continue;
+            };
+            let expired = open_record(sealer, provider, &other, &entry.blob)
+                .is_ok_and(|opened| is_expired(&opened.tokens, now_unix()));
+            if expired {
+                self.remove(provider, &other);
+            } else {
+                return Some(other);
+            }
+        }
+        None
+    }
+
+    /// `upn`: the index key this record claims, free (see [`Inner::holder`]) or its own.
     fn insert(&mut self, provider: &str, oid: &str, upn: Option<[u8; 32]>, blob: Vec<u8>) {
         let old_upn = self.records.get(&key(provider, oid)).and_then(|e| e.upn);
         if let Some(old) = old_upn
@@ -172,7 +229,6 @@ impl Inner {
             self.unindex(provider, oid, old);
         }
         if let Some(hash) = upn {
-            // The newest login owns the UPN: a reassigned UPN must not keep finding the old user.
             self.upn_index
                 .insert((provider.to_owned(), hash), oid.to_owned());
         }
@@ -196,6 +252,24 @@ impl Inner {
         let index_key = (provider.to_owned(), hash);
         if self.upn_index.get(&index_key).is_some_and(|o| o == oid) {
             self.upn_index.remove(&index_key);
+        }
+    }
+
+    /// Moves the record's index entry from key `old` to `new`, unless the record no longer holds
+    /// `old` (written meanwhile) or another user holds `new`.
+    fn reindex(&mut self, provider: &str, oid: &str, old: [u8; 32], new: [u8; 32]) {
+        let new_key = (provider.to_owned(), new);
+        let holds_old = self
+            .records
+            .get(&key(provider, oid))
+            .is_some_and(|e| e.upn == Some(old));
+        if !holds_old || self.upn_index.get(&new_key).is_some_and(|o| o != oid) {
+            return;
+        }
+        self.unindex(provider, oid, old);
+        self.upn_index.insert(new_key, oid.to_owned());
+        if let Some(entry) = self.records.get_mut(&key(provider, oid)) {
+            entry.upn = Some(new);
         }
     }
 
@@ -239,7 +313,7 @@ impl MemoryStore {
         provider: &str,
         oid: &str,
         blob: Vec<u8>,
-        upn: Option<&str>,
+        upn: Option<(&str, &str)>,
     ) -> Result<Option<UserTokens>, StoreError> {
         let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
         if is_expired(&opened.tokens, now_unix()) {

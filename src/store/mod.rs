@@ -7,9 +7,18 @@
 //!
 //! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
 //! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
-//! keys on a sha256 of the lower-cased UPN, so nothing at rest reads as a token or a UPN. A
-//! record that does not open is reported as [`StoreError::Corrupt`], never used and never
-//! silently dropped. A record whose refresh token has expired reads as absent in every backend.
+//! keys on an HMAC-SHA256 of the user's tenant (`tid`) and lower-cased UPN, under a key derived
+//! from the encryption key ([`Sealer`]), so nothing at rest reads as a token or a UPN, and a dump
+//! cannot be searched for a name by hashing it. After a key rotation lookups also try the older
+//! keys' index keys; `rotate_keys` moves the entries to the first key along with the records. A record that does not open is reported as [`StoreError::Corrupt`], never used
+//! and never silently dropped. A record whose refresh token has expired reads as absent in every
+//! backend.
+//!
+//! A UPN (`preferred_username`) is a name, not an identity: another account can carry the same
+//! one, in another tenant or, once renamed, in the same one. So the index is per tenant, and an
+//! entry belongs to the first user (oid) who claimed it until that user is deleted or their record
+//! expires. A later account with the same tenant and UPN is stored and found by oid, but never
+//! takes the UPN over: the store logs a warning (oids and tenant, not the UPN) instead.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tollgate::store::StoreError> {
@@ -23,16 +32,18 @@
 //! let store = tollgate::store::open(&cfg).await?;
 //! let tokens = UserTokens {
 //!     oid: "00000000-0000-0000-0000-000000000001".into(),
-//!     tid: "tenant".into(),
+//!     tid: "11111111-2222-3333-4444-555555555555".into(),
 //!     upn: Some("Ada@Example.com".into()),
 //!     access_token: "eyJ...".into(),
 //!     access_token_expires_at: 1_900_000_000,
 //!     scopes: vec!["User.Read".into()],
 //!     refresh_token: "0.AX...".into(),
 //!     refresh_token_expires_at: 1_907_776_000,
+//!     sid: None,
 //! };
 //! store.put("entra_id", &tokens).await?;
-//! assert_eq!(store.get_by_upn("entra_id", "ada@example.com").await?, Some(tokens));
+//! let tenant = "11111111-2222-3333-4444-555555555555";
+//! assert_eq!(store.get_by_upn("entra_id", tenant, "ada@example.com").await?, Some(tokens));
 //! # Ok(()) }
 //! ```
 
@@ -69,9 +80,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct UserTokens {
     /// The user's object id (`oid` claim): the record's key.
     pub oid: String,
-    /// The user's tenant (`tid` claim).
+    /// The user's tenant (`tid` claim); empty for providers without tenants.
     pub tid: String,
-    /// The user's UPN (`preferred_username`/`upn`), the second lookup key (case-insensitive).
+    /// The user's UPN (`upn`/`preferred_username`): with the tenant, the second lookup key
+    /// (case-insensitive).
     pub upn: Option<String>,
     /// The delegated access token.
     pub access_token: String,
@@ -85,6 +97,9 @@ pub struct UserTokens {
     /// (Redis TTL; other backends treat it as absent), so the caller must set a real lifetime
     /// (Entra usually returns none: use its 90-day default).
     pub refresh_token_expires_at: u64,
+    /// The IdP session the tokens came from (the ID token's `sid`), when it named one: a logout
+    /// only forgets the user for an `id_token_hint` of that session.
+    pub sid: Option<String>,
 }
 
 impl fmt::Debug for UserTokens {
@@ -98,6 +113,7 @@ impl fmt::Debug for UserTokens {
             .field("scopes", &self.scopes)
             .field("refresh_token", &"<redacted>")
             .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .field("sid", &self.sid.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -107,6 +123,10 @@ impl fmt::Debug for UserTokens {
 pub trait TokenStore: Send + Sync + 'static {
     /// Inserts or replaces the user's record; the oid record and the UPN index change together.
     /// A record whose refresh token has already expired is removed instead.
+    ///
+    /// The (tenant, UPN) index entry is only claimed while no other user holds it: when another
+    /// oid's live record does, the record is stored without it (found by oid only) and a warning
+    /// is logged. The entry is never moved to another oid.
     fn put<'a>(
         &'a self,
         provider: &'a str,
@@ -120,14 +140,16 @@ pub trait TokenStore: Send + Sync + 'static {
         oid: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>>;
 
-    /// The user's record by UPN, compared case-insensitively.
+    /// The record of the user holding the UPN in tenant `tid` (both compared case-insensitively).
     fn get_by_upn<'a>(
         &'a self,
         provider: &'a str,
+        tid: &'a str,
         upn: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>>;
 
-    /// Forgets the user (record and UPN index). `true` if there was a record.
+    /// Forgets the user (record and UPN index entry, which another user may claim afterwards).
+    /// `true` if there was a record.
     fn delete<'a>(
         &'a self,
         provider: &'a str,
@@ -173,8 +195,9 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// The SQLite database file.
     pub path: PathBuf,
-    /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS-capable builds).
-    /// Serialized (`tollgate check`) with its password masked.
+    /// The Redis URL (`redis://[:password@]host:port[/db]`; `rediss://` for TLS, the server's
+    /// certificate checked against the system's trust store or `SSL_CERT_FILE`). Serialized
+    /// (`tollgate check`) with its password masked.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: Option<String>,
     /// The key file (`kid:base64(32 bytes)` per line, first seals); required for sqlite and redis.
@@ -207,6 +230,13 @@ impl fmt::Debug for StoreConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Why the Redis `url` cannot work, checked without connecting: `tollgate check` refuses it
+/// under `store.url`.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_url_problem(url: &str) -> Option<String> {
+    self::redis::check_url(url).err()
 }
 
 /// The store backend.
@@ -310,6 +340,9 @@ struct SealedRecord {
     scp: Vec<String>,
     rt: String,
     rt_exp: u64,
+    /// Absent in records written before tollgate kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 /// A record read from a backend, opened.
@@ -324,12 +357,38 @@ fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
     format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
 }
 
-fn upn_hash(upn: &str) -> [u8; 32] {
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, upn.to_lowercase().as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+/// The UPN index keys of (`tid`, `upn`), one per configured key ([`Sealer::index_keys`]), the
+/// one to write first: lookups try each, and a put treats an entry under any of them as taken.
+/// The tenant is length-prefixed so that no (tenant, UPN) pair shares a key with another.
+fn upn_keys(sealer: &Sealer, tid: &str, upn: &str) -> Vec<[u8; 32]> {
+    let tid = tid.to_ascii_lowercase();
+    let mut input = Vec::with_capacity(8 + tid.len() + upn.len());
+    input.extend_from_slice(&(tid.len() as u64).to_be_bytes());
+    input.extend_from_slice(tid.as_bytes());
+    input.extend_from_slice(upn.to_lowercase().as_bytes());
+    sealer.index_keys(&input)
+}
+
+/// The UPN index keys of a record (none without a UPN).
+fn record_upn_keys(sealer: &Sealer, tokens: &UserTokens) -> Vec<[u8; 32]> {
+    tokens
+        .upn
+        .as_deref()
+        .map(|upn| upn_keys(sealer, &tokens.tid, upn))
+        .unwrap_or_default()
+}
+
+/// Said when a put finds the (tenant, UPN) entry held by another user. The UPN is personal data
+/// and stays out of the log; the oids and the tenant let an operator find both accounts.
+fn warn_upn_taken(provider: &str, tokens: &UserTokens, holder: &str) {
+    tracing::warn!(
+        provider,
+        tid = %tokens.tid,
+        oid = %tokens.oid,
+        holder_oid = %holder,
+        "token store: another user already holds this UPN in this tenant; the index keeps \
+         pointing at them and this user is found by oid only"
+    );
 }
 
 fn seal_record(
@@ -345,6 +404,7 @@ fn seal_record(
         scp: tokens.scopes.clone(),
         rt: tokens.refresh_token.clone(),
         rt_exp: tokens.refresh_token_expires_at,
+        sid: tokens.sid.clone(),
     };
     let plain = serde_json::to_vec(&record)
         .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?;
@@ -371,6 +431,7 @@ fn open_record(
         scopes: record.scp,
         refresh_token: record.rt,
         refresh_token_expires_at: record.rt_exp,
+        sid: record.sid,
     };
     let resealed = if old_key {
         Some(seal_record(sealer, provider, &tokens)?)
@@ -380,18 +441,19 @@ fn open_record(
     Ok(Opened { tokens, resealed })
 }
 
-/// [`open_record`] for a lookup by UPN (`upn` given) or by oid: a record found through the UPN
-/// index must belong to that UPN, else the store was edited behind tollgate's back.
+/// [`open_record`] for a lookup by (tenant, UPN) (`upn` given) or by oid: a record found through
+/// the UPN index must belong to that tenant and UPN, else the store was edited behind tollgate's
+/// back.
 fn open_found(
     sealer: &Sealer,
     provider: &str,
     oid: &str,
     blob: &[u8],
-    upn: Option<&str>,
+    upn: Option<(&str, &str)>,
 ) -> Result<Opened, StoreError> {
     let opened = open_record(sealer, provider, oid, blob)?;
-    if let Some(upn) = upn
-        && !upn_matches(&opened.tokens, upn)
+    if let Some((tid, upn)) = upn
+        && !upn_matches(&opened.tokens, tid, upn)
     {
         return Err(StoreError::Corrupt(
             "UPN index points at another user's record".into(),
@@ -400,11 +462,12 @@ fn open_found(
     Ok(opened)
 }
 
-fn upn_matches(tokens: &UserTokens, upn: &str) -> bool {
-    tokens
-        .upn
-        .as_deref()
-        .is_some_and(|stored| stored.to_lowercase() == upn.to_lowercase())
+fn upn_matches(tokens: &UserTokens, tid: &str, upn: &str) -> bool {
+    tokens.tid.eq_ignore_ascii_case(tid)
+        && tokens
+            .upn
+            .as_deref()
+            .is_some_and(|stored| stored.to_lowercase() == upn.to_lowercase())
 }
 
 fn is_expired(tokens: &UserTokens, now: u64) -> bool {
@@ -507,6 +570,7 @@ mod tests {
             scopes: vec!["User.Read".into()],
             refresh_token: "RT-SECRET-VALUE".into(),
             refresh_token_expires_at: 20,
+            sid: Some("sid-1".into()),
         }
     }
 
@@ -536,14 +600,44 @@ mod tests {
     }
 
     #[test]
+    fn records_written_before_sid_was_kept_still_open() {
+        let sealer = Sealer::ephemeral().unwrap();
+        let plain = br#"{"tid":"t","upn":null,"at":"a","at_exp":1,"scp":[],"rt":"r","rt_exp":2}"#;
+        let blob = sealer.seal(plain, &record_aad("p", "o")).unwrap();
+        let opened = open_record(&sealer, "p", "o", &blob).unwrap();
+        assert_eq!(opened.tokens.sid, None);
+        assert_eq!(opened.tokens.refresh_token, "r");
+    }
+
+    #[test]
     fn aad_is_unambiguous() {
         assert_ne!(record_aad("a|b", "c"), record_aad("a", "b|c"));
     }
 
     #[test]
-    fn upn_hash_ignores_case() {
-        assert_eq!(upn_hash("Ada@Example.COM"), upn_hash("ada@example.com"));
-        assert_ne!(upn_hash("ada@example.com"), upn_hash("bob@example.com"));
+    fn upn_keys_ignore_case_and_separate_tenants_and_keys() {
+        let sealer = Sealer::ephemeral().unwrap();
+        let keys = |tid: &str, upn: &str| upn_keys(&sealer, tid, upn);
+        assert_eq!(
+            keys("TID-1", "Ada@Example.COM"),
+            keys("tid-1", "ada@example.com")
+        );
+        assert_ne!(
+            keys("tid-1", "ada@example.com"),
+            keys("tid-1", "bob@example.com")
+        );
+        assert_ne!(
+            keys("tid-1", "ada@example.com"),
+            keys("tid-2", "ada@example.com")
+        );
+        // The tenant is length-prefixed: moving characters between tenant and UPN changes the key.
+        assert_ne!(keys("t", "ada@x"), keys("ta", "da@x"));
+        // Another store key, another index.
+        let other = Sealer::ephemeral().unwrap();
+        assert_ne!(
+            keys("tid-1", "ada@example.com"),
+            upn_keys(&other, "tid-1", "ada@example.com")
+        );
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Redis backend, for several replicas sharing users. Each record expires with its refresh token.
 //!
 //! Keys (the provider is length-prefixed so that no provider/oid pair collides with another):
-//! - `tollgate:tok:<len>:<provider>:<oid>`: hash `{v: sealed blob, u: hex sha256 of the UPN}`
-//! - `tollgate:upn:<len>:<provider>:<hex sha256 of the lower-cased UPN>`: the oid
+//! - `tollgate:tok:<len>:<provider>:<oid>`: hash `{v: sealed blob, u: hex of the (tenant, UPN)
+//!   index key the record holds, if it holds one}`
+//! - `tollgate:upn:<len>:<provider>:<hex of the (tenant, UPN) index key>`: the oid holding it
+//!
+//! `rediss://` URLs connect over TLS (rustls; the server's certificate is checked against the
+//! system's trust store, which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace for a private CA).
 //!
 //! Opening the store does not wait for Redis: a server that is down when tollgate starts only
 //! makes the store calls fail until it is up (the delegated API answers `503`; the proxy and
@@ -19,7 +23,7 @@ use ::redis::{ErrorKind, RedisError, RedisResult, Script};
 
 use super::{
     BoxFuture, Sealer, StoreError, TokenStore, UserTokens, hex, is_expired, now_unix, open_record,
-    rotation_result, seal_record, upn_hash, upn_matches,
+    record_upn_keys, rotation_result, seal_record, upn_keys, upn_matches, warn_upn_taken,
 };
 
 /// A [`TokenStore`] in Redis (standalone server; not Redis Cluster).
@@ -40,6 +44,8 @@ pub struct RedisStore {
     conn: Mutex<Connection>,
     sealer: Sealer,
     timeout: Duration,
+    put_script: Script,
+    reindex_script: Script,
     delete_script: Script,
     reseal_script: Script,
 }
@@ -55,13 +61,14 @@ struct Connection {
 const RENEW_AFTER: Duration = Duration::from_secs(1);
 
 impl RedisStore {
-    /// Sets up the store for `url` (`redis://[user:password@]host[:port][/db]`) without waiting
-    /// for Redis: a malformed URL fails here ([`StoreError::Config`]), an unreachable server does
-    /// not. The first connection is attempted in the background right away; until Redis answers,
+    /// Sets up the store for `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://`
+    /// for TLS) without waiting for Redis: a malformed URL fails here ([`StoreError::Config`]),
+    /// an unreachable server does not. The first connection is attempted in the background right away; until Redis answers,
     /// each call fails with [`StoreError::Unavailable`] within `timeout` (which bounds every
     /// call), and once Redis is up the store connects (again) by itself. Use
     /// [`TokenStore::ping`] to check that Redis answers.
     pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, StoreError> {
+        check_url(url).map_err(|why| StoreError::Config(format!("invalid redis `url`: {why}")))?;
         let client = ::redis::Client::open(url)
             .map_err(|err| StoreError::Config(format!("invalid redis `url`: {err}")))?;
         let config = ConnectionManagerConfig::new()
@@ -100,6 +107,8 @@ impl RedisStore {
             }),
             sealer,
             timeout,
+            put_script: Script::new(PUT_SCRIPT),
+            reindex_script: Script::new(REINDEX_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
             reseal_script: Script::new(RESEAL_SCRIPT),
         })
@@ -118,32 +127,30 @@ impl TokenStore for RedisStore {
                 return Ok(());
             }
             let blob = seal_record(&self.sealer, provider, tokens)?;
-            let record = record_key(provider, &tokens.oid);
-            let upn = tokens.upn.as_deref().map(|u| hex(&upn_hash(u)));
-            let expires_at = tokens.refresh_token_expires_at;
-
-            let mut hset = ::redis::cmd("HSET");
-            hset.arg(&record).arg("v").arg(&blob);
-            if let Some(upn) = &upn {
-                hset.arg("u").arg(upn);
+            let keys: Vec<String> = record_upn_keys(&self.sealer, tokens)
+                .iter()
+                .map(|k| hex(k))
+                .collect();
+            let index_prefix = upn_key_prefix(provider);
+            let mut invocation = self.put_script.key(record_key(provider, &tokens.oid));
+            for key in &keys {
+                invocation.key(format!("{index_prefix}{key}"));
             }
-            let mut pipe = ::redis::pipe();
-            // DEL first so a record that lost its UPN does not keep the old `u` field.
-            pipe.atomic().cmd("DEL").arg(&record).ignore();
-            pipe.add_command(hset).ignore();
-            pipe.cmd("EXPIREAT").arg(&record).arg(expires_at).ignore();
-            if let Some(upn) = &upn {
-                // An index left behind by an earlier UPN of this user expires on its own and is
-                // ignored meanwhile (get_by_upn checks the record's UPN).
-                pipe.cmd("SET")
-                    .arg(format!("{}{upn}", upn_key_prefix(provider)))
-                    .arg(&tokens.oid)
-                    .arg("EXAT")
-                    .arg(expires_at)
-                    .ignore();
+            invocation
+                .arg(&blob)
+                .arg(&tokens.oid)
+                .arg(tokens.refresh_token_expires_at)
+                .arg(record_key(provider, ""))
+                .arg(&index_prefix);
+            for key in &keys {
+                invocation.arg(key);
             }
             let mut conn = self.conn();
-            self.timed(pipe.query_async::<()>(&mut conn)).await
+            let holder: Option<String> = self.timed(invocation.invoke_async(&mut conn)).await?;
+            if let Some(holder) = holder {
+                warn_upn_taken(provider, tokens, &holder);
+            }
+            Ok(())
         })
     }
 
@@ -163,22 +170,27 @@ impl TokenStore for RedisStore {
     fn get_by_upn<'a>(
         &'a self,
         provider: &'a str,
+        tid: &'a str,
         upn: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
         Box::pin(async move {
-            let index = format!("{}{}", upn_key_prefix(provider), hex(&upn_hash(upn)));
+            let index_prefix = upn_key_prefix(provider);
+            let mut mget = ::redis::cmd("MGET");
+            for key in upn_keys(&self.sealer, tid, upn) {
+                mget.arg(format!("{index_prefix}{}", hex(&key)));
+            }
             let mut conn = self.conn();
-            let oid: Option<String> = self
-                .timed(::redis::cmd("GET").arg(&index).query_async(&mut conn))
-                .await?;
-            let Some(oid) = oid else { return Ok(None) };
+            let oids: Vec<Option<String>> = self.timed(mget.query_async(&mut conn)).await?;
+            let Some(oid) = oids.into_iter().flatten().next() else {
+                return Ok(None);
+            };
             let Some(blob) = self.fetch_blob(provider, &oid).await? else {
                 return Ok(None);
             };
             let found = self.read(provider, &oid, blob).await?;
-            // The index and the record are separate keys: after a UPN change the old index may
-            // still point here until it expires.
-            Ok(found.filter(|tokens| upn_matches(tokens, upn)))
+            // The index and the record are separate keys: only an outside writer can make them
+            // disagree, and then the record is not this user's.
+            Ok(found.filter(|tokens| upn_matches(tokens, tid, upn)))
         })
     }
 
@@ -220,6 +232,7 @@ impl TokenStore for RedisStore {
                         // Redis drops it at its TTL; nothing worth re-sealing.
                         Ok(opened) if is_expired(&opened.tokens, now) => {}
                         Ok(opened) => {
+                            self.reindex(provider, &key, &opened.tokens).await?;
                             if let Some(new_blob) = opened.resealed
                                 && self.reseal(&key, &blob, &new_blob).await?
                             {
@@ -260,8 +273,58 @@ impl TokenStore for RedisStore {
 const RECORD_PREFIX: &str = "tollgate:tok:";
 const UPN_PREFIX: &str = "tollgate:upn:";
 
-/// Deletes the record and, only while it still points at this oid, its UPN index entry: the UPN
-/// may have moved to another user since. ARGV: index key prefix, oid.
+/// Writes a record and claims its (tenant, UPN) index entry unless another user holds it; in
+/// one script, so two replicas storing two users of one UPN cannot both claim it.
+///
+/// KEYS[1]: the record; KEYS[2..]: the index keys of the user's (tenant, UPN), the one to claim
+/// first (none without a UPN). ARGV: sealed blob, oid, expiry (unix seconds), the provider's
+/// record key prefix, its index key prefix, then the hex index keys of KEYS[2..] (what `u`
+/// holds). An entry is another user's only while that user's record names it in `u`; any other
+/// entry (a record gone or renamed) is stale and may be taken. The user's own entries under other
+/// keys, and the one of an earlier UPN, are dropped. Returns the holder's oid, or nil.
+const PUT_SCRIPT: &str = r"
+local oid = ARGV[2]
+local previous = redis.call('HGET', KEYS[1], 'u')
+if previous then
+  local idx = ARGV[5] .. previous
+  if redis.call('GET', idx) == oid then redis.call('DEL', idx) end
+end
+local holder = false
+for i = 2, #KEYS do
+  local o = redis.call('GET', KEYS[i])
+  if o == oid then
+    redis.call('DEL', KEYS[i])
+  elseif o and not holder and redis.call('HGET', ARGV[4] .. o, 'u') == ARGV[i + 4] then
+    holder = o
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+if #KEYS > 1 and not holder then
+  redis.call('HSET', KEYS[1], 'u', ARGV[6])
+  redis.call('SET', KEYS[2], oid, 'EXAT', ARGV[3])
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return holder
+";
+
+/// Moves a record's index entry to the key it has under the first encryption key (`rotate_keys`),
+/// unless the record's `u` changed meanwhile or another user holds that key. KEYS[1]: the
+/// record, KEYS[2]: the new index key. ARGV: the `u` read before, the new `u`, oid, the index key
+/// prefix, expiry (unix seconds).
+const REINDEX_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'u') ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return 0 end
+local old = ARGV[4] .. ARGV[1]
+if redis.call('GET', old) == ARGV[3] then redis.call('DEL', old) end
+redis.call('SET', KEYS[2], ARGV[3], 'EXAT', ARGV[5])
+redis.call('HSET', KEYS[1], 'u', ARGV[2])
+return 1
+";
+
+/// Deletes the record and, only while it still points at this oid, its UPN index entry.
+/// ARGV: index key prefix, oid.
 const DELETE_SCRIPT: &str = r"
 local u = redis.call('HGET', KEYS[1], 'u')
 local n = redis.call('DEL', KEYS[1])
@@ -371,6 +434,49 @@ impl RedisStore {
         Ok(swapped == 1)
     }
 
+    /// [`REINDEX_SCRIPT`] for a record whose index entry is under an older key (or, written by
+    /// a tollgate before issue 19, an unkeyed hash).
+    async fn reindex(
+        &self,
+        provider: &str,
+        record: &str,
+        tokens: &UserTokens,
+    ) -> Result<(), StoreError> {
+        let Some(first) = record_upn_keys(&self.sealer, tokens)
+            .first()
+            .map(|k| hex(k))
+        else {
+            return Ok(());
+        };
+        let mut conn = self.conn();
+        let current: Option<String> = self
+            .timed(
+                ::redis::cmd("HGET")
+                    .arg(record)
+                    .arg("u")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(current) = current.filter(|u| *u != first) else {
+            return Ok(());
+        };
+        let index_prefix = upn_key_prefix(provider);
+        let _: i64 = self
+            .timed(
+                self.reindex_script
+                    .key(record)
+                    .key(format!("{index_prefix}{first}"))
+                    .arg(&current)
+                    .arg(&first)
+                    .arg(&tokens.oid)
+                    .arg(&index_prefix)
+                    .arg(tokens.refresh_token_expires_at)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn delete_record(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let removed: i64 = self
@@ -384,6 +490,35 @@ impl RedisStore {
             .await?;
         Ok(removed > 0)
     }
+}
+
+/// Why `url` cannot work, found without connecting (also what `tollgate check` says about
+/// `store.url`).
+///
+/// `rediss://` is TLS by rustls, with the server's certificate checked against the system's
+/// trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` point it at a private CA instead). redis-rs's
+/// `#insecure` fragment would turn that check off: it is refused rather than honoured, since a
+/// store connection without it hands sealed tokens and the Redis password to whoever answers.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected redis://host:port, or rediss://host:port for TLS";
+    let parsed = url::Url::parse(url).map_err(|_| format!("not a URL: {EXPECTED}"))?;
+    let scheme = parsed.scheme();
+    if !matches!(
+        scheme,
+        "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "valkey+unix" | "unix"
+    ) {
+        return Err(format!("unsupported URL scheme {scheme:?}: {EXPECTED}"));
+    }
+    if parsed.fragment() == Some("insecure") {
+        return Err(
+            "`#insecure` (no TLS certificate check) is not supported: trust the server's CA \
+             through SSL_CERT_FILE instead"
+                .into(),
+        );
+    }
+    ::redis::Client::open(url)
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 fn no_answer(timeout: Duration) -> StoreError {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::{hkdf, hmac};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
@@ -208,6 +209,23 @@ impl Sealer {
     pub fn sealing_kid(&self) -> &str {
         &self.keys[0].kid
     }
+
+    /// HMAC-SHA256 of `input` under each key's index key, the sealing key's first: what the UPN
+    /// index is keyed by. Each index key is derived from its encryption key with HKDF-SHA256
+    /// (RFC 5869; no salt, info [`INDEX_KEY_LABEL`]), so the index needs no secret of its own,
+    /// and a dump of the store cannot be searched by hashing a list of names. Older keys'
+    /// results let lookups find entries written before a rotation until `rotate_keys` moves
+    /// them.
+    pub(crate) fn index_keys(&self, input: &[u8]) -> Vec<[u8; 32]> {
+        self.keys
+            .iter()
+            .map(|k| {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(hmac::sign(&k.index, input).as_ref());
+                out
+            })
+            .collect()
+    }
 }
 
 impl fmt::Debug for Sealer {
@@ -224,19 +242,30 @@ impl fmt::Debug for Sealer {
 const KEY_LEN: usize = 32;
 const FORMAT_V1: u8 = 1;
 const MAX_KID_LEN: usize = 64;
+/// The HKDF `info` of the UPN index key: another label would give an unrelated key, so the
+/// index and the sealing never share key material.
+const INDEX_KEY_LABEL: &[u8] = b"tollgate upn index v1";
 
 struct NamedKey {
     kid: String,
     aead: LessSafeKey,
+    /// The UPN index key derived from this key ([`Sealer::index_keys`]).
+    index: hmac::Key,
 }
 
 impl NamedKey {
     fn new(kid: &str, bytes: &[u8]) -> Result<Self, StoreError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes)
             .map_err(|_| StoreError::Config("invalid AES-256 key".into()))?;
+        let index = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+            .extract(bytes)
+            .expand(&[INDEX_KEY_LABEL], hmac::HMAC_SHA256)
+            .map(hmac::Key::from)
+            .map_err(|_| StoreError::Config("cannot derive the UPN index key".into()))?;
         Ok(Self {
             kid: kid.to_owned(),
             aead: LessSafeKey::new(unbound),
+            index,
         })
     }
 }
@@ -468,6 +497,38 @@ mod tests {
         assert_eq!(civil_date(11_016), (2000, 2, 29));
         assert_eq!(civil_date(19_782), (2024, 2, 29));
         assert_eq!(civil_date(20_454), (2026, 1, 1));
+    }
+
+    #[test]
+    fn index_keys_are_keyed_per_key_and_follow_the_key_order() {
+        let (a, b) = (line("a", 1), line("b", 2));
+        let only_a = Sealer::parse(&a).unwrap().index_keys(b"ada");
+        let b_then_a = Sealer::parse(&format!("{b}\n{a}"))
+            .unwrap()
+            .index_keys(b"ada");
+        assert_eq!(only_a.len(), 1);
+        assert_eq!(b_then_a.len(), 2);
+        assert_eq!(
+            b_then_a[1], only_a[0],
+            "an older key still finds its entries"
+        );
+        assert_ne!(b_then_a[0], only_a[0]);
+        // Not a plain hash: without the key, a dictionary of names finds nothing.
+        assert_ne!(
+            only_a[0].as_slice(),
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"ada").as_ref()
+        );
+        // RFC 5869 HKDF-SHA256 with an empty salt, then HMAC-SHA256: the documented derivation.
+        let prk = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &[0u8; 32]),
+            &[1u8; KEY_LEN],
+        );
+        let okm = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()),
+            &[INDEX_KEY_LABEL, &[1u8]].concat(),
+        );
+        let expected = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, okm.as_ref()), b"ada");
+        assert_eq!(only_a[0].as_slice(), expected.as_ref());
     }
 
     #[test]

@@ -9,13 +9,14 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavio
 
 use super::{
     BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
-    open_record, rotation_result, seal_record, upn_hash,
+    open_record, record_upn_keys, rotation_result, seal_record, upn_keys, warn_upn_taken,
 };
 
 /// A [`TokenStore`] in one SQLite file.
 ///
 /// Table `tokens(provider, oid, upn_hash, record)`: `record` is the sealed blob, `upn_hash` the
-/// sha256 of the lower-cased UPN. Calls run on the blocking thread pool over one connection.
+/// (tenant, UPN) index key the row holds, if it holds one. Calls run on the blocking thread pool
+/// over one connection.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tollgate::store::StoreError> {
@@ -57,7 +58,7 @@ impl SqliteStore {
         // Deleted and re-sealed blobs are zeroed, so a retired key cannot open leftovers.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(db_error)?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, &sealer)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             sealer,
@@ -72,38 +73,37 @@ impl TokenStore for SqliteStore {
         tokens: &'a UserTokens,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let (provider, oid) = (provider.to_owned(), tokens.oid.clone());
+            let (p, oid) = (provider.to_owned(), tokens.oid.clone());
             if is_expired(tokens, now_unix()) {
                 return self
-                    .run(move |conn| delete_row(conn, &provider, &oid).map(drop))
+                    .run(move |conn| delete_row(conn, &p, &oid).map(drop))
                     .await;
             }
-            let blob = seal_record(&self.sealer, &provider, tokens)?;
-            let upn = tokens.upn.as_deref().map(upn_hash);
-            self.run(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_error)?;
-                if let Some(hash) = &upn {
-                    // The newest login owns the UPN: a reassigned UPN must not keep finding the
-                    // previous user.
+            let blob = seal_record(&self.sealer, provider, tokens)?;
+            let keys = record_upn_keys(&self.sealer, tokens);
+            let sealer = self.sealer.clone();
+            let holder = self
+                .run(move |conn| {
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(db_error)?;
+                    let holder = upn_holder(&tx, &sealer, &p, &oid, &keys)?;
+                    let claim = keys.first().filter(|_| holder.is_none());
                     tx.execute(
-                        "UPDATE tokens SET upn_hash = NULL
-                         WHERE provider = ?1 AND upn_hash = ?2 AND oid <> ?3",
-                        params![provider, &hash[..], oid],
+                        "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (provider, oid)
+                         DO UPDATE SET upn_hash = excluded.upn_hash, record = excluded.record",
+                        params![p, oid, claim.map(|h| &h[..]), blob],
                     )
                     .map_err(db_error)?;
-                }
-                tx.execute(
-                    "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (provider, oid)
-                     DO UPDATE SET upn_hash = excluded.upn_hash, record = excluded.record",
-                    params![provider, oid, upn.as_ref().map(|h| &h[..]), blob],
-                )
-                .map_err(db_error)?;
-                tx.commit().map_err(db_error)
-            })
-            .await
+                    tx.commit().map_err(db_error)?;
+                    Ok(holder)
+                })
+                .await?;
+            if let Some(holder) = holder {
+                warn_upn_taken(provider, tokens, &holder);
+            }
+            Ok(())
         })
     }
 
@@ -135,23 +135,31 @@ impl TokenStore for SqliteStore {
     fn get_by_upn<'a>(
         &'a self,
         provider: &'a str,
+        tid: &'a str,
         upn: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
         Box::pin(async move {
-            let (p, hash) = (provider.to_owned(), upn_hash(upn));
+            let (p, keys) = (provider.to_owned(), upn_keys(&self.sealer, tid, upn));
             let row = self
                 .run(move |conn| {
-                    conn.query_row(
-                        "SELECT oid, record FROM tokens WHERE provider = ?1 AND upn_hash = ?2",
-                        params![p, &hash[..]],
-                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
-                    )
-                    .optional()
-                    .map_err(db_error)
+                    for hash in &keys {
+                        let row = conn
+                            .query_row(
+                                "SELECT oid, record FROM tokens WHERE provider = ?1 AND upn_hash = ?2",
+                                params![p, &hash[..]],
+                                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                            )
+                            .optional()
+                            .map_err(db_error)?;
+                        if row.is_some() {
+                            return Ok(row);
+                        }
+                    }
+                    Ok(None)
                 })
                 .await?;
             match row {
-                Some((oid, blob)) => self.read(provider, &oid, blob, Some(upn)).await,
+                Some((oid, blob)) => self.read(provider, &oid, blob, Some((tid, upn))).await,
                 None => Ok(None),
             }
         })
@@ -195,14 +203,30 @@ impl TokenStore for SqliteStore {
 
 /// Each entry moves the schema one version up; `user_version` counts the entries applied.
 /// Never edit an entry once released: append a new one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        "CREATE TABLE tokens (
         provider TEXT NOT NULL,
         oid TEXT NOT NULL,
         upn_hash BLOB,
         record BLOB NOT NULL,
         PRIMARY KEY (provider, oid)
     );
-    CREATE UNIQUE INDEX tokens_upn ON tokens (provider, upn_hash) WHERE upn_hash IS NOT NULL;"];
+    CREATE UNIQUE INDEX tokens_upn ON tokens (provider, upn_hash) WHERE upn_hash IS NOT NULL;",
+    ),
+    // Version 1 keyed the index by the UPN alone (a sha256); it is keyed by tenant and UPN now.
+    Migration::Reindex,
+];
+
+/// One step of [`MIGRATIONS`].
+enum Migration {
+    /// A schema change.
+    Sql(&'static str),
+    /// Every row that holds a UPN index entry gets it again, recomputed from its sealed record
+    /// (which names the tenant and UPN). A row that does not open loses its entry: its user is
+    /// found by oid until the next login.
+    Reindex,
+}
 
 /// Another process (e.g. `tollgate store rotate` next to `serve`) may hold the write lock briefly.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +253,7 @@ impl SqliteStore {
         provider: &str,
         oid: &str,
         blob: Vec<u8>,
-        upn: Option<&str>,
+        upn: Option<(&str, &str)>,
     ) -> Result<Option<UserTokens>, StoreError> {
         // UPN and record live in one row, so only an edit of the file can make them disagree.
         let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
@@ -264,7 +288,7 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_error)?;
@@ -278,17 +302,83 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
              ({latest}); upgrade tollgate or use another `path`"
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql).map_err(|err| {
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let failed = |err: String| {
             StoreError::Io(format!(
                 "migrating the database to version {}: {err}",
                 version + 1
             ))
-        })?;
+        };
+        match step {
+            Migration::Sql(sql) => tx
+                .execute_batch(sql)
+                .map_err(|err| failed(err.to_string()))?,
+            Migration::Reindex => reindex(&tx, sealer).map_err(|err| failed(err.to_string()))?,
+        }
     }
     tx.pragma_update(None, "user_version", latest)
         .map_err(db_error)?;
     tx.commit().map_err(db_error)
+}
+
+/// The other user whose row holds one of `keys` (a (tenant, UPN)'s index keys), if any. Rows
+/// whose refresh token expired are deleted on the way (they read as absent anyway); a row that
+/// does not open keeps its entry, since nothing shows it has lost it.
+fn upn_holder(
+    conn: &Connection,
+    sealer: &Sealer,
+    provider: &str,
+    oid: &str,
+    keys: &[[u8; 32]],
+) -> Result<Option<String>, StoreError> {
+    for hash in keys {
+        let row = conn
+            .query_row(
+                "SELECT oid, record FROM tokens
+                 WHERE provider = ?1 AND upn_hash = ?2 AND oid <> ?3",
+                params![provider, &hash[..], oid],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+            .map_err(db_error)?;
+        let Some((other, blob)) = row else { continue };
+        let expired = open_record(sealer, provider, &other, &blob)
+            .is_ok_and(|opened| is_expired(&opened.tokens, now_unix()));
+        if !expired {
+            return Ok(Some(other));
+        }
+        conn.execute(
+            "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2",
+            params![provider, other],
+        )
+        .map_err(db_error)?;
+    }
+    Ok(None)
+}
+
+/// [`Migration::Reindex`].
+fn reindex(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT provider, oid, record FROM tokens WHERE upn_hash IS NOT NULL")
+            .map_err(db_error)?;
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?
+    };
+    for (provider, oid, blob) in rows {
+        // The old index allowed one row per UPN, so the new keys are unique too.
+        let key = open_record(sealer, &provider, &oid, &blob)
+            .ok()
+            .and_then(|opened| record_upn_keys(sealer, &opened.tokens).first().copied());
+        conn.execute(
+            "UPDATE tokens SET upn_hash = ?3 WHERE provider = ?1 AND oid = ?2",
+            params![provider, oid, key.as_ref().map(|h| &h[..])],
+        )
+        .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 fn delete_row(conn: &mut Connection, provider: &str, oid: &str) -> Result<bool, StoreError> {
@@ -305,18 +395,21 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_error)?;
-    let rows: Vec<(String, String, Vec<u8>)> = {
+    type Row = (String, String, Vec<u8>, Option<Vec<u8>>);
+    let rows: Vec<Row> = {
         let mut stmt = tx
-            .prepare("SELECT provider, oid, record FROM tokens")
+            .prepare("SELECT provider, oid, record, upn_hash FROM tokens")
             .map_err(db_error)?;
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .map_err(db_error)?
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?
+        stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?
     };
     let now = now_unix();
     let (mut resealed, mut unreadable) = (0u64, 0u64);
-    for (provider, oid, blob) in rows {
+    for (provider, oid, blob, upn_hash) in rows {
         match open_record(sealer, &provider, &oid, &blob) {
             Ok(opened) if is_expired(&opened.tokens, now) => {
                 tx.execute(
@@ -326,6 +419,18 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
                 .map_err(db_error)?;
             }
             Ok(opened) => {
+                // An entry under an older key moves to the first one (left where it is in the
+                // impossible case that another row holds that already).
+                let first = record_upn_keys(sealer, &opened.tokens).first().copied();
+                if let (Some(old), Some(new)) = (&upn_hash, first)
+                    && old[..] != new[..]
+                {
+                    tx.execute(
+                        "UPDATE OR IGNORE tokens SET upn_hash = ?3 WHERE provider = ?1 AND oid = ?2",
+                        params![provider, oid, &new[..]],
+                    )
+                    .map_err(db_error)?;
+                }
                 if let Some(new_blob) = opened.resealed {
                     tx.execute(
                         "UPDATE tokens SET record = ?3 WHERE provider = ?1 AND oid = ?2",
@@ -398,6 +503,78 @@ mod tests {
         }
         // Reopening an up-to-date database must not re-run migrations (CREATE TABLE would fail).
         drop(SqliteStore::open(&path, sealer()).unwrap());
+    }
+
+    /// A version 1 database indexed UPNs by an unsalted sha256 of the UPN alone: opening it
+    /// re-indexes every row from its sealed record, and a row that does not open loses its entry
+    /// (found by oid until the next login) rather than keeping the old hash.
+    #[tokio::test]
+    async fn a_version_1_database_is_reindexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (sealer, stranger) = (sealer(), self::sealer());
+        let tokens = |oid: &str, upn: &str| UserTokens {
+            oid: oid.into(),
+            tid: "tid-1".into(),
+            upn: Some(upn.into()),
+            access_token: "AT".into(),
+            access_token_expires_at: 10,
+            scopes: vec![],
+            refresh_token: "RT".into(),
+            refresh_token_expires_at: 4_000_000_000,
+            sid: None,
+        };
+        let (ada, bob) = (
+            tokens("ada", "Ada@Example.com"),
+            tokens("bob", "bob@example.com"),
+        );
+        let old_hash = |upn: &str| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, upn.to_lowercase().as_bytes())
+                .as_ref()
+                .to_vec()
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            let Migration::Sql(v1) = &MIGRATIONS[0] else {
+                panic!("version 1 is a schema")
+            };
+            conn.execute_batch(v1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (t, sealed_by) in [(&ada, &sealer), (&bob, &stranger)] {
+                conn.execute(
+                    "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES ('p', ?1, ?2, ?3)",
+                    params![
+                        t.oid,
+                        old_hash(t.upn.as_deref().unwrap()),
+                        seal_record(sealed_by, "p", t).unwrap()
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path, sealer.clone()).unwrap();
+        assert_eq!(
+            store
+                .get_by_upn("p", "TID-1", "ada@example.com")
+                .await
+                .unwrap(),
+            Some(ada)
+        );
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let hashes: Vec<Option<Vec<u8>>> = conn
+            .prepare("SELECT upn_hash FROM tokens ORDER BY oid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(hashes[0].is_some() && hashes[0] != Some(old_hash("ada@example.com")));
+        assert_eq!(hashes[1], None, "bob's record does not open: no entry");
     }
 
     #[test]
