@@ -396,7 +396,7 @@ fn seal_record(
     provider: &str,
     tokens: &UserTokens,
 ) -> Result<Vec<u8>, StoreError> {
-    let record = SealedRecord {
+    let mut record = SealedRecord {
         tid: tokens.tid.clone(),
         upn: tokens.upn.clone(),
         at: tokens.access_token.clone(),
@@ -406,8 +406,13 @@ fn seal_record(
         rt_exp: tokens.refresh_token_expires_at,
         sid: tokens.sid.clone(),
     };
-    let plain = serde_json::to_vec(&record)
-        .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?;
+    // The plaintext copies are overwritten once sealed, so freed memory does not keep them.
+    let plain = zeroize::Zeroizing::new(
+        serde_json::to_vec(&record)
+            .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?,
+    );
+    zeroize::Zeroize::zeroize(&mut record.at);
+    zeroize::Zeroize::zeroize(&mut record.rt);
     sealer.seal(&plain, &record_aad(provider, &tokens.oid))
 }
 
@@ -420,6 +425,8 @@ fn open_record(
     blob: &[u8],
 ) -> Result<Opened, StoreError> {
     let (plain, old_key) = sealer.open(blob, &record_aad(provider, oid))?;
+    // The decrypted bytes are overwritten when dropped; the tokens live on in `UserTokens` only.
+    let plain = zeroize::Zeroizing::new(plain);
     let record: SealedRecord = serde_json::from_slice(&plain)
         .map_err(|_| StoreError::Corrupt("record content is not a token record".into()))?;
     let tokens = UserTokens {
