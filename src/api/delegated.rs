@@ -21,7 +21,7 @@ use super::{error, exchange_error, exchanger};
 use crate::config::{ProviderConfig, is_guid};
 use crate::exchange::{ExchangeError, Exchanger, IdpError};
 use crate::provider::Provider;
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::store::{StoreError, TokenStore, UserTokens};
 use crate::util::{now, sha256};
 

@@ -36,7 +36,7 @@ use body::ApiBody;
 
 use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
 use crate::proxy::{APPLICATION_JSON, NO_STORE};
-use crate::server::AppState;
+use crate::server::state::AppState;
 
 /// Builds the API router. When an API key is configured every route needs
 /// `Authorization: Bearer <key>`.

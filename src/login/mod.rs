@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::api::delegated::{DEFAULT_REFRESH_LIFETIME, lock_user};
 use crate::proxy::json_error;
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::store::{StoreError, UserTokens};
 use crate::util::now;
 use crate::validate::{Claims, Validator};

@@ -17,7 +17,7 @@
 //! ```
 
 mod gate;
-mod state;
+pub(crate) mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,7 +38,7 @@ use crate::proxy::{Forwarder, UpstreamSettings};
 use crate::routes::RouteTable;
 use crate::validate::Validator;
 
-pub(crate) use state::AppState;
+use state::AppState;
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
