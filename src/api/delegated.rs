@@ -27,7 +27,7 @@ use crate::validate::{now, sha256};
 pub(crate) const DEFAULT_REFRESH_LIFETIME: u64 = 90 * 24 * 3600;
 
 #[derive(Deserialize)]
-pub(super) struct DelegatedRequest {
+pub(crate) struct DelegatedRequest {
     identity_provider: String,
     target: String,
     #[serde(default)]
