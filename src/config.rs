@@ -1400,14 +1400,14 @@ fn write_toml(out: &mut String, prefix: &str, value: &serde_json::Value) {
     let Value::Object(map) = value else { return };
     for (k, v) in map {
         if !matches!(v, Value::Object(_)) && !is_table_array(v) && !v.is_null() {
-            out.push_str(&format!("{k} = {}\n", toml_value(v)));
+            out.push_str(&format!("{} = {}\n", toml_key(k), toml_value(v)));
         }
     }
     for (k, v) in map {
         let path = if prefix.is_empty() {
-            k.clone()
+            toml_key(k)
         } else {
-            format!("{prefix}.{k}")
+            format!("{prefix}.{}", toml_key(k))
         };
         match v {
             Value::Object(_) => {
@@ -1439,12 +1439,48 @@ fn toml_value(v: &serde_json::Value) -> String {
         Value::Object(map) => format!(
             "{{ {} }}",
             map.iter()
-                .map(|(k, v)| format!("{:?} = {}", k, toml_value(v)))
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        Value::String(s) => toml_basic_string(s),
         other => other.to_string(),
     }
+}
+
+/// A key as TOML writes it: bare when it may be (TOML 1.0 §Keys: `A-Za-z0-9_-`), else quoted.
+/// Map keys come from the file (`obo_headers` names may hold `.`, `!` or `#`), so a bare key
+/// could nest, comment out or break what follows.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        k.to_owned()
+    } else {
+        toml_basic_string(k)
+    }
+}
+
+/// A TOML basic string (TOML 1.0 §String): `"` and `\` escaped, and every control character
+/// but tab, which JSON's escaping leaves raw for U+007F.
+fn toml_basic_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push('\t'),
+            c if c.is_control() && u32::from(c) < 0x80 => {
+                out.push_str(&format!("\\u{:04X}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A GUID in its hyphenated 8-4-4-4-12 form (any case), as Entra writes application ids.

@@ -86,6 +86,10 @@ mod api;
 pub mod demo;
 #[cfg(feature = "dev-idp")]
 pub mod devidp;
+// Entry points for the fuzz targets in `fuzz/`; see src/fuzzing.rs.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "server")]
 mod http_server;
 #[cfg(feature = "server")]

@@ -244,4 +244,158 @@ mod tests {
         assert!(!prefix_matches("/api/", "/apix"));
         assert!(!prefix_matches("/api/", "/ap"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Path pieces that exercise every step: dot segments plain and escaped, repeated
+        /// slashes, escapes of unreserved and other bytes (either hex case), bad escapes and
+        /// refused separators, non-ASCII. `;` is left to the path parameter tests.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("/".to_owned()),
+                Just("//".to_owned()),
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%2E%2e".to_owned()),
+                Just("%2F".to_owned()),
+                Just("%5c".to_owned()),
+                Just("\\".to_owned()),
+                Just("%".to_owned()),
+                Just("%4".to_owned()),
+                Just("%zz".to_owned()),
+                Just("\u{e9}".to_owned()),
+                "[a-zA-Z0-9._~-]{1,4}",
+                (
+                    any::<u8>().prop_filter("no NUL", |b| *b != 0),
+                    any::<bool>()
+                )
+                    .prop_map(|(b, upper)| {
+                        if upper {
+                            format!("%{b:02X}")
+                        } else {
+                            format!("%{b:02x}")
+                        }
+                    }),
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..12).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        /// A route prefix: a few plain segments, maybe with a trailing slash.
+        fn prefix() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec("[a-zA-Z0-9._~-]{1,3}", 0..3),
+                any::<bool>(),
+            )
+                .prop_map(|(segments, trailing)| {
+                    let mut p = String::new();
+                    for s in segments
+                        .iter()
+                        .filter(|s| !matches!(s.as_str(), "." | ".."))
+                    {
+                        p.push('/');
+                        p.push_str(s);
+                    }
+                    if trailing || p.is_empty() {
+                        p.push('/');
+                    }
+                    p
+                })
+        }
+
+        fn decode_all(s: &str) -> Vec<u8> {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match (
+                    b[i],
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) {
+                    (b'%', Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 3;
+                    }
+                    (c, _, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        }
+
+        /// What an upstream that decodes every escape, then resolves dot segments (RFC 3986
+        /// §5.2.4) and merges slashes, routes on: the segments, ASCII case folded.
+        fn upstream_segments(path: &str) -> Vec<Vec<u8>> {
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            for s in decode_all(path).split(|c| *c == b'/').skip(1) {
+                match s {
+                    b"" | b"." => {}
+                    b".." => {
+                        out.pop();
+                    }
+                    s => out.push(s.to_ascii_lowercase()),
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn normalising_is_idempotent(p in path()) {
+                if let Ok(n) = normalize(&p) {
+                    // Equal, not necessarily borrowed: any `%` sends a path down the slow path.
+                    let again = normalize(&n);
+                    prop_assert_eq!(again.as_deref(), Ok(&*n), "{:?}", p);
+                }
+            }
+
+            #[test]
+            fn no_dot_or_empty_segment_survives(p in path()) {
+                if let Ok(n) = normalize(&p) {
+                    prop_assert!(n.starts_with('/'));
+                    let decoded = decode_all(&n);
+                    let segments: Vec<&[u8]> = decoded.split(|c| *c == b'/').skip(1).collect();
+                    for (i, s) in segments.iter().enumerate() {
+                        prop_assert!(*s != b"." && *s != b"..", "{:?} -> {:?}", p, n);
+                        prop_assert!(!s.is_empty() || i + 1 == segments.len(), "{:?} -> {:?}", p, n);
+                        prop_assert!(!s.contains(&b'/') && !s.contains(&b'\\') && !s.contains(&0));
+                    }
+                }
+            }
+
+            /// Normalising never changes which route a path belongs to: a path written under
+            /// prefix P is routed under P exactly when an upstream resolving it serves it under
+            /// P, or it is refused.
+            #[test]
+            fn a_path_under_a_prefix_stays_there_or_is_refused(
+                prefix in prefix(),
+                rest in path(),
+                below in any::<bool>(),
+            ) {
+                let p = if below { format!("{}{}", prefix.trim_end_matches('/'), rest) } else { rest };
+                let Ok(n) = normalize(&p) else { return Ok(()) };
+                let ours = upstream_segments(&n);
+                let theirs = upstream_segments(&p);
+                prop_assert_eq!(&ours, &theirs, "{:?} -> {:?}", p, n);
+                let want: Vec<Vec<u8>> = upstream_segments(&prefix);
+                let trailing = prefix.len() > 1 && prefix.ends_with('/');
+                let under = theirs.len() >= want.len() + usize::from(trailing)
+                    && theirs[..want.len()] == want[..];
+                if prefix_matches(&prefix, &n) {
+                    prop_assert!(theirs.len() >= want.len() && theirs[..want.len()] == want[..],
+                        "{:?} -> {:?} matched {:?}", p, n, prefix);
+                } else {
+                    prop_assert!(!under, "{:?} -> {:?} missed {:?}", p, n, prefix);
+                }
+            }
+        }
+    }
 }

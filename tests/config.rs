@@ -513,3 +513,34 @@ fn route_exchange_targets_and_header_names_are_checked() {
         "https://graph.microsoft.com/.default"
     );
 }
+
+/// Found by the `config` fuzz target: an `obo_headers` name is any HTTP token (`.`, `!`, `#`
+/// allowed), and `tollgate check` printed it as a bare TOML key, so its output either nested the
+/// key, commented out the line or did not parse; a DEL in a string value was printed raw, which
+/// TOML refuses too.
+#[test]
+fn the_redacted_config_is_toml_whatever_the_keys_and_values() {
+    let text = format!(
+        "{PROVIDER}\n[[routes]]\npath = \"/api\"\nscopes = [\"a\\u007Fb\", \"q\\\"uote\\\\\"]\n\
+         [routes.obo_headers]\n\"x-a.b!c#d\" = \"api://x/.default\"\n\"x-plain\" = \"api://y/.default\"\n"
+    );
+    let cfg = Config::from_toml_str(&text, &MapEnv::default()).unwrap();
+    let printed = cfg.to_redacted_toml();
+    let table: toml::Table = printed
+        .parse()
+        .unwrap_or_else(|e| panic!("not TOML: {e}\n{printed}"));
+    let route = &table["routes"].as_array().unwrap()[0];
+    let headers = route["obo_headers"].as_table().unwrap();
+    assert_eq!(headers["x-a.b!c#d"].as_str(), Some("api://x/.default"));
+    assert_eq!(headers["x-plain"].as_str(), Some("api://y/.default"));
+    let scopes: Vec<_> = route["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(scopes, ["a\u{7f}b", "q\"uote\\"]);
+    // And it reads back as the same configuration.
+    let again = Config::from_toml_str(&printed, &MapEnv::default()).unwrap();
+    assert_eq!(again.to_redacted_toml(), printed);
+}

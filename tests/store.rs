@@ -1699,9 +1699,14 @@ impl RedisServer {
             );
             return None;
         }
+        // A port just released can come back from the next bind: never the one `extra` names
+        // (the TLS test's --tls-port), or redis-server fails to bind its second socket.
+        let port = std::iter::repeat_with(free_port)
+            .find(|p| !extra.contains(&p.to_string()))
+            .expect("a free port");
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             extra,
         };

@@ -71,7 +71,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
 /// what Texas clients send for JWTs (base64url) and URIs, are split in place and deserialised
 /// from borrowed slices; anything else goes through `serde_urlencoded`'s decoder. Both yield the
 /// same pairs: empty `&&` sequences skipped, a name without `=` has an empty value.
-fn from_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(crate) fn from_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     // memchr's SIMD search: this scan runs over every byte of every API request.
     if memchr::memchr2(b'%', b'+', bytes).is_some() {
         return serde_urlencoded::from_bytes::<T>(bytes).map_err(|e| e.to_string());
@@ -312,5 +312,100 @@ mod tests {
             d,
             "invalid request body: invalid type: a string, expected a sequence"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of a form body: names of the API's fields, plain text, `=` and `&` (so empty
+        /// names, empty values and `&&` happen), `+`, percent-escapes of any byte (invalid
+        /// UTF-8 included) in either hex case, malformed escapes, non-ASCII.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(vec![
+                    "identity_provider", "target", "user_token", "skip_cache", "user_oid",
+                    "user_upn", "resource", "token",
+                ]).prop_map(str::to_owned),
+                4 => "[a-zA-Z0-9._~:/-]{0,6}",
+                3 => Just("=".to_owned()),
+                3 => Just("&".to_owned()),
+                1 => Just("+".to_owned()),
+                1 => (any::<u8>(), any::<bool>()).prop_map(|(b, upper)| {
+                    if upper { format!("%{b:02X}") } else { format!("%{b:02x}") }
+                }),
+                1 => prop::sample::select(vec!["%", "%4", "%zz", "%FF%FE", "%C3%A9", "\u{e9}"])
+                    .prop_map(str::to_owned),
+            ]
+        }
+
+        /// Either pieces in any order, or `name=value` pairs of the API's fields, so that
+        /// bodies a request type accepts are common too.
+        fn body() -> impl Strategy<Value = String> {
+            let value = prop::collection::vec(
+                piece().prop_filter("one value", |p| p != "&" && p != "="),
+                0..3,
+            )
+            .prop_map(|v| v.concat());
+            let pair = (
+                prop::sample::select(vec![
+                    "identity_provider",
+                    "target",
+                    "skip_cache",
+                    "user_oid",
+                    "user_upn",
+                ]),
+                value,
+                any::<bool>(),
+            )
+                .prop_map(|(name, value, eq)| {
+                    if eq {
+                        format!("{name}={value}")
+                    } else {
+                        name.to_owned()
+                    }
+                });
+            prop_oneof![
+                prop::collection::vec(piece(), 0..16).prop_map(|p| p.concat()),
+                prop::collection::vec(pair, 0..6).prop_map(|p| p.join("&")),
+            ]
+        }
+
+        /// A Texas request with every kind of field: plain, flexible bool, optional.
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Typed {
+            identity_provider: String,
+            target: String,
+            #[serde(default, deserialize_with = "flexible_bool")]
+            skip_cache: bool,
+            #[serde(default)]
+            user_oid: Option<String>,
+        }
+
+        proptest! {
+            #[test]
+            fn the_in_place_form_parser_reads_the_pairs_serde_urlencoded_reads(b in body()) {
+                let fast = from_form::<Vec<(String, String)>>(b.as_bytes());
+                let reference = serde_urlencoded::from_bytes::<Vec<(String, String)>>(b.as_bytes());
+                prop_assert_eq!(fast.ok(), reference.ok(), "{:?}", b);
+            }
+
+            #[test]
+            fn the_in_place_form_parser_fills_maps_as_serde_urlencoded_does(b in body()) {
+                let fast = from_form::<BTreeMap<String, String>>(b.as_bytes());
+                let reference = serde_urlencoded::from_bytes::<BTreeMap<String, String>>(b.as_bytes());
+                prop_assert_eq!(fast.ok(), reference.ok(), "{:?}", b);
+            }
+
+            #[test]
+            fn the_in_place_form_parser_fills_request_types_as_serde_urlencoded_does(b in body()) {
+                let fast = from_form::<Typed>(b.as_bytes());
+                let reference = serde_urlencoded::from_bytes::<Typed>(b.as_bytes());
+                prop_assert_eq!(fast.is_ok(), reference.is_ok(), "{:?}: {:?} vs {:?}", b, fast, reference);
+                if let (Ok(f), Ok(r)) = (fast, reference) {
+                    prop_assert_eq!(f, r);
+                }
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::util::{now, sha256};
 pub(crate) const DEFAULT_REFRESH_LIFETIME: u64 = 90 * 24 * 3600;
 
 #[derive(Deserialize)]
-pub(super) struct DelegatedRequest {
+pub(crate) struct DelegatedRequest {
     identity_provider: String,
     target: String,
     #[serde(default)]

@@ -17,7 +17,7 @@
 // allocation on the error path.
 #![allow(clippy::result_large_err)]
 
-mod body;
+pub(crate) mod body;
 pub(crate) mod delegated;
 mod openapi;
 
@@ -154,7 +154,7 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
 }
 
 #[derive(Deserialize)]
-struct TokenRequest {
+pub(crate) struct TokenRequest {
     identity_provider: String,
     target: String,
     #[serde(default, deserialize_with = "body::flexible_bool")]
@@ -166,7 +166,7 @@ struct TokenRequest {
 }
 
 #[derive(Deserialize)]
-struct ExchangeRequest {
+pub(crate) struct ExchangeRequest {
     identity_provider: String,
     target: String,
     user_token: String,
@@ -175,7 +175,7 @@ struct ExchangeRequest {
 }
 
 #[derive(Deserialize)]
-struct IntrospectRequest {
+pub(crate) struct IntrospectRequest {
     identity_provider: String,
     token: String,
 }

@@ -74,20 +74,25 @@ impl std::fmt::Debug for ExchangedToken {
 impl ExchangedToken {
     /// Fails (and so is never cached) when the token could not be sent in a header: an access
     /// token is visible ASCII (RFC 6750 section 2.1, `b64token`), anything else is garbage.
-    pub(super) fn from_response(
+    pub(crate) fn from_response(
         r: TokenResponse,
         subject_exp: Option<u64>,
     ) -> Result<Self, ExchangeError> {
-        let expires_at = now() + r.expires_in;
-        let bearer: Arc<str> = Arc::from(format!("{BEARER}{}", r.access_token));
-        let authorization = HeaderValue::from_maybe_shared(Bytes::from_owner(SharedStr(
-            bearer.clone(),
-        )))
-        .map_err(|_| ExchangeError::Upstream {
+        let garbage = || ExchangeError::Upstream {
             message: "the identity provider returned an access token that is not a header value"
                 .into(),
             timeout: false,
-        })?;
+        };
+        // A header value may also carry spaces and non-ASCII bytes (RFC 9110 §5.5 obs-text),
+        // which no bearer token has: check the token itself, not only the header it makes.
+        if r.access_token.is_empty() || !r.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(garbage());
+        }
+        let expires_at = now() + r.expires_in;
+        let bearer: Arc<str> = Arc::from(format!("{BEARER}{}", r.access_token));
+        let authorization =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(SharedStr(bearer.clone())))
+                .map_err(|_| garbage())?;
         #[cfg(feature = "server")]
         let json_plain = is_json_plain(&r.access_token);
         Ok(Self {
@@ -469,7 +474,16 @@ mod tests {
             assert_eq!(bare, "eyJ0.e30.sig");
             assert_eq!(bare.as_bytes().as_ptr(), t.access_token().as_ptr());
         }
-        for garbled in ["line\nbreak", "nul\0", "del\x7f"] {
+        // Found by the token_response fuzz target: a header value takes non-ASCII (obs-text)
+        // and inner spaces, a bearer token does not.
+        for garbled in [
+            "line\nbreak",
+            "nul\0",
+            "del\x7f",
+            "eyJh\u{293}.e30",
+            "a b",
+            "",
+        ] {
             let response = TokenResponse {
                 access_token: garbled.to_owned(),
                 expires_in: 3600,
@@ -478,7 +492,10 @@ mod tests {
             };
             let err = ExchangedToken::from_response(response, None).expect_err("refused");
             assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
-            assert!(!err.to_string().contains(garbled), "{err}");
+            assert!(
+                garbled.is_empty() || !err.to_string().contains(garbled),
+                "{err}"
+            );
         }
     }
 

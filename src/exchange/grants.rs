@@ -160,8 +160,17 @@ async fn post(
         .await
         // The body can stall after the headers: that is the IdP timing out too (504).
         .map_err(from_provider)?;
+    parse_token_response(status, &body)
+}
+
+/// The token endpoint's answer: the token of a 2xx (RFC 6749 §5.1), else the OAuth error it
+/// carries (§5.2, with Entra's members); a 5xx or a body without `error` is the IdP failing.
+pub(crate) fn parse_token_response(
+    status: u16,
+    body: &[u8],
+) -> Result<TokenResponse, ExchangeError> {
     if (200..300).contains(&status) {
-        return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {
+        return serde_json::from_slice::<TokenResponse>(body).map_err(|_| {
             ExchangeError::Upstream {
                 message: "the token endpoint answered 2xx without a usable access_token/expires_in"
                     .into(),
@@ -169,7 +178,7 @@ async fn post(
             }
         });
     }
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
         return Err(ExchangeError::Upstream {
             message: format!("the token endpoint answered HTTP {status} without an OAuth error"),
             timeout: false,

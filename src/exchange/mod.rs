@@ -17,7 +17,7 @@
 mod cache;
 #[cfg(feature = "server")]
 pub(crate) use cache::is_json_plain;
-mod grants;
+pub(crate) mod grants;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -99,24 +99,11 @@ async fn discovery(State(state): State<Arc<AppState>>) -> Response {
 /// other errors go back to the (now trusted) redirect URI per RFC 6749 §4.1.2.1.
 async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     let login = &state.config.login;
-    let params: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let params = match authorize_params(query.as_deref(), &login.redirect_uris) {
+        Ok(p) => p,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", why),
+    };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    // RFC 6749 §3.1: no parameter twice. tollgate checks the first value and forwards them all,
-    // so a second `redirect_uri` or `code_challenge_method=plain` could be what the IdP uses.
-    if params
-        .iter()
-        .enumerate()
-        .any(|(i, (k, _))| params[..i].iter().any(|(n, _)| n == k))
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "a parameter is repeated",
-        );
-    }
     let Some(redirect_uri) = get("redirect_uri") else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -124,17 +111,6 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
             "redirect_uri is required",
         );
     };
-    if !login
-        .redirect_uris
-        .iter()
-        .any(|allowed| allowed == redirect_uri)
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "redirect_uri is not registered with tollgate",
-        );
-    }
     let Some(metadata) = login_validator(&state).and_then(|v| v.provider().metadata()) else {
         return unavailable();
     };
@@ -186,6 +162,35 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
         q.append_pair("scope", &scopes.join(" "));
     }
     redirect(target.as_str())
+}
+
+/// The authorize request's parameters, decoded, when none is repeated and `redirect_uri` is
+/// one of `registered` (exact string comparison, RFC 9700 §2.1); else why the request gets a
+/// `400` and no redirect.
+pub(crate) fn authorize_params(
+    query: Option<&str>,
+    registered: &[String],
+) -> Result<Vec<(String, String)>, &'static str> {
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    // RFC 6749 §3.1: no parameter twice. tollgate checks the first value and forwards them all,
+    // so a second `redirect_uri` or `code_challenge_method=plain` could be what the IdP uses.
+    if params
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| params[..i].iter().any(|(n, _)| n == k))
+    {
+        return Err("a parameter is repeated");
+    }
+    let Some((_, redirect_uri)) = params.iter().find(|(n, _)| n == "redirect_uri") else {
+        return Err("redirect_uri is required");
+    };
+    if !registered.iter().any(|allowed| allowed == redirect_uri) {
+        return Err("redirect_uri is not registered with tollgate");
+    }
+    Ok(params)
 }
 
 /// Forwards the token request as sent (the app's own client authentication included) and, on
@@ -441,28 +446,17 @@ async fn capture(
 /// the session the stored tokens came from, when they came with one. A hint that fails these
 /// deletes nothing; the browser still goes on to the IdP.
 async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
-    let params: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(validator) = login_validator(&state) else {
         return unavailable();
     };
-    if let Some(post_logout) = get("post_logout_redirect_uri")
-        && !state
-            .config
-            .login
-            .post_logout_redirect_uris
-            .iter()
-            .any(|a| a == post_logout)
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "post_logout_redirect_uri is not registered with tollgate",
-        );
-    }
+    let params = match logout_params(
+        query.as_deref(),
+        &state.config.login.post_logout_redirect_uris,
+    ) {
+        Ok(p) => p,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", why),
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if let (Some(hint), Some(store)) = (get("id_token_hint"), &state.store) {
         // Only an ID token issued to the login client names a user whose tokens tollgate keeps
         // (capture refuses other clients); one from another app of the tenant deletes nothing.
@@ -554,6 +548,25 @@ fn session_problem(stored: &UserTokens, hint: &Claims) -> Option<&'static str> {
     }
 }
 
+/// The logout request's parameters, decoded, when its `post_logout_redirect_uri` (the first,
+/// which is the one forwarded) is absent or one of `registered`; else why the request gets a
+/// `400`.
+pub(crate) fn logout_params(
+    query: Option<&str>,
+    registered: &[String],
+) -> Result<Vec<(String, String)>, &'static str> {
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    if let Some((_, post_logout)) = params.iter().find(|(n, _)| n == "post_logout_redirect_uri")
+        && !registered.iter().any(|a| a == post_logout)
+    {
+        return Err("post_logout_redirect_uri is not registered with tollgate");
+    }
+    Ok(params)
+}
+
 /// RFC 6749 §2.3.1: the client id is the form-decoded user part of HTTP Basic.
 fn basic_client_id(headers: &HeaderMap) -> Option<String> {
     use base64::Engine;
@@ -582,7 +595,7 @@ fn redirect(location: &str) -> Response {
     resp
 }
 
-fn redirect_error(
+pub(crate) fn redirect_error(
     redirect_uri: &str,
     state: Option<&str>,
     code: &str,

@@ -59,8 +59,17 @@ pub(super) async fn fetch(
     url: &Url,
     cfg: &ProviderConfig,
 ) -> Result<Metadata, ProviderError> {
-    const WHAT: &str = "discovery document";
     let document = http::get_json(client, url, WHAT).await?;
+    from_document(document, cfg)
+}
+
+const WHAT: &str = "discovery document";
+
+/// The metadata in a fetched discovery `document`; explicitly configured values override it.
+pub(crate) fn from_document(
+    document: Value,
+    cfg: &ProviderConfig,
+) -> Result<Metadata, ProviderError> {
     let field = |name: &str| {
         document
             .get(name)

@@ -167,12 +167,16 @@ pub(super) async fn fetch(
 ) -> Result<KeySet, ProviderError> {
     const WHAT: &str = "JWKS";
     let doc = http::get_json(client, url, WHAT).await?;
-    let keys = parse(&doc, algorithms).map_err(|message| ProviderError::Invalid {
+    key_set(&doc, algorithms).map_err(|message| ProviderError::Invalid {
         what: WHAT,
         message,
-    })?;
+    })
+}
+
+/// The key set of a JWK Set document just fetched.
+pub(crate) fn key_set(doc: &Value, algorithms: &[Algorithm]) -> Result<KeySet, String> {
     Ok(KeySet {
-        keys,
+        keys: parse(doc, algorithms)?,
         fetched_at: Some(Instant::now()),
     })
 }

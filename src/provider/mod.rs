@@ -20,9 +20,9 @@
 //! ```
 
 pub mod client_auth;
-mod discovery;
+pub(crate) mod discovery;
 mod http;
-mod jwks;
+pub(crate) mod jwks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -280,7 +280,7 @@ impl Provider {
     }
 
     /// Installs a new key set, bumping the key epoch when it withdraws a key id.
-    fn replace_keys(&self, next: KeySet) {
+    pub(crate) fn replace_keys(&self, next: KeySet) {
         let mut keys = write(&self.keys);
         if keys.retired_by(&next) {
             self.key_epoch.fetch_add(1, Ordering::AcqRel);

@@ -537,4 +537,64 @@ mod tests {
         let blob = sealer.seal(b"x", b"aad").unwrap();
         assert_eq!(sealer.open(&blob, b"aad").unwrap(), (b"x".to_vec(), false));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sealer() -> Sealer {
+            Sealer::parse(&format!("{}\n{}", line("new", 7), line("old", 8))).unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn seal_then_open_round_trips(
+                plain in prop::collection::vec(any::<u8>(), 0..512),
+                aad in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let s = sealer();
+                let blob = s.seal(&plain, &aad).unwrap();
+                prop_assert_eq!(s.open(&blob, &aad).unwrap(), (plain, false));
+            }
+
+            #[test]
+            fn any_flipped_bit_of_the_blob_fails_to_open(
+                plain in prop::collection::vec(any::<u8>(), 0..256),
+                aad in prop::collection::vec(any::<u8>(), 0..64),
+                bit in any::<prop::sample::Index>(),
+            ) {
+                let s = sealer();
+                let mut blob = s.seal(&plain, &aad).unwrap();
+                let bit = bit.index(blob.len() * 8);
+                blob[bit / 8] ^= 1 << (bit % 8);
+                let opened = s.open(&blob, &aad);
+                prop_assert!(matches!(opened, Err(StoreError::Corrupt(_))), "bit {} opened", bit);
+            }
+
+            #[test]
+            fn any_flipped_bit_of_the_associated_data_fails_to_open(
+                plain in prop::collection::vec(any::<u8>(), 0..256),
+                aad in prop::collection::vec(any::<u8>(), 1..64),
+                bit in any::<prop::sample::Index>(),
+            ) {
+                let s = sealer();
+                let blob = s.seal(&plain, &aad).unwrap();
+                let mut other = aad.clone();
+                let bit = bit.index(other.len() * 8);
+                other[bit / 8] ^= 1 << (bit % 8);
+                prop_assert!(matches!(s.open(&blob, &other), Err(StoreError::Corrupt(_))));
+            }
+
+            #[test]
+            fn a_truncated_blob_fails_to_open(
+                plain in prop::collection::vec(any::<u8>(), 0..256),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let s = sealer();
+                let blob = s.seal(&plain, b"aad").unwrap();
+                let cut = cut.index(blob.len());
+                prop_assert!(matches!(s.open(&blob[..cut], b"aad"), Err(StoreError::Corrupt(_))));
+            }
+        }
+    }
 }
