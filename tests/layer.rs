@@ -158,13 +158,7 @@ async fn bad_tokens_are_401_invalid_token_and_malformed_credentials_400() {
 async fn a_header_with_critical_extensions_is_refused_though_signed_by_the_real_key() {
     // RFC 7515 §4.1.11: tollgate understands no JWS extension, so any `crit` is a refusal.
     let key = support::TestKey::new("k1");
-    let idp = support::StaticIdp::start(&[&key]).await;
-    let auth = Auth::builder()
-        .well_known_url(&idp.well_known())
-        .client_id(support::CLIENT_ID)
-        .build()
-        .await
-        .unwrap();
+    let (idp, auth) = static_idp_auth(&key).await;
     let (router, calls) = counting_router();
     let server = serve(router.layer(auth.layer())).await;
     let claims = support::user_claims(&idp.issuer());
@@ -194,13 +188,7 @@ async fn a_header_with_critical_extensions_is_refused_though_signed_by_the_real_
 #[tokio::test]
 async fn tokens_without_scopes_or_roles_need_the_layer_to_allow_them() {
     let key = support::TestKey::new("k1");
-    let idp = support::StaticIdp::start(&[&key]).await;
-    let auth = Auth::builder()
-        .well_known_url(&idp.well_known())
-        .client_id(support::CLIENT_ID)
-        .build()
-        .await
-        .unwrap();
+    let (idp, auth) = static_idp_auth(&key).await;
     let mut claims = support::user_claims(&idp.issuer());
     support::merge(&mut claims, json!({"scp": null, "roles": null}));
     let unscoped = key.sign(&json!({"typ": "JWT", "alg": "RS256", "kid": "k1"}), &claims);
@@ -794,6 +782,19 @@ async fn token(idp: &DevIdpHandle, user: &str, scope: &str) -> String {
 }
 
 /// A router whose only handler counts its calls.
+/// A static IdP serving `key`, and an `Auth` for it: for tokens with headers and claims made by
+/// hand, which the dev IdP never issues.
+async fn static_idp_auth(key: &support::TestKey) -> (support::StaticIdp, Auth) {
+    let idp = support::StaticIdp::start(&[key]).await;
+    let auth = Auth::builder()
+        .well_known_url(&idp.well_known())
+        .client_id(support::CLIENT_ID)
+        .build()
+        .await
+        .unwrap();
+    (idp, auth)
+}
+
 fn counting_router() -> (Router, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();

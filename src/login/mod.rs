@@ -164,6 +164,13 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
     redirect(target.as_str())
 }
 
+/// A query string's pairs, decoded.
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// The authorize request's parameters, decoded, when none is repeated and `redirect_uri` is
 /// one of `registered` (exact string comparison, RFC 9700 §2.1); else why the request gets a
 /// `400` and no redirect.
@@ -171,10 +178,7 @@ pub(crate) fn authorize_params(
     query: Option<&str>,
     registered: &[String],
 ) -> Result<Vec<(String, String)>, &'static str> {
-    let params: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let params = query_pairs(query);
     // RFC 6749 §3.1: no parameter twice. tollgate checks the first value and forwards them all,
     // so a second `redirect_uri` or `code_challenge_method=plain` could be what the IdP uses.
     if params
@@ -555,10 +559,7 @@ pub(crate) fn logout_params(
     query: Option<&str>,
     registered: &[String],
 ) -> Result<Vec<(String, String)>, &'static str> {
-    let params: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let params = query_pairs(query);
     if let Some((_, post_logout)) = params.iter().find(|(n, _)| n == "post_logout_redirect_uri")
         && !registered.iter().any(|a| a == post_logout)
     {
