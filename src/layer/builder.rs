@@ -221,7 +221,7 @@ impl AuthBuilder {
         self
     }
 
-    /// The tenant id app tokens ([`Exchanger::client_credentials`]) are asked for when the
+    /// The tenant id app tokens ([`Exchanger::client_credentials`](crate::Exchanger::client_credentials)) are asked for when the
     /// discovered token endpoint is a multi-tenant `common`/`organizations` one. Users'
     /// On-Behalf-Of exchanges still go to each user's own tenant.
     ///

@@ -1,4 +1,4 @@
-//! tollgate in process: a Tower layer that validates bearer tokens and puts [`Claims`] in the
+//! tollgate in process: a Tower layer that validates bearer tokens and puts [`Claims`](crate::Claims) in the
 //! request extensions, plus axum extractors (feature `axum`).
 //!
 //! The layer uses the sidecar's own [`Validator`] and [`Exchanger`], so an app embedding it gets

@@ -12,10 +12,10 @@ use tower::{Layer, Service};
 
 use crate::validate::{Claims, ValidationError, Validator};
 
-/// A Tower layer validating bearer tokens; see [`Auth::layer`].
+/// A Tower layer validating bearer tokens; see [`Auth::layer`](super::Auth::layer).
 ///
 /// On success the request reaches the inner service with [`Claims`] and [`BearerToken`] in its
-/// extensions; otherwise the layer answers itself (see the [module](self) table) and the inner
+/// extensions; otherwise the layer answers itself (see the [module](super) table) and the inner
 /// service is not called. Works with any `http` service, axum or not; in axum, `route_layer`
 /// protects only the routes above it, and unmatched paths keep answering 404.
 ///
