@@ -64,7 +64,7 @@ const FD_SLACK: i64 = 16;
 const POOL_MAX: usize = 1500;
 /// Tokens minted before the run starts.
 const POOL_INITIAL: usize = 200;
-/// At most this many failure descriptions are printed.
+/// At most this many distinct failure descriptions are printed.
 const SAMPLES_MAX: usize = 25;
 
 #[derive(Parser)]
@@ -229,10 +229,23 @@ struct Minute {
 #[derive(Default)]
 struct Stats {
     minutes: Vec<Minute>,
-    samples: Vec<String>,
+    /// Distinct failures: (class, what went wrong), when first seen, how many times.
+    samples: Vec<(String, Duration, u64)>,
     more_samples: u64,
     /// Failures of the driver's own steps (login, key rotation, IdP restart).
     control_failures: u64,
+}
+
+impl Stats {
+    fn sample(&mut self, what: String, at: Duration) {
+        if let Some(seen) = self.samples.iter_mut().find(|s| s.0 == what) {
+            seen.2 += 1;
+        } else if self.samples.len() < SAMPLES_MAX {
+            self.samples.push((what, at, 1));
+        } else {
+            self.more_samples += 1;
+        }
+    }
 }
 
 /// A user token in the pool.
@@ -382,27 +395,18 @@ impl Soak {
             Outcome::Retired => c.retired += 1,
             Outcome::Fail(why) => {
                 c.failed += 1;
-                let line = format!(
-                    "[{}] {}: {why}",
-                    elapsed_label(done_at.saturating_duration_since(t0)),
-                    class.name()
-                );
-                if stats.samples.len() < SAMPLES_MAX {
-                    stats.samples.push(line);
-                } else {
-                    stats.more_samples += 1;
-                }
+                let what = format!("{}: {why}", class.name());
+                stats.sample(what, done_at.saturating_duration_since(t0));
             }
         }
     }
 
     fn control_failure(&self, what: String) {
         self.say(&format!("FAILED: {what}"));
+        let at = self.t0().elapsed();
         let mut stats = lock(&self.stats);
         stats.control_failures += 1;
-        if stats.samples.len() < SAMPLES_MAX {
-            stats.samples.push(format!("control: {what}"));
-        }
+        stats.sample(format!("control: {what}"), at);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -723,7 +727,10 @@ impl Soak {
                 ))
             });
         }
-        if retired && status.is_client_error() {
+        // Refused as a bad token: 401 from the proxy, 400 invalid_grant or 401 from the exchange.
+        let refused_as_bad_token = status == StatusCode::UNAUTHORIZED
+            || (class == Class::Exchange && status == StatusCode::BAD_REQUEST);
+        if retired && refused_as_bad_token {
             return Ok(Outcome::Retired);
         }
         let wrong = |what: &str| Ok(Outcome::Fail(format!("status {status}: {what}")));
@@ -1162,11 +1169,11 @@ async fn main() -> Result<(), BoxError> {
         requests - wrong - outage - retired,
         soak.minted.load(Ordering::Relaxed)
     );
-    for s in &stats.samples {
-        println!("  {s}");
+    for (what, first, count) in &stats.samples {
+        println!("  {count} x {what} (first at {})", elapsed_label(*first));
     }
     if stats.more_samples > 0 {
-        println!("  ... and {} more", stats.more_samples);
+        println!("  ... and {} failures of other kinds", stats.more_samples);
     }
     let allowance_kb = ((soak.setup.validation_capacity + soak.setup.obo_capacity) * ENTRY_BYTES
         + RUNTIME_SLACK_BYTES)
