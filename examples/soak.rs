@@ -274,6 +274,8 @@ struct Soak {
     outages: Mutex<Vec<(Instant, Option<Instant>)>>,
     idp_up: AtomicBool,
     fixed: OnceLock<Fixed>,
+    /// The kid of the key file's key, the one the IdP comes back with.
+    key_file_kid: OnceLock<String>,
     stats: Mutex<Stats>,
     t0: OnceLock<Instant>,
     done: AtomicBool,
@@ -727,9 +729,14 @@ impl Soak {
                 ))
             });
         }
-        // Refused as a bad token: 401 from the proxy, 400 invalid_grant or 401 from the exchange.
+        // Refused as a bad token: 401 from the proxy, 400 invalid_grant from the exchange, or 403
+        // access_denied from the OBO route when the IdP refuses the assertion while tollgate
+        // has not noticed the retirement yet.
         let refused_as_bad_token = status == StatusCode::UNAUTHORIZED
-            || (class == Class::Exchange && status == StatusCode::BAD_REQUEST);
+            || (class == Class::Exchange && status == StatusCode::BAD_REQUEST)
+            || (class == Class::Obo
+                && status == StatusCode::FORBIDDEN
+                && body["error"] == "access_denied");
         if retired && refused_as_bad_token {
             return Ok(Outcome::Retired);
         }
@@ -976,6 +983,15 @@ async fn timeline(
     ));
 
     sleep_until(at(0.30) + outage).await;
+    // The restarted IdP publishes the key file's key alone: the others are retired from the
+    // moment it answers, and their tokens are no longer sent once it is back.
+    let kept = soak.key_file_kid.get().cloned().unwrap_or_default();
+    let gone: HashSet<String> = before.iter().filter(|k| **k != kept).cloned().collect();
+    soak.retired
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(gone.iter().cloned());
+    lock(&soak.pool).0.retain(|t| !gone.contains(&t.kid));
     match soak.start_idp().await {
         Ok(handle) => idp = Some(handle),
         Err(e) => {
@@ -983,13 +999,14 @@ async fn timeline(
             return None;
         }
     }
-    let after = soak.published_kids().await.unwrap_or_default();
-    let gone: Vec<String> = before.difference(&after).cloned().collect();
-    soak.retired
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .extend(gone.iter().cloned());
-    lock(&soak.pool).0.retain(|t| !gone.contains(&t.kid));
+    match soak.published_kids().await {
+        Ok(after) if after.len() == 1 && after.contains(&kept) => {}
+        Ok(after) => soak.control_failure(format!(
+            "after the restart the IdP publishes {after:?}, not the key file's {kept}"
+        )),
+        Err(e) => soak.control_failure(format!("JWKS after the restart: {e}")),
+    }
+    let gone: Vec<String> = gone.into_iter().collect();
     if let Some(o) = lock(&soak.outages).last_mut() {
         o.1 = Some(Instant::now());
     }
@@ -1067,6 +1084,7 @@ async fn main() -> Result<(), BoxError> {
         outages: Mutex::new(Vec::new()),
         idp_up: AtomicBool::new(true),
         fixed: OnceLock::new(),
+        key_file_kid: OnceLock::new(),
         stats: Mutex::new(Stats::default()),
         t0: OnceLock::new(),
         done: AtomicBool::new(false),
@@ -1080,6 +1098,7 @@ async fn main() -> Result<(), BoxError> {
     wait_ready(&soak.http, &soak.setup.admin).await?;
     let initial = soak.mint_batch(POOL_INITIAL).await?;
     let first = initial.first().cloned().ok_or("no token minted")?;
+    let _ = soak.key_file_kid.set(first.kid.clone());
     initial.into_iter().for_each(|t| soak.add_arc(t));
     let fixed = soak.make_fixed(&first)?;
     let _ = soak.fixed.set(fixed);
