@@ -82,6 +82,8 @@ mod access_log;
 mod admin;
 #[cfg(feature = "server")]
 mod api;
+#[cfg(feature = "server")]
+mod delegation;
 #[cfg(feature = "dev-idp")]
 pub mod demo;
 #[cfg(feature = "dev-idp")]
@@ -98,6 +100,8 @@ mod login;
 mod path;
 #[cfg(feature = "server")]
 mod proxy;
+#[cfg(feature = "server")]
+mod response;
 #[cfg(feature = "server")]
 mod routes;
 #[cfg(feature = "server")]

@@ -20,6 +20,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
+// The refusal shapes live in `response`; the proxy's callers still name them here.
+pub(crate) use crate::response::{json_error, method_not_allowed};
+
 /// Where and how requests are forwarded.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamSettings {
@@ -128,30 +131,6 @@ impl Forwarder {
     }
 }
 
-/// JSON error response `{"error": code, "error_description": description}` with `status`.
-///
-/// Callers add headers such as `WWW-Authenticate` through `headers_mut()`. The description is
-/// sent to the client as is: it must not contain tokens or header values.
-pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> Response<Body> {
-    #[derive(serde::Serialize)]
-    struct ErrorBody<'a> {
-        error: &'a str,
-        error_description: &'a str,
-    }
-    // Serialising two strings cannot fail; an empty body would still carry the status.
-    let body = serde_json::to_vec(&ErrorBody {
-        error: code,
-        error_description: description,
-    })
-    .unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON.clone());
-    headers.insert(header::CACHE_CONTROL, NO_STORE.clone());
-    response
-}
-
 pin_project_lite::pin_project! {
     /// A request body that says when it has all been sent: the upstream timeout starts then.
     struct UploadWatch<B> {
@@ -190,16 +169,6 @@ impl<B: http_body::Body> http_body::Body for UploadWatch<B> {
     }
 }
 
-/// `405` for a known path asked with a method it does not serve, in the same JSON shape as
-/// every other refusal; axum adds the `Allow` header (RFC 9110 §15.5.6).
-pub(crate) async fn method_not_allowed(method: http::Method) -> Response<Body> {
-    json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request",
-        &format!("{method} is not allowed on this path"),
-    )
-}
-
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -211,8 +180,6 @@ static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 // Cloning a static value is a pointer copy; it is never parsed or allocated again.
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
-pub(crate) static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-pub(crate) static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Why a request got no upstream response; the `Display` text is sent to the client, so it
 /// never includes header values, the target or the upstream's address.

@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::error;
+use crate::response::api_error;
 
 /// Largest request body accepted; a token request is well under a few KiB.
 const MAX_BODY: usize = 64 * 1024;
@@ -29,7 +29,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
             Some(c) if c.eq_ignore_ascii_case("application/x-www-form-urlencoded") => false,
             other => {
                 let got = other.unwrap_or("none");
-                return Err(error(
+                return Err(api_error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "invalid_request",
                     &format!(
@@ -42,13 +42,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
             .await
             .map_err(|e| {
                 if too_large(&e) {
-                    error(
+                    api_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "invalid_request",
                         &format!("request body larger than {MAX_BODY} bytes"),
                     )
                 } else {
-                    error(
+                    api_error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "the request body could not be read",
@@ -62,7 +62,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
         };
         parsed
             .map(ApiBody)
-            .map_err(|d| error(StatusCode::BAD_REQUEST, "invalid_request", &d))
+            .map_err(|d| api_error(StatusCode::BAD_REQUEST, "invalid_request", &d))
     }
 }
 

@@ -34,8 +34,8 @@ use serde_json::{Value, json};
 
 use body::ApiBody;
 
-use crate::exchange::{ExchangeError, ExchangedToken, Exchanger};
-use crate::proxy::{APPLICATION_JSON, NO_STORE};
+use crate::exchange::{ExchangedToken, Exchanger};
+use crate::response::{api_error, exchange_error, uncacheable_json};
 use crate::server::state::AppState;
 
 /// Builds the API router. When an API key is configured every route needs
@@ -48,9 +48,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/token/delegated", post(delegated::delegated))
         .route("/api/v1/users/{oid}", delete(delegated::forget_user))
         .route("/api/v1/openapi.json", get(openapi::document))
-        .method_not_allowed_fallback(crate::proxy::method_not_allowed)
+        .method_not_allowed_fallback(crate::response::method_not_allowed)
         .fallback(|| async {
-            error(
+            api_error(
                 StatusCode::NOT_FOUND,
                 "invalid_request",
                 "unknown API route",
@@ -68,19 +68,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     routes.with_state(state)
 }
 
-/// An API error response `{error, error_description}`.
-pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": code, "error_description": description})),
-    )
-        .into_response()
-}
-
-fn exchange_error(e: &ExchangeError) -> Response {
-    (e.status(), Json(e.to_json())).into_response()
-}
-
 fn token_response(t: &ExchangedToken) -> Response {
     token_answer(t.access_token(), t.expires_in(), t.is_json_plain())
 }
@@ -94,14 +81,6 @@ pub(crate) fn token_answer(access_token: &str, expires_in: u64, json_plain: bool
         token_json(access_token, expires_in, json_plain),
     )
         .into_response()
-}
-
-/// The headers of an answer holding a token or a user's claims: JSON, never cached.
-fn uncacheable_json() -> [(http::HeaderName, HeaderValue); 2] {
-    [
-        (http::header::CONTENT_TYPE, APPLICATION_JSON.clone()),
-        (http::header::CACHE_CONTROL, NO_STORE.clone()),
-    ]
 }
 
 /// `{"access_token": ..., "token_type": "Bearer", "expires_in": ...}`. A JWT needs no JSON
@@ -141,7 +120,7 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     if ok {
         return next.run(req).await;
     }
-    let mut resp = error(
+    let mut resp = api_error(
         StatusCode::UNAUTHORIZED,
         "invalid_client",
         "a valid API key is required (Authorization: Bearer <key>)",
@@ -184,12 +163,12 @@ pub(crate) struct IntrospectRequest {
 pub(crate) fn exchanger<'a>(state: &'a AppState, name: &str) -> Result<&'a Exchanger, Response> {
     match state.exchanger(name) {
         Some(Ok(x)) => Ok(x),
-        Some(Err(why)) => Err(error(
+        Some(Err(why)) => Err(api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             &format!("identity provider '{name}' cannot exchange tokens: {why}"),
         )),
-        None => Err(error(
+        None => Err(api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             &format!("identity provider '{name}' is not enabled"),
@@ -242,11 +221,20 @@ async fn introspect(
     };
     match validator.validate(&req.token).await {
         Ok(claims) => {
-            let body = claims.introspection_with(introspection).clone();
+            let body = claims.memo(Introspection::of).0.clone();
             // The claims describe a user: no more cacheable than the token.
             (uncacheable_json(), body).into_response()
         }
         Err(e) => Json(json!({"active": false, "error": e.to_string()})).into_response(),
+    }
+}
+
+/// The serialised active answer, kept with the claims it describes.
+struct Introspection(bytes::Bytes);
+
+impl Introspection {
+    fn of(claims: &crate::validate::Claims) -> Self {
+        Self(introspection(claims))
     }
 }
 

@@ -20,8 +20,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
 use url::Url;
 
-use crate::api::delegated::{DEFAULT_REFRESH_LIFETIME, lock_user};
-use crate::proxy::json_error;
+use crate::delegation::{self, LoginGrant, lock_user};
+use crate::response::json_error;
 use crate::server::state::AppState;
 use crate::store::{StoreError, UserTokens};
 use crate::util::now;
@@ -406,35 +406,18 @@ async fn capture(
     if code_grant && claims.get("nonce").is_none() {
         return Err("the ID token of the code grant has no nonce".into());
     }
-    let oid = claims.oid().ok_or("the ID token has no oid")?.to_owned();
-    let tid = claims.tid().unwrap_or_default().to_owned();
-    let expires_in = doc
-        .get("expires_in")
-        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-        .unwrap_or(0);
-    let refresh_lifetime = doc
-        .get("refresh_token_expires_in")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_REFRESH_LIFETIME);
-    let record = UserTokens {
-        oid,
-        tid,
-        upn: claims.username().map(str::to_owned),
-        access_token: access_token.to_owned(),
-        access_token_expires_at: now() + expires_in,
-        scopes: s("scope")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
-        refresh_token: refresh_token.to_owned(),
-        refresh_token_expires_at: now() + refresh_lifetime,
-        sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
+    let grant = LoginGrant {
+        access_token,
+        refresh_token,
+        scope: s("scope"),
+        expires_in: doc
+            .get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(0),
+        refresh_token_expires_in: doc.get("refresh_token_expires_in").and_then(Value::as_u64),
     };
-    let provider = validator.provider().name();
-    let _guard = lock_user(store, provider, &record.oid).await;
-    store
-        .put(provider, &record)
+    let record = delegation::login_record(&grant, &claims)?;
+    delegation::store_login(store, validator.provider().name(), &record)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(oid = %record.oid, "login: stored the user's tokens");

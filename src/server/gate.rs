@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use crate::access_log::AccessNote;
 use crate::config::AuthMode;
 use crate::exchange::ExchangeError;
-use crate::proxy::json_error;
+use crate::response::{auth_error, json_error, obo_error};
 use crate::routes::Route;
 use crate::validate::{Claims, QUERY_TOKEN, SentToken, ValidationError};
 
@@ -310,87 +310,6 @@ fn missing_auth_context(
     ))
 }
 
-/// An OBO failure on the proxy path. A Conditional Access / MFA challenge goes back to the
-/// client as `401` with `error="insufficient_claims"`, the base64 `claims` and, when known, the
-/// IdP's `authorization_uri`, so it can step up (entra-reference §6.3); a token that cannot be
-/// exchanged (app-only) is the client's `401`; IdP failures are `502`/`504`.
-fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> Response<Body> {
-    match e {
-        ExchangeError::Idp(idp) if idp.claims.is_some() => crate::validate::claims_challenge(
-            idp.claims.as_deref().unwrap_or_default(),
-            authorization_uri,
-            "the identity provider requires additional claims (step-up authentication)",
-        ),
-        // The IdP refused tollgate itself (its credential, its registration, the route's
-        // target): the client can do nothing about it, so it is a gateway failure, logged.
-        ExchangeError::Idp(idp)
-            if matches!(
-                idp.error.as_str(),
-                "invalid_client"
-                    | "unauthorized_client"
-                    | "invalid_scope"
-                    | "invalid_resource"
-                    | "invalid_request"
-                    | "unsupported_grant_type"
-            ) =>
-        {
-            tracing::error!(
-                error = %idp.error,
-                error_codes = ?idp.error_codes,
-                "On-Behalf-Of: the identity provider refused tollgate's request (configuration)"
-            );
-            json_error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                &format!(
-                    "the identity provider refused tollgate's On-Behalf-Of request ({})",
-                    idp.error
-                ),
-            )
-        }
-        // The user's grant does not allow the exchange (consent, a revoked session, ...).
-        ExchangeError::Idp(idp) => {
-            let reason = match &idp.suberror {
-                Some(sub) => format!("{}, {sub}", idp.error),
-                None => idp.error.clone(),
-            };
-            json_error(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                &format!("the identity provider refused the On-Behalf-Of exchange ({reason})"),
-            )
-        }
-        ExchangeError::InvalidSubject(v) => auth_error(v),
-        ExchangeError::Upstream { timeout: true, .. } => json_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "gateway_timeout",
-            "the identity provider timed out",
-        ),
-        ExchangeError::ClientAuth(c) => {
-            tracing::error!(error = %c, "On-Behalf-Of: tollgate's client credential is unusable");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "tollgate's client credential is misconfigured",
-            )
-        }
-        other => {
-            // The detail (addresses, OS errors) is for the operator, not the public client.
-            tracing::warn!(error = %other, "On-Behalf-Of failed");
-            json_error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "the identity provider could not be reached or answered badly",
-            )
-        }
-    }
-}
-
-/// The RFC 6750 §3 answer for a refused request: status, `WWW-Authenticate`, JSON body.
-pub(crate) fn auth_error(e: &ValidationError) -> Response<Body> {
-    e.to_response()
-}
-
 const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 const X_AUTH_OID: HeaderName = HeaderName::from_static("x-auth-oid");
 const X_AUTH_TID: HeaderName = HeaderName::from_static("x-auth-tid");
@@ -450,8 +369,17 @@ fn dashed_eq(name: &[u8], other: &[u8]) -> bool {
 fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
     // Built once per validated token and kept with its cached claims; here only cloned
     // (a reference-count increment per value).
-    for (name, value) in claims.identity_headers_with(identity_headers) {
+    for (name, value) in &claims.memo(IdentityHeaders::of).0 {
         headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// The identity headers of one validated token, kept with its claims.
+struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl IdentityHeaders {
+    fn of(claims: &Claims) -> Self {
+        Self(identity_headers(claims))
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`Claims`]: what a validated token says, and the route checks made on it.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -36,12 +37,9 @@ struct ClaimsInner {
     provider: String,
     /// `sha256(token)`, set by the validator that produced these claims.
     token_digest: std::sync::OnceLock<[u8; 32]>,
-    /// The proxy's `X-Auth-*` header values, built at the first request that needs them.
-    #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    identity_headers: std::sync::OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
-    /// The token API's serialised `/introspect` answer, built at the first introspection.
-    #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    introspection: std::sync::OnceLock<bytes::Bytes>,
+    /// What callers derive from these claims (the proxy's identity headers, the API's
+    /// introspection answer), built at the first request that needs it.
+    memo: Memo,
 }
 
 impl Claims {
@@ -84,8 +82,7 @@ impl Claims {
             exp,
             provider: provider.to_owned(),
             token_digest: std::sync::OnceLock::new(),
-            identity_headers: std::sync::OnceLock::new(),
-            introspection: std::sync::OnceLock::new(),
+            memo: Memo::default(),
         }))
     }
 
@@ -99,23 +96,12 @@ impl Claims {
         self.0.token_digest.get()
     }
 
-    /// The identity header values, built by `init` once and kept with these claims: a token
-    /// validated from the cache then costs no formatting per request.
+    /// The caller's value of type `T` for these claims, built by `init` once and kept with them:
+    /// a token validated from the cache then costs no formatting per request. Each caller keys
+    /// its value by a type of its own.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    pub(crate) fn identity_headers_with(
-        &self,
-        init: impl FnOnce(&Claims) -> Vec<(http::HeaderName, http::HeaderValue)>,
-    ) -> &[(http::HeaderName, http::HeaderValue)] {
-        self.0.identity_headers.get_or_init(|| init(self))
-    }
-
-    /// The serialised introspection answer, built by `init` once and kept with these claims.
-    #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    pub(crate) fn introspection_with(
-        &self,
-        init: impl FnOnce(&Claims) -> bytes::Bytes,
-    ) -> &bytes::Bytes {
-        self.0.introspection.get_or_init(|| init(self))
+    pub(crate) fn memo<T: Any + Send + Sync>(&self, init: impl FnOnce(&Claims) -> T) -> &T {
+        self.0.memo.get_or_init(|| init(self))
     }
 
     /// `sub`.
@@ -391,5 +377,116 @@ impl Claims {
 
     fn str(&self, name: &str) -> Option<&str> {
         self.0.map.get(name).and_then(Value::as_str)
+    }
+}
+
+/// A tiny map from type to value, filled once per type and never emptied: an append-only list of
+/// entries, each in a `OnceLock`, so a lookup takes no lock and allocates nothing. It holds a
+/// couple of entries at most, so the walk is shorter than hashing would be.
+#[derive(Default)]
+struct Memo(OnceLock<Box<dyn MemoEntry>>);
+
+/// One value of a [`Memo`] and the rest of the list.
+struct Entry<T> {
+    value: T,
+    next: Memo,
+}
+
+trait MemoEntry: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn next(&self) -> &Memo;
+}
+
+impl<T: Any + Send + Sync> MemoEntry for Entry<T> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn next(&self) -> &Memo {
+        &self.next
+    }
+}
+
+impl Memo {
+    fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> &T {
+        let mut slot = self;
+        while let Some(filled) = slot.0.get() {
+            if let Some(e) = filled.as_any().downcast_ref::<Entry<T>>() {
+                return &e.value;
+            }
+            slot = filled.next();
+        }
+        // Built outside the `OnceLock`, so that when another thread fills this slot first (with
+        // its own type, or with `T` too, as `OnceLock::get_or_init` would keep only one) the
+        // entry can go on to the next empty slot.
+        let mut pending: Option<Box<dyn MemoEntry>> = Some(Box::new(Entry {
+            value: init(),
+            next: Memo::default(),
+        }));
+        loop {
+            if let Some(filled) = slot.0.get() {
+                if let Some(e) = filled.as_any().downcast_ref::<Entry<T>>() {
+                    return &e.value;
+                }
+                slot = filled.next();
+            } else if let Some(entry) = pending.take()
+                && let Err(lost) = slot.0.set(entry)
+            {
+                pending = Some(lost);
+            }
+            // A slot once set stays set: the next turn finds it filled, by this call or another.
+        }
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_keeps_one_value_per_type() {
+        struct Headers(String);
+        struct Answer(u32);
+        let claims = Claims::from_map("p", Map::new());
+        let first: *const Headers = claims.memo(|_| Headers("built".into()));
+        assert_eq!(claims.memo(|_| Answer(7)).0, 7);
+        // Built once: later calls get the same value and never run their `init`.
+        let again = claims.memo(|_| Headers("rebuilt".into()));
+        assert!(std::ptr::eq(first, again));
+        assert_eq!(again.0, "built");
+        assert_eq!(claims.memo(|_| Answer(8)).0, 7);
+        // Clones share the claims, so they share the values too.
+        assert_eq!(claims.clone().memo(|_| Headers("clone".into())).0, "built");
+    }
+
+    #[test]
+    fn memo_entries_of_racing_threads_all_land() {
+        struct A(u8);
+        struct B(u8);
+        struct C(u8);
+        let claims = Claims::from_map("p", Map::new());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    assert_eq!(claims.memo(|_| A(1)).0, 1);
+                    assert_eq!(claims.memo(|_| B(2)).0, 2);
+                    assert_eq!(claims.memo(|_| C(3)).0, 3);
+                });
+            }
+        });
+        assert_eq!(
+            (
+                claims.memo(|_| A(0)).0,
+                claims.memo(|_| B(0)).0,
+                claims.memo(|_| C(0)).0
+            ),
+            (1, 2, 3)
+        );
     }
 }
