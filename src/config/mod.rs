@@ -260,8 +260,8 @@ impl Config {
     }
 }
 
-/// `[store]` is checked where it is read (`store`), except what `tollgate check` should catch
-/// before a connection is tried.
+/// `[store]`: the Redis URL is checked here, without connecting, so `tollgate check` refuses
+/// one that cannot work.
 fn check_store(store: &StoreConfig) -> Result<(), ConfigError> {
     #[cfg(feature = "redis")]
     if store.kind == StoreKind::Redis
