@@ -1,0 +1,213 @@
+//! Where the environment comes from ([`EnvSource`]), which `TOLLGATE_*` names are options, and
+//! the Texas/NAIS names (`AZURE_*`, `BIND_ADDRESS`) applied to the `entra_id` provider.
+
+use std::collections::HashMap;
+
+use figment::Figment;
+use url::Url;
+
+use super::{ClientAuthMethod, Config, ConfigError, ProviderConfig, Secret};
+
+/// Where environment variables come from: the process, or a map in tests.
+///
+/// ```
+/// use tollgate::config::{Config, EnvSource};
+/// struct Fixed;
+/// impl EnvSource for Fixed {
+///     fn vars(&self) -> Vec<(String, String)> {
+///         vec![("TOLLGATE_LOG__LEVEL".into(), "debug".into())]
+///     }
+/// }
+/// assert_eq!(Config::from_toml_str("", &Fixed)?.log.level, "debug");
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+pub trait EnvSource {
+    /// All variables (name, value).
+    ///
+    /// ```
+    /// use tollgate::config::{EnvSource, MapEnv};
+    /// assert_eq!(MapEnv::from([("BIND_ADDRESS", "127.0.0.1:7164")]).vars().len(), 1);
+    /// ```
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+///
+/// Variables whose name or value is not UTF-8 are skipped.
+///
+/// ```
+/// use tollgate::config::{EnvSource, ProcessEnv};
+/// assert!(ProcessEnv.vars().len() <= std::env::vars_os().count());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    }
+}
+
+/// A fixed set of variables, for tests and embedding.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv};
+/// let env = MapEnv::from([("TOLLGATE_UPSTREAM__URL", "http://127.0.0.1:8000")]);
+/// let cfg = Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:3000\"\n", &env)?;
+/// assert_eq!(cfg.upstream.url.port(), Some(8000)); // the environment wins
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv(HashMap<String, String>);
+
+impl<const N: usize> From<[(&str, &str); N]> for MapEnv {
+    fn from(vars: [(&str, &str); N]) -> Self {
+        Self(
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for MapEnv {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(vars: I) -> Self {
+        Self(
+            vars.into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl EnvSource for MapEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// The `TOLLGATE_*` variables in `env` that are not configuration and were left alone
+/// (Kubernetes service links such as `TOLLGATE_SERVICE_HOST`), for a debug line at start.
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv, ignored_env_names};
+/// let env = MapEnv::from([
+///     ("TOLLGATE_SERVICE_HOST", "10.0.0.7"),
+///     ("TOLLGATE_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+///     ("TOLLGATE_LOG__LEVEL", "debug"),
+/// ]);
+/// assert_eq!(Config::from_toml_str("", &env)?.log.level, "debug");
+/// assert_eq!(ignored_env_names(&env), ["TOLLGATE_PORT_8080_TCP", "TOLLGATE_SERVICE_HOST"]);
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+pub fn ignored_env_names(env: &dyn EnvSource) -> Vec<String> {
+    let mut names: Vec<String> = env
+        .vars()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            name.starts_with("TOLLGATE_") && name != "TOLLGATE_CONFIG" && env_option(name).is_none()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `figment` with every `TOLLGATE_<SECTION>__<KEY>` variable of `vars` merged over it.
+pub(super) fn merge_tollgate_vars(mut figment: Figment, vars: &[(String, String)]) -> Figment {
+    for (name, value) in vars {
+        let Some(rest) = env_option(name) else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        let last = key.rsplit('.').next().unwrap_or(&key);
+        let parsed = if STRING_KEYS.contains(&last) {
+            figment::value::Value::from(value.clone())
+        } else {
+            value
+                .parse::<figment::value::Value>()
+                .unwrap_or_else(|never| match never {})
+        };
+        figment = figment.merge((key, parsed));
+    }
+    figment
+}
+
+/// Applies the Texas/NAIS names: `BIND_ADDRESS` to `listen.api`, the `AZURE_*` ones to the
+/// provider named `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set).
+pub(super) fn apply_nais_env(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    if let Some(addr) = get("BIND_ADDRESS") {
+        let addr = addr.parse().map_err(|_| {
+            ConfigError::invalid("BIND_ADDRESS", "not a socket address (host:port)")
+        })?;
+        cfg.listen.api = Some(addr);
+    }
+    let client_id = get("AZURE_APP_CLIENT_ID");
+    let idx = match cfg.providers.iter().position(|p| p.name == "entra_id") {
+        Some(i) => i,
+        None if client_id.is_some() => {
+            cfg.providers.push(ProviderConfig::default());
+            cfg.providers.len() - 1
+        }
+        None => return Ok(()),
+    };
+    let p = &mut cfg.providers[idx];
+    if let Some(id) = client_id {
+        p.client_id = id;
+    }
+    if let Some(secret) = get("AZURE_APP_CLIENT_SECRET") {
+        p.client_secret = Some(Secret::new(secret));
+    }
+    if let Some(jwk) = get("AZURE_APP_JWK") {
+        p.client_jwk = Some(Secret::new(jwk));
+        if p.client_secret.is_none() && p.client_secret_file.is_none() {
+            p.client_auth = ClientAuthMethod::PrivateKeyJwt;
+        }
+    }
+    let url = |n: &str| -> Result<Option<Url>, ConfigError> {
+        get(n)
+            .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string())))
+            .transpose()
+    };
+    if let Some(u) = url("AZURE_APP_WELL_KNOWN_URL")? {
+        p.well_known_url = Some(u);
+    }
+    if let Some(u) = url("AZURE_OPENID_CONFIG_JWKS_URI")? {
+        p.jwks_uri = Some(u);
+    }
+    if let Some(u) = url("AZURE_OPENID_CONFIG_TOKEN_ENDPOINT")? {
+        p.token_endpoint = Some(u);
+    }
+    if let Some(iss) = get("AZURE_OPENID_CONFIG_ISSUER") {
+        p.issuer = Some(iss);
+    }
+    Ok(())
+}
+
+/// Option names whose values stay strings even when they look like numbers or booleans.
+const STRING_KEYS: &[&str] = &[
+    "client_secret",
+    "client_id",
+    "key",
+    "client_jwk",
+    "name",
+    "level",
+];
+
+/// The `<SECTION>__<KEY>` part of a `TOLLGATE_*` variable that is configuration.
+///
+/// Only names with a `__` level separator are: Kubernetes puts `TOLLGATE_PORT`,
+/// `TOLLGATE_SERVICE_HOST`, `TOLLGATE_PORT_8080_TCP_ADDR` ... into every pod of a namespace that
+/// has a Service named `tollgate` (service links), and those must not stop the start. A
+/// misspelt key inside a section (`TOLLGATE_LOG__LEVLE`) still has the `__` and stays an error.
+/// `TOLLGATE_CONFIG` names the file (read by the CLI); it is not an option.
+fn env_option(name: &str) -> Option<&str> {
+    name.strip_prefix("TOLLGATE_")
+        .filter(|rest| rest.contains("__") && name != "TOLLGATE_CONFIG")
+}

@@ -1,0 +1,241 @@
+//! `[[routes]]`: what the public listener does for each path prefix, and which headers a route
+//! may put exchanged tokens in.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::provider::target_problem;
+use super::{ConfigError, ProviderConfig};
+
+/// `[[routes]]`: what the public listener does for a path prefix.
+///
+/// ```
+/// use tollgate::config::{AuthMode, RouteConfig};
+/// let route = RouteConfig { path: "/api".into(), scopes: vec!["access_as_user".into()], ..Default::default() };
+/// assert_eq!(route.auth, AuthMode::Required); // the default
+/// assert!(route.identity_headers && route.obo.is_none());
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Path prefix; the longest matching prefix wins.
+    pub path: String,
+    /// Provider name; optional when exactly one provider is configured.
+    pub provider: Option<String>,
+    /// Whether a bearer token is needed.
+    pub auth: AuthMode,
+    /// Any of these scopes (`scp`) is enough; empty means no scope check.
+    pub scopes: Vec<String>,
+    /// Any of these roles (`roles`) is enough; empty means no role check.
+    pub roles: Vec<String>,
+    /// Replace `Authorization` with an On-Behalf-Of token for this target.
+    pub obo: Option<String>,
+    /// Extra headers carrying OBO tokens for other targets: header name -> target.
+    pub obo_headers: BTreeMap<String, String>,
+    /// Add `X-Auth-*` identity headers.
+    pub identity_headers: bool,
+    /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`,
+    /// and no `Authorization`) without a token, so the app can answer them: browsers never
+    /// send credentials on a preflight (Fetch standard, CORS-preflight request). Like
+    /// oauth2-proxy's `skip_auth_preflight`.
+    pub skip_auth_preflight: bool,
+    /// Also take the token from an `access_token` query parameter (RFC 6750 §2.3), for
+    /// WebSocket and EventSource clients that cannot set headers (SignalR sends it this way).
+    /// tollgate takes it out of the forwarded URL (URLs end up in logs) and hands the app the
+    /// same `Authorization: Bearer` header a header client would have sent.
+    pub token_in_query: bool,
+    /// A Conditional Access authentication context (`c1` ... `c99`) the token must carry in
+    /// `acrs`. Without it the client gets `401` with an `insufficient_claims` challenge asking
+    /// for it, so MSAL can step the user up (Entra's authentication-context guidance).
+    pub auth_context: Option<String>,
+    /// Overrides the provider's `allow_unscoped_tokens` for this route.
+    pub allow_unscoped_tokens: Option<bool>,
+    /// Clients (`azp`/`appid`) accepted on this route, on top of the provider's list; empty
+    /// adds no restriction.
+    pub allowed_client_ids: Vec<String>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            provider: None,
+            auth: AuthMode::Required,
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            obo: None,
+            obo_headers: BTreeMap::new(),
+            identity_headers: true,
+            skip_auth_preflight: false,
+            token_in_query: false,
+            auth_context: None,
+            allow_unscoped_tokens: None,
+            allowed_client_ids: Vec::new(),
+        }
+    }
+}
+
+/// Whether a route needs a bearer token.
+///
+/// ```
+/// use tollgate::config::{AuthMode, Config, MapEnv};
+/// let cfg = Config::from_toml_str("[[routes]]\npath = \"/healthz\"\nauth = \"none\"\n", &MapEnv::default())?;
+/// assert_eq!(cfg.routes[0].auth, AuthMode::None);
+/// // Scopes need a validated token.
+/// let bad = "[[routes]]\npath = \"/x\"\nauth = \"none\"\nscopes = [\"a\"]\n";
+/// assert!(Config::from_toml_str(bad, &MapEnv::default()).is_err());
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is needed.
+    Required,
+    /// A token is validated when present; requests without one pass unauthenticated.
+    Optional,
+    /// No validation; the request is proxied as is (minus spoofed identity headers).
+    None,
+}
+
+/// Checks `[[routes]]`: each route's own options, then that no path is configured twice (the
+/// order errors are reported in).
+pub(super) fn check_routes(
+    routes: &[RouteConfig],
+    providers: &[ProviderConfig],
+) -> Result<(), ConfigError> {
+    for (i, r) in routes.iter().enumerate() {
+        r.check(i, providers)?;
+    }
+    let mut paths = HashSet::new();
+    for (i, r) in routes.iter().enumerate() {
+        if !paths.insert(r.path.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].path"),
+                format!("duplicate route {:?}", r.path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RouteConfig {
+    /// The provider this route uses among `providers`: the one it names, else the only one.
+    pub(super) fn provider_in<'a>(
+        &self,
+        providers: &'a [ProviderConfig],
+    ) -> Result<&'a ProviderConfig, String> {
+        match &self.provider {
+            Some(name) => super::provider::named(providers, name)
+                .ok_or_else(|| format!("no provider named {name:?}")),
+            None if providers.len() == 1 => Ok(&providers[0]),
+            None if providers.is_empty() => Err("no provider is configured".into()),
+            None => Err("required when several providers are configured".into()),
+        }
+    }
+
+    /// The options of the route at index `i` in `[[routes]]`; its provider must be among
+    /// `providers` unless it needs no token.
+    fn check(&self, i: usize, providers: &[ProviderConfig]) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("routes[{i}].{k}");
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::invalid(at("path"), "must start with '/'"));
+        }
+        if self.auth != AuthMode::None {
+            self.provider_in(providers)
+                .map_err(|m| ConfigError::invalid(at("provider"), m))?;
+        }
+        if self.auth == AuthMode::None
+            && (!self.scopes.is_empty()
+                || !self.roles.is_empty()
+                || self.obo.is_some()
+                || !self.obo_headers.is_empty()
+                || self.auth_context.is_some()
+                || self.token_in_query
+                || self.allow_unscoped_tokens.is_some()
+                || !self.allowed_client_ids.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                at("auth"),
+                "scopes, roles, auth_context, token_in_query, allow_unscoped_tokens, allowed_client_ids, obo and obo_headers need auth = \"required\"",
+            ));
+        }
+        if self.allowed_client_ids.iter().any(|id| id.is_empty()) {
+            return Err(ConfigError::invalid(
+                at("allowed_client_ids"),
+                "a client id is blank",
+            ));
+        }
+        if let Some(id) = &self.auth_context
+            && (id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ConfigError::invalid(
+                at("auth_context"),
+                "must be an authentication context id such as \"c1\"",
+            ));
+        }
+        if self.auth == AuthMode::Optional && (self.obo.is_some() || !self.obo_headers.is_empty()) {
+            return Err(ConfigError::invalid(
+                at("obo"),
+                "obo needs auth = \"required\"",
+            ));
+        }
+        if let Some(why) = self.obo.as_deref().and_then(target_problem) {
+            return Err(ConfigError::invalid(at("obo"), why));
+        }
+        for (name, target) in &self.obo_headers {
+            let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                return Err(ConfigError::invalid(
+                    at("obo_headers"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+            };
+            if let Some(why) = reserved_header(&header) {
+                return Err(ConfigError::invalid(
+                    at("obo_headers"),
+                    format!("{name:?} cannot carry a token: {why}"),
+                ));
+            }
+            if let Some(why) = target_problem(target) {
+                return Err(ConfigError::invalid(
+                    at("obo_headers"),
+                    format!("{name:?}: {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection` and the proxy authentication pair), which the proxy never forwards.
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Why a route's `obo_headers` cannot use this header name, if it cannot: the value would be
+/// dropped on the way (hop-by-hop fields, RFC 9110 section 7.6.1), frame the message (`Host`,
+/// `Content-Length`), or take the place of a header tollgate sets itself (`Authorization` is
+/// what `obo` replaces; `X-Auth-*` are the identity headers).
+fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
+    let name = name.as_str();
+    match name {
+        _ if HOP_BY_HOP.contains(&name) => {
+            Some("it is a hop-by-hop header (RFC 9110 section 7.6.1) and is not forwarded")
+        }
+        "host" | "content-length" => Some("it frames the request"),
+        "authorization" => Some("use `obo` to replace Authorization"),
+        _ if name.starts_with("x-auth-") => Some("X-Auth-* are tollgate's identity headers"),
+        _ => None,
+    }
+}
