@@ -1,13 +1,16 @@
 //! `tollgate demo` as a newcomer runs it: start the process, do what the printed commands do,
 //! check every answer, stop it with SIGINT.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
+use support::browser::hidden_inputs;
+use support::jwt_claims as claims;
 
 struct Demo {
     child: Child,
@@ -68,24 +71,6 @@ fn start_demo() -> Demo {
         lines,
         log,
     }
-}
-
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    let unescape = |s: &str| {
-        s.replace("&quot;", "\"")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&#39;", "'")
-            .replace("&amp;", "&")
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|chunk| {
-            let name = chunk.split("name=\"").nth(1)?.split('"').next()?;
-            let value = chunk.split("value=\"").nth(1)?.split('"').next()?;
-            Some((name.to_owned(), unescape(value)))
-        })
-        .collect()
 }
 
 /// The commands the banner prints under each `# N.` heading, in order.
@@ -158,16 +143,6 @@ fn header(head: &str, name: &str) -> Option<String> {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
     })
-}
-
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! client authentication, OBO rules, Entra error shapes, MFA challenges and the dev hooks.
 #![cfg(feature = "dev-idp")]
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
+use support::browser::{hidden_inputs, unescape};
+use support::{http, jwt_claims as unverified_claims, now};
 use tollgate::devidp::*;
 
 const TOLLGATE_SCOPE: &str = "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user";
@@ -1612,7 +1616,8 @@ async fn federated_credential_assertions_authenticate_the_app() {
     .unwrap();
 
     let federated = |key: &TestKey, iss: &str, sub: &str, aud: Value, lifetime: i64| {
-        let now = now();
+        // i64: `lifetime` is negative for an expired assertion.
+        let now = now() as i64;
         key.sign(
             &key.header(Algorithm::RS256),
             &json!({"iss": iss, "sub": sub, "aud": aud, "iat": now, "exp": now + lifetime}),
@@ -2557,21 +2562,6 @@ async fn start() -> DevIdpHandle {
     .unwrap()
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 async fn fetch_jwks(idp: &DevIdpHandle, tid: &str) -> Value {
     http()
         .get(idp.jwks_uri(tid))
@@ -2605,11 +2595,6 @@ fn verify(token: &str, jwks: &Value, aud: &str, iss: &str) -> Value {
     jsonwebtoken::decode::<Value>(token, &decoding, &validation)
         .unwrap()
         .claims
-}
-
-fn unverified_claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 async fn post_token(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
@@ -2729,7 +2714,8 @@ fn assertion_form<'a>(
 }
 
 fn assertion_claims(client_id: &str, aud: Value, lifetime: i64) -> Value {
-    let now = now();
+    // i64: `lifetime` is negative for an expired assertion.
+    let now = now() as i64;
     json!({"iss": client_id, "sub": client_id, "aud": aud, "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + lifetime})
 }
 
@@ -2878,31 +2864,6 @@ fn location(response: &reqwest::Response) -> (String, HashMap<String, String>) {
     let url = url::Url::parse(&location).unwrap();
     let params = url.query_pairs().into_owned().collect();
     (location, params)
-}
-
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let marker = "<input type=\"hidden\" name=\"";
-    let mut rest = html;
-    while let Some(i) = rest.find(marker) {
-        rest = &rest[i + marker.len()..];
-        let name_end = rest.find('"').unwrap();
-        let name = unescape(&rest[..name_end]);
-        let value_marker = "value=\"";
-        let value_start = rest.find(value_marker).unwrap() + value_marker.len();
-        let value_end = value_start + rest[value_start..].find('"').unwrap();
-        out.push((name, unescape(&rest[value_start..value_end])));
-        rest = &rest[value_end..];
-    }
-    out
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
 }
 
 /// An RSA key generated for the test, as a client or an external issuer would hold it.

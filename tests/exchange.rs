@@ -96,18 +96,14 @@ struct Stack {
 fn config_text(echo: &Echo, body: &str) -> String {
     format!(
         r#"
-[listen]
-public = "127.0.0.1:0"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "2s"
-
+{listen_block}
 [upstream]
 url = "{}"
 timeout = "5s"
 {body}
 "#,
-        echo.url()
+        echo.url(),
+        listen_block = support::config::listen("2s"),
     )
 }
 

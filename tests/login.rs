@@ -10,15 +10,14 @@
 //! deletion and logout, with the memory, SQLite and Redis stores.
 //!
 //! Chromium and chromedriver come from Debian (`chromium`, `chromium-driver`); without them the
-//! browser test prints a loud SKIPPED, or fails when `CI` is set. The same holds for
-//! `redis-server` and the Redis variant.
+//! browser test prints `skipped <test>: <tool> is not installed`, or fails when `CI` is set. The
+//! same holds for `redis-server` and the Redis variant.
 #![cfg(feature = "dev-idp")]
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,16 +30,20 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fantoccini::Locator;
 use http::StatusCode;
 use serde_json::{Value, json};
+use support::browser::{BROWSER_WAIT, Browser};
+use support::config::toml_str;
+#[cfg(feature = "redis")]
+use support::redis::RedisServer;
+use support::{Echo, jwt_claims, now};
 use tokio::sync::oneshot;
 use tollgate::config::{Config, MapEnv};
 use tollgate::devidp::*;
-use tollgate::server::{RunningServer, Server};
+use tollgate::server::{Listeners, RunningServer, Server};
 use url::Url;
 
 const TENANT: &str = DEFAULT_TENANT_ID;
 /// tollgate's API key in these tests.
 const API_KEY: &str = "login-test-api-key";
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where the token endpoint's success members come in Entra's order (entra-reference §5).
 const TOKEN_MEMBERS: [&str; 8] = [
     "token_type",
@@ -1064,7 +1067,7 @@ async fn logout_ignores_a_hint_older_than_its_max_age() {
     let login = stack.scripted_login(0, ALICE, false, "").await;
     // Wait on the clock (bounded by it) until the hint is older than a second.
     let iat = login.claims["iat"].as_u64().unwrap();
-    while unix_now() <= iat + 1 {
+    while now() <= iat + 1 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let r = stack
@@ -1079,13 +1082,6 @@ async fn logout_ignores_a_hint_older_than_its_max_age() {
         .await;
     assert_eq!(status, 200, "alice's tokens are kept: {body}");
     stack.stop().await;
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]
@@ -1412,7 +1408,7 @@ async fn a_redis_outage_fails_only_the_delegated_api() {
         return;
     };
     redis.stop();
-    let upstream = Upstream::start().await;
+    let upstream = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, tollgate::store::keygen() + "\n").unwrap();
@@ -1628,6 +1624,8 @@ impl Default for Options {
 struct Stack {
     idp: DevIdpHandle,
     tollgate: Option<RunningServer>,
+    /// The public listener bound before the first start; restarts bind its address again.
+    public_listener: Option<StdListener>,
     config: String,
     public_url: String,
     api_url: String,
@@ -1663,9 +1661,10 @@ impl Stack {
         for rp in options.rps {
             rps.push(Rp::start(rp, http.clone()).await);
         }
-        // tollgate must know its public URL before it binds: reserve a port first.
-        let port = free_port();
-        let public_url = format!("http://127.0.0.1:{port}");
+        // tollgate must know its public URL before it starts: bind its public listener first.
+        let public = StdListener::bind("127.0.0.1:0").unwrap();
+        let public_addr = public.local_addr().unwrap();
+        let public_url = format!("http://{public_addr}");
         let list = |urls: Vec<String>| {
             urls.iter()
                 .map(|u| format!("\"{u}\""))
@@ -1678,12 +1677,7 @@ impl Stack {
             .unwrap_or_default();
         let config = format!(
             r#"
-[listen]
-public = "127.0.0.1:{port}"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "2s"
-
+{listen}
 [[providers]]
 name = "entra_id"
 well_known_url = "{well_known}"
@@ -1704,6 +1698,7 @@ post_logout_redirect_uris = [{post_logout}]
 
 {extra}
 "#,
+            listen = support::config::listen_public(public_addr, "2s"),
             well_known = idp.well_known_url(options.tenant),
             graph = graph_scope(),
             redirects = list(rps.iter().map(Rp::callback_url).collect()),
@@ -1726,6 +1721,7 @@ post_logout_redirect_uris = [{post_logout}]
         let mut stack = Stack {
             idp,
             tollgate: None,
+            public_listener: Some(public),
             config,
             public_url,
             api_url: String::new(),
@@ -1747,7 +1743,22 @@ post_logout_redirect_uris = [{post_logout}]
             ("TOLLGATE_API__KEY", API_KEY),
         ]);
         let cfg = Config::from_toml_str(&self.config, &env).unwrap();
-        let server = Server::bind(cfg).await.unwrap().spawn();
+        let server = match self.public_listener.take() {
+            Some(public) => {
+                let loopback = || Some(StdListener::bind("127.0.0.1:0").unwrap());
+                let listeners = Listeners {
+                    public,
+                    api: loopback(),
+                    admin: loopback(),
+                };
+                Server::from_listeners(cfg, listeners).await.unwrap()
+            }
+            // A restart must come back on the same public port (the RPs and the IdP know the
+            // URL), so it binds the configured address again: the port was just released by
+            // the previous server, not reserved by a guess.
+            None => Server::bind(cfg).await.unwrap(),
+        }
+        .spawn();
         self.api_url = format!("http://{}", server.api.unwrap());
         self.tollgate = Some(server);
         // The provider's metadata loads in the background; discovery answers 503 until then.
@@ -2278,14 +2289,6 @@ async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result
 // ---------------------------------------------------------------------------------------------
 // The browser
 
-/// chromedriver (a child process in its own process group, with the Chromium it starts) and a
-/// WebDriver session on it.
-struct Browser {
-    client: fantoccini::Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
-}
-
 /// What the browser saw during a login.
 struct BrowserLogin {
     scope_shown: String,
@@ -2293,92 +2296,8 @@ struct BrowserLogin {
     final_url: String,
 }
 
-const BROWSER_WAIT: Duration = Duration::from_secs(30);
-
+// Launching Chromium is shared (`support::browser`); the login walk is this file's own.
 impl Browser {
-    /// `None` after a loud notice when Chromium or chromedriver is missing, unless `CI` is set.
-    async fn start() -> Option<Self> {
-        let driver_installed = Command::new("chromedriver")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !driver_installed || !Path::new(CHROMIUM).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "chromium / chromedriver are not installed and CI is set: the browser test cannot be skipped"
-            );
-            let _ = std::io::stderr().write_all(
-                b"\n******** SKIPPED: chromium or chromedriver not installed; the browser login test did not run ********\n",
-            );
-            return None;
-        }
-        let port = free_port();
-        let driver = {
-            use std::os::unix::process::CommandExt as _;
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .process_group(0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let profile = tempfile::tempdir().unwrap();
-        let client = match Browser::connect(port, profile.path()).await {
-            Ok(c) => c,
-            Err(e) => {
-                kill_group(&driver);
-                panic!("no WebDriver session on chromedriver: {e}");
-            }
-        };
-        Some(Browser {
-            client,
-            driver,
-            _profile: profile,
-        })
-    }
-
-    async fn connect(port: u16, profile: &Path) -> Result<fantoccini::Client, String> {
-        use fantoccini::error::NewSessionError;
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        // chromedriver takes a moment to listen: retry while the connection is refused (bounded).
-        let mut last = String::new();
-        for _ in 0..250 {
-            let session = fantoccini::ClientBuilder::new(
-                hyper_util::client::legacy::connect::HttpConnector::new(),
-            )
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await;
-            match session {
-                Ok(c) => return Ok(c),
-                Err(
-                    e @ (NewSessionError::Failed(_)
-                    | NewSessionError::FailedC(_)
-                    | NewSessionError::Lost(_)),
-                ) => {
-                    last = e.to_string();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err(format!("chromedriver never answered: {last}"))
-    }
-
     /// Logs `user` in at the dev IdP, starting at the RP.
     async fn login(&self, stack: &Stack, user: &str, start_query: &str) -> BrowserLogin {
         let c = &self.client;
@@ -2434,167 +2353,6 @@ impl Browser {
             final_url: c.current_url().await.unwrap().into(),
         }
     }
-
-    /// Navigates to `url` and waits for an element with id `id`; returns where the browser is.
-    async fn visit_until(&self, url: &str, id: &str) -> String {
-        self.client.goto(url).await.unwrap();
-        self.client
-            .wait()
-            .at_most(BROWSER_WAIT)
-            .for_element(Locator::Id(id))
-            .await
-            .unwrap();
-        self.client.current_url().await.unwrap().into()
-    }
-
-    async fn close(mut self) {
-        let client = self.client.clone();
-        let _ = client.close().await;
-        kill_group(&self.driver);
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // After a failed assertion: chromedriver and its Chromium share the process group.
-        if matches!(self.driver.try_wait(), Ok(None)) {
-            kill_group(&self.driver);
-            let _ = self.driver.wait();
-        }
-    }
-}
-
-fn kill_group(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .status();
-}
-
-// ---------------------------------------------------------------------------------------------
-// redis-server
-
-/// A private `redis-server` on a free loopback port, without persistence; killed on drop.
-#[cfg(feature = "redis")]
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-#[cfg(feature = "redis")]
-impl RedisServer {
-    /// `None` (after a loud notice) when redis-server is not installed, unless `CI` is set.
-    fn start() -> Option<Self> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed and CI is set: the Redis login test cannot be skipped"
-            );
-            let _ = std::io::stderr().write_all(
-                b"\n******** SKIPPED: redis-server not installed; the Redis login test did not run ********\n",
-            );
-            return None;
-        }
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.restart();
-        Some(server)
-    }
-
-    /// Starts the server (again, on the same port) and waits until it accepts connections.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let child = self.child.insert(child);
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.stop();
-        panic!("redis-server did not start listening");
-    }
-
-    /// Kills the server: connections are refused until [`RedisServer::restart`].
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-#[cfg(feature = "redis")]
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// An app behind tollgate: answers with the path and headers it received, and counts requests.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Upstream {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = hits.clone();
-        let app = Router::new().fallback(move |req: axum::extract::Request| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let headers: serde_json::Map<String, Value> = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                        (k.as_str().to_owned(), Value::String(v))
-                    })
-                    .collect();
-                axum::Json(json!({"path": req.uri().path(), "headers": headers}))
-            }
-        });
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Upstream { addr, hits }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self) -> u64 {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2640,12 +2398,6 @@ fn member_names(json_text: &str) -> Vec<String> {
     names.into_iter().map(|(_, k)| k).collect()
 }
 
-/// The payload of a JWT, unverified (the dev IdP signed it; only its claims are of interest).
-fn jwt_claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
 fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
@@ -2659,18 +2411,6 @@ fn query_map(url: &str) -> HashMap<String, String> {
         .query_pairs()
         .into_owned()
         .collect()
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn toml_str(path: &Path) -> String {
-    Value::String(path.display().to_string()).to_string()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

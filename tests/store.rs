@@ -2,15 +2,19 @@
 //! tampering, key rotation, `kill -9` durability and Redis outages.
 //!
 //! Redis tests start their own `redis-server` on a free loopback port. Without `redis-server` on
-//! PATH they print `SKIPPED` and pass, unless `CI` is set, where they fail.
+//! PATH they print `skipped` and pass, unless `CI` is set, where they fail.
+
+mod support;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+#[cfg(feature = "redis")]
+use support::redis::RedisServer;
+use support::{now, require};
 use tollgate::store::{
     MemoryStore, Sealer, StoreConfig, StoreError, StoreKind, TokenStore, UserTokens, keygen,
 };
@@ -1258,22 +1262,11 @@ async fn redis_tls_round_trip_checks_the_certificate() {
     if !make_test_pki(pki.path()) {
         return;
     }
-    let tls_port = free_port();
-    let file = |name: &str| pki.path().join(name).display().to_string();
-    let Some(server) = RedisServer::start_with(vec![
-        "--tls-port".into(),
-        tls_port.to_string(),
-        "--tls-cert-file".into(),
-        file("server.pem"),
-        "--tls-key-file".into(),
-        file("server.key"),
-        "--tls-ca-cert-file".into(),
-        file("ca.pem"),
-        "--tls-auth-clients".into(),
-        "no".into(),
-    ]) else {
+    let Some(server) = RedisServer::start_tls(pki.path()) else {
         return;
     };
+    let tls_port = server.tls_port.expect("a TLS port");
+    let file = |name: &str| pki.path().join(name).display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (keygen(), keygen());
     let only_old = write_keys(dir.path(), "old.keys", &[&old]);
@@ -1328,7 +1321,7 @@ async fn redis_tls_round_trip_checks_the_certificate() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it (`ca.pem`, `server.pem`,
-/// `server.key`), made with the openssl command. `false` (after a loud notice) without it.
+/// `server.key`), made with the openssl command. `false` (after [`require`]'s notice) without it.
 #[cfg(all(feature = "redis", feature = "server", feature = "dev-idp"))]
 fn make_test_pki(dir: &Path) -> bool {
     let openssl = |args: &[&str]| {
@@ -1339,14 +1332,7 @@ fn make_test_pki(dir: &Path) -> bool {
             .stderr(Stdio::piped())
             .output()
     };
-    if openssl(&["version"]).is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is not installed and CI is set: the Redis TLS test cannot be skipped"
-        );
-        let _ = std::io::stderr().write_all(
-            b"\n******** SKIPPED: openssl not installed; Redis TLS test did not run ********\n",
-        );
+    if !require("openssl") {
         return false;
     }
     std::fs::write(
@@ -1471,13 +1457,6 @@ fn user(oid: &str, upn: Option<&str>) -> UserTokens {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn write_keys(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
@@ -1634,14 +1613,6 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[cfg(feature = "redis")]
 fn redis_config(server: &RedisServer, keys: &Path) -> StoreConfig {
     StoreConfig {
@@ -1663,126 +1634,4 @@ async fn redis_store(
         .await
         .unwrap();
     (store, dir)
-}
-
-/// A private `redis-server` on a free loopback port, without persistence; killed on drop.
-#[cfg(feature = "redis")]
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    /// More `redis-server` arguments (TLS).
-    extra: Vec<String>,
-}
-
-#[cfg(feature = "redis")]
-impl RedisServer {
-    /// `None` (after a loud notice) when redis-server is not installed, unless `CI` is set.
-    fn start() -> Option<Self> {
-        Self::start_with(Vec::new())
-    }
-
-    /// [`RedisServer::start`] with more `redis-server` arguments; the plain port stays open.
-    fn start_with(extra: Vec<String>) -> Option<Self> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed and CI is set: Redis tests cannot be skipped"
-            );
-            // Straight to stderr: the harness captures eprintln! of passing tests.
-            let _ = std::io::stderr().write_all(
-                b"\n******** SKIPPED: redis-server not installed; Redis store tests did not run ********\n",
-            );
-            return None;
-        }
-        // A port just released can come back from the next bind: never the one `extra` names
-        // (the TLS test's --tls-port), or redis-server fails to bind its second socket.
-        let port = std::iter::repeat_with(free_port)
-            .find(|p| !extra.contains(&p.to_string()))
-            .expect("a free port");
-        let mut server = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            extra,
-        };
-        server.restart();
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(&self.extra)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let status = Command::new("kill")
-            .args([format!("-{name}"), pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Polls PING (bounded) until the server answers.
-    fn wait_ready(&mut self) {
-        for _ in 0..500 {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("redis-server exited during start-up: {status}");
-            }
-            if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut answer = [0u8; 7];
-                if conn.write_all(b"PING\r\n").is_ok()
-                    && conn.read_exact(&mut answer).is_ok()
-                    && &answer == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not answer on port {}", self.port);
-    }
-}
-
-#[cfg(feature = "redis")]
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -63,6 +63,17 @@ pub enum ServerError {
     Start(String),
 }
 
+/// Listeners bound by the caller, for [`Server::from_listeners`].
+#[derive(Debug)]
+pub struct Listeners {
+    /// Serves the proxied (or login) routes.
+    pub public: std::net::TcpListener,
+    /// Serves the token API, when given.
+    pub api: Option<std::net::TcpListener>,
+    /// Serves health, readiness and metrics, when given.
+    pub admin: Option<std::net::TcpListener>,
+}
+
 /// A bound, not yet running, sidecar.
 pub struct Server {
     state: Arc<AppState>,
@@ -75,6 +86,40 @@ impl Server {
     /// Builds providers, routes and the forwarder and binds the listeners (port 0 picks a free
     /// port). No IdP request is made yet; keys load in the background once [`Server::run`] starts.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        Self::build(config, None).await
+    }
+
+    /// Like [`Server::bind`], but serves on listeners the caller already bound, so the addresses
+    /// are known (and held) before the server is built; `config.listen`'s addresses are not
+    /// used, its other settings are. An `api` or `admin` listener is served only when given.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate::config::{Config, MapEnv};
+    /// use tollgate::server::{Listeners, Server};
+    ///
+    /// let env = MapEnv::from([
+    ///     ("AZURE_APP_CLIENT_ID", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+    ///     ("AZURE_APP_WELL_KNOWN_URL", "http://127.0.0.1:9/t/v2.0/.well-known/openid-configuration"),
+    ///     ("TOLLGATE_UPSTREAM__URL", "http://127.0.0.1:3000"),
+    /// ]);
+    /// let config = Config::from_toml_str("", &env)?;
+    /// let public = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = public.local_addr()?;
+    /// let listeners = Listeners { public, api: None, admin: None };
+    /// let server = Server::from_listeners(config, listeners).await?;
+    /// assert_eq!(server.public_addr(), addr);
+    /// assert_eq!(server.api_addr(), None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_listeners(config: Config, listeners: Listeners) -> Result<Self, ServerError> {
+        Self::build(config, Some(listeners)).await
+    }
+
+    /// Both constructors: listeners are bound (or taken over) after everything else is built,
+    /// so a configuration error is reported before any port is taken.
+    async fn build(config: Config, listeners: Option<Listeners>) -> Result<Self, ServerError> {
         crate::admin::install_metrics();
         let mut providers = HashMap::new();
         for p in &config.providers {
@@ -154,23 +199,33 @@ impl Server {
             preserve_host: upstream.preserve_host,
             trust_forwarded_headers: upstream.trust_forwarded_headers,
         });
-        let bind = |listener: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    listener,
-                    addr,
-                    source,
-                })
-        };
-        let public = bind("public", config.listen.public).await?;
-        let api = match config.listen.api {
-            Some(a) => Some(bind("api", a).await?),
-            None => None,
-        };
-        let admin = match config.listen.admin {
-            Some(a) => Some(bind("admin", a).await?),
-            None => None,
+        let (public, api, admin) = match listeners {
+            Some(Listeners { public, api, admin }) => (
+                tokio_listener("public", public)?,
+                api.map(|l| tokio_listener("api", l)).transpose()?,
+                admin.map(|l| tokio_listener("admin", l)).transpose()?,
+            ),
+            None => {
+                let bind = |listener: &'static str, addr: SocketAddr| async move {
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            listener,
+                            addr,
+                            source,
+                        })
+                };
+                let public = bind("public", config.listen.public).await?;
+                let api = match config.listen.api {
+                    Some(a) => Some(bind("api", a).await?),
+                    None => None,
+                };
+                let admin = match config.listen.admin {
+                    Some(a) => Some(bind("admin", a).await?),
+                    None => None,
+                };
+                (public, api, admin)
+            }
         };
         let state = Arc::new(AppState {
             config,
@@ -349,6 +404,23 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A caller's std listener, made non-blocking and handed to the runtime.
+fn tokio_listener(
+    listener: &'static str,
+    l: std::net::TcpListener,
+) -> Result<TcpListener, ServerError> {
+    let addr = l
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .map_err(|source| ServerError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
 fn local(l: &TcpListener) -> SocketAddr {

@@ -18,12 +18,7 @@ use tokio::net::TcpStream;
 fn open_config(upstream: &str, listen: &str) -> String {
     format!(
         r#"
-[listen]
-public = "127.0.0.1:0"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "5s"
-{listen}
+{listen_block}{listen}
 
 [upstream]
 url = "{upstream}"
@@ -32,7 +27,8 @@ timeout = "5s"
 [[routes]]
 path = "/"
 auth = "none"
-"#
+"#,
+        listen_block = support::config::listen("5s")
     )
 }
 

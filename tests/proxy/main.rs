@@ -104,12 +104,7 @@ fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn custom_config(upstream: &str, provider: &str) -> String {
     format!(
         r#"
-[listen]
-public = "127.0.0.1:0"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "5s"
-
+{listen_block}
 [upstream]
 url = "{upstream}"
 timeout = "5s"
@@ -121,7 +116,8 @@ client_id = "{CLIENT_ID}"
 [[routes]]
 path = "/"
 auth = "required"
-"#
+"#,
+        listen_block = support::config::listen("5s")
     )
 }
 
@@ -151,12 +147,7 @@ async fn assert_ok(h: &Harness, token: &str, why: &str) -> Value {
 fn config_toml(well_known: &str, upstream: &str, extra_provider: &str) -> String {
     format!(
         r#"
-[listen]
-public = "127.0.0.1:0"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "5s"
-
+{listen_block}
 [upstream]
 url = "{upstream}"
 timeout = "5s"
@@ -204,7 +195,8 @@ token_in_query = true
 [[routes]]
 path = "/public"
 auth = "none"
-"#
+"#,
+        listen_block = support::config::listen("5s")
     )
 }
 
@@ -1675,12 +1667,7 @@ async fn a_websocket_with_a_query_token_is_authenticated_and_tunnelled() {
     });
     let toml = format!(
         r#"
-[listen]
-public = "127.0.0.1:0"
-api = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-shutdown_grace = "5s"
-
+{listen_block}
 [upstream]
 url = "http://{app}"
 
@@ -1693,7 +1680,8 @@ client_id = "{CLIENT_ID}"
 path = "/hub"
 token_in_query = true
 "#,
-        idp.well_known()
+        idp.well_known(),
+        listen_block = support::config::listen("5s"),
     );
     let cfg = Config::from_toml_str(&toml, &MapEnv::default()).unwrap();
     let server = Server::bind(cfg).await.unwrap().spawn();
