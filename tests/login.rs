@@ -33,8 +33,8 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tollgate::config::{Config, MapEnv};
-use tollgate::devidp::*;
 use tollgate::server::{RunningServer, Server};
+use tollgate_devidp::*;
 use url::Url;
 
 const TENANT: &str = DEFAULT_TENANT_ID;
