@@ -44,7 +44,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::Parser;
 use http::StatusCode;
 use serde_json::{Value, json};
-use tollgate::devidp::{
+use tollgate_devidp::{
     ALICE, ALICE_OID, ALICE_UPN, BOB, BOB_OID, BOB_UPN, DEFAULT_TENANT_ID, DEV_PASSWORD,
     DOWNSTREAM_APP_ID_URI, DOWNSTREAM_CLIENT_ID, DevIdp, DevIdpConfig, DevIdpHandle,
     FRONTEND_CLIENT_ID, GRAPH_APP_ID_URI, TOLLGATE_APP_ID_URI, TOLLGATE_CLIENT_ID,

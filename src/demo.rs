@@ -13,11 +13,12 @@ use axum::extract::{Query, Request, State};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
+use tollgate_devidp as devidp;
+use tollgate_devidp::{DevIdp, DevIdpConfig};
 
 use crate::config::{
     AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, StoreConfig, StoreKind,
 };
-use crate::devidp::{self, DevIdp, DevIdpConfig};
 use crate::server::Server;
 
 /// The PKCE verifier the demo's login URL is made for (RFC 7636 §4.1: 43+ unreserved chars).

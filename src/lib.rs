@@ -86,8 +86,9 @@ mod api;
 mod delegation;
 #[cfg(feature = "dev-idp")]
 pub mod demo;
+// The dev IdP is its own crate (`tollgate-devidp`); the path stays for existing users.
 #[cfg(feature = "dev-idp")]
-pub mod devidp;
+pub use tollgate_devidp as devidp;
 // Entry points for the fuzz targets in `fuzz/`; see src/fuzzing.rs.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

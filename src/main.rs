@@ -132,12 +132,12 @@ async fn run(command: Command) -> Result<(), String> {
         Command::DevIdp { listen, config } => {
             init_logging(LogFormat::Pretty, "info");
             let mut cfg = match config {
-                Some(path) => tollgate::devidp::DevIdpConfig::from_toml_file(&path)
+                Some(path) => tollgate_devidp::DevIdpConfig::from_toml_file(&path)
                     .map_err(|e| e.to_string())?,
-                None => tollgate::devidp::DevIdpConfig::default(),
+                None => tollgate_devidp::DevIdpConfig::default(),
             };
             cfg.listen = listen;
-            tollgate::devidp::run(cfg, shutdown_signal())
+            tollgate_devidp::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -175,12 +175,12 @@ async fn demo_commands_work_as_printed() {
     };
     // 1: the printed command gets a user token from the dev IdP.
     let token = shell_var(&step(1)[0], "TOKEN", &[]);
-    assert_eq!(claims(&token)["oid"], tollgate::devidp::ALICE_OID);
+    assert_eq!(claims(&token)["oid"], tollgate_devidp::ALICE_OID);
     let with_token = [("TOKEN", token.as_str())];
     // 2: through tollgate: 200, and the app sees identity headers.
     let (status, headers, echo) = curl(&step(2)[0], &with_token);
     assert_eq!(status, 200, "{headers}");
-    assert_eq!(echo["headers"]["x-auth-oid"], tollgate::devidp::ALICE_OID);
+    assert_eq!(echo["headers"]["x-auth-oid"], tollgate_devidp::ALICE_OID);
     assert_eq!(echo["headers"]["x-auth-scopes"], "access_as_user");
     // The demo gives each request an X-Request-Id: a new UUID, the same for app and client.
     let returned_id = header(&headers, "x-request-id").expect("an X-Request-Id");
@@ -225,9 +225,9 @@ async fn demo_commands_work_as_printed() {
     assert_ne!(forwarded, token);
     assert_eq!(
         claims(&forwarded)["aud"],
-        tollgate::devidp::DOWNSTREAM_CLIENT_ID
+        tollgate_devidp::DOWNSTREAM_CLIENT_ID
     );
-    assert_eq!(claims(&forwarded)["oid"], tollgate::devidp::ALICE_OID);
+    assert_eq!(claims(&forwarded)["oid"], tollgate_devidp::ALICE_OID);
     // 6: the Texas API, which with the login proxy on answers only with its key: the banner
     // prints the key, then client credentials, exchange and introspection, each as printed.
     let api_key = shell_var(&step(6)[0], "API_KEY", &[]);
@@ -250,11 +250,11 @@ async fn demo_commands_work_as_printed() {
     assert_eq!(exchanged.2["token_type"], "Bearer");
     assert_eq!(
         claims(exchanged.2["access_token"].as_str().unwrap())["oid"],
-        tollgate::devidp::ALICE_OID
+        tollgate_devidp::ALICE_OID
     );
     assert_eq!(introspected.0, 200);
     assert_eq!(introspected.2["active"], true);
-    assert_eq!(introspected.2["oid"], tollgate::devidp::ALICE_OID);
+    assert_eq!(introspected.2["oid"], tollgate_devidp::ALICE_OID);
     // 7: the login flow, as a browser follows it.
     let login_url = demo
         .lines
@@ -318,7 +318,7 @@ async fn demo_commands_work_as_printed() {
         let (status, _, body) = curl(command, &with_key);
         assert_eq!(status, 200, "{command}: {body}");
         let access_token = body["access_token"].as_str().expect("a delegated token");
-        assert_eq!(claims(access_token)["oid"], tollgate::devidp::ALICE_OID);
+        assert_eq!(claims(access_token)["oid"], tollgate_devidp::ALICE_OID);
         secrets.push(access_token.to_owned());
     }
     // Ctrl-C stops everything.
@@ -350,14 +350,14 @@ async fn demo_commands_work_as_printed() {
             "a token or code (ending {tail}) appears in the log"
         );
     }
-    assert!(!log.contains(tollgate::devidp::TOLLGATE_CLIENT_SECRET));
+    assert!(!log.contains(tollgate_devidp::TOLLGATE_CLIENT_SECRET));
     // The demo's access log: one line per answered request, with who and why, never a query.
     let access: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("tollgate::access"))
         .collect();
     let logged = |parts: &[&str]| access.iter().any(|l| parts.iter().all(|p| l.contains(p)));
-    let alice = format!("user=\"{}\"", tollgate::devidp::ALICE_OID);
+    let alice = format!("user=\"{}\"", tollgate_devidp::ALICE_OID);
     let with_id = format!("request_id=\"{returned_id}\"");
     for (what, parts) in [
         (

@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use support::browser::{hidden_inputs, unescape};
 use support::{http, jwt_claims as unverified_claims, now};
-use tollgate::devidp::*;
+use tollgate_devidp::*;
 
 const TOLLGATE_SCOPE: &str = "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user";
 const DOWNSTREAM_SCOPE: &str = "api://eeeeeeee-6666-7777-8888-ffffffffffff/Data.Read";
@@ -2543,7 +2543,7 @@ async fn run_serves_until_the_shutdown_future_resolves() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..DevIdpConfig::default()
     };
-    let task = tokio::spawn(tollgate::devidp::run(cfg, async move {
+    let task = tokio::spawn(tollgate_devidp::run(cfg, async move {
         let _ = rx.await;
     }));
     tx.send(()).unwrap();

@@ -25,14 +25,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Echo, TestKey};
 use tollgate::config::{Config, MapEnv, ProviderConfig, Secret};
-use tollgate::devidp::{
+use tollgate::server::{RunningServer, Server};
+use tollgate::{Exchanger, Provider, Validator};
+use tollgate_devidp::{
     ALICE, ALICE_OID, BOB, BOB_OID, CAROL, CAROL_OID, DEFAULT_TENANT_ID, DOWNSTREAM_APP_ID_URI,
     DOWNSTREAM_CLIENT_ID, DOWNSTREAM_CLIENT_SECRET, DevIdp, DevIdpConfig, DevIdpHandle,
     FRONTEND_CLIENT_ID, GRAPH_APP_ID_URI, GRAPH_CLIENT_ID, MFA_POLICY_ID, SECOND_TENANT_ID,
     TOLLGATE_APP_ID_URI, TOLLGATE_CLIENT_ID, TOLLGATE_CLIENT_SECRET,
 };
-use tollgate::server::{RunningServer, Server};
-use tollgate::{Exchanger, Provider, Validator};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";

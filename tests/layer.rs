@@ -27,9 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate::config::{CacheConfig, ProviderConfig};
-use tollgate::devidp::*;
 use tollgate::layer::AuthError;
 use tollgate::{Auth, BearerToken, Claims};
+use tollgate_devidp::*;
 use tower::ServiceExt;
 
 const TOLLGATE_SCOPE: &str = "api://aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb/access_as_user";

@@ -37,8 +37,8 @@ use support::redis::RedisServer;
 use support::{Echo, jwt_claims, now};
 use tokio::sync::oneshot;
 use tollgate::config::{Config, MapEnv};
-use tollgate::devidp::*;
 use tollgate::server::{Listeners, RunningServer, Server};
+use tollgate_devidp::*;
 use url::Url;
 
 const TENANT: &str = DEFAULT_TENANT_ID;

@@ -16,15 +16,15 @@ use crate::util::{now, sha256};
 /// # #[cfg(feature = "dev-idp")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
 /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
 /// # let auth = tollgate::Auth::builder()
 /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
 /// #     .client_id(TOLLGATE_CLIENT_ID)
-/// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+/// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
 /// #     .build()
 /// #     .await?;
-/// # use tollgate::devidp::DOWNSTREAM_APP_ID_URI;
+/// # use tollgate_devidp::DOWNSTREAM_APP_ID_URI;
 /// let exchanger = auth.exchanger().expect("a client secret is configured");
 /// let token = exchanger.client_credentials(&format!("{DOWNSTREAM_APP_ID_URI}/.default"), false).await?;
 /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

@@ -317,15 +317,15 @@ impl Exchanger {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let auth = tollgate::Auth::builder()
     /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
     /// #     .client_id(TOLLGATE_CLIENT_ID)
-    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
     /// #     .build()
     /// #     .await?;
-    /// # use tollgate::devidp::{ALICE, DOWNSTREAM_APP_ID_URI, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, DOWNSTREAM_APP_ID_URI, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// use tollgate::exchange::ExchangeError;
     /// let exchanger = auth.exchanger().expect("a client secret is configured");
     /// let user_token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
@@ -427,15 +427,15 @@ impl Exchanger {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let auth = tollgate::Auth::builder()
     /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
     /// #     .client_id(TOLLGATE_CLIENT_ID)
-    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
     /// #     .build()
     /// #     .await?;
-    /// # use tollgate::devidp::DOWNSTREAM_APP_ID_URI;
+    /// # use tollgate_devidp::DOWNSTREAM_APP_ID_URI;
     /// let exchanger = auth.exchanger().expect("a client secret is configured");
     /// let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
     /// let first = exchanger.client_credentials(&target, false).await?;
@@ -508,15 +508,15 @@ impl Exchanger {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let auth = tollgate::Auth::builder()
     /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
     /// #     .client_id(TOLLGATE_CLIENT_ID)
-    /// #     .client_secret(tollgate::devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
     /// #     .build()
     /// #     .await?;
-    /// # use tollgate::devidp::{ALICE_UPN, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
+    /// # use tollgate_devidp::{ALICE_UPN, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
     /// # let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
     /// # let scope = format!("openid offline_access {target}");
     /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),

@@ -98,7 +98,7 @@ impl AuthBuilder {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// let auth = tollgate::Auth::builder()
     ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
@@ -122,9 +122,9 @@ impl AuthBuilder {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::TOLLGATE_CLIENT_SECRET;
+    /// # use tollgate_devidp::TOLLGATE_CLIENT_SECRET;
     /// let auth = tollgate::Auth::builder()
     ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
     ///     .client_id(TOLLGATE_CLIENT_ID)
@@ -149,9 +149,9 @@ impl AuthBuilder {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
     /// let auth = tollgate::Auth::builder()
     ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
@@ -198,11 +198,11 @@ impl AuthBuilder {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
-    /// # use tollgate::devidp::SECOND_TENANT_ID;
+    /// # use tollgate_devidp::SECOND_TENANT_ID;
     /// let auth = tollgate::Auth::builder()
     ///     .issuer(&idp.issuer("{tenantid}"), &idp.jwks_uri("common"))
     ///     .client_id(TOLLGATE_CLIENT_ID)
@@ -249,9 +249,9 @@ impl AuthBuilder {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::{DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
+    /// # use tollgate_devidp::{DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
     /// let auth = tollgate::Auth::builder()
     ///     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
     ///     .client_id(TOLLGATE_CLIENT_ID)

@@ -55,7 +55,7 @@ pub use service::{AuthLayer, AuthService, BearerToken, ResponseFuture};
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use axum::{Router, body::Body, routing::get};
 /// use http::{Request, StatusCode};
-/// use tollgate::devidp::{ALICE, DEFAULT_TENANT_ID, DevIdp, DevIdpConfig, FRONTEND_CLIENT_ID, TOLLGATE_CLIENT_ID};
+/// use tollgate_devidp::{ALICE, DEFAULT_TENANT_ID, DevIdp, DevIdpConfig, FRONTEND_CLIENT_ID, TOLLGATE_CLIENT_ID};
 /// use tollgate::{Auth, Claims};
 /// use tower::ServiceExt;
 ///
@@ -179,10 +179,10 @@ impl Auth {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
     /// # let hello = tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello"))) });
     /// # let ask = |token: &str| http::Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
@@ -207,12 +207,12 @@ impl Auth {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let auth = tollgate::Auth::builder().well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID)).client_id(TOLLGATE_CLIENT_ID).build().await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
-    /// # use tollgate::devidp::ALICE_OID;
+    /// # use tollgate_devidp::ALICE_OID;
     /// // e.g. a token sent as a WebSocket subprotocol
     /// let claims = auth.validator().validate(&token).await?;
     /// assert_eq!(claims.oid(), Some(ALICE_OID));

@@ -83,7 +83,7 @@ impl VerifyingKey {
 /// # #[cfg(feature = "dev-idp")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
 /// # use tollgate::{config::ProviderConfig, provider::Provider};
 /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
 /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);

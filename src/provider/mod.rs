@@ -86,7 +86,7 @@ pub enum ProviderError {
 /// # #[cfg(feature = "dev-idp")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
 /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
 /// use tollgate::{config::ProviderConfig, provider::Provider};
 /// let provider = Provider::new(ProviderConfig {
@@ -294,7 +294,7 @@ impl Provider {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # use tollgate::{config::ProviderConfig, provider::Provider};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
@@ -319,7 +319,7 @@ impl Provider {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # use tollgate::{config::ProviderConfig, provider::Provider};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
@@ -363,7 +363,7 @@ impl Provider {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # use tollgate::{config::ProviderConfig, provider::Provider};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
     /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);

@@ -43,9 +43,9 @@ const FORBIDDEN_HEADER_PARAMS: &[&str] = &["jku", "jwk", "x5u", "x5c", "crit"];
 /// # #[cfg(feature = "dev-idp")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+/// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
 /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-/// # use tollgate::devidp::{ALICE, ALICE_UPN, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+/// # use tollgate_devidp::{ALICE, ALICE_UPN, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
 /// # let token = idp.password_token(ALICE, FRONTEND_CLIENT_ID, &format!("{TOLLGATE_APP_ID_URI}/access_as_user")).await?;
 /// use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
 /// let provider = Provider::new(ProviderConfig {
@@ -152,9 +152,9 @@ impl Validator {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
     /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
     /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
@@ -299,15 +299,15 @@ impl Validator {
     /// # #[cfg(feature = "dev-idp")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate::devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
     /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
     /// # let well_known_url = Some(idp.well_known_url(DEFAULT_TENANT_ID).parse()?);
     /// # let provider = Provider::new(ProviderConfig { client_id: TOLLGATE_CLIENT_ID.into(), well_known_url, ..Default::default() })?;
     /// # provider.refresh().await?;
     /// # let validator = Validator::new(provider, 100);
-    /// # use tollgate::devidp::{ALICE_OID, ALICE_UPN, DEV_PASSWORD, TOLLGATE_CLIENT_SECRET};
+    /// # use tollgate_devidp::{ALICE_OID, ALICE_UPN, DEV_PASSWORD, TOLLGATE_CLIENT_SECRET};
     /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),
     /// #     ("username", ALICE_UPN), ("password", DEV_PASSWORD), ("scope", "openid profile")];
     /// # let response = reqwest::Client::new().post(idp.token_endpoint(DEFAULT_TENANT_ID)).form(&form).send().await?;

@@ -1126,7 +1126,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 /// another API do not, and a rotated signing key is picked up.
 #[tokio::test]
 async fn dev_idp_tokens_and_key_rotation() {
-    use tollgate::devidp::{self, DevIdp, DevIdpConfig};
+    use tollgate_devidp::{self as devidp, DevIdp, DevIdpConfig};
     let idp = DevIdp::start(DevIdpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! `POST /{tenant}/oauth2/v2.0/token`: the grants, and the tokens they mint.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -10,51 +10,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
 
 use super::aad_error::{AadError, json_response};
 use super::client_auth::{self, AuthMethod, Client};
 use super::config::{DevUser, stable_guid};
 use super::jwt::UnverifiedJwt;
+use super::params::Params;
 use super::scopes::{self, OidcScopes, ParsedScope, ResourceScopes};
 use super::state::{
     JWT_BEARER, RefreshGrant, Shared, TenantPath, UserSession, now_secs, opaque_token, secret_key,
 };
-
-/// Form parameters of a token request; empty values count as absent, as at Entra.
-#[derive(Debug, Default)]
-pub(crate) struct Params(HashMap<String, String>);
-
-impl Params {
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-
-    fn require(&self, name: &str) -> Result<&str, AadError> {
-        self.get(name)
-            .ok_or_else(|| AadError::missing_parameter(name))
-    }
-
-    fn parse(body: &[u8]) -> Result<Self, AadError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
-            AadError::invalid_request(9002313, "Invalid request. Request is malformed or invalid.")
-        })?;
-        let mut map = HashMap::with_capacity(pairs.len());
-        for (name, value) in pairs {
-            // RFC 6749 §3.2: request parameters must not be included more than once.
-            if map.insert(name.clone(), value).is_some() {
-                return Err(AadError::invalid_request(
-                    9002313,
-                    format!("Invalid request. The parameter '{name}' is included more than once."),
-                ));
-            }
-        }
-        Ok(Self(map))
-    }
-}
 
 /// A successful token response, members in Entra's order.
 #[derive(Debug, Serialize)]
@@ -892,8 +857,8 @@ mod tests {
 
     #[test]
     fn obo_assertion_audience_may_be_the_app_id_uri_of_the_caller() {
-        use crate::devidp::keys::SigningKey;
-        use crate::devidp::{
+        use crate::keys::SigningKey;
+        use crate::{
             ALICE_OID, DEFAULT_TENANT_ID, DOWNSTREAM_APP_ID_URI, DevIdpConfig, TOLLGATE_APP_ID_URI,
             TOLLGATE_CLIENT_ID,
         };
@@ -980,14 +945,5 @@ mod tests {
                 .map(|e| e.code);
             assert_eq!(code, Some(500131), "{wrong}");
         }
-    }
-
-    #[test]
-    fn params_refuse_duplicates_and_treat_empty_as_absent() {
-        let p = Params::parse(b"a=1&b=&c=x+y").unwrap();
-        assert_eq!(p.get("a"), Some("1"));
-        assert_eq!(p.get("b"), None);
-        assert_eq!(p.get("c"), Some("x y"));
-        assert!(Params::parse(b"a=1&a=2").is_err());
     }
 }

@@ -220,7 +220,7 @@ fn unknown_resource(resource: &str) -> AadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devidp::{
+    use crate::{
         DOWNSTREAM_APP_ID_URI, DOWNSTREAM_CLIENT_ID, DevIdpConfig, TOLLGATE_APP_ID_URI,
         TOLLGATE_CLIENT_ID,
     };

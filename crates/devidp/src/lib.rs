@@ -27,9 +27,9 @@
 //! exists, and must never face real users.
 //!
 //! ```no_run
-//! use tollgate::devidp::{DevIdp, DevIdpConfig, ALICE, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+//! use tollgate_devidp::{DevIdp, DevIdpConfig, ALICE, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
 //!
-//! # async fn demo() -> Result<(), tollgate::devidp::DevIdpError> {
+//! # async fn demo() -> Result<(), tollgate_devidp::DevIdpError> {
 //! let cfg = DevIdpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..DevIdpConfig::default() };
 //! let idp = DevIdp::start(cfg).await?;
 //! println!("issuer: {}", idp.issuer(DEFAULT_TENANT_ID));
@@ -41,6 +41,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![deny(missing_docs, unreachable_pub)]
 
 mod aad_error;
 mod authorize;
@@ -48,6 +49,7 @@ mod client_auth;
 mod config;
 mod jwt;
 mod keys;
+mod params;
 mod scopes;
 mod server;
 mod state;
@@ -348,8 +350,8 @@ impl DevIdpHandle {
     /// (`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`) puts `acrs` in the token.
     ///
     /// ```no_run
-    /// # async fn f(idp: tollgate::devidp::DevIdpHandle) -> Result<(), tollgate::devidp::DevIdpError> {
-    /// use tollgate::devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
+    /// # async fn f(idp: tollgate_devidp::DevIdpHandle) -> Result<(), tollgate_devidp::DevIdpError> {
+    /// use tollgate_devidp::{ALICE, FRONTEND_CLIENT_ID, TOLLGATE_APP_ID_URI};
     /// let scope = format!("{TOLLGATE_APP_ID_URI}/access_as_user");
     /// let claims = r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#;
     /// let stepped_up = idp.password_token_with_claims(ALICE, FRONTEND_CLIENT_ID, &scope, claims).await?;

@@ -531,7 +531,7 @@ fn is_loopback_http(uri: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devidp::{DOWNSTREAM_CLIENT_ID, DevIdpConfig, TOLLGATE_CLIENT_ID};
+    use crate::{DOWNSTREAM_CLIENT_ID, DevIdpConfig, TOLLGATE_CLIENT_ID};
 
     fn app(id: &str) -> DevApp {
         DevIdpConfig::default()

@@ -12,8 +12,6 @@ use figment::providers::{Format, Toml};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::config::is_guid;
-
 use super::{
     ALICE, ALICE_OID, ALICE_UPN, BOB, BOB_OID, BOB_UPN, CAROL, CAROL_OID, CAROL_UPN,
     DEFAULT_LISTEN, DEFAULT_TENANT_ID, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, DOWNSTREAM_CLIENT_ID,
@@ -66,8 +64,8 @@ impl DevIdpConfig {
     /// username or client id of a built-in replaces it.
     ///
     /// ```no_run
-    /// # fn f() -> Result<(), tollgate::devidp::DevIdpError> {
-    /// let cfg = tollgate::devidp::DevIdpConfig::from_toml_file(std::path::Path::new("dev-idp.toml"))?;
+    /// # fn f() -> Result<(), tollgate_devidp::DevIdpError> {
+    /// let cfg = tollgate_devidp::DevIdpConfig::from_toml_file(std::path::Path::new("dev-idp.toml"))?;
     /// # Ok(()) }
     /// ```
     pub fn from_toml_file(path: &Path) -> Result<Self, DevIdpError> {
@@ -489,6 +487,13 @@ pub(crate) fn stable_guid(kind: &str, name: &str) -> String {
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
         .to_string()
+}
+
+/// A GUID in its 36-character hyphenated form (the form Entra uses for object, tenant and client
+/// ids). The same rule as tollgate's own configuration check; copied so this crate stays
+/// independent of the product it tests.
+fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use super::aad_error::AadError;
 use super::config::DevApp;
 use super::jwt::UnverifiedJwt;
 use super::keys::{AssertionAlg, PublicJwk};
+use super::params::Params;
 use super::scopes;
 use super::state::{Shared, TenantPath, now_secs};
-use super::token::Params;
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -368,7 +368,7 @@ mod tests {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         use serde_json::json;
         let jwk = |kid: &str, cert: &[u8]| {
-            let key = crate::devidp::keys::SigningKey::generate().unwrap();
+            let key = crate::keys::SigningKey::generate().unwrap();
             let mut jwk = key.public_jwk("x");
             jwk["kid"] = json!(kid);
             jwk["x5c"] = json!([STANDARD.encode(cert)]);
