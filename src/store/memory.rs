@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{
-    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
-    open_record, record_upn_keys, rotation_result, seal_record, upn_keys, warn_upn_taken,
+use super::sealed::{
+    Backend, NewRecord, Opener, Rotated, Rotation, SealedStore, StrayIndex, delegate_token_store,
+    now_unix,
 };
+use super::{Sealer, StoreError};
 
-/// A [`TokenStore`] in process memory; everything is lost when the process exits.
+/// A [`TokenStore`](super::TokenStore) in process memory; everything is lost when the process
+/// exits.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -19,10 +21,7 @@ use super::{
 /// assert_eq!(store.get_by_oid("entra_id", "nobody").await?, None);
 /// # Ok::<(), tollgate::store::StoreError>(()) }).unwrap();
 /// ```
-pub struct MemoryStore {
-    sealer: Sealer,
-    inner: Mutex<Inner>,
-}
+pub struct MemoryStore(SealedStore<MemoryBackend>);
 
 impl MemoryStore {
     /// An empty store sealing with a random per-process key.
@@ -32,141 +31,136 @@ impl MemoryStore {
 
     /// An empty store sealing with the given keys.
     pub fn with_sealer(sealer: Sealer) -> Self {
-        Self {
-            sealer,
-            inner: Mutex::new(Inner::default()),
-        }
+        Self(SealedStore::new(MemoryBackend::default(), sealer))
     }
 }
 
-impl TokenStore for MemoryStore {
-    fn put<'a>(
-        &'a self,
-        provider: &'a str,
-        tokens: &'a UserTokens,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            if is_expired(tokens, now_unix()) {
-                self.lock()?.remove(provider, &tokens.oid);
-                return Ok(());
-            }
-            let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys = record_upn_keys(&self.sealer, tokens);
-            let holder = {
-                let mut inner = self.lock()?;
-                let holder = inner.holder(&self.sealer, provider, &tokens.oid, &keys);
-                let claim = if holder.is_none() {
-                    keys.first().copied()
-                } else {
-                    None
-                };
-                inner.insert(provider, &tokens.oid, claim, blob);
-                holder
-            };
-            if let Some(holder) = holder {
-                warn_upn_taken(provider, tokens, &holder);
-            }
-            Ok(())
-        })
+delegate_token_store!(MemoryStore);
+
+/// The blobs and the UPN index in two maps behind one mutex.
+#[derive(Default)]
+pub(crate) struct MemoryBackend {
+    inner: Mutex<Inner>,
+}
+
+impl Backend for MemoryBackend {
+    const KIND: &'static str = "memory";
+    // The index entry and the record change together under one lock.
+    const STRAY_INDEX: StrayIndex = StrayIndex::Corrupt;
+
+    async fn get(&self, provider: &str, oid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()?
+            .records
+            .get(&key(provider, oid))
+            .map(|e| e.blob.clone()))
     }
 
-    fn get_by_oid<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            let blob = self
-                .lock()?
-                .records
-                .get(&key(provider, oid))
-                .map(|e| e.blob.clone());
-            match blob {
-                Some(blob) => self.read(provider, oid, blob, None),
-                None => Ok(None),
-            }
-        })
+    async fn find_by_index(
+        &self,
+        provider: &str,
+        keys: &[[u8; 32]],
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let inner = self.lock()?;
+        Ok(keys.iter().find_map(|hash| {
+            let oid = inner.upn_index.get(&(provider.to_owned(), *hash))?;
+            let entry = inner.records.get(&key(provider, oid))?;
+            Some((oid.clone(), entry.blob.clone()))
+        }))
     }
 
-    fn get_by_upn<'a>(
-        &'a self,
-        provider: &'a str,
-        tid: &'a str,
-        upn: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            let found = {
-                let inner = self.lock()?;
-                upn_keys(&self.sealer, tid, upn)
-                    .into_iter()
-                    .find_map(|hash| {
-                        let oid = inner.upn_index.get(&(provider.to_owned(), hash))?;
-                        let entry = inner.records.get(&key(provider, oid))?;
-                        Some((oid.clone(), entry.blob.clone()))
-                    })
-            };
-            match found {
-                Some((oid, blob)) => self.read(provider, &oid, blob, Some((tid, upn))),
-                None => Ok(None),
-            }
-        })
+    async fn put(
+        &self,
+        provider: &str,
+        record: NewRecord,
+        opener: &Opener,
+    ) -> Result<Option<String>, StoreError> {
+        let mut inner = self.lock()?;
+        let holder = inner.holder(opener, provider, &record.oid, &record.index_keys);
+        let claim = if holder.is_none() {
+            record.index_keys.first().copied()
+        } else {
+            None
+        };
+        inner.insert(provider, &record.oid, claim, record.blob);
+        Ok(holder)
     }
 
-    fn delete<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move { Ok(self.lock()?.remove(provider, oid)) })
+    async fn replace_if_unchanged(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: &[u8],
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock()?.replace_if_unchanged(provider, oid, old, new))
     }
 
-    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            type Snapshot = Vec<((String, String), Vec<u8>, Option<[u8; 32]>)>;
-            let snapshot: Snapshot = self
-                .lock()?
-                .records
-                .iter()
-                .map(|(k, e)| (k.clone(), e.blob.clone(), e.upn))
-                .collect();
-            let now = now_unix();
-            let (mut resealed, mut unreadable) = (0u64, 0u64);
-            for ((provider, oid), blob, upn) in snapshot {
-                match open_record(&self.sealer, &provider, &oid, &blob) {
-                    Ok(opened) if is_expired(&opened.tokens, now) => {
-                        self.lock()?.remove_if_unchanged(&provider, &oid, &blob);
-                    }
-                    Ok(opened) => {
-                        // An entry under an older key moves to the first one.
-                        let first = record_upn_keys(&self.sealer, &opened.tokens)
-                            .first()
-                            .copied();
-                        if let (Some(old), Some(new)) = (upn, first)
-                            && old != new
-                        {
-                            self.lock()?.reindex(&provider, &oid, old, new);
-                        }
-                        if let Some(new_blob) = opened.resealed
-                            && self
-                                .lock()?
-                                .replace_if_unchanged(&provider, &oid, &blob, new_blob)
-                        {
-                            resealed += 1;
-                        }
-                    }
-                    Err(_) => unreadable += 1,
+    async fn delete(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.remove(provider, oid))
+    }
+
+    async fn delete_if_unchanged(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: &[u8],
+    ) -> Result<(), StoreError> {
+        self.lock()?.remove_if_unchanged(provider, oid, old);
+        Ok(())
+    }
+
+    /// Over a snapshot, each change a compare-and-swap: callers are not held up meanwhile.
+    async fn rotate(&self, opener: &Opener) -> Result<Rotated, StoreError> {
+        type Snapshot = Vec<((String, String), Vec<u8>, Option<[u8; 32]>)>;
+        let snapshot: Snapshot = self
+            .lock()?
+            .records
+            .iter()
+            .map(|(k, e)| (k.clone(), e.blob.clone(), e.upn))
+            .collect();
+        let now = now_unix();
+        let mut rotated = Rotated::default();
+        for ((provider, oid), blob, upn) in snapshot {
+            match opener.rotation(&provider, &oid, &blob, now) {
+                Rotation::Expired => {
+                    self.lock()?.remove_if_unchanged(&provider, &oid, &blob);
                 }
+                Rotation::Live {
+                    resealed,
+                    index_key,
+                    ..
+                } => {
+                    // An entry under an older key moves to the first one.
+                    if let (Some(old), Some(new)) = (upn, index_key)
+                        && old != new
+                    {
+                        self.lock()?.reindex(&provider, &oid, old, new);
+                    }
+                    if let Some(new_blob) = resealed
+                        && self
+                            .lock()?
+                            .replace_if_unchanged(&provider, &oid, &blob, new_blob)
+                    {
+                        rotated.resealed += 1;
+                    }
+                }
+                Rotation::Unreadable => rotated.unreadable += 1,
             }
-            rotation_result(resealed, unreadable)
-        })
+        }
+        Ok(rotated)
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.lock().map(drop) })
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.lock().map(drop)
     }
+}
 
-    fn kind(&self) -> &'static str {
-        "memory"
+impl MemoryBackend {
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Io("memory store lock poisoned".into()))
     }
 }
 
@@ -193,7 +187,7 @@ impl Inner {
     /// entry, since nothing shows it has lost it.
     fn holder(
         &mut self,
-        sealer: &Sealer,
+        opener: &Opener,
         provider: &str,
         oid: &str,
         keys: &[[u8; 32]],
@@ -209,9 +203,7 @@ impl Inner {
                 self.upn_index.remove(&(provider.to_owned(), *hash));
                 continue;
             };
-            let expired = open_record(sealer, provider, &other, &entry.blob)
-                .is_ok_and(|opened| is_expired(&opened.tokens, now_unix()));
-            if expired {
+            if opener.has_expired(provider, &other, &entry.blob) {
                 self.remove(provider, &other);
             } else {
                 return Some(other);
@@ -298,32 +290,5 @@ impl Inner {
         {
             self.remove(provider, oid);
         }
-    }
-}
-
-impl MemoryStore {
-    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError::Io("memory store lock poisoned".into()))
-    }
-
-    fn read(
-        &self,
-        provider: &str,
-        oid: &str,
-        blob: Vec<u8>,
-        upn: Option<(&str, &str)>,
-    ) -> Result<Option<UserTokens>, StoreError> {
-        let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
-        if is_expired(&opened.tokens, now_unix()) {
-            self.lock()?.remove_if_unchanged(provider, oid, &blob);
-            return Ok(None);
-        }
-        if let Some(new_blob) = opened.resealed {
-            self.lock()?
-                .replace_if_unchanged(provider, oid, &blob, new_blob);
-        }
-        Ok(Some(opened.tokens))
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Three backends behind [`TokenStore`]: [`MemoryStore`] (tests, demo), [`SqliteStore`] (default,
 //! one file, survives `kill -9`) and [`RedisStore`] (shared by several replicas, entries expire
-//! with the refresh token).
+//! with the refresh token). The backends only keep blobs; sealing, expiry, re-seal on read, key
+//! rotation, the UPN index rules and the per-user locks are implemented once, over all three
+//! (`sealed.rs`).
 //!
 //! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
 //! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
@@ -56,13 +58,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod lock;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 mod seal;
+mod sealed;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use self::lock::UserLock;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
@@ -167,6 +172,17 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// `"memory"`, `"sqlite"` or `"redis"`.
     fn kind(&self) -> &'static str;
+
+    /// Takes the lock that serialises every write of one user's record in this store (refresh,
+    /// login, logout, deletion): hold the guard across the read-modify-write. Users of another
+    /// store never wait on it. Entries go once nobody holds or waits for them.
+    ///
+    /// The crate's stores keep a lock map each; this default serves any other implementation
+    /// from one process-wide map, keyed by the store's address as well.
+    fn lock_user<'a>(&'a self, provider: &'a str, oid: &'a str) -> BoxFuture<'a, UserLock> {
+        let instance = std::ptr::from_ref(self).cast::<()>().addr();
+        Box::pin(self::lock::process_wide().lock(instance, provider, oid))
+    }
 }
 
 /// Why a store call failed. Messages never contain tokens, keys or user ids.
@@ -329,179 +345,8 @@ fn required_sealer(cfg: &StoreConfig) -> Result<Sealer, StoreError> {
     }
 }
 
-/// What is inside a sealed blob. Short names keep records small; the oid is not repeated since
-/// the AAD already binds the blob to it.
-#[derive(Serialize, Deserialize)]
-struct SealedRecord {
-    tid: String,
-    upn: Option<String>,
-    at: String,
-    at_exp: u64,
-    scp: Vec<String>,
-    rt: String,
-    rt_exp: u64,
-    /// Absent in records written before tollgate kept it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sid: Option<String>,
-}
-
-/// A record read from a backend, opened.
-struct Opened {
-    tokens: UserTokens,
-    /// The blob sealed under the first key, when the stored one used an older key.
-    resealed: Option<Vec<u8>>,
-}
-
-/// Length-prefixes the provider so that `("a|b", "c")` and `("a", "b|c")` never share an AAD.
-fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
-    format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
-}
-
-/// The UPN index keys of (`tid`, `upn`), one per configured key ([`Sealer::index_keys`]), the
-/// one to write first: lookups try each, and a put treats an entry under any of them as taken.
-/// The tenant is length-prefixed so that no (tenant, UPN) pair shares a key with another.
-fn upn_keys(sealer: &Sealer, tid: &str, upn: &str) -> Vec<[u8; 32]> {
-    let tid = tid.to_ascii_lowercase();
-    let mut input = Vec::with_capacity(8 + tid.len() + upn.len());
-    input.extend_from_slice(&(tid.len() as u64).to_be_bytes());
-    input.extend_from_slice(tid.as_bytes());
-    input.extend_from_slice(upn.to_lowercase().as_bytes());
-    sealer.index_keys(&input)
-}
-
-/// The UPN index keys of a record (none without a UPN).
-fn record_upn_keys(sealer: &Sealer, tokens: &UserTokens) -> Vec<[u8; 32]> {
-    tokens
-        .upn
-        .as_deref()
-        .map(|upn| upn_keys(sealer, &tokens.tid, upn))
-        .unwrap_or_default()
-}
-
-/// Said when a put finds the (tenant, UPN) entry held by another user. The UPN is personal data
-/// and stays out of the log; the oids and the tenant let an operator find both accounts.
-fn warn_upn_taken(provider: &str, tokens: &UserTokens, holder: &str) {
-    tracing::warn!(
-        provider,
-        tid = %tokens.tid,
-        oid = %tokens.oid,
-        holder_oid = %holder,
-        "token store: another user already holds this UPN in this tenant; the index keeps \
-         pointing at them and this user is found by oid only"
-    );
-}
-
-fn seal_record(
-    sealer: &Sealer,
-    provider: &str,
-    tokens: &UserTokens,
-) -> Result<Vec<u8>, StoreError> {
-    let mut record = SealedRecord {
-        tid: tokens.tid.clone(),
-        upn: tokens.upn.clone(),
-        at: tokens.access_token.clone(),
-        at_exp: tokens.access_token_expires_at,
-        scp: tokens.scopes.clone(),
-        rt: tokens.refresh_token.clone(),
-        rt_exp: tokens.refresh_token_expires_at,
-        sid: tokens.sid.clone(),
-    };
-    // The plaintext copies are overwritten once sealed, so freed memory does not keep them.
-    let plain = zeroize::Zeroizing::new(
-        serde_json::to_vec(&record)
-            .map_err(|err| StoreError::Io(format!("encoding a record: {err}")))?,
-    );
-    zeroize::Zeroize::zeroize(&mut record.at);
-    zeroize::Zeroize::zeroize(&mut record.rt);
-    sealer.seal(&plain, &record_aad(provider, &tokens.oid))
-}
-
-/// Opens a stored blob; when it was sealed under an older key, also re-seals it under the first
-/// key so the backend can write it back.
-fn open_record(
-    sealer: &Sealer,
-    provider: &str,
-    oid: &str,
-    blob: &[u8],
-) -> Result<Opened, StoreError> {
-    let (plain, old_key) = sealer.open(blob, &record_aad(provider, oid))?;
-    // The decrypted bytes are overwritten when dropped; the tokens live on in `UserTokens` only.
-    let plain = zeroize::Zeroizing::new(plain);
-    let record: SealedRecord = serde_json::from_slice(&plain)
-        .map_err(|_| StoreError::Corrupt("record content is not a token record".into()))?;
-    let tokens = UserTokens {
-        oid: oid.to_owned(),
-        tid: record.tid,
-        upn: record.upn,
-        access_token: record.at,
-        access_token_expires_at: record.at_exp,
-        scopes: record.scp,
-        refresh_token: record.rt,
-        refresh_token_expires_at: record.rt_exp,
-        sid: record.sid,
-    };
-    let resealed = if old_key {
-        Some(seal_record(sealer, provider, &tokens)?)
-    } else {
-        None
-    };
-    Ok(Opened { tokens, resealed })
-}
-
-/// [`open_record`] for a lookup by (tenant, UPN) (`upn` given) or by oid: a record found through
-/// the UPN index must belong to that tenant and UPN, else the store was edited behind tollgate's
-/// back.
-fn open_found(
-    sealer: &Sealer,
-    provider: &str,
-    oid: &str,
-    blob: &[u8],
-    upn: Option<(&str, &str)>,
-) -> Result<Opened, StoreError> {
-    let opened = open_record(sealer, provider, oid, blob)?;
-    if let Some((tid, upn)) = upn
-        && !upn_matches(&opened.tokens, tid, upn)
-    {
-        return Err(StoreError::Corrupt(
-            "UPN index points at another user's record".into(),
-        ));
-    }
-    Ok(opened)
-}
-
-fn upn_matches(tokens: &UserTokens, tid: &str, upn: &str) -> bool {
-    tokens.tid.eq_ignore_ascii_case(tid)
-        && tokens
-            .upn
-            .as_deref()
-            .is_some_and(|stored| stored.to_lowercase() == upn.to_lowercase())
-}
-
-fn is_expired(tokens: &UserTokens, now: u64) -> bool {
-    tokens.refresh_token_expires_at <= now
-}
-
-/// Shared by the backends: a rotation that met unreadable records must not look like a success,
-/// or the operator would retire the old key and lose them for good.
-fn rotation_result(resealed: u64, unreadable: u64) -> Result<u64, StoreError> {
-    if unreadable == 0 {
-        Ok(resealed)
-    } else {
-        Err(StoreError::Corrupt(format!(
-            "{unreadable} record(s) could not be opened and were left as they are \
-             ({resealed} re-sealed); keep their keys configured or delete those users"
-        )))
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The URL with its password replaced by `REDACTED`: the userinfo one
@@ -587,64 +432,6 @@ mod tests {
         assert!(!debug.contains("AT-SECRET-VALUE"), "{debug}");
         assert!(!debug.contains("RT-SECRET-VALUE"), "{debug}");
         assert!(debug.contains("oid-1"));
-    }
-
-    #[test]
-    fn record_round_trips_and_is_bound_to_provider_and_oid() {
-        let sealer = Sealer::ephemeral().unwrap();
-        let blob = seal_record(&sealer, "entra_id", &tokens()).unwrap();
-        let opened = open_record(&sealer, "entra_id", "oid-1", &blob).unwrap();
-        assert_eq!(opened.tokens, tokens());
-        assert!(opened.resealed.is_none());
-        assert!(matches!(
-            open_record(&sealer, "entra_id", "oid-2", &blob),
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            open_record(&sealer, "other", "oid-1", &blob),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn records_written_before_sid_was_kept_still_open() {
-        let sealer = Sealer::ephemeral().unwrap();
-        let plain = br#"{"tid":"t","upn":null,"at":"a","at_exp":1,"scp":[],"rt":"r","rt_exp":2}"#;
-        let blob = sealer.seal(plain, &record_aad("p", "o")).unwrap();
-        let opened = open_record(&sealer, "p", "o", &blob).unwrap();
-        assert_eq!(opened.tokens.sid, None);
-        assert_eq!(opened.tokens.refresh_token, "r");
-    }
-
-    #[test]
-    fn aad_is_unambiguous() {
-        assert_ne!(record_aad("a|b", "c"), record_aad("a", "b|c"));
-    }
-
-    #[test]
-    fn upn_keys_ignore_case_and_separate_tenants_and_keys() {
-        let sealer = Sealer::ephemeral().unwrap();
-        let keys = |tid: &str, upn: &str| upn_keys(&sealer, tid, upn);
-        assert_eq!(
-            keys("TID-1", "Ada@Example.COM"),
-            keys("tid-1", "ada@example.com")
-        );
-        assert_ne!(
-            keys("tid-1", "ada@example.com"),
-            keys("tid-1", "bob@example.com")
-        );
-        assert_ne!(
-            keys("tid-1", "ada@example.com"),
-            keys("tid-2", "ada@example.com")
-        );
-        // The tenant is length-prefixed: moving characters between tenant and UPN changes the key.
-        assert_ne!(keys("t", "ada@x"), keys("ta", "da@x"));
-        // Another store key, another index.
-        let other = Sealer::ephemeral().unwrap();
-        assert_ne!(
-            keys("tid-1", "ada@example.com"),
-            upn_keys(&other, "tid-1", "ada@example.com")
-        );
     }
 
     #[test]

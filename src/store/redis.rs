@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{ErrorKind, RedisError, RedisResult, Script};
 
-use super::{
-    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, hex, is_expired, now_unix, open_record,
-    record_upn_keys, rotation_result, seal_record, upn_keys, upn_matches, warn_upn_taken,
+use super::sealed::{
+    Backend, NewRecord, Opener, Rotated, Rotation, SealedStore, StrayIndex, delegate_token_store,
+    now_unix,
 };
+use super::{Sealer, StoreError, hex};
 
-/// A [`TokenStore`] in Redis (standalone server; not Redis Cluster).
+/// A [`TokenStore`](super::TokenStore) in Redis (standalone server; not Redis Cluster).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tollgate::store::StoreError> {
@@ -38,11 +39,15 @@ use super::{
 /// store.ping().await?;
 /// # Ok(()) }
 /// ```
-pub struct RedisStore {
+pub struct RedisStore(SealedStore<RedisBackend>);
+
+delegate_token_store!(RedisStore);
+
+/// Records as hashes, the UPN index as plain keys, both expiring with the refresh token.
+pub(crate) struct RedisBackend {
     client: ::redis::Client,
     config: ConnectionManagerConfig,
     conn: Mutex<Connection>,
-    sealer: Sealer,
     timeout: Duration,
     put_script: Script,
     reindex_script: Script,
@@ -66,7 +71,7 @@ impl RedisStore {
     /// an unreachable server does not. The first connection is attempted in the background right away; until Redis answers,
     /// each call fails with [`StoreError::Unavailable`] within `timeout` (which bounds every
     /// call), and once Redis is up the store connects (again) by itself. Use
-    /// [`TokenStore::ping`] to check that Redis answers.
+    /// [`TokenStore::ping`](super::TokenStore::ping) to check that Redis answers.
     pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, StoreError> {
         check_url(url).map_err(|why| StoreError::Config(format!("invalid redis `url`: {why}")))?;
         let client = ::redis::Client::open(url)
@@ -98,175 +103,172 @@ impl RedisStore {
                 "redis token store not reachable yet: delegated tokens are unavailable until it is"
             );
         });
-        Ok(Self {
+        let backend = RedisBackend {
             client,
             config,
             conn: Mutex::new(Connection {
                 manager,
                 made: Instant::now(),
             }),
-            sealer,
             timeout,
             put_script: Script::new(PUT_SCRIPT),
             reindex_script: Script::new(REINDEX_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
             reseal_script: Script::new(RESEAL_SCRIPT),
-        })
+        };
+        Ok(Self(SealedStore::new(backend, sealer)))
     }
 }
 
-impl TokenStore for RedisStore {
-    fn put<'a>(
-        &'a self,
-        provider: &'a str,
-        tokens: &'a UserTokens,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            if is_expired(tokens, now_unix()) {
-                self.delete_record(provider, &tokens.oid).await?;
-                return Ok(());
-            }
-            let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys: Vec<String> = record_upn_keys(&self.sealer, tokens)
-                .iter()
-                .map(|k| hex(k))
-                .collect();
-            let index_prefix = upn_key_prefix(provider);
-            let mut invocation = self.put_script.key(record_key(provider, &tokens.oid));
-            for key in &keys {
-                invocation.key(format!("{index_prefix}{key}"));
-            }
-            invocation
-                .arg(&blob)
-                .arg(&tokens.oid)
-                .arg(tokens.refresh_token_expires_at)
-                .arg(record_key(provider, ""))
-                .arg(&index_prefix);
-            for key in &keys {
-                invocation.arg(key);
-            }
-            let mut conn = self.conn();
-            let holder: Option<String> = self.timed(invocation.invoke_async(&mut conn)).await?;
-            if let Some(holder) = holder {
-                warn_upn_taken(provider, tokens, &holder);
-            }
-            Ok(())
-        })
+impl Backend for RedisBackend {
+    const KIND: &'static str = "redis";
+    // The index and the record are separate keys: only an outside writer can make them
+    // disagree, and then the record is not this user's.
+    const STRAY_INDEX: StrayIndex = StrayIndex::NotFound;
+
+    async fn get(&self, provider: &str, oid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.fetch_blob(provider, oid).await
     }
 
-    fn get_by_oid<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            match self.fetch_blob(provider, oid).await? {
-                Some(blob) => self.read(provider, oid, blob).await,
-                None => Ok(None),
-            }
-        })
+    async fn find_by_index(
+        &self,
+        provider: &str,
+        keys: &[[u8; 32]],
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let index_prefix = upn_key_prefix(provider);
+        let mut mget = ::redis::cmd("MGET");
+        for key in keys {
+            mget.arg(format!("{index_prefix}{}", hex(key)));
+        }
+        let mut conn = self.conn();
+        let oids: Vec<Option<String>> = self.timed(mget.query_async(&mut conn)).await?;
+        let Some(oid) = oids.into_iter().flatten().next() else {
+            return Ok(None);
+        };
+        Ok(self
+            .fetch_blob(provider, &oid)
+            .await?
+            .map(|blob| (oid, blob)))
     }
 
-    fn get_by_upn<'a>(
-        &'a self,
-        provider: &'a str,
-        tid: &'a str,
-        upn: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            let index_prefix = upn_key_prefix(provider);
-            let mut mget = ::redis::cmd("MGET");
-            for key in upn_keys(&self.sealer, tid, upn) {
-                mget.arg(format!("{index_prefix}{}", hex(&key)));
-            }
-            let mut conn = self.conn();
-            let oids: Vec<Option<String>> = self.timed(mget.query_async(&mut conn)).await?;
-            let Some(oid) = oids.into_iter().flatten().next() else {
-                return Ok(None);
-            };
-            let Some(blob) = self.fetch_blob(provider, &oid).await? else {
-                return Ok(None);
-            };
-            let found = self.read(provider, &oid, blob).await?;
-            // The index and the record are separate keys: only an outside writer can make them
-            // disagree, and then the record is not this user's.
-            Ok(found.filter(|tokens| upn_matches(tokens, tid, upn)))
-        })
+    /// [`PUT_SCRIPT`]. Another user's entry is theirs while their record names it; Redis drops
+    /// expired records by itself, so the opener is not needed.
+    async fn put(
+        &self,
+        provider: &str,
+        record: NewRecord,
+        _opener: &Opener,
+    ) -> Result<Option<String>, StoreError> {
+        let keys: Vec<String> = record.index_keys.iter().map(|k| hex(k)).collect();
+        let index_prefix = upn_key_prefix(provider);
+        let mut invocation = self.put_script.key(record_key(provider, &record.oid));
+        for key in &keys {
+            invocation.key(format!("{index_prefix}{key}"));
+        }
+        invocation
+            .arg(&record.blob)
+            .arg(&record.oid)
+            .arg(record.expires_at)
+            .arg(record_key(provider, ""))
+            .arg(&index_prefix);
+        for key in &keys {
+            invocation.arg(key);
+        }
+        let mut conn = self.conn();
+        self.timed(invocation.invoke_async(&mut conn)).await
     }
 
-    fn delete<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(self.delete_record(provider, oid))
+    async fn replace_if_unchanged(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: &[u8],
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.reseal(&record_key(provider, oid), old, &new).await
     }
 
-    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let mut conn = self.conn();
-            let pattern = format!("{RECORD_PREFIX}*");
-            let (mut cursor, mut resealed, mut unreadable) = (0u64, 0u64, 0u64);
-            let now = now_unix();
-            loop {
-                let (next, keys): (u64, Vec<String>) = self
-                    .timed(
-                        ::redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(500)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                for key in keys {
-                    let Some((provider, oid)) = parse_record_key(&key) else {
-                        unreadable += 1;
-                        continue;
-                    };
-                    let Some(blob) = self.fetch_blob(provider, oid).await? else {
-                        continue;
-                    };
-                    match open_record(&self.sealer, provider, oid, &blob) {
-                        // Redis drops it at its TTL; nothing worth re-sealing.
-                        Ok(opened) if is_expired(&opened.tokens, now) => {}
-                        Ok(opened) => {
-                            self.reindex(provider, &key, &opened.tokens).await?;
-                            if let Some(new_blob) = opened.resealed
-                                && self.reseal(&key, &blob, &new_blob).await?
-                            {
-                                resealed += 1;
-                            }
-                        }
-                        Err(_) => unreadable += 1,
-                    }
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            rotation_result(resealed, unreadable)
-        })
+    async fn delete(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
+        self.delete_record(provider, oid).await
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let mut conn = self.conn();
-            let pong: String = self
-                .timed(::redis::cmd("PING").query_async(&mut conn))
+    /// Nothing to do: Redis drops the record at its TTL. (This host's clock may run a little
+    /// ahead of Redis's; the read already answered "absent".)
+    async fn delete_if_unchanged(
+        &self,
+        _provider: &str,
+        _oid: &str,
+        _old: &[u8],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// SCAN over the record keys, each change a script: other replicas keep working meanwhile.
+    async fn rotate(&self, opener: &Opener) -> Result<Rotated, StoreError> {
+        let mut conn = self.conn();
+        let pattern = format!("{RECORD_PREFIX}*");
+        let mut cursor = 0u64;
+        let mut rotated = Rotated::default();
+        let now = now_unix();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .timed(
+                    ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn),
+                )
                 .await?;
-            if pong == "PONG" {
-                Ok(())
-            } else {
-                Err(StoreError::Unavailable("unexpected answer to PING".into()))
+            for key in keys {
+                let Some((provider, oid)) = parse_record_key(&key) else {
+                    rotated.unreadable += 1;
+                    continue;
+                };
+                let Some(blob) = self.fetch_blob(provider, oid).await? else {
+                    continue;
+                };
+                match opener.rotation(provider, oid, &blob, now) {
+                    // Redis drops it at its TTL; nothing worth re-sealing.
+                    Rotation::Expired => {}
+                    Rotation::Live {
+                        resealed,
+                        index_key,
+                        expires_at,
+                    } => {
+                        if let Some(first) = index_key {
+                            self.reindex(provider, &key, oid, &first, expires_at)
+                                .await?;
+                        }
+                        if let Some(new_blob) = resealed
+                            && self.reseal(&key, &blob, &new_blob).await?
+                        {
+                            rotated.resealed += 1;
+                        }
+                    }
+                    Rotation::Unreadable => rotated.unreadable += 1,
+                }
             }
-        })
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(rotated)
     }
 
-    fn kind(&self) -> &'static str {
-        "redis"
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let pong: String = self
+            .timed(::redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("unexpected answer to PING".into()))
+        }
     }
 }
 
@@ -345,7 +347,7 @@ end
 return 0
 ";
 
-impl RedisStore {
+impl RedisBackend {
     /// The connection manager to send a command on (a cheap handle on a shared connection).
     fn conn(&self) -> ConnectionManager {
         self.conn
@@ -399,27 +401,6 @@ impl RedisStore {
         .await
     }
 
-    async fn read(
-        &self,
-        provider: &str,
-        oid: &str,
-        blob: Vec<u8>,
-    ) -> Result<Option<UserTokens>, StoreError> {
-        let opened = open_record(&self.sealer, provider, oid, &blob)?;
-        // Clocks of this host and Redis may disagree by a little: never hand out an expired one.
-        if is_expired(&opened.tokens, now_unix()) {
-            return Ok(None);
-        }
-        if let Some(new_blob) = opened.resealed
-            && let Err(err) = self
-                .reseal(&record_key(provider, oid), &blob, &new_blob)
-                .await
-        {
-            tracing::warn!(error = %err, "could not re-seal a record under the current key");
-        }
-        Ok(Some(opened.tokens))
-    }
-
     async fn reseal(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let swapped: i64 = self
@@ -435,19 +416,17 @@ impl RedisStore {
     }
 
     /// [`REINDEX_SCRIPT`] for a record whose index entry is under an older key (or, written by
-    /// a tollgate before issue 19, an unkeyed hash).
+    /// a tollgate before issue 19, an unkeyed hash); `first` is its index key under the first
+    /// key.
     async fn reindex(
         &self,
         provider: &str,
         record: &str,
-        tokens: &UserTokens,
+        oid: &str,
+        first: &[u8; 32],
+        expires_at: u64,
     ) -> Result<(), StoreError> {
-        let Some(first) = record_upn_keys(&self.sealer, tokens)
-            .first()
-            .map(|k| hex(k))
-        else {
-            return Ok(());
-        };
+        let first = hex(first);
         let mut conn = self.conn();
         let current: Option<String> = self
             .timed(
@@ -468,9 +447,9 @@ impl RedisStore {
                     .key(format!("{index_prefix}{first}"))
                     .arg(&current)
                     .arg(&first)
-                    .arg(&tokens.oid)
+                    .arg(oid)
                     .arg(&index_prefix)
-                    .arg(tokens.refresh_token_expires_at)
+                    .arg(expires_at)
                     .invoke_async(&mut conn),
             )
             .await?;

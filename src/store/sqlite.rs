@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
 
-use super::{
-    BoxFuture, Sealer, StoreError, TokenStore, UserTokens, is_expired, now_unix, open_found,
-    open_record, record_upn_keys, rotation_result, seal_record, upn_keys, warn_upn_taken,
+use super::sealed::{
+    Backend, NewRecord, Opener, Rotated, Rotation, SealedStore, StrayIndex, delegate_token_store,
+    now_unix,
 };
+use super::{Sealer, StoreError};
 
-/// A [`TokenStore`] in one SQLite file.
+/// A [`TokenStore`](super::TokenStore) in one SQLite file.
 ///
 /// Table `tokens(provider, oid, upn_hash, record)`: `record` is the sealed blob, `upn_hash` the
 /// (tenant, UPN) index key the row holds, if it holds one. Calls run on the blocking thread pool
@@ -29,10 +30,7 @@ use super::{
 /// store.ping().await?;
 /// # Ok(()) }
 /// ```
-pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    sealer: Sealer,
-}
+pub struct SqliteStore(SealedStore<SqliteBackend>);
 
 impl SqliteStore {
     /// Opens (creating if needed, mode 0600) and migrates the database. Blocking: in async code,
@@ -40,7 +38,7 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, sealer: Sealer) -> Result<Self, StoreError> {
         let path = path.as_ref();
         create_private(path)?;
-        let mut conn = Connection::open(path).map_err(|err| {
+        let conn = Connection::open(path).map_err(|err| {
             StoreError::Io(format!("cannot open database {}: {err}", path.display()))
         })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
@@ -58,146 +56,157 @@ impl SqliteStore {
         // Deleted and re-sealed blobs are zeroed, so a retired key cannot open leftovers.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(db_error)?;
-        migrate(&mut conn, &sealer)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+        let store = SealedStore::new(
+            SqliteBackend {
+                conn: Arc::new(Mutex::new(conn)),
+            },
             sealer,
-        })
+        );
+        store.backend().migrate(store.opener())?;
+        Ok(Self(store))
     }
 }
 
-impl TokenStore for SqliteStore {
-    fn put<'a>(
-        &'a self,
-        provider: &'a str,
-        tokens: &'a UserTokens,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let (p, oid) = (provider.to_owned(), tokens.oid.clone());
-            if is_expired(tokens, now_unix()) {
-                return self
-                    .run(move |conn| delete_row(conn, &p, &oid).map(drop))
-                    .await;
-            }
-            let blob = seal_record(&self.sealer, provider, tokens)?;
-            let keys = record_upn_keys(&self.sealer, tokens);
-            let sealer = self.sealer.clone();
-            let holder = self
-                .run(move |conn| {
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(db_error)?;
-                    let holder = upn_holder(&tx, &sealer, &p, &oid, &keys)?;
-                    let claim = keys.first().filter(|_| holder.is_none());
-                    tx.execute(
-                        "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (provider, oid)
-                         DO UPDATE SET upn_hash = excluded.upn_hash, record = excluded.record",
-                        params![p, oid, claim.map(|h| &h[..]), blob],
-                    )
-                    .map_err(db_error)?;
-                    tx.commit().map_err(db_error)?;
-                    Ok(holder)
-                })
-                .await?;
-            if let Some(holder) = holder {
-                warn_upn_taken(provider, tokens, &holder);
-            }
-            Ok(())
+delegate_token_store!(SqliteStore);
+
+/// The `tokens` table over one connection.
+pub(crate) struct SqliteBackend {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Backend for SqliteBackend {
+    const KIND: &'static str = "sqlite";
+    // UPN and record live in one row, so only an edit of the file can make them disagree.
+    const STRAY_INDEX: StrayIndex = StrayIndex::Corrupt;
+
+    async fn get(&self, provider: &str, oid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (p, o) = (provider.to_owned(), oid.to_owned());
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT record FROM tokens WHERE provider = ?1 AND oid = ?2",
+                params![p, o],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map_err(db_error)
         })
+        .await
     }
 
-    fn get_by_oid<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            let (p, o) = (provider.to_owned(), oid.to_owned());
-            let blob = self
-                .run(move |conn| {
-                    conn.query_row(
-                        "SELECT record FROM tokens WHERE provider = ?1 AND oid = ?2",
-                        params![p, o],
-                        |row| row.get::<_, Vec<u8>>(0),
+    async fn find_by_index(
+        &self,
+        provider: &str,
+        keys: &[[u8; 32]],
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let (p, keys) = (provider.to_owned(), keys.to_vec());
+        self.run(move |conn| {
+            for hash in &keys {
+                let row = conn
+                    .query_row(
+                        "SELECT oid, record FROM tokens WHERE provider = ?1 AND upn_hash = ?2",
+                        params![p, &hash[..]],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
                     )
                     .optional()
-                    .map_err(db_error)
-                })
-                .await?;
-            match blob {
-                Some(blob) => self.read(provider, oid, blob, None).await,
-                None => Ok(None),
+                    .map_err(db_error)?;
+                if row.is_some() {
+                    return Ok(row);
+                }
             }
+            Ok(None)
         })
+        .await
     }
 
-    fn get_by_upn<'a>(
-        &'a self,
-        provider: &'a str,
-        tid: &'a str,
-        upn: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserTokens>, StoreError>> {
-        Box::pin(async move {
-            let (p, keys) = (provider.to_owned(), upn_keys(&self.sealer, tid, upn));
-            let row = self
-                .run(move |conn| {
-                    for hash in &keys {
-                        let row = conn
-                            .query_row(
-                                "SELECT oid, record FROM tokens WHERE provider = ?1 AND upn_hash = ?2",
-                                params![p, &hash[..]],
-                                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)),
-                            )
-                            .optional()
-                            .map_err(db_error)?;
-                        if row.is_some() {
-                            return Ok(row);
-                        }
-                    }
-                    Ok(None)
-                })
-                .await?;
-            match row {
-                Some((oid, blob)) => self.read(provider, &oid, blob, Some((tid, upn))).await,
-                None => Ok(None),
-            }
+    async fn put(
+        &self,
+        provider: &str,
+        record: NewRecord,
+        opener: &Opener,
+    ) -> Result<Option<String>, StoreError> {
+        let (p, opener) = (provider.to_owned(), opener.clone());
+        self.run(move |conn| {
+            let NewRecord {
+                oid,
+                blob,
+                index_keys: keys,
+                ..
+            } = record;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let holder = upn_holder(&tx, &opener, &p, &oid, &keys)?;
+            let claim = keys.first().filter(|_| holder.is_none());
+            tx.execute(
+                "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (provider, oid)
+                 DO UPDATE SET upn_hash = excluded.upn_hash, record = excluded.record",
+                params![p, oid, claim.map(|h| &h[..]), blob],
+            )
+            .map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            Ok(holder)
         })
+        .await
     }
 
-    fn delete<'a>(
-        &'a self,
-        provider: &'a str,
-        oid: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let (p, o) = (provider.to_owned(), oid.to_owned());
-            self.run(move |conn| delete_row(conn, &p, &o)).await
+    async fn replace_if_unchanged(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: &[u8],
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let (p, o, old) = (provider.to_owned(), oid.to_owned(), old.to_vec());
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE tokens SET record = ?4
+                 WHERE provider = ?1 AND oid = ?2 AND record = ?3",
+                params![p, o, old, new],
+            )
+            .map(|n| n > 0)
+            .map_err(db_error)
         })
+        .await
     }
 
-    fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let sealer = self.sealer.clone();
-            self.run(move |conn| rotate(conn, &sealer)).await
-        })
+    async fn delete(&self, provider: &str, oid: &str) -> Result<bool, StoreError> {
+        let (p, o) = (provider.to_owned(), oid.to_owned());
+        self.run(move |conn| delete_row(conn, &p, &o)).await
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.run(|conn| {
-                conn.query_row("SELECT count(*) FROM tokens", [], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .map(drop)
-                .map_err(db_error)
+    async fn delete_if_unchanged(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: &[u8],
+    ) -> Result<(), StoreError> {
+        let (p, o, old) = (provider.to_owned(), oid.to_owned(), old.to_vec());
+        self.run(move |conn| {
+            conn.execute(
+                "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2 AND record = ?3",
+                params![p, o, old],
+            )
+            .map(drop)
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn rotate(&self, opener: &Opener) -> Result<Rotated, StoreError> {
+        let opener = opener.clone();
+        self.run(move |conn| rotate(conn, &opener)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.query_row("SELECT count(*) FROM tokens", [], |row| {
+                row.get::<_, i64>(0)
             })
-            .await
+            .map(drop)
+            .map_err(db_error)
         })
-    }
-
-    fn kind(&self) -> &'static str {
-        "sqlite"
+        .await
     }
 }
 
@@ -231,7 +240,7 @@ enum Migration {
 /// Another process (e.g. `tollgate store rotate` next to `serve`) may hold the write lock briefly.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl SqliteStore {
+impl SqliteBackend {
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -248,47 +257,17 @@ impl SqliteStore {
         .map_err(|err| StoreError::Io(format!("database task failed: {err}")))?
     }
 
-    async fn read(
-        &self,
-        provider: &str,
-        oid: &str,
-        blob: Vec<u8>,
-        upn: Option<(&str, &str)>,
-    ) -> Result<Option<UserTokens>, StoreError> {
-        // UPN and record live in one row, so only an edit of the file can make them disagree.
-        let opened = open_found(&self.sealer, provider, oid, &blob, upn)?;
-        let (p, o) = (provider.to_owned(), oid.to_owned());
-        if is_expired(&opened.tokens, now_unix()) {
-            self.run(move |conn| {
-                conn.execute(
-                    "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2 AND record = ?3",
-                    params![p, o, blob],
-                )
-                .map_err(db_error)
-            })
-            .await?;
-            return Ok(None);
-        }
-        if let Some(new_blob) = opened.resealed {
-            let written = self
-                .run(move |conn| {
-                    conn.execute(
-                        "UPDATE tokens SET record = ?4
-                         WHERE provider = ?1 AND oid = ?2 AND record = ?3",
-                        params![p, o, blob, new_blob],
-                    )
-                    .map_err(db_error)
-                })
-                .await;
-            if let Err(err) = written {
-                tracing::warn!(error = %err, "could not re-seal a record under the current key");
-            }
-        }
-        Ok(Some(opened.tokens))
+    /// Brings the schema to the latest version. Blocking (run at open, before any call).
+    fn migrate(&self, opener: &Opener) -> Result<(), StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Io("database connection lock poisoned".into()))?;
+        migrate(&mut conn, opener)
     }
 }
 
-fn migrate(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, opener: &Opener) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_error)?;
@@ -313,7 +292,7 @@ fn migrate(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
             Migration::Sql(sql) => tx
                 .execute_batch(sql)
                 .map_err(|err| failed(err.to_string()))?,
-            Migration::Reindex => reindex(&tx, sealer).map_err(|err| failed(err.to_string()))?,
+            Migration::Reindex => reindex(&tx, opener).map_err(|err| failed(err.to_string()))?,
         }
     }
     tx.pragma_update(None, "user_version", latest)
@@ -326,7 +305,7 @@ fn migrate(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
 /// does not open keeps its entry, since nothing shows it has lost it.
 fn upn_holder(
     conn: &Connection,
-    sealer: &Sealer,
+    opener: &Opener,
     provider: &str,
     oid: &str,
     keys: &[[u8; 32]],
@@ -342,9 +321,7 @@ fn upn_holder(
             .optional()
             .map_err(db_error)?;
         let Some((other, blob)) = row else { continue };
-        let expired = open_record(sealer, provider, &other, &blob)
-            .is_ok_and(|opened| is_expired(&opened.tokens, now_unix()));
-        if !expired {
+        if !opener.has_expired(provider, &other, &blob) {
             return Ok(Some(other));
         }
         conn.execute(
@@ -357,7 +334,7 @@ fn upn_holder(
 }
 
 /// [`Migration::Reindex`].
-fn reindex(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+fn reindex(conn: &Connection, opener: &Opener) -> Result<(), StoreError> {
     let rows: Vec<(String, String, Vec<u8>)> = {
         let mut stmt = conn
             .prepare("SELECT provider, oid, record FROM tokens WHERE upn_hash IS NOT NULL")
@@ -369,9 +346,7 @@ fn reindex(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     };
     for (provider, oid, blob) in rows {
         // The old index allowed one row per UPN, so the new keys are unique too.
-        let key = open_record(sealer, &provider, &oid, &blob)
-            .ok()
-            .and_then(|opened| record_upn_keys(sealer, &opened.tokens).first().copied());
+        let key = opener.index_key(&provider, &oid, &blob);
         conn.execute(
             "UPDATE tokens SET upn_hash = ?3 WHERE provider = ?1 AND oid = ?2",
             params![provider, oid, key.as_ref().map(|h| &h[..])],
@@ -391,7 +366,7 @@ fn delete_row(conn: &mut Connection, provider: &str, oid: &str) -> Result<bool, 
 }
 
 /// One transaction: other calls wait, and a crash leaves either all or none re-sealed.
-fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
+fn rotate(conn: &mut Connection, opener: &Opener) -> Result<Rotated, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_error)?;
@@ -408,21 +383,24 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
         .map_err(db_error)?
     };
     let now = now_unix();
-    let (mut resealed, mut unreadable) = (0u64, 0u64);
+    let mut rotated = Rotated::default();
     for (provider, oid, blob, upn_hash) in rows {
-        match open_record(sealer, &provider, &oid, &blob) {
-            Ok(opened) if is_expired(&opened.tokens, now) => {
+        match opener.rotation(&provider, &oid, &blob, now) {
+            Rotation::Expired => {
                 tx.execute(
                     "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2",
                     params![provider, oid],
                 )
                 .map_err(db_error)?;
             }
-            Ok(opened) => {
+            Rotation::Live {
+                resealed,
+                index_key,
+                ..
+            } => {
                 // An entry under an older key moves to the first one (left where it is in the
                 // impossible case that another row holds that already).
-                let first = record_upn_keys(sealer, &opened.tokens).first().copied();
-                if let (Some(old), Some(new)) = (&upn_hash, first)
+                if let (Some(old), Some(new)) = (&upn_hash, index_key)
                     && old[..] != new[..]
                 {
                     tx.execute(
@@ -431,20 +409,20 @@ fn rotate(conn: &mut Connection, sealer: &Sealer) -> Result<u64, StoreError> {
                     )
                     .map_err(db_error)?;
                 }
-                if let Some(new_blob) = opened.resealed {
+                if let Some(new_blob) = resealed {
                     tx.execute(
                         "UPDATE tokens SET record = ?3 WHERE provider = ?1 AND oid = ?2",
                         params![provider, oid, new_blob],
                     )
                     .map_err(db_error)?;
-                    resealed += 1;
+                    rotated.resealed += 1;
                 }
             }
-            Err(_) => unreadable += 1,
+            Rotation::Unreadable => rotated.unreadable += 1,
         }
     }
     tx.commit().map_err(db_error)?;
-    rotation_result(resealed, unreadable)
+    Ok(rotated)
 }
 
 /// The file holds only sealed blobs, but its user id list is still nobody else's business.
@@ -475,6 +453,8 @@ fn db_error(err: rusqlite::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sealed::seal_record;
+    use super::super::{TokenStore as _, UserTokens};
     use super::*;
 
     fn sealer() -> Sealer {
