@@ -6,13 +6,10 @@
 //! so two redemptions of one refresh token (for two targets, or racing a logout) must not happen.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, PoisonError, Weak};
-
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use std::sync::Arc;
 
 use crate::exchange::{ExchangeError, Exchanger, IdpError};
-use crate::store::{StoreError, TokenStore, UserTokens};
+use crate::store::{StoreError, TokenStore, UserLock, UserTokens};
 use crate::util::{now, sha256};
 use crate::validate::Claims;
 
@@ -145,30 +142,8 @@ pub(crate) async fn store_login(
 
 /// Takes the lock that serialises every write of one user's record in `store` (refresh, login,
 /// logout, deletion). Hold the guard across the read-modify-write.
-pub(crate) async fn lock_user(
-    store: &Arc<dyn TokenStore>,
-    provider: &str,
-    oid: &str,
-) -> OwnedMutexGuard<()> {
-    // Process-wide, keyed by store instance too: several servers in one process (tests,
-    // embedding) must not wait on each other. Entries are weak, so the map only holds users whose
-    // lock is alive right now.
-    static LOCKS: LazyLock<std::sync::Mutex<UserLocks>> = LazyLock::new(Default::default);
-    let instance = (Arc::as_ptr(store) as *const () as usize).to_string();
-    let key = len_prefixed_hash(&[&instance, provider, oid]);
-    let lock = {
-        let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
-        locks.retain(|_, l| l.strong_count() > 0);
-        match locks.get(&key).and_then(Weak::upgrade) {
-            Some(l) => l,
-            None => {
-                let l = Arc::new(Mutex::new(()));
-                locks.insert(key, Arc::downgrade(&l));
-                l
-            }
-        }
-    };
-    lock.lock_owned().await
+pub(crate) async fn lock_user(store: &Arc<dyn TokenStore>, provider: &str, oid: &str) -> UserLock {
+    store.lock_user(provider, oid).await
 }
 
 /// Whether the granted scopes cover `target`: the exact scope, or for `<resource>/.default` any
@@ -186,9 +161,6 @@ pub(crate) fn covers(scopes: &[String], target: &str) -> bool {
             })
     })
 }
-
-/// Per-user locks by hashed (store instance, provider, oid).
-type UserLocks = HashMap<[u8; 32], Weak<Mutex<()>>>;
 
 /// One redemption of a user's refresh token for a target.
 struct Refresh {

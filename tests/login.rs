@@ -44,7 +44,7 @@ use url::Url;
 const TENANT: &str = DEFAULT_TENANT_ID;
 /// tollgate's API key in these tests.
 const API_KEY: &str = "login-test-api-key";
-/// Where the token endpoint's success members come in Entra's order (entra-reference §5).
+/// Where the token endpoint's success members come in the order Entra sends them.
 const TOKEN_MEMBERS: [&str; 8] = [
     "token_type",
     "scope",
@@ -2273,7 +2273,7 @@ async fn validate_id_token(rp: &RpShared, d: &Discovered, token: &str) -> Result
     .map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     // A multi-tenant authority's issuer is a template the token's own tenant fills
-    // (entra-reference §9).
+    // (Microsoft's multi-tenant issuer rule).
     let tid = jwt_claims(token)["tid"]
         .as_str()
         .unwrap_or_default()

@@ -1,4 +1,4 @@
-//! The local token API, wire-compatible with NAIS Texas (entra-reference §10): the app asks
+//! The local token API, wire-compatible with NAIS Texas (<https://github.com/nais/texas>): the app asks
 //! `localhost` for tokens instead of speaking OAuth.
 //!
 //! | route | body | answer |

@@ -1,6 +1,6 @@
 //! The token endpoint requests (RFC 6749 §4.4, §6; RFC 7523 §2.1 with Entra's
 //! `requested_token_use=on_behalf_of`) and their responses (§5.1, §5.2; Entra adds `suberror`,
-//! `claims`, `error_codes`, entra-reference §5.3).
+//! `claims`, `error_codes`: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -229,7 +229,8 @@ fn from_provider(e: crate::provider::ProviderError) -> ExchangeError {
     }
 }
 
-/// Entra v1 sends `expires_in` as a string of digits (entra-reference §5.1).
+/// Entra's v1 endpoint sends `expires_in` as a string of digits (`"3599"`), not the number
+/// RFC 6749 §5.1 describes.
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Value::deserialize(d)? {
         Value::Number(n) => n

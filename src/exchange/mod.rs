@@ -556,7 +556,8 @@ impl Exchanger {
     }
 
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
-    /// (entra-reference §9: OBO goes to the resource tenant in the token's `tid`).
+    /// (OBO is asked of the tenant that issued the user's token, its `tid`: a multi-tenant
+    /// authority names no tenant).
     fn token_endpoint(&self, tid: Option<&str>) -> Result<String, ExchangeError> {
         let metadata = self
             .inner

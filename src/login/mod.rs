@@ -1,4 +1,4 @@
-//! The interactive-login proxy ("Entra ID Proxy", seeds/000): the app's OIDC client uses
+//! The interactive-login proxy (an "Entra ID proxy"): the app's OIDC client uses
 //! tollgate as its IdP. tollgate serves the provider's discovery document with the
 //! authorization, token and end-session endpoints pointing at itself (issuer and `jwks_uri`
 //! untouched, so the app still validates ID tokens against the real IdP), widens the scope on

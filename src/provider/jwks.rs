@@ -3,7 +3,7 @@
 //! Dropped on load: symmetric keys (`kty: oct` — a public JWKS must never make an HMAC secret of
 //! itself, the HS256-with-public-key attack), encryption keys (`use: enc`), keys without `kid`
 //! (tokens select keys by kid only), and keys whose type matches no configured algorithm.
-//! Entra keys carry no `alg` (entra-reference §2.1): the family is inferred from `kty` and the
+//! Entra's keys carry no `alg` (optional in RFC 7517 §4.4): the family is inferred from `kty` and the
 //! algorithm always comes from configuration, never from the token alone.
 
 use std::collections::HashMap;

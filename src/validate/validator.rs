@@ -372,8 +372,9 @@ impl Validator {
     }
 
     /// `iss` must equal the provider's issuer, or a `{tenantid}` template filled with the token's
-    /// own `tid` (entra-reference §9 steps 2-4); for Entra, v1 and v2 issuer forms of the same
-    /// tenant are both accepted (§1.4 key rule).
+    /// own `tid` (Microsoft's multi-tenant issuer rule); for Entra, v1 and v2 issuer forms of the same
+    /// tenant (`https://sts.windows.net/{tid}/`, `https://login.microsoftonline.com/{tid}/v2.0`) are
+    /// both accepted.
     fn check_issuer(
         &self,
         claims: &Map<String, Value>,

@@ -92,7 +92,8 @@ pub(crate) struct UserSession {
     pub(crate) sid: String,
 }
 
-/// The authentication contexts a `claims` request asks for (entra-reference §5.6):
+/// The authentication contexts a `claims` request asks for (OpenID Connect Core §5.5 with
+/// Entra's `acrs` claim):
 /// `{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`, or `values` with several. The
 /// dev IdP satisfies every one it is asked for.
 pub(crate) fn requested_acrs(claims: Option<&str>) -> Vec<String> {
