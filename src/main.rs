@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tollgate::config::{Config, LogFormat, ProcessEnv};
+use tollgate::config::{AuthMode, ClientAuthMethod, Config, LogFormat, ProcessEnv, ProviderConfig};
 
 #[derive(Parser)]
 #[command(
     name = "tollgate",
     version,
-    about = "Identity sidecar for apps behind Entra ID or any OIDC provider"
+    about = "Identity sidecar for apps behind Entra ID or any OIDC provider",
+    after_help = "Example:\n  tollgate check -c /etc/tollgate/tollgate.toml && tollgate serve -c /etc/tollgate/tollgate.toml\n\nRun `tollgate <COMMAND> --help` for each command's example."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,24 +21,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the sidecar (public, api and admin listeners).
+    #[command(
+        after_help = "Example:\n  tollgate serve --config /etc/tollgate/tollgate.toml\n  AZURE_APP_CLIENT_ID, AZURE_APP_WELL_KNOWN_URL, BIND_ADDRESS and TOLLGATE_SECTION__KEY variables override the file."
+    )]
     Serve {
         /// Configuration file (TOML); TOLLGATE_* and AZURE_* environment variables are merged in.
         #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
     /// Load and validate the configuration, print it with secrets redacted.
+    ///
+    /// The redacted TOML goes to standard output; a summary of the listeners, providers and
+    /// routes in force goes to standard error.
+    #[command(after_help = "Example:\n  tollgate check --config tollgate.toml > effective.toml")]
     Check {
         /// Configuration file (TOML).
         #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
     /// Start a dev IdP, an echo app and the sidecar on loopback, and print commands to try.
+    #[command(after_help = "Example (0 picks a free port):\n  tollgate demo --port 0")]
     Demo {
         /// Public listener port of the sidecar (0 picks a free one).
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
     /// Run the local development OpenID provider alone.
+    #[command(after_help = "Example:\n  tollgate dev-idp --listen 127.0.0.1:9400")]
     DevIdp {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9400")]
@@ -47,8 +57,14 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Print a new token-store encryption key line (`kid:base64`).
+    #[command(
+        after_help = "Example (see `tollgate store rotate --help` to add a key):\n  tollgate keygen > store_keys"
+    )]
     Keygen,
     /// Token store maintenance.
+    #[command(
+        after_help = "Example:\n  tollgate store rotate --config /etc/tollgate/tollgate.toml"
+    )]
     Store {
         #[command(subcommand)]
         command: StoreCommand,
@@ -58,6 +74,9 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Re-seal every stored entry under the first configured key.
+    #[command(
+        after_help = "Example (the new key first, the old ones kept after it):\n  (tollgate keygen; cat store_keys) > store_keys.new && mv store_keys.new store_keys\n  tollgate store rotate --config tollgate.toml"
+    )]
     Rotate {
         /// Configuration file (TOML).
         #[arg(long, short, default_value = "tollgate.toml", env = "TOLLGATE_CONFIG")]
@@ -120,6 +139,8 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Check { config } => {
             let cfg = load(&config)?;
             print!("{}", cfg.to_redacted_toml());
+            // On stderr, so stdout stays a TOML file that can be saved and loaded again.
+            eprint!("{}", in_force(&cfg));
             eprintln!("configuration OK");
             Ok(())
         }
@@ -157,6 +178,113 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// What `tollgate check` says is in force: the listeners, each provider and each route, one
+/// line each. It names where secrets come from, never their values.
+fn in_force(cfg: &Config) -> String {
+    let mut out = String::from("in force:\n");
+    let addr =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    out.push_str(&format!("  listener public {}\n", cfg.listen.public));
+    out.push_str(&format!("  listener api {}\n", addr(cfg.listen.api)));
+    out.push_str(&format!("  listener admin {}\n", addr(cfg.listen.admin)));
+    if cfg.providers.is_empty() {
+        out.push_str("  providers none\n");
+    }
+    for p in &cfg.providers {
+        let mut idp = Vec::new();
+        if let Some(u) = &p.well_known_url {
+            idp.push(format!("well-known {}", without_userinfo(u)));
+        }
+        if let Some(issuer) = &p.issuer {
+            idp.push(format!("issuer {issuer}"));
+        }
+        out.push_str(&format!(
+            "  provider {}: {}, client id {}, credential {}\n",
+            p.name,
+            idp.join(", "),
+            p.client_id,
+            credential(p)
+        ));
+    }
+    if cfg.routes.is_empty() {
+        out.push_str("  routes none\n");
+    }
+    for r in &cfg.routes {
+        let mut line = format!("  route {}: auth {}", r.path, auth_mode(r.auth));
+        if r.auth != AuthMode::None
+            && let Ok(p) = cfg.route_provider(r)
+        {
+            line.push_str(&format!(", provider {}", p.name));
+        }
+        if !r.scopes.is_empty() {
+            line.push_str(&format!(", scopes {}", r.scopes.join(" ")));
+        }
+        if !r.roles.is_empty() {
+            line.push_str(&format!(", roles {}", r.roles.join(" ")));
+        }
+        if let Some(target) = &r.obo {
+            line.push_str(&format!(", obo {target}"));
+        }
+        for (header, target) in &r.obo_headers {
+            line.push_str(&format!(", obo {target} in {header}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// How tollgate authenticates to the provider's token endpoint and where the credential comes
+/// from, in the order the provider takes them (the environment before a file); `none` when it
+/// has nothing to send (the provider then only validates tokens).
+fn credential(p: &ProviderConfig) -> String {
+    let from = |env: bool, file: &Option<PathBuf>| match (env, file) {
+        (true, _) => "environment".to_owned(),
+        (false, Some(f)) => format!("file {}", f.display()),
+        (false, None) => "nowhere".to_owned(),
+    };
+    match p.client_auth {
+        ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {
+            if p.client_secret.is_none() && p.client_secret_file.is_none() {
+                "none".to_owned()
+            } else {
+                format!(
+                    "secret from {}",
+                    from(p.client_secret.is_some(), &p.client_secret_file)
+                )
+            }
+        }
+        ClientAuthMethod::PrivateKeyJwt => {
+            let source = if p.client_jwk.is_some() || p.client_jwk_file.is_some() {
+                from(p.client_jwk.is_some(), &p.client_jwk_file)
+            } else {
+                from(false, &p.client_key_file)
+            };
+            format!("private key from {source}")
+        }
+        ClientAuthMethod::Federated => format!(
+            "federated assertion from {}",
+            from(false, &p.client_assertion_file)
+        ),
+    }
+}
+
+fn auth_mode(mode: AuthMode) -> &'static str {
+    match mode {
+        AuthMode::Required => "required",
+        AuthMode::Optional => "optional",
+        AuthMode::None => "none",
+    }
+}
+
+/// A URL may carry a user and password (`https://user:pass@idp`): the summary shows neither.
+fn without_userinfo(u: &url::Url) -> url::Url {
+    let mut u = u.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u
 }
 
 /// Loads the configuration; the default file may be absent (environment-only setups).
