@@ -544,3 +544,25 @@ fn the_redacted_config_is_toml_whatever_the_keys_and_values() {
     let again = Config::from_toml_str(&printed, &MapEnv::default()).unwrap();
     assert_eq!(again.to_redacted_toml(), printed);
 }
+
+#[test]
+fn api_and_admin_listeners_can_be_turned_off() {
+    // TOML has no null, so "off" is the only way to say "no listener" in a file or a variable.
+    let toml = "[listen]\napi = \"off\"\nadmin = \"OFF\"\n";
+    let cfg = Config::from_toml_str(toml, &MapEnv::default()).unwrap();
+    assert_eq!((cfg.listen.api, cfg.listen.admin), (None, None));
+    // What `tollgate check` prints loads back to the same listeners.
+    let printed = cfg.to_redacted_toml();
+    assert!(printed.contains("api = \"off\""), "{printed}");
+    let again = Config::from_toml_str(&printed, &MapEnv::default()).unwrap();
+    assert_eq!((again.listen.api, again.listen.admin), (None, None));
+
+    let env = MapEnv::from([("TOLLGATE_LISTEN__ADMIN", "off")]);
+    let cfg = Config::from_toml_str("", &env).unwrap();
+    assert_eq!(cfg.listen.admin, None);
+    assert_eq!(cfg.listen.api, Some("127.0.0.1:7164".parse().unwrap()));
+
+    let bad = err("[listen]\napi = \"nowhere\"\n");
+    assert!(bad.contains("listen.api") || bad.contains("nowhere"), "{bad}");
+    assert!(bad.contains("\"off\""), "{bad}");
+}

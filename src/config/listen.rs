@@ -18,15 +18,23 @@ use super::{ConfigError, duration_str};
 /// assert_eq!(listen.shutdown_grace, Duration::from_secs(20));
 /// assert_eq!(listen.max_connections, 10_000); // per listener
 /// assert_eq!(listen.header_timeout, Duration::from_secs(30));
+///
+/// // TOML has no null: `"off"` turns the API or admin listener off (a missing key keeps it on).
+/// use tollgate::config::{Config, MapEnv};
+/// let cfg = Config::from_toml_str("[listen]\napi = \"off\"\n", &MapEnv::default())?;
+/// assert_eq!((cfg.listen.api, cfg.listen.admin.is_some()), (None, true));
+/// # Ok::<(), tollgate::config::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Proxied app routes and login routes.
     pub public: SocketAddr,
-    /// Local token API; `None` disables it.
+    /// Local token API; `None` (`api = "off"` in the file) disables it.
+    #[serde(with = "optional_listener")]
     pub api: Option<SocketAddr>,
-    /// `/healthz`, `/readyz`, `/metrics`.
+    /// `/healthz`, `/readyz`, `/metrics`; `None` (`admin = "off"`) disables it.
+    #[serde(with = "optional_listener")]
     pub admin: Option<SocketAddr>,
     /// How long in-flight requests may run after SIGTERM.
     #[serde(with = "duration_str")]
@@ -102,5 +110,39 @@ impl ListenConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// `api`/`admin`: an address, or `"off"` for no listener. Printed back the same way, so the
+/// redacted TOML `tollgate check` prints loads into the same configuration.
+mod optional_listener {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const OFF: &str = "off";
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        s.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "bad listener address {s:?} (use e.g. \"127.0.0.1:7164\", or \"off\")"
+            ))
+        })
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(OFF),
+        }
     }
 }

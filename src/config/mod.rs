@@ -51,6 +51,7 @@ pub use self::log::{LogConfig, LogFormat};
 pub use self::login::LoginConfig;
 pub use self::provider::{ClientAuthMethod, ProviderConfig, is_loopback_host};
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
+#[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, RouteConfig};
 pub use self::secret::Secret;

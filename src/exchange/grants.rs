@@ -1,6 +1,6 @@
 //! The token endpoint requests (RFC 6749 §4.4, §6; RFC 7523 §2.1 with Entra's
 //! `requested_token_use=on_behalf_of`) and their responses (§5.1, §5.2; Entra adds `suberror`,
-//! `claims`, `error_codes`: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow).
+//! `claims`, `error_codes`: <https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow>).
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -408,22 +408,28 @@ mod duration_str {
     }
 }
 
+/// One user's record as the store tests use it: tokens whose values must never show.
+#[cfg(test)]
+fn sample_tokens() -> UserTokens {
+    UserTokens {
+        oid: "oid-1".into(),
+        tid: "tid-1".into(),
+        upn: Some("Ada@Example.com".into()),
+        access_token: "AT-SECRET-VALUE".into(),
+        access_token_expires_at: 10,
+        scopes: vec!["User.Read".into()],
+        refresh_token: "RT-SECRET-VALUE".into(),
+        refresh_token_expires_at: 20,
+        sid: Some("sid-1".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tokens() -> UserTokens {
-        UserTokens {
-            oid: "oid-1".into(),
-            tid: "tid-1".into(),
-            upn: Some("Ada@Example.com".into()),
-            access_token: "AT-SECRET-VALUE".into(),
-            access_token_expires_at: 10,
-            scopes: vec!["User.Read".into()],
-            refresh_token: "RT-SECRET-VALUE".into(),
-            refresh_token_expires_at: 20,
-            sid: Some("sid-1".into()),
-        }
+        sample_tokens()
     }
 
     #[test]

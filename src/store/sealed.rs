@@ -87,6 +87,7 @@ pub(crate) enum StrayIndex {
     Corrupt,
     /// Entry and record are separate keys: a disagreeing entry is not this user's, and the
     /// lookup finds nobody.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     NotFound,
 }
 
@@ -97,6 +98,7 @@ pub(crate) struct NewRecord {
     /// The record's UPN index keys, the one to claim first (none without a UPN).
     pub(crate) index_keys: Vec<[u8; 32]>,
     /// When the refresh token expires, unix seconds (backends with a TTL drop the record then).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) expires_at: u64,
 }
 
@@ -121,6 +123,7 @@ pub(crate) enum Rotation {
         /// entry held under another key moves there, unless another user holds it.
         index_key: Option<[u8; 32]>,
         /// When the refresh token expires, unix seconds.
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
         expires_at: u64,
     },
 }
@@ -545,17 +548,7 @@ mod tests {
     const FAR_FUTURE: u64 = 4_000_000_000;
 
     fn tokens() -> UserTokens {
-        UserTokens {
-            oid: "oid-1".into(),
-            tid: "tid-1".into(),
-            upn: Some("Ada@Example.com".into()),
-            access_token: "AT-SECRET-VALUE".into(),
-            access_token_expires_at: 10,
-            scopes: vec!["User.Read".into()],
-            refresh_token: "RT-SECRET-VALUE".into(),
-            refresh_token_expires_at: 20,
-            sid: Some("sid-1".into()),
-        }
+        super::super::sample_tokens()
     }
 
     fn user(oid: &str, upn: &str) -> UserTokens {

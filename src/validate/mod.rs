@@ -1,7 +1,7 @@
 //! Bearer token -> [`Claims`], and every refusal as an RFC 6750 §3 challenge.
 //!
 //! The checks follow RFC 8725 (JWT BCP) and Microsoft's multi-tenant issuer rules
-//! (https://learn.microsoft.com/entra/identity-platform/howto-convert-app-to-be-multi-tenant):
+//! (<https://learn.microsoft.com/entra/identity-platform/howto-convert-app-to-be-multi-tenant>):
 //! the algorithm comes from configuration only (§3.1), the key is chosen by `kid` from the
 //! provider's JWKS and must be of the algorithm's type, `exp`/`iss`/`aud` are required, `nbf` is
 //! honoured with the configured leeway, a `{tenantid}` issuer template is filled with the token's

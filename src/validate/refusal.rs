@@ -136,7 +136,7 @@ impl ValidationError {
 }
 
 /// `401` with a claims challenge (Microsoft's claims challenge,
-/// https://learn.microsoft.com/entra/identity-platform/claims-challenge): `error="insufficient_claims"`, the
+/// <https://learn.microsoft.com/entra/identity-platform/claims-challenge>): `error="insufficient_claims"`, the
 /// claims request `claims_json` in standard base64 and, when known, the `authorization_uri` to
 /// send the user to, so the client (MSAL) can get a token that satisfies it.
 pub(crate) fn claims_challenge<B: From<String>>(
