@@ -563,6 +563,9 @@ fn api_and_admin_listeners_can_be_turned_off() {
     assert_eq!(cfg.listen.api, Some("127.0.0.1:7164".parse().unwrap()));
 
     let bad = err("[listen]\napi = \"nowhere\"\n");
-    assert!(bad.contains("listen.api") || bad.contains("nowhere"), "{bad}");
+    assert!(
+        bad.contains("listen.api") || bad.contains("nowhere"),
+        "{bad}"
+    );
     assert!(bad.contains("\"off\""), "{bad}");
 }
