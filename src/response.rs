@@ -138,7 +138,7 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
             "gateway_timeout",
             "the identity provider timed out",
         ),
-        ExchangeError::ClientAuth(c) => {
+        ExchangeError::ClientAuth(c) if !c.is_unavailable() => {
             tracing::error!(error = %c, "On-Behalf-Of: tollgate's client credential is unusable");
             json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,

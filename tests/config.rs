@@ -569,3 +569,83 @@ fn api_and_admin_listeners_can_be_turned_off() {
     );
     assert!(bad.contains("\"off\""), "{bad}");
 }
+
+#[test]
+fn azure_workload_identity_variables_give_entra_id_a_federated_credential() {
+    const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+    let webhook = [
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+        ("AZURE_CLIENT_ID", "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb"),
+        ("AZURE_TENANT_ID", TENANT),
+    ];
+    // The webhook's variables alone make the provider, on the public cloud's authority.
+    let cfg = Config::from_toml_str("", &MapEnv::from(webhook)).unwrap();
+    let p = &cfg.providers[0];
+    assert_eq!(p.name, "entra_id");
+    assert_eq!(p.client_auth, ClientAuthMethod::Federated);
+    assert_eq!(
+        p.client_assertion_file.as_deref(),
+        Some(std::path::Path::new(webhook[0].1))
+    );
+    assert_eq!(p.client_id, webhook[1].1);
+    assert_eq!(
+        p.well_known_url.as_ref().unwrap().as_str(),
+        format!("https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration")
+    );
+    // Another cloud's authority host, with or without the trailing slash.
+    let mut sovereign = webhook.to_vec();
+    sovereign.push(("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"));
+    let cfg = Config::from_toml_str("", &sovereign.iter().copied().collect::<MapEnv>()).unwrap();
+    assert!(
+        cfg.providers[0]
+            .well_known_url
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .starts_with(&format!("https://login.microsoftonline.us/{TENANT}/v2.0/"))
+    );
+    // A credential of the provider's own wins over the webhook's.
+    let mut with_secret = webhook.to_vec();
+    with_secret.push(("AZURE_APP_CLIENT_SECRET", "s3cr3t"));
+    let cfg =
+        Config::from_toml_str(PROVIDER, &with_secret.iter().copied().collect::<MapEnv>()).unwrap();
+    assert_eq!(
+        cfg.providers[0].client_auth,
+        ClientAuthMethod::ClientSecretPost
+    );
+    assert_eq!(cfg.providers[0].client_assertion_file, None);
+    // A configured provider keeps its own well-known URL and client id.
+    let cfg = Config::from_toml_str(PROVIDER, &MapEnv::from(webhook)).unwrap();
+    let p = &cfg.providers[0];
+    assert_eq!(p.client_auth, ClientAuthMethod::Federated);
+    assert!(
+        p.well_known_url
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .contains("11111111-2222")
+    );
+    // Without the ids and without an entra_id provider there is nothing to apply it to.
+    let cfg = Config::from_toml_str("", &MapEnv::from([webhook[0]])).unwrap();
+    assert!(cfg.providers.is_empty());
+
+    // `tollgate check` says which credential the provider will use.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check")
+        .current_dir(empty.path())
+        .env_remove("TOLLGATE_CONFIG")
+        .envs(webhook)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "credential federated assertion from file /var/run/secrets/azure/tokens/azure-identity-token"
+        ),
+        "{stderr}"
+    );
+}

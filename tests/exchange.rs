@@ -24,7 +24,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Echo, TestKey};
-use tollgate::config::{Config, MapEnv, ProviderConfig, Secret};
+use tollgate::config::{ClientAuthMethod, Config, MapEnv, ProviderConfig, Secret};
 use tollgate::server::{RunningServer, Server};
 use tollgate::{Exchanger, Provider, Validator};
 use tollgate_devidp::{
@@ -1772,6 +1772,63 @@ async fn federated_assertion_file_is_read_on_each_use() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(s.idp_calls("client_credentials"), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn azure_workload_identity_variables_alone_make_a_federated_provider() {
+    const ISSUER: &str = "https://oidc.cluster.example/issuer";
+    const SUBJECT: &str = "system:serviceaccount:team:app";
+    let idp = dev_idp().await;
+    let cluster_key = TestKey::new("cluster-key");
+    idp.register_federated_credential(
+        TOLLGATE_CLIENT_ID,
+        ISSUER,
+        SUBJECT,
+        json!({"keys": [cluster_key.public_jwk()]}),
+    )
+    .unwrap();
+    let now = support::now();
+    let assertion = cluster_key.sign(
+        &json!({"alg": "RS256", "typ": "JWT", "kid": cluster_key.kid}),
+        &json!({"iss": ISSUER, "sub": SUBJECT, "aud": ["api://AzureADTokenExchange"],
+                "iat": now, "nbf": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string()}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    let authority = idp.base_url().to_string();
+    // Exactly what the Azure Workload Identity webhook injects; no [[providers]] at all.
+    let env = MapEnv::from([
+        ("AZURE_FEDERATED_TOKEN_FILE", file.to_str().unwrap()),
+        ("AZURE_CLIENT_ID", TOLLGATE_CLIENT_ID),
+        ("AZURE_TENANT_ID", DEFAULT_TENANT_ID),
+        ("AZURE_AUTHORITY_HOST", authority.as_str()),
+    ]);
+    let cfg = Config::from_toml_str("", &env).unwrap();
+    let p = &cfg.providers[0];
+    assert_eq!(
+        (p.name.as_str(), p.client_auth),
+        ("entra_id", ClientAuthMethod::Federated)
+    );
+    assert_eq!(p.client_assertion_file.as_deref(), Some(file.as_path()));
+    let s = Stack::start(idp, "", &env).await;
+
+    // The projected token is not there yet: a clear gateway error, nothing cached.
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "server_error");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("unavailable for now: client_assertion_file"),
+        "{body}"
+    );
+    // Once the kubelet has written it, the next request authenticates with it.
+    std::fs::write(&file, &assertion).unwrap();
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(payload(&access_token(status, &body))["azpacr"], "2");
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(payload(&access_token(status, &body))["oid"], ALICE_OID);
     s.stop().await;
 }
 

@@ -190,6 +190,73 @@ pub(super) fn apply_nais_env(
     Ok(())
 }
 
+/// Applies Azure Workload Identity: the webhook mounts a projected service-account token and sets
+/// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`
+/// (<https://azure.github.io/azure-workload-identity/docs/topics/service-account-labels-and-annotations.html>).
+/// The `entra_id` provider (created when absent and both ids are set) then authenticates with
+/// that file as its client assertion, re-read before each use, unless it already has a secret or
+/// key of its own: an explicit credential always wins.
+pub(super) fn apply_workload_identity(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let get = |n: &str| {
+        vars.iter()
+            .find(|(k, v)| k == n && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let Some(token_file) = get("AZURE_FEDERATED_TOKEN_FILE") else {
+        return Ok(());
+    };
+    let (client_id, tenant) = (get("AZURE_CLIENT_ID"), get("AZURE_TENANT_ID"));
+    let idx = match cfg.providers.iter().position(|p| p.name == "entra_id") {
+        Some(i) => i,
+        None if client_id.is_some() && tenant.is_some() => {
+            cfg.providers.push(ProviderConfig::default());
+            cfg.providers.len() - 1
+        }
+        None => return Ok(()),
+    };
+    let p = &mut cfg.providers[idx];
+    if has_credential(p) {
+        return Ok(());
+    }
+    p.client_auth = ClientAuthMethod::Federated;
+    p.client_assertion_file = Some(token_file.into());
+    if p.client_id.is_empty()
+        && let Some(id) = client_id
+    {
+        p.client_id = id;
+    }
+    if p.well_known_url.is_none()
+        && let Some(tenant) = tenant
+    {
+        // The webhook sets the authority of the cloud the cluster runs in (public, US Gov,
+        // China); the public cloud's is the default, as in the Azure SDKs.
+        let host = get("AZURE_AUTHORITY_HOST")
+            .unwrap_or_else(|| "https://login.microsoftonline.com/".to_owned());
+        let url = format!(
+            "{}/{tenant}/v2.0/.well-known/openid-configuration",
+            host.trim_end_matches('/')
+        );
+        p.well_known_url = Some(Url::parse(&url).map_err(|e| {
+            ConfigError::invalid("AZURE_AUTHORITY_HOST", format!("not a URL: {e}"))
+        })?);
+    }
+    Ok(())
+}
+
+/// Whether the provider was given a credential of its own (file, environment or method).
+fn has_credential(p: &ProviderConfig) -> bool {
+    p.client_auth != ProviderConfig::default().client_auth
+        || p.client_secret.is_some()
+        || p.client_secret_file.is_some()
+        || p.client_jwk.is_some()
+        || p.client_jwk_file.is_some()
+        || p.client_key_file.is_some()
+        || p.client_assertion_file.is_some()
+}
+
 /// Option names whose values stay strings even when they look like numbers or booleans.
 const STRING_KEYS: &[&str] = &[
     "client_secret",

@@ -7,7 +7,10 @@
 //! 3. the NAIS names (`AZURE_APP_CLIENT_ID`, `AZURE_APP_CLIENT_SECRET`, `AZURE_APP_JWK`,
 //!    `AZURE_APP_WELL_KNOWN_URL`, `AZURE_OPENID_CONFIG_ISSUER`, `AZURE_OPENID_CONFIG_JWKS_URI`,
 //!    `AZURE_OPENID_CONFIG_TOKEN_ENDPOINT`, `BIND_ADDRESS`), applied to the provider named
-//!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set).
+//!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set),
+//! 4. Azure Workload Identity's `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
+//!    `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`: a federated client assertion for `entra_id`
+//!    (created when absent and both ids are set) unless it has a secret or key of its own.
 //!
 //! The environment is read through [`EnvSource`] so tests inject values instead of mutating the
 //! process environment.
@@ -166,6 +169,7 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(redact::redact_figment(&e)))?;
         env::apply_nais_env(&mut cfg, &vars)?;
+        env::apply_workload_identity(&mut cfg, &vars)?;
         cfg.normalize();
         cfg.validate()?;
         Ok(cfg)

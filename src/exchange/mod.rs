@@ -60,8 +60,9 @@ pub enum ExchangeError {
         /// A timeout rather than a failure.
         timeout: bool,
     },
-    /// tollgate's own client credential could not be used.
-    #[error("client authentication is misconfigured: {0}")]
+    /// tollgate's own client credential could not be used: misconfigured, or (a platform's
+    /// federated token file) not there yet.
+    #[error("client authentication is {state}: {0}", state = client_auth_state(.0))]
     ClientAuth(#[from] ClientAuthError),
     /// The provider has no token endpoint.
     #[error("the provider has no token endpoint (discovery not loaded yet?)")]
@@ -85,6 +86,7 @@ impl ExchangeError {
             Self::Idp(_) => StatusCode::BAD_REQUEST,
             Self::Upstream { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } | Self::NoTokenEndpoint => StatusCode::BAD_GATEWAY,
+            Self::ClientAuth(c) if c.is_unavailable() => StatusCode::BAD_GATEWAY,
             Self::ClientAuth(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -653,6 +655,16 @@ fn check_target(target: &str) -> Result<(), ExchangeError> {
     match crate::config::target_problem(target) {
         Some(why) => Err(ExchangeError::InvalidRequest(why.into())),
         None => Ok(()),
+    }
+}
+
+/// How [`ExchangeError::ClientAuth`] reads: a wrong credential and one the platform has not
+/// provided yet call for different actions from the operator.
+fn client_auth_state(e: &ClientAuthError) -> &'static str {
+    if e.is_unavailable() {
+        "unavailable for now"
+    } else {
+        "misconfigured"
     }
 }
 

@@ -79,12 +79,34 @@ pub struct ClientAuthError {
     pub option: &'static str,
     /// What is wrong.
     pub message: String,
+    /// The credential comes from the platform and is not there yet or not readable right now
+    /// (a projected federated token file): the next use tries again.
+    unavailable: bool,
+}
+
+impl ClientAuthError {
+    /// Whether the credential is missing for now rather than wrong: a federated token file the
+    /// platform has not written yet or that cannot be read. The IdP is then as unreachable as
+    /// when it is down (`502`), and the next use reads the file again.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
 }
 
 fn err(option: &'static str, message: impl Into<String>) -> ClientAuthError {
     ClientAuthError {
         option,
         message: message.into(),
+        unavailable: false,
+    }
+}
+
+/// A credential the platform provides that cannot be had right now (see
+/// [`ClientAuthError::is_unavailable`]).
+fn unavailable(option: &'static str, message: impl Into<String>) -> ClientAuthError {
+    ClientAuthError {
+        unavailable: true,
+        ..err(option, message)
     }
 }
 
@@ -209,14 +231,14 @@ impl ClientAuth {
             Kind::Federated(path) => {
                 // Re-read every time: the platform rotates the projected token file.
                 let assertion = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    err(
+                    unavailable(
                         "client_assertion_file",
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
                 let assertion = assertion.trim();
                 if assertion.is_empty() {
-                    return Err(err(
+                    return Err(unavailable(
                         "client_assertion_file",
                         format!("{} is empty", path.display()),
                     ));
