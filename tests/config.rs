@@ -48,6 +48,10 @@ fn every_bad_option_is_named() {
     let cases = [
         (format!("{PROVIDER}\n[listen]\nbogus = 1\n"), "bogus"),
         (
+            format!("{PROVIDER}client_capabilities = [\"cp 1\"]\n"),
+            "providers[0].client_capabilities",
+        ),
+        (
             format!("{PROVIDER}\n[upstream]\nurl = \"not a url\"\n"),
             "upstream.url",
         ),

@@ -1185,6 +1185,8 @@ struct SeenRequest {
     basic_client_id: Option<String>,
     /// The names of the form fields.
     fields: BTreeSet<String>,
+    /// The `claims` field, when there was one.
+    claims: Option<String>,
 }
 
 /// An HTTP forwarder to the dev IdP that records request paths (and how each request
@@ -1252,6 +1254,9 @@ async fn forward(State(fwd): State<Forwarder>, req: Request) -> Response {
         fields: url::form_urlencoded::parse(&body)
             .map(|(k, _)| k.into_owned())
             .collect(),
+        claims: url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "claims")
+            .map(|(_, v)| v.into_owned()),
     });
     let mut out = reqwest::Client::new()
         .post(format!("{}{path}", fwd.target))
@@ -1829,6 +1834,66 @@ async fn azure_workload_identity_variables_alone_make_a_federated_provider() {
     let alice = s.user_token(ALICE).await;
     let (status, body) = s.exchange(&alice, &downstream(), false).await;
     assert_eq!(payload(&access_token(status, &body))["oid"], ALICE_OID);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn client_capabilities_are_declared_and_an_upstream_claims_challenge_forgets_the_exchange() {
+    let idp = dev_idp().await;
+    let (recorder, _gate) = Forwarder::start(idp.base_url(), true).await;
+    let extra = format!(
+        "client_capabilities = [\"cp1\"]\ntoken_endpoint = \"{}\"",
+        recorder.url(&format!("/{DEFAULT_TENANT_ID}/oauth2/v2.0/token"))
+    );
+    let body = format!("{}{}", entra_provider(&idp, &extra), obo_routes());
+    let s = Stack::start(idp, &body, &secret_env()).await;
+    let alice = s.user_token(ALICE).await;
+
+    // Every grant declares the capability (Entra then issues CAE tokens).
+    assert_eq!(s.get_public("/obo/data", &alice, &[]).await.status(), 200);
+    let (status, body) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(status, 200, "{body}");
+    let declared = r#"{"access_token":{"xms_cc":{"values":["cp1"]}}}"#;
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        3,
+        "two OBO (obo and obo_headers), one client credentials"
+    );
+    for request in &seen {
+        assert_eq!(request.claims.as_deref(), Some(declared), "{request:?}");
+    }
+    // A cached exchange answers the next request.
+    assert_eq!(s.get_public("/obo/data", &alice, &[]).await.status(), 200);
+    assert_eq!(s.idp_calls(JWT_BEARER), 2);
+
+    // The upstream revokes the exchanged token with a claims challenge: the client gets the
+    // challenge unchanged, and the next request is exchanged afresh.
+    let resp = s.get_public("/obo/cae-challenge", &alice, &[]).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(challenge, support::CAE_CHALLENGE);
+    assert_eq!(
+        s.idp_calls(JWT_BEARER),
+        2,
+        "the challenge itself costs no exchange"
+    );
+    assert_eq!(s.get_public("/obo/data", &alice, &[]).await.status(), 200);
+    assert_eq!(
+        s.idp_calls(JWT_BEARER),
+        4,
+        "both targets of the route are exchanged again"
+    );
+    // A plain 401 from the upstream is the app's business: the cache stays.
+    assert_eq!(
+        s.get_public("/obo/plain-401", &alice, &[]).await.status(),
+        401
+    );
+    assert_eq!(s.get_public("/obo/data", &alice, &[]).await.status(), 200);
+    assert_eq!(s.idp_calls(JWT_BEARER), 4);
     s.stop().await;
 }
 

@@ -94,6 +94,13 @@ pub struct ProviderConfig {
     /// Keep serving cached keys this long while the IdP fails.
     #[serde(with = "duration_str")]
     pub jwks_max_stale: Duration,
+    /// Client capabilities declared on every token request (On-Behalf-Of, client credentials,
+    /// refresh) as `claims={"access_token":{"xms_cc":{"values":[...]}}}`. `["cp1"]` tells Entra
+    /// that tollgate handles Continuous Access Evaluation claims challenges, so it issues
+    /// long-lived CAE tokens that an upstream can revoke at once (Microsoft identity platform,
+    /// "Continuous access evaluation" and "Claims challenges, claims requests and client
+    /// capabilities").
+    pub client_capabilities: Vec<String>,
 }
 
 impl Default for ProviderConfig {
@@ -125,6 +132,7 @@ impl Default for ProviderConfig {
             jwks_refresh: Duration::from_secs(600),
             jwks_unknown_kid_min_interval: Duration::from_secs(30),
             jwks_max_stale: Duration::from_secs(24 * 3600),
+            client_capabilities: Vec::new(),
         }
     }
 }
@@ -228,6 +236,16 @@ impl ProviderConfig {
     /// The options of the provider at index `i` in `[[providers]]`, its name aside.
     fn check(&self, i: usize) -> Result<(), ConfigError> {
         let at = |k: &str| format!("providers[{i}].{k}");
+        if let Some(bad) = self
+            .client_capabilities
+            .iter()
+            .find(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(ConfigError::invalid(
+                at("client_capabilities"),
+                format!("{bad:?} is not a capability name (letters and digits, e.g. \"cp1\")"),
+            ));
+        }
         if self.client_id.trim().is_empty() {
             return Err(ConfigError::invalid(
                 at("client_id"),

@@ -263,6 +263,12 @@ impl TokenCache {
         self.cache.entry_count()
     }
 
+    /// Drops the entry for `key`, so the next lookup fetches afresh.
+    #[cfg(feature = "server")]
+    pub(super) async fn forget(&self, key: &[u8; 32]) {
+        self.cache.invalidate(key).await;
+    }
+
     /// The cached token for `key`, or the result of one shared `fetch`. Returns whether the
     /// answer came from the cache (or from another caller's fetch).
     #[cfg(test)]

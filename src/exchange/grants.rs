@@ -145,6 +145,10 @@ async fn post(
     endpoint: &str,
     mut form: Vec<(&'static str, String)>,
 ) -> Result<TokenResponse, ExchangeError> {
+    let capabilities = &provider.config().client_capabilities;
+    if !capabilities.is_empty() {
+        form.push(("claims", client_capabilities_claims(capabilities)));
+    }
     let basic = auth.apply(endpoint, &mut form).await?;
     let mut req = provider
         .http()
@@ -227,6 +231,12 @@ fn from_provider(e: crate::provider::ProviderError) -> ExchangeError {
             timeout: false,
         },
     }
+}
+
+/// The `claims` request declaring client capabilities (OpenID Connect Core §5.5 with Entra's
+/// `xms_cc`): `{"access_token":{"xms_cc":{"values":["cp1"]}}}`.
+fn client_capabilities_claims(capabilities: &[String]) -> String {
+    serde_json::json!({"access_token": {"xms_cc": {"values": capabilities}}}).to_string()
 }
 
 /// Entra's v1 endpoint sends `expires_in` as a string of digits (`"3599"`), not the number

@@ -373,6 +373,28 @@ impl Exchanger {
             .await
     }
 
+    /// Forgets the cached On-Behalf-Of token of `subject` (claims this exchanger's validator
+    /// produced) for `target`: the upstream refused it with a claims challenge (Continuous Access
+    /// Evaluation revoked it, or it lacks a claim), so the next request must not get it again.
+    #[cfg(feature = "server")]
+    pub(crate) async fn forget_on_behalf_of(
+        &self,
+        subject: &crate::validate::Claims,
+        target: &str,
+    ) {
+        let Some(digest) = subject.token_digest() else {
+            return;
+        };
+        let key = cache::key(
+            self.inner.provider.name(),
+            self.inner.auth.client_id(),
+            Grant::OnBehalfOf,
+            target,
+            digest,
+        );
+        self.inner.cache.forget(&key).await;
+    }
+
     /// The exchange itself, once `target` has passed [`check_target`].
     async fn on_behalf_of_checked(
         &self,

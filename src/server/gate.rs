@@ -110,10 +110,52 @@ async fn forward_authorised(
                 .insert(crate::proxy::TunnelDeadline(user.claims.expires_at()));
         }
     }
-    match exchange_for_route(state, route, user, req.headers_mut()).await {
-        Ok(()) => state.forwarder.forward(req, peer).await,
-        Err(resp) => resp,
+    // Kept (a reference count) to forget the exchanged tokens if the upstream refuses them.
+    let exchanged_for = user
+        .as_ref()
+        .filter(|u| u.token.is_some() && route.exchanges())
+        .map(|u| u.claims.clone());
+    if let Err(resp) = exchange_for_route(state, route, user, req.headers_mut()).await {
+        return resp;
     }
+    let resp = state.forwarder.forward(req, peer).await;
+    if let Some(claims) = exchanged_for
+        && is_claims_challenge(&resp)
+    {
+        forget_exchanged(state, route, &claims).await;
+    }
+    resp
+}
+
+/// The upstream's `401` claims challenge (`WWW-Authenticate: Bearer ...
+/// error="insufficient_claims", claims="..."`): Continuous Access Evaluation revoked the token
+/// tollgate exchanged, or the upstream needs a claim it lacks. The challenge goes back to the
+/// client unchanged, so it can step up (Microsoft identity platform, "Claims challenges, claims
+/// requests and client capabilities").
+fn is_claims_challenge(resp: &Response<Body>) -> bool {
+    resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .any(|v| memchr::memmem::find(v.as_bytes(), b"insufficient_claims").is_some())
+}
+
+/// Drops this user's cached On-Behalf-Of tokens for the route's targets, so the request after
+/// the step-up gets a fresh exchange instead of the refused token.
+async fn forget_exchanged(state: &AppState, route: &Route, claims: &Claims) {
+    let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
+        return;
+    };
+    let targets = route
+        .config
+        .obo
+        .iter()
+        .chain(route.obo_headers.iter().map(|(_, t)| t));
+    for target in targets {
+        exchanger.forget_on_behalf_of(claims, target).await;
+    }
+    tracing::debug!(route = %route.config.path, "upstream sent a claims challenge: exchanged tokens forgotten");
 }
 
 /// A CORS preflight as a browser sends it (Fetch standard, "CORS-preflight request"):

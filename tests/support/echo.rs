@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::response::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
@@ -48,8 +49,17 @@ impl Echo {
     }
 }
 
-async fn echo_handler(State(echo): State<Echo>, req: Request) -> Json<Value> {
+async fn echo_handler(State(echo): State<Echo>, req: Request) -> Response {
     echo.hits.fetch_add(1, Ordering::SeqCst);
+    // An API protected by Continuous Access Evaluation refusing a revoked token.
+    if req.uri().path().ends_with("/cae-challenge") {
+        let challenge = [(axum::http::header::WWW_AUTHENTICATE, super::CAE_CHALLENGE)];
+        return (StatusCode::UNAUTHORIZED, challenge).into_response();
+    }
+    if req.uri().path().ends_with("/plain-401") {
+        let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+        return (StatusCode::UNAUTHORIZED, challenge).into_response();
+    }
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
         headers.insert(
@@ -60,4 +70,5 @@ async fn echo_handler(State(echo): State<Echo>, req: Request) -> Json<Value> {
     Json(
         json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers}),
     )
+    .into_response()
 }

@@ -26,6 +26,9 @@ pub use keys::{TestKey, b64, jwt_claims, merge, user_claims};
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const OTHER_TENANT: &str = "66666666-7777-8888-9999-000000000000";
 pub const CLIENT_ID: &str = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb";
+/// The challenge an Entra-protected API sends when Continuous Access Evaluation revoked the
+/// token (Microsoft's example; the claims ask for a token issued after the revocation).
+pub const CAE_CHALLENGE: &str = r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwgInZhbHVlIjoiMTYwNDEwNjY1MSJ9fX0=""#;
 
 /// Seconds since the Unix epoch, as JWT `iat`/`exp` count them.
 pub fn now() -> u64 {
