@@ -207,17 +207,24 @@ async fn exchange(
     }
 }
 
-/// Always `200` (Texas): `{active:true, ...claims}` or `{active:false, error}`. The active
-/// answer is serialised once per validated token and kept with its cached claims.
+/// `200` for any token (Texas): `{active:true, ...claims}` or `{active:false, error}`; `400` for
+/// a provider that is not enabled. The active answer is serialised once per validated token and
+/// kept with its cached claims.
 async fn introspect(
     State(state): State<Arc<AppState>>,
     ApiBody(req): ApiBody<IntrospectRequest>,
 ) -> Response {
+    // An unknown provider is the caller's mistake, not an inactive token: `400` as on the other
+    // endpoints (Texas answers the same way), so a typo is not read as "token revoked".
     let Some((_, validator)) = state.provider(&req.identity_provider) else {
-        return Json(
-            json!({"active": false, "error": format!("identity provider '{}' is not enabled", req.identity_provider)}),
-        )
-        .into_response();
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!(
+                "identity provider '{}' is not enabled",
+                req.identity_provider
+            ),
+        );
     };
     match validator.validate(&req.token).await {
         Ok(claims) => {
