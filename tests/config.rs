@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use tollgate::config::{ClientAuthMethod, Config, MapEnv};
+use tollgate::config::{ClientAuthMethod, Config, MapEnv, ProviderGrant};
 
 const PROVIDER: &str = r#"
 [[providers]]
@@ -652,4 +652,49 @@ fn azure_workload_identity_variables_give_entra_id_a_federated_credential() {
         ),
         "{stderr}"
     );
+}
+
+#[test]
+fn texas_provider_families_are_switched_by_their_enabled_variables() {
+    let azure = [
+        (
+            "AZURE_APP_CLIENT_ID",
+            "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb",
+        ),
+        (
+            "AZURE_APP_WELL_KNOWN_URL",
+            "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration",
+        ),
+    ];
+    let idporten = [
+        ("IDPORTEN_ENABLED", "true"),
+        ("IDPORTEN_AUDIENCE", "https://my-app.example"),
+        (
+            "IDPORTEN_WELL_KNOWN_URL",
+            "https://idporten.no/.well-known/openid-configuration",
+        ),
+    ];
+    let env: MapEnv = azure.iter().chain(&idporten).copied().collect();
+    let cfg = Config::from_toml_str("", &env).unwrap();
+    let names: Vec<_> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["entra_id", "idporten"]);
+    let p = &cfg.providers[1];
+    assert_eq!(p.grant, ProviderGrant::IntrospectOnly);
+    assert_eq!(p.audiences, ["https://my-app.example"]);
+    assert!(p.client_id.is_empty());
+
+    // AZURE_ENABLED=false switches the Azure family off; IDPORTEN_ENABLED other than true too.
+    let mut off: Vec<_> = azure.to_vec();
+    off.push(("AZURE_ENABLED", "false"));
+    off.extend([("IDPORTEN_ENABLED", "false"), idporten[1], idporten[2]]);
+    let cfg = Config::from_toml_str("", &off.iter().copied().collect::<MapEnv>()).unwrap();
+    assert!(cfg.providers.is_empty());
+
+    // Without a client id, an introspect-only provider needs the audience to check.
+    let cfg = Config::from_toml_str("", &MapEnv::from([idporten[0], idporten[2]]));
+    let e = cfg.unwrap_err().to_string();
+    assert!(e.contains("providers[0].audiences"), "{e}");
+    assert!(e.contains("IDPORTEN_AUDIENCE"), "{e}");
+    // Any other grant still needs the client id.
+    assert!(err("[[providers]]\nwell_known_url = \"https://idp.example/.well-known/openid-configuration\"\naudiences = [\"x\"]\n").contains("providers[0].client_id"));
 }

@@ -486,6 +486,68 @@ async fn introspect_is_200_active_or_not_and_400_for_a_provider_not_enabled() {
 }
 
 #[tokio::test]
+async fn idporten_from_texas_variables_is_introspected_and_never_exchanged() {
+    const AUDIENCE: &str = "https://my-app.example";
+    let key = TestKey::new("idporten-key");
+    let idporten = support::StaticIdp::start(&[&key]).await;
+    let idp = dev_idp().await;
+    let body = entra_provider(&idp, "");
+    let well_known = idporten.well_known();
+    // Texas's ID-porten family next to the Entra secret, no [[providers]] for it.
+    let env = MapEnv::from([
+        ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),
+        ("IDPORTEN_ENABLED", "true"),
+        ("IDPORTEN_AUDIENCE", AUDIENCE),
+        ("IDPORTEN_WELL_KNOWN_URL", well_known.as_str()),
+    ]);
+    let s = Stack::start(idp, &body, &env).await;
+    let citizen = key.token(
+        &idporten.issuer(),
+        json!({"aud": AUDIENCE, "scp": null, "roles": null, "scope": "openid profile",
+               "pid": "12345678901", "acr": "idporten-loa-high"}),
+    );
+    let (status, body) = s
+        .post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "idporten", "token": citizen}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["pid"], "12345678901");
+    // Another audience is not this app's token.
+    let other = key.token(&idporten.issuer(), json!({"aud": "https://other.example"}));
+    let (status, body) = s
+        .post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "idporten", "token": other}),
+        )
+        .await;
+    assert_eq!((status, &body["active"]), (StatusCode::OK, &json!(false)));
+    // ID-porten tokens are never exchanged: the caller is told so.
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "idporten", "target": downstream(), "user_token": citizen}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("only validates tokens"),
+        "{body}"
+    );
+    // Entra goes on as before beside it.
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s.exchange(&alice, &downstream(), false).await;
+    assert_eq!(payload(&access_token(status, &body))["oid"], ALICE_OID);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn openapi_document_is_served() {
     let s = Stack::standard("").await;
     let resp = s

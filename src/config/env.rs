@@ -1,5 +1,6 @@
 //! Where the environment comes from ([`EnvSource`]), which `TOLLGATE_*` names are options, and
-//! the Texas/NAIS names (`AZURE_*`, `BIND_ADDRESS`) applied to the `entra_id` provider.
+//! the Texas/NAIS names (`AZURE_*`, `BIND_ADDRESS`) applied to the `entra_id` provider and
+//! `IDPORTEN_*` to `idporten`.
 
 use std::collections::HashMap;
 
@@ -148,6 +149,11 @@ pub(super) fn apply_nais_env(
         })?;
         cfg.listen.api = Some(addr);
     }
+    // Texas switches each provider family on with `<FAMILY>_ENABLED`; an Azure family switched
+    // off explicitly configures nothing, whatever else its variables say.
+    if get("AZURE_ENABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
+        return apply_idporten_env(cfg, vars);
+    }
     let client_id = get("AZURE_APP_CLIENT_ID");
     let idx = match cfg.providers.iter().position(|p| p.name == "entra_id") {
         Some(i) => i,
@@ -155,7 +161,7 @@ pub(super) fn apply_nais_env(
             cfg.providers.push(ProviderConfig::default());
             cfg.providers.len() - 1
         }
-        None => return Ok(()),
+        None => return apply_idporten_env(cfg, vars),
     };
     let p = &mut cfg.providers[idx];
     if let Some(id) = client_id {
@@ -185,6 +191,51 @@ pub(super) fn apply_nais_env(
         p.token_endpoint = Some(u);
     }
     if let Some(iss) = get("AZURE_OPENID_CONFIG_ISSUER") {
+        p.issuer = Some(iss);
+    }
+    apply_idporten_env(cfg, vars)
+}
+
+/// Applies Texas's ID-porten family: with `IDPORTEN_ENABLED=true`, a provider named `idporten`
+/// (created when absent) validates ID-porten tokens for `IDPORTEN_AUDIENCE` and exchanges
+/// nothing (`grant = "introspect_only"`), from `IDPORTEN_WELL_KNOWN_URL`, `IDPORTEN_ISSUER` and
+/// `IDPORTEN_JWKS_URI`.
+fn apply_idporten_env(cfg: &mut Config, vars: &[(String, String)]) -> Result<(), ConfigError> {
+    let get = |n: &str| {
+        vars.iter()
+            .find(|(k, v)| k == n && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if !get("IDPORTEN_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(());
+    }
+    let idx = match cfg.providers.iter().position(|p| p.name == "idporten") {
+        Some(i) => i,
+        None => {
+            cfg.providers.push(ProviderConfig {
+                name: "idporten".into(),
+                grant: super::ProviderGrant::IntrospectOnly,
+                ..ProviderConfig::default()
+            });
+            cfg.providers.len() - 1
+        }
+    };
+    let p = &mut cfg.providers[idx];
+    let url = |n: &str| -> Result<Option<Url>, ConfigError> {
+        get(n)
+            .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string())))
+            .transpose()
+    };
+    if let Some(audience) = get("IDPORTEN_AUDIENCE") {
+        p.audiences = vec![audience];
+    }
+    if let Some(u) = url("IDPORTEN_WELL_KNOWN_URL")? {
+        p.well_known_url = Some(u);
+    }
+    if let Some(u) = url("IDPORTEN_JWKS_URI")? {
+        p.jwks_uri = Some(u);
+    }
+    if let Some(iss) = get("IDPORTEN_ISSUER") {
         p.issuer = Some(iss);
     }
     Ok(())

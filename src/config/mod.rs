@@ -7,7 +7,10 @@
 //! 3. the NAIS names (`AZURE_APP_CLIENT_ID`, `AZURE_APP_CLIENT_SECRET`, `AZURE_APP_JWK`,
 //!    `AZURE_APP_WELL_KNOWN_URL`, `AZURE_OPENID_CONFIG_ISSUER`, `AZURE_OPENID_CONFIG_JWKS_URI`,
 //!    `AZURE_OPENID_CONFIG_TOKEN_ENDPOINT`, `BIND_ADDRESS`), applied to the provider named
-//!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set),
+//!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set; `AZURE_ENABLED=false`
+//!    turns them off), and `IDPORTEN_ENABLED=true` with `IDPORTEN_AUDIENCE`,
+//!    `IDPORTEN_WELL_KNOWN_URL`, `IDPORTEN_ISSUER`, `IDPORTEN_JWKS_URI` for an introspect-only
+//!    provider `idporten`,
 //! 4. Azure Workload Identity's `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
 //!    `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`: a federated client assertion for `entra_id`
 //!    (created when absent and both ids are set) unless it has a secret or key of its own.
@@ -52,7 +55,7 @@ pub use self::env::{EnvSource, MapEnv, ProcessEnv, ignored_env_names};
 pub use self::listen::ListenConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::login::LoginConfig;
-pub use self::provider::{ClientAuthMethod, ProviderConfig, is_loopback_host};
+pub use self::provider::{ClientAuthMethod, ProviderConfig, ProviderGrant, is_loopback_host};
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
 #[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;

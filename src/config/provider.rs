@@ -40,7 +40,10 @@ pub struct ProviderConfig {
     pub jwks_uri: Option<Url>,
     /// Token endpoint; overrides discovery.
     pub token_endpoint: Option<Url>,
-    /// This app's client id.
+    /// What the provider's tokens are exchanged with: `entra_obo` (On-Behalf-Of, the default)
+    /// or `introspect_only` (tokens are validated and introspected, never exchanged: ID-porten).
+    pub grant: ProviderGrant,
+    /// This app's client id (may be empty for `grant = "introspect_only"` with `audiences`).
     pub client_id: String,
     /// How tollgate authenticates to the token endpoint.
     pub client_auth: ClientAuthMethod,
@@ -111,6 +114,7 @@ impl Default for ProviderConfig {
             issuer: None,
             jwks_uri: None,
             token_endpoint: None,
+            grant: ProviderGrant::EntraObo,
             client_id: String::new(),
             client_auth: ClientAuthMethod::ClientSecretPost,
             client_secret: None,
@@ -166,6 +170,33 @@ impl ProviderConfig {
     pub fn answers_to(&self, name: &str) -> bool {
         self.name == name || (self.name == "entra_id" && name == "azuread")
     }
+}
+
+/// What a provider's tokens are exchanged with (`grant`).
+///
+/// ```
+/// use tollgate::config::{Config, MapEnv, ProviderGrant};
+/// let toml = r#"
+/// [[providers]]
+/// name = "idporten"
+/// grant = "introspect_only"
+/// well_known_url = "https://idporten.no/.well-known/openid-configuration"
+/// audiences = ["https://my-app.example"]
+/// "#;
+/// let cfg = Config::from_toml_str(toml, &MapEnv::default())?;
+/// assert_eq!(cfg.providers[0].grant, ProviderGrant::IntrospectOnly);
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderGrant {
+    /// Entra's On-Behalf-Of (RFC 7523 jwt-bearer with `requested_token_use=on_behalf_of`) for
+    /// user tokens, client credentials for app tokens.
+    #[default]
+    EntraObo,
+    /// Tokens are validated and introspected, never exchanged (ID-porten: the app receives
+    /// them and nothing downstream needs another).
+    IntrospectOnly,
 }
 
 /// How tollgate authenticates to the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
@@ -247,10 +278,19 @@ impl ProviderConfig {
             ));
         }
         if self.client_id.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                at("client_id"),
-                "missing (set it or AZURE_APP_CLIENT_ID)",
-            ));
+            if self.grant != ProviderGrant::IntrospectOnly {
+                return Err(ConfigError::invalid(
+                    at("client_id"),
+                    "missing (set it or AZURE_APP_CLIENT_ID)",
+                ));
+            }
+            // Without a client id there is no default audience to check tokens against.
+            if self.audiences.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("audiences"),
+                    "grant = \"introspect_only\" without a client_id needs audiences (IDPORTEN_AUDIENCE)",
+                ));
+            }
         }
         if self.well_known_url.is_none() && (self.issuer.is_none() || self.jwks_uri.is_none()) {
             return Err(ConfigError::invalid(

@@ -136,7 +136,8 @@ impl Auth {
         check_config(provider, cache)?;
         let p = Provider::new(provider.clone())?;
         let validator = Validator::new(p.clone(), cache.validation_capacity);
-        let exchanger = if has_client_credential(provider) {
+        let exchanges = provider.grant != crate::config::ProviderGrant::IntrospectOnly;
+        let exchanger = if exchanges && has_client_credential(provider) {
             Some(Exchanger::new(
                 validator.clone(),
                 cache.obo_capacity,

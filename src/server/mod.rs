@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogLayer;
-use crate::config::Config;
+use crate::config::{Config, ProviderGrant};
 use crate::exchange::Exchanger;
 use crate::http_server::{self, ServerLimits};
 use crate::provider::{Provider, ProviderError};
@@ -128,7 +128,12 @@ impl Server {
             providers.insert(p.name.clone(), (provider, validator));
         }
         let mut exchangers = HashMap::new();
-        for (name, (_, validator)) in &providers {
+        for (name, (provider, validator)) in &providers {
+            if provider.config().grant == ProviderGrant::IntrospectOnly {
+                let why = "it only validates tokens (grant = \"introspect_only\")";
+                exchangers.insert(name.clone(), Err(why.to_owned()));
+                continue;
+            }
             let x = Exchanger::new(
                 validator.clone(),
                 config.cache.obo_capacity,
