@@ -39,6 +39,7 @@ mod log;
 mod login;
 mod provider;
 mod redact;
+mod reload;
 mod route;
 mod secret;
 mod upstream;
@@ -56,6 +57,7 @@ pub use self::listen::ListenConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::login::LoginConfig;
 pub use self::provider::{ClientAuthMethod, ProviderConfig, ProviderGrant, is_loopback_host};
+pub use self::reload::ReloadConfig;
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
 #[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;
@@ -97,6 +99,8 @@ pub struct Config {
     pub login: LoginConfig,
     /// Per-user token store.
     pub store: StoreConfig,
+    /// Reloading while serving.
+    pub reload: ReloadConfig,
 }
 
 /// A configuration error; its message starts with the option's name.
@@ -221,6 +225,7 @@ impl Config {
         check_store(&self.store)?;
         self.log.check()?;
         self.cache.check()?;
+        self.reload.check()?;
         Ok(())
     }
 
