@@ -211,3 +211,62 @@ fn put(out: &mut Vec<(HeaderName, HeaderValue)>, name: HeaderName, value: &str) 
         out.push((name, v));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ours_in_every_spelling_and_nothing_else() {
+        for name in [
+            "x-auth-oid",
+            "x_auth_custom",
+            "x-ms-client-principal",
+            "x_ms_client_principal_id",
+            "x-ms-client-principal_name",
+            "x-ms-token-aad-access-token",
+            "x_ms_token_aad_refresh_token",
+            "x_forwarded_for",
+            "true_client_ip",
+        ] {
+            assert!(is_spoofable(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x-ms-request-id",
+            "x-ms-tokens",
+            "x-forwarded-for",
+            "x-authorization",
+            "x_custom_header",
+        ] {
+            assert!(!is_spoofable(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_principal_lists_every_claim_value_as_text() {
+        let claims = Claims::from_map(
+            "entra_id",
+            serde_json::from_value(serde_json::json!({
+                "sub": "s", "name": "Alice", "roles": ["A", "B", {"x": 1}, null], "exp": 1900000000,
+                "flag": false, "nothing": null, "obj": {"a": "b"},
+            }))
+            .unwrap(),
+        );
+        let json = STANDARD.decode(principal(&claims)).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            concat!(
+                r#"{"auth_typ":"aad","claims":[{"typ":"exp","val":"1900000000"},"#,
+                r#"{"typ":"flag","val":"false"},{"typ":"name","val":"Alice"},"#,
+                r#"{"typ":"roles","val":"A"},{"typ":"roles","val":"B"},{"typ":"sub","val":"s"}],"#,
+                r#""name_typ":"name","role_typ":"roles"}"#
+            )
+        );
+        // No `oid`: `-ID` is `sub`; no user name claim but `name`.
+        let headers = EasyAuthHeaders::of(&claims).0;
+        let get = |n: &HeaderName| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
+        assert_eq!(get(&X_MS_CLIENT_PRINCIPAL_ID).unwrap(), "s");
+        assert_eq!(get(&X_MS_CLIENT_PRINCIPAL_NAME).unwrap(), "Alice");
+        assert_eq!(get(&X_MS_CLIENT_PRINCIPAL_IDP).unwrap(), "aad");
+    }
+}
