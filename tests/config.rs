@@ -550,6 +550,11 @@ fn route_exchange_targets_and_header_names_are_checked() {
             "identity headers",
         ),
         (
+            r#"obo_headers = { "X-MS-CLIENT-PRINCIPAL-ID" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "identity headers",
+        ),
+        (
             r#"obo_headers = { "Host" = "api://x/.default" }"#,
             "routes[0].obo_headers",
             "frames the request",
