@@ -459,8 +459,8 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 
 /// Removes the fields a `Connection` value names, except those the caller put there for the
 /// upstream: a client must not be able to strip the injected `Authorization`, `X-Auth-*` or
-/// `X-MS-CLIENT-PRINCIPAL*` identity headers, `X-Request-Id`, a route's `obo_headers` (`kept`) or `Host` by listing them
-/// as hop-by-hop.
+/// `X-MS-CLIENT-PRINCIPAL*` identity headers, `X-Request-Id`, a route's `obo_headers` (`kept`)
+/// or `Host` by listing them as hop-by-hop.
 fn remove_connection_options(
     headers: &mut HeaderMap,
     value: &HeaderValue,
