@@ -96,6 +96,8 @@ pub mod fuzzing;
 #[cfg(feature = "server")]
 mod http_server;
 #[cfg(feature = "server")]
+mod identity_headers;
+#[cfg(feature = "server")]
 mod login;
 #[cfg(feature = "server")]
 mod path;

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderName, StatusCode};
 use metrics::{Counter, SharedString};
 
-use crate::config::{AuthMode, Config, RouteConfig};
+use crate::config::{AuthMode, Config, IdentityHeaders, RouteConfig};
 use crate::path::prefix_matches;
 use crate::validate::Validator;
 
@@ -14,6 +14,8 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     /// `None` only for `auth = "none"` routes.
     pub(crate) validator: Option<Validator>,
+    /// The identity headers the app gets: the route's `identity_headers`, else `[upstream]`'s.
+    pub(crate) identity_headers: IdentityHeaders,
     /// Metric label: the configured path prefix (bounded cardinality).
     pub(crate) label: Arc<str>,
     /// `obo_headers`, names parsed once: header name -> target.
@@ -90,6 +92,9 @@ impl RouteTable {
             routes.push(Route {
                 config: r.clone(),
                 validator,
+                identity_headers: r
+                    .identity_headers
+                    .unwrap_or(config.upstream.identity_headers),
                 label: Arc::from(r.path.as_str()),
                 obo_headers,
                 added_headers,

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use tollgate::config::{ClientAuthMethod, Config, MapEnv, ProviderGrant};
+use tollgate::config::{ClientAuthMethod, Config, IdentityHeaders, MapEnv, ProviderGrant};
 
 const PROVIDER: &str = r#"
 [[providers]]
@@ -181,6 +181,69 @@ fn every_bad_option_is_named() {
             "secrets never appear in errors: {e}"
         );
     }
+}
+
+/// Issue 15: `identity_headers` takes `true`, `false`, `"x-auth"` or `"easyauth"`, on a route or
+/// in `[upstream]` (the default of routes without one); anything else is named with the
+/// accepted values, and the values print back as they were written.
+#[test]
+fn identity_headers_take_a_bool_or_a_mode() {
+    let cfg = Config::from_toml_str(PROVIDER, &MapEnv::default()).unwrap();
+    assert_eq!(cfg.upstream.identity_headers, IdentityHeaders::XAuth);
+    let toml = format!(
+        "{PROVIDER}\n[upstream]\nidentity_headers = \"easyauth\"\n\
+         [[routes]]\npath = \"/a\"\nidentity_headers = true\n\
+         [[routes]]\npath = \"/b\"\nidentity_headers = false\n\
+         [[routes]]\npath = \"/c\"\nidentity_headers = \"x-auth\"\n\
+         [[routes]]\npath = \"/d\"\nidentity_headers = \"easyauth\"\n\
+         [[routes]]\npath = \"/e\"\n"
+    );
+    let cfg = Config::from_toml_str(&toml, &MapEnv::default()).unwrap();
+    assert_eq!(cfg.upstream.identity_headers, IdentityHeaders::EasyAuth);
+    let modes: Vec<_> = cfg.routes.iter().map(|r| r.identity_headers).collect();
+    assert_eq!(
+        modes,
+        [
+            Some(IdentityHeaders::XAuth),
+            Some(IdentityHeaders::None),
+            Some(IdentityHeaders::XAuth),
+            Some(IdentityHeaders::EasyAuth),
+            None,
+        ]
+    );
+    let printed = cfg.to_redacted_toml();
+    let again = Config::from_toml_str(&printed, &MapEnv::default()).unwrap();
+    assert_eq!(again.upstream.identity_headers, IdentityHeaders::EasyAuth);
+    let modes_again: Vec<_> = again.routes.iter().map(|r| r.identity_headers).collect();
+    assert_eq!(modes_again, modes, "{printed}");
+
+    let env = MapEnv::from([("TOLLGATE_UPSTREAM__IDENTITY_HEADERS", "easyauth")]);
+    let cfg = Config::from_toml_str(PROVIDER, &env).unwrap();
+    assert_eq!(cfg.upstream.identity_headers, IdentityHeaders::EasyAuth);
+    let env = MapEnv::from([("TOLLGATE_UPSTREAM__IDENTITY_HEADERS", "false")]);
+    let cfg = Config::from_toml_str(PROVIDER, &env).unwrap();
+    assert_eq!(cfg.upstream.identity_headers, IdentityHeaders::None);
+
+    let accepted = "must be true, false, \"x-auth\" or \"easyauth\"";
+    for bad in ["\"EasyAuth\"", "\"xauth\"", "\"none\"", "1", "[\"x-auth\"]"] {
+        let e = err(&format!(
+            "{PROVIDER}\n[[routes]]\npath = \"/\"\n\n[[routes]]\npath = \"/x\"\nidentity_headers = {bad}\n"
+        ));
+        assert_eq!(
+            e,
+            format!("routes[1].identity_headers: {accepted}"),
+            "{bad}"
+        );
+        let e = err(&format!(
+            "{PROVIDER}\n[upstream]\nidentity_headers = {bad}\n"
+        ));
+        assert_eq!(e, format!("upstream.identity_headers: {accepted}"), "{bad}");
+    }
+    let env = MapEnv::from([("TOLLGATE_UPSTREAM__IDENTITY_HEADERS", "yes")]);
+    let e = Config::from_toml_str(PROVIDER, &env)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, format!("upstream.identity_headers: {accepted}"));
 }
 
 /// Issue 19: the delegated-token API hands out signed-in users' tokens, so with `[login]` on the
@@ -487,6 +550,11 @@ fn route_exchange_targets_and_header_names_are_checked() {
         ),
         (
             r#"obo_headers = { "X-Auth-Token" = "api://x/.default" }"#,
+            "routes[0].obo_headers",
+            "identity headers",
+        ),
+        (
+            r#"obo_headers = { "X-MS-CLIENT-PRINCIPAL-ID" = "api://x/.default" }"#,
             "routes[0].obo_headers",
             "identity headers",
         ),

@@ -61,7 +61,7 @@ pub use self::reload::ReloadConfig;
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
 #[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;
-pub use self::route::{AuthMode, RouteConfig};
+pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};
 pub use self::secret::Secret;
 pub use self::upstream::UpstreamConfig;
 pub use crate::store::{StoreConfig, StoreKind};
@@ -172,6 +172,7 @@ impl Config {
         redact::refuse_inline_secrets(text)?;
         let vars = env.vars();
         let figment = env::merge_tollgate_vars(Figment::new().merge(Toml::string(text)), &vars);
+        route::check_identity_headers(&figment)?;
         let mut cfg: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(redact::redact_figment(&e)))?;

@@ -2,8 +2,9 @@
 //! may put exchanged tokens in.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::provider::target_problem;
 use super::{ConfigError, ProviderConfig};
@@ -14,7 +15,7 @@ use super::{ConfigError, ProviderConfig};
 /// use tollgate::config::{AuthMode, RouteConfig};
 /// let route = RouteConfig { path: "/api".into(), scopes: vec!["access_as_user".into()], ..Default::default() };
 /// assert_eq!(route.auth, AuthMode::Required); // the default
-/// assert!(route.identity_headers && route.obo.is_none());
+/// assert!(route.identity_headers.is_none() && route.obo.is_none()); // `[upstream]`'s applies
 /// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,8 +34,9 @@ pub struct RouteConfig {
     pub obo: Option<String>,
     /// Extra headers carrying OBO tokens for other targets: header name -> target.
     pub obo_headers: BTreeMap<String, String>,
-    /// Add `X-Auth-*` identity headers.
-    pub identity_headers: bool,
+    /// Which identity headers the app gets (see [`IdentityHeaders`]); `None` takes
+    /// `[upstream] identity_headers`.
+    pub identity_headers: Option<IdentityHeaders>,
     /// Forward CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`,
     /// and no `Authorization`) without a token, so the app can answer them: browsers never
     /// send credentials on a preflight (Fetch standard, CORS-preflight request). Like
@@ -66,7 +68,7 @@ impl Default for RouteConfig {
             roles: Vec::new(),
             obo: None,
             obo_headers: BTreeMap::new(),
-            identity_headers: true,
+            identity_headers: None,
             skip_auth_preflight: false,
             token_in_query: false,
             auth_context: None,
@@ -96,6 +98,109 @@ pub enum AuthMode {
     Optional,
     /// No validation; the request is proxied as is (minus spoofed identity headers).
     None,
+}
+
+/// `identity_headers` (a route's, or `[upstream]`'s for routes without one): the headers that
+/// tell the app who called. Written `true` (as `"x-auth"`), `false` or `"easyauth"`.
+///
+/// ```
+/// use tollgate::config::{Config, IdentityHeaders, MapEnv};
+/// let toml = "[upstream]\nidentity_headers = \"easyauth\"\n\n[[routes]]\npath = \"/\"\nauth = \"none\"\nidentity_headers = true\n";
+/// let cfg = Config::from_toml_str(toml, &MapEnv::default())?;
+/// assert_eq!(cfg.upstream.identity_headers, IdentityHeaders::EasyAuth);
+/// assert_eq!(cfg.routes[0].identity_headers, Some(IdentityHeaders::XAuth));
+/// let bad = toml.replace("= true", "= \"yes\"");
+/// let err = Config::from_toml_str(&bad, &MapEnv::default()).unwrap_err();
+/// assert_eq!(err.to_string(), "routes[0].identity_headers: must be true, false, \"x-auth\" or \"easyauth\"");
+/// # Ok::<(), tollgate::config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityHeaders {
+    /// `false`: none.
+    None,
+    /// `true` or `"x-auth"`: `X-Auth-Subject`, `-Oid`, `-Tid`, `-Name`, `-Scopes`, `-Roles`.
+    #[default]
+    XAuth,
+    /// `"easyauth"`: Azure App Service authentication's `X-MS-CLIENT-PRINCIPAL`, `-ID`, `-NAME`
+    /// and `-IDP`, so an app leaving App Service reads its caller as before.
+    EasyAuth,
+}
+
+/// What an `identity_headers` value may be, as its errors say.
+const IDENTITY_HEADERS_VALUES: &str = "true, false, \"x-auth\" or \"easyauth\"";
+
+impl<'de> Deserialize<'de> for IdentityHeaders {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(IdentityHeadersVisitor)
+    }
+}
+
+impl Serialize for IdentityHeaders {
+    // `true`/`false` as before the enum existed, so `tollgate check` prints existing
+    // configurations as it did.
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::None => ser.serialize_bool(false),
+            Self::XAuth => ser.serialize_bool(true),
+            Self::EasyAuth => ser.serialize_str("easyauth"),
+        }
+    }
+}
+
+struct IdentityHeadersVisitor;
+
+impl serde::de::Visitor<'_> for IdentityHeadersVisitor {
+    type Value = IdentityHeaders;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(IDENTITY_HEADERS_VALUES)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<IdentityHeaders, E> {
+        Ok(if v {
+            IdentityHeaders::XAuth
+        } else {
+            IdentityHeaders::None
+        })
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdentityHeaders, E> {
+        match v {
+            "x-auth" => Ok(IdentityHeaders::XAuth),
+            "easyauth" => Ok(IdentityHeaders::EasyAuth),
+            _ => Err(E::invalid_value(
+                serde::de::Unexpected::Other("a string"),
+                &self,
+            )),
+        }
+    }
+}
+
+/// Checks the `identity_headers` values before the configuration is extracted, so that a bad
+/// one is reported under its option's name (`routes[1].identity_headers`) rather than figment's
+/// path (`routes.1.identity_headers`).
+pub(super) fn check_identity_headers(figment: &figment::Figment) -> Result<(), ConfigError> {
+    let bad = |v: &figment::value::Value| IdentityHeaders::deserialize(v).is_err();
+    if figment
+        .find_value("upstream.identity_headers")
+        .is_ok_and(|v| bad(&v))
+    {
+        return Err(ConfigError::invalid(
+            "upstream.identity_headers",
+            format!("must be {IDENTITY_HEADERS_VALUES}"),
+        ));
+    }
+    if let Ok(figment::value::Value::Array(_, routes)) = figment.find_value("routes") {
+        for (i, route) in routes.iter().enumerate() {
+            if route.find_ref("identity_headers").is_some_and(bad) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].identity_headers"),
+                    format!("must be {IDENTITY_HEADERS_VALUES}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks `[[routes]]`: each route's own options, then that no path is configured twice (the
@@ -226,7 +331,7 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
 /// Why a route's `obo_headers` cannot use this header name, if it cannot: the value would be
 /// dropped on the way (hop-by-hop fields, RFC 9110 section 7.6.1), frame the message (`Host`,
 /// `Content-Length`), or take the place of a header tollgate sets itself (`Authorization` is
-/// what `obo` replaces; `X-Auth-*` are the identity headers).
+/// what `obo` replaces; `X-Auth-*` and `X-MS-CLIENT-PRINCIPAL*` are the identity headers).
 fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
     let name = name.as_str();
     match name {
@@ -236,6 +341,9 @@ fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
         "host" | "content-length" => Some("it frames the request"),
         "authorization" => Some("use `obo` to replace Authorization"),
         _ if name.starts_with("x-auth-") => Some("X-Auth-* are tollgate's identity headers"),
+        _ if name.starts_with("x-ms-client-principal") => {
+            Some("X-MS-CLIENT-PRINCIPAL* are tollgate's Easy Auth identity headers")
+        }
         _ => None,
     }
 }

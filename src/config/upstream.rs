@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{ConfigError, duration_str};
+use super::{ConfigError, IdentityHeaders, duration_str};
 
 /// `[upstream]`: the app behind tollgate.
 ///
@@ -38,6 +38,9 @@ pub struct UpstreamConfig {
     /// Close an upgraded connection (WebSocket) when the token that opened it expires: the
     /// tunnel is otherwise authorised once and then lives on (default `true`).
     pub close_tunnels_at_expiry: bool,
+    /// The identity headers of routes that do not set `identity_headers` (default `true`,
+    /// `X-Auth-*`).
+    pub identity_headers: IdentityHeaders,
 }
 
 impl Default for UpstreamConfig {
@@ -49,6 +52,7 @@ impl Default for UpstreamConfig {
             preserve_host: true,
             trust_forwarded_headers: false,
             close_tunnels_at_expiry: true,
+            identity_headers: IdentityHeaders::XAuth,
         }
     }
 }

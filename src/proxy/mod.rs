@@ -458,9 +458,9 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 }
 
 /// Removes the fields a `Connection` value names, except those the caller put there for the
-/// upstream: a client must not be able to strip the injected `Authorization`, `X-Auth-*`
-/// identity headers, `X-Request-Id`, a route's `obo_headers` (`kept`) or `Host` by listing them
-/// as hop-by-hop.
+/// upstream: a client must not be able to strip the injected `Authorization`, `X-Auth-*` or
+/// `X-MS-CLIENT-PRINCIPAL*` identity headers, `X-Request-Id`, a route's `obo_headers` (`kept`)
+/// or `Host` by listing them as hop-by-hop.
 fn remove_connection_options(
     headers: &mut HeaderMap,
     value: &HeaderValue,
@@ -476,6 +476,7 @@ fn remove_connection_options(
             || name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("authorization")
             || starts_with_ignore_case(name, "x-auth-")
+            || starts_with_ignore_case(name, "x-ms-client-principal")
             || name.eq_ignore_ascii_case("x-request-id")
             || kept.iter().any(|k| name.eq_ignore_ascii_case(k.as_str()))
             || (keep_upgrade && name.eq_ignore_ascii_case("upgrade"))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::access_log::AccessNote;
 use crate::config::AuthMode;
@@ -35,9 +35,9 @@ pub(super) async fn public_request(
             "no route is configured for this path",
         );
     };
-    // Identity headers are ours alone: whatever a client sent under X-Auth-* is dropped first,
-    // on every route, so an upstream can trust them.
-    remove_identity_headers(req.headers_mut());
+    // Identity headers are ours alone: whatever a client sent under X-Auth-* or Easy Auth's
+    // X-MS-* names is dropped first, on every route, so an upstream can trust them.
+    crate::identity_headers::remove_client_copies(req.headers_mut());
     // The same for the route's `obo_headers`: only tollgate sets them, and a preflight (which
     // is not exchanged) must not carry a client's values under those names either.
     if let Some(added) = &route.added_headers {
@@ -99,9 +99,7 @@ async fn forward_authorised(
         if user.from_query {
             move_query_token(&mut req, route, user.token.as_deref());
         }
-        if route.config.identity_headers {
-            add_identity_headers(req.headers_mut(), &user.claims);
-        }
+        crate::identity_headers::add(req.headers_mut(), &user.claims, route.identity_headers);
         // A tunnel is authorised once, at its handshake: it lives no longer than the token.
         if state.config.upstream.close_tunnels_at_expiry
             && req.headers().contains_key(http::header::UPGRADE)
@@ -350,98 +348,4 @@ fn missing_auth_context(
         wanted,
         authorize.as_ref().map(url::Url::as_str),
     ))
-}
-
-const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-const X_AUTH_OID: HeaderName = HeaderName::from_static("x-auth-oid");
-const X_AUTH_TID: HeaderName = HeaderName::from_static("x-auth-tid");
-const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
-const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
-const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
-
-/// Drops what a client sent under our identity names, and forwarding headers spelt with `_`.
-///
-/// CGI, WSGI and Rack map every `-` in a header name to `_` (`HTTP_X_AUTH_OID`), so to an app
-/// behind them `X_Auth_Oid` and `X-Auth-Oid` are the same header (the class of Puma's
-/// CVE-2024-45614). Names are therefore compared with `_` read as `-`: any spelling of
-/// `X-Auth-*` goes, and so does an underscore spelling of `X-Forwarded-*`, `Forwarded`,
-/// `X-Real-IP` or `True-Client-IP` (the dashed ones are the forwarder's business, which replaces
-/// or keeps them by `trust_forwarded_headers`).
-fn remove_identity_headers(headers: &mut HeaderMap) {
-    // Most requests carry none: one scan over the names, no allocation unless one is found.
-    if !headers.keys().any(|k| is_spoofable(k.as_str().as_bytes())) {
-        return;
-    }
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_spoofable(k.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
-/// True for a name (lower case, as `HeaderName` keeps it) that is ours to set: `x-auth-*` in any
-/// `-`/`_` spelling, or a forwarding header spelt with `_`.
-fn is_spoofable(name: &[u8]) -> bool {
-    if dashed_starts_with(name, b"x-auth-") {
-        return true;
-    }
-    name.contains(&b'_')
-        && (dashed_starts_with(name, b"x-forwarded-")
-            || dashed_eq(name, b"forwarded")
-            || dashed_eq(name, b"x-real-ip")
-            || dashed_eq(name, b"true-client-ip"))
-}
-
-/// `name` starts with `prefix` where each `-` of the prefix may be `_` in the name.
-fn dashed_starts_with(name: &[u8], prefix: &[u8]) -> bool {
-    name.len() >= prefix.len()
-        && name
-            .iter()
-            .zip(prefix)
-            .all(|(n, p)| n == p || (*p == b'-' && *n == b'_'))
-}
-
-fn dashed_eq(name: &[u8], other: &[u8]) -> bool {
-    name.len() == other.len() && dashed_starts_with(name, other)
-}
-
-fn add_identity_headers(headers: &mut HeaderMap, claims: &Claims) {
-    // Built once per validated token and kept with its cached claims; here only cloned
-    // (a reference-count increment per value).
-    for (name, value) in &claims.memo(IdentityHeaders::of).0 {
-        headers.insert(name.clone(), value.clone());
-    }
-}
-
-/// The identity headers of one validated token, kept with its claims.
-struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
-
-impl IdentityHeaders {
-    fn of(claims: &Claims) -> Self {
-        Self(identity_headers(claims))
-    }
-}
-
-/// The identity headers a validated token yields, empty claims left out.
-fn identity_headers(claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(6);
-    let mut put = |name: HeaderName, value: &str| {
-        // Claims are UTF-8; HeaderValue takes visible ASCII and obs-text but no controls, so a
-        // claim with a control character is left out rather than forwarded mangled.
-        if !value.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(value.as_bytes())
-        {
-            out.push((name, v));
-        }
-    };
-    put(X_AUTH_SUBJECT, claims.subject());
-    put(X_AUTH_OID, claims.oid().unwrap_or(""));
-    put(X_AUTH_TID, claims.tid().unwrap_or(""));
-    put(X_AUTH_NAME, claims.name().unwrap_or(""));
-    put(X_AUTH_SCOPES, &claims.scopes().join(" "));
-    put(X_AUTH_ROLES, &claims.roles().join(","));
-    out
 }

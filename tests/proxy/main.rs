@@ -355,6 +355,239 @@ async fn identity_and_forwarding_headers_are_stripped_in_every_spelling() {
     assert_eq!(echo["headers"]["x_custom_header"], "kept");
 }
 
+/// tollgate with `[upstream] identity_headers = <global>` and routes `/` (no key), `/xauth`
+/// (`true`), `/ea` (`"easyauth"`) and `/public` (`auth = "none"`).
+async fn identity_headers_harness(key: &TestKey, global: &str) -> Harness {
+    let idp = StaticIdp::start(&[key]).await;
+    let echo = Echo::start().await;
+    let toml = format!(
+        r#"
+{listen_block}
+[upstream]
+url = "{upstream}"
+timeout = "5s"
+identity_headers = {global}
+
+[[providers]]
+name = "entra_id"
+well_known_url = "{well_known}"
+client_id = "{CLIENT_ID}"
+
+[[routes]]
+path = "/"
+
+[[routes]]
+path = "/xauth"
+identity_headers = true
+
+[[routes]]
+path = "/ea"
+identity_headers = "easyauth"
+
+[[routes]]
+path = "/public"
+auth = "none"
+"#,
+        listen_block = support::config::listen("5s"),
+        upstream = echo.url(),
+        well_known = idp.well_known(),
+    );
+    let cfg = Config::from_toml_str(&toml, &MapEnv::default()).unwrap();
+    let server = Server::bind(cfg).await.unwrap().spawn();
+    let h = Harness {
+        idp,
+        echo,
+        server,
+        http: reqwest::Client::new(),
+    };
+    h.wait_ready().await;
+    h
+}
+
+/// The headers the echo app received for a GET of `path` with `token`.
+async fn echoed_headers(h: &Harness, path: &str, token: &str) -> serde_json::Map<String, Value> {
+    let r = h.get(path, Some(token)).await;
+    assert_eq!(r.status(), 200, "{path}");
+    let echo: Value = r.json().await.unwrap();
+    echo["headers"].as_object().unwrap().clone()
+}
+
+/// The decoded `X-MS-CLIENT-PRINCIPAL` JSON.
+fn client_principal(headers: &serde_json::Map<String, Value>) -> Value {
+    use base64::Engine;
+    let encoded = headers["x-ms-client-principal"].as_str().unwrap();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+/// Issue 15: `identity_headers = "easyauth"` gives the app App Service's Easy Auth headers
+/// instead of X-Auth-*, so an app leaving App Service reads its caller as before.
+#[tokio::test]
+async fn an_easyauth_route_gets_app_service_identity_headers() {
+    let key = TestKey::new("k1");
+    let h = identity_headers_harness(&key, "true").await;
+    let token = key.token(
+        &h.idp.issuer(),
+        json!({
+            "roles": ["Reader", "Writer"],
+            "groups": ["g1", "g2"],
+            "_claim_sources": {"src1": {"endpoint": "https://graph.example"}},
+            "email_verified": true,
+        }),
+    );
+    let hdr = echoed_headers(&h, "/ea/x", &token).await;
+    assert_eq!(
+        hdr["x-ms-client-principal-id"],
+        "99999999-8888-7777-6666-555555555555"
+    );
+    assert_eq!(hdr["x-ms-client-principal-name"], "alice@contoso.example");
+    assert_eq!(hdr["x-ms-client-principal-idp"], "aad");
+    assert!(
+        !hdr.keys().any(|k| k.starts_with("x-auth-")),
+        "an easyauth route gets no X-Auth-*: {hdr:?}"
+    );
+    let principal = client_principal(&hdr);
+    assert_eq!(principal["auth_typ"], "aad");
+    assert_eq!(principal["name_typ"], "name");
+    assert_eq!(principal["role_typ"], "roles");
+    let claims: Vec<(String, String)> = principal["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let fields = c.as_object().unwrap();
+            assert_eq!(fields.len(), 2, "{c}");
+            (
+                fields["typ"].as_str().unwrap().to_owned(),
+                fields["val"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let values = |typ: &str| -> Vec<&str> {
+        claims
+            .iter()
+            .filter(|(t, _)| t == typ)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    // The claim names are those `name_typ` and `role_typ` point at.
+    assert_eq!(values("name"), ["Alice Example"]);
+    assert_eq!(values("roles"), ["Reader", "Writer"]);
+    assert_eq!(values("groups"), ["g1", "g2"]);
+    assert_eq!(values("oid"), ["99999999-8888-7777-6666-555555555555"]);
+    assert_eq!(values("scp"), ["access_as_user"]);
+    assert_eq!(values("tid"), [TENANT]);
+    // Numbers and booleans as their text; objects left out.
+    let exp = jwt_claims(&token)["exp"].as_u64().unwrap().to_string();
+    assert_eq!(values("exp"), [exp.as_str()]);
+    assert_eq!(values("email_verified"), ["true"]);
+    assert!(values("_claim_sources").is_empty());
+
+    // Without `preferred_username`, `-NAME` is `upn`, else `name`; without `oid`, `-ID` is `sub`.
+    let token = key.token(
+        &h.idp.issuer(),
+        json!({"preferred_username": null, "upn": "alice@upn.example", "oid": null}),
+    );
+    let hdr = echoed_headers(&h, "/ea", &token).await;
+    assert_eq!(hdr["x-ms-client-principal-name"], "alice@upn.example");
+    assert_eq!(hdr["x-ms-client-principal-id"], "alice-sub");
+    let token = key.token(&h.idp.issuer(), json!({"preferred_username": null}));
+    let hdr = echoed_headers(&h, "/ea", &token).await;
+    assert_eq!(hdr["x-ms-client-principal-name"], "Alice Example");
+
+    // The other routes keep X-Auth-* (the global default here is `true`).
+    let hdr = echoed_headers(&h, "/other", &token).await;
+    assert_eq!(hdr["x-auth-oid"], "99999999-8888-7777-6666-555555555555");
+    assert!(!hdr.keys().any(|k| k.starts_with("x-ms-")), "{hdr:?}");
+    h.server.shutdown().await.unwrap();
+}
+
+/// `[upstream] identity_headers` is the default of routes without the key; a route's own value
+/// wins.
+#[tokio::test]
+async fn the_upstream_identity_headers_apply_to_routes_without_their_own() {
+    let key = TestKey::new("k1");
+    let h = identity_headers_harness(&key, "\"easyauth\"").await;
+    let token = key.token(&h.idp.issuer(), json!({}));
+    let hdr = echoed_headers(&h, "/anything", &token).await;
+    assert_eq!(
+        hdr["x-ms-client-principal-id"],
+        "99999999-8888-7777-6666-555555555555"
+    );
+    assert_eq!(client_principal(&hdr)["auth_typ"], "aad");
+    assert!(!hdr.keys().any(|k| k.starts_with("x-auth-")), "{hdr:?}");
+    let hdr = echoed_headers(&h, "/xauth", &token).await;
+    assert_eq!(hdr["x-auth-oid"], "99999999-8888-7777-6666-555555555555");
+    assert_eq!(hdr["x-auth-name"], "Alice Example");
+    assert!(!hdr.keys().any(|k| k.starts_with("x-ms-")), "{hdr:?}");
+    h.server.shutdown().await.unwrap();
+}
+
+/// Client-sent Easy Auth headers never reach the app, in any spelling and whatever the route's
+/// identity headers: an app that trusts them must only ever see tollgate's.
+#[tokio::test]
+async fn client_sent_easy_auth_headers_are_stripped_on_every_route() {
+    let key = TestKey::new("k1");
+    let h = identity_headers_harness(&key, "true").await;
+    let token = key.token(&h.idp.issuer(), json!({}));
+    let spoofed = [
+        "X-MS-CLIENT-PRINCIPAL",
+        "x_ms_client_principal_id",
+        "X-MS-Client-Principal_Name",
+        "x-ms-client-principal-idp",
+        "X-MS-TOKEN-AAD-ACCESS-TOKEN",
+        "x_ms_token_aad_id_token",
+    ];
+    for (path, sent) in [
+        ("/ea/x", Some(token.as_str())),
+        ("/xauth/x", Some(token.as_str())),
+        ("/public/x", None),
+    ] {
+        let mut req = h.http.get(h.url(path));
+        if let Some(t) = sent {
+            req = req.bearer_auth(t);
+        }
+        for name in spoofed {
+            req = req.header(name, "spoofed");
+        }
+        // Nor can a client drop tollgate's own by naming them in `Connection`.
+        req = req.header(
+            "Connection",
+            "X-MS-CLIENT-PRINCIPAL, x-ms-client-principal-id",
+        );
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let echo: Value = r.json().await.unwrap();
+        let hdr = echo["headers"].as_object().unwrap();
+        for name in spoofed {
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                hdr.get(&lower).is_none_or(|v| v != "spoofed"),
+                "{path}: {name} reached the app"
+            );
+        }
+        assert!(
+            !hdr.values().any(|v| v == "spoofed"),
+            "{path}: a client's value reached the app: {hdr:?}"
+        );
+        if path == "/ea/x" {
+            assert_eq!(
+                hdr["x-ms-client-principal-id"],
+                "99999999-8888-7777-6666-555555555555"
+            );
+            assert_eq!(client_principal(hdr)["auth_typ"], "aad");
+        } else {
+            assert!(
+                !hdr.keys().any(|k| k.starts_with("x-ms")),
+                "{path}: {hdr:?}"
+            );
+        }
+    }
+    h.server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn tokens_without_scopes_or_roles_and_from_other_clients_are_refused() {
     // An app-only token of any app in the tenant that asked for `api://<us>/.default` without
