@@ -466,9 +466,10 @@ fn login_page(
 }
 
 /// Ends the session an `id_token_hint` names, telling its apps by back-channel logout before
-/// answering (as Entra does server-side), then signs the browser out: a redirect to a
-/// registered `post_logout_redirect_uri`, or the signed-out page. Without a valid hint no session
-/// ends (the dev IdP has no session cookie to go by); the answer is the same either way.
+/// answering (so they have forgotten it when the browser comes back), then signs the browser
+/// out: a redirect to a registered `post_logout_redirect_uri`, or the signed-out page. Without a
+/// valid hint no session ends (the dev IdP has no session cookie to go by); the answer is the
+/// same either way.
 pub(crate) async fn logout(
     State(shared): State<Arc<Shared>>,
     Path(segment): Path<String>,

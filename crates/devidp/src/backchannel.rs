@@ -17,10 +17,12 @@ use super::token::pairwise_subject;
 /// Sessions remembered at most; beyond it the oldest is forgotten (its apps then get no
 /// back-channel logout), so a long-running dev IdP does not grow without bound.
 const MAX_SESSIONS: usize = 10_000;
-/// How long one delivery may take. Logout waits for the deliveries, as Entra's does server-side,
-/// so an app that does not answer must not hold the user's logout for long.
+/// How long one delivery may take. Logout waits for the deliveries (so an app's session is gone
+/// by the time the browser is redirected back to it): an app that does not answer must not hold
+/// the user's logout for long.
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Logout tokens are short-lived (§2.4 recommends a lifetime of about two minutes).
+/// Logout tokens are short-lived so a captured one cannot be replayed for long (§4: preferably
+/// at most two minutes).
 const LOGOUT_TOKEN_LIFETIME_SECS: u64 = 120;
 /// The JWS `typ` of a logout token (§2.4, explicit typing per RFC 8725 §3.11).
 const LOGOUT_TOKEN_TYP: &str = "logout+jwt";
@@ -141,8 +143,8 @@ impl Shared {
     /// The session named by a logout request's `id_token_hint`: an ID token this IdP signed (with
     /// a key it still publishes), issued by the tenant it names (and the tenant of the request
     /// path, unless that is `common` or `organizations`), for an app and user of a session still
-    /// open. Expiry is not checked: Entra accepts an expired hint at logout, where it is only a
-    /// hint of who is leaving.
+    /// open. Expiry is not checked: an OP should accept an ID token whose `exp` has passed as
+    /// a hint (OpenID Connect RP-Initiated Logout 1.0 §2).
     pub(crate) fn hinted_session(
         &self,
         tenant: &TenantPath,

@@ -22,9 +22,10 @@
 //! Back-channel logout (OpenID Connect Back-Channel Logout 1.0): the dev IdP remembers, per
 //! session (`sid`), the apps that received an ID token in it (code redemption and refresh). When
 //! the session ends, by a logout whose `id_token_hint` is an ID token it signed (expired hints
-//! are accepted, as Entra does) or by [`DevIdpHandle::sign_out`], it POSTs a signed
-//! `logout_token` (`typ` `logout+jwt`) to each of those apps that has a
-//! [`backchannel_logout_uri`](DevApp::backchannel_logout_uri), before answering the logout.
+//! are accepted, as OpenID Connect RP-Initiated Logout 1.0 §2 asks) or by
+//! [`DevIdpHandle::sign_out`], it POSTs a signed `logout_token` (`typ` `logout+jwt`) to each of
+//! those apps that has a [`backchannel_logout_uri`](DevApp::backchannel_logout_uri), before
+//! answering the logout.
 //!
 //! A `claims` request for authentication contexts (`{"access_token":{"acrs":{"essential":true,
 //! "value":"c1"}}}`) on authorize or the password grant is satisfied at once: the user's access
