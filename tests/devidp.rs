@@ -1,5 +1,6 @@
 //! The dev IdP driven over real HTTP: discovery, JWKS, the browser login with PKCE, every grant,
-//! client authentication, OBO rules, Entra error shapes, MFA challenges and the dev hooks.
+//! client authentication, OBO rules, Entra error shapes, MFA challenges, back-channel logout and
+//! the dev hooks.
 #![cfg(feature = "dev-idp")]
 
 mod support;
@@ -2461,6 +2462,256 @@ async fn logout_redirects_only_to_registered_uris() {
     idp.shutdown().await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Back-channel logout (OpenID Connect Back-Channel Logout 1.0)
+
+const OTHER_APP: &str = "12345678-1234-1234-1234-123456789abc";
+const OTHER_SECRET: &str = "dev-secret-other";
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+#[tokio::test]
+async fn logout_with_an_id_token_hint_posts_a_signed_logout_token_to_the_apps_of_that_session() {
+    let receiver = LogoutReceiver::start().await;
+    let mut cfg = backchannel_config();
+    for app in &mut cfg.apps {
+        if app.client_id == FRONTEND_CLIENT_ID {
+            app.backchannel_logout_uri = Some(receiver.url("frontend"));
+        }
+    }
+    cfg.apps.push(other_app(Some(receiver.url("other"))));
+    let idp = DevIdp::start(cfg).await.unwrap();
+    let http = http();
+    let doc: Value = http
+        .get(idp.well_known_url(DEFAULT_TENANT_ID))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["backchannel_logout_supported"], json!(true));
+    assert_eq!(doc["backchannel_logout_session_supported"], json!(true));
+    assert_eq!(doc["frontchannel_logout_supported"], json!(true));
+
+    // Session A: alice signs in to the frontend; the middle tier (no back-channel URI) gets an ID
+    // token in the same session through OBO and refresh.
+    let a = sign_in_tokens(
+        &http,
+        &idp,
+        FRONTEND_CLIENT_ID,
+        None,
+        ALICE_UPN,
+        Some("n-a"),
+    )
+    .await;
+    let id_a = unverified_claims(a["id_token"].as_str().unwrap());
+    let (status, obo_body) = obo(
+        &http,
+        &idp,
+        DEFAULT_TENANT_ID,
+        a["access_token"].as_str().unwrap(),
+        &format!("openid offline_access {DOWNSTREAM_SCOPE}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{obo_body}");
+    let (status, refreshed) = refresh(
+        &http,
+        &idp,
+        TOLLGATE_CLIENT_ID,
+        Some(TOLLGATE_CLIENT_SECRET),
+        obo_body["refresh_token"].as_str().unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let tollgate_id = unverified_claims(refreshed["id_token"].as_str().unwrap());
+    assert_eq!(tollgate_id["sid"], id_a["sid"], "same session");
+    // Session B: bob signs in to another app that has a back-channel URI.
+    let b = sign_in_tokens(&http, &idp, OTHER_APP, Some(OTHER_SECRET), BOB_UPN, None).await;
+    let id_b = unverified_claims(b["id_token"].as_str().unwrap());
+    assert_ne!(id_a["sid"], id_b["sid"]);
+
+    let response = logout(
+        &http,
+        &idp,
+        a["id_token"].as_str().unwrap(),
+        "http://localhost:3000/signed-out",
+    )
+    .await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        "http://localhost:3000/signed-out?state=bye"
+    );
+    let received = receiver.take();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let post = &received[0];
+    assert_eq!(post.path, "/frontend");
+    assert_eq!(post.content_type, "application/x-www-form-urlencoded");
+    assert_eq!(post.form.len(), 1, "only logout_token: {:?}", post.form);
+    let token = &post.form["logout_token"];
+    let jwks = fetch_jwks(&idp, DEFAULT_TENANT_ID).await;
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+    let claims = verify_logout_token(
+        token,
+        &jwks,
+        FRONTEND_CLIENT_ID,
+        &idp.issuer(DEFAULT_TENANT_ID),
+    );
+    assert_eq!(claims["sid"], id_a["sid"]);
+    assert_eq!(claims["sub"], id_a["sub"]);
+    assert_eq!(claims["oid"], ALICE_OID);
+    assert_eq!(claims["tid"], DEFAULT_TENANT_ID);
+    assert_eq!(claims["events"], json!({ BACKCHANNEL_EVENT: {} }));
+    assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120
+    );
+    assert!(claims.get("nonce").is_none(), "a logout token has no nonce");
+    assert_eq!(id_a["nonce"], "n-a");
+
+    // The session is over: the same hint again ends nothing.
+    let response = logout(&http, &idp, a["id_token"].as_str().unwrap(), "").await;
+    assert_eq!(response.status(), 200);
+    assert!(receiver.take().is_empty());
+
+    // A tampered hint ends nothing, and the page still answers.
+    let tampered = tamper(b["id_token"].as_str().unwrap());
+    let response = logout(&http, &idp, &tampered, "").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("You signed out"));
+    let response = logout(&http, &idp, "not a jwt", "").await;
+    assert_eq!(response.status(), 200);
+    assert!(receiver.take().is_empty(), "session B is untouched");
+
+    // Without a browser: session B by its sid.
+    let deliveries = idp.sign_out(id_b["sid"].as_str().unwrap()).await;
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert!(deliveries[0].acknowledged());
+    assert_eq!(deliveries[0].client_id, OTHER_APP);
+    assert_eq!(deliveries[0].status, Some(200));
+    let received = receiver.take();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, "/other");
+    let claims = verify_logout_token(
+        &received[0].form["logout_token"],
+        &jwks,
+        OTHER_APP,
+        &idp.issuer(DEFAULT_TENANT_ID),
+    );
+    assert_eq!(claims["sid"], id_b["sid"]);
+    assert_eq!(claims["sub"], id_b["sub"]);
+    assert_eq!(claims["oid"], BOB_OID);
+    assert!(idp.sign_out(BOB).await.is_empty(), "no session left");
+    assert!(idp.sign_out(ALICE).await.is_empty(), "no session left");
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_accepts_an_expired_hint_and_survives_a_receiver_that_is_down() {
+    let receiver = LogoutReceiver::start().await;
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/backchannel", listener.local_addr().unwrap())
+    };
+    let mut cfg = backchannel_config();
+    for app in &mut cfg.apps {
+        if app.client_id == FRONTEND_CLIENT_ID {
+            app.backchannel_logout_uri = Some(receiver.url("frontend"));
+        }
+    }
+    cfg.apps.push(other_app(Some(down)));
+    // ID tokens expire at once (exp = iat): logout still takes them as hints.
+    cfg.access_token_lifetime = Duration::ZERO;
+    let idp = DevIdp::start(cfg).await.unwrap();
+    let http = http();
+    let a = sign_in_tokens(&http, &idp, FRONTEND_CLIENT_ID, None, ALICE_UPN, None).await;
+    let c1 = sign_in_tokens(&http, &idp, OTHER_APP, Some(OTHER_SECRET), BOB_UPN, None).await;
+    let c2 = sign_in_tokens(&http, &idp, OTHER_APP, Some(OTHER_SECRET), BOB_UPN, None).await;
+
+    let response = logout(&http, &idp, a["id_token"].as_str().unwrap(), "").await;
+    assert_eq!(response.status(), 200);
+    let received = receiver.take();
+    assert_eq!(received.len(), 1, "an expired hint is accepted");
+    let claims = unverified_claims(&received[0].form["logout_token"]);
+    let id_a = unverified_claims(a["id_token"].as_str().unwrap());
+    assert_eq!(claims["sid"], id_a["sid"]);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120,
+        "the logout token's lifetime is its own"
+    );
+
+    let c1_sid = unverified_claims(c1["id_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deliveries = idp.sign_out(&c1_sid).await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].sid, c1_sid);
+    assert_eq!(deliveries[0].status, None);
+    assert!(deliveries[0].error.is_some());
+    assert!(!deliveries[0].acknowledged());
+
+    let response = logout(
+        &http,
+        &idp,
+        c2["id_token"].as_str().unwrap(),
+        "http://localhost:3000/signed-out",
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        302,
+        "a failed delivery does not fail the logout"
+    );
+    assert!(
+        idp.sign_out(BOB).await.is_empty(),
+        "the session ended anyway"
+    );
+    assert!(receiver.take().is_empty());
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn dev_sign_out_hook_ends_every_session_of_a_user() {
+    let receiver = LogoutReceiver::start().await;
+    let mut cfg = backchannel_config();
+    cfg.apps.push(other_app(Some(receiver.url("other"))));
+    let idp = DevIdp::start(cfg).await.unwrap();
+    let http = http();
+    for _ in 0..2 {
+        sign_in_tokens(&http, &idp, OTHER_APP, Some(OTHER_SECRET), ALICE_UPN, None).await;
+    }
+    let b = sign_in_tokens(&http, &idp, OTHER_APP, Some(OTHER_SECRET), BOB_UPN, None).await;
+    let response = http
+        .post(format!("{}/_dev/sign-out/{ALICE}", idp.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["sessions_ended"], 2);
+    assert_eq!(body["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(body["deliveries"][0]["status"], 200);
+    assert_eq!(body["deliveries"][0]["client_id"], OTHER_APP);
+    let received = receiver.take();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .all(|r| unverified_claims(&r.form["logout_token"])["oid"] == ALICE_OID)
+    );
+    // Bob's session is still there, and can be ended by his object id.
+    let id_b = unverified_claims(b["id_token"].as_str().unwrap());
+    let deliveries = idp.sign_out(BOB_OID).await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].sid, id_b["sid"].as_str().unwrap());
+    idp.shutdown().await;
+}
+
 #[tokio::test]
 async fn key_file_keeps_the_signing_key_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -2927,5 +3178,185 @@ impl TestKey {
             &self.header(alg),
             &assertion_claims(client_id, aud, lifetime),
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-channel logout helpers
+
+fn backchannel_config() -> DevIdpConfig {
+    DevIdpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..DevIdpConfig::default()
+    }
+}
+
+/// A confidential app, as a TOML `[[apps]]` entry would register it.
+fn other_app(backchannel_logout_uri: Option<String>) -> DevApp {
+    let mut toml = format!(
+        "[[apps]]\nclient_id = \"{OTHER_APP}\"\nname = \"other\"\nsecret = \"{OTHER_SECRET}\"\n"
+    );
+    if let Some(uri) = backchannel_logout_uri {
+        toml.push_str(&format!("backchannel_logout_uri = \"{uri}\"\n"));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), toml).unwrap();
+    DevIdpConfig::from_toml_file(file.path())
+        .unwrap()
+        .apps
+        .into_iter()
+        .find(|a| a.client_id == OTHER_APP)
+        .unwrap()
+}
+
+/// Code flow with PKCE for `openid profile offline_access` and the tollgate API; the token
+/// response.
+async fn sign_in_tokens(
+    http: &reqwest::Client,
+    idp: &DevIdpHandle,
+    client_id: &str,
+    secret: Option<&str>,
+    login: &str,
+    nonce: Option<&str>,
+) -> Value {
+    let pkce = Pkce::new();
+    let scope = format!("openid profile offline_access {TOLLGATE_SCOPE}");
+    let query = authorize_query(
+        client_id,
+        CALLBACK,
+        &scope,
+        Some(&pkce.challenge),
+        "st",
+        nonce,
+    );
+    let code = sign_in_for_code(http, idp, DEFAULT_TENANT_ID, &query, login, false).await;
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", pkce.verifier.as_str()),
+    ];
+    if let Some(secret) = secret {
+        form.push(("client_secret", secret));
+    }
+    let (status, body) = post_token(http, &idp.token_endpoint(DEFAULT_TENANT_ID), &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["id_token"].is_string(), "{body}");
+    body
+}
+
+/// `GET .../logout?id_token_hint=...&post_logout_redirect_uri=...&state=bye` (no redirect URI
+/// when `target` is empty).
+async fn logout(
+    http: &reqwest::Client,
+    idp: &DevIdpHandle,
+    hint: &str,
+    target: &str,
+) -> reqwest::Response {
+    let mut url = url::Url::parse(&format!(
+        "{}/{DEFAULT_TENANT_ID}/oauth2/v2.0/logout",
+        idp.base_url()
+    ))
+    .unwrap();
+    url.query_pairs_mut().append_pair("id_token_hint", hint);
+    if !target.is_empty() {
+        url.query_pairs_mut()
+            .append_pair("post_logout_redirect_uri", target)
+            .append_pair("state", "bye");
+    }
+    http.get(url.as_str()).send().await.unwrap()
+}
+
+/// A JWT with its claims changed (`sub` replaced) but the original signature.
+fn tamper(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims = unverified_claims(token);
+    claims["sub"] = json!("someone-else");
+    parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+    parts.join(".")
+}
+
+/// Verifies a logout token as a relying party must (§2.6): signature against the JWKS, issuer,
+/// audience, `iat` and `exp`.
+fn verify_logout_token(token: &str, jwks: &Value, aud: &str, iss: &str) -> Value {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::RS256);
+    let kid = header.kid.expect("kid");
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("kid published");
+    let decoding =
+        DecodingKey::from_rsa_components(key["n"].as_str().unwrap(), key["e"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[aud]);
+    validation.set_issuer(&[iss]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<Value>(token, &decoding, &validation)
+        .unwrap()
+        .claims;
+    assert!(claims["iat"].is_u64());
+    claims
+}
+
+/// One POST the receiver got.
+#[derive(Debug)]
+struct ReceivedLogout {
+    path: String,
+    content_type: String,
+    form: HashMap<String, String>,
+}
+
+/// A relying party's back-channel logout endpoint: records every POST and answers 200.
+struct LogoutReceiver {
+    addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<ReceivedLogout>>>,
+}
+
+impl LogoutReceiver {
+    async fn start() -> Self {
+        use axum::extract::{Path, State};
+        use axum::http::HeaderMap;
+        type Log = std::sync::Arc<std::sync::Mutex<Vec<ReceivedLogout>>>;
+        async fn receive(
+            State(log): State<Log>,
+            Path(name): Path<String>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> &'static str {
+            let content_type = headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let form = url::form_urlencoded::parse(&body).into_owned().collect();
+            log.lock().unwrap().push(ReceivedLogout {
+                path: format!("/{name}"),
+                content_type,
+                form,
+            });
+            ""
+        }
+        let received = Log::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/{name}", axum::routing::post(receive))
+            .with_state(received.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, received }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    /// The POSTs received since the last call.
+    fn take(&self) -> Vec<ReceivedLogout> {
+        std::mem::take(&mut *self.received.lock().unwrap())
     }
 }

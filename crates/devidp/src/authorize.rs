@@ -465,10 +465,31 @@ fn login_page(
     html_response(StatusCode::OK, body)
 }
 
+/// Ends the session an `id_token_hint` names, telling its apps by back-channel logout before
+/// answering (so they have forgotten it when the browser comes back), then signs the browser
+/// out: a redirect to a registered `post_logout_redirect_uri`, or the signed-out page. Without a
+/// valid hint no session ends (the dev IdP has no session cookie to go by); the answer is the
+/// same either way.
 pub(crate) async fn logout(
     State(shared): State<Arc<Shared>>,
+    Path(segment): Path<String>,
     Query(params): Query<Params>,
 ) -> Response {
+    if let Some(hint) = params.get("id_token_hint").filter(|h| !h.is_empty()) {
+        let sid = shared
+            .tenant(&segment)
+            .ok_or("unknown tenant")
+            .and_then(|tenant| shared.hinted_session(&tenant, hint));
+        match sid {
+            Ok(sid) => {
+                shared.end_sessions(&[sid]).await;
+            }
+            Err(reason) => tracing::info!(
+                reason,
+                "dev IdP: logout id_token_hint not accepted, no session ended"
+            ),
+        }
+    }
     let target = params
         .get("post_logout_redirect_uri")
         .filter(|u| !u.is_empty());

@@ -180,6 +180,14 @@ impl DevIdpConfig {
                     ));
                 }
             }
+            if let Some(uri) = &app.backchannel_logout_uri
+                && !is_backchannel_uri(uri)
+            {
+                return invalid(format!(
+                    "app '{}': backchannel_logout_uri '{uri}' must be an absolute http or https URL without fragment",
+                    app.name
+                ));
+            }
         }
         Ok(())
     }
@@ -301,6 +309,10 @@ pub struct DevApp {
     pub keys: Vec<Value>,
     /// Federated identity credentials.
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Where the dev IdP POSTs a `logout_token` when a session in which this app received an ID
+    /// token ends (OpenID Connect Back-Channel Logout 1.0 §2.2): an absolute `http(s)` URL
+    /// without fragment. Default none: the app is not told.
+    pub backchannel_logout_uri: Option<String>,
 }
 
 impl fmt::Debug for DevApp {
@@ -317,6 +329,7 @@ impl fmt::Debug for DevApp {
             .field("loopback_redirects", &self.loopback_redirects)
             .field("keys", &self.keys.len())
             .field("federated_credentials", &self.federated_credentials)
+            .field("backchannel_logout_uri", &self.backchannel_logout_uri)
             .finish()
     }
 }
@@ -340,6 +353,7 @@ struct RawApp {
     keys: Vec<Value>,
     #[serde(default)]
     federated_credentials: Vec<FederatedCredential>,
+    backchannel_logout_uri: Option<String>,
 }
 
 impl From<RawApp> for DevApp {
@@ -359,6 +373,7 @@ impl From<RawApp> for DevApp {
             loopback_redirects: raw.loopback_redirects.unwrap_or(true),
             keys: raw.keys,
             federated_credentials: raw.federated_credentials,
+            backchannel_logout_uri: raw.backchannel_logout_uri,
         }
     }
 }
@@ -432,6 +447,7 @@ fn builtin_apps() -> Vec<DevApp> {
         loopback_redirects: false,
         keys: Vec::new(),
         federated_credentials: Vec::new(),
+        backchannel_logout_uri: None,
     };
     vec![
         DevApp {
@@ -489,6 +505,14 @@ pub(crate) fn stable_guid(kind: &str, name: &str) -> String {
         .to_string()
 }
 
+/// Back-Channel Logout 1.0 §2.2: an absolute URI, which MUST NOT include a fragment; the dev
+/// IdP can only POST to http(s).
+fn is_backchannel_uri(uri: &str) -> bool {
+    url::Url::parse(uri).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https") && url.has_host() && url.fragment().is_none()
+    })
+}
+
 /// A GUID in its 36-character hyphenated form (the form Entra uses for object, tenant and client
 /// ids). The same rule as tollgate's own configuration check; copied so this crate stays
 /// independent of the product it tests.
@@ -524,6 +548,7 @@ mod tests {
             client_id = "12345678-1234-1234-1234-123456789abc"
             secret = "s3cret"
             redirect_uris = ["https://app.example/callback"]
+            backchannel_logout_uri = "https://app.example/backchannel-logout"
             "#,
         );
         let cfg = DevIdpConfig::from_toml_file(file.path()).unwrap();
@@ -550,7 +575,16 @@ mod tests {
             .unwrap();
         assert!(!app.public_client);
         assert!(app.loopback_redirects);
+        assert_eq!(
+            app.backchannel_logout_uri.as_deref(),
+            Some("https://app.example/backchannel-logout")
+        );
         assert!(cfg.apps.iter().any(|a| a.client_id == TOLLGATE_CLIENT_ID));
+        assert!(
+            cfg.apps
+                .iter()
+                .all(|a| a.client_id.starts_with("12345678") || a.backchannel_logout_uri.is_none())
+        );
     }
 
     #[test]
@@ -589,6 +623,18 @@ mod tests {
                 "App ID URI of a built-in",
             ),
             ("redirect_uris = [\"/callback\"]\n", "relative redirect URI"),
+            (
+                "backchannel_logout_uri = \"/logout\"\n",
+                "relative back-channel logout URI",
+            ),
+            (
+                "backchannel_logout_uri = \"https://app.example/logout#x\"\n",
+                "back-channel logout URI with a fragment",
+            ),
+            (
+                "backchannel_logout_uri = \"ftp://app.example/logout\"\n",
+                "back-channel logout URI that is not http(s)",
+            ),
         ] {
             let file = write(&format!("{APP}{extra}"));
             assert!(

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 use super::DevIdpError;
 
+/// `typ` of ID and access tokens.
+const JWT_TYP: &str = "JWT";
+
 /// A signing key of the dev IdP. The `kid` is derived from the public key, so a key loaded
 /// from a file keeps its `kid` across restarts.
 pub(crate) struct SigningKey {
@@ -89,14 +92,20 @@ impl SigningKey {
 
     /// A compact RS256 JWS with the v2 Entra header `{"typ":"JWT","alg":"RS256","kid":...}`.
     pub(crate) fn sign_jwt(&self, claims: &Value) -> Result<String, SignError> {
+        self.sign_typed(JWT_TYP, claims)
+    }
+
+    /// A compact RS256 JWS with header `{"typ":typ,"alg":"RS256","kid":...}`; explicit types
+    /// such as `logout+jwt` keep one kind of token from being accepted as another (RFC 8725 §3.11).
+    pub(crate) fn sign_typed(&self, typ: &str, claims: &Value) -> Result<String, SignError> {
         #[derive(serde::Serialize)]
         struct Header<'a> {
-            typ: &'static str,
+            typ: &'a str,
             alg: &'static str,
             kid: &'a str,
         }
         let header = serde_json::to_vec(&Header {
-            typ: "JWT",
+            typ,
             alg: "RS256",
             kid: &self.kid,
         })

@@ -14,10 +14,18 @@
 //! | `GET /{tid}/discovery/v2.0/keys` | JWKS (RS256, 2048-bit) |
 //! | `GET/POST /{tid}/oauth2/v2.0/authorize` | login page, authorization code with PKCE S256 |
 //! | `POST /{tid}/oauth2/v2.0/token` | `authorization_code`, `refresh_token`, `client_credentials`, `password`, jwt-bearer OBO |
-//! | `GET /{tid}/oauth2/v2.0/logout` | end session |
+//! | `GET /{tid}/oauth2/v2.0/logout` | end session; with a valid `id_token_hint`, back-channel logout |
 //!
 //! plus development hooks under `/_dev/` (key rotation, MFA, lifetimes, statistics, client keys
-//! and federated credentials registered at run time).
+//! and federated credentials registered at run time, `POST /_dev/sign-out/{sid_or_user}`).
+//!
+//! Back-channel logout (OpenID Connect Back-Channel Logout 1.0): the dev IdP remembers, per
+//! session (`sid`), the apps that received an ID token in it (code redemption and refresh). When
+//! the session ends, by a logout whose `id_token_hint` is an ID token it signed (expired hints
+//! are accepted, as OpenID Connect RP-Initiated Logout 1.0 §2 asks) or by
+//! [`DevIdpHandle::sign_out`], it POSTs a signed `logout_token` (`typ` `logout+jwt`) to each of
+//! those apps that has a [`backchannel_logout_uri`](DevApp::backchannel_logout_uri), before
+//! answering the logout.
 //!
 //! A `claims` request for authentication contexts (`{"access_token":{"acrs":{"essential":true,
 //! "value":"c1"}}}`) on authorize or the password grant is satisfied at once: the user's access
@@ -45,6 +53,7 @@
 
 mod aad_error;
 mod authorize;
+mod backchannel;
 mod client_auth;
 mod config;
 mod jwt;
@@ -64,6 +73,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use backchannel::BackchannelDelivery;
 pub use config::{DevApp, DevIdpConfig, DevUser, FederatedCredential};
 
 use state::Shared;
@@ -367,6 +377,24 @@ impl DevIdpHandle {
         self.shared
             .password_token(user, client_id, scope, Some(claims))
             .await
+    }
+
+    /// Signs a user out at the IdP without a browser, as a logout with an `id_token_hint` does:
+    /// ends the session with this `sid`, or every session of the user with this username, UPN
+    /// or object id, and POSTs a `logout_token` to each app of those sessions that has a
+    /// `backchannel_logout_uri` (OpenID Connect Back-Channel Logout 1.0 §2.5). Returns what each
+    /// delivery got; a failed delivery is reported, never an error. Nothing matching: empty.
+    ///
+    /// ```no_run
+    /// # async fn f(idp: tollgate_devidp::DevIdpHandle) {
+    /// for delivery in idp.sign_out(tollgate_devidp::ALICE).await {
+    ///     assert!(delivery.acknowledged(), "{} did not take the logout", delivery.client_id);
+    /// }
+    /// # }
+    /// ```
+    pub async fn sign_out(&self, sid_or_user: &str) -> Vec<BackchannelDelivery> {
+        let sids = self.shared.sessions_of(sid_or_user);
+        self.shared.end_sessions(&sids).await
     }
 
     /// Stops accepting connections and waits for open ones to finish.

@@ -38,6 +38,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_dev/stats", get(stats))
         .route("/_dev/apps/{client_id}/keys", post(add_client_key))
         .route("/_dev/apps/{client_id}/federated", post(add_federated))
+        .route("/_dev/sign-out/{sid_or_user}", post(sign_out))
         .with_state(shared)
 }
 
@@ -72,6 +73,8 @@ async fn discovery(
         "device_authorization_endpoint": format!("{base}/{path}/oauth2/v2.0/devicecode"),
         "http_logout_supported": true,
         "frontchannel_logout_supported": true,
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "end_session_endpoint": format!("{base}/{path}/oauth2/v2.0/logout"),
         "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name",
                              "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username",
@@ -202,6 +205,27 @@ async fn put_settings(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     Json(json!({ "token_requests": shared.stats() })).into_response()
+}
+
+/// Ends sessions as a sign-out at the IdP would, without a browser; answers what each app
+/// with a `backchannel_logout_uri` said.
+async fn sign_out(State(shared): State<Arc<Shared>>, Path(sid_or_user): Path<String>) -> Response {
+    let sids = shared.sessions_of(&sid_or_user);
+    let deliveries: Vec<Value> = shared
+        .end_sessions(&sids)
+        .await
+        .into_iter()
+        .map(|d| {
+            json!({
+                "client_id": d.client_id,
+                "uri": d.uri,
+                "sid": d.sid,
+                "status": d.status,
+                "error": d.error,
+            })
+        })
+        .collect();
+    Json(json!({ "sessions_ended": sids.len(), "deliveries": deliveries })).into_response()
 }
 
 async fn add_client_key(

@@ -1,5 +1,5 @@
 //! The dev IdP's in-memory state: keys, users, apps, issued codes and refresh-token families,
-//! settings and statistics. Held in one mutex that is never kept across an await.
+//! sign-in sessions, settings and statistics. Held in one mutex that is never kept across an await.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
+use super::backchannel::{DELIVERY_TIMEOUT, Sessions};
 use super::config::{DevApp, DevIdpConfig, DevUser, FederatedCredential};
 use super::keys::{self, PublicJwk, SignError, SigningKey};
 use super::scopes::{self, ParsedScope};
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) base_url: String,
     inner: Mutex<Inner>,
     http: reqwest::Client,
+    /// For back-channel logout: bounded, and following no redirects (a POST must not turn into
+    /// a GET elsewhere).
+    pub(crate) backchannel_http: reqwest::Client,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_tokens: HashMap<String, RefreshGrant>,
     /// Families revoked because a code or refresh token was replayed.
     pub(crate) revoked_families: HashSet<String>,
+    /// Sign-in sessions and the apps that received an ID token in them.
+    pub(crate) sessions: Sessions,
     stats: BTreeMap<String, u64>,
     tenants: Vec<String>,
 }
@@ -187,6 +193,11 @@ impl Shared {
             }
         }
         let http = reqwest::Client::builder().no_proxy().build()?;
+        let backchannel_http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(DELIVERY_TIMEOUT)
+            .build()?;
         let inner = Inner {
             keys: vec![Arc::new(key)],
             users: cfg.users.clone(),
@@ -207,6 +218,7 @@ impl Shared {
             codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
             revoked_families: HashSet::new(),
+            sessions: Sessions::default(),
             stats: BTreeMap::new(),
             tenants,
         };
@@ -214,6 +226,7 @@ impl Shared {
             base_url,
             inner: Mutex::new(inner),
             http,
+            backchannel_http,
         })
     }
 

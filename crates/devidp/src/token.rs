@@ -191,6 +191,9 @@ fn authorization_code(
         grant.scope.oidc,
         grant.nonce.as_deref(),
     )?;
+    if minted.id_token.is_some() {
+        shared.record_id_token(&grant.session, &user.oid, &client.app.client_id);
+    }
     if grant.scope.oidc.offline_access {
         minted.refresh_token = Some(store_refresh(
             shared,
@@ -286,6 +289,9 @@ fn refresh_token(
     }
     let mut minted =
         mint_user_tokens(shared, client, &user, &grant.session, &resource, oidc, None)?;
+    if minted.id_token.is_some() {
+        shared.record_id_token(&grant.session, &user.oid, &client.app.client_id);
+    }
     let lifetime = shared.lock().lifetimes.refresh.as_secs();
     minted.refresh_token = Some(store_refresh(
         shared,
@@ -804,7 +810,7 @@ fn sign(shared: &Shared, claims: Map<String, Value>) -> Result<String, AadError>
 }
 
 /// Entra's pairwise `sub`: stable per (user, app), 43 base64url characters.
-fn pairwise_subject(oid: &str, app: &str) -> String {
+pub(crate) fn pairwise_subject(oid: &str, app: &str) -> String {
     let input = format!("{}\0{}", oid.to_ascii_lowercase(), app.to_ascii_lowercase());
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
