@@ -57,8 +57,8 @@ pub use self::listen::ListenConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::login::LoginConfig;
 pub use self::provider::{ClientAuthMethod, ProviderConfig, ProviderGrant, is_loopback_host};
-pub use self::reload::ReloadConfig;
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
+pub use self::reload::ReloadConfig;
 #[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};

@@ -44,7 +44,10 @@ impl Default for ReloadConfig {
 impl ReloadConfig {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         if self.debounce > Duration::from_secs(60) {
-            return Err(ConfigError::invalid("reload.debounce", "must be at most 60s"));
+            return Err(ConfigError::invalid(
+                "reload.debounce",
+                "must be at most 60s",
+            ));
         }
         Ok(())
     }
