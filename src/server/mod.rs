@@ -516,6 +516,13 @@ impl Reloader {
         result
     }
 
+    /// Records a reload that failed before it reached the server (the file did not load):
+    /// logged and counted like one the server refused.
+    pub fn refused(&self, error: &dyn std::fmt::Display) {
+        metrics::counter!("tollgate_config_reloads_total", "result" => "error").increment(1);
+        tracing::error!(error = %error, "configuration not reloaded; the one in force stays");
+    }
+
     /// The generation number in force.
     pub fn generation(&self) -> u64 {
         self.0.current.load().number
