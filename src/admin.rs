@@ -76,6 +76,12 @@ pub(crate) fn install_metrics() {
     });
 }
 
+/// `tollgate_config_generation`: which configuration is in force (1 at start, one more per
+/// reload that took).
+pub(crate) fn config_generation(number: u64) {
+    metrics::gauge!("tollgate_config_generation").set(number as f64);
+}
+
 /// How often histogram samples are folded into their buckets without a scrape.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -117,12 +117,8 @@ async fn run(command: Command) -> Result<(), String> {
             let cfg = load(&config)?;
             // `access = true` shows the access lines whatever `level` keeps quiet (RUST_LOG,
             // when set, still decides alone).
-            let level = if cfg.log.access {
-                format!("{},tollgate::access=info", cfg.log.level)
-            } else {
-                cfg.log.level.clone()
-            };
-            init_logging(cfg.log.format, &level);
+            let set_level = init_logging(cfg.log.format, &log_filter(&cfg));
+            let watch = cfg.reload.watch.then_some(cfg.reload.debounce);
             let ignored = tollgate::config::ignored_env_names(&ProcessEnv);
             if !ignored.is_empty() {
                 tracing::debug!(names = ?ignored, "TOLLGATE_* variables without a SECTION__KEY are not configuration; ignored");
@@ -131,6 +127,17 @@ async fn run(command: Command) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(public = %server.public_addr(), api = ?server.api_addr(), admin = ?server.admin_addr(), "listening");
+            let reload = Reload {
+                reloader: server.reloader(),
+                path: config,
+                set_level,
+            };
+            let reload = std::sync::Arc::new(reload);
+            #[cfg(unix)]
+            tokio::spawn(reload.clone().on_sighup());
+            if let Some(debounce) = watch {
+                tokio::spawn(reload.watch(debounce));
+            }
             server
                 .run(shutdown_signal())
                 .await
@@ -145,13 +152,13 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo { port } => {
-            init_logging(LogFormat::Pretty, "warn,tollgate=info");
+            drop(init_logging(LogFormat::Pretty, "warn,tollgate=info"));
             tollgate::demo::run(port, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }
         Command::DevIdp { listen, config } => {
-            init_logging(LogFormat::Pretty, "info");
+            drop(init_logging(LogFormat::Pretty, "info"));
             let mut cfg = match config {
                 Some(path) => tollgate_devidp::DevIdpConfig::from_toml_file(&path)
                     .map_err(|e| e.to_string())?,
@@ -293,19 +300,135 @@ fn load(path: &Path) -> Result<Config, String> {
     Config::load(explicit.then_some(path), &ProcessEnv).map_err(|e| e.to_string())
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter `[log]` asks for: `level`, plus the access lines when `access = true` shows
+/// them whatever `level` keeps quiet.
+fn log_filter(cfg: &Config) -> String {
+    if cfg.log.access {
+        format!("{},tollgate::access=info", cfg.log.level)
+    } else {
+        cfg.log.level.clone()
+    }
+}
+
+/// Changes the log filter while running; does nothing when `RUST_LOG` chose it.
+type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
+
+fn init_logging(format: LogFormat, level: &str) -> SetLevel {
+    // RUST_LOG, when set, decides alone, at start and after every reload.
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only for a terminal: in a file or a log collector they are noise.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    // The filter goes on last: the reload handle's type names the formatter it sits on.
+    match format {
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            level_setter(handle, pinned)
+        }
+        LogFormat::Pretty => {
+            let builder = builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            level_setter(handle, pinned)
+        }
+    }
+}
+
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+    pinned: bool,
+) -> SetLevel {
+    Box::new(move |level| {
+        if pinned {
+            return;
+        }
+        match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(filter) => {
+                if handle.reload(filter).is_err() {
+                    tracing::warn!("the log filter could not be changed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "log.level not applied"),
+        }
+    })
+}
+
+/// Reloads the configuration file on `SIGHUP` and, with `[reload] watch`, when it changes.
+struct Reload {
+    reloader: tollgate::server::Reloader,
+    path: PathBuf,
+    set_level: SetLevel,
+}
+
+impl Reload {
+    /// Reads the file (and the environment) again and puts it in force; a file that does not
+    /// load or a configuration the server refuses leaves the one in force, with an error logged.
+    async fn now(&self, trigger: &'static str) {
+        let cfg = match load(&self.path) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                self.reloader.refused(&e);
+                return;
+            }
+        };
+        let level = log_filter(&cfg);
+        tracing::info!(trigger, file = %self.path.display(), "reloading the configuration");
+        if self.reloader.reload(cfg).await.is_ok() {
+            (self.set_level)(&level);
+        }
+    }
+
+    #[cfg(unix)]
+    async fn on_sighup(self: std::sync::Arc<Self>) {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let Ok(mut hangups) = tokio::signal::unix::signal(kind) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            self.now("SIGHUP").await;
+        }
+    }
+
+    /// Looks at the file once a second; a change is read once the file has stayed the same for
+    /// `debounce` (an editor, or Kubernetes swapping a ConfigMap's files, writes in steps).
+    async fn watch(self: std::sync::Arc<Self>, debounce: std::time::Duration) {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = stamp(&self.path);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = stamp(&self.path);
+            if now == seen || now.is_none() {
+                continue;
+            }
+            // Settled: unchanged for `debounce`.
+            let mut settled = now;
+            loop {
+                tokio::time::sleep(debounce).await;
+                let again = stamp(&self.path);
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            seen = settled;
+            self.now("file changed").await;
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C.

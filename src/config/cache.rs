@@ -15,7 +15,7 @@ use super::{ConfigError, duration_str};
 /// assert_eq!(cache.obo_capacity, 100_000);
 /// assert_eq!(cache.expiry_margin, Duration::from_secs(120));
 /// ```
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Most cached exchanged tokens.

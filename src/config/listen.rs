@@ -25,7 +25,7 @@ use super::{ConfigError, duration_str};
 /// assert_eq!((cfg.listen.api, cfg.listen.admin.is_some()), (None, true));
 /// # Ok::<(), tollgate::config::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Proxied app routes and login routes.

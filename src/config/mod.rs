@@ -39,6 +39,7 @@ mod log;
 mod login;
 mod provider;
 mod redact;
+mod reload;
 mod route;
 mod secret;
 mod upstream;
@@ -57,6 +58,7 @@ pub use self::log::{LogConfig, LogFormat};
 pub use self::login::LoginConfig;
 pub use self::provider::{ClientAuthMethod, ProviderConfig, ProviderGrant, is_loopback_host};
 pub(crate) use self::provider::{is_guid, normalize_client_ids, target_problem};
+pub use self::reload::ReloadConfig;
 #[cfg(feature = "server")]
 pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};
@@ -97,6 +99,8 @@ pub struct Config {
     pub login: LoginConfig,
     /// Per-user token store.
     pub store: StoreConfig,
+    /// Reloading while serving.
+    pub reload: ReloadConfig,
 }
 
 /// A configuration error; its message starts with the option's name.
@@ -222,6 +226,7 @@ impl Config {
         check_store(&self.store)?;
         self.log.check()?;
         self.cache.check()?;
+        self.reload.check()?;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use super::{ConfigError, Secret, duration_str};
 /// assert_eq!(p.leeway, Duration::from_secs(60));
 /// # Ok::<(), tollgate::config::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     /// Name used by routes and by the API's `identity_provider` (`entra_id`; `azuread` is an alias).

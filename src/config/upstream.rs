@@ -18,7 +18,7 @@ use super::{ConfigError, IdentityHeaders, duration_str};
 /// assert_eq!(cfg.upstream.connect_timeout, Duration::from_secs(2)); // the default
 /// # Ok::<(), tollgate::config::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Base URL (`http://host:port[/base]`).

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +62,9 @@ pub enum ServerError {
     /// A configured part could not start.
     #[error("{0}")]
     Start(String),
+    /// A new configuration was refused; the one in force stays.
+    #[error("reload refused: {0}")]
+    Reload(String),
 }
 
 /// Listeners bound by the caller, for [`Server::from_listeners`].
@@ -76,7 +80,7 @@ pub struct Listeners {
 
 /// A bound, not yet running, sidecar.
 pub struct Server {
-    state: Arc<AppState>,
+    live: Arc<Live>,
     public: TcpListener,
     api: Option<TcpListener>,
     admin: Option<TcpListener>,
@@ -121,89 +125,8 @@ impl Server {
     /// so a configuration error is reported before any port is taken.
     async fn build(config: Config, listeners: Option<Listeners>) -> Result<Self, ServerError> {
         crate::admin::install_metrics();
-        let mut providers = HashMap::new();
-        for p in &config.providers {
-            let provider = Provider::new(p.clone())?;
-            let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
-            providers.insert(p.name.clone(), (provider, validator));
-        }
-        let mut exchangers = HashMap::new();
-        for (name, (provider, validator)) in &providers {
-            if provider.config().grant == ProviderGrant::IntrospectOnly {
-                let why = "it only validates tokens (grant = \"introspect_only\")";
-                exchangers.insert(name.clone(), Err(why.to_owned()));
-                continue;
-            }
-            let x = Exchanger::new(
-                validator.clone(),
-                config.cache.obo_capacity,
-                config.cache.expiry_margin,
-            )
-            .map_err(|e| e.to_string());
-            if let Err(why) = &x {
-                tracing::warn!(provider = %name, reason = %why, "token exchange disabled for this provider");
-            }
-            exchangers.insert(name.clone(), x);
-        }
-        for (i, r) in config.routes.iter().enumerate() {
-            if r.obo.is_none() && r.obo_headers.is_empty() {
-                continue;
-            }
-            let name = config
-                .route_provider(r)
-                .map(|p| p.name.clone())
-                .unwrap_or_default();
-            if let Some(Err(why)) = exchangers.get(&name) {
-                return Err(ServerError::Start(format!(
-                    "routes[{i}].obo: provider {name:?} cannot exchange tokens: {why}"
-                )));
-            }
-        }
-        let store = if config.login.enabled {
-            Some(
-                crate::store::open(&config.store)
-                    .await
-                    .map_err(|e| ServerError::Start(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        let api_key = match (&config.api.key, &config.api.key_file) {
-            (Some(k), _) => Some(k.expose().to_owned()),
-            (None, Some(path)) => {
-                let key = std::fs::read_to_string(path).map_err(|e| {
-                    ServerError::Start(format!("api.key_file: cannot read {}: {e}", path.display()))
-                })?;
-                let key = key.trim().to_owned();
-                if key.is_empty() {
-                    return Err(ServerError::Start(format!(
-                        "api.key_file: {} is empty",
-                        path.display()
-                    )));
-                }
-                Some(key)
-            }
-            (None, None) => None,
-        };
-        let refresh_flights = moka::future::Cache::builder()
-            .time_to_live(std::time::Duration::from_secs(2))
-            .max_capacity(10_000)
-            .build();
-        let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()))
-            .map_err(ServerError::Start)?;
-        let upstream = &config.upstream;
-        let url = upstream
-            .url
-            .as_str()
-            .parse()
-            .map_err(|_| ServerError::Start("upstream.url: not a valid URI".into()))?;
-        let forwarder = Forwarder::new(UpstreamSettings {
-            url,
-            connect_timeout: upstream.connect_timeout,
-            timeout: upstream.timeout,
-            preserve_host: upstream.preserve_host,
-            trust_forwarded_headers: upstream.trust_forwarded_headers,
-        });
+        let state = build_state(config, None).await?;
+        let config = &state.config;
         let (public, api, admin) = match listeners {
             Some(Listeners { public, api, admin }) => (
                 tokio_listener("public", public)?,
@@ -232,19 +155,13 @@ impl Server {
                 (public, api, admin)
             }
         };
-        let state = Arc::new(AppState {
-            config,
-            providers,
-            routes,
-            forwarder,
-            exchangers,
-            store,
-            refresh_flights,
-            api_key,
-            accepting: AtomicBool::new(true),
+        let live = Arc::new(Live {
+            current: ArcSwap::from_pointee(Generation::new(Arc::new(state), 1)),
+            reloading: tokio::sync::Mutex::new(()),
         });
+        crate::admin::config_generation(1);
         Ok(Self {
-            state,
+            live,
             public,
             api,
             admin,
@@ -272,24 +189,24 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let state = self.state;
+        let live = self.live;
+        let state = live.current.load_full().state.clone();
         let refreshers: Vec<_> = state
             .providers
             .values()
             .map(|(p, _)| p.spawn_refresh())
             .collect();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Listener limits are the first configuration's: a reload cannot change `[listen]`.
         let limits = ServerLimits::from_config(&state.config.listen);
         let grace = state.config.listen.shutdown_grace;
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
         let mut tasks = tokio::task::JoinSet::new();
-        let log = &state.config.log;
-        let (access, request_id) = (log.access, log.request_id);
         tasks.spawn(http_server::serve(
             self.public,
-            logged(public_router(state.clone()), "public", access, request_id),
+            CurrentRouter::router(&live, Listener::Public),
             limits.clone(),
             stopped(stop_rx.clone()),
             grace,
@@ -297,7 +214,7 @@ impl Server {
         if let Some(l) = self.api {
             tasks.spawn(http_server::serve(
                 l,
-                logged(crate::api::router(state.clone()), "api", access, request_id),
+                CurrentRouter::router(&live, Listener::Api),
                 limits.clone(),
                 stopped(stop_rx.clone()),
                 grace,
@@ -309,7 +226,7 @@ impl Server {
         let mut admin = self.admin.map(|l| {
             AbortOnDrop(tokio::spawn(http_server::serve(
                 l,
-                crate::admin::router(state.clone()),
+                CurrentRouter::router(&live, Listener::Admin),
                 limits,
                 stopped(admin_stop_rx),
                 grace,
@@ -339,11 +256,17 @@ impl Server {
         result
     }
 
+    /// A handle that puts a new configuration in force while the server runs (`SIGHUP`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.live.clone())
+    }
+
     /// Runs the server in a background task; for tests and embedding.
     pub fn spawn(self) -> RunningServer {
         let public = self.public_addr();
         let api = self.api_addr();
         let admin = self.admin_addr();
+        let reloader = self.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async move {
             let _ = rx.await;
@@ -352,9 +275,299 @@ impl Server {
             public,
             api,
             admin,
+            reloader,
             stop: Some(tx),
             task,
         }
+    }
+}
+
+/// Builds what serving `config` takes. With `previous` (a reload), what did not change is
+/// taken over rather than built again: providers with the same settings (their keys and token
+/// caches) with their exchangers, the forwarder (its connection pool) when `[upstream]` is the
+/// same, and always the token store, the refresh flights and the readiness flag.
+async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppState, ServerError> {
+    let kept = |name: &str| {
+        let old = previous?;
+        let same = old.config.providers.iter().find(|p| p.name == name)?;
+        let now = config.providers.iter().find(|p| p.name == name)?;
+        (same == now).then(|| (old.providers.get(name), old.exchangers.get(name)))
+    };
+    let mut providers = HashMap::new();
+    let mut exchangers = HashMap::new();
+    for p in &config.providers {
+        if let Some((Some(provider), Some(exchanger))) = kept(&p.name) {
+            providers.insert(p.name.clone(), provider.clone());
+            exchangers.insert(p.name.clone(), exchanger.clone());
+            continue;
+        }
+        let provider = Provider::new(p.clone())?;
+        let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
+        let exchanger = if p.grant == ProviderGrant::IntrospectOnly {
+            Err("it only validates tokens (grant = \"introspect_only\")".to_owned())
+        } else {
+            let x = Exchanger::new(
+                validator.clone(),
+                config.cache.obo_capacity,
+                config.cache.expiry_margin,
+            )
+            .map_err(|e| e.to_string());
+            if let Err(why) = &x {
+                tracing::warn!(provider = %p.name, reason = %why, "token exchange disabled for this provider");
+            }
+            x
+        };
+        providers.insert(p.name.clone(), (provider, validator));
+        exchangers.insert(p.name.clone(), exchanger);
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.obo.is_none() && r.obo_headers.is_empty() {
+            continue;
+        }
+        let name = config
+            .route_provider(r)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        if let Some(Err(why)) = exchangers.get(&name) {
+            return Err(ServerError::Start(format!(
+                "routes[{i}].obo: provider {name:?} cannot exchange tokens: {why}"
+            )));
+        }
+    }
+    let store = match previous {
+        Some(old) => old.store.clone(),
+        None if config.login.enabled => Some(
+            crate::store::open(&config.store)
+                .await
+                .map_err(|e| ServerError::Start(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let api_key = match (&config.api.key, &config.api.key_file) {
+        (Some(k), _) => Some(k.expose().to_owned()),
+        (None, Some(path)) => {
+            let key = std::fs::read_to_string(path).map_err(|e| {
+                ServerError::Start(format!("api.key_file: cannot read {}: {e}", path.display()))
+            })?;
+            let key = key.trim().to_owned();
+            if key.is_empty() {
+                return Err(ServerError::Start(format!(
+                    "api.key_file: {} is empty",
+                    path.display()
+                )));
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    let refresh_flights = match previous {
+        Some(old) => old.refresh_flights.clone(),
+        None => moka::future::Cache::builder()
+            .time_to_live(std::time::Duration::from_secs(2))
+            .max_capacity(10_000)
+            .build(),
+    };
+    let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()))
+        .map_err(ServerError::Start)?;
+    let forwarder = match previous {
+        Some(old) if old.config.upstream == config.upstream => old.forwarder.clone(),
+        _ => {
+            let upstream = &config.upstream;
+            let url = upstream
+                .url
+                .as_str()
+                .parse()
+                .map_err(|_| ServerError::Start("upstream.url: not a valid URI".into()))?;
+            Forwarder::new(UpstreamSettings {
+                url,
+                connect_timeout: upstream.connect_timeout,
+                timeout: upstream.timeout,
+                preserve_host: upstream.preserve_host,
+                trust_forwarded_headers: upstream.trust_forwarded_headers,
+            })
+        }
+    };
+    let accepting = match previous {
+        Some(old) => old.accepting.clone(),
+        None => Arc::new(AtomicBool::new(true)),
+    };
+    Ok(AppState {
+        config,
+        providers,
+        routes,
+        forwarder,
+        exchangers,
+        store,
+        refresh_flights,
+        api_key,
+        accepting,
+    })
+}
+
+/// One configuration in force and what was built from it: the shared state and each listener's
+/// router. A reload builds a new one and swaps it in whole; a request keeps the generation it
+/// started with until it ends.
+struct Generation {
+    number: u64,
+    state: Arc<AppState>,
+    public: Router,
+    api: Router,
+    admin: Router,
+}
+
+impl Generation {
+    fn new(state: Arc<AppState>, number: u64) -> Self {
+        let log = &state.config.log;
+        let (access, request_id) = (log.access, log.request_id);
+        Self {
+            number,
+            public: logged(public_router(state.clone()), "public", access, request_id),
+            api: logged(crate::api::router(state.clone()), "api", access, request_id),
+            admin: crate::admin::router(state.clone()),
+            state,
+        }
+    }
+}
+
+/// The generation in force, read by every request and replaced by [`Reloader::reload`].
+struct Live {
+    current: ArcSwap<Generation>,
+    /// One reload at a time: each one builds on the generation before it.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// Which of a generation's routers a listener serves.
+#[derive(Clone, Copy)]
+enum Listener {
+    Public,
+    Api,
+    Admin,
+}
+
+/// A listener's service: the router of the generation in force when the request arrives.
+#[derive(Clone)]
+struct CurrentRouter {
+    live: Arc<Live>,
+    listener: Listener,
+}
+
+impl CurrentRouter {
+    /// Wrapped in a router, as the serving loop takes one; all it has is this fallback.
+    fn router(live: &Arc<Live>, listener: Listener) -> Router {
+        Router::new().fallback_service(Self {
+            live: live.clone(),
+            listener,
+        })
+    }
+}
+
+impl tower::Service<axum::extract::Request> for CurrentRouter {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<Router, axum::extract::Request>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Routers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let generation = self.live.current.load();
+        let router = match self.listener {
+            Listener::Public => &generation.public,
+            Listener::Api => &generation.api,
+            Listener::Admin => &generation.admin,
+        };
+        tower::ServiceExt::oneshot(router.clone(), req)
+    }
+}
+
+/// Takes a new configuration while the server runs ([`Server::reloader`],
+/// [`RunningServer::reload`]).
+///
+/// Routes, upstream, providers, identity headers and the API key change at once; requests in
+/// flight finish with the configuration they started with, and no connection is dropped.
+/// Providers whose settings did not change keep their keys and caches. Listener addresses,
+/// `[store]`, `[cache]` and `[login] enabled` cannot change without a restart: such a reload is
+/// refused, as is one that cannot be built, and the configuration in force stays.
+#[derive(Clone)]
+pub struct Reloader(Arc<Live>);
+
+impl Reloader {
+    /// Puts `config` in force; returns its generation number (the first configuration is 1).
+    pub async fn reload(&self, config: Config) -> Result<u64, ServerError> {
+        let _one_at_a_time = self.0.reloading.lock().await;
+        let old = self.0.current.load_full();
+        let result = self.build_next(&old, config).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("tollgate_config_reloads_total", "result" => outcome).increment(1);
+        match &result {
+            Ok(number) => {
+                crate::admin::config_generation(*number);
+                tracing::info!(generation = number, "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; the one in force stays")
+            }
+        }
+        result
+    }
+
+    /// Records a reload that failed before it reached the server (the file did not load):
+    /// logged and counted like one the server refused.
+    pub fn refused(&self, error: &dyn std::fmt::Display) {
+        metrics::counter!("tollgate_config_reloads_total", "result" => "error").increment(1);
+        tracing::error!(error = %error, "configuration not reloaded; the one in force stays");
+    }
+
+    /// The generation number in force.
+    pub fn generation(&self) -> u64 {
+        self.0.current.load().number
+    }
+
+    async fn build_next(&self, old: &Generation, config: Config) -> Result<u64, ServerError> {
+        config
+            .validate()
+            .map_err(|e| ServerError::Reload(e.to_string()))?;
+        let was = &old.state.config;
+        for (section, same) in [
+            ("listen", was.listen == config.listen),
+            ("store", was.store == config.store),
+            ("cache", was.cache == config.cache),
+            ("login.enabled", was.login.enabled == config.login.enabled),
+        ] {
+            if !same {
+                return Err(ServerError::Reload(format!(
+                    "{section} cannot change on reload; restart tollgate to change it"
+                )));
+            }
+        }
+        let state = build_state(config, Some(&old.state))
+            .await
+            .map_err(|e| ServerError::Reload(e.to_string()))?;
+        // Keys of new providers load now, so the new routes serve at once (the IdP down: as at
+        // start, `503` until they load); their background refresh stops when they are dropped.
+        for (name, (provider, _)) in &state.providers {
+            let new = old
+                .state
+                .providers
+                .get(name)
+                .is_none_or(|(before, _)| !Arc::ptr_eq(before, provider));
+            if new {
+                if let Err(e) = provider.refresh().await {
+                    tracing::warn!(provider = %name, error = %e, "keys not loaded yet; retrying in the background");
+                }
+                drop(provider.spawn_refresh());
+            }
+        }
+        let number = old.number + 1;
+        self.0
+            .current
+            .store(Arc::new(Generation::new(Arc::new(state), number)));
+        Ok(number)
     }
 }
 
@@ -366,11 +579,17 @@ pub struct RunningServer {
     pub api: Option<SocketAddr>,
     /// Admin listener address.
     pub admin: Option<SocketAddr>,
+    reloader: Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
 impl RunningServer {
+    /// Puts `config` in force (see [`Reloader`]); returns its generation number.
+    pub async fn reload(&self, config: Config) -> Result<u64, ServerError> {
+        self.reloader.reload(config).await
+    }
+
     /// Starts graceful shutdown and waits for it to finish.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(tx) = self.stop.take() {

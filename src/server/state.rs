@@ -27,8 +27,9 @@ pub(crate) struct AppState {
     pub(crate) refresh_flights: moka::future::Cache<[u8; 32], (String, u64)>,
     /// The local API key, when configured.
     pub(crate) api_key: Option<String>,
-    /// False once shutdown has begun, so `/readyz` turns away new traffic first.
-    pub(crate) accepting: AtomicBool,
+    /// False once shutdown has begun, so `/readyz` turns away new traffic first. Shared by every
+    /// generation of the configuration.
+    pub(crate) accepting: Arc<AtomicBool>,
 }
 
 impl AppState {

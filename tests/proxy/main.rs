@@ -3,6 +3,7 @@
 
 mod connections;
 mod paths;
+mod reload;
 mod shutdown;
 #[path = "../support/mod.rs"]
 mod support;
