@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
@@ -97,14 +96,45 @@ impl Default for ServerLimits {
 /// Each request carries `axum::extract::ConnectInfo<SocketAddr>` in its extensions, and a
 /// [`BodyStall`] when it has a body; upgrades (WebSocket) are supported. Accept errors are
 /// logged and retried after a pause.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: RequestService,
+{
     serve_from(listener, router, limits, shutdown, grace).await
+}
+
+/// What the serving loop calls for each request: an axum `Router`, or any service shaped like
+/// one (the server's router of the configuration in force).
+pub(crate) trait RequestService:
+    Service<
+        Request<Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> RequestService for S where
+    S: Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// hyper keeps up to this many header slots on the stack; setting any value moves them to the
@@ -136,7 +166,7 @@ impl Acceptor for TcpListener {
 
 async fn serve_from(
     mut acceptor: impl Acceptor,
-    router: Router,
+    router: impl RequestService,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -756,6 +786,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use axum::routing::get;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

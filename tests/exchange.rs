@@ -1794,27 +1794,45 @@ async fn azure_app_jwk_from_the_environment_signs_ps256_assertions() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn federated_assertion_file_is_read_on_each_use() {
+/// A Kubernetes cluster trusted by tollgate's app registration (a federated credential for
+/// `SUBJECT`), and its signing key: what Azure Workload Identity sets up.
+struct Cluster {
+    key: TestKey,
+}
+
+impl Cluster {
     const ISSUER: &str = "https://oidc.cluster.example/issuer";
     const SUBJECT: &str = "system:serviceaccount:team:app";
-    let idp = dev_idp().await;
-    let cluster_key = TestKey::new("cluster-key");
-    idp.register_federated_credential(
-        TOLLGATE_CLIENT_ID,
-        ISSUER,
-        SUBJECT,
-        json!({"keys": [cluster_key.public_jwk()]}),
-    )
-    .unwrap();
-    let assertion = |subject: &str| {
+
+    fn trusted_by(idp: &DevIdpHandle) -> Self {
+        let key = TestKey::new("cluster-key");
+        idp.register_federated_credential(
+            TOLLGATE_CLIENT_ID,
+            Self::ISSUER,
+            Self::SUBJECT,
+            json!({"keys": [key.public_jwk()]}),
+        )
+        .unwrap();
+        Self { key }
+    }
+
+    /// The projected service-account token the kubelet writes for `subject`.
+    fn assertion(&self, subject: &str) -> String {
         let now = support::now();
-        cluster_key.sign(
-            &json!({"alg": "RS256", "typ": "JWT", "kid": cluster_key.kid}),
-            &json!({"iss": ISSUER, "sub": subject, "aud": ["api://AzureADTokenExchange"],
+        self.key.sign(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": self.key.kid}),
+            &json!({"iss": Self::ISSUER, "sub": subject, "aud": ["api://AzureADTokenExchange"],
                     "iat": now, "nbf": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string()}),
         )
-    };
+    }
+}
+
+#[tokio::test]
+async fn federated_assertion_file_is_read_on_each_use() {
+    const SUBJECT: &str = Cluster::SUBJECT;
+    let idp = dev_idp().await;
+    let cluster = Cluster::trusted_by(&idp);
+    let assertion = |subject: &str| cluster.assertion(subject);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, assertion("system:serviceaccount:team:someone-else")).unwrap();
@@ -1853,23 +1871,8 @@ async fn federated_assertion_file_is_read_on_each_use() {
 
 #[tokio::test]
 async fn azure_workload_identity_variables_alone_make_a_federated_provider() {
-    const ISSUER: &str = "https://oidc.cluster.example/issuer";
-    const SUBJECT: &str = "system:serviceaccount:team:app";
     let idp = dev_idp().await;
-    let cluster_key = TestKey::new("cluster-key");
-    idp.register_federated_credential(
-        TOLLGATE_CLIENT_ID,
-        ISSUER,
-        SUBJECT,
-        json!({"keys": [cluster_key.public_jwk()]}),
-    )
-    .unwrap();
-    let now = support::now();
-    let assertion = cluster_key.sign(
-        &json!({"alg": "RS256", "typ": "JWT", "kid": cluster_key.kid}),
-        &json!({"iss": ISSUER, "sub": SUBJECT, "aud": ["api://AzureADTokenExchange"],
-                "iat": now, "nbf": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string()}),
-    );
+    let assertion = Cluster::trusted_by(&idp).assertion(Cluster::SUBJECT);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     let authority = idp.base_url().to_string();

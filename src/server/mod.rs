@@ -206,7 +206,7 @@ impl Server {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(http_server::serve(
             self.public,
-            CurrentRouter::router(&live, Listener::Public),
+            CurrentRouter::new(&live, Listener::Public),
             limits.clone(),
             stopped(stop_rx.clone()),
             grace,
@@ -214,7 +214,7 @@ impl Server {
         if let Some(l) = self.api {
             tasks.spawn(http_server::serve(
                 l,
-                CurrentRouter::router(&live, Listener::Api),
+                CurrentRouter::new(&live, Listener::Api),
                 limits.clone(),
                 stopped(stop_rx.clone()),
                 grace,
@@ -226,7 +226,7 @@ impl Server {
         let mut admin = self.admin.map(|l| {
             AbortOnDrop(tokio::spawn(http_server::serve(
                 l,
-                CurrentRouter::router(&live, Listener::Admin),
+                CurrentRouter::new(&live, Listener::Admin),
                 limits,
                 stopped(admin_stop_rx),
                 grace,
@@ -452,19 +452,18 @@ struct CurrentRouter {
 }
 
 impl CurrentRouter {
-    /// Wrapped in a router, as the serving loop takes one; all it has is this fallback.
-    fn router(live: &Arc<Live>, listener: Listener) -> Router {
-        Router::new().fallback_service(Self {
+    fn new(live: &Arc<Live>, listener: Listener) -> Self {
+        Self {
             live: live.clone(),
             listener,
-        })
+        }
     }
 }
 
 impl tower::Service<axum::extract::Request> for CurrentRouter {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = tower::util::Oneshot<Router, axum::extract::Request>;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
 
     fn poll_ready(
         &mut self,
@@ -481,7 +480,9 @@ impl tower::Service<axum::extract::Request> for CurrentRouter {
             Listener::Api => &generation.api,
             Listener::Admin => &generation.admin,
         };
-        tower::ServiceExt::oneshot(router.clone(), req)
+        // A router is always ready (its `poll_ready` does nothing), and cloning it is a
+        // reference count.
+        tower::Service::call(&mut router.clone(), req)
     }
 }
 
