@@ -25,6 +25,18 @@ fn expected(set: u8) -> (u16, u16) {
     if set == 0 { (200, 200) } else { (403, 401) }
 }
 
+/// Whether `/readyz` at `url` said 200 within 10 s (a process still starting refuses the
+/// connection: that is "not yet").
+async fn ready(http: &reqwest::Client, url: &str) -> bool {
+    for _ in 0..400 {
+        if http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 async fn answers(http: &reqwest::Client, base: &str, token: &str) -> (u16, u16) {
     let x = http
         .get(format!("{base}/x"))
@@ -50,17 +62,7 @@ async fn routes_change_twenty_times_under_load_without_a_failed_request() {
     let base = format!("http://{}", server.public);
     let http = reqwest::Client::new();
     let token = key.token(&idp.issuer(), json!({}));
-    for _ in 0..200 {
-        let ready = http
-            .get(format!("http://{}/readyz", server.admin.unwrap()))
-            .send()
-            .await
-            .unwrap();
-        if ready.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert!(ready(&http, &format!("http://{}/readyz", server.admin.unwrap())).await);
     assert_eq!(answers(&http, &base, &token).await, expected(0));
     let key_fetches = idp.fetches();
 
@@ -175,20 +177,7 @@ async fn the_binary_reloads_on_sighup_and_on_a_watched_change() {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{public}");
-        let ready = format!("http://127.0.0.1:{admin}/readyz");
-        let mut up = false;
-        for _ in 0..400 {
-            if http
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let up = ready(&http, &format!("http://127.0.0.1:{admin}/readyz")).await;
         assert!(
             up,
             "tollgate did not start: {}",
