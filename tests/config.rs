@@ -766,3 +766,20 @@ fn texas_provider_families_are_switched_by_their_enabled_variables() {
     // Any other grant still needs the client id.
     assert!(err("[[providers]]\nwell_known_url = \"https://idp.example/.well-known/openid-configuration\"\naudiences = [\"x\"]\n").contains("providers[0].client_id"));
 }
+
+#[tokio::test]
+async fn a_server_refuses_a_configuration_built_in_code_that_check_would_refuse() {
+    let mut cfg = Config::default();
+    cfg.listen.public = "127.0.0.1:0".parse().unwrap();
+    cfg.listen.api = None;
+    cfg.listen.admin = None;
+    cfg.cache.obo_capacity = 0;
+    let e = match tollgate::server::Server::bind(cfg).await {
+        Ok(_) => panic!("a server started on cache.obo_capacity = 0"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("cache: capacities must be greater than 0"),
+        "{e}"
+    );
+}

@@ -124,6 +124,11 @@ impl Server {
     /// Both constructors: listeners are bound (or taken over) after everything else is built,
     /// so a configuration error is reported before any port is taken.
     async fn build(config: Config, listeners: Option<Listeners>) -> Result<Self, ServerError> {
+        // `Config::load` checks what it reads; a `Config` built in code is checked here, so no
+        // server runs on a configuration `tollgate check` would refuse.
+        config
+            .validate()
+            .map_err(|e| ServerError::Start(e.to_string()))?;
         crate::admin::install_metrics();
         let state = build_state(config, None).await?;
         let config = &state.config;
