@@ -130,13 +130,28 @@ pub(crate) fn login_record(
     })
 }
 
-/// Stores a login's record, replacing the user's, under the user's lock.
+/// Stores a login's record, replacing the user's, under the user's lock. `refreshed`: the
+/// record comes from the app's refresh grant, which continues the session its code grant began;
+/// an ID token there need not name the session again (OIDC Core §12.2), so a stored `sid` is
+/// kept rather than cleared (a logout hint must still name that session).
 pub(crate) async fn store_login(
     store: &Arc<dyn TokenStore>,
     provider: &str,
     record: &UserTokens,
+    refreshed: bool,
 ) -> Result<(), StoreError> {
     let _guard = lock_user(store, provider, &record.oid).await;
+    if refreshed
+        && record.sid.is_none()
+        && let Some(stored) = store.get_by_oid(provider, &record.oid).await?
+        && stored.sid.is_some()
+    {
+        let record = UserTokens {
+            sid: stored.sid,
+            ..record.clone()
+        };
+        return store.put(provider, &record).await;
+    }
     store.put(provider, record).await
 }
 
@@ -286,6 +301,44 @@ mod tests {
 
     fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_refresh_grant_without_sid_keeps_the_session_a_code_grant_clears_it() {
+        let store: Arc<dyn TokenStore> = Arc::new(crate::store::MemoryStore::new().unwrap());
+        let record = |sid: Option<&str>, refresh: &str| UserTokens {
+            oid: "oid-1".into(),
+            tid: "tid-1".into(),
+            upn: None,
+            access_token: "at".into(),
+            access_token_expires_at: now() + 3600,
+            scopes: strings(&["openid"]),
+            refresh_token: refresh.into(),
+            refresh_token_expires_at: now() + 7200,
+            sid: sid.map(str::to_owned),
+        };
+        let stored = || async { store.get_by_oid("p", "oid-1").await.unwrap().unwrap() };
+        store_login(&store, "p", &record(Some("s1"), "rt1"), false)
+            .await
+            .unwrap();
+        store_login(&store, "p", &record(None, "rt2"), true)
+            .await
+            .unwrap();
+        let kept = stored().await;
+        assert_eq!(
+            (kept.sid.as_deref(), kept.refresh_token.as_str()),
+            (Some("s1"), "rt2")
+        );
+        // A refresh that names a session names the current one.
+        store_login(&store, "p", &record(Some("s2"), "rt3"), true)
+            .await
+            .unwrap();
+        assert_eq!(stored().await.sid.as_deref(), Some("s2"));
+        // A new sign-in is a new session: what it says, even nothing, replaces the old one.
+        store_login(&store, "p", &record(None, "rt4"), false)
+            .await
+            .unwrap();
+        assert_eq!(stored().await.sid, None);
     }
 
     #[test]

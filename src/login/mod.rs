@@ -417,7 +417,7 @@ async fn capture(
         refresh_token_expires_in: doc.get("refresh_token_expires_in").and_then(Value::as_u64),
     };
     let record = delegation::login_record(&grant, &claims)?;
-    delegation::store_login(store, validator.provider().name(), &record)
+    delegation::store_login(store, validator.provider().name(), &record, !code_grant)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(oid = %record.oid, "login: stored the user's tokens");
