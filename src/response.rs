@@ -1,6 +1,8 @@
 //! Every refusal tollgate answers itself: the JSON error shapes of the proxy and of the token
 //! API, `405`, and the mappings of a failed exchange or validation to HTTP.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::body::Body;
 use axum::response::{IntoResponse, Json};
 use http::header::{self, HeaderName, HeaderValue};
@@ -106,11 +108,15 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
                     | "unsupported_grant_type"
             ) =>
         {
-            tracing::error!(
-                error = %idp.error,
-                error_codes = ?idp.error_codes,
-                "On-Behalf-Of: the identity provider refused tollgate's request (configuration)"
-            );
+            static REFUSED: Throttle = Throttle::new();
+            if let Some(left_out) = REFUSED.admit() {
+                tracing::error!(
+                    error = %idp.error,
+                    error_codes = ?idp.error_codes,
+                    left_out,
+                    "On-Behalf-Of: the identity provider refused tollgate's request (configuration)"
+                );
+            }
             json_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
@@ -139,7 +145,10 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
             "the identity provider timed out",
         ),
         ExchangeError::ClientAuth(c) if !c.is_unavailable() => {
-            tracing::error!(error = %c, "On-Behalf-Of: tollgate's client credential is unusable");
+            static UNUSABLE: Throttle = Throttle::new();
+            if let Some(left_out) = UNUSABLE.admit() {
+                tracing::error!(error = %c, left_out, "On-Behalf-Of: tollgate's client credential is unusable");
+            }
             json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -148,7 +157,10 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
         }
         other => {
             // The detail (addresses, OS errors) is for the operator, not the public client.
-            tracing::warn!(error = %other, "On-Behalf-Of failed");
+            static FAILED: Throttle = Throttle::new();
+            if let Some(left_out) = FAILED.admit() {
+                tracing::warn!(error = %other, left_out, "On-Behalf-Of failed");
+            }
             json_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
@@ -158,11 +170,63 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
     }
 }
 
+/// At most one log line per [`Throttle::INTERVAL`] for a failure that repeats on every request
+/// while it lasts (the IdP down, a revoked credential): one line per request would bury the rest
+/// of the log. The next line says how many were left out; the metrics count every one.
+struct Throttle {
+    /// When the last line was let through, unix seconds.
+    last: AtomicU64,
+    left_out: AtomicU64,
+}
+
+impl Throttle {
+    const INTERVAL: u64 = 10;
+
+    const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when this occurrence is to be logged.
+    fn admit(&self) -> Option<u64> {
+        self.admit_at(crate::util::now())
+    }
+
+    fn admit_at(&self, now: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        // One caller wins the turn; the others count as left out.
+        if now >= last.saturating_add(Self::INTERVAL)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.left_out.swap(0, Ordering::Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_logged_once_per_interval_with_the_count_left_out() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.admit_at(1_000), Some(0));
+        assert_eq!(throttle.admit_at(1_001), None);
+        assert_eq!(throttle.admit_at(1_009), None);
+        assert_eq!(throttle.admit_at(1_010), Some(2));
+        assert_eq!(throttle.admit_at(1_015), None);
+        assert_eq!(throttle.admit_at(2_000), Some(1));
+    }
 
     async fn parts(r: Response<Body>) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
         let status = r.status();
