@@ -729,14 +729,11 @@ impl Soak {
                 ))
             });
         }
-        // Refused as a bad token: 401 from the proxy, 400 invalid_grant from the exchange, or 403
-        // access_denied from the OBO route when the IdP refuses the assertion while tollgate
-        // has not noticed the retirement yet.
+        // Refused as a bad token: 401 from the proxy (also from the OBO route when the IdP
+        // refuses the assertion while tollgate has not noticed the retirement yet), or 400
+        // invalid_grant from the exchange.
         let refused_as_bad_token = status == StatusCode::UNAUTHORIZED
-            || (class == Class::Exchange && status == StatusCode::BAD_REQUEST)
-            || (class == Class::Obo
-                && status == StatusCode::FORBIDDEN
-                && body["error"] == "access_denied");
+            || (class == Class::Exchange && status == StatusCode::BAD_REQUEST);
         if retired && refused_as_bad_token {
             return Ok(Outcome::Retired);
         }

@@ -126,6 +126,19 @@ pub(crate) fn obo_error(e: &ExchangeError, authorization_uri: Option<&str>) -> R
                 ),
             )
         }
+        // The IdP no longer takes the user's token itself as the assertion: its signing key was
+        // retired since tollgate validated it (AADSTS50013), or it expired in between
+        // (AADSTS500133). A new token is what the client needs, as for a token tollgate refuses
+        // itself (RFC 6750 §3.1 `invalid_token`), not a refusal of access.
+        ExchangeError::Idp(idp)
+            if idp.error == "invalid_grant"
+                && idp.error_codes.iter().any(|c| matches!(c, 50013 | 500133)) =>
+        {
+            auth_error(&ValidationError::InvalidToken(
+                "the identity provider no longer accepts this token for the exchange; get a new one"
+                    .into(),
+            ))
+        }
         // The user's grant does not allow the exchange (consent, a revoked session, ...).
         ExchangeError::Idp(idp) => {
             let reason = match &idp.suberror {

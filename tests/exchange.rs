@@ -2203,6 +2203,30 @@ async fn client_credentials_at_a_multi_tenant_authority_go_to_the_configured_ten
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn a_token_the_idp_no_longer_accepts_as_assertion_is_the_clients_401() {
+    let s = Stack::standard("").await;
+    let alice = s.user_token(ALICE).await;
+    // Validated (and kept as valid) on a route without an exchange.
+    assert_eq!(s.get_public("/plain", &alice, &[]).await.status(), 200);
+    // The IdP retires the key that signed it; tollgate's cached keys still vouch for it.
+    s.idp().rotate_keys(true);
+    let resp = s.get_public("/obo/data", &alice, &[]).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"tollgate\", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(s.idp_calls(JWT_BEARER), 1, "the IdP was asked and refused");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn obo_routes_inject_downstream_tokens_and_never_forward_the_inbound_one() {
     let s = Stack::standard("").await;
     let alice = s.user_token(ALICE).await;
