@@ -1972,6 +1972,56 @@ async fn client_capabilities_are_declared_and_an_upstream_claims_challenge_forge
 }
 
 #[tokio::test]
+async fn a_reload_reads_a_rotated_secret_file_and_keeps_the_exchanged_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client_secret");
+    std::fs::write(&secret_file, TOLLGATE_CLIENT_SECRET).unwrap();
+    let idp = dev_idp().await;
+    let body = entra_provider(
+        &idp,
+        &format!(
+            "client_secret_file = {}",
+            support::config::toml_str(&secret_file)
+        ),
+    );
+    let s = Stack::start(idp, &body, &MapEnv::default()).await;
+    let config =
+        || Config::from_toml_str(&config_text(&s.echo, &body), &MapEnv::default()).unwrap();
+    let (status, first) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(status, 200, "{first}");
+    let fresh = || {
+        s.post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "entra_id", "target": downstream(), "skip_cache": true}),
+        )
+    };
+
+    // The secret file is rotated (here: to one the IdP does not know) and the same
+    // configuration reloaded: the file is read again.
+    std::fs::write(&secret_file, "a-rotated-secret-the-idp-refuses").unwrap();
+    assert_eq!(s.server.reload(config()).await.unwrap(), 2);
+    let (status, body) = fresh().await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_client")),
+        "{body}"
+    );
+    // The token exchanged before stays cached: the provider's settings did not change.
+    let (status, again) = s.client_token("entra_id", &downstream()).await;
+    assert_eq!(
+        (status, &again["access_token"]),
+        (StatusCode::OK, &first["access_token"])
+    );
+    // An unchanged file keeps the credential as it is; the right one works again.
+    std::fs::write(&secret_file, TOLLGATE_CLIENT_SECRET).unwrap();
+    assert_eq!(s.server.reload(config()).await.unwrap(), 3);
+    assert_eq!(s.server.reload(config()).await.unwrap(), 4);
+    let (status, body) = fresh().await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn client_secret_basic_is_sent_as_http_basic_and_checked_by_the_idp() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {

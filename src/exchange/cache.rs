@@ -181,6 +181,7 @@ impl AsRef<[u8]> for SharedStr {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct TokenCache {
     cache: moka::future::Cache<[u8; 32], ExchangedToken>,
     margin: u64,

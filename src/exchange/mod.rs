@@ -373,6 +373,29 @@ impl Exchanger {
             .await
     }
 
+    /// This exchanger for the credential `cfg` now names, sharing its token cache: itself when
+    /// the credential read again is the same, a copy with the new one otherwise (a rotated
+    /// secret file). Tokens already exchanged stay valid whichever credential got them.
+    #[cfg(feature = "server")]
+    pub(crate) fn with_credential_of(
+        &self,
+        cfg: &crate::config::ProviderConfig,
+    ) -> Result<Self, ExchangeError> {
+        let auth = ClientAuth::from_config(cfg)?;
+        if auth.same_as(&self.inner.auth) {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                provider: self.inner.provider.clone(),
+                validator: self.inner.validator.clone(),
+                auth,
+                cache: self.inner.cache.clone(),
+                metrics: CacheMetrics::default(),
+            }),
+        })
+    }
+
     /// Forgets the cached On-Behalf-Of token of `subject` (claims this exchanger's validator
     /// produced) for `target`: the upstream refused it with a claims challenge (Continuous Access
     /// Evaluation revoked it, or it lacks a claim), so the next request must not get it again.

@@ -34,6 +34,9 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub struct ClientAuth {
     client_id: String,
     kind: Kind,
+    /// SHA-256 of the credential as read (secret, key and certificate, JWK, assertion file
+    /// path): a reload keeps this credential only if what it reads again is the same.
+    fingerprint: [u8; 32],
 }
 
 #[derive(Clone)]
@@ -123,7 +126,7 @@ impl ClientAuth {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_config(cfg: &ProviderConfig) -> Result<Self, ClientAuthError> {
-        let kind = match cfg.client_auth {
+        let (kind, fingerprint) = match cfg.client_auth {
             ClientAuthMethod::ClientSecretPost | ClientAuthMethod::ClientSecretBasic => {
                 let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
                     (Some(s), _) => s.clone(),
@@ -135,23 +138,35 @@ impl ClientAuth {
                         ));
                     }
                 };
+                let fingerprint = digest(&[b"secret", secret.expose().as_bytes()]);
                 if cfg.client_auth == ClientAuthMethod::ClientSecretBasic {
-                    Kind::Basic(secret)
+                    (Kind::Basic(secret), fingerprint)
                 } else {
-                    Kind::Post(secret)
+                    (Kind::Post(secret), fingerprint)
                 }
             }
             ClientAuthMethod::PrivateKeyJwt => load_jwt_key(cfg)?,
-            ClientAuthMethod::Federated => Kind::Federated(
-                cfg.client_assertion_file
+            ClientAuthMethod::Federated => {
+                let path = cfg
+                    .client_assertion_file
                     .clone()
-                    .ok_or_else(|| err("client_assertion_file", "missing"))?,
-            ),
+                    .ok_or_else(|| err("client_assertion_file", "missing"))?;
+                // The file is read at each use: only where it is matters.
+                let fingerprint = digest(&[b"federated", path.as_os_str().as_encoded_bytes()]);
+                (Kind::Federated(path), fingerprint)
+            }
         };
         Ok(Self {
             client_id: cfg.client_id.clone(),
             kind,
+            fingerprint,
         })
+    }
+
+    /// Whether `other` authenticates as the same client with the same credential (a reload that
+    /// read the same secret or key again).
+    pub(crate) fn same_as(&self, other: &ClientAuth) -> bool {
+        self.client_id == other.client_id && self.fingerprint == other.fingerprint
     }
 
     /// The client id.
@@ -262,7 +277,19 @@ fn read_trimmed(path: &PathBuf, option: &'static str) -> Result<String, ClientAu
     Ok(text)
 }
 
-fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
+/// SHA-256 over length-prefixed parts, so no two different inputs run together.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut buf = Vec::new();
+    for part in parts {
+        buf.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        buf.extend_from_slice(part);
+    }
+    let out = crate::util::sha256(&buf);
+    zeroize::Zeroize::zeroize(&mut buf);
+    out
+}
+
+fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthError> {
     let jwk_text = match (&cfg.client_jwk, &cfg.client_jwk_file) {
         (Some(s), _) => Some(s.expose().to_owned()),
         (None, Some(p)) => Some(read_trimmed(p, "client_jwk_file")?),
@@ -287,12 +314,16 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
         }
         let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
         let thumbprints = jwk_thumbprints(&jwk).map_err(|m| err("client_jwk_file", m))?;
-        return Ok(Kind::Jwt {
-            key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
-            alg,
-            kid,
-            thumbprints,
-        });
+        let fingerprint = digest(&[b"jwk", text.as_bytes()]);
+        return Ok((
+            Kind::Jwt {
+                key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
+                alg,
+                kid,
+                thumbprints,
+            },
+            fingerprint,
+        ));
     }
     let key_path = cfg
         .client_key_file
@@ -321,12 +352,16 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<Kind, ClientAuthError> {
         )
     })?;
     let der = cert_der(&text).map_err(|m| err("client_cert_file", m))?;
-    Ok(Kind::Jwt {
-        key: std::sync::Arc::new(key),
-        alg: Algorithm::RS256,
-        kid: None,
-        thumbprints: Thumbprints::of_certificate(&der),
-    })
+    let fingerprint = digest(&[b"pem", &pem, text.as_bytes()]);
+    Ok((
+        Kind::Jwt {
+            key: std::sync::Arc::new(key),
+            alg: Algorithm::RS256,
+            kid: None,
+            thumbprints: Thumbprints::of_certificate(&der),
+        },
+        fingerprint,
+    ))
 }
 
 /// RFC 7515 §4.1.7 `x5t` and §4.1.8 `x5t#S256` of the client certificate.

@@ -303,7 +303,20 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
     for p in &config.providers {
         if let Some((Some(provider), Some(exchanger))) = kept(&p.name) {
             providers.insert(p.name.clone(), provider.clone());
-            exchangers.insert(p.name.clone(), exchanger.clone());
+            // The settings are the same, but a secret or key file may have been rotated: the
+            // credential is read again, and the token cache kept either way.
+            let exchanger = match exchanger {
+                Ok(x) => x.with_credential_of(p).map_err(|e| e.to_string()),
+                Err(why) if p.grant == ProviderGrant::IntrospectOnly => Err(why.clone()),
+                // No usable credential last time (a file not there yet): try again.
+                Err(_) => Exchanger::new(
+                    provider.1.clone(),
+                    config.cache.obo_capacity,
+                    config.cache.expiry_margin,
+                )
+                .map_err(|e| e.to_string()),
+            };
+            exchangers.insert(p.name.clone(), exchanger);
             continue;
         }
         let provider = Provider::new(p.clone())?;
