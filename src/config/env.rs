@@ -152,18 +152,13 @@ pub(super) fn apply_nais_env(
     // Texas switches each provider family on with `<FAMILY>_ENABLED`; an Azure family switched
     // off explicitly configures nothing, whatever else its variables say.
     if get("AZURE_ENABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
-        return apply_idporten_env(cfg, vars);
+        return Ok(());
     }
     let client_id = get("AZURE_APP_CLIENT_ID");
-    let idx = match cfg.providers.iter().position(|p| p.name == "entra_id") {
-        Some(i) => i,
-        None if client_id.is_some() => {
-            cfg.providers.push(ProviderConfig::default());
-            cfg.providers.len() - 1
-        }
-        None => return apply_idporten_env(cfg, vars),
+    let created = client_id.is_some().then(ProviderConfig::default);
+    let Some(p) = provider_slot(cfg, "entra_id", created) else {
+        return Ok(());
     };
-    let p = &mut cfg.providers[idx];
     if let Some(id) = client_id {
         p.client_id = id;
     }
@@ -176,11 +171,7 @@ pub(super) fn apply_nais_env(
             p.client_auth = ClientAuthMethod::PrivateKeyJwt;
         }
     }
-    let url = |n: &str| -> Result<Option<Url>, ConfigError> {
-        get(n)
-            .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string())))
-            .transpose()
-    };
+    let url = |n: &str| url_var(n, get(n));
     if let Some(u) = url("AZURE_APP_WELL_KNOWN_URL")? {
         p.well_known_url = Some(u);
     }
@@ -193,39 +184,30 @@ pub(super) fn apply_nais_env(
     if let Some(iss) = get("AZURE_OPENID_CONFIG_ISSUER") {
         p.issuer = Some(iss);
     }
-    apply_idporten_env(cfg, vars)
+    Ok(())
 }
 
 /// Applies Texas's ID-porten family: with `IDPORTEN_ENABLED=true`, a provider named `idporten`
 /// (created when absent) validates ID-porten tokens for `IDPORTEN_AUDIENCE` and exchanges
 /// nothing (`grant = "introspect_only"`), from `IDPORTEN_WELL_KNOWN_URL`, `IDPORTEN_ISSUER` and
 /// `IDPORTEN_JWKS_URI`.
-fn apply_idporten_env(cfg: &mut Config, vars: &[(String, String)]) -> Result<(), ConfigError> {
-    let get = |n: &str| {
-        vars.iter()
-            .find(|(k, v)| k == n && !v.trim().is_empty())
-            .map(|(_, v)| v.trim().to_owned())
-    };
+pub(super) fn apply_idporten_env(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let get = |n: &str| set_var(vars, n);
     if !get("IDPORTEN_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(());
     }
-    let idx = match cfg.providers.iter().position(|p| p.name == "idporten") {
-        Some(i) => i,
-        None => {
-            cfg.providers.push(ProviderConfig {
-                name: "idporten".into(),
-                grant: super::ProviderGrant::IntrospectOnly,
-                ..ProviderConfig::default()
-            });
-            cfg.providers.len() - 1
-        }
+    let created = ProviderConfig {
+        name: "idporten".into(),
+        grant: super::ProviderGrant::IntrospectOnly,
+        ..ProviderConfig::default()
     };
-    let p = &mut cfg.providers[idx];
-    let url = |n: &str| -> Result<Option<Url>, ConfigError> {
-        get(n)
-            .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(n, e.to_string())))
-            .transpose()
+    let Some(p) = provider_slot(cfg, "idporten", Some(created)) else {
+        return Ok(());
     };
+    let url = |n: &str| url_var(n, get(n));
     if let Some(audience) = get("IDPORTEN_AUDIENCE") {
         p.audiences = vec![audience];
     }
@@ -251,24 +233,15 @@ pub(super) fn apply_workload_identity(
     cfg: &mut Config,
     vars: &[(String, String)],
 ) -> Result<(), ConfigError> {
-    let get = |n: &str| {
-        vars.iter()
-            .find(|(k, v)| k == n && !v.trim().is_empty())
-            .map(|(_, v)| v.trim().to_owned())
-    };
+    let get = |n: &str| set_var(vars, n);
     let Some(token_file) = get("AZURE_FEDERATED_TOKEN_FILE") else {
         return Ok(());
     };
     let (client_id, tenant) = (get("AZURE_CLIENT_ID"), get("AZURE_TENANT_ID"));
-    let idx = match cfg.providers.iter().position(|p| p.name == "entra_id") {
-        Some(i) => i,
-        None if client_id.is_some() && tenant.is_some() => {
-            cfg.providers.push(ProviderConfig::default());
-            cfg.providers.len() - 1
-        }
-        None => return Ok(()),
+    let created = (client_id.is_some() && tenant.is_some()).then(ProviderConfig::default);
+    let Some(p) = provider_slot(cfg, "entra_id", created) else {
+        return Ok(());
     };
-    let p = &mut cfg.providers[idx];
     if has_credential(p) {
         return Ok(());
     }
@@ -295,6 +268,37 @@ pub(super) fn apply_workload_identity(
         })?);
     }
     Ok(())
+}
+
+/// The provider named `name`, or `created` added under that name when there is none.
+fn provider_slot<'a>(
+    cfg: &'a mut Config,
+    name: &str,
+    created: Option<ProviderConfig>,
+) -> Option<&'a mut ProviderConfig> {
+    let i = match cfg.providers.iter().position(|p| p.name == name) {
+        Some(i) => i,
+        None => {
+            cfg.providers.push(created?);
+            cfg.providers.len() - 1
+        }
+    };
+    cfg.providers.get_mut(i)
+}
+
+/// A variable that is set to something: trimmed, and absent when empty (a pod spec's
+/// `value: ""` configures nothing).
+fn set_var(vars: &[(String, String)], name: &str) -> Option<String> {
+    vars.iter()
+        .find(|(k, v)| k == name && !v.trim().is_empty())
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// `value` parsed as a URL; the error names the variable.
+fn url_var(name: &str, value: Option<String>) -> Result<Option<Url>, ConfigError> {
+    value
+        .map(|v| Url::parse(&v).map_err(|e| ConfigError::invalid(name, e.to_string())))
+        .transpose()
 }
 
 /// Whether the provider was given a credential of its own (file, environment or method).

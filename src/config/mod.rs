@@ -177,6 +177,7 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(redact::redact_figment(&e)))?;
         env::apply_nais_env(&mut cfg, &vars)?;
+        env::apply_idporten_env(&mut cfg, &vars)?;
         env::apply_workload_identity(&mut cfg, &vars)?;
         cfg.normalize();
         cfg.validate()?;
