@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::exchange::{ExchangeError, Exchanger, IdpError};
 use crate::store::{StoreError, TokenStore, UserLock, UserTokens};
-use crate::util::{now, sha256};
+use crate::util::now;
 use crate::validate::Claims;
 
 /// Refresh tokens without a stated lifetime get Entra's default sliding window (90 days).
@@ -282,17 +282,12 @@ fn qualify(scope: &str) -> Cow<'_, str> {
 }
 
 fn flight_key(provider: &str, oid: &str, target: &str, refresh_token: &str) -> [u8; 32] {
-    len_prefixed_hash(&[provider, oid, target, refresh_token])
-}
-
-/// A digest of `parts` that no other split of the same bytes shares.
-fn len_prefixed_hash(parts: &[&str]) -> [u8; 32] {
-    let mut buf = Vec::new();
-    for part in parts {
-        buf.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        buf.extend_from_slice(part.as_bytes());
-    }
-    sha256(&buf)
+    crate::util::sha256_of_parts(&[
+        provider.as_bytes(),
+        oid.as_bytes(),
+        target.as_bytes(),
+        refresh_token.as_bytes(),
+    ])
 }
 
 #[cfg(test)]

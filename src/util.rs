@@ -18,3 +18,17 @@ pub(crate) fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// SHA-256 over `parts`, each preceded by its length (u64, big-endian), so that no two
+/// different lists run together (`["ab", "c"]` and `["a", "bc"]` differ). The buffer is wiped
+/// after: the parts may be secrets (a refresh token, a client secret).
+pub(crate) fn sha256_of_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for part in parts {
+        buf.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        buf.extend_from_slice(part);
+    }
+    let out = sha256(&buf);
+    zeroize::Zeroize::zeroize(&mut buf);
+    out
+}

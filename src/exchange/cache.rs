@@ -8,7 +8,7 @@ use http::HeaderValue;
 use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
-use crate::util::{now, sha256};
+use crate::util::{now, sha256_of_parts};
 
 /// An access token obtained from the IdP (or the cache).
 ///
@@ -233,19 +233,13 @@ pub(super) fn key(
         Grant::OnBehalfOf => "obo",
         Grant::ClientCredentials => "cc",
     };
-    let mut buf =
-        Vec::with_capacity(provider.len() + client_id.len() + target.len() + subject.len() + 48);
-    for part in [
+    sha256_of_parts(&[
         provider.as_bytes(),
         client_id.as_bytes(),
         grant.as_bytes(),
         target.as_bytes(),
         subject,
-    ] {
-        buf.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        buf.extend_from_slice(part);
-    }
-    sha256(&buf)
+    ])
 }
 
 impl TokenCache {

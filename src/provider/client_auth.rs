@@ -36,6 +36,7 @@ pub struct ClientAuth {
     kind: Kind,
     /// SHA-256 of the credential as read (secret, key and certificate, JWK, assertion file
     /// path): a reload keeps this credential only if what it reads again is the same.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     fingerprint: [u8; 32],
 }
 
@@ -138,7 +139,8 @@ impl ClientAuth {
                         ));
                     }
                 };
-                let fingerprint = digest(&[b"secret", secret.expose().as_bytes()]);
+                let fingerprint =
+                    crate::util::sha256_of_parts(&[b"secret", secret.expose().as_bytes()]);
                 if cfg.client_auth == ClientAuthMethod::ClientSecretBasic {
                     (Kind::Basic(secret), fingerprint)
                 } else {
@@ -152,7 +154,10 @@ impl ClientAuth {
                     .clone()
                     .ok_or_else(|| err("client_assertion_file", "missing"))?;
                 // The file is read at each use: only where it is matters.
-                let fingerprint = digest(&[b"federated", path.as_os_str().as_encoded_bytes()]);
+                let fingerprint = crate::util::sha256_of_parts(&[
+                    b"federated",
+                    path.as_os_str().as_encoded_bytes(),
+                ]);
                 (Kind::Federated(path), fingerprint)
             }
         };
@@ -165,6 +170,7 @@ impl ClientAuth {
 
     /// Whether `other` authenticates as the same client with the same credential (a reload that
     /// read the same secret or key again).
+    #[cfg(feature = "server")]
     pub(crate) fn same_as(&self, other: &ClientAuth) -> bool {
         self.client_id == other.client_id && self.fingerprint == other.fingerprint
     }
@@ -277,18 +283,6 @@ fn read_trimmed(path: &PathBuf, option: &'static str) -> Result<String, ClientAu
     Ok(text)
 }
 
-/// SHA-256 over length-prefixed parts, so no two different inputs run together.
-fn digest(parts: &[&[u8]]) -> [u8; 32] {
-    let mut buf = Vec::new();
-    for part in parts {
-        buf.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        buf.extend_from_slice(part);
-    }
-    let out = crate::util::sha256(&buf);
-    zeroize::Zeroize::zeroize(&mut buf);
-    out
-}
-
 fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthError> {
     let jwk_text = match (&cfg.client_jwk, &cfg.client_jwk_file) {
         (Some(s), _) => Some(s.expose().to_owned()),
@@ -314,7 +308,7 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthErro
         }
         let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
         let thumbprints = jwk_thumbprints(&jwk).map_err(|m| err("client_jwk_file", m))?;
-        let fingerprint = digest(&[b"jwk", text.as_bytes()]);
+        let fingerprint = crate::util::sha256_of_parts(&[b"jwk", text.as_bytes()]);
         return Ok((
             Kind::Jwt {
                 key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
@@ -352,7 +346,7 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthErro
         )
     })?;
     let der = cert_der(&text).map_err(|m| err("client_cert_file", m))?;
-    let fingerprint = digest(&[b"pem", &pem, text.as_bytes()]);
+    let fingerprint = crate::util::sha256_of_parts(&[b"pem", &pem, text.as_bytes()]);
     Ok((
         Kind::Jwt {
             key: std::sync::Arc::new(key),
