@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogLayer;
-use crate::config::{Config, ProviderGrant};
+use crate::config::{Config, ProviderConfig, ProviderGrant};
 use crate::exchange::Exchanger;
 use crate::http_server::{self, ServerLimits};
 use crate::provider::{Provider, ProviderError};
@@ -292,49 +292,45 @@ impl Server {
 /// caches) with their exchangers, the forwarder (its connection pool) when `[upstream]` is the
 /// same, and always the token store, the refresh flights and the readiness flag.
 async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppState, ServerError> {
-    let kept = |name: &str| {
+    // A provider whose settings did not change keeps its keys and caches.
+    let kept = |p: &ProviderConfig| {
         let old = previous?;
-        let same = old.config.providers.iter().find(|p| p.name == name)?;
-        let now = config.providers.iter().find(|p| p.name == name)?;
-        (same == now).then(|| (old.providers.get(name), old.exchangers.get(name)))
+        let before = old.config.providers.iter().find(|b| b.name == p.name)?;
+        (before == p).then_some(())?;
+        Some((old.providers.get(&p.name)?, old.exchangers.get(&p.name)?))
     };
     let mut providers = HashMap::new();
     let mut exchangers = HashMap::new();
     for p in &config.providers {
-        if let Some((Some(provider), Some(exchanger))) = kept(&p.name) {
-            providers.insert(p.name.clone(), provider.clone());
+        let kept = kept(p);
+        let (provider, validator) = match kept {
+            Some((built, _)) => built.clone(),
+            None => {
+                let provider = Provider::new(p.clone())?;
+                let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
+                (provider, validator)
+            }
+        };
+        let exchanger = match kept {
+            _ if p.grant == ProviderGrant::IntrospectOnly => {
+                Err("it only validates tokens (grant = \"introspect_only\")".to_owned())
+            }
             // The settings are the same, but a secret or key file may have been rotated: the
             // credential is read again, and the token cache kept either way.
-            let exchanger = match exchanger {
-                Ok(x) => x.with_credential_of(p).map_err(|e| e.to_string()),
-                Err(why) if p.grant == ProviderGrant::IntrospectOnly => Err(why.clone()),
-                // No usable credential last time (a file not there yet): try again.
-                Err(_) => Exchanger::new(
-                    provider.1.clone(),
-                    config.cache.obo_capacity,
-                    config.cache.expiry_margin,
-                )
-                .map_err(|e| e.to_string()),
-            };
-            exchangers.insert(p.name.clone(), exchanger);
-            continue;
-        }
-        let provider = Provider::new(p.clone())?;
-        let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
-        let exchanger = if p.grant == ProviderGrant::IntrospectOnly {
-            Err("it only validates tokens (grant = \"introspect_only\")".to_owned())
-        } else {
-            let x = Exchanger::new(
+            Some((_, Ok(x))) => x.with_credential_of(p).map_err(|e| e.to_string()),
+            // New, or no usable credential last time (a file not there yet): built (again).
+            _ => Exchanger::new(
                 validator.clone(),
                 config.cache.obo_capacity,
                 config.cache.expiry_margin,
             )
-            .map_err(|e| e.to_string());
-            if let Err(why) = &x {
-                tracing::warn!(provider = %p.name, reason = %why, "token exchange disabled for this provider");
-            }
-            x
+            .map_err(|e| e.to_string()),
         };
+        if p.grant != ProviderGrant::IntrospectOnly
+            && let Err(why) = &exchanger
+        {
+            tracing::warn!(provider = %p.name, reason = %why, "token exchange disabled for this provider");
+        }
         providers.insert(p.name.clone(), (provider, validator));
         exchangers.insert(p.name.clone(), exchanger);
     }
