@@ -517,22 +517,19 @@ impl Reloader {
         let _one_at_a_time = self.0.reloading.lock().await;
         let old = self.0.current.load_full();
         let result = self.build_next(&old, config).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("tollgate_config_reloads_total", "result" => outcome).increment(1);
         match &result {
             Ok(number) => {
+                metrics::counter!("tollgate_config_reloads_total", "result" => "ok").increment(1);
                 crate::admin::config_generation(*number);
                 tracing::info!(generation = number, "configuration reloaded");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration not reloaded; the one in force stays")
-            }
+            Err(e) => self.refused(e),
         }
         result
     }
 
-    /// Records a reload that failed before it reached the server (the file did not load):
-    /// logged and counted like one the server refused.
+    /// Records a refused reload, also one that failed before it reached the server (the file
+    /// did not load): logged, counted, and the configuration in force stays.
     pub fn refused(&self, error: &dyn std::fmt::Display) {
         metrics::counter!("tollgate_config_reloads_total", "result" => "error").increment(1);
         tracing::error!(error = %error, "configuration not reloaded; the one in force stays");
