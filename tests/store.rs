@@ -16,7 +16,8 @@ use std::time::Duration;
 use support::redis::RedisServer;
 use support::{now, require};
 use tollgate::store::{
-    MemoryStore, Sealer, StoreConfig, StoreError, StoreKind, TokenStore, UserTokens, keygen,
+    MemoryStore, Sealer, SessionKey, SessionRecord, StoreConfig, StoreError, StoreKind, TokenStore,
+    UserTokens, keygen,
 };
 
 const PROVIDER: &str = "entra_id";
@@ -323,6 +324,240 @@ async fn redis_entries_expire_with_the_refresh_token() {
             .unwrap();
         assert_eq!(expires, ada.refresh_token_expires_at as i64, "{key}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser sessions (issue 15), run against every backend.
+
+async fn session_suite(store: Arc<dyn TokenStore>) {
+    let key = |id: &str| SessionKey::from_cookie_id(id);
+    assert_eq!(
+        store.get_session(PROVIDER, &key("none")).await.unwrap(),
+        None
+    );
+    assert!(!store.delete_session(PROVIDER, &key("none")).await.unwrap());
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("no-sid"), None)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Round trip, claims and all; providers are separate namespaces.
+    let t0 = now();
+    let a1 = session("ada", Some("sid-a"), t0);
+    store.put_session(PROVIDER, &key("a1"), &a1).await.unwrap();
+    assert_eq!(
+        store.get_session(PROVIDER, &key("a1")).await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(store.get_session("other", &key("a1")).await.unwrap(), None);
+    // Sessions and users do not see each other.
+    assert_eq!(store.get_by_oid(PROVIDER, "ada").await.unwrap(), None);
+
+    // Timeouts: one at its idle end, one at its absolute end, one whose idle end is slid by
+    // writing it again.
+    let idle = SessionRecord {
+        idle_expires_at: t0 + 2,
+        ..session("ada", None, t0)
+    };
+    let absolute = SessionRecord {
+        expires_at: t0 + 2,
+        ..session("ada", None, t0)
+    };
+    let slid = SessionRecord {
+        idle_expires_at: t0 + 2,
+        ..session("ada", None, t0)
+    };
+    for (id, record) in [("idle", &idle), ("absolute", &absolute), ("slid", &slid)] {
+        store.put_session(PROVIDER, &key(id), record).await.unwrap();
+        assert_eq!(
+            store
+                .get_session(PROVIDER, &key(id))
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(record)
+        );
+    }
+    let slid = SessionRecord {
+        idle_expires_at: t0 + 3600,
+        ..slid
+    };
+    store
+        .put_session(PROVIDER, &key("slid"), &slid)
+        .await
+        .unwrap();
+    while now() < t0 + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.get_session(PROVIDER, &key("idle")).await.unwrap(),
+        None,
+        "idle end"
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("absolute")).await.unwrap(),
+        None,
+        "lifetime"
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("slid")).await.unwrap(),
+        Some(slid)
+    );
+    // An ended session is gone, not only hidden.
+    assert!(!store.delete_session(PROVIDER, &key("idle")).await.unwrap());
+    // Writing an ended session removes it.
+    let ended = SessionRecord {
+        idle_expires_at: t0 - 1,
+        ..a1.clone()
+    };
+    store
+        .put_session(PROVIDER, &key("slid"), &ended)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session(PROVIDER, &key("slid")).await.unwrap(),
+        None
+    );
+
+    // Back-channel logout by sid: both sessions of sid-a end, ada's other sid and bob stay.
+    let a2 = session("ada", Some("sid-a"), t0);
+    let a3 = session("ada", Some("sid-b"), t0);
+    let b1 = session("bob", Some("sid-c"), t0);
+    for (id, record) in [("a2", &a2), ("a3", &a3), ("b1", &b1)] {
+        store.put_session(PROVIDER, &key(id), record).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-a"), None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.get_session(PROVIDER, &key("a1")).await.unwrap(), None);
+    assert_eq!(store.get_session(PROVIDER, &key("a2")).await.unwrap(), None);
+    assert_eq!(
+        store.get_session(PROVIDER, &key("a3")).await.unwrap(),
+        Some(a3.clone())
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("b1")).await.unwrap(),
+        Some(b1.clone())
+    );
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-a"), None)
+            .await
+            .unwrap(),
+        0
+    );
+    // Another provider's sid of the same name is another session.
+    store
+        .put_session("other", &key("o1"), &session("ada", Some("sid-b"), t0))
+        .await
+        .unwrap();
+
+    // sid and sub together: only that subject's session of the sid ends.
+    let x_ada = session("ada", Some("sid-x"), t0);
+    let x_eve = session("eve", Some("sid-x"), t0);
+    store
+        .put_session(PROVIDER, &key("x-ada"), &x_ada)
+        .await
+        .unwrap();
+    store
+        .put_session(PROVIDER, &key("x-eve"), &x_eve)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-x"), Some("sub-ada"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("x-ada")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("x-eve")).await.unwrap(),
+        Some(x_eve.clone())
+    );
+
+    // By sub alone: every session of that subject ends, with or without a sid.
+    let a4 = session("ada", None, t0);
+    store.put_session(PROVIDER, &key("a4"), &a4).await.unwrap();
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, None, Some("sub-ada"))
+            .await
+            .unwrap(),
+        2,
+        "a3, a4"
+    );
+    assert_eq!(store.get_session(PROVIDER, &key("a3")).await.unwrap(), None);
+    assert_eq!(store.get_session(PROVIDER, &key("a4")).await.unwrap(), None);
+    assert_eq!(
+        store.get_session(PROVIDER, &key("b1")).await.unwrap(),
+        Some(b1)
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("x-eve")).await.unwrap(),
+        Some(x_eve)
+    );
+    assert!(
+        store
+            .get_session("other", &key("o1"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.end_sessions(PROVIDER, None, None).await.unwrap(), 0);
+
+    // Deleting one session; it is then no longer counted by a logout.
+    assert!(store.delete_session(PROVIDER, &key("b1")).await.unwrap());
+    assert!(!store.delete_session(PROVIDER, &key("b1")).await.unwrap());
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-c"), None)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Sessions do not disturb the users' records, nor a rotation with one key.
+    store
+        .put(PROVIDER, &user("ada", Some("ada@example.com")))
+        .await
+        .unwrap();
+    assert!(store.get_by_oid(PROVIDER, "ada").await.unwrap().is_some());
+    assert_eq!(store.rotate_keys().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn memory_sessions() {
+    session_suite(Arc::new(MemoryStore::new().unwrap())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sqlite_config(dir.path(), &write_keys(dir.path(), "keys", &[&keygen()]));
+    session_suite(tollgate::store::open(&cfg).await.unwrap()).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_sessions() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = redis_config(&server, &write_keys(dir.path(), "keys", &[&keygen()]));
+    session_suite(tollgate::store::open(&cfg).await.unwrap()).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1452,6 +1687,25 @@ fn user(oid: &str, upn: Option<&str>) -> UserTokens {
         refresh_token: unique("RT"),
         refresh_token_expires_at: FAR_FUTURE,
         sid: Some(unique("sid")),
+    }
+}
+
+/// A session of `who` (oid `who`, sub `sub-{who}`) that lasts, begun at `t0`.
+fn session(who: &str, sid: Option<&str>, t0: u64) -> SessionRecord {
+    let mut claims = serde_json::Map::new();
+    claims.insert("name".into(), who.into());
+    claims.insert("roles".into(), serde_json::json!(["reader"]));
+    SessionRecord {
+        oid: who.into(),
+        sub: format!("sub-{who}"),
+        sid: sid.map(Into::into),
+        claims,
+        scopes: vec!["openid".into(), "offline_access".into()],
+        id_token: unique("IDT"),
+        created_at: t0,
+        expires_at: t0 + 36_000,
+        idle_expires_at: t0 + 3_600,
+        access_expires_at: t0 + 3_600,
     }
 }
 

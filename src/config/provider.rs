@@ -239,6 +239,13 @@ pub(super) fn check_providers(providers: &[ProviderConfig]) -> Result<(), Config
                 "must not be empty",
             ));
         }
+        if p.name.contains('#') {
+            // `#` namespaces the store's session records (`{provider}#session`).
+            return Err(ConfigError::invalid(
+                format!("providers[{i}].name"),
+                "must not contain '#'",
+            ));
+        }
         if !names.insert(p.name.as_str()) {
             return Err(ConfigError::invalid(
                 format!("providers[{i}].name"),

@@ -110,6 +110,27 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn swap(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: Option<&[u8]>,
+        new: Option<(Vec<u8>, u64)>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let current = inner.records.get(&key(provider, oid)).map(|e| &e.blob[..]);
+        if current != old {
+            return Ok(false);
+        }
+        match new {
+            Some((blob, _)) => inner.insert(provider, oid, None, blob),
+            None => {
+                inner.remove(provider, oid);
+            }
+        }
+        Ok(true)
+    }
+
     /// Over a snapshot, each change a compare-and-swap: callers are not held up meanwhile.
     async fn rotate(&self, opener: &Opener) -> Result<Rotated, StoreError> {
         type Snapshot = Vec<((String, String), Vec<u8>, Option<[u8; 32]>)>;

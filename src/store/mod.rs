@@ -64,6 +64,7 @@ mod memory;
 mod redis;
 mod seal;
 mod sealed;
+mod sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -72,6 +73,7 @@ pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use self::seal::{Sealer, keygen};
+pub use self::sessions::{SessionKey, SessionRecord};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 
@@ -172,6 +174,74 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// `"memory"`, `"sqlite"` or `"redis"`.
     fn kind(&self) -> &'static str;
+
+    /// Writes (inserts or replaces) a browser session and adds its key to the indexes of its
+    /// `sid` and `sub` (for [`TokenStore::end_sessions`]). Writing it again with a later
+    /// `idle_expires_at` slides its idle end. A record already past its end is removed instead.
+    /// Redis drops the session at its end ([`SessionRecord::ends_at`]) by itself.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tollgate::store::{MemoryStore, SessionKey, SessionRecord, TokenStore};
+    ///
+    /// let store = MemoryStore::new()?;
+    /// let key = SessionKey::from_cookie_id("q2n5Yk3x0wVb8r1LzPfA7g");
+    /// let record = SessionRecord {
+    ///     oid: "oid-1".into(),
+    ///     sub: "sub-1".into(),
+    ///     sid: Some("sid-1".into()),
+    ///     claims: serde_json::Map::new(),
+    ///     scopes: vec!["openid".into()],
+    ///     id_token: "eyJ...".into(),
+    ///     created_at: 1_900_000_000,
+    ///     expires_at: 4_000_000_000,
+    ///     idle_expires_at: 4_000_000_000,
+    ///     access_expires_at: 1_900_003_600,
+    /// };
+    /// store.put_session("entra_id", &key, &record).await?;
+    /// assert_eq!(store.get_session("entra_id", &key).await?, Some(record));
+    /// assert_eq!(store.end_sessions("entra_id", Some("sid-1"), None).await?, 1);
+    /// assert_eq!(store.get_session("entra_id", &key).await?, None);
+    /// assert!(!store.delete_session("entra_id", &key).await?);
+    /// # Ok::<(), tollgate::store::StoreError>(()) }).unwrap();
+    /// ```
+    fn put_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The session, or `None` when absent, past `expires_at` or past `idle_expires_at` (an
+    /// ended one is deleted, like expired user records). A session that does not open is
+    /// [`StoreError::Corrupt`]. See [`TokenStore::put_session`] for an example.
+    fn get_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>>;
+
+    /// Removes one session (and its index entries). `true` if there was one. See
+    /// [`TokenStore::put_session`] for an example.
+    fn delete_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Back-channel logout: ends every session indexed under `sid` when given, else under
+    /// `sub`, and returns how many live sessions were deleted. When both are given, a session
+    /// of that `sid` ends only if its `sub` matches too (OpenID Connect Back-Channel Logout 1.0
+    /// §2.6: a logout token with both names the session of that subject). With neither, nothing
+    /// ends. A listed session that does not open is deleted as well (it cannot be checked, and
+    /// must not come back usable), without being counted. See [`TokenStore::put_session`] for
+    /// an example.
+    fn end_sessions<'a>(
+        &'a self,
+        provider: &'a str,
+        sid: Option<&'a str>,
+        sub: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Takes the lock that serialises every write of one user's record in this store (refresh,
     /// login, logout, deletion): hold the guard across the read-modify-write. Users of another

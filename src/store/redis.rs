@@ -53,6 +53,7 @@ pub(crate) struct RedisBackend {
     reindex_script: Script,
     delete_script: Script,
     reseal_script: Script,
+    swap_script: Script,
 }
 
 /// The connection manager in use, and when it was made.
@@ -115,6 +116,7 @@ impl RedisStore {
             reindex_script: Script::new(REINDEX_SCRIPT),
             delete_script: Script::new(DELETE_SCRIPT),
             reseal_script: Script::new(RESEAL_SCRIPT),
+            swap_script: Script::new(SWAP_SCRIPT),
         };
         Ok(Self(SealedStore::new(backend, sealer)))
     }
@@ -201,6 +203,28 @@ impl Backend for RedisBackend {
         _old: &[u8],
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// [`SWAP_SCRIPT`]: one script, so replicas sharing the server cannot interleave.
+    async fn swap(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: Option<&[u8]>,
+        new: Option<(Vec<u8>, u64)>,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.swap_script.key(record_key(provider, oid));
+        match old {
+            Some(old) => invocation.arg(1).arg(old),
+            None => invocation.arg(0).arg(""),
+        };
+        match &new {
+            Some((blob, expires_at)) => invocation.arg(1).arg(blob).arg(*expires_at),
+            None => invocation.arg(0).arg("").arg(0),
+        };
+        let mut conn = self.conn();
+        let swapped: i64 = self.timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(swapped == 1)
     }
 
     /// SCAN over the record keys, each change a script: other replicas keep working meanwhile.
@@ -345,6 +369,24 @@ if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Compare-and-swap of a whole record without a UPN entry (the session indexes). ARGV: 1 and
+/// the blob expected, or 0 and "" for "no record"; then 1, the new blob and its expiry (unix
+/// seconds, the key's TTL), or 0 to delete. Returns 1 if done.
+const SWAP_SCRIPT: &str = r"
+local current = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[4])
+  redis.call('EXPIREAT', KEYS[1], ARGV[5])
+end
+return 1
 ";
 
 impl RedisBackend {

@@ -3,11 +3,15 @@
 //! and the per-user locks. A backend only keeps blobs.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
 use super::lock::UserLocks;
-use super::{BoxFuture, Sealer, StoreError, TokenStore, UserLock, UserTokens};
+use super::sessions;
+use super::{
+    BoxFuture, Sealer, SessionKey, SessionRecord, StoreError, TokenStore, UserLock, UserTokens,
+};
 
 /// What a backend keeps: sealed blobs by (provider, oid), and the UPN index (index key -> oid).
 ///
@@ -72,6 +76,17 @@ pub(crate) trait Backend: Send + Sync + 'static {
         old: &[u8],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Compare-and-swap of a whole record without a UPN index entry (the session indexes):
+    /// writes `new` (blob, expiry in unix seconds) or, for `None`, deletes, only while the stored
+    /// blob is `old` (`None`: no record). `true` if it was done.
+    fn swap(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: Option<&[u8]>,
+        new: Option<(Vec<u8>, u64)>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Goes over every record and applies what [`Opener::rotation`] says about it.
     fn rotate(&self, opener: &Opener) -> impl Future<Output = Result<Rotated, StoreError>> + Send;
 
@@ -107,6 +122,10 @@ pub(crate) struct NewRecord {
 #[derive(Clone)]
 pub(crate) struct Opener {
     sealer: Sealer,
+    /// The session index records a rotation found named under an older key ((provider, oid)),
+    /// moved once the backend's pass is done. Shared by clones (a backend may clone it into a
+    /// blocking task).
+    moves: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 /// What a key rotation does with one record ([`Opener::rotation`]).
@@ -146,20 +165,25 @@ impl<B: Backend> SealedStore<B> {
     pub(crate) fn new(backend: B, sealer: Sealer) -> Self {
         Self {
             backend,
-            opener: Opener { sealer },
+            opener: Opener {
+                sealer,
+                moves: Arc::default(),
+            },
             locks: UserLocks::default(),
         }
     }
 
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn backend(&self) -> &B {
         &self.backend
     }
 
     /// What the backend is handed to judge records (e.g. while migrating at open).
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn opener(&self) -> &Opener {
         &self.opener
+    }
+
+    pub(super) fn locks(&self) -> &UserLocks {
+        &self.locks
     }
 
     /// Opens a blob read from the backend. Expired records read as absent (and go where the
@@ -261,7 +285,15 @@ impl<B: Backend> TokenStore for SealedStore<B> {
 
     fn rotate_keys(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let rotated = self.backend.rotate(&self.opener).await?;
+            // A fresh opener, so that only this rotation's index moves are collected.
+            let opener = Opener {
+                sealer: self.opener.sealer.clone(),
+                moves: Arc::default(),
+            };
+            let rotated = self.backend.rotate(&opener).await?;
+            for (provider, oid) in opener.take_moves() {
+                self.move_index(&provider, &oid).await?;
+            }
             rotation_result(rotated.resealed, rotated.unreadable)
         })
     }
@@ -272,6 +304,40 @@ impl<B: Backend> TokenStore for SealedStore<B> {
 
     fn kind(&self) -> &'static str {
         B::KIND
+    }
+
+    fn put_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(SealedStore::put_session(self, provider, key, record))
+    }
+
+    fn get_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        Box::pin(SealedStore::get_session(self, provider, key))
+    }
+
+    fn delete_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SealedStore::delete_session(self, provider, key))
+    }
+
+    fn end_sessions<'a>(
+        &'a self,
+        provider: &'a str,
+        sid: Option<&'a str>,
+        sub: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(SealedStore::end_sessions(self, provider, sid, sub))
     }
 
     fn lock_user<'a>(&'a self, provider: &'a str, oid: &'a str) -> BoxFuture<'a, UserLock> {
@@ -338,6 +404,43 @@ macro_rules! delegate_token_store {
                 self.0.kind()
             }
 
+            fn put_session<'a>(
+                &'a self,
+                provider: &'a str,
+                key: &'a $crate::store::SessionKey,
+                record: &'a $crate::store::SessionRecord,
+            ) -> $crate::store::BoxFuture<'a, Result<(), $crate::store::StoreError>> {
+                $crate::store::TokenStore::put_session(&self.0, provider, key, record)
+            }
+
+            fn get_session<'a>(
+                &'a self,
+                provider: &'a str,
+                key: &'a $crate::store::SessionKey,
+            ) -> $crate::store::BoxFuture<
+                'a,
+                Result<Option<$crate::store::SessionRecord>, $crate::store::StoreError>,
+            > {
+                $crate::store::TokenStore::get_session(&self.0, provider, key)
+            }
+
+            fn delete_session<'a>(
+                &'a self,
+                provider: &'a str,
+                key: &'a $crate::store::SessionKey,
+            ) -> $crate::store::BoxFuture<'a, Result<bool, $crate::store::StoreError>> {
+                $crate::store::TokenStore::delete_session(&self.0, provider, key)
+            }
+
+            fn end_sessions<'a>(
+                &'a self,
+                provider: &'a str,
+                sid: Option<&'a str>,
+                sub: Option<&'a str>,
+            ) -> $crate::store::BoxFuture<'a, Result<u64, $crate::store::StoreError>> {
+                $crate::store::TokenStore::end_sessions(&self.0, provider, sid, sub)
+            }
+
             fn lock_user<'a>(
                 &'a self,
                 provider: &'a str,
@@ -354,6 +457,9 @@ impl Opener {
     /// Whether the record opens and its refresh token has expired. A record that does not open
     /// is not expired: nothing shows it is (so it keeps, say, its UPN index entry).
     pub(crate) fn has_expired(&self, provider: &str, oid: &str, blob: &[u8]) -> bool {
+        if let Some(expired) = sessions::has_expired(&self.sealer, provider, oid, blob) {
+            return expired;
+        }
         open_record(&self.sealer, provider, oid, blob)
             .is_ok_and(|opened| is_expired(&opened.tokens, now_unix()))
     }
@@ -361,6 +467,10 @@ impl Opener {
     /// The index key the record holds under the first key, if it opens and has a UPN.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn index_key(&self, provider: &str, oid: &str, blob: &[u8]) -> Option<[u8; 32]> {
+        // Sessions and their indexes never hold a UPN entry.
+        if sessions::kind_of(provider) != sessions::Kind::User {
+            return None;
+        }
         let opened = open_record(&self.sealer, provider, oid, blob).ok()?;
         record_upn_keys(&self.sealer, &opened.tokens)
             .first()
@@ -369,6 +479,9 @@ impl Opener {
 
     /// What `rotate_keys` does with one stored record, judged at `now`.
     pub(crate) fn rotation(&self, provider: &str, oid: &str, blob: &[u8], now: u64) -> Rotation {
+        if let Some(rotation) = sessions::rotation(self, provider, oid, blob, now) {
+            return rotation;
+        }
         match open_record(&self.sealer, provider, oid, blob) {
             Err(_) => Rotation::Unreadable,
             Ok(opened) if is_expired(&opened.tokens, now) => Rotation::Expired,
@@ -380,6 +493,24 @@ impl Opener {
                 resealed: opened.resealed,
             },
         }
+    }
+}
+
+impl Opener {
+    pub(super) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Notes an index record for [`SealedStore::move_index`] after the rotation pass.
+    pub(super) fn note_move(&self, provider: &str, oid: &str) {
+        self.moves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((provider.to_owned(), oid.to_owned()));
+    }
+
+    fn take_moves(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.moves.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -409,7 +540,7 @@ struct Opened {
 /// The associated data (AAD, RFC 5116) every record is sealed with: it binds the blob to its
 /// provider and user. The provider is length-prefixed so that `("a|b", "c")` and `("a", "b|c")`
 /// never share an AAD.
-fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
+pub(super) fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
     format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
 }
 

@@ -193,6 +193,48 @@ impl Backend for SqliteBackend {
         .await
     }
 
+    async fn swap(
+        &self,
+        provider: &str,
+        oid: &str,
+        old: Option<&[u8]>,
+        new: Option<(Vec<u8>, u64)>,
+    ) -> Result<bool, StoreError> {
+        let (p, o, old) = (provider.to_owned(), oid.to_owned(), old.map(<[u8]>::to_vec));
+        self.run(move |conn| {
+            // Immediate: the read and the write are one step for other connections too.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let current: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT record FROM tokens WHERE provider = ?1 AND oid = ?2",
+                    params![p, o],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            if current != old {
+                return Ok(false);
+            }
+            match new {
+                Some((blob, _)) => tx.execute(
+                    "INSERT INTO tokens (provider, oid, upn_hash, record) VALUES (?1, ?2, NULL, ?3)
+                     ON CONFLICT (provider, oid) DO UPDATE SET upn_hash = NULL, record = excluded.record",
+                    params![p, o, blob],
+                ),
+                None => tx.execute(
+                    "DELETE FROM tokens WHERE provider = ?1 AND oid = ?2",
+                    params![p, o],
+                ),
+            }
+            .map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn rotate(&self, opener: &Opener) -> Result<Rotated, StoreError> {
         let opener = opener.clone();
         self.run(move |conn| rotate(conn, &opener)).await
