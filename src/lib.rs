@@ -109,6 +109,8 @@ mod response;
 mod routes;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+mod session;
 #[cfg(test)]
 mod test_metrics;
 mod util;

@@ -283,6 +283,7 @@ fn auth_mode(mode: AuthMode) -> &'static str {
         AuthMode::Required => "required",
         AuthMode::Optional => "optional",
         AuthMode::None => "none",
+        AuthMode::Session => "session",
     }
 }
 

@@ -29,6 +29,52 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Resolves route config `r` (named `at` in errors) against its provider's validator.
+    fn new(
+        config: &Config,
+        r: &RouteConfig,
+        at: &str,
+        validator_for: &impl Fn(&str) -> Option<Validator>,
+    ) -> Result<Self, String> {
+        let validator = match r.auth {
+            AuthMode::None => None,
+            _ => {
+                let provider = config
+                    .route_provider(r)
+                    .map_err(|e| format!("{at}.provider: {e}"))?;
+                Some(validator_for(&provider.name).ok_or_else(|| {
+                    format!(
+                        "{at}.provider: no provider named {:?} is running",
+                        provider.name
+                    )
+                })?)
+            }
+        };
+        let obo_headers = r
+            .obo_headers
+            .iter()
+            .map(|(name, target)| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(|h| (h, target.clone()))
+                    .map_err(|_| format!("{at}.obo_headers: {name:?} is not a header name"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let added_headers = (!obo_headers.is_empty()).then(|| {
+            crate::proxy::AddedHeaders(obo_headers.iter().map(|(h, _)| h.clone()).collect())
+        });
+        Ok(Route {
+            config: r.clone(),
+            validator,
+            identity_headers: r
+                .identity_headers
+                .unwrap_or(config.upstream.identity_headers),
+            label: Arc::from(r.path.as_str()),
+            obo_headers,
+            added_headers,
+            requests: (100..600).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
     /// Whether the route exchanges the inbound token (`obo` or `obo_headers`).
     pub(crate) fn exchanges(&self) -> bool {
         self.config.obo.is_some() || !self.config.obo_headers.is_empty()
@@ -50,6 +96,8 @@ impl Route {
 /// Routes sorted longest prefix first.
 pub(crate) struct RouteTable {
     routes: Vec<Route>,
+    /// See [`RouteTable::forward_auth_default`].
+    forward_auth: Option<Route>,
 }
 
 impl RouteTable {
@@ -61,48 +109,42 @@ impl RouteTable {
     ) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let validator = match r.auth {
-                AuthMode::None => None,
-                _ => {
-                    let provider = config
-                        .route_provider(r)
-                        .map_err(|e| format!("routes[{i}].provider: {e}"))?;
-                    Some(validator_for(&provider.name).ok_or_else(|| {
-                        format!(
-                            "routes[{i}].provider: no provider named {:?} is running",
-                            provider.name
-                        )
-                    })?)
-                }
-            };
-            let obo_headers = r
-                .obo_headers
-                .iter()
-                .map(|(name, target)| {
-                    HeaderName::from_bytes(name.as_bytes())
-                        .map(|h| (h, target.clone()))
-                        .map_err(|_| {
-                            format!("routes[{i}].obo_headers: {name:?} is not a header name")
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let added_headers = (!obo_headers.is_empty()).then(|| {
-                crate::proxy::AddedHeaders(obo_headers.iter().map(|(h, _)| h.clone()).collect())
-            });
-            routes.push(Route {
-                config: r.clone(),
-                validator,
-                identity_headers: r
-                    .identity_headers
-                    .unwrap_or(config.upstream.identity_headers),
-                label: Arc::from(r.path.as_str()),
-                obo_headers,
-                added_headers,
-                requests: (100..600).map(|_| OnceLock::new()).collect(),
-            });
+            routes.push(Route::new(
+                config,
+                r,
+                &format!("routes[{i}]"),
+                &validator_for,
+            )?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
-        Ok(Self { routes })
+        // Forward-auth for a path no route covers: the session's user (or a bearer token of the
+        // session's provider), with the identity headers an ingress passes on.
+        let forward_auth = match &config.session {
+            s if s.enabled => {
+                let identity_headers = match config.upstream.identity_headers {
+                    IdentityHeaders::None => IdentityHeaders::XAuth,
+                    other => other,
+                };
+                let r = RouteConfig {
+                    path: "/".into(),
+                    provider: s.provider.clone(),
+                    auth: AuthMode::Session,
+                    identity_headers: Some(identity_headers),
+                    ..RouteConfig::default()
+                };
+                Some(Route::new(config, &r, "session", &validator_for)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            routes,
+            forward_auth,
+        })
+    }
+
+    /// What `/oauth2/auth` applies to a path no route covers (with `[session]` on).
+    pub(crate) fn forward_auth_default(&self) -> Option<&Route> {
+        self.forward_auth.as_ref()
     }
 
     /// The route for `path` (already normalised, see [`crate::path`]): the longest prefix that

@@ -42,6 +42,7 @@ mod redact;
 mod reload;
 mod route;
 mod secret;
+mod session;
 mod upstream;
 
 use std::path::Path;
@@ -63,6 +64,7 @@ pub use self::reload::ReloadConfig;
 pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};
 pub use self::secret::Secret;
+pub use self::session::SessionConfig;
 pub use self::upstream::UpstreamConfig;
 pub use crate::store::{StoreConfig, StoreKind};
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Reloading while serving.
     pub reload: ReloadConfig,
+    /// Browser sign-in and cookie sessions.
+    pub session: SessionConfig,
 }
 
 /// A configuration error; its message starts with the option's name.
@@ -224,6 +228,8 @@ impl Config {
         self.api.check(self.listen.api)?;
         self.login
             .check(&self.providers, self.listen.api, &self.api)?;
+        self.session.check(&self.providers)?;
+        route::check_session_routes(&self.routes, &self.session, &self.providers)?;
         check_store(&self.store)?;
         self.log.check()?;
         self.cache.check()?;

@@ -98,6 +98,9 @@ pub enum AuthMode {
     Optional,
     /// No validation; the request is proxied as is (minus spoofed identity headers).
     None,
+    /// A signed-in browser session (`[session]`) or a valid token. Without either, a browser
+    /// navigation is sent to sign in and anything else gets `401`.
+    Session,
 }
 
 /// `identity_headers` (a route's, or `[upstream]`'s for routes without one): the headers that
@@ -218,6 +221,38 @@ pub(super) fn check_routes(
             return Err(ConfigError::invalid(
                 format!("routes[{i}].path"),
                 format!("duplicate route {:?}", r.path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Routes with `auth = "session"` need `[session]` on, and use its provider (the session's user
+/// must be one the route's exchanges and checks know).
+pub(super) fn check_session_routes(
+    routes: &[RouteConfig],
+    session: &super::SessionConfig,
+    providers: &[ProviderConfig],
+) -> Result<(), ConfigError> {
+    for (i, r) in routes.iter().enumerate() {
+        if r.auth != AuthMode::Session {
+            continue;
+        }
+        if !session.enabled {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].auth"),
+                "\"session\" needs [session] enabled = true",
+            ));
+        }
+        let route_provider = r.provider_in(providers).map(|p| p.name.as_str());
+        let session_provider = match &session.provider {
+            Some(name) => super::provider::named(providers, name).map(|p| p.name.as_str()),
+            None => providers.first().map(|p| p.name.as_str()),
+        };
+        if route_provider.ok() != session_provider {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].provider"),
+                "a session route must use the [session] provider",
             ));
         }
     }

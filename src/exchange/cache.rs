@@ -365,6 +365,7 @@ mod tests {
             expires_in: lifetime,
             refresh_token: None,
             scope: None,
+            id_token: None,
         };
         ExchangedToken::from_response(response, subject_exp).expect("a header-safe token")
     }
@@ -490,6 +491,7 @@ mod tests {
                 expires_in: 3600,
                 refresh_token: None,
                 scope: None,
+                id_token: None,
             };
             let err = ExchangedToken::from_response(response, None).expect_err("refused");
             assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);

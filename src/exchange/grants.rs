@@ -21,6 +21,9 @@ pub(crate) struct TokenResponse {
     pub(crate) refresh_token: Option<String>,
     #[serde(default)]
     pub(crate) scope: Option<String>,
+    /// Only in answers to an authorization code (OpenID Connect Core §3.1.3.3).
+    #[serde(default)]
+    pub(crate) id_token: Option<String>,
 }
 
 /// Tokens from a refresh-token redemption.
@@ -137,6 +140,25 @@ pub(super) async fn refresh(
         refresh_token: r.refresh_token,
         scope: r.scope,
     })
+}
+
+/// Redeems a browser sign-in's authorization code (RFC 6749 §4.1.3) with its PKCE verifier
+/// (RFC 7636 §4.5).
+pub(super) async fn authorization_code(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    code: &str,
+    redirect_uri: &str,
+    code_verifier: &str,
+) -> Result<TokenResponse, ExchangeError> {
+    let form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", redirect_uri.to_owned()),
+        ("code_verifier", code_verifier.to_owned()),
+    ];
+    post(provider, auth, endpoint, form).await
 }
 
 async fn post(

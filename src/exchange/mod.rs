@@ -602,6 +602,29 @@ impl Exchanger {
         result
     }
 
+    /// Redeems the authorization code of a browser sign-in tollgate started itself
+    /// (`[session]`): the token response with its ID token, still to be validated.
+    pub(crate) async fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<grants::TokenResponse, ExchangeError> {
+        let endpoint = self.token_endpoint(None)?;
+        let started = std::time::Instant::now();
+        let result = grants::authorization_code(
+            &self.inner.provider,
+            &self.inner.auth,
+            &endpoint,
+            code,
+            redirect_uri,
+            code_verifier,
+        )
+        .await;
+        record("authorization_code", &result, started);
+        result
+    }
+
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
     /// (OBO is asked of the tenant that issued the user's token, its `tid`: a multi-tenant
     /// authority names no tenant).
@@ -804,6 +827,7 @@ mod tests {
                 expires_in: 3600,
                 refresh_token: None,
                 scope: None,
+                id_token: None,
             })
         };
         for (name, calls) in [("entra_id", 5), ("other_idp", 3)] {

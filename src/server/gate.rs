@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::access_log::AccessNote;
 use crate::config::AuthMode;
@@ -60,25 +60,40 @@ pub(super) async fn public_request(
         route: access.then(|| route.label.clone()),
         ..AccessNote::default()
     };
-    let mut response = match authenticate(route, req.headers(), req.uri()).await {
-        Ok(Some(user))
-            if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>
-        {
-            note.error = Some("insufficient_claims");
-            challenge
-        }
-        Ok(user) => {
-            if access && let Some(user) = &user {
-                let c = &user.claims;
-                note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
+    let mut response =
+        match authenticate(&state, route, req.method(), req.uri(), req.headers()).await {
+            Ok(Some(user))
+                if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>
+            {
+                note.error = Some("insufficient_claims");
+                challenge
             }
-            forward_authorised(&state, route, user, req, peer).await
-        }
-        Err(e) => {
-            note.error = Some(e.code());
-            auth_error(&e)
-        }
-    };
+            Ok(user) => {
+                if access && let Some(user) = &user {
+                    let c = &user.claims;
+                    note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
+                }
+                forward_authorised(&state, route, user, req, peer).await
+            }
+            // A browser with no session is sent to sign in, to come back where it was going.
+            Err(Refused::Token(ValidationError::Missing))
+                if route.config.auth == AuthMode::Session
+                    && let Some(sessions) = &state.sessions
+                    && crate::session::is_navigation(req.method(), req.headers()) =>
+            {
+                note.error = Some("sign_in");
+                let rd = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                crate::session::redirect_to(&sessions.sign_in_url(rd))
+            }
+            Err(Refused::Token(e)) => {
+                note.error = Some(e.code());
+                auth_error(&e)
+            }
+            Err(Refused::Answer { response, code }) => {
+                note.error = Some(code);
+                response
+            }
+        };
     route.count(response.status());
     if access {
         response.extensions_mut().insert(note);
@@ -191,13 +206,16 @@ fn set_path_and_query(req: &mut Request<Body>, path_and_query: &str) -> Result<(
     Ok(())
 }
 
-/// Validates the bearer token as the route demands: `Ok(None)` when the request goes on
-/// unauthenticated (`auth = none`, or `optional` without a token).
-async fn authenticate(
+/// Validates the bearer token as the route demands, or, on a session route without one, the
+/// session cookie: `Ok(None)` when the request goes on unauthenticated (`auth = none`, or
+/// `optional` without a token).
+pub(super) async fn authenticate(
+    state: &AppState,
     route: &Route,
-    headers: &HeaderMap,
+    method: &Method,
     uri: &http::Uri,
-) -> Result<Option<Authenticated>, ValidationError> {
+    headers: &HeaderMap,
+) -> Result<Option<Authenticated>, Refused> {
     let Some(validator) = &route.validator else {
         return Ok(None);
     };
@@ -205,7 +223,10 @@ async fn authenticate(
     let token = match sent {
         Some(t) => t,
         None if route.config.auth == AuthMode::Optional => return Ok(None),
-        None => return Err(ValidationError::Missing),
+        None if route.config.auth == AuthMode::Session => {
+            return session_user(state, route, method, headers).await.map(Some);
+        }
+        None => return Err(ValidationError::Missing.into()),
     };
     let from_query = matches!(token, SentToken::Query(_));
     let claims = validator.validate(token.as_str()).await?;
@@ -228,16 +249,78 @@ async fn authenticate(
         claims,
         token,
         from_query,
+        session: None,
     }))
 }
 
+/// The signed-in user of a session route's request without a token. A state-changing method
+/// must come from the session's own origin (CSRF); the route's scopes and roles apply to the
+/// session's.
+async fn session_user(
+    state: &AppState,
+    route: &Route,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Authenticated, Refused> {
+    let Some(sessions) = &state.sessions else {
+        return Err(ValidationError::Missing.into());
+    };
+    let user = match sessions.current(state, headers).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return Err(ValidationError::Missing.into()),
+        Err(e) => {
+            return Err(Refused::Answer {
+                response: crate::session::store_unavailable(&e),
+                code: "temporarily_unavailable",
+            });
+        }
+    };
+    if !crate::session::is_same_origin_write(method, headers, &sessions.origin) {
+        return Err(Refused::Answer {
+            response: json_error(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "a cross-site request cannot use the session cookie",
+            ),
+            code: "cross_site",
+        });
+    }
+    user.claims
+        .check(&route.config.scopes, &route.config.roles)?;
+    Ok(Authenticated {
+        claims: user.claims.clone(),
+        token: None,
+        from_query: false,
+        session: Some(user),
+    })
+}
+
+/// Why [`authenticate`] let a request no further.
+pub(super) enum Refused {
+    /// The token (or its absence) is refused: the RFC 6750 answer.
+    Token(ValidationError),
+    /// An answer of its own (a cross-site write, the store failing), with its log code.
+    Answer {
+        response: Response<Body>,
+        code: &'static str,
+    },
+}
+
+impl From<ValidationError> for Refused {
+    fn from(e: ValidationError) -> Self {
+        Self::Token(e)
+    }
+}
+
 /// A request that passed [`authenticate`].
-struct Authenticated {
-    claims: Claims,
+pub(super) struct Authenticated {
+    pub(super) claims: Claims,
     /// The inbound token, for routes that exchange it or when it came in the query.
     token: Option<String>,
     /// The token was the `access_token` query parameter (`token_in_query`).
     from_query: bool,
+    /// The session, when the user came with a session cookie instead of a token.
+    session: Option<crate::session::SessionUser>,
 }
 
 /// For a token that came in the query: the forwarded URL loses it (URLs end up in access logs,
@@ -272,9 +355,10 @@ fn move_query_token(req: &mut Request<Body>, route: &Route, token: Option<&str>)
 }
 
 /// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
-/// (the inbound token never reaches it) and fills `obo_headers`. Any failure stops the request:
-/// it is never forwarded without its token.
-async fn exchange_for_route(
+/// (the inbound token never reaches it) and fills `obo_headers`; a session's user gets the
+/// same targets from their refresh token. Any failure stops the request: it is never forwarded
+/// without its token.
+pub(super) async fn exchange_for_route(
     state: &AppState,
     route: &Route,
     user: Option<Authenticated>,
@@ -285,6 +369,16 @@ async fn exchange_for_route(
     for (name, _) in &route.obo_headers {
         headers.remove(name);
     }
+    if !route.exchanges() {
+        return Ok(());
+    }
+    if let Some(Authenticated {
+        session: Some(session),
+        ..
+    }) = &user
+    {
+        return exchange_for_session(state, route, session, headers).await;
+    }
     let Some(Authenticated {
         claims,
         token: Some(inbound),
@@ -293,9 +387,6 @@ async fn exchange_for_route(
     else {
         return Ok(());
     };
-    if !route.exchanges() {
-        return Ok(());
-    }
     let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
         return Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -329,6 +420,65 @@ async fn exchange_for_route(
         headers.insert(name.clone(), value);
     }
     Ok(())
+}
+
+/// [`exchange_for_route`] for a session's user: each target redeemed from their refresh token.
+async fn exchange_for_session(
+    state: &AppState,
+    route: &Route,
+    user: &crate::session::SessionUser,
+    headers: &mut HeaderMap,
+) -> Result<(), Response<Body>> {
+    let Some(sessions) = &state.sessions else {
+        return Ok(());
+    };
+    let targets = route
+        .config
+        .obo
+        .iter()
+        .map(|t| (http::header::AUTHORIZATION, t, true))
+        .chain(route.obo_headers.iter().map(|(h, t)| (h.clone(), t, false)));
+    for (name, target, bearer) in targets {
+        let token = sessions
+            .token_for(state, user, target)
+            .await
+            .map_err(|e| session_failure(state, &sessions.provider, &e))?;
+        let value = if bearer {
+            HeaderValue::from_str(&format!("Bearer {}", token.access_token))
+        } else {
+            HeaderValue::from_str(&token.access_token)
+        };
+        let Ok(value) = value else {
+            return Err(json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the identity provider returned an unusable token",
+            ));
+        };
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+/// The answer when a session's user cannot get a route's token.
+fn session_failure(
+    state: &AppState,
+    provider: &str,
+    e: &crate::session::SessionError,
+) -> Response<Body> {
+    use crate::session::SessionError;
+    match e {
+        SessionError::Store(e) => crate::session::store_unavailable(e),
+        SessionError::Ended => auth_error(&ValidationError::InvalidToken(
+            "the session has ended; sign in again".into(),
+        )),
+        SessionError::Exchange(e) => {
+            let authorize = state
+                .provider(provider)
+                .and_then(|(p, _)| p.authorization_endpoint());
+            obo_error(e, authorize.as_ref().map(url::Url::as_str))
+        }
+    }
 }
 
 /// For a route with `auth_context`: the claims challenge for a token whose `acrs` lacks it.

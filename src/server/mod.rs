@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod forward_auth;
 mod gate;
 pub(crate) mod state;
 
@@ -350,7 +351,7 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
     }
     let store = match previous {
         Some(old) => old.store.clone(),
-        None if config.login.enabled => Some(
+        None if config.login.enabled || config.session.enabled => Some(
             crate::store::open(&config.store)
                 .await
                 .map_err(|e| ServerError::Start(e.to_string()))?,
@@ -405,7 +406,9 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         Some(old) => old.accepting.clone(),
         None => Arc::new(AtomicBool::new(true)),
     };
+    let sessions = build_sessions(&config, previous)?;
     Ok(AppState {
+        sessions,
         config,
         providers,
         routes,
@@ -500,6 +503,36 @@ impl tower::Service<axum::extract::Request> for CurrentRouter {
     }
 }
 
+/// `[session]`, when enabled. The key sealing sign-in cookies is the store's (a callback may
+/// reach another replica), or one of this process kept across reloads for a store without one.
+fn build_sessions(
+    config: &Config,
+    previous: Option<&AppState>,
+) -> Result<Option<crate::session::Sessions>, ServerError> {
+    let cfg = &config.session;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let provider = match &cfg.provider {
+        Some(name) => config.provider_named(name),
+        None => config.providers.first(),
+    }
+    .map(|p| p.name.clone())
+    .ok_or_else(|| ServerError::Start("session.provider: no such provider".into()))?;
+    let kept = previous
+        .and_then(|old| old.sessions.as_ref())
+        .map(|s| s.sealer().clone());
+    let sealer = match (kept, &config.store.encryption_keys_file) {
+        (Some(sealer), _) => Ok(sealer),
+        (None, Some(path)) => crate::store::Sealer::from_key_file(path),
+        (None, None) => crate::store::Sealer::ephemeral(),
+    }
+    .map_err(|e| ServerError::Start(format!("session: {e}")))?;
+    crate::session::Sessions::new(cfg, provider, sealer)
+        .map(Some)
+        .ok_or_else(|| ServerError::Start("session.public_url: required".into()))
+}
+
 /// Takes a new configuration while the server runs ([`Server::reloader`],
 /// [`RunningServer::reload`]).
 ///
@@ -550,6 +583,10 @@ impl Reloader {
             ("store", was.store == config.store),
             ("cache", was.cache == config.cache),
             ("login.enabled", was.login.enabled == config.login.enabled),
+            (
+                "session.enabled",
+                was.session.enabled == config.session.enabled,
+            ),
         ] {
             if !same {
                 return Err(ServerError::Reload(format!(
@@ -683,6 +720,8 @@ fn logged(router: Router, listener: &'static str, access: bool, request_id: bool
 
 fn public_router(state: Arc<AppState>) -> Router {
     let router = crate::login::routes(Router::new(), &state);
+    let router = crate::session::routes(router, &state);
+    let router = forward_auth::routes(router, &state);
     router
         .method_not_allowed_fallback(crate::proxy::method_not_allowed)
         .fallback(gate::public_request)

@@ -21,7 +21,9 @@ pub(crate) struct AppState {
     pub(crate) forwarder: Forwarder,
     /// Per provider: the exchanger, or why it could not be built (no client credential).
     pub(crate) exchangers: HashMap<String, Result<Exchanger, String>>,
-    /// The per-user token store (only with `[login]`).
+    /// Browser sessions (only with `[session]`).
+    pub(crate) sessions: Option<crate::session::Sessions>,
+    /// The per-user token store (only with `[login]` or `[session]`).
     pub(crate) store: Option<Arc<dyn TokenStore>>,
     /// One refresh at a time per (provider, user, target) for delegated tokens.
     pub(crate) refresh_flights: moka::future::Cache<[u8; 32], (String, u64)>,

@@ -1,0 +1,227 @@
+//! Logouts the IdP starts: OpenID Connect Back-Channel Logout 1.0 (a signed `logout_token`
+//! POSTed server to server, which ends every session of its `sid`, or of its `sub`, on every
+//! replica sharing the store) and Front-Channel Logout 1.0 (the IdP's logout page loads
+//! `/oauth2/frontchannel_logout?iss=&sid=` in an iframe).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::signin::store_unavailable;
+use super::{Sessions, cookie, no_store};
+use crate::response::json_error;
+use crate::server::state::AppState;
+use crate::store::SessionKey;
+use crate::util::now;
+
+/// The `events` member a logout token must carry (§2.4).
+const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// `POST /oauth2/backchannel_logout`: validates the `logout_token` (signature, `iss`, `aud`,
+/// `exp`, `iat`, the logout event, no `nonce`, a `jti` not seen before; §2.6) and ends the
+/// sessions it names. `200` when done, `400` with an OAuth error body when refused (§2.8).
+pub(super) async fn backchannel(State(state): State<Arc<AppState>>, body: Bytes) -> Response<Body> {
+    let Some(sessions) = &state.sessions else {
+        return refuse("sessions are not enabled");
+    };
+    let Some(token) = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return refuse("the request has no logout_token");
+    };
+    let (Some((provider, validator)), Some(store)) =
+        (state.provider(&sessions.provider), &state.store)
+    else {
+        return refuse("sessions are not enabled");
+    };
+    let claims = match validator
+        .validate_id_token(&token, &provider.config().client_id, false)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "back-channel logout: logout token refused");
+            return refuse("the logout token is not valid");
+        }
+    };
+    let logout = match LogoutClaims::of(&claims) {
+        Ok(l) => l,
+        Err(why) => {
+            tracing::warn!(reason = why, "back-channel logout: logout token refused");
+            return refuse(why);
+        }
+    };
+    if !sessions.first_sight(logout.jti, logout.exp) {
+        tracing::warn!("back-channel logout: a logout token was replayed");
+        return refuse("the logout token was already used");
+    }
+    match store
+        .end_sessions(&sessions.provider, logout.sid, logout.sub)
+        .await
+    {
+        Ok(ended) => {
+            tracing::info!(ended, "back-channel logout: sessions ended");
+            let mut resp = Response::new(Body::empty());
+            resp.headers_mut().insert(header::CACHE_CONTROL, no_store());
+            resp
+        }
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct FrontChannelQuery {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// `GET /oauth2/frontchannel_logout?iss=&sid=`: ends every session of `sid` when `iss` is the
+/// provider's issuer (§2: both are sent together), and this browser's own session if its
+/// cookie came along. Answers an empty page that must not be cached (§2).
+pub(super) async fn frontchannel(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<FrontChannelQuery>,
+) -> Response<Body> {
+    let Some(sessions) = &state.sessions else {
+        return refuse("sessions are not enabled");
+    };
+    let Some(store) = &state.store else {
+        return refuse("sessions are not enabled");
+    };
+    match (&q.iss, &q.sid) {
+        (Some(iss), Some(sid)) => {
+            let issuer = state
+                .provider(&sessions.provider)
+                .and_then(|(p, _)| p.metadata())
+                .map(|m| m.issuer.clone());
+            if !issuer.is_some_and(|i| issuer_matches(&i, iss)) {
+                return refuse("iss is not this provider's issuer");
+            }
+            if let Err(e) = store
+                .end_sessions(&sessions.provider, Some(sid), None)
+                .await
+            {
+                return store_unavailable(&e);
+            }
+        }
+        (None, None) => {}
+        _ => return refuse("iss and sid come together"),
+    }
+    if let Some(id) = cookie::read(&headers, sessions.config.cookie_name())
+        && cookie::is_random_id(id)
+        && let Err(e) = store
+            .delete_session(&sessions.provider, &SessionKey::from_cookie_id(id))
+            .await
+    {
+        return store_unavailable(&e);
+    }
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, no_store());
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.append(header::SET_COOKIE, cookie::clear_session(&sessions.config));
+    resp
+}
+
+impl Sessions {
+    /// Records a logout token's `jti`; false when it was seen before (a replay).
+    fn first_sight(&self, jti: &str, exp: u64) -> bool {
+        let entry = self.seen_logout_tokens.entry(jti.to_owned()).or_insert(exp);
+        entry.is_fresh()
+    }
+}
+
+/// What a validated logout token says, once §2.6's checks beyond the signature passed.
+struct LogoutClaims<'a> {
+    sid: Option<&'a str>,
+    sub: Option<&'a str>,
+    jti: &'a str,
+    exp: u64,
+}
+
+impl<'a> LogoutClaims<'a> {
+    fn of(claims: &'a crate::validate::Claims) -> Result<Self, &'static str> {
+        let s = |name: &str| claims.get(name).and_then(Value::as_str);
+        if claims.get("iat").and_then(Value::as_u64).is_none() {
+            return Err("the logout token has no iat");
+        }
+        let event = claims
+            .get("events")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT));
+        if !event.is_some_and(Value::is_object) {
+            return Err("the logout token does not declare the back-channel logout event");
+        }
+        if claims.get("nonce").is_some() {
+            return Err("a logout token must not carry a nonce");
+        }
+        let (sid, sub) = (s("sid"), s("sub"));
+        if sid.is_none() && sub.is_none() {
+            return Err("the logout token names neither a sid nor a sub");
+        }
+        let jti = s("jti").ok_or("the logout token has no jti")?;
+        Ok(Self {
+            sid,
+            sub,
+            jti,
+            exp: claims.expires_at(),
+        })
+    }
+}
+
+/// Keeps a seen `jti` until its token expires (and at least a minute, for clock skew).
+pub(super) struct UntilExpiry;
+
+impl moka::Expiry<String, u64> for UntilExpiry {
+    fn expire_after_create(&self, _: &String, exp: &u64, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(exp.saturating_sub(now()).max(60)))
+    }
+}
+
+/// `iss` against the provider's issuer, which may be an Entra `{tenantid}` template.
+fn issuer_matches(issuer: &str, iss: &str) -> bool {
+    match issuer.split_once("{tenantid}") {
+        None => issuer == iss,
+        Some((before, after)) => iss
+            .strip_prefix(before)
+            .and_then(|rest| rest.strip_suffix(after))
+            .is_some_and(crate::config::is_guid),
+    }
+}
+
+fn refuse(why: &str) -> Response<Body> {
+    json_error(StatusCode::BAD_REQUEST, "invalid_request", why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_templates_match_one_tenant_segment() {
+        let t = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        assert!(issuer_matches(
+            t,
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+        ));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com/evil/v2.0"
+        ));
+        assert!(issuer_matches("https://idp.example", "https://idp.example"));
+        assert!(!issuer_matches(
+            "https://idp.example",
+            "https://idp.example/"
+        ));
+    }
+}
