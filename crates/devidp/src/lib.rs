@@ -379,6 +379,12 @@ impl DevIdpHandle {
             .await
     }
 
+    /// The IdP sessions (`sid`s, as ID tokens carry them) open for a user (username, UPN or
+    /// object id), oldest first: what a test needs to send a front-channel logout for one.
+    pub fn session_ids(&self, user: &str) -> Vec<String> {
+        self.shared.sessions_of(user)
+    }
+
     /// Signs a user out at the IdP without a browser, as a logout with an `id_token_hint` does:
     /// ends the session with this `sid`, or every session of the user with this username, UPN
     /// or object id, and POSTs a `logout_token` to each app of those sessions that has a
