@@ -373,7 +373,7 @@ async fn tokens_are_refreshed_within_the_margin_and_a_dead_refresh_token_ends_th
 }
 
 #[tokio::test]
-async fn back_channel_logout_ends_every_session_of_the_idp_session_and_refuses_replays() {
+async fn back_channel_logout_ends_the_users_sessions_and_refuses_what_is_not_a_logout_token() {
     let stack = Stack::start(Options::default()).await;
     let alice = stack.sign_in(ALICE).await.pair;
     let bob = stack.sign_in(BOB).await.pair;
@@ -407,6 +407,66 @@ async fn back_channel_logout_ends_every_session_of_the_idp_session_and_refuses_r
     }
     assert_eq!(stack.get("/app/page", Some(&bob), HTML).await.status(), 200);
     stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_logout_token_is_acted_on_once() {
+    // The IdP delivers to a recorder instead, which hands the token to the test.
+    let (recorder, tokens) = LogoutRecorder::start().await;
+    let stack = Stack::start(Options {
+        backchannel_logout_uri: Some(recorder),
+        ..Options::default()
+    })
+    .await;
+    let alice = stack.sign_in(ALICE).await.pair;
+    stack.idp.sign_out(ALICE).await;
+    let body = tokens
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("a logout token was delivered");
+    let post = || {
+        stack
+            .http
+            .post(stack.public("/oauth2/backchannel_logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["cache-control"], "no-store");
+    assert_eq!(
+        stack.get("/app/page", Some(&alice), HTML).await.status(),
+        302
+    );
+    let replay = post().await.unwrap();
+    assert_eq!(replay.status(), 400, "a replayed jti is refused");
+    stack.stop().await;
+}
+
+/// An app's back-channel logout endpoint that keeps what it is sent.
+struct LogoutRecorder;
+
+impl LogoutRecorder {
+    async fn start() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        let app = axum::Router::new().route(
+            "/logout",
+            axum::routing::post(move |body: String| {
+                let keep = keep.clone();
+                async move {
+                    keep.lock().unwrap().push(body);
+                    ""
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/logout", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
 }
 
 #[tokio::test]
@@ -528,6 +588,7 @@ async fn two_replicas_on_one_redis_share_sessions_and_logouts() {
     let stack = Stack::start(Options {
         store: store.clone(),
         replica: true,
+        ..Options::default()
     })
     .await;
     let replica = stack.replica.as_ref().unwrap();
@@ -614,6 +675,8 @@ struct Options {
     store: String,
     /// Start a second tollgate on the same store.
     replica: bool,
+    /// Where the IdP sends tollgate's logout tokens (default: tollgate).
+    backchannel_logout_uri: Option<String>,
 }
 
 impl Default for Options {
@@ -621,6 +684,7 @@ impl Default for Options {
         Self {
             store: "kind = \"memory\"".into(),
             replica: false,
+            backchannel_logout_uri: None,
         }
     }
 }
@@ -662,8 +726,12 @@ impl Stack {
         };
         for app in &mut idp_config.apps {
             if app.client_id == TOLLGATE_CLIENT_ID {
-                app.backchannel_logout_uri =
-                    Some(format!("{public_url}/oauth2/backchannel_logout"));
+                app.backchannel_logout_uri = Some(
+                    options
+                        .backchannel_logout_uri
+                        .clone()
+                        .unwrap_or_else(|| format!("{public_url}/oauth2/backchannel_logout")),
+                );
             }
         }
         let idp = DevIdp::start(idp_config).await.unwrap();
