@@ -570,6 +570,134 @@ async fn forward_auth_answers_an_ingress_with_identity_and_the_routes_exchanged_
     stack.stop().await;
 }
 
+#[tokio::test]
+async fn nginx_auth_request_signs_in_through_tollgate_and_passes_identity_and_token_on() {
+    if !support::require(NGINX) {
+        return;
+    }
+    let port = support::free_port();
+    let stack = Stack::start(Options {
+        public_url: Some(format!("http://127.0.0.1:{port}")),
+        ..Options::default()
+    })
+    .await;
+    let nginx = Nginx::start(port, stack.public_addr, stack.echo.addr);
+
+    // No session: auth_request gets 401, and nginx's error_page sends the browser to sign in.
+    let r = stack.get("/obo/page", None, HTML).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(location(&r), stack.public("/oauth2/start?rd=/obo/page"));
+    assert_eq!(stack.echo.hits(), 0);
+    // The forward-auth endpoint itself is internal to nginx.
+    assert_eq!(stack.get("/oauth2/auth", None, HTML).await.status(), 404);
+
+    // Sign-in goes through nginx (tollgate's public URL is nginx's origin).
+    let signed = stack
+        .sign_in_from(&stack.public("/oauth2/start?rd=/obo/page"), ALICE)
+        .await;
+    assert_eq!(signed.landed, "/obo/page");
+    let seen = stack.echo_of("/obo/page", &signed.pair).await;
+    assert_eq!(seen["headers"]["x-user-oid"], ALICE_OID);
+    let bearer = seen["headers"]["authorization"].as_str().unwrap();
+    let claims = support::jwt_claims(bearer.strip_prefix("Bearer ").unwrap());
+    assert_eq!(
+        claims["aud"], DOWNSTREAM_CLIENT_ID,
+        "auth_request_set passed the exchanged token"
+    );
+    // A role the session lacks: nginx passes auth_request's 403 on.
+    assert_eq!(
+        stack.get("/admin", Some(&signed.pair), HTML).await.status(),
+        403
+    );
+    drop(nginx);
+    stack.stop().await;
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// nginx in the foreground, one process, with the `auth_request` snippet an ingress uses in
+/// front of tollgate's forward-auth; killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(port: u16, tollgate: SocketAddr, app: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"
+daemon off;
+master_process off;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /oauth2/auth {{
+      internal;
+      proxy_pass http://{tollgate};
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+    }}
+    location /oauth2/ {{
+      proxy_pass http://{tollgate};
+    }}
+    location / {{
+      auth_request /oauth2/auth;
+      auth_request_set $auth_oid $upstream_http_x_auth_oid;
+      auth_request_set $auth_token $upstream_http_authorization;
+      proxy_set_header X-User-Oid $auth_oid;
+      proxy_set_header Authorization $auth_token;
+      error_page 401 = @sign_in;
+      proxy_pass http://{app};
+    }}
+    location @sign_in {{
+      return 302 /oauth2/start?rd=$request_uri;
+    }}
+  }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(NGINX)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // nginx listens within moments; bounded wait.
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, _dir: dir };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        panic!("nginx never listened on {port}: {log}");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replicas and a real browser
 
@@ -677,6 +805,9 @@ struct Options {
     replica: bool,
     /// Where the IdP sends tollgate's logout tokens (default: tollgate).
     backchannel_logout_uri: Option<String>,
+    /// The origin browsers use, when a proxy stands in front of tollgate (default: tollgate's
+    /// own public listener).
+    public_url: Option<String>,
 }
 
 impl Default for Options {
@@ -685,6 +816,7 @@ impl Default for Options {
             store: "kind = \"memory\"".into(),
             replica: false,
             backchannel_logout_uri: None,
+            public_url: None,
         }
     }
 }
@@ -719,7 +851,10 @@ impl Stack {
     async fn start(options: Options) -> Self {
         let public = StdListener::bind("127.0.0.1:0").unwrap();
         let public_addr = public.local_addr().unwrap();
-        let public_url = format!("http://{public_addr}");
+        let public_url = options
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{public_addr}"));
         let mut idp_config = DevIdpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..DevIdpConfig::default()
@@ -821,8 +956,9 @@ roles = ["Admin"]
 
     /// The provider's metadata loads in the background: `/oauth2/start` answers 503 until then.
     async fn wait_until_ready(&self) {
+        let start = format!("http://{}/oauth2/start", self.public_addr);
         for _ in 0..500 {
-            let r = self.http.get(self.public("/oauth2/start")).send().await;
+            let r = self.http.get(&start).send().await;
             if r.is_ok_and(|r| r.status() == 302) {
                 return;
             }
