@@ -240,6 +240,23 @@ fn in_force(cfg: &Config) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    let s = &cfg.session;
+    if s.enabled {
+        let provider = s
+            .provider
+            .clone()
+            .or_else(|| cfg.providers.first().map(|p| p.name.clone()))
+            .unwrap_or_default();
+        let url = s.public_url.as_ref().map(without_userinfo);
+        out.push_str(&format!(
+            "  sessions at {}: provider {provider}, cookie {}, lifetime {}s, idle {}s, store {}\n",
+            url.map(String::from).unwrap_or_default(),
+            s.cookie_name(),
+            s.lifetime.as_secs(),
+            s.idle_timeout.as_secs(),
+            format!("{:?}", cfg.store.kind).to_lowercase(),
+        ));
+    }
     out
 }
 

@@ -783,3 +783,97 @@ async fn a_server_refuses_a_configuration_built_in_code_that_check_would_refuse(
         "{e}"
     );
 }
+
+#[test]
+fn session_options_are_checked_and_named() {
+    let session = |extra: &str| {
+        format!(
+            "{PROVIDER}\n[session]\nenabled = true\npublic_url = \"https://app.example\"\n{extra}"
+        )
+    };
+    let ok = Config::from_toml_str(&session(""), &MapEnv::default()).unwrap();
+    assert_eq!(ok.session.cookie_name(), "__Host-tollgate");
+    assert_eq!(ok.session.idle_timeout.as_secs(), 3600);
+    assert_eq!(ok.session.refresh_margin.as_secs(), 300);
+    assert_eq!(
+        ok.session.scopes,
+        ["openid", "profile", "offline_access"].map(str::to_owned)
+    );
+    let http =
+        format!("{PROVIDER}\n[session]\nenabled = true\npublic_url = \"http://127.0.0.1:8080\"\n");
+    let cfg = Config::from_toml_str(&http, &MapEnv::default()).unwrap();
+    assert_eq!(cfg.session.cookie_name(), "tollgate");
+    for (toml, expected) in [
+        (
+            format!("{PROVIDER}\n[session]\nenabled = true\n"),
+            "session.public_url: required when sessions are enabled",
+        ),
+        (
+            session("").replace("https://app.example", "http://app.example"),
+            "session.public_url: must be https (http only on a loopback host): the session cookie is Secure",
+        ),
+        (
+            session("").replace("https://app.example", "https://app.example/sub"),
+            "session.public_url: must be an origin (scheme, host and port) without a path",
+        ),
+        (
+            session("scopes = [\"openid\", \"profile\"]"),
+            "session.scopes: must include \"openid\" (the sign-in needs an ID token) and \"offline_access\" (the session keeps the user's tokens fresh)",
+        ),
+        (
+            session("cookie_name = \"bad name\""),
+            "session.cookie_name: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        ),
+        (
+            http.replace(
+                "enabled = true",
+                "enabled = true\ncookie_name = \"__Host-x\"",
+            ),
+            "session.cookie_name: a __Host- cookie needs an https public_url",
+        ),
+        (
+            session("refresh_margin = \"11h\""),
+            "session.refresh_margin: must be shorter than the lifetime",
+        ),
+        (
+            session("allowed_redirect_hosts = [\"https://docs.example\"]"),
+            "session.allowed_redirect_hosts[0]: must be a bare host name (no scheme, port, path or wildcard)",
+        ),
+        (
+            session("provider = \"idporten\""),
+            "session.provider: no provider named \"idporten\"",
+        ),
+        (
+            format!("{PROVIDER}\n[[routes]]\npath = \"/\"\nauth = \"session\"\n"),
+            "routes[0].auth: \"session\" needs [session] enabled = true",
+        ),
+    ] {
+        assert_eq!(err(&toml), expected, "{toml}");
+    }
+    // `tollgate check` says sessions are on, where, and with which cookie and store.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[store]\nkind = \"memory\"\n\n[[routes]]\npath = \"/\"\nauth = \"session\"\n",
+            session("")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("  route /: auth session, provider entra_id"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  sessions at https://app.example/: provider entra_id, cookie __Host-tollgate, lifetime 36000s, idle 3600s, store memory"),
+        "{stderr}"
+    );
+}
