@@ -17,7 +17,8 @@ use tollgate_devidp as devidp;
 use tollgate_devidp::{DevIdp, DevIdpConfig};
 
 use crate::config::{
-    AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, StoreConfig, StoreKind,
+    AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, SessionConfig, StoreConfig,
+    StoreKind,
 };
 use crate::server::Server;
 
@@ -151,8 +152,18 @@ fn demo_config(
             obo: Some(format!("{}/.default", devidp::DOWNSTREAM_APP_ID_URI)),
             ..route("/obo", AuthMode::Required)
         },
+        // A browser app with no OIDC code: tollgate signs the user in and keeps the session.
+        RouteConfig {
+            obo: Some(format!("{}/.default", devidp::DOWNSTREAM_APP_ID_URI)),
+            ..route("/app", AuthMode::Session)
+        },
         route("/", AuthMode::None),
     ];
+    cfg.session = SessionConfig {
+        enabled: true,
+        public_url: url::Url::parse(public_url).ok(),
+        ..SessionConfig::default()
+    };
     cfg.login = LoginConfig {
         enabled: true,
         provider: None,
@@ -192,7 +203,8 @@ fn instructions(
         r#"
 tollgate demo is running (Ctrl-C stops everything)
   sidecar public  http://{public}      (routes: /api needs scope access_as_user, /admin needs role Writer,
-                                          /obo swaps the token for one for the downstream API, / is open)
+                                          /obo swaps the token for one for the downstream API,
+                                          /app signs browsers in (a session), / is open)
   local token API http://{api}/api/v1/...
   admin           http://{admin}/readyz  /metrics
   dev IdP         {idp}   (users alice, bob, carol; password "dev")
@@ -228,6 +240,12 @@ curl -s http://{api}/api/v1/introspect -H "Authorization: Bearer $API_KEY" -d id
 # 8. Then fetch a delegated token for alice by UPN or by object id
 curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=https://graph.microsoft.com/User.Read -d user_upn=alice@contoso.example
 curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=api://{client}/access_as_user -d user_oid={oid}
+
+# 9. A browser session for an app with no OIDC code: a navigation without one is sent to sign in
+curl -i -H 'Accept: text/html' http://{public}/app/
+#    Open http://{public}/app/ in a browser and log in as alice: the echo app shows your X-Auth-*
+#    headers and a token for the downstream API. Who is signed in, and signing out:
+#    http://{public}/oauth2/userinfo   http://{public}/oauth2/sign_out
 "#,
         oid = devidp::ALICE_OID,
     )

@@ -55,7 +55,7 @@ fn start_demo() -> Demo {
                 }
             }
         }
-        let done = line.starts_with("curl -s http://") && line.contains("user_oid=");
+        let done = line.contains("/oauth2/sign_out");
         lines.push(line);
         if done {
             break;
@@ -321,6 +321,10 @@ async fn demo_commands_work_as_printed() {
         assert_eq!(claims(access_token)["oid"], tollgate_devidp::ALICE_OID);
         secrets.push(access_token.to_owned());
     }
+    // 9: a session route sends a browser navigation to sign in, back to where it was going.
+    let (status, headers, _) = curl(&step(9)[0], &[]);
+    assert_eq!(status, 302, "{headers}");
+    assert!(headers.contains("/oauth2/start?rd=%2Fapp%2F"), "{headers}");
     // Ctrl-C stops everything.
     let mut demo = demo;
     let pid = demo.child.id();
