@@ -531,6 +531,29 @@ async fn forward_auth_answers_an_ingress_with_identity_and_the_routes_exchanged_
     let bearer = obo.headers()["authorization"].to_str().unwrap();
     let claims = support::jwt_claims(bearer.strip_prefix("Bearer ").unwrap());
     assert_eq!(claims["aud"], DOWNSTREAM_CLIENT_ID);
+    // Envoy's ext_authz appends the original path to /oauth2/auth.
+    let envoy = stack
+        .http
+        .get(stack.public("/oauth2/auth/obo/y?z=1"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envoy.status(), 200);
+    assert!(
+        envoy.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+    let envoy = stack
+        .http
+        .get(stack.public("/oauth2/auth/admin"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envoy.status(), 403, "the /admin route's role applies");
     // A path no route covers gets the session rules.
     let unrouted = auth("/elsewhere", Some(&session), "").await.unwrap();
     assert_eq!(unrouted.status(), 200);

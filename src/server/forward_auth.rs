@@ -5,7 +5,7 @@
 //! `401`/`403` the proxy would answer.
 //!
 //! The original request is read from `X-Forwarded-Uri` (Traefik) or `X-Original-URI` (the
-//! usual nginx snippet) and `X-Forwarded-Method`/`X-Original-Method`; its path picks the route,
+//! usual nginx snippet), or from the path after `/oauth2/auth` (Envoy's `path_prefix`) and `X-Forwarded-Method`/`X-Original-Method`; its path picks the route,
 //! and a path no route covers gets the session's rules (`auth = "session"` with the session's
 //! provider). `?scope=` and `?role=` (repeatable) add checks: any one listed is enough, as for a
 //! route's lists. With `?redirect=true` (Traefik, whose ForwardAuth passes any answer to the
@@ -19,7 +19,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 
 use super::AppState;
 use super::gate::{Refused, authenticate, exchange_for_route};
@@ -31,7 +31,9 @@ pub(super) fn routes(router: Router<Arc<AppState>>, state: &AppState) -> Router<
     if state.sessions.is_none() {
         return router;
     }
-    router.route("/oauth2/auth", get(forward_auth))
+    router
+        .route("/oauth2/auth", get(forward_auth))
+        .route("/oauth2/auth/{*original}", get(forward_auth_by_path))
 }
 
 /// What the ingress asked besides the route's rules.
@@ -42,13 +44,44 @@ struct Asked {
     redirect: bool,
 }
 
+/// `/oauth2/auth` with the original request in headers; the query says what to check.
 async fn forward_auth(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let asked = asked(query.as_deref());
     let original = original_uri(&headers);
+    check(&state, asked(query.as_deref()), original, &headers).await
+}
+
+/// `/oauth2/auth/<original path>?<original query>`: Envoy's HTTP `ext_authz` appends the
+/// original request target to its `path_prefix` (`/oauth2/auth`) instead of sending a header.
+async fn forward_auth_by_path(
+    State(state): State<Arc<AppState>>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .strip_prefix("/oauth2/auth")
+        .unwrap_or("/");
+    let Ok(original) = target.parse::<http::Uri>() else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request target is not valid",
+        );
+    };
+    check(&state, Asked::default(), original, req.headers()).await
+}
+
+async fn check(
+    state: &AppState,
+    asked: Asked,
+    original: http::Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
     let path = match crate::path::normalize(original.path()) {
         Ok(p) => p.into_owned(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
@@ -65,14 +98,14 @@ async fn forward_auth(
         );
     };
     let method = original_method(&headers);
-    let user = match authenticate(&state, route, &method, &original, &headers).await {
+    let user = match authenticate(state, route, &method, &original, headers).await {
         Ok(user) => user,
         Err(Refused::Token(ValidationError::Missing))
             if asked.redirect
                 && let Some(sessions) = &state.sessions
-                && crate::session::is_navigation(&method, &headers) =>
+                && crate::session::is_navigation(&method, headers) =>
         {
-            return crate::session::redirect_to(&sessions.sign_in_url(&browser_url(&headers)));
+            return crate::session::redirect_to(&sessions.sign_in_url(&browser_url(headers)));
         }
         Err(Refused::Token(e)) => return auth_error(&e),
         Err(Refused::Answer { response, .. }) => return response,
@@ -87,7 +120,7 @@ async fn forward_auth(
         // An anonymous request cannot hold what the ingress asks for.
         return auth_error(&ValidationError::Missing);
     }
-    if let Err(refused) = exchange_for_route(&state, route, user, resp.headers_mut()).await {
+    if let Err(refused) = exchange_for_route(state, route, user, resp.headers_mut()).await {
         return refused;
     }
     resp.headers_mut()
