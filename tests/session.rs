@@ -373,6 +373,42 @@ async fn tokens_are_refreshed_within_the_margin_and_a_dead_refresh_token_ends_th
 }
 
 #[tokio::test]
+async fn an_unused_session_ends_after_the_idle_timeout_and_any_at_its_lifetime() {
+    let stack = Stack::start(Options {
+        session_extra: "idle_timeout = \"2s\"\nlifetime = \"4s\"\nrefresh_margin = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let idle = stack.sign_in(ALICE).await.pair;
+    let busy = stack.sign_in(BOB).await.pair;
+    // Bob's session is used every 800 ms, Alice's not: after 2.4 s only Bob's is alive.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            stack.get("/app/page", Some(&busy), HTML).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        stack.get("/app/page", Some(&idle), HTML).await.status(),
+        302
+    );
+    // However busy, a session ends at its lifetime (4 s after sign-in).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let status = stack.get("/app/page", Some(&busy), HTML).await.status();
+        if status == 302 {
+            break;
+        }
+    }
+    assert_eq!(
+        stack.get("/app/page", Some(&busy), HTML).await.status(),
+        302
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn back_channel_logout_ends_the_users_sessions_and_refuses_what_is_not_a_logout_token() {
     let stack = Stack::start(Options::default()).await;
     let alice = stack.sign_in(ALICE).await.pair;
@@ -815,6 +851,11 @@ async fn chromium_signs_in_through_the_session_and_reaches_the_app() {
     assert!(body.contains("/app/welcome"));
     let at = c.current_url().await.unwrap();
     assert_eq!(at.as_str(), stack.public("/app/welcome"));
+    // The same browser session on a route with `obo`: the app gets a downstream token.
+    c.goto(&stack.public("/obo/report")).await.unwrap();
+    let source = c.source().await.unwrap();
+    assert!(source.contains("\"authorization\":\"Bearer "), "{source}");
+    assert!(source.contains("/obo/report"));
     browser.close().await;
     stack.stop().await;
 }
@@ -831,6 +872,8 @@ struct Options {
     /// The origin browsers use, when a proxy stands in front of tollgate (default: tollgate's
     /// own public listener).
     public_url: Option<String>,
+    /// More keys of tollgate's `[session]` table.
+    session_extra: String,
 }
 
 impl Default for Options {
@@ -840,6 +883,7 @@ impl Default for Options {
             replica: false,
             backchannel_logout_uri: None,
             public_url: None,
+            session_extra: String::new(),
         }
     }
 }
@@ -908,6 +952,7 @@ client_id = "{TOLLGATE_CLIENT_ID}"
 enabled = true
 public_url = "{public_url}"
 allowed_redirect_hosts = ["docs.example"]
+{session_extra}
 
 [store]
 {store}
@@ -930,6 +975,7 @@ roles = ["Admin"]
             well_known = idp.well_known_url(TENANT),
             store = options.store,
             obo = downstream_default(),
+            session_extra = options.session_extra,
         );
         let env = MapEnv::from([
             ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),

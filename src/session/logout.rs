@@ -205,7 +205,68 @@ fn refuse(why: &str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::validate::Claims;
+
+    fn claims(v: Value) -> Claims {
+        Claims::from_map("entra_id", v.as_object().unwrap().clone())
+    }
+
+    fn logout_token() -> Value {
+        json!({
+            "iss": "https://idp.example", "aud": "app", "iat": 1_900_000_000u64,
+            "exp": 1_900_000_120u64, "jti": "j1", "sid": "s1", "sub": "u1",
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        })
+    }
+
+    #[test]
+    fn a_logout_token_needs_its_event_iat_jti_and_a_subject_and_no_nonce() {
+        let ok = claims(logout_token());
+        let l = LogoutClaims::of(&ok).unwrap();
+        assert_eq!((l.sid, l.sub, l.jti), (Some("s1"), Some("u1"), "j1"));
+        let without = |name: &str| {
+            let mut t = logout_token();
+            t.as_object_mut().unwrap().remove(name);
+            t
+        };
+        for (token, why) in [
+            (
+                without("events"),
+                "the logout token does not declare the back-channel logout event",
+            ),
+            (without("iat"), "the logout token has no iat"),
+            (without("jti"), "the logout token has no jti"),
+            (
+                {
+                    let mut t = without("sid");
+                    t.as_object_mut().unwrap().remove("sub");
+                    t
+                },
+                "the logout token names neither a sid nor a sub",
+            ),
+            (
+                {
+                    let mut t = logout_token();
+                    t["nonce"] = json!("n");
+                    t
+                },
+                "a logout token must not carry a nonce",
+            ),
+            (
+                {
+                    let mut t = logout_token();
+                    t["events"] = json!({"http://schemas.openid.net/event/other": {}});
+                    t
+                },
+                "the logout token does not declare the back-channel logout event",
+            ),
+        ] {
+            assert_eq!(LogoutClaims::of(&claims(token)).err(), Some(why));
+        }
+    }
 
     #[test]
     fn issuer_templates_match_one_tenant_segment() {
