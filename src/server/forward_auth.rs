@@ -97,7 +97,7 @@ async fn check(
             "no route is configured for this path",
         );
     };
-    let method = original_method(&headers);
+    let method = original_method(headers);
     let user = match authenticate(state, route, &method, &original, headers).await {
         Ok(user) => user,
         Err(Refused::Token(ValidationError::Missing))
