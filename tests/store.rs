@@ -516,6 +516,44 @@ async fn session_suite(store: Arc<dyn TokenStore>) {
     );
     assert_eq!(store.end_sessions(PROVIDER, None, None).await.unwrap(), 0);
 
+    // A write of a session in use does not bring back one a logout ended.
+    let u1 = session("ursula", Some("sid-u"), t0);
+    store.put_session(PROVIDER, &key("u1"), &u1).await.unwrap();
+    let slid_u1 = SessionRecord {
+        idle_expires_at: t0 + 7_200,
+        ..u1.clone()
+    };
+    assert!(
+        store
+            .update_session(PROVIDER, &key("u1"), &slid_u1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("u1")).await.unwrap(),
+        Some(slid_u1.clone())
+    );
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-u"), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store
+            .update_session(PROVIDER, &key("u1"), &slid_u1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_session(PROVIDER, &key("u1")).await.unwrap(), None);
+    assert!(
+        !store
+            .update_session(PROVIDER, &key("never"), &u1)
+            .await
+            .unwrap()
+    );
+
     // Deleting one session; it is then no longer counted by a logout.
     assert!(store.delete_session(PROVIDER, &key("b1")).await.unwrap());
     assert!(!store.delete_session(PROVIDER, &key("b1")).await.unwrap());

@@ -315,6 +315,15 @@ impl<B: Backend> TokenStore for SealedStore<B> {
         Box::pin(SealedStore::put_session(self, provider, key, record))
     }
 
+    fn update_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SealedStore::update_session(self, provider, key, record))
+    }
+
     fn get_session<'a>(
         &'a self,
         provider: &'a str,
@@ -411,6 +420,15 @@ macro_rules! delegate_token_store {
                 record: &'a $crate::store::SessionRecord,
             ) -> $crate::store::BoxFuture<'a, Result<(), $crate::store::StoreError>> {
                 $crate::store::TokenStore::put_session(&self.0, provider, key, record)
+            }
+
+            fn update_session<'a>(
+                &'a self,
+                provider: &'a str,
+                key: &'a $crate::store::SessionKey,
+                record: &'a $crate::store::SessionRecord,
+            ) -> $crate::store::BoxFuture<'a, Result<bool, $crate::store::StoreError>> {
+                $crate::store::TokenStore::update_session(&self.0, provider, key, record)
             }
 
             fn get_session<'a>(

@@ -277,6 +277,48 @@ impl<B: Backend> SealedStore<B> {
         Ok(())
     }
 
+    pub(super) async fn update_session(
+        &self,
+        provider: &str,
+        key: &SessionKey,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        let ns = namespaced(provider, "session");
+        let name = hex(key.as_bytes());
+        let sealer = self.opener().sealer();
+        for _ in 0..SWAP_ATTEMPTS {
+            let Some(old) = self.backend().get(&ns, &name).await? else {
+                return Ok(false);
+            };
+            if record.ends_at() <= now_unix() {
+                return self.backend().swap(&ns, &name, Some(&old), None).await;
+            }
+            // Indexed before written, as in `put_session` (a no-op when the entries are there).
+            if let Some(sid) = &record.sid {
+                self.index_add(provider, IndexKind::Sid, sid, &name, record.expires_at)
+                    .await?;
+            }
+            self.index_add(
+                provider,
+                IndexKind::Sub,
+                &record.sub,
+                &name,
+                record.expires_at,
+            )
+            .await?;
+            let new = seal_session(sealer, &ns, &name, record)?;
+            if self
+                .backend()
+                .swap(&ns, &name, Some(&old), Some((new, record.ends_at())))
+                .await?
+            {
+                return Ok(true);
+            }
+            // Written or deleted meanwhile: read again.
+        }
+        Err(contention())
+    }
+
     pub(super) async fn get_session(
         &self,
         provider: &str,
