@@ -7,6 +7,10 @@
 //! rotation, the UPN index rules and the per-user locks are implemented once, over all three
 //! (`sealed.rs`).
 //!
+//! The store also keeps browser sessions ([`SessionRecord`] under a [`SessionKey`],
+//! [`TokenStore::put_session`] and the methods after it), as records of their own kind in the
+//! same backends, with `sid` / `sub` indexes for back-channel logout (`sessions.rs`).
+//!
 //! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
 //! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
 //! keys on an HMAC-SHA256 of the user's tenant (`tid`) and lower-cased UPN, under a key derived
