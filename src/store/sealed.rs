@@ -182,6 +182,12 @@ impl<B: Backend> SealedStore<B> {
         &self.opener
     }
 
+    /// The blobs, to read them with other keys (a restart with a new key file).
+    #[cfg(test)]
+    pub(super) fn into_backend(self) -> B {
+        self.backend
+    }
+
     pub(super) fn locks(&self) -> &UserLocks {
         &self.locks
     }
