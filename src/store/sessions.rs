@@ -398,7 +398,9 @@ impl<B: Backend> SealedStore<B> {
         let (mut ended, mut gone) = (0, Vec::new());
         for key in listed {
             let Some(blob) = self.backend().get(&ns, &key).await? else {
-                gone.push(key);
+                // Left listed: it may be a sign-in of this sid being written right now (indexed
+                // before it is stored), which a later logout must still find. An entry of a
+                // session that is really gone is pruned at its end.
                 continue;
             };
             let record = match open_session(sealer, &ns, &key, &blob) {
