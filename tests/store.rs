@@ -516,6 +516,44 @@ async fn session_suite(store: Arc<dyn TokenStore>) {
     );
     assert_eq!(store.end_sessions(PROVIDER, None, None).await.unwrap(), 0);
 
+    // A write of a session in use does not bring back one a logout ended.
+    let u1 = session("ursula", Some("sid-u"), t0);
+    store.put_session(PROVIDER, &key("u1"), &u1).await.unwrap();
+    let slid_u1 = SessionRecord {
+        idle_expires_at: t0 + 7_200,
+        ..u1.clone()
+    };
+    assert!(
+        store
+            .update_session(PROVIDER, &key("u1"), &slid_u1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_session(PROVIDER, &key("u1")).await.unwrap(),
+        Some(slid_u1.clone())
+    );
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-u"), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store
+            .update_session(PROVIDER, &key("u1"), &slid_u1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_session(PROVIDER, &key("u1")).await.unwrap(), None);
+    assert!(
+        !store
+            .update_session(PROVIDER, &key("never"), &u1)
+            .await
+            .unwrap()
+    );
+
     // Deleting one session; it is then no longer counted by a logout.
     assert!(store.delete_session(PROVIDER, &key("b1")).await.unwrap());
     assert!(!store.delete_session(PROVIDER, &key("b1")).await.unwrap());
@@ -560,6 +598,274 @@ async fn redis_sessions() {
     session_suite(tollgate::store::open(&cfg).await.unwrap()).await;
 }
 
+/// Two replicas on one Redis share sessions: one sees the other's, a logout through one ends
+/// the other's view, and sessions of one subject added at once through both are all indexed
+/// (the index is changed by compare-and-swap, so no replica's append is lost).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replicas_share_sessions_and_logouts() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = redis_config(&server, &write_keys(dir.path(), "keys", &[&keygen()]));
+    let one = tollgate::store::open(&cfg).await.unwrap();
+    let two = tollgate::store::open(&cfg).await.unwrap();
+    let t0 = now();
+    let key = SessionKey::from_cookie_id("shared-cookie-id");
+    let record = session("ada", Some("sid-shared"), t0);
+    one.put_session(PROVIDER, &key, &record).await.unwrap();
+    assert_eq!(
+        two.get_session(PROVIDER, &key).await.unwrap(),
+        Some(record.clone())
+    );
+
+    let mut writers = Vec::new();
+    for i in 0..48 {
+        let store = Arc::clone(if i % 2 == 0 { &one } else { &two });
+        writers.push(tokio::spawn(async move {
+            let key = SessionKey::from_cookie_id(&format!("many-{i}"));
+            let record = session("many", None, t0);
+            store.put_session(PROVIDER, &key, &record).await.unwrap();
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        one.end_sessions(PROVIDER, None, Some("sub-many"))
+            .await
+            .unwrap(),
+        48,
+        "every concurrent append was kept"
+    );
+
+    assert_eq!(
+        two.end_sessions(PROVIDER, Some("sid-shared"), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(one.get_session(PROVIDER, &key).await.unwrap(), None);
+    assert_eq!(two.get_session(PROVIDER, &key).await.unwrap(), None);
+}
+
+/// Redis drops a session at its end (the earlier of idle and absolute) and an index record with
+/// its latest listed session.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_session_keys_expire() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (store, _dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let t0 = now();
+    let early = session("ada", Some("sid-ttl"), t0);
+    let late = SessionRecord {
+        expires_at: t0 + 50_000,
+        idle_expires_at: t0 + 60_000,
+        ..session("ada", Some("sid-ttl"), t0)
+    };
+    let early_key = SessionKey::from_cookie_id("ttl-early");
+    store
+        .put_session(PROVIDER, &early_key, &early)
+        .await
+        .unwrap();
+    store
+        .put_session(PROVIDER, &SessionKey::from_cookie_id("ttl-late"), &late)
+        .await
+        .unwrap();
+
+    let mut raw = server.raw().await;
+    let expiry = async |raw: &mut redis::aio::MultiplexedConnection, key: &str| -> i64 {
+        redis::cmd("EXPIRETIME")
+            .arg(key)
+            .query_async(raw)
+            .await
+            .unwrap()
+    };
+    let session_key = format!(
+        "tollgate:tok:{}:{PROVIDER}#session:{}",
+        PROVIDER.len() + 8,
+        hex(early_key.as_bytes())
+    );
+    assert_eq!(
+        expiry(&mut raw, &session_key).await,
+        early.idle_expires_at as i64,
+        "the idle end comes first"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:tok:*#s[iu][db]:*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "the sid and the sub index: {keys:?}");
+    for key in keys {
+        assert_eq!(
+            expiry(&mut raw, &key).await,
+            late.expires_at as i64,
+            "{key}"
+        );
+    }
+}
+
+/// A session blob copied onto another session's key does not open there: the sealing binds it
+/// to its key, so the read is `Corrupt` (reported, like a moved user record), never the other
+/// session.
+async fn copied_session_does_not_open(store: &dyn TokenStore, copy: impl AsyncFn(&str, &str)) {
+    let t0 = now();
+    let (mine, theirs) = (
+        SessionKey::from_cookie_id("mine"),
+        SessionKey::from_cookie_id("theirs"),
+    );
+    store
+        .put_session(PROVIDER, &mine, &session("mallory", None, t0))
+        .await
+        .unwrap();
+    store
+        .put_session(PROVIDER, &theirs, &session("ada", None, t0))
+        .await
+        .unwrap();
+    copy(&hex(mine.as_bytes()), &hex(theirs.as_bytes())).await;
+    expect_corrupt(store.get_session(PROVIDER, &theirs).await, "copied session");
+    assert!(store.delete_session(PROVIDER, &theirs).await.unwrap());
+    assert_eq!(store.get_session(PROVIDER, &theirs).await.unwrap(), None);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_copied_session_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sqlite_config(dir.path(), &write_keys(dir.path(), "keys", &[&keygen()]));
+    let store = tollgate::store::open(&cfg).await.unwrap();
+    let db = cfg.path.clone();
+    let copy = async |from: &str, to: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let rows = conn
+            .execute(
+                "UPDATE tokens SET record = (SELECT record FROM tokens WHERE oid = ?1) \
+                 WHERE oid = ?2",
+                [from, to],
+            )
+            .unwrap();
+        assert_eq!(rows, 1);
+    };
+    copied_session_does_not_open(store.as_ref(), copy).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_copied_session_does_not_open() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (store, _dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let copy = async |from: &str, to: &str| {
+        let mut raw = server.raw().await;
+        let prefix = format!("tollgate:tok:{}:{PROVIDER}#session:", PROVIDER.len() + 8);
+        let blob: Vec<u8> = redis::cmd("HGET")
+            .arg(format!("{prefix}{from}"))
+            .arg("v")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("HSET")
+            .arg(format!("{prefix}{to}"))
+            .arg("v")
+            .arg(blob)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    };
+    copied_session_does_not_open(&store, copy).await;
+}
+
+/// `rotate_keys` re-seals sessions and their indexes and moves the indexes to the first key's
+/// names: after the old key is retired, sessions open and a logout still finds them.
+async fn session_key_rotation(open: impl AsyncFn(&Path) -> Arc<dyn TokenStore>, dir: &Path) {
+    let (a, b) = (keygen(), keygen());
+    let only_a = write_keys(dir, "sa.keys", &[&a]);
+    let only_b = write_keys(dir, "sb.keys", &[&b]);
+    let b_then_a = write_keys(dir, "sba.keys", &[&b, &a]);
+    let t0 = now();
+    let key = |i: usize| SessionKey::from_cookie_id(&format!("rotated-{i}"));
+    let records: Vec<SessionRecord> = (0..3)
+        .map(|i| session(&format!("user{i}"), Some("sid-rot"), t0))
+        .collect();
+
+    let store = open(&only_a).await;
+    store.put(PROVIDER, &user("user0", None)).await.unwrap();
+    for (i, record) in records.iter().enumerate() {
+        store.put_session(PROVIDER, &key(i), record).await.unwrap();
+    }
+    drop(store);
+
+    let store = open(&b_then_a).await;
+    // A session added under B joins the sid's sessions indexed under A.
+    let later = session("user3", Some("sid-rot"), t0);
+    store.put_session(PROVIDER, &key(3), &later).await.unwrap();
+    // 1 user + 3 sessions + the sid index and 3 sub indexes written under A; the sid index
+    // under B is new.
+    assert_eq!(store.rotate_keys().await.unwrap(), 8);
+    assert_eq!(store.rotate_keys().await.unwrap(), 0);
+    drop(store);
+
+    let store = open(&only_b).await;
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(
+            store.get_session(PROVIDER, &key(i)).await.unwrap().as_ref(),
+            Some(record)
+        );
+    }
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, None, Some("sub-user1"))
+            .await
+            .unwrap(),
+        1,
+        "the sub index moved to B"
+    );
+    assert_eq!(
+        store
+            .end_sessions(PROVIDER, Some("sid-rot"), None)
+            .await
+            .unwrap(),
+        3,
+        "the sid index under A merged into B's"
+    );
+    assert_eq!(store.get_session(PROVIDER, &key(3)).await.unwrap(), None);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_session_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tollgate.db");
+    let open = async |keys: &Path| {
+        let cfg = StoreConfig {
+            path: db.clone(),
+            ..sqlite_config(dir.path(), keys)
+        };
+        tollgate::store::open(&cfg).await.unwrap()
+    };
+    session_key_rotation(open, dir.path()).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_session_key_rotation() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = async |keys: &Path| {
+        tollgate::store::open(&redis_config(&server, keys))
+            .await
+            .unwrap()
+    };
+    session_key_rotation(open, dir.path()).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Nothing at rest reads as a token or a UPN.
 
@@ -584,6 +890,70 @@ async fn sqlite_file_holds_no_token_or_upn() {
         "records not found in the database files"
     );
     assert_no_secrets(&bytes, &users, "sqlite files");
+}
+
+/// `#` namespaces the session records (`{provider}#session`): no provider may be named with it.
+#[test]
+fn a_provider_name_with_a_hash_is_refused() {
+    use tollgate::config::{Config, MapEnv};
+
+    let toml = "[[providers]]\nname = \"entra_id#session\"\nclient_id = \"x\"\n\
+                well_known_url = \"https://idp.example/.well-known/openid-configuration\"\n";
+    let err = Config::from_toml_str(toml, &MapEnv::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("providers[0].name"), "{err}");
+    assert!(err.contains("must not contain '#'"), "{err}");
+    let fine = toml.replace("entra_id#session", "entra_id-session");
+    Config::from_toml_str(&fine, &MapEnv::default()).unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_file_holds_no_session_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sqlite_config(dir.path(), &write_keys(dir.path(), "keys", &[&keygen()]));
+    let store = tollgate::store::open(&cfg).await.unwrap();
+    let sessions = write_sessions(store.as_ref()).await;
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", cfg.path.display()));
+        if let Ok(content) = std::fs::read(&path) {
+            bytes.extend(content);
+        }
+    }
+    assert_no_session_secrets(&bytes, &sessions, "sqlite files");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_holds_no_session_secret() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (store, _dir) = redis_store(&server, Duration::from_secs(2)).await;
+    let sessions = write_sessions(&store).await;
+    let mut raw = server.raw().await;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    for key in keys {
+        // Sessions and their indexes are all hashes, like user records.
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        for (field, value) in fields {
+            bytes.extend(field);
+            bytes.extend(value);
+        }
+        bytes.extend(key);
+    }
+    assert_no_session_secrets(&bytes, &sessions, "redis keys and values");
 }
 
 #[cfg(feature = "redis")]
@@ -1769,6 +2139,57 @@ fn assert_no_secrets(bytes: &[u8], users: &[UserTokens], what: &str) {
             assert!(
                 !contains(bytes, &hash) && !contains(bytes, hex(&hash).as_bytes()),
                 "{what} contain an unkeyed hash of a UPN"
+            );
+        }
+    }
+}
+
+/// Sessions (cookie id, record) written, one replaced and one deleted, so older blobs may
+/// linger in free pages.
+async fn write_sessions(store: &dyn TokenStore) -> Vec<(String, SessionRecord)> {
+    let t0 = now();
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let cookie = unique("cookie");
+        let mut record = session(&format!("person{i}"), Some(&unique("sid")), t0);
+        record.sub = unique("sub");
+        record
+            .claims
+            .insert("email".into(), format!("person.{i}@contoso.example").into());
+        let key = SessionKey::from_cookie_id(&cookie);
+        store.put_session(PROVIDER, &key, &record).await.unwrap();
+        sessions.push((cookie.clone(), record.clone()));
+        record.id_token = unique("IDT");
+        record.idle_expires_at += 60;
+        store.put_session(PROVIDER, &key, &record).await.unwrap();
+        sessions.push((cookie, record));
+    }
+    let deleted = SessionKey::from_cookie_id(&sessions[6].0);
+    assert!(store.delete_session(PROVIDER, &deleted).await.unwrap());
+    sessions
+}
+
+fn assert_no_session_secrets(bytes: &[u8], sessions: &[(String, SessionRecord)], what: &str) {
+    // The session keys are stored in clear (they are the row keys): finding one proves the
+    // bytes hold the records.
+    let stored_key = hex(SessionKey::from_cookie_id(&sessions[0].0).as_bytes());
+    assert!(
+        contains(bytes, stored_key.as_bytes()),
+        "sessions not found in the {what}"
+    );
+    for (cookie, record) in sessions {
+        let email = record.claims["email"].as_str().unwrap();
+        let needles = [
+            ("cookie id", cookie.as_str()),
+            ("ID token", record.id_token.as_str()),
+            ("sub", record.sub.as_str()),
+            ("sid", record.sid.as_deref().unwrap()),
+            ("email claim", email),
+        ];
+        for (name, needle) in needles {
+            assert!(
+                !contains(bytes, needle.as_bytes()),
+                "{what} contain a session's {name} in clear"
             );
         }
     }

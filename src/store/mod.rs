@@ -7,6 +7,10 @@
 //! rotation, the UPN index rules and the per-user locks are implemented once, over all three
 //! (`sealed.rs`).
 //!
+//! The store also keeps browser sessions ([`SessionRecord`] under a [`SessionKey`],
+//! [`TokenStore::put_session`] and the methods after it), as records of their own kind in the
+//! same backends, with `sid` / `sub` indexes for back-channel logout (`sessions.rs`).
+//!
 //! Every record is one AES-256-GCM blob ([`Sealer`]) holding the tokens, scopes and expiries,
 //! bound to `provider|oid` so a blob copied onto another user's row does not open. The UPN index
 //! keys on an HMAC-SHA256 of the user's tenant (`tid`) and lower-cased UPN, under a key derived
@@ -211,6 +215,38 @@ pub trait TokenStore: Send + Sync + 'static {
         key: &'a SessionKey,
         record: &'a SessionRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Replaces a session only while it is still stored, and says whether it was: the write for
+    /// a session already in use (sliding its idle end, a refreshed `access_expires_at`), so that a
+    /// logout that ended it between the caller's read and this write is not undone, as
+    /// [`TokenStore::put_session`] would. A record already past its end removes the session.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # use tollgate::store::{MemoryStore, SessionKey, SessionRecord, TokenStore};
+    /// # let store = MemoryStore::new()?;
+    /// # let key = SessionKey::from_cookie_id("q2n5Yk3x0wVb8r1LzPfA7g");
+    /// # let record = SessionRecord {
+    /// #     oid: "oid-1".into(), sub: "sub-1".into(), sid: Some("sid-1".into()),
+    /// #     claims: Default::default(), scopes: vec![], id_token: "eyJ...".into(),
+    /// #     created_at: 1_900_000_000, expires_at: 4_000_000_000,
+    /// #     idle_expires_at: 3_900_000_000, access_expires_at: 1_900_003_600,
+    /// # };
+    /// store.put_session("entra_id", &key, &record).await?;
+    /// let slid = SessionRecord { idle_expires_at: 3_900_003_600, ..record };
+    /// assert!(store.update_session("entra_id", &key, &slid).await?);
+    /// // A back-channel logout ends it; a request still holding it cannot bring it back.
+    /// store.end_sessions("entra_id", Some("sid-1"), None).await?;
+    /// assert!(!store.update_session("entra_id", &key, &slid).await?);
+    /// assert_eq!(store.get_session("entra_id", &key).await?, None);
+    /// # Ok::<(), tollgate::store::StoreError>(()) }).unwrap();
+    /// ```
+    fn update_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// The session, or `None` when absent, past `expires_at` or past `idle_expires_at` (an
     /// ended one is deleted, like expired user records). A session that does not open is

@@ -5,6 +5,10 @@
 //!   index key the record holds, if it holds one}`
 //! - `tollgate:upn:<len>:<provider>:<hex of the (tenant, UPN) index key>`: the oid holding it
 //!
+//! Browser sessions and their `sid` / `sub` indexes are records like the users' (hash `{v}`),
+//! under the provider keys `<provider>#session`, `#sid` and `#sub` (see `sessions.rs`); a session
+//! key expires at the session's end, an index key with its latest listed session.
+//!
 //! `rediss://` URLs connect over TLS (rustls; the server's certificate is checked against the
 //! system's trust store, which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace for a private CA).
 //!

@@ -182,6 +182,12 @@ impl<B: Backend> SealedStore<B> {
         &self.opener
     }
 
+    /// The blobs, to read them with other keys (a restart with a new key file).
+    #[cfg(test)]
+    pub(super) fn into_backend(self) -> B {
+        self.backend
+    }
+
     pub(super) fn locks(&self) -> &UserLocks {
         &self.locks
     }
@@ -315,6 +321,15 @@ impl<B: Backend> TokenStore for SealedStore<B> {
         Box::pin(SealedStore::put_session(self, provider, key, record))
     }
 
+    fn update_session<'a>(
+        &'a self,
+        provider: &'a str,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SealedStore::update_session(self, provider, key, record))
+    }
+
     fn get_session<'a>(
         &'a self,
         provider: &'a str,
@@ -411,6 +426,15 @@ macro_rules! delegate_token_store {
                 record: &'a $crate::store::SessionRecord,
             ) -> $crate::store::BoxFuture<'a, Result<(), $crate::store::StoreError>> {
                 $crate::store::TokenStore::put_session(&self.0, provider, key, record)
+            }
+
+            fn update_session<'a>(
+                &'a self,
+                provider: &'a str,
+                key: &'a $crate::store::SessionKey,
+                record: &'a $crate::store::SessionRecord,
+            ) -> $crate::store::BoxFuture<'a, Result<bool, $crate::store::StoreError>> {
+                $crate::store::TokenStore::update_session(&self.0, provider, key, record)
             }
 
             fn get_session<'a>(

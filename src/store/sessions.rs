@@ -277,6 +277,48 @@ impl<B: Backend> SealedStore<B> {
         Ok(())
     }
 
+    pub(super) async fn update_session(
+        &self,
+        provider: &str,
+        key: &SessionKey,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        let ns = namespaced(provider, "session");
+        let name = hex(key.as_bytes());
+        let sealer = self.opener().sealer();
+        for _ in 0..SWAP_ATTEMPTS {
+            let Some(old) = self.backend().get(&ns, &name).await? else {
+                return Ok(false);
+            };
+            if record.ends_at() <= now_unix() {
+                return self.backend().swap(&ns, &name, Some(&old), None).await;
+            }
+            // Indexed before written, as in `put_session` (a no-op when the entries are there).
+            if let Some(sid) = &record.sid {
+                self.index_add(provider, IndexKind::Sid, sid, &name, record.expires_at)
+                    .await?;
+            }
+            self.index_add(
+                provider,
+                IndexKind::Sub,
+                &record.sub,
+                &name,
+                record.expires_at,
+            )
+            .await?;
+            let new = seal_session(sealer, &ns, &name, record)?;
+            if self
+                .backend()
+                .swap(&ns, &name, Some(&old), Some((new, record.ends_at())))
+                .await?
+            {
+                return Ok(true);
+            }
+            // Written or deleted meanwhile: read again.
+        }
+        Err(contention())
+    }
+
     pub(super) async fn get_session(
         &self,
         provider: &str,
@@ -356,7 +398,9 @@ impl<B: Backend> SealedStore<B> {
         let (mut ended, mut gone) = (0, Vec::new());
         for key in listed {
             let Some(blob) = self.backend().get(&ns, &key).await? else {
-                gone.push(key);
+                // Left listed: it may be a sign-in of this sid being written right now (indexed
+                // before it is stored), which a later logout must still find. An entry of a
+                // session that is really gone is pruned at its end.
                 continue;
             };
             let record = match open_session(sealer, &ns, &key, &blob) {
@@ -659,7 +703,111 @@ fn open_index(
 
 #[cfg(test)]
 mod tests {
+    use super::super::TokenStore as _;
+    use super::super::keygen;
+    use super::super::memory::MemoryBackend;
     use super::*;
+
+    const P: &str = "entra_id";
+
+    fn keys(lines: &[&str]) -> Sealer {
+        Sealer::parse(&lines.join("\n")).unwrap()
+    }
+
+    fn record(sub: &str, sid: Option<&str>, expires_at: u64) -> SessionRecord {
+        SessionRecord {
+            oid: "oid-1".into(),
+            sub: sub.into(),
+            sid: sid.map(Into::into),
+            claims: serde_json::Map::new(),
+            scopes: vec![],
+            id_token: "IDT-SECRET".into(),
+            created_at: 1,
+            expires_at,
+            idle_expires_at: expires_at,
+            access_expires_at: 1,
+        }
+    }
+
+    /// The stored list of an index record, opened.
+    async fn stored_list(
+        store: &SealedStore<MemoryBackend>,
+        kind: IndexKind,
+        value: &str,
+    ) -> Option<IndexList> {
+        let ns = namespaced(P, kind.suffix());
+        let name = index_names(store.opener().sealer(), kind, value).remove(0);
+        let blob = store.backend().get(&ns, &name).await.unwrap()?;
+        Some(
+            open_index(store.opener().sealer(), &ns, &name, &blob)
+                .unwrap()
+                .0,
+        )
+    }
+
+    /// A write prunes the entries whose session has ended, and a list left empty goes.
+    #[tokio::test]
+    async fn index_writes_prune_ended_sessions() {
+        let store = SealedStore::new(MemoryBackend::default(), Sealer::ephemeral().unwrap());
+        let (ns, kind) = (namespaced(P, "sub"), IndexKind::Sub);
+        let name = index_names(store.opener().sealer(), kind, "s").remove(0);
+        // An entry that has ended (written as if before it did).
+        store
+            .update_index(&ns, kind, &name, "s", |l| l.add("ended", 1))
+            .await
+            .unwrap();
+        assert_eq!(stored_list(&store, kind, "s").await.unwrap().s.len(), 1);
+        let live = now_unix() + 100;
+        store
+            .update_index(&ns, kind, &name, "s", |l| l.add("live", live))
+            .await
+            .unwrap();
+        let list = stored_list(&store, kind, "s").await.unwrap();
+        assert_eq!(list.s.keys().collect::<Vec<_>>(), ["live"]);
+        assert_eq!(list.latest(), live);
+        store
+            .update_index(&ns, kind, &name, "s", |l| {
+                l.s.remove("live");
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stored_list(&store, kind, "s").await,
+            None,
+            "empty list removed"
+        );
+    }
+
+    /// With the memory backend too: a rotation re-seals sessions and index records and moves the
+    /// indexes to the first key's names, so everything works once the old key is gone.
+    #[tokio::test]
+    async fn rotation_moves_session_indexes_to_the_first_key() {
+        let (a, b) = (keygen(), keygen());
+        let far = now_unix() + 10_000;
+        let key = SessionKey::from_cookie_id("c1");
+        let old = SealedStore::new(MemoryBackend::default(), keys(&[&a]));
+        old.put_session(P, &key, &record("sub-1", Some("sid-1"), far))
+            .await
+            .unwrap();
+        let both = SealedStore::new(old.into_backend(), keys(&[&b, &a]));
+        // session, sid index, sub index
+        assert_eq!(both.rotate_keys().await.unwrap(), 3);
+        assert_eq!(both.rotate_keys().await.unwrap(), 0);
+        let only_b = SealedStore::new(both.into_backend(), keys(&[&b]));
+        assert!(only_b.get_session(P, &key).await.unwrap().is_some());
+        assert!(
+            stored_list(&only_b, IndexKind::Sid, "sid-1")
+                .await
+                .is_some()
+        );
+        assert_eq!(
+            only_b.end_sessions(P, Some("sid-1"), None).await.unwrap(),
+            1
+        );
+        assert_eq!(stored_list(&only_b, IndexKind::Sid, "sid-1").await, None);
+        // The ended session was taken out of its sub index as well.
+        assert_eq!(stored_list(&only_b, IndexKind::Sub, "sub-1").await, None);
+    }
 
     fn list(entries: &[(&str, u64)]) -> IndexList {
         let mut list = IndexList::new("sid-1");

@@ -16,8 +16,9 @@ use super::{Sealer, StoreError};
 /// A [`TokenStore`](super::TokenStore) in one SQLite file.
 ///
 /// Table `tokens(provider, oid, upn_hash, record)`: `record` is the sealed blob, `upn_hash` the
-/// (tenant, UPN) index key the row holds, if it holds one. Calls run on the blocking thread pool
-/// over one connection.
+/// (tenant, UPN) index key the row holds, if it holds one. Browser sessions and their `sid` /
+/// `sub` indexes are rows too, under the providers `<provider>#session`, `#sid` and `#sub`, with
+/// no UPN. Calls run on the blocking thread pool over one connection.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tollgate::store::StoreError> {
