@@ -138,7 +138,10 @@ impl Sessions {
         let slid = (now + idle).min(record.expires_at);
         if changed || slid > record.idle_expires_at + idle / 10 {
             record.idle_expires_at = slid;
-            store.put_session(&self.provider, &key, &record).await?;
+            // Only while it still exists: a logout that ended it meanwhile stays done.
+            if !store.update_session(&self.provider, &key, &record).await? {
+                return Ok(None);
+            }
         }
         let claims = session_claims(&self.provider, &record);
         Ok(Some(SessionUser {
