@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
-use support::browser::{hidden_inputs, unescape};
+use support::browser::{hidden_inputs, submit_login_form};
 use support::{http, jwt_claims as unverified_claims, now};
 use tollgate_devidp::*;
 
@@ -3081,20 +3081,8 @@ async fn browser_sign_in(
         .unwrap();
     assert_eq!(page.status(), 200, "login page expected");
     let html = page.text().await.unwrap();
-    let marker = "<form method=\"post\" action=\"";
-    let start = html.find(marker).expect("login form") + marker.len();
-    let action = &html[start..start + html[start..].find('"').unwrap()];
-    let mut form = hidden_inputs(&html);
-    form.push(("login".into(), login.into()));
-    form.push(("password".into(), password.into()));
-    if mfa {
-        form.push(("mfa".into(), "on".into()));
-    }
-    http.post(format!("{}{}", idp.base_url(), unescape(action)))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
+    let extra: &[(&str, &str)] = if mfa { &[("mfa", "on")] } else { &[] };
+    submit_login_form(http, &idp.base_url(), &html, login, password, extra).await
 }
 
 async fn sign_in_for_code(

@@ -2304,8 +2304,7 @@ impl Browser {
         c.goto(&format!("{}/start?{start_query}", stack.rp().url()))
             .await
             .unwrap();
-        let login = c
-            .wait()
+        c.wait()
             .at_most(BROWSER_WAIT)
             .for_element(Locator::Id("login"))
             .await
@@ -2322,20 +2321,7 @@ impl Browser {
             .text()
             .await
             .unwrap();
-        login.clear().await.unwrap();
-        login.send_keys(user).await.unwrap();
-        c.find(Locator::Css("input[name=password]"))
-            .await
-            .unwrap()
-            .send_keys(DEV_PASSWORD)
-            .await
-            .unwrap();
-        c.find(Locator::Css("button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.submit_dev_idp_login(user).await;
         let upn = c
             .wait()
             .at_most(BROWSER_WAIT)

@@ -9,11 +9,10 @@ mod support;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
-use fantoccini::Locator;
 use reqwest::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 use support::Echo;
-use support::browser::{BROWSER_WAIT, Browser, hidden_inputs, unescape};
+use support::browser::{BROWSER_WAIT, Browser, submit_login_form};
 use support::redis::RedisServer;
 use tollgate::config::{Config, MapEnv};
 use tollgate::server::{Listeners, RunningServer, Server};
@@ -729,7 +728,7 @@ http {{
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = std::process::Command::new(NGINX)
+        let mut child = std::process::Command::new(NGINX)
             .arg("-c")
             .arg(&path)
             .arg("-p")
@@ -745,6 +744,8 @@ http {{
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
         panic!("nginx never listened on {port}: {log}");
     }
@@ -818,26 +819,7 @@ async fn chromium_signs_in_through_the_session_and_reaches_the_app() {
     let stack = Stack::start(Options::default()).await;
     let c = &browser.client;
     c.goto(&stack.public("/app/welcome")).await.unwrap();
-    let login = c
-        .wait()
-        .at_most(BROWSER_WAIT)
-        .for_element(Locator::Id("login"))
-        .await
-        .unwrap();
-    login.clear().await.unwrap();
-    login.send_keys(ALICE).await.unwrap();
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys(DEV_PASSWORD)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.submit_dev_idp_login(ALICE).await;
     // The echo app's JSON, as Chromium shows it: the page is the app's, with Alice's headers.
     let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
     let body = loop {
@@ -1124,19 +1106,15 @@ roles = ["Admin"]
         let page = self.http.get(authorize).send().await.unwrap();
         assert_eq!(page.status(), 200, "the IdP's login page");
         let html = page.text().await.unwrap();
-        let marker = "<form method=\"post\" action=\"";
-        let start = html.find(marker).expect("login form") + marker.len();
-        let action = &html[start..start + html[start..].find('"').unwrap()];
-        let mut form = hidden_inputs(&html);
-        form.push(("login".into(), user.into()));
-        form.push(("password".into(), DEV_PASSWORD.into()));
-        let r = self
-            .http
-            .post(format!("{}{}", self.idp.base_url(), unescape(action)))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let r = submit_login_form(
+            &self.http,
+            &self.idp.base_url(),
+            &html,
+            user,
+            DEV_PASSWORD,
+            &[],
+        )
+        .await;
         assert_eq!(r.status(), 302);
         location(&r)
     }

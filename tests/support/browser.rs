@@ -70,6 +70,32 @@ impl Browser {
         self.client.current_url().await.unwrap().into()
     }
 
+    /// Signs `user` in on the dev IdP's login page, which the browser is on or is about to
+    /// reach: waits for the form, types the user and the dev password, submits.
+    pub async fn submit_dev_idp_login(&self, user: &str) {
+        let c = &self.client;
+        let login = c
+            .wait()
+            .at_most(BROWSER_WAIT)
+            .for_element(Locator::Id("login"))
+            .await
+            .unwrap();
+        login.clear().await.unwrap();
+        login.send_keys(user).await.unwrap();
+        c.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys(tollgate_devidp::DEV_PASSWORD)
+            .await
+            .unwrap();
+        c.find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     pub async fn close(mut self) {
         let client = self.client.clone();
         let _ = client.close().await;
@@ -133,6 +159,35 @@ fn kill_group(child: &Child) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
         .status();
+}
+
+/// What a browser does with the dev IdP's login page (`html`, served from `idp_base`): posts its
+/// form back with its hidden inputs, the login, the password and `extra` fields. The answer (a
+/// redirect on success) is not followed.
+pub async fn submit_login_form(
+    http: &reqwest::Client,
+    idp_base: &str,
+    html: &str,
+    login: &str,
+    password: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let marker = "<form method=\"post\" action=\"";
+    let start = html.find(marker).expect("login form") + marker.len();
+    let action = &html[start..start + html[start..].find('"').unwrap()];
+    let mut form = hidden_inputs(html);
+    form.push(("login".into(), login.into()));
+    form.push(("password".into(), password.into()));
+    form.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    http.post(format!("{idp_base}{}", unescape(action)))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The `(name, value)` pairs of a page's hidden inputs, HTML entities decoded: what a browser
