@@ -219,11 +219,13 @@ pub(crate) fn authorization_details<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<serde_json::Value>, D::Error> {
     use serde_json::Value;
-    const WANT: &str = "authorization_details must be a JSON array of objects (RFC 9396), in a form as JSON text";
+    const WANT: &str =
+        "authorization_details must be a JSON array of objects (RFC 9396), in a form as JSON text";
     let details = match Value::deserialize(d)? {
         Value::Null => return Ok(None),
-        Value::String(text) => serde_json::from_str::<Value>(&text)
-            .map_err(|_| serde::de::Error::custom(WANT))?,
+        Value::String(text) => {
+            serde_json::from_str::<Value>(&text).map_err(|_| serde::de::Error::custom(WANT))?
+        }
         other => other,
     };
     match &details {

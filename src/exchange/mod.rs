@@ -31,7 +31,6 @@ use serde_json::Value;
 pub use cache::ExchangedToken;
 pub use grants::{IdpError, RefreshedTokens};
 
-
 use crate::provider::Provider;
 use crate::provider::client_auth::{ClientAuth, ClientAuthError};
 use crate::validate::{ValidationError, Validator};
@@ -290,7 +289,11 @@ impl AppTokenExtras {
         crate::util::sha256_of_parts(&[
             if self.resource.is_some() { b"r" } else { b"-" },
             self.resource.as_deref().unwrap_or("").as_bytes(),
-            if self.authorization_details.is_some() { b"d" } else { b"-" },
+            if self.authorization_details.is_some() {
+                b"d"
+            } else {
+                b"-"
+            },
             details.as_bytes(),
         ])
         .to_vec()
@@ -488,7 +491,10 @@ impl Exchanger {
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
-        self.refuse_grant(crate::config::ProviderGrant::JwtBearer, "app tokens only: use /api/v1/token")?;
+        self.refuse_grant(
+            crate::config::ProviderGrant::JwtBearer,
+            "app tokens only: use /api/v1/token",
+        )?;
         if subject.is_app_only() {
             return Err(ExchangeError::InvalidSubject(
                 ValidationError::InvalidToken(

@@ -427,9 +427,12 @@ fn private_jwk_key(jwk: &Value) -> Result<(EncodingKey, Algorithm), String> {
             let (d, x, y) = (d?, x?, y?);
             // SEC 1 §2.3.3 uncompressed point: 0x04 || x || y.
             let public = [&[0x04][..], &x, &y].concat();
-            let pair =
-                aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(signing, &d, &public)
-                    .map_err(|_| "the EC JWK's \"d\", \"x\" and \"y\" are not one key of its curve".to_owned())?;
+            let pair = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
+                signing, &d, &public,
+            )
+            .map_err(|_| {
+                "the EC JWK's \"d\", \"x\" and \"y\" are not one key of its curve".to_owned()
+            })?;
             // jsonwebtoken takes EC keys as PKCS#8 DER; aws-lc-rs writes it from the checked pair.
             let pkcs8 = pair
                 .to_pkcs8v1()
@@ -459,7 +462,9 @@ fn jwk_member(jwk: &Value, name: &str, size: usize) -> Result<Vec<u8>, String> {
         .decode(b64.trim_end_matches('='))
         .map_err(|_| format!("JWK member {name:?} is not base64url"))?;
     if bytes.len() > size {
-        return Err(format!("JWK member {name:?} is longer than the curve's {size} bytes"));
+        return Err(format!(
+            "JWK member {name:?} is longer than the curve's {size} bytes"
+        ));
     }
     let mut out = vec![0; size - bytes.len()];
     out.extend(bytes);
@@ -936,5 +941,141 @@ mod tests {
             &pkcs8,
             &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256
         ));
+    }
+
+    /// A private EC JWK (RFC 7518 §6.2.2) of a new key on `signing`'s curve, and its public point.
+    pub(super) fn ec_private_jwk(
+        signing: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+        crv: &str,
+        kid: &str,
+    ) -> (Value, Vec<u8>) {
+        use aws_lc_rs::encoding::AsBigEndian as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(signing).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let size = (point.len() - 1) / 2;
+        let d = pair.private_key().as_be_bytes().unwrap();
+        let jwk = json!({
+            "kty": "EC", "crv": crv, "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..=size]),
+            "y": URL_SAFE_NO_PAD.encode(&point[1 + size..]),
+            "d": URL_SAFE_NO_PAD.encode(d.as_ref()),
+        });
+        (jwk, point)
+    }
+
+    #[tokio::test]
+    async fn an_ec_jwk_signs_es256_or_es384_by_its_curve_and_verifies() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED,
+            ECDSA_P384_SHA384_FIXED_SIGNING, UnparsedPublicKey,
+        };
+        let cases = [
+            (
+                "P-256",
+                "ES256",
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &ECDSA_P256_SHA256_FIXED,
+            ),
+            (
+                "P-384",
+                "ES384",
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &ECDSA_P384_SHA384_FIXED,
+            ),
+        ];
+        for (crv, alg, signing, verifying) in cases {
+            let (jwk, point) = ec_private_jwk(signing, crv, "ec-1");
+            for with_alg in [false, true] {
+                let mut jwk = jwk.clone();
+                if with_alg {
+                    jwk["alg"] = json!(alg);
+                }
+                let auth = ClientAuth::from_config(&jwk_config(&jwk)).unwrap();
+                let jwt = assertion_of(&auth, "https://idp/token").await;
+                let header = decode_part(&jwt, 0);
+                assert_eq!(
+                    (header["alg"].as_str(), header["kid"].as_str()),
+                    (Some(alg), Some("ec-1"))
+                );
+                let (input, sig) = jwt.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                // JWS ECDSA: the fixed-width r || s, checked against the public point alone.
+                assert!(
+                    UnparsedPublicKey::new(verifying, &point)
+                        .verify(input.as_bytes(), &sig)
+                        .is_ok(),
+                    "{crv}"
+                );
+                assert_eq!(decode_part(&jwt, 1)["aud"], "https://idp/token");
+                // A grant assertion is signed the same way, with the claims given.
+                let grant = auth
+                    .sign_grant_assertion(&json!({"scope": "nav:test/api"}))
+                    .unwrap();
+                let (input, sig) = grant.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                assert!(
+                    UnparsedPublicKey::new(verifying, &point)
+                        .verify(input.as_bytes(), &sig)
+                        .is_ok()
+                );
+                assert_eq!(decode_part(&grant, 1)["scope"], "nav:test/api");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unusable_ec_jwk_is_refused_by_name() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let (p256, _) = ec_private_jwk(&ECDSA_P256_SHA256_FIXED_SIGNING, "P-256", "ec-1");
+        let (p384, _) = ec_private_jwk(&ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", "ec-2");
+        let refused = |jwk: &Value| ClientAuth::from_config(&jwk_config(jwk)).unwrap_err();
+        let with = |base: &Value, k: &str, v: Value| {
+            let mut j = base.clone();
+            if v.is_null() {
+                j.as_object_mut().unwrap().remove(k);
+            } else {
+                j[k] = v;
+            }
+            j
+        };
+        for (jwk, want) in [
+            // A public key is not a credential.
+            (with(&p256, "d", Value::Null), "private key"),
+            (with(&p256, "alg", json!("ES384")), "unsupported alg"),
+            (with(&p256, "alg", json!("RS256")), "unsupported alg"),
+            (with(&p256, "crv", json!("P-521")), "unsupported curve"),
+            (with(&p256, "crv", json!("secp256k1")), "unsupported curve"),
+            (with(&p256, "kid", Value::Null), "kid"),
+            (with(&p256, "kty", json!("OKP")), "unsupported key type"),
+            // The private scalar of one key with the public point of another.
+            (with(&p256, "x", p384["x"].clone()), "longer than"),
+            (
+                with(&p256, "d", json!(URL_SAFE_NO_PAD.encode([7u8; 32]))),
+                "not one key",
+            ),
+        ] {
+            let e = refused(&jwk);
+            assert_eq!(e.option, "client_jwk_file");
+            assert!(e.message.contains(want), "{want}: {e}");
+            // The message never carries the key material.
+            assert!(!e.message.contains(p256["d"].as_str().unwrap()), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_key_credential_signs_a_grant_assertion() {
+        let cfg = ProviderConfig {
+            client_id: "client-1".into(),
+            client_secret: Some(Secret::new("s3cret")),
+            ..Default::default()
+        };
+        let e = ClientAuth::from_config(&cfg)
+            .unwrap()
+            .sign_grant_assertion(&json!({}))
+            .unwrap_err();
+        assert!(e.message.contains("private_key_jwt"), "{e}");
     }
 }
