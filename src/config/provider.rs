@@ -383,7 +383,7 @@ impl ProviderConfig {
                 need(
                     jwk || self.client_key_file.is_some(),
                     "client_key_file",
-                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
+                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file, or AZURE_APP_JWK / TOKEN_X_PRIVATE_JWK / MASKINPORTEN_CLIENT_JWK",
                 )?;
                 need(
                     jwk || self.client_cert_file.is_some(),
