@@ -483,4 +483,54 @@ mod tests {
         assert!(parse_jwks(&json!({"keys": []})).is_err());
         assert!(parse_jwks(&json!({"keys": [good]})).is_ok());
     }
+
+    #[test]
+    fn ec_keys_verify_es256_and_es384_on_their_own_curve_only() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+        };
+        for (crv, alg, signing) in [
+            (
+                "P-256",
+                AssertionAlg::Es256,
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+            ),
+            (
+                "P-384",
+                AssertionAlg::Es384,
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+            ),
+        ] {
+            let pair = EcdsaKeyPair::generate(signing).unwrap();
+            let point = pair.public_key().as_ref();
+            let size = (point.len() - 1) / 2;
+            let jwk = json!({"kty": "EC", "crv": crv, "kid": "ec",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..=size]),
+                "y": URL_SAFE_NO_PAD.encode(&point[1 + size..])});
+            let key = PublicJwk::parse(&jwk).unwrap();
+            let sig = pair.sign(&SystemRandom::new(), b"input").unwrap();
+            assert!(key.verify(alg, b"input", sig.as_ref()), "{crv}");
+            assert!(!key.verify(alg, b"other", sig.as_ref()), "{crv}");
+            for other in [AssertionAlg::Rs256, AssertionAlg::Ps256] {
+                assert!(!key.verify(other, b"input", sig.as_ref()));
+            }
+            let other_curve = if alg == AssertionAlg::Es256 {
+                AssertionAlg::Es384
+            } else {
+                AssertionAlg::Es256
+            };
+            assert!(!key.verify(other_curve, b"input", sig.as_ref()));
+            let mut private = jwk.clone();
+            private["d"] = json!("AQAB");
+            assert!(PublicJwk::parse(&private).is_err());
+            let mut short = jwk.clone();
+            short["x"] = json!("AQAB");
+            assert!(PublicJwk::parse(&short).is_err());
+        }
+        let p521 = json!({"kty": "EC", "crv": "P-521", "x": "AQAB", "y": "AQAB"});
+        assert!(PublicJwk::parse(&p521).unwrap_err().contains("P-521"));
+        // An RSA key never verifies an ECDSA signature, whatever the bytes.
+        let rsa = PublicJwk::parse(&SigningKey::generate().unwrap().public_jwk("x")).unwrap();
+        assert!(!rsa.verify(AssertionAlg::Es256, b"input", &[0; 64]));
+    }
 }
