@@ -215,35 +215,6 @@ impl std::fmt::Debug for Exchanger {
     }
 }
 
-/// Which grant an exchange used; part of the cache key and the metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Grant {
-    OnBehalfOf,
-    ClientCredentials,
-    TokenExchange,
-    JwtBearer,
-}
-
-impl Grant {
-    fn label(self) -> &'static str {
-        match self {
-            Self::OnBehalfOf => "on_behalf_of",
-            Self::ClientCredentials => "client_credentials",
-            Self::TokenExchange => "token_exchange",
-            Self::JwtBearer => "jwt_bearer",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Self::OnBehalfOf => 0,
-            Self::ClientCredentials => 1,
-            Self::TokenExchange => 2,
-            Self::JwtBearer => 3,
-        }
-    }
-}
-
 /// What an app token request may carry besides its target, for a `jwt_bearer` provider
 /// (Maskinporten): an RFC 8707 `resource` (the audience the token is for) and RFC 9396
 /// `authorization_details`. Other grants ignore them, as Texas does for Entra.
@@ -297,6 +268,35 @@ impl AppTokenExtras {
             details.as_bytes(),
         ])
         .to_vec()
+    }
+}
+
+/// Which grant an exchange used; part of the cache key and the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grant {
+    OnBehalfOf,
+    ClientCredentials,
+    TokenExchange,
+    JwtBearer,
+}
+
+impl Grant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::OnBehalfOf => "on_behalf_of",
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "token_exchange",
+            Self::JwtBearer => "jwt_bearer",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::OnBehalfOf => 0,
+            Self::ClientCredentials => 1,
+            Self::TokenExchange => 2,
+            Self::JwtBearer => 3,
+        }
     }
 }
 
@@ -378,7 +378,9 @@ impl Exchanger {
     }
 
     /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a
-    /// valid access token for this app (checked before anything is sent to the IdP).
+    /// valid access token for this app (checked before anything is sent to the IdP). A
+    /// `token_exchange` provider (TokenX) is asked by RFC 8693 instead, with `target` as the
+    /// `audience`; a `jwt_bearer` one (Maskinporten) makes no user tokens and is refused.
     ///
     /// ```
     /// # #[cfg(feature = "dev-idp")]
@@ -664,6 +666,59 @@ impl Exchanger {
         .await
     }
 
+    /// Redeems a refresh token for `target` (not cached: the caller stores the rotated tokens).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder()
+    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    /// #     .client_id(TOLLGATE_CLIENT_ID)
+    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .build()
+    /// #     .await?;
+    /// # use tollgate_devidp::{ALICE_UPN, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
+    /// # let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
+    /// # let scope = format!("openid offline_access {target}");
+    /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),
+    /// #     ("username", ALICE_UPN), ("password", DEV_PASSWORD), ("scope", &scope)];
+    /// # let response = reqwest::Client::new().post(idp.token_endpoint(DEFAULT_TENANT_ID)).form(&form).send().await?;
+    /// # let body: serde_json::Value = response.json().await?;
+    /// # let refresh_token = body["refresh_token"].as_str().ok_or("no refresh token")?.to_owned();
+    /// let exchanger = auth.exchanger().expect("a client secret is configured");
+    /// let tokens = exchanger.refresh(&refresh_token, &target, Some(DEFAULT_TENANT_ID)).await?;
+    /// assert!(tokens.expires_in > 0);
+    /// let rotated = tokens.refresh_token.expect("the IdP rotates refresh tokens");
+    /// assert_ne!(rotated, refresh_token);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        target: &str,
+        tid: Option<&str>,
+    ) -> Result<RefreshedTokens, ExchangeError> {
+        check_target(target)?;
+        let endpoint = self.token_endpoint(tid)?;
+        let started = std::time::Instant::now();
+        let result = grants::refresh(
+            &self.inner.provider,
+            &self.inner.auth,
+            &endpoint,
+            refresh_token,
+            target,
+        )
+        .await;
+        record("refresh_token", &result, started);
+        result
+    }
+
     /// The jwt_bearer grant (Maskinporten): the assertion's `aud` is the provider's issuer.
     async fn jwt_bearer(
         &self,
@@ -724,67 +779,16 @@ impl Exchanger {
         if config.grant != grant {
             return Ok(());
         }
-        let name = serde_json::to_value(grant)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let name = match grant {
+            crate::config::ProviderGrant::EntraObo => "entra_obo",
+            crate::config::ProviderGrant::IntrospectOnly => "introspect_only",
+            crate::config::ProviderGrant::TokenExchange => "token_exchange",
+            crate::config::ProviderGrant::JwtBearer => "jwt_bearer",
+        };
         Err(ExchangeError::InvalidRequest(format!(
             "identity provider '{}' (grant = \"{name}\") gives {what}",
             config.name
         )))
-    }
-
-    /// Redeems a refresh token for `target` (not cached: the caller stores the rotated tokens).
-    ///
-    /// ```
-    /// # #[cfg(feature = "dev-idp")]
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
-    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
-    /// # let auth = tollgate::Auth::builder()
-    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
-    /// #     .client_id(TOLLGATE_CLIENT_ID)
-    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
-    /// #     .build()
-    /// #     .await?;
-    /// # use tollgate_devidp::{ALICE_UPN, DEV_PASSWORD, DOWNSTREAM_APP_ID_URI, TOLLGATE_CLIENT_SECRET};
-    /// # let target = format!("{DOWNSTREAM_APP_ID_URI}/.default");
-    /// # let scope = format!("openid offline_access {target}");
-    /// # let form = [("grant_type", "password"), ("client_id", TOLLGATE_CLIENT_ID), ("client_secret", TOLLGATE_CLIENT_SECRET),
-    /// #     ("username", ALICE_UPN), ("password", DEV_PASSWORD), ("scope", &scope)];
-    /// # let response = reqwest::Client::new().post(idp.token_endpoint(DEFAULT_TENANT_ID)).form(&form).send().await?;
-    /// # let body: serde_json::Value = response.json().await?;
-    /// # let refresh_token = body["refresh_token"].as_str().ok_or("no refresh token")?.to_owned();
-    /// let exchanger = auth.exchanger().expect("a client secret is configured");
-    /// let tokens = exchanger.refresh(&refresh_token, &target, Some(DEFAULT_TENANT_ID)).await?;
-    /// assert!(tokens.expires_in > 0);
-    /// let rotated = tokens.refresh_token.expect("the IdP rotates refresh tokens");
-    /// assert_ne!(rotated, refresh_token);
-    /// # idp.shutdown().await;
-    /// # Ok(()) }
-    /// # #[cfg(not(feature = "dev-idp"))]
-    /// # fn main() {}
-    /// ```
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        target: &str,
-        tid: Option<&str>,
-    ) -> Result<RefreshedTokens, ExchangeError> {
-        check_target(target)?;
-        let endpoint = self.token_endpoint(tid)?;
-        let started = std::time::Instant::now();
-        let result = grants::refresh(
-            &self.inner.provider,
-            &self.inner.auth,
-            &endpoint,
-            refresh_token,
-            target,
-        )
-        .await;
-        record("refresh_token", &result, started);
-        result
     }
 
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant
