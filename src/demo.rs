@@ -17,8 +17,8 @@ use tollgate_devidp as devidp;
 use tollgate_devidp::{DevIdp, DevIdpConfig};
 
 use crate::config::{
-    AuthMode, Config, LoginConfig, ProviderConfig, RouteConfig, Secret, SessionConfig, StoreConfig,
-    StoreKind,
+    AuthMode, ClientAuthMethod, Config, LoginConfig, ProviderConfig, ProviderGrant, RouteConfig,
+    Secret, SessionConfig, StoreConfig, StoreKind,
 };
 use crate::server::Server;
 
@@ -81,7 +81,11 @@ pub async fn run(
     // With the login proxy on, the token API needs a key (issue 19): a fresh one per run, shown
     // in the commands below.
     let api_key = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    // TokenX and Maskinporten sign with the app's own key: an EC one, registered at the IdP.
+    let (public_jwk, private_jwk) = demo_client_key()?;
+    idp.register_client_key(devidp::TOLLGATE_CLIENT_ID, public_jwk)?;
     let mut config = demo_config(&idp, public_addr, echo_addr, &public_url, &callback);
+    add_key_providers(&mut config, &idp, &private_jwk);
     config.api.key = Some(Secret::new(&api_key));
     let server = Server::bind(config).await?;
     let api = server
@@ -181,6 +185,53 @@ fn demo_config(
     cfg
 }
 
+/// A fresh EC P-256 key as (public JWK for the dev IdP, private JWK for tollgate).
+fn demo_client_key() -> Result<(Value, String), DemoError> {
+    use aws_lc_rs::encoding::AsBigEndian as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let failed = || DemoError::DevIdp(devidp::DevIdpError::KeyGeneration);
+    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| failed())?;
+    let point = pair.public_key().as_ref();
+    let d = pair.private_key().as_be_bytes().map_err(|_| failed())?;
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    };
+    // An uncompressed point: 0x04 || x || y, both of the curve's size.
+    let coordinates = point.get(1..).unwrap_or_default();
+    let (x, y) = coordinates.split_at(coordinates.len() / 2);
+    let public = json!({"kty": "EC", "crv": "P-256", "kid": "demo-ec", "x": b64(x), "y": b64(y)});
+    let mut private = public.clone();
+    private["d"] = Value::String(b64(d.as_ref()));
+    Ok((public, private.to_string()))
+}
+
+/// `tokenx` (RFC 8693) and `maskinporten` (jwt-bearer grant) beside `entra_id`, as Texas's
+/// `TOKEN_X_*` and `MASKINPORTEN_*` families would make them; the routes and the login keep
+/// to `entra_id`.
+fn add_key_providers(cfg: &mut Config, idp: &devidp::DevIdpHandle, private_jwk: &str) {
+    let key_provider = |name: &str, grant| ProviderConfig {
+        name: name.into(),
+        grant,
+        well_known_url: url::Url::parse(&idp.well_known_url(devidp::DEFAULT_TENANT_ID)).ok(),
+        client_id: devidp::TOLLGATE_CLIENT_ID.into(),
+        client_auth: ClientAuthMethod::PrivateKeyJwt,
+        client_jwk: Some(Secret::new(private_jwk)),
+        ..Default::default()
+    };
+    cfg.providers
+        .push(key_provider("tokenx", ProviderGrant::TokenExchange));
+    cfg.providers
+        .push(key_provider("maskinporten", ProviderGrant::JwtBearer));
+    for route in &mut cfg.routes {
+        if route.auth != AuthMode::None {
+            route.provider = Some("entra_id".into());
+        }
+    }
+    cfg.login.provider = Some("entra_id".into());
+    cfg.session.provider = Some("entra_id".into());
+}
+
 fn instructions(
     idp: &str,
     tenant: &str,
@@ -241,7 +292,11 @@ curl -s http://{api}/api/v1/introspect -H "Authorization: Bearer $API_KEY" -d id
 curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=https://graph.microsoft.com/User.Read -d user_upn=alice@contoso.example
 curl -s http://{api}/api/v1/token/delegated -H "Authorization: Bearer $API_KEY" -d identity_provider=entra_id -d target=api://{client}/access_as_user -d user_oid={oid}
 
-# 9. A browser session for an app with no OIDC code: a navigation without one is sent to sign in
+# 9. TokenX (RFC 8693) and Maskinporten (jwt-bearer grant with authorization_details), signed with an EC key
+curl -s http://{api}/api/v1/token/exchange -H "Authorization: Bearer $API_KEY" -d identity_provider=tokenx -d target=dev-gcp:team:downstream -d user_token=$TOKEN
+curl -s http://{api}/api/v1/token -H "Authorization: Bearer $API_KEY" -d identity_provider=maskinporten -d target=nav:test/api --data-urlencode 'authorization_details=[{{"type":"urn:altinn:systemuser"}}]'
+
+# 10. A browser session for an app with no OIDC code: a navigation without one is sent to sign in
 curl -i -H 'Accept: text/html' http://{public}/app/
 #    Open http://{public}/app/ in a browser and log in as alice: the echo app shows your X-Auth-*
 #    headers and a token for the downstream API. Who is signed in, and signing out:

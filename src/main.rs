@@ -208,11 +208,12 @@ fn in_force(cfg: &Config) -> String {
             idp.push(format!("issuer {issuer}"));
         }
         out.push_str(&format!(
-            "  provider {}: {}, client id {}, credential {}\n",
+            "  provider {}: {}, client id {}, credential {}, grant {}\n",
             p.name,
             idp.join(", "),
             p.client_id,
-            credential(p)
+            credential(p),
+            grant_name(p.grant),
         ));
     }
     if cfg.routes.is_empty() {
@@ -292,6 +293,16 @@ fn credential(p: &ProviderConfig) -> String {
             "federated assertion from {}",
             from(false, &p.client_assertion_file)
         ),
+    }
+}
+
+fn grant_name(grant: tollgate::config::ProviderGrant) -> &'static str {
+    use tollgate::config::ProviderGrant;
+    match grant {
+        ProviderGrant::EntraObo => "entra_obo",
+        ProviderGrant::IntrospectOnly => "introspect_only",
+        ProviderGrant::TokenExchange => "token_exchange",
+        ProviderGrant::JwtBearer => "jwt_bearer",
     }
 }
 

@@ -877,3 +877,148 @@ fn session_options_are_checked_and_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn token_x_and_maskinporten_families_make_key_providers_from_the_environment_alone() {
+    let jwk = r#"{"kty":"EC","crv":"P-256","kid":"k","x":"x","y":"y","d":"d"}"#;
+    let token_x = [
+        ("TOKEN_X_ENABLED", "true"),
+        ("TOKEN_X_CLIENT_ID", "dev-gcp:team:app"),
+        ("TOKEN_X_PRIVATE_JWK", jwk),
+        (
+            "TOKEN_X_WELL_KNOWN_URL",
+            "https://tokenx.dev-gcp.nav.cloud.nais.io/.well-known/oauth-authorization-server",
+        ),
+        ("TOKEN_X_ISSUER", "https://tokenx.dev-gcp.nav.cloud.nais.io"),
+        (
+            "TOKEN_X_JWKS_URI",
+            "https://tokenx.dev-gcp.nav.cloud.nais.io/jwks",
+        ),
+        (
+            "TOKEN_X_TOKEN_ENDPOINT",
+            "https://tokenx.dev-gcp.nav.cloud.nais.io/token",
+        ),
+    ];
+    let maskinporten = [
+        ("MASKINPORTEN_ENABLED", "true"),
+        ("MASKINPORTEN_CLIENT_ID", "0d4b3c1e-maskinporten-client"),
+        ("MASKINPORTEN_CLIENT_JWK", jwk),
+        (
+            "MASKINPORTEN_WELL_KNOWN_URL",
+            "https://test.maskinporten.no/.well-known/oauth-authorization-server",
+        ),
+        ("MASKINPORTEN_ISSUER", "https://test.maskinporten.no/"),
+        ("MASKINPORTEN_JWKS_URI", "https://test.maskinporten.no/jwk"),
+        (
+            "MASKINPORTEN_TOKEN_ENDPOINT",
+            "https://test.maskinporten.no/token",
+        ),
+    ];
+    let env: MapEnv = token_x.iter().chain(&maskinporten).copied().collect();
+    let cfg = Config::from_toml_str("", &env).unwrap();
+    let names: Vec<_> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["tokenx", "maskinporten"]);
+    for (p, grant, vars) in [
+        (&cfg.providers[0], ProviderGrant::TokenExchange, &token_x),
+        (&cfg.providers[1], ProviderGrant::JwtBearer, &maskinporten),
+    ] {
+        assert_eq!(p.grant, grant);
+        assert_eq!(p.client_id, vars[1].1);
+        assert_eq!(p.client_auth, ClientAuthMethod::PrivateKeyJwt);
+        assert_eq!(p.client_jwk.as_ref().unwrap().expose(), jwk);
+        assert_eq!(p.well_known_url.as_ref().unwrap().as_str(), vars[3].1);
+        assert_eq!(p.issuer.as_deref(), Some(vars[4].1));
+        assert_eq!(p.jwks_uri.as_ref().unwrap().as_str(), vars[5].1);
+        assert_eq!(p.token_endpoint.as_ref().unwrap().as_str(), vars[6].1);
+        assert!(cfg.provider_named(&p.name).is_some());
+    }
+    // The private keys never reach the printed configuration.
+    assert!(!cfg.to_redacted_toml().contains("\"d\""));
+
+    // Absent or anything but true, a family configures nothing, whatever else is set.
+    for enabled in [None, Some("false"), Some("1")] {
+        let mut vars: Vec<_> = token_x[1..]
+            .iter()
+            .chain(&maskinporten[1..])
+            .copied()
+            .collect();
+        if let Some(v) = enabled {
+            vars.extend([("TOKEN_X_ENABLED", v), ("MASKINPORTEN_ENABLED", v)]);
+        }
+        let cfg = Config::from_toml_str("", &vars.into_iter().collect::<MapEnv>()).unwrap();
+        assert!(cfg.providers.is_empty(), "{enabled:?}");
+    }
+    // Enabled without a key: the family names what is missing.
+    let e = Config::from_toml_str("", &MapEnv::from([token_x[0], token_x[1], token_x[3]]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("providers[0].client_key_file") && e.contains("TOKEN_X_PRIVATE_JWK"),
+        "{e}"
+    );
+    let e = Config::from_toml_str(
+        "",
+        &MapEnv::from([maskinporten[0], maskinporten[2], maskinporten[3]]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("providers[0].client_id") && e.contains("MASKINPORTEN_CLIENT_ID"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_grants_need_private_key_jwt_and_give_only_their_kind_of_token() {
+    let provider = |grant: &str, auth: &str| {
+        format!(
+            "[[providers]]\nname = \"p\"\ngrant = \"{grant}\"\nwell_known_url = \"https://idp.example/.well-known/openid-configuration\"\nclient_id = \"app\"\n{auth}\n"
+        )
+    };
+    for grant in ["token_exchange", "jwt_bearer"] {
+        let e = err(&provider(grant, ""));
+        assert!(e.contains("providers[0].client_auth"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "grant = \"{grant}\" needs client_auth = \"private_key_jwt\""
+            )),
+            "{e}"
+        );
+        let e = err(&provider(grant, "client_auth = \"private_key_jwt\""));
+        assert!(e.contains("providers[0].client_key_file"), "{e}");
+        let ok = provider(
+            grant,
+            "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"/run/secrets/jwk.json\"",
+        );
+        assert!(
+            Config::from_toml_str(&ok, &MapEnv::default()).is_ok(),
+            "{grant}"
+        );
+    }
+    // A Maskinporten provider gives app tokens: a route cannot exchange user tokens through it.
+    let jwt_bearer = provider(
+        "jwt_bearer",
+        "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"/run/secrets/jwk.json\"",
+    );
+    for option in [
+        "obo = \"nav:test/api\"",
+        "obo_headers = { \"X-Token\" = \"nav:test/api\" }",
+    ] {
+        let e = err(&format!(
+            "{jwt_bearer}\n[[routes]]\npath = \"/\"\nauth = \"required\"\n{option}\n"
+        ));
+        assert!(
+            e.contains("routes[0].obo") && e.contains("jwt_bearer"),
+            "{e}"
+        );
+    }
+    // A token_exchange provider can: the route's obo is an RFC 8693 exchange.
+    let token_exchange = provider(
+        "token_exchange",
+        "client_auth = \"private_key_jwt\"\nclient_jwk_file = \"/run/secrets/jwk.json\"",
+    );
+    let route = "[[routes]]\npath = \"/\"\nauth = \"required\"\nobo = \"dev-gcp:team:api\"\n";
+    assert!(
+        Config::from_toml_str(&format!("{token_exchange}\n{route}"), &MapEnv::default()).is_ok()
+    );
+}

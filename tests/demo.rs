@@ -321,8 +321,22 @@ async fn demo_commands_work_as_printed() {
         assert_eq!(claims(access_token)["oid"], tollgate_devidp::ALICE_OID);
         secrets.push(access_token.to_owned());
     }
-    // 9: a session route sends a browser navigation to sign in, back to where it was going.
-    let (status, headers, _) = curl(&step(9)[0], &[]);
+    // 9: TokenX and Maskinporten through the dev IdP, signed with the demo's EC key.
+    let [tokenx, maskinporten] = [0, 1].map(|i| curl(&step(9)[i], &with_key));
+    assert_eq!(tokenx.0, 200, "{}", tokenx.2);
+    let tokenx = claims(tokenx.2["access_token"].as_str().unwrap());
+    assert_eq!(tokenx["aud"], "dev-gcp:team:downstream");
+    assert_eq!(tokenx["oid"], tollgate_devidp::ALICE_OID);
+    assert_eq!(maskinporten.0, 200, "{}", maskinporten.2);
+    let maskinporten_token = maskinporten.2["access_token"].as_str().unwrap();
+    assert_eq!(claims(maskinporten_token)["scope"], "nav:test/api");
+    assert_eq!(
+        claims(maskinporten_token)["authorization_details"],
+        serde_json::json!([{"type": "urn:altinn:systemuser"}])
+    );
+    secrets.push(maskinporten_token.to_owned());
+    // 10: a session route sends a browser navigation to sign in, back to where it was going.
+    let (status, headers, _) = curl(&step(10)[0], &[]);
     assert_eq!(status, 302, "{headers}");
     assert!(headers.contains("/oauth2/start?rd=%2Fapp%2F"), "{headers}");
     // Ctrl-C stops everything.

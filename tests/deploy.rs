@@ -299,8 +299,8 @@ auth = "none"
         "listener api 127.0.0.1:7164".to_owned(),
         "listener admin 0.0.0.0:9090".to_owned(),
         // The environment's secret is the one the provider takes over the file.
-        "provider entra_id: well-known https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration, client id aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb, credential secret from environment".to_owned(),
-        "provider idporten: issuer https://idporten.example/, client id my-app, credential none".to_owned(),
+        "provider entra_id: well-known https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration, client id aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb, credential secret from environment, grant entra_obo".to_owned(),
+        "provider idporten: issuer https://idporten.example/, client id my-app, credential none, grant entra_obo".to_owned(),
         "route /api: auth required, provider entra_id, scopes access_as_user, obo api://downstream/.default".to_owned(),
         "route /admin: auth required, provider entra_id, roles Admin Operator".to_owned(),
         "route /citizen: auth optional, provider idporten".to_owned(),

@@ -2485,3 +2485,514 @@ async fn exchange_metrics_are_exported() {
     assert!(line_with("tollgate_idp_duration_seconds_bucket{", &["le="]));
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Texas's other providers: TokenX (RFC 8693) and Maskinporten (RFC 7523 jwt-bearer grant)
+// ---------------------------------------------------------------------------------------------
+
+/// What TokenX calls a target: `cluster:namespace:app`.
+const TOKENX_AUDIENCE: &str = "dev-gcp:team:downstream";
+/// A Maskinporten scope.
+const MASKINPORTEN_SCOPE: &str = "nav:test/api";
+
+/// An EC client key (P-256 or P-384) with its private JWK for tollgate and public JWK for the IdP.
+struct EcClientKey {
+    kid: String,
+    crv: &'static str,
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl EcClientKey {
+    fn p256(kid: &str) -> Self {
+        Self::new(kid, "P-256", &signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+    }
+
+    fn p384(kid: &str) -> Self {
+        Self::new(kid, "P-384", &signature::ECDSA_P384_SHA384_FIXED_SIGNING)
+    }
+
+    fn new(kid: &str, crv: &'static str, alg: &'static signature::EcdsaSigningAlgorithm) -> Self {
+        Self {
+            kid: kid.into(),
+            crv,
+            pair: aws_lc_rs::signature::EcdsaKeyPair::generate(alg).unwrap(),
+        }
+    }
+
+    fn public_jwk(&self) -> Value {
+        let point = self.pair.public_key().as_ref();
+        let size = (point.len() - 1) / 2;
+        json!({"kty": "EC", "crv": self.crv, "kid": self.kid,
+               "x": URL_SAFE_NO_PAD.encode(&point[1..=size]),
+               "y": URL_SAFE_NO_PAD.encode(&point[1 + size..])})
+    }
+
+    fn private_jwk(&self) -> String {
+        use aws_lc_rs::encoding::AsBigEndian as _;
+        let mut jwk = self.public_jwk();
+        let d = self.pair.private_key().as_be_bytes().unwrap();
+        jwk["d"] = json!(URL_SAFE_NO_PAD.encode(d.as_ref()));
+        jwk.to_string()
+    }
+
+    /// A JWS over `claims` signed by this key, with its `kid`.
+    fn sign(&self, claims: &Value) -> String {
+        let alg = if self.crv == "P-256" {
+            "ES256"
+        } else {
+            "ES384"
+        };
+        let header = json!({"alg": alg, "typ": "JWT", "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+/// The TokenX family's variables for tollgate's app at the dev IdP, with `jwk`.
+fn token_x_env<'a>(well_known: &'a str, jwk: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("TOKEN_X_ENABLED", "true"),
+        ("TOKEN_X_CLIENT_ID", TOLLGATE_CLIENT_ID),
+        ("TOKEN_X_PRIVATE_JWK", jwk),
+        ("TOKEN_X_WELL_KNOWN_URL", well_known),
+    ]
+}
+
+#[tokio::test]
+async fn tokenx_exchanges_user_tokens_by_rfc_8693_with_an_ec_or_an_rsa_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = dev_idp().await;
+    let ec = EcClientKey::p256("tokenx-ec");
+    let rsa = ClientKey::new("tokenx-rsa");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
+        .unwrap();
+    idp.register_client_key(TOLLGATE_CLIENT_ID, rsa.public_jwk())
+        .unwrap();
+    let rsa_file = dir.path().join("rsa.json");
+    std::fs::write(&rsa_file, rsa.private_jwk(None).to_string()).unwrap();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    // `tokenx` from Texas's variables alone (EC key); a second one from the file (RSA key).
+    let body = format!(
+        "[[providers]]\nname = \"tokenx_rsa\"\ngrant = \"token_exchange\"\nwell_known_url = \"{well_known}\"\nclient_id = \"{TOLLGATE_CLIENT_ID}\"\nclient_auth = \"private_key_jwt\"\nclient_jwk_file = {}\n",
+        support::config::toml_str(&rsa_file)
+    );
+    let jwk = ec.private_jwk();
+    let env: MapEnv = token_x_env(&well_known, &jwk).into_iter().collect();
+    let s = Stack::start(idp, &body, &env).await;
+    let alice = s.user_token(ALICE).await;
+    let alice_claims = payload(&alice);
+
+    let mut exchanged = Vec::new();
+    for (provider, form) in [("tokenx", false), ("tokenx_rsa", true)] {
+        let fields = [
+            ("identity_provider", provider),
+            ("target", TOKENX_AUDIENCE),
+            ("user_token", alice.as_str()),
+        ];
+        let (status, body) = if form {
+            s.post_form("/api/v1/token/exchange", &fields).await
+        } else {
+            let body: serde_json::Map<String, Value> = fields
+                .iter()
+                .map(|(k, v)| ((*k).into(), json!(v)))
+                .collect();
+            s.post_json("/api/v1/token/exchange", Value::Object(body))
+                .await
+        };
+        let token = access_token(status, &body);
+        let claims = payload(&token);
+        // The token is for the audience asked for, of the same user, and names the client.
+        assert_eq!(claims["aud"], TOKENX_AUDIENCE, "{provider}");
+        assert_eq!(claims["oid"], ALICE_OID, "{provider}");
+        assert_eq!(claims["sub"], alice_claims["sub"], "{provider}");
+        assert_eq!(claims["client_id"], TOLLGATE_CLIENT_ID, "{provider}");
+        assert!(claims.get("act").is_none() && claims.get("scp").is_none());
+        exchanged.push(token);
+    }
+    assert_eq!(s.idp_calls("token-exchange"), 2);
+    assert_eq!(s.idp_calls("jwt-bearer"), 0, "never On-Behalf-Of");
+    // Cached like an On-Behalf-Of token: same user, same audience, no second IdP call.
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "tokenx", "target": TOKENX_AUDIENCE, "user_token": alice}),
+        )
+        .await;
+    assert_eq!(access_token(status, &body), exchanged[0]);
+    assert_eq!(s.idp_calls("token-exchange"), 2);
+    // A token that does not validate is refused here, never sent.
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "tokenx", "target": TOKENX_AUDIENCE, "user_token": "not-a-jwt"}),
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_grant");
+    // TokenX makes no app tokens: said before anything is sent.
+    let (status, body) = s.client_token("tokenx", TOKENX_AUDIENCE).await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/token/exchange"),
+        "{body}"
+    );
+    assert_eq!(s.idp_calls("token-exchange"), 2);
+    assert_eq!(s.idp_calls("client_credentials"), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_idp_refusal_of_a_token_exchange_reaches_the_client_as_its_oauth_error() {
+    let idp = dev_idp().await;
+    // A key the IdP does not know: its refusal is passed on (RFC 6749 §5.2).
+    let unregistered = EcClientKey::p256("never-registered");
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    let jwk = unregistered.private_jwk();
+    let env: MapEnv = token_x_env(&well_known, &jwk).into_iter().collect();
+    let s = Stack::start(idp, "", &env).await;
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "tokenx", "target": TOKENX_AUDIENCE, "user_token": alice}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert_eq!(s.idp_calls("token-exchange"), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_route_exchanges_through_a_token_exchange_provider() {
+    let idp = dev_idp().await;
+    let ec = EcClientKey::p384("tokenx-p384");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
+        .unwrap();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    let jwk = ec.private_jwk();
+    let env: MapEnv = token_x_env(&well_known, &jwk).into_iter().collect();
+    let body = format!(
+        "[[routes]]\npath = \"/tx/\"\nauth = \"required\"\nprovider = \"tokenx\"\nobo = \"{TOKENX_AUDIENCE}\"\n"
+    );
+    let s = Stack::start(idp, &body, &env).await;
+    let alice = s.user_token(ALICE).await;
+    let mut forwarded = Vec::new();
+    for _ in 0..2 {
+        let resp = s.get_public("/tx/data", &alice, &[]).await;
+        assert_eq!(resp.status(), 200);
+        let echoed: Value = resp.json().await.unwrap();
+        let auth = echoed["headers"]["authorization"].as_str().unwrap();
+        let token = auth.strip_prefix("Bearer ").unwrap().to_owned();
+        assert_ne!(token, alice, "the user's own token is never forwarded");
+        let claims = payload(&token);
+        assert_eq!(
+            (&claims["aud"], &claims["oid"]),
+            (&json!(TOKENX_AUDIENCE), &json!(ALICE_OID))
+        );
+        forwarded.push(token);
+    }
+    // One exchange for both requests: the route shares the API's cache keying.
+    assert_eq!(forwarded[0], forwarded[1]);
+    assert_eq!(s.idp_calls("token-exchange"), 1);
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "tokenx", "target": TOKENX_AUDIENCE, "user_token": alice}),
+        )
+        .await;
+    assert_eq!(access_token(status, &body), forwarded[0]);
+    assert_eq!(s.idp_calls("token-exchange"), 1);
+    s.stop().await;
+}
+
+/// The Maskinporten family's variables for tollgate's app at the dev IdP, with `jwk`.
+fn maskinporten_env<'a>(well_known: &'a str, jwk: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("MASKINPORTEN_ENABLED", "true"),
+        ("MASKINPORTEN_CLIENT_ID", TOLLGATE_CLIENT_ID),
+        ("MASKINPORTEN_CLIENT_JWK", jwk),
+        ("MASKINPORTEN_WELL_KNOWN_URL", well_known),
+    ]
+}
+
+#[tokio::test]
+async fn maskinporten_tokens_echo_authorization_details_from_json_and_form_bodies() {
+    let idp = dev_idp().await;
+    let ec = EcClientKey::p256("maskinporten-ec");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
+        .unwrap();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    let jwk = ec.private_jwk();
+    let env: MapEnv = maskinporten_env(&well_known, &jwk).into_iter().collect();
+    let s = Stack::start(idp, "", &env).await;
+    let details = json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:310000000"}}]);
+
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "maskinporten", "target": MASKINPORTEN_SCOPE,
+                   "resource": "https://api.example.no", "authorization_details": details}),
+        )
+        .await;
+    let from_json = access_token(status, &body);
+    let claims = payload(&from_json);
+    assert_eq!(claims["scope"], MASKINPORTEN_SCOPE);
+    assert_eq!(claims["authorization_details"], details);
+    assert_eq!(claims["aud"], "https://api.example.no");
+    assert_eq!(claims["client_id"], TOLLGATE_CLIENT_ID);
+    assert_eq!(claims["consumer"]["authority"], "iso6523-actorid-upis");
+    assert_eq!(s.idp_calls("jwt-bearer"), 1);
+
+    // A form carries the array as JSON text; the same request hits the cache.
+    let text = details.to_string();
+    let form = [
+        ("identity_provider", "maskinporten"),
+        ("target", MASKINPORTEN_SCOPE),
+        ("resource", "https://api.example.no"),
+        ("authorization_details", text.as_str()),
+    ];
+    let (status, body) = s.post_form("/api/v1/token", &form).await;
+    assert_eq!(access_token(status, &body), from_json);
+    assert_eq!(s.idp_calls("jwt-bearer"), 1);
+
+    // Other details, or none, are another token: the cache key has them.
+    let other =
+        json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"ID": "0192:320000000"}}]);
+    let text = other.to_string();
+    let form = [
+        ("identity_provider", "maskinporten"),
+        ("target", MASKINPORTEN_SCOPE),
+        ("authorization_details", text.as_str()),
+    ];
+    let (status, body) = s.post_form("/api/v1/token", &form).await;
+    let claims = payload(&access_token(status, &body));
+    assert_eq!(claims["authorization_details"], other);
+    assert!(claims.get("aud").is_none(), "no resource was asked for");
+    let (status, body) = s.client_token("maskinporten", MASKINPORTEN_SCOPE).await;
+    let claims = payload(&access_token(status, &body));
+    assert!(claims.get("authorization_details").is_none(), "{claims}");
+    assert_eq!(s.idp_calls("jwt-bearer"), 3);
+    assert_eq!(s.idp_calls("client_credentials"), 0);
+
+    // Details that are not an array of objects are refused before anything is signed.
+    for bad in ["not json", "{\"type\":\"x\"}", "[1]", "\"[]\""] {
+        let form = [
+            ("identity_provider", "maskinporten"),
+            ("target", MASKINPORTEN_SCOPE),
+            ("authorization_details", bad),
+        ];
+        let (status, body) = s.post_form("/api/v1/token", &form).await;
+        assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(
+            description.contains("authorization_details must be a JSON array"),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token",
+            json!({"identity_provider": "maskinporten", "target": MASKINPORTEN_SCOPE, "authorization_details": {"type": "x"}}),
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(s.idp_calls("jwt-bearer"), 3);
+
+    // Maskinporten gives app tokens only: a user token exchange is refused before sending.
+    let alice = s.user_token(ALICE).await;
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "maskinporten", "target": MASKINPORTEN_SCOPE, "user_token": alice}),
+        )
+        .await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(s.idp_calls("jwt-bearer"), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_dev_idp_checks_a_jwt_bearer_grant_assertion_like_maskinporten() {
+    let idp = dev_idp().await;
+    let key = EcClientKey::p256("grant-key");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, key.public_jwk())
+        .unwrap();
+    let stranger = EcClientKey::p256("grant-key"); // same kid, another key
+    let http = reqwest::Client::new();
+    let endpoint = idp.token_endpoint(DEFAULT_TENANT_ID);
+    let issuer = idp.issuer(DEFAULT_TENANT_ID);
+    let grant = |assertion: String| {
+        let req = http.post(&endpoint).form(&[
+            ("grant_type", JWT_BEARER),
+            ("assertion", assertion.as_str()),
+        ]);
+        async move { read(req.send().await.unwrap()).await }
+    };
+    let claims = |extra: Value| {
+        let now = support::now();
+        let mut c = json!({"iss": TOLLGATE_CLIENT_ID, "aud": issuer, "scope": MASKINPORTEN_SCOPE,
+                           "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string()});
+        support::merge(&mut c, extra);
+        c
+    };
+    let good = key.sign(&claims(json!({})));
+    let (status, body) = grant(good.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        payload(body["access_token"].as_str().unwrap())["scope"],
+        MASKINPORTEN_SCOPE
+    );
+    // Each refusal is an RFC 6749 §5.2 error.
+    let now = support::now();
+    for (case, assertion, error) in [
+        ("replayed jti", good, "invalid_grant"),
+        (
+            "another key",
+            stranger.sign(&claims(json!({}))),
+            "invalid_grant",
+        ),
+        (
+            "another audience",
+            key.sign(&claims(json!({"aud": "https://elsewhere.example"}))),
+            "invalid_grant",
+        ),
+        (
+            "expired",
+            key.sign(&claims(json!({"iat": now - 100, "exp": now - 10}))),
+            "invalid_grant",
+        ),
+        (
+            "over 120 s",
+            key.sign(&claims(json!({"exp": now + 600}))),
+            "invalid_grant",
+        ),
+        (
+            "no jti",
+            key.sign(&claims(json!({"jti": null}))),
+            "invalid_grant",
+        ),
+        (
+            "no scope",
+            key.sign(&claims(json!({"scope": null}))),
+            "invalid_scope",
+        ),
+        (
+            "unknown client",
+            key.sign(&claims(json!({"iss": "no-such-client"}))),
+            "invalid_client",
+        ),
+    ] {
+        let (status, body) = grant(assertion).await;
+        // RFC 6749 §5.2: 400, or 401 for a client that could not be authenticated.
+        let want = if error == "invalid_client" { 401 } else { 400 };
+        assert_eq!(
+            (status.as_u16(), body["error"].as_str()),
+            (want, Some(error)),
+            "{case}: {body}"
+        );
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{case}"
+        );
+    }
+    idp.shutdown().await;
+}
+
+#[tokio::test]
+async fn texas_provider_names_are_accepted_and_an_unknown_one_is_400_on_every_endpoint() {
+    let idp = dev_idp().await;
+    let ec = EcClientKey::p256("tokenx-ec");
+    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
+        .unwrap();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    let jwk = ec.private_jwk();
+    let mut vars = token_x_env(&well_known, &jwk);
+    vars.extend(maskinporten_env(&well_known, &jwk));
+    vars.extend([
+        ("AZURE_APP_CLIENT_ID", TOLLGATE_CLIENT_ID),
+        ("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET),
+        ("AZURE_APP_WELL_KNOWN_URL", well_known.as_str()),
+    ]);
+    let env: MapEnv = vars.into_iter().collect();
+    let s = Stack::start(idp, "", &env).await;
+    let alice = s.user_token(ALICE).await;
+    // Each of Texas's names reaches its provider, on the endpoint that fits it.
+    for name in ["azuread", "entra_id"] {
+        let (status, body) = s.client_token(name, &downstream()).await;
+        assert_eq!(
+            payload(&access_token(status, &body))["aud"],
+            DOWNSTREAM_CLIENT_ID
+        );
+        let (status, body) = s
+            .post_json(
+                "/api/v1/introspect",
+                json!({"identity_provider": name, "token": alice}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["active"]),
+            (StatusCode::OK, &json!(true)),
+            "{name}"
+        );
+    }
+    let (status, body) = s
+        .post_json(
+            "/api/v1/token/exchange",
+            json!({"identity_provider": "tokenx", "target": TOKENX_AUDIENCE, "user_token": alice}),
+        )
+        .await;
+    assert_eq!(
+        payload(&access_token(status, &body))["aud"],
+        TOKENX_AUDIENCE
+    );
+    let (status, body) = s.client_token("maskinporten", MASKINPORTEN_SCOPE).await;
+    assert_eq!(
+        payload(&access_token(status, &body))["scope"],
+        MASKINPORTEN_SCOPE
+    );
+
+    // Not configured here (ID-porten), or no such provider at all: 400 invalid_request everywhere.
+    for name in ["idporten", "no_such_provider"] {
+        let requests = [
+            (
+                "/api/v1/token",
+                json!({"identity_provider": name, "target": "x"}),
+            ),
+            (
+                "/api/v1/token/exchange",
+                json!({"identity_provider": name, "target": "x", "user_token": alice}),
+            ),
+            (
+                "/api/v1/introspect",
+                json!({"identity_provider": name, "token": alice}),
+            ),
+            (
+                "/api/v1/token/delegated",
+                json!({"identity_provider": name, "target": "x", "user_oid": ALICE_OID}),
+            ),
+        ];
+        for (path, body) in requests {
+            let (status, body) = s.post_json(path, body).await;
+            assert_api_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(
+                body["error_description"],
+                format!("identity provider '{name}' is not enabled"),
+                "{path}"
+            );
+        }
+    }
+    s.stop().await;
+}

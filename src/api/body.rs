@@ -213,6 +213,27 @@ pub(crate) fn flexible_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bo
     }
 }
 
+/// Texas's `authorization_details` (RFC 9396 §2): a JSON array in a JSON body, or in a form the
+/// JSON text of one. Anything else is refused by name, before a grant is signed with it.
+pub(crate) fn authorization_details<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    use serde_json::Value;
+    const WANT: &str =
+        "authorization_details must be a JSON array of objects (RFC 9396), in a form as JSON text";
+    let details = match Value::deserialize(d)? {
+        Value::Null => return Ok(None),
+        Value::String(text) => {
+            serde_json::from_str::<Value>(&text).map_err(|_| serde::de::Error::custom(WANT))?
+        }
+        other => other,
+    };
+    match &details {
+        Value::Array(items) if items.iter().all(Value::is_object) => Ok(Some(details)),
+        _ => Err(serde::de::Error::custom(WANT)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

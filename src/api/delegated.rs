@@ -36,12 +36,13 @@ pub(super) async fn delegated(
     State(state): State<Arc<AppState>>,
     ApiBody(req): ApiBody<DelegatedRequest>,
 ) -> Response {
-    let store = match store(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    // The provider first: an unknown one is named as such on every endpoint.
     let x = match exchanger(&state, &req.identity_provider) {
         Ok(x) => x.clone(),
+        Err(r) => return r,
+    };
+    let store = match store(&state) {
+        Ok(s) => s,
         Err(r) => return r,
     };
     let provider = x.provider().name().to_owned();

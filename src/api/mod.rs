@@ -3,8 +3,8 @@
 //!
 //! | route | body | answer |
 //! | --- | --- | --- |
-//! | `POST /api/v1/token` | `identity_provider, target, skip_cache?` | `{access_token, token_type, expires_in}` |
-//! | `POST /api/v1/token/exchange` | `identity_provider, target, user_token, skip_cache?` | same, OBO |
+//! | `POST /api/v1/token` | `identity_provider, target, resource?, authorization_details?, skip_cache?` | `{access_token, token_type, expires_in}`: client credentials, or the `jwt_bearer` grant (Maskinporten) |
+//! | `POST /api/v1/token/exchange` | `identity_provider, target, user_token, skip_cache?` | same, On-Behalf-Of or RFC 8693 (TokenX) |
 //! | `POST /api/v1/introspect` | `identity_provider, token` | `{active:true, ...claims}` / `{active:false, error}` |
 //! | `POST /api/v1/token/delegated` | `identity_provider, target, user_oid` or `user_upn` | same as token |
 //! | `DELETE /api/v1/users/{oid}` | | `204` |
@@ -138,10 +138,14 @@ pub(crate) struct TokenRequest {
     target: String,
     #[serde(default, deserialize_with = "body::flexible_bool")]
     skip_cache: bool,
-    /// RFC 8707 resource indicator: accepted for Texas compatibility, unused by Entra.
+    /// RFC 8707 resource indicator: sent in a `jwt_bearer` grant (Maskinporten), accepted and
+    /// unused by Entra, as in Texas.
     #[serde(default)]
-    #[allow(dead_code)]
     resource: Option<String>,
+    /// RFC 9396 authorization details (a JSON array; in a form, its JSON text): sent in a
+    /// `jwt_bearer` grant.
+    #[serde(default, deserialize_with = "body::authorization_details")]
+    authorization_details: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +188,12 @@ async fn token(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match x.client_credentials(&req.target, req.skip_cache).await {
+    let extras = crate::exchange::AppTokenExtras {
+        // An empty form field names no resource.
+        resource: req.resource.filter(|r| !r.is_empty()),
+        authorization_details: req.authorization_details,
+    };
+    match x.app_token(&req.target, &extras, req.skip_cache).await {
         Ok(t) => token_response(&t),
         Err(e) => exchange_error(&e),
     }

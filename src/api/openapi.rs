@@ -34,8 +34,8 @@ fn spec() -> Value {
         "info": {"title": "tollgate local token API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Wire-compatible with NAIS Texas: tokens from localhost instead of OAuth."},
         "paths": {
-            "/api/v1/token": {"post": {"summary": "Client credentials token for a target", "requestBody": body("TokenRequest"), "responses": errors(token.clone())}},
-            "/api/v1/token/exchange": {"post": {"summary": "On-Behalf-Of exchange of a user token", "requestBody": body("ExchangeRequest"), "responses": errors(token.clone())}},
+            "/api/v1/token": {"post": {"summary": "App token for a target: client credentials, or the jwt_bearer grant of a Maskinporten-style provider", "requestBody": body("TokenRequest"), "responses": errors(token.clone())}},
+            "/api/v1/token/exchange": {"post": {"summary": "Exchange of a user token: On-Behalf-Of (Entra) or RFC 8693 token exchange (TokenX)", "requestBody": body("ExchangeRequest"), "responses": errors(token.clone())}},
             "/api/v1/introspect": {"post": {"summary": "Validate a token", "requestBody": body("IntrospectRequest"),
                 "responses": {"200": {"description": "the token's claims with active: true, or active: false and why", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Introspection"}}}},
                               "400": {"description": "malformed body, or an identity provider that is not enabled", "content": {"application/json": {"schema": error}}}}}},
@@ -47,11 +47,14 @@ fn spec() -> Value {
         },
         "components": {"schemas": {
             "TokenRequest": {"type": "object", "required": ["identity_provider", "target"], "properties": {
-                "identity_provider": {"type": "string", "examples": ["entra_id", "azuread"]},
-                "target": {"type": "string", "examples": ["api://cluster.namespace.app/.default"]},
-                "resource": {"type": "string"}, "skip_cache": {"type": "boolean"}}},
+                "identity_provider": {"type": "string", "examples": ["entra_id", "azuread", "maskinporten"]},
+                "target": {"type": "string", "examples": ["api://cluster.namespace.app/.default", "nav:test/api"]},
+                "resource": {"type": "string", "description": "RFC 8707 resource, sent in a jwt_bearer grant (Maskinporten)"},
+                "authorization_details": {"type": "array", "items": {"type": "object"},
+                    "description": "RFC 9396 authorization details, sent in a jwt_bearer grant; in a form body, the JSON text of the array"},
+                "skip_cache": {"type": "boolean"}}},
             "ExchangeRequest": {"type": "object", "required": ["identity_provider", "target", "user_token"], "properties": {
-                "identity_provider": {"type": "string"}, "target": {"type": "string"}, "user_token": {"type": "string"}, "skip_cache": {"type": "boolean"}}},
+                "identity_provider": {"type": "string", "examples": ["entra_id", "tokenx"]}, "target": {"type": "string"}, "user_token": {"type": "string"}, "skip_cache": {"type": "boolean"}}},
             "IntrospectRequest": {"type": "object", "required": ["identity_provider", "token"], "properties": {
                 "identity_provider": {"type": "string"}, "token": {"type": "string"}}},
             "DelegatedRequest": {"type": "object", "required": ["identity_provider", "target"], "properties": {

@@ -1,6 +1,6 @@
 //! Where the environment comes from ([`EnvSource`]), which `TOLLGATE_*` names are options, and
-//! the Texas/NAIS names (`AZURE_*`, `BIND_ADDRESS`) applied to the `entra_id` provider and
-//! `IDPORTEN_*` to `idporten`.
+//! the Texas/NAIS names (`AZURE_*`, `BIND_ADDRESS`) applied to the `entra_id` provider,
+//! `IDPORTEN_*` to `idporten`, `TOKEN_X_*` to `tokenx` and `MASKINPORTEN_*` to `maskinporten`.
 
 use std::collections::HashMap;
 
@@ -218,6 +218,109 @@ pub(super) fn apply_idporten_env(
         p.jwks_uri = Some(u);
     }
     if let Some(iss) = get("IDPORTEN_ISSUER") {
+        p.issuer = Some(iss);
+    }
+    Ok(())
+}
+
+/// Applies Texas's TokenX family: with `TOKEN_X_ENABLED=true`, a provider named `tokenx`
+/// (created when absent) exchanges user tokens by RFC 8693 (`grant = "token_exchange"`) as
+/// `TOKEN_X_CLIENT_ID`, authenticating with `TOKEN_X_PRIVATE_JWK`, from
+/// `TOKEN_X_WELL_KNOWN_URL`, `TOKEN_X_ISSUER`, `TOKEN_X_JWKS_URI` and `TOKEN_X_TOKEN_ENDPOINT`.
+pub(super) fn apply_token_x_env(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    apply_key_family(cfg, vars, &TOKEN_X)
+}
+
+/// Applies Texas's Maskinporten family: with `MASKINPORTEN_ENABLED=true`, a provider named
+/// `maskinporten` (created when absent) gets app tokens by the RFC 7523 JWT bearer grant
+/// (`grant = "jwt_bearer"`) as `MASKINPORTEN_CLIENT_ID`, signed with `MASKINPORTEN_CLIENT_JWK`,
+/// from `MASKINPORTEN_WELL_KNOWN_URL`, `MASKINPORTEN_ISSUER`, `MASKINPORTEN_JWKS_URI` and
+/// `MASKINPORTEN_TOKEN_ENDPOINT`.
+pub(super) fn apply_maskinporten_env(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    apply_key_family(cfg, vars, &MASKINPORTEN)
+}
+
+/// The variable names of a Texas provider family whose client authenticates with a private JWK.
+struct KeyFamily {
+    provider: &'static str,
+    grant: super::ProviderGrant,
+    enabled: &'static str,
+    client_id: &'static str,
+    jwk: &'static str,
+    well_known_url: &'static str,
+    issuer: &'static str,
+    jwks_uri: &'static str,
+    token_endpoint: &'static str,
+}
+
+const TOKEN_X: KeyFamily = KeyFamily {
+    provider: "tokenx",
+    grant: super::ProviderGrant::TokenExchange,
+    enabled: "TOKEN_X_ENABLED",
+    client_id: "TOKEN_X_CLIENT_ID",
+    jwk: "TOKEN_X_PRIVATE_JWK",
+    well_known_url: "TOKEN_X_WELL_KNOWN_URL",
+    issuer: "TOKEN_X_ISSUER",
+    jwks_uri: "TOKEN_X_JWKS_URI",
+    token_endpoint: "TOKEN_X_TOKEN_ENDPOINT",
+};
+
+const MASKINPORTEN: KeyFamily = KeyFamily {
+    provider: "maskinporten",
+    grant: super::ProviderGrant::JwtBearer,
+    enabled: "MASKINPORTEN_ENABLED",
+    client_id: "MASKINPORTEN_CLIENT_ID",
+    jwk: "MASKINPORTEN_CLIENT_JWK",
+    well_known_url: "MASKINPORTEN_WELL_KNOWN_URL",
+    issuer: "MASKINPORTEN_ISSUER",
+    jwks_uri: "MASKINPORTEN_JWKS_URI",
+    token_endpoint: "MASKINPORTEN_TOKEN_ENDPOINT",
+};
+
+/// Texas turns a family on only with `<FAMILY>_ENABLED=true` (as `IDPORTEN_*`); a provider of
+/// the family's name in the file is completed by the variables, which win, as `AZURE_*` do.
+fn apply_key_family(
+    cfg: &mut Config,
+    vars: &[(String, String)],
+    family: &KeyFamily,
+) -> Result<(), ConfigError> {
+    let get = |n: &str| set_var(vars, n);
+    if !get(family.enabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(());
+    }
+    let created = ProviderConfig {
+        name: family.provider.into(),
+        grant: family.grant,
+        client_auth: ClientAuthMethod::PrivateKeyJwt,
+        ..ProviderConfig::default()
+    };
+    let Some(p) = provider_slot(cfg, family.provider, Some(created)) else {
+        return Ok(());
+    };
+    if let Some(id) = get(family.client_id) {
+        p.client_id = id;
+    }
+    if let Some(jwk) = get(family.jwk) {
+        p.client_jwk = Some(Secret::new(jwk));
+        p.client_auth = ClientAuthMethod::PrivateKeyJwt;
+    }
+    let url = |n: &str| url_var(n, get(n));
+    if let Some(u) = url(family.well_known_url)? {
+        p.well_known_url = Some(u);
+    }
+    if let Some(u) = url(family.jwks_uri)? {
+        p.jwks_uri = Some(u);
+    }
+    if let Some(u) = url(family.token_endpoint)? {
+        p.token_endpoint = Some(u);
+    }
+    if let Some(iss) = get(family.issuer) {
         p.issuer = Some(iss);
     }
     Ok(())

@@ -10,7 +10,12 @@
 //!    `entra_id` (created when absent and `AZURE_APP_CLIENT_ID` is set; `AZURE_ENABLED=false`
 //!    turns them off), and `IDPORTEN_ENABLED=true` with `IDPORTEN_AUDIENCE`,
 //!    `IDPORTEN_WELL_KNOWN_URL`, `IDPORTEN_ISSUER`, `IDPORTEN_JWKS_URI` for an introspect-only
-//!    provider `idporten`,
+//!    provider `idporten`; `TOKEN_X_ENABLED=true` with `TOKEN_X_CLIENT_ID`,
+//!    `TOKEN_X_PRIVATE_JWK`, `TOKEN_X_WELL_KNOWN_URL`, `TOKEN_X_ISSUER`, `TOKEN_X_JWKS_URI`,
+//!    `TOKEN_X_TOKEN_ENDPOINT` for an RFC 8693 provider `tokenx`; `MASKINPORTEN_ENABLED=true`
+//!    with `MASKINPORTEN_CLIENT_ID`, `MASKINPORTEN_CLIENT_JWK`, `MASKINPORTEN_WELL_KNOWN_URL`,
+//!    `MASKINPORTEN_ISSUER`, `MASKINPORTEN_JWKS_URI`, `MASKINPORTEN_TOKEN_ENDPOINT` for a
+//!    `jwt_bearer` provider `maskinporten`,
 //! 4. Azure Workload Identity's `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
 //!    `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`: a federated client assertion for `entra_id`
 //!    (created when absent and both ids are set) unless it has a secret or key of its own.
@@ -182,6 +187,8 @@ impl Config {
             .map_err(|e| ConfigError::Parse(redact::redact_figment(&e)))?;
         env::apply_nais_env(&mut cfg, &vars)?;
         env::apply_idporten_env(&mut cfg, &vars)?;
+        env::apply_token_x_env(&mut cfg, &vars)?;
+        env::apply_maskinporten_env(&mut cfg, &vars)?;
         env::apply_workload_identity(&mut cfg, &vars)?;
         cfg.normalize();
         cfg.validate()?;

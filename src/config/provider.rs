@@ -40,8 +40,9 @@ pub struct ProviderConfig {
     pub jwks_uri: Option<Url>,
     /// Token endpoint; overrides discovery.
     pub token_endpoint: Option<Url>,
-    /// What the provider's tokens are exchanged with: `entra_obo` (On-Behalf-Of, the default)
-    /// or `introspect_only` (tokens are validated and introspected, never exchanged: ID-porten).
+    /// What the provider's tokens are exchanged with: `entra_obo` (On-Behalf-Of, the default),
+    /// `introspect_only` (tokens are validated and introspected, never exchanged: ID-porten),
+    /// `token_exchange` (RFC 8693: TokenX) or `jwt_bearer` (RFC 7523 grant: Maskinporten).
     pub grant: ProviderGrant,
     /// This app's client id (may be empty for `grant = "introspect_only"` with `audiences`).
     pub client_id: String,
@@ -159,7 +160,9 @@ impl ProviderConfig {
         }
     }
 
-    /// True when `name` designates this provider (`azuread` is accepted for `entra_id`).
+    /// True when `name` designates this provider (`azuread` is accepted for `entra_id`). Texas's
+    /// other names (`tokenx`, `maskinporten`, `idporten`) are provider names themselves: the
+    /// `TOKEN_X_*`, `MASKINPORTEN_*` and `IDPORTEN_*` families create providers so named.
     ///
     /// ```
     /// use tollgate::config::ProviderConfig;
@@ -197,6 +200,12 @@ pub enum ProviderGrant {
     /// Tokens are validated and introspected, never exchanged (ID-porten: the app receives
     /// them and nothing downstream needs another).
     IntrospectOnly,
+    /// RFC 8693 token exchange for user tokens (NAIS TokenX, Keycloak, any RFC 8693 server):
+    /// `subject_token` + `audience`, tollgate authenticating with `private_key_jwt`.
+    TokenExchange,
+    /// RFC 7523 §2.1 JWT bearer grant for app tokens (Maskinporten): an assertion signed with the
+    /// client key carries `scope` (and optional `resource`, `authorization_details`).
+    JwtBearer,
 }
 
 /// How tollgate authenticates to the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
@@ -288,7 +297,7 @@ impl ProviderConfig {
             if self.grant != ProviderGrant::IntrospectOnly {
                 return Err(ConfigError::invalid(
                     at("client_id"),
-                    "missing (set it or AZURE_APP_CLIENT_ID)",
+                    "missing (set it, or AZURE_APP_CLIENT_ID / TOKEN_X_CLIENT_ID / MASKINPORTEN_CLIENT_ID)",
                 ));
             }
             // Without a client id there is no default audience to check tokens against.
@@ -381,7 +390,7 @@ impl ProviderConfig {
                 need(
                     jwk || self.client_key_file.is_some(),
                     "client_key_file",
-                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file or AZURE_APP_JWK",
+                    "private_key_jwt needs client_key_file (+ client_cert_file), client_jwk_file, or AZURE_APP_JWK / TOKEN_X_PRIVATE_JWK / MASKINPORTEN_CLIENT_JWK",
                 )?;
                 need(
                     jwk || self.client_cert_file.is_some(),
@@ -394,6 +403,28 @@ impl ProviderConfig {
                 "client_assertion_file",
                 "federated client authentication needs client_assertion_file",
             )?,
+        }
+        // Both grants sign with the client's own key: TokenX accepts only private_key_jwt client
+        // authentication, and a jwt_bearer grant is an assertion signed with that key.
+        let key_grant = match self.grant {
+            ProviderGrant::TokenExchange => Some((
+                "token_exchange",
+                "RFC 8693 token exchange authenticates with private_key_jwt",
+            )),
+            ProviderGrant::JwtBearer => Some((
+                "jwt_bearer",
+                "the jwt_bearer grant is an assertion signed with the client key",
+            )),
+            ProviderGrant::EntraObo | ProviderGrant::IntrospectOnly => None,
+        };
+        if let Some((grant, why)) = key_grant {
+            need(
+                self.client_auth == ClientAuthMethod::PrivateKeyJwt,
+                "client_auth",
+                &format!(
+                    "grant = \"{grant}\" needs client_auth = \"private_key_jwt\" and a private key (client_jwk_file, or the TOKEN_X_PRIVATE_JWK / MASKINPORTEN_CLIENT_JWK variable): {why}"
+                ),
+            )?;
         }
         Ok(())
     }

@@ -326,6 +326,17 @@ impl RouteConfig {
         if let Some(why) = self.obo.as_deref().and_then(target_problem) {
             return Err(ConfigError::invalid(at("obo"), why));
         }
+        // A jwt_bearer grant (Maskinporten) makes app tokens: no user token is exchanged by it.
+        if (self.obo.is_some() || !self.obo_headers.is_empty())
+            && self
+                .provider_in(providers)
+                .is_ok_and(|p| p.grant == super::ProviderGrant::JwtBearer)
+        {
+            return Err(ConfigError::invalid(
+                at("obo"),
+                "the route's provider has grant = \"jwt_bearer\", which gives app tokens only; exchange user tokens through an entra_obo or token_exchange provider",
+            ));
+        }
         for (name, target) in &self.obo_headers {
             let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
                 return Err(ConfigError::invalid(

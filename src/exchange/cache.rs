@@ -232,6 +232,8 @@ pub(super) fn key(
     let grant = match grant {
         Grant::OnBehalfOf => "obo",
         Grant::ClientCredentials => "cc",
+        Grant::TokenExchange => "tx",
+        Grant::JwtBearer => "jb",
     };
     sha256_of_parts(&[
         provider.as_bytes(),

@@ -1,6 +1,8 @@
 //! The token endpoint requests (RFC 6749 §4.4, §6; RFC 7523 §2.1 with Entra's
-//! `requested_token_use=on_behalf_of`) and their responses (§5.1, §5.2; Entra adds `suberror`,
-//! `claims`, `error_codes`: <https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow>).
+//! `requested_token_use=on_behalf_of`; RFC 8693 §2.1 token exchange; RFC 7523 §2.1 with an
+//! assertion signed by the client, as Maskinporten takes it) and their responses (§5.1, §5.2,
+//! RFC 8693 §2.2; Entra adds `suberror`, `claims`, `error_codes`:
+//! <https://learn.microsoft.com/entra/identity-platform/v2-oauth2-on-behalf-of-flow>).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -10,6 +12,11 @@ use crate::provider::Provider;
 use crate::provider::client_auth::ClientAuth;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: the subject token is a JWT (an access token the app received).
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Maskinporten's limit on a grant assertion's lifetime (`exp - iat`), in seconds.
+const GRANT_ASSERTION_LIFETIME: u64 = 120;
 
 /// A successful token response (the members tollgate uses).
 #[derive(Clone, Deserialize)]
@@ -105,7 +112,56 @@ pub(super) async fn on_behalf_of(
         ("assertion", user_token.to_owned()),
         ("scope", target.to_owned()),
     ];
-    post(provider, auth, endpoint, form).await
+    post(provider, Some(auth), endpoint, form).await
+}
+
+/// RFC 8693 §2.1: the user's token for one for `audience`, tollgate authenticated by its
+/// client credential (private_key_jwt for TokenX, whose assertion `aud` is the token endpoint).
+pub(super) async fn token_exchange(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    subject_token: &str,
+    audience: &str,
+) -> Result<TokenResponse, ExchangeError> {
+    let form = vec![
+        ("grant_type", TOKEN_EXCHANGE.to_owned()),
+        ("subject_token_type", JWT_TOKEN_TYPE.to_owned()),
+        ("subject_token", subject_token.to_owned()),
+        ("audience", audience.to_owned()),
+    ];
+    post(provider, Some(auth), endpoint, form).await
+}
+
+/// RFC 7523 §2.1 as Maskinporten takes it: the grant is an assertion signed with the client
+/// key, `iss` the client id, `aud` the provider's issuer, `scope` the target; no client
+/// authentication besides (the signature is it).
+pub(super) async fn jwt_bearer(
+    provider: &Provider,
+    auth: &ClientAuth,
+    endpoint: &str,
+    issuer: &str,
+    target: &str,
+    extras: &super::AppTokenExtras,
+) -> Result<TokenResponse, ExchangeError> {
+    let now = crate::util::now();
+    let mut claims = serde_json::json!({
+        "iss": auth.client_id(), "aud": issuer, "scope": target,
+        "iat": now, "exp": now + GRANT_ASSERTION_LIFETIME,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    if let Some(resource) = &extras.resource {
+        claims["resource"] = Value::String(resource.clone());
+    }
+    if let Some(details) = &extras.authorization_details {
+        claims["authorization_details"] = details.clone();
+    }
+    let assertion = auth.sign_grant_assertion(&claims)?;
+    let form = vec![
+        ("grant_type", JWT_BEARER.to_owned()),
+        ("assertion", assertion),
+    ];
+    post(provider, None, endpoint, form).await
 }
 
 pub(super) async fn client_credentials(
@@ -118,7 +174,7 @@ pub(super) async fn client_credentials(
         ("grant_type", "client_credentials".to_owned()),
         ("scope", target.to_owned()),
     ];
-    post(provider, auth, endpoint, form).await
+    post(provider, Some(auth), endpoint, form).await
 }
 
 pub(super) async fn refresh(
@@ -133,7 +189,7 @@ pub(super) async fn refresh(
         ("refresh_token", refresh_token.to_owned()),
         ("scope", format!("{target} offline_access")),
     ];
-    let r = post(provider, auth, endpoint, form).await?;
+    let r = post(provider, Some(auth), endpoint, form).await?;
     Ok(RefreshedTokens {
         access_token: r.access_token,
         expires_in: r.expires_in,
@@ -158,12 +214,14 @@ pub(super) async fn authorization_code(
         ("redirect_uri", redirect_uri.to_owned()),
         ("code_verifier", code_verifier.to_owned()),
     ];
-    post(provider, auth, endpoint, form).await
+    post(provider, Some(auth), endpoint, form).await
 }
 
+/// Sends `form` to the token endpoint, with the provider's client capabilities and, when
+/// `auth` is given, tollgate's client authentication (a jwt_bearer grant carries its own).
 async fn post(
     provider: &Provider,
-    auth: &ClientAuth,
+    auth: Option<&ClientAuth>,
     endpoint: &str,
     mut form: Vec<(&'static str, String)>,
 ) -> Result<TokenResponse, ExchangeError> {
@@ -171,7 +229,10 @@ async fn post(
     if !capabilities.is_empty() {
         form.push(("claims", client_capabilities_claims(capabilities)));
     }
-    let basic = auth.apply(endpoint, &mut form).await?;
+    let basic = match auth {
+        Some(auth) => auth.apply(endpoint, &mut form).await?,
+        None => None,
+    };
     let mut req = provider
         .http()
         .post(endpoint)

@@ -1,8 +1,11 @@
-//! Token exchange: On-Behalf-Of (RFC 7523 jwt-bearer + `requested_token_use=on_behalf_of`),
-//! client credentials (RFC 6749 §4.4) and refresh (§6), with a cache of exchanged tokens.
+//! Token exchange: On-Behalf-Of (RFC 7523 jwt-bearer + `requested_token_use=on_behalf_of`) or
+//! RFC 8693 token exchange for user tokens, client credentials (RFC 6749 §4.4) or a JWT bearer
+//! grant (RFC 7523 §2.1, Maskinporten) for app tokens, and refresh (§6), with a cache of exchanged
+//! tokens. Which grant a user or app token takes is the provider's `grant`.
 //!
 //! Cache rules (design "Exchange"): the key is `sha256` over the length-prefixed provider, client
-//! id, grant, target and subject token, so no field can run into the next; an entry lives until
+//! id, grant, target and subject token (for app tokens: the `resource` and
+//! `authorization_details` sent with a jwt_bearer grant), so no field can run into the next; an entry lives until
 //! `min(token exp, subject exp) - expiry_margin`; concurrent misses for one key make one IdP call,
 //! run in a spawned task so a caller that goes away does not cancel it for the others; errors are
 //! never cached; `skip_cache` fetches anew and replaces the entry.
@@ -199,7 +202,7 @@ struct Inner {
 #[derive(Default)]
 struct CacheMetrics {
     /// `tollgate_exchange_cache_total{grant, result}`, by [`Grant::index`] then miss/hit.
-    lookups: [[OnceLock<metrics::Counter>; 2]; 2],
+    lookups: [[OnceLock<metrics::Counter>; 2]; 4],
     /// `tollgate_exchange_cache_entries{provider}`: each provider's exchanger has its own.
     entries: OnceLock<metrics::Gauge>,
 }
@@ -212,11 +215,69 @@ impl std::fmt::Debug for Exchanger {
     }
 }
 
+/// What an app token request may carry besides its target, for a `jwt_bearer` provider
+/// (Maskinporten): an RFC 8707 `resource` (the audience the token is for) and RFC 9396
+/// `authorization_details`. Other grants ignore them, as Texas does for Entra.
+///
+/// ```
+/// use tollgate::exchange::AppTokenExtras;
+/// let extras = AppTokenExtras {
+///     resource: Some("https://api.example.no".into()),
+///     authorization_details: Some(serde_json::json!([{"type": "urn:altinn:systemuser"}])),
+/// };
+/// assert!(!extras.is_empty() && AppTokenExtras::default().is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppTokenExtras {
+    /// `resource`: the audience asked for.
+    pub resource: Option<String>,
+    /// `authorization_details`: a JSON array, passed on as it is.
+    pub authorization_details: Option<Value>,
+}
+
+impl AppTokenExtras {
+    /// Whether nothing besides the target is asked for.
+    ///
+    /// ```
+    /// use tollgate::exchange::AppTokenExtras;
+    /// assert!(AppTokenExtras { resource: None, authorization_details: None }.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.resource.is_none() && self.authorization_details.is_none()
+    }
+
+    /// The part of the cache key these extras make: empty without any (so a plain request
+    /// keeps its key), else a digest of both, each marked present or not.
+    fn cache_part(&self) -> Vec<u8> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let details = self
+            .authorization_details
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        crate::util::sha256_of_parts(&[
+            if self.resource.is_some() { b"r" } else { b"-" },
+            self.resource.as_deref().unwrap_or("").as_bytes(),
+            if self.authorization_details.is_some() {
+                b"d"
+            } else {
+                b"-"
+            },
+            details.as_bytes(),
+        ])
+        .to_vec()
+    }
+}
+
 /// Which grant an exchange used; part of the cache key and the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Grant {
     OnBehalfOf,
     ClientCredentials,
+    TokenExchange,
+    JwtBearer,
 }
 
 impl Grant {
@@ -224,6 +285,8 @@ impl Grant {
         match self {
             Self::OnBehalfOf => "on_behalf_of",
             Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "token_exchange",
+            Self::JwtBearer => "jwt_bearer",
         }
     }
 
@@ -231,6 +294,8 @@ impl Grant {
         match self {
             Self::OnBehalfOf => 0,
             Self::ClientCredentials => 1,
+            Self::TokenExchange => 2,
+            Self::JwtBearer => 3,
         }
     }
 }
@@ -313,7 +378,9 @@ impl Exchanger {
     }
 
     /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a
-    /// valid access token for this app (checked before anything is sent to the IdP).
+    /// valid access token for this app (checked before anything is sent to the IdP). A
+    /// `token_exchange` provider (TokenX) is asked by RFC 8693 instead, with `target` as the
+    /// `audience`; a `jwt_bearer` one (Maskinporten) makes no user tokens and is refused.
     ///
     /// ```
     /// # #[cfg(feature = "dev-idp")]
@@ -411,7 +478,7 @@ impl Exchanger {
         let key = cache::key(
             self.inner.provider.name(),
             self.inner.auth.client_id(),
-            Grant::OnBehalfOf,
+            self.user_grant(),
             target,
             digest,
         );
@@ -426,6 +493,10 @@ impl Exchanger {
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
+        self.refuse_grant(
+            crate::config::ProviderGrant::JwtBearer,
+            "app tokens only: use /api/v1/token",
+        )?;
         if subject.is_app_only() {
             return Err(ExchangeError::InvalidSubject(
                 ValidationError::InvalidToken(
@@ -439,6 +510,7 @@ impl Exchanger {
             .copied()
             .unwrap_or_else(|| crate::util::sha256(user_token.as_bytes()));
         let subject_exp = subject.expires_at();
+        let grant = self.user_grant();
         // Built on a miss only: a cache hit copies neither the token nor the target.
         let make_fetch = || {
             let tid = subject.tid().map(str::to_owned);
@@ -446,19 +518,19 @@ impl Exchanger {
             let token = user_token.to_owned();
             let target = target.to_owned();
             move || async move {
+                let (provider, auth) = (&this.inner.provider, &this.inner.auth);
+                if grant == Grant::TokenExchange {
+                    // An RFC 8693 server names no tenant in its endpoint.
+                    let endpoint = this.token_endpoint(None)?;
+                    return grants::token_exchange(provider, auth, &endpoint, &token, &target)
+                        .await;
+                }
                 let endpoint = this.token_endpoint(tid.as_deref())?;
-                grants::on_behalf_of(
-                    &this.inner.provider,
-                    &this.inner.auth,
-                    &endpoint,
-                    &token,
-                    &target,
-                )
-                .await
+                grants::on_behalf_of(provider, auth, &endpoint, &token, &target).await
             }
         };
         self.cached(
-            Grant::OnBehalfOf,
+            grant,
             target,
             &subject_digest,
             Some(subject_exp),
@@ -498,7 +570,52 @@ impl Exchanger {
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
+        self.app_token(target, &AppTokenExtras::default(), skip_cache)
+            .await
+    }
+
+    /// An app token for `target` by the provider's grant: client credentials, or for a
+    /// `jwt_bearer` provider (Maskinporten) an assertion signed with the client key carrying
+    /// `scope = target` and the `extras`. Cached per target and extras.
+    ///
+    /// ```
+    /// # #[cfg(feature = "dev-idp")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use tollgate_devidp::{DevIdp, DevIdpConfig, DEFAULT_TENANT_ID, TOLLGATE_CLIENT_ID};
+    /// # let idp = DevIdp::start(DevIdpConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() }).await?;
+    /// # let auth = tollgate::Auth::builder()
+    /// #     .well_known_url(&idp.well_known_url(DEFAULT_TENANT_ID))
+    /// #     .client_id(TOLLGATE_CLIENT_ID)
+    /// #     .client_secret(tollgate_devidp::TOLLGATE_CLIENT_SECRET)
+    /// #     .build()
+    /// #     .await?;
+    /// # use tollgate_devidp::DOWNSTREAM_APP_ID_URI;
+    /// use tollgate::exchange::AppTokenExtras;
+    /// let exchanger = auth.exchanger().expect("a client secret is configured");
+    /// // An Entra provider takes client credentials and ignores a resource, as Texas does.
+    /// let extras = AppTokenExtras { resource: Some("https://ignored.example".into()), ..Default::default() };
+    /// let token = exchanger.app_token(&format!("{DOWNSTREAM_APP_ID_URI}/.default"), &extras, false).await?;
+    /// assert!(token.expires_in() > 0);
+    /// # idp.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "dev-idp"))]
+    /// # fn main() {}
+    /// ```
+    pub async fn app_token(
+        &self,
+        target: &str,
+        extras: &AppTokenExtras,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
+        self.refuse_grant(
+            crate::config::ProviderGrant::TokenExchange,
+            "user tokens only: use /api/v1/token/exchange",
+        )?;
+        if self.inner.provider.config().grant == crate::config::ProviderGrant::JwtBearer {
+            return self.jwt_bearer(target, extras, skip_cache).await;
+        }
         // An app token belongs to one tenant, and there is no user token to name it: Entra
         // refuses client credentials at `common`/`organizations` (AADSTS50059). With
         // `client_credentials_tenant` the request goes to that tenant; without, say so here,
@@ -623,6 +740,78 @@ impl Exchanger {
         .await;
         record("authorization_code", &result, started);
         result
+    }
+
+    /// The jwt_bearer grant (Maskinporten): the assertion's `aud` is the provider's issuer.
+    async fn jwt_bearer(
+        &self,
+        target: &str,
+        extras: &AppTokenExtras,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
+        let make_fetch = || {
+            let this = self.clone();
+            let target = target.to_owned();
+            let extras = extras.clone();
+            move || async move {
+                let metadata = this
+                    .inner
+                    .provider
+                    .metadata()
+                    .ok_or(ExchangeError::NoTokenEndpoint)?;
+                let endpoint = this.token_endpoint(None)?;
+                grants::jwt_bearer(
+                    &this.inner.provider,
+                    &this.inner.auth,
+                    &endpoint,
+                    &metadata.issuer,
+                    &target,
+                    &extras,
+                )
+                .await
+            }
+        };
+        let subject = extras.cache_part();
+        self.cached(
+            Grant::JwtBearer,
+            target,
+            &subject,
+            None,
+            skip_cache,
+            make_fetch,
+        )
+        .await
+    }
+
+    /// The grant user tokens are exchanged with: RFC 8693 for a `token_exchange` provider,
+    /// On-Behalf-Of otherwise.
+    fn user_grant(&self) -> Grant {
+        match self.inner.provider.config().grant {
+            crate::config::ProviderGrant::TokenExchange => Grant::TokenExchange,
+            _ => Grant::OnBehalfOf,
+        }
+    }
+
+    /// Refuses a request this provider's `grant` cannot answer, before anything is sent.
+    fn refuse_grant(
+        &self,
+        grant: crate::config::ProviderGrant,
+        what: &str,
+    ) -> Result<(), ExchangeError> {
+        let config = self.inner.provider.config();
+        if config.grant != grant {
+            return Ok(());
+        }
+        let name = match grant {
+            crate::config::ProviderGrant::EntraObo => "entra_obo",
+            crate::config::ProviderGrant::IntrospectOnly => "introspect_only",
+            crate::config::ProviderGrant::TokenExchange => "token_exchange",
+            crate::config::ProviderGrant::JwtBearer => "jwt_bearer",
+        };
+        Err(ExchangeError::InvalidRequest(format!(
+            "identity provider '{}' (grant = \"{name}\") gives {what}",
+            config.name
+        )))
     }
 
     /// The token endpoint; a `common`/`organizations` authority is replaced by the user's tenant

@@ -1,7 +1,8 @@
 //! How tollgate authenticates itself at the token endpoint: RFC 6749 §2.3.1 (secret in the body
 //! or HTTP Basic with form-encoded id and secret), RFC 7523 §2.2 / OIDC Core §9 `private_key_jwt`
-//! (RS256 or PS256; the key is named by the certificate thumbprints `x5t` and `x5t#S256`, or by
-//! the `kid` of a JWK such as Texas's `AZURE_APP_JWK`), and federated credentials (a
+//! (RS256 or PS256 with an RSA key, ES256 or ES384 with an EC P-256 or P-384 JWK; the key is
+//! named by the certificate thumbprints `x5t` and `x5t#S256`, or by the `kid` of a JWK such as
+//! Texas's `AZURE_APP_JWK` or `TOKEN_X_PRIVATE_JWK`), and federated credentials (a
 //! workload-identity JWT read from a file on each use, because the platform rotates it).
 
 use std::path::PathBuf;
@@ -273,6 +274,37 @@ impl ClientAuth {
     }
 }
 
+impl ClientAuth {
+    /// Signs `claims` with this credential's private key: the assertion of an RFC 7523 §2.1
+    /// authorization grant (Maskinporten's `jwt_bearer`), named by the key's `kid` (or
+    /// certificate thumbprints) like a client assertion. Only a key credential can sign one.
+    pub(crate) fn sign_grant_assertion(&self, claims: &Value) -> Result<String, ClientAuthError> {
+        let Kind::Jwt {
+            key,
+            alg,
+            kid,
+            thumbprints,
+        } = &self.kind
+        else {
+            return Err(err(
+                "client_jwk_file",
+                "a jwt_bearer grant is signed with the client's private key: set client_auth = \"private_key_jwt\" with client_jwk_file (or MASKINPORTEN_CLIENT_JWK)",
+            ));
+        };
+        let mut header = Header::new(*alg);
+        header.typ = Some("JWT".into());
+        header.kid = kid.clone();
+        header.x5t = thumbprints.sha1.clone();
+        header.x5t_s256 = thumbprints.sha256.clone();
+        jsonwebtoken::encode(&header, claims, key).map_err(|e| {
+            err(
+                "client_jwk_file",
+                format!("cannot sign the grant assertion: {e}"),
+            )
+        })
+    }
+}
+
 fn read_trimmed(path: &PathBuf, option: &'static str) -> Result<String, ClientAuthError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(option, format!("cannot read {}: {e}", path.display())))?;
@@ -292,26 +324,13 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthErro
     if let Some(text) = jwk_text {
         let jwk: Value =
             serde_json::from_str(&text).map_err(|_| err("client_jwk_file", "not a JSON JWK"))?;
-        let alg = match jwk.get("alg").and_then(Value::as_str) {
-            None | Some("RS256") => Algorithm::RS256,
-            Some("PS256") => Algorithm::PS256,
-            Some(other) => {
-                return Err(err(
-                    "client_jwk_file",
-                    format!("unsupported alg {other:?} (RS256 or PS256)"),
-                ));
-            }
-        };
-        let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
-        if kid.is_none() {
-            return Err(err("client_jwk_file", "the JWK has no kid"));
-        }
-        let der = rsa_private_jwk_to_pkcs1(&jwk).map_err(|m| err("client_jwk_file", m))?;
+        let (key, alg) = private_jwk_key(&jwk).map_err(|m| err("client_jwk_file", m))?;
         let thumbprints = jwk_thumbprints(&jwk).map_err(|m| err("client_jwk_file", m))?;
+        let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
         let fingerprint = crate::util::sha256_of_parts(&[b"jwk", text.as_bytes()]);
         return Ok((
             Kind::Jwt {
-                key: std::sync::Arc::new(EncodingKey::from_rsa_der(&der)),
+                key: std::sync::Arc::new(key),
                 alg,
                 kid,
                 thumbprints,
@@ -356,6 +375,100 @@ fn load_jwt_key(cfg: &ProviderConfig) -> Result<(Kind, [u8; 32]), ClientAuthErro
         },
         fingerprint,
     ))
+}
+
+/// The signing key and algorithm of a private JWK (RFC 7517, RFC 7518 §6): RSA signs with
+/// RS256 (or PS256 when the JWK's `alg` says so), EC with the curve's own algorithm (P-256 ->
+/// ES256, P-384 -> ES384, RFC 7518 §3.4). The JWK's `alg` is honoured when present and refused
+/// when it does not fit the key; a `kid` is required because it is what names the key at the IdP.
+fn private_jwk_key(jwk: &Value) -> Result<(EncodingKey, Algorithm), String> {
+    let alg = jwk.get("alg").and_then(Value::as_str);
+    match jwk.get("kty").and_then(Value::as_str) {
+        Some("RSA") => {
+            let alg = match alg {
+                None | Some("RS256") => Algorithm::RS256,
+                Some("PS256") => Algorithm::PS256,
+                Some(other) => {
+                    return Err(format!(
+                        "unsupported alg {other:?} for an RSA key (RS256 or PS256)"
+                    ));
+                }
+            };
+            require_kid(jwk)?;
+            let der = rsa_private_jwk_to_pkcs1(jwk)?;
+            Ok((EncodingKey::from_rsa_der(&der), alg))
+        }
+        Some("EC") => {
+            let (curve_alg, signing, size) = match jwk.get("crv").and_then(Value::as_str) {
+                Some("P-256") => (
+                    Algorithm::ES256,
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    32,
+                ),
+                Some("P-384") => (
+                    Algorithm::ES384,
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    48,
+                ),
+                Some(other) => {
+                    return Err(format!("unsupported curve {other:?} (P-256 or P-384)"));
+                }
+                None => return Err("the EC JWK has no \"crv\"".into()),
+            };
+            if let Some(a) = alg
+                && a != format!("{curve_alg:?}")
+            {
+                return Err(format!(
+                    "unsupported alg {a:?} for this EC key (its curve signs with {curve_alg:?})"
+                ));
+            }
+            require_kid(jwk)?;
+            let [d, x, y] = ["d", "x", "y"].map(|name| jwk_member(jwk, name, size));
+            let (d, x, y) = (d?, x?, y?);
+            // SEC 1 §2.3.3 uncompressed point: 0x04 || x || y.
+            let public = [&[0x04][..], &x, &y].concat();
+            let pair = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
+                signing, &d, &public,
+            )
+            .map_err(|_| {
+                "the EC JWK's \"d\", \"x\" and \"y\" are not one key of its curve".to_owned()
+            })?;
+            // jsonwebtoken takes EC keys as PKCS#8 DER; aws-lc-rs writes it from the checked pair.
+            let pkcs8 = pair
+                .to_pkcs8v1()
+                .map_err(|_| "the EC key cannot be encoded".to_owned())?;
+            Ok((EncodingKey::from_ec_der(pkcs8.as_ref()), curve_alg))
+        }
+        Some(other) => Err(format!("unsupported key type {other:?} (RSA or EC)")),
+        None => Err("the JWK has no \"kty\"".into()),
+    }
+}
+
+fn require_kid(jwk: &Value) -> Result<(), String> {
+    match jwk.get("kid").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() => Ok(()),
+        _ => Err("the JWK has no kid".into()),
+    }
+}
+
+/// An EC JWK coordinate or private scalar: base64url, `size` bytes (RFC 7518 §6.2.1.2, §6.2.2.1;
+/// a shorter value is left-padded, as some encoders drop leading zeros).
+fn jwk_member(jwk: &Value, name: &str, size: usize) -> Result<Vec<u8>, String> {
+    let b64 = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("the JWK has no {name:?}: a private key is needed"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .map_err(|_| format!("JWK member {name:?} is not base64url"))?;
+    if bytes.len() > size {
+        return Err(format!(
+            "JWK member {name:?} is longer than the curve's {size} bytes"
+        ));
+    }
+    let mut out = vec![0; size - bytes.len()];
+    out.extend(bytes);
+    Ok(out)
 }
 
 /// RFC 7515 §4.1.7 `x5t` and §4.1.8 `x5t#S256` of the client certificate.
@@ -828,5 +941,141 @@ mod tests {
             &pkcs8,
             &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256
         ));
+    }
+
+    /// A private EC JWK (RFC 7518 §6.2.2) of a new key on `signing`'s curve, and its public point.
+    pub(super) fn ec_private_jwk(
+        signing: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+        crv: &str,
+        kid: &str,
+    ) -> (Value, Vec<u8>) {
+        use aws_lc_rs::encoding::AsBigEndian as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(signing).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let size = (point.len() - 1) / 2;
+        let d = pair.private_key().as_be_bytes().unwrap();
+        let jwk = json!({
+            "kty": "EC", "crv": crv, "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..=size]),
+            "y": URL_SAFE_NO_PAD.encode(&point[1 + size..]),
+            "d": URL_SAFE_NO_PAD.encode(d.as_ref()),
+        });
+        (jwk, point)
+    }
+
+    #[tokio::test]
+    async fn an_ec_jwk_signs_es256_or_es384_by_its_curve_and_verifies() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED,
+            ECDSA_P384_SHA384_FIXED_SIGNING, UnparsedPublicKey,
+        };
+        let cases = [
+            (
+                "P-256",
+                "ES256",
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &ECDSA_P256_SHA256_FIXED,
+            ),
+            (
+                "P-384",
+                "ES384",
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &ECDSA_P384_SHA384_FIXED,
+            ),
+        ];
+        for (crv, alg, signing, verifying) in cases {
+            let (jwk, point) = ec_private_jwk(signing, crv, "ec-1");
+            for with_alg in [false, true] {
+                let mut jwk = jwk.clone();
+                if with_alg {
+                    jwk["alg"] = json!(alg);
+                }
+                let auth = ClientAuth::from_config(&jwk_config(&jwk)).unwrap();
+                let jwt = assertion_of(&auth, "https://idp/token").await;
+                let header = decode_part(&jwt, 0);
+                assert_eq!(
+                    (header["alg"].as_str(), header["kid"].as_str()),
+                    (Some(alg), Some("ec-1"))
+                );
+                let (input, sig) = jwt.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                // JWS ECDSA: the fixed-width r || s, checked against the public point alone.
+                assert!(
+                    UnparsedPublicKey::new(verifying, &point)
+                        .verify(input.as_bytes(), &sig)
+                        .is_ok(),
+                    "{crv}"
+                );
+                assert_eq!(decode_part(&jwt, 1)["aud"], "https://idp/token");
+                // A grant assertion is signed the same way, with the claims given.
+                let grant = auth
+                    .sign_grant_assertion(&json!({"scope": "nav:test/api"}))
+                    .unwrap();
+                let (input, sig) = grant.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                assert!(
+                    UnparsedPublicKey::new(verifying, &point)
+                        .verify(input.as_bytes(), &sig)
+                        .is_ok()
+                );
+                assert_eq!(decode_part(&grant, 1)["scope"], "nav:test/api");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unusable_ec_jwk_is_refused_by_name() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let (p256, _) = ec_private_jwk(&ECDSA_P256_SHA256_FIXED_SIGNING, "P-256", "ec-1");
+        let (p384, _) = ec_private_jwk(&ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", "ec-2");
+        let refused = |jwk: &Value| ClientAuth::from_config(&jwk_config(jwk)).unwrap_err();
+        let with = |base: &Value, k: &str, v: Value| {
+            let mut j = base.clone();
+            if v.is_null() {
+                j.as_object_mut().unwrap().remove(k);
+            } else {
+                j[k] = v;
+            }
+            j
+        };
+        for (jwk, want) in [
+            // A public key is not a credential.
+            (with(&p256, "d", Value::Null), "private key"),
+            (with(&p256, "alg", json!("ES384")), "unsupported alg"),
+            (with(&p256, "alg", json!("RS256")), "unsupported alg"),
+            (with(&p256, "crv", json!("P-521")), "unsupported curve"),
+            (with(&p256, "crv", json!("secp256k1")), "unsupported curve"),
+            (with(&p256, "kid", Value::Null), "kid"),
+            (with(&p256, "kty", json!("OKP")), "unsupported key type"),
+            // The private scalar of one key with the public point of another.
+            (with(&p256, "x", p384["x"].clone()), "longer than"),
+            (
+                with(&p256, "d", json!(URL_SAFE_NO_PAD.encode([7u8; 32]))),
+                "not one key",
+            ),
+        ] {
+            let e = refused(&jwk);
+            assert_eq!(e.option, "client_jwk_file");
+            assert!(e.message.contains(want), "{want}: {e}");
+            // The message never carries the key material.
+            assert!(!e.message.contains(p256["d"].as_str().unwrap()), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_key_credential_signs_a_grant_assertion() {
+        let cfg = ProviderConfig {
+            client_id: "client-1".into(),
+            client_secret: Some(Secret::new("s3cret")),
+            ..Default::default()
+        };
+        let e = ClientAuth::from_config(&cfg)
+            .unwrap()
+            .sign_grant_assertion(&json!({}))
+            .unwrap_err();
+        assert!(e.message.contains("private_key_jwt"), "{e}");
     }
 }

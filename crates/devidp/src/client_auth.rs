@@ -153,15 +153,11 @@ fn verify_client_assertion(
     assertion: &str,
 ) -> Result<(), AadError> {
     let jwt = UnverifiedJwt::parse(assertion).map_err(|_| malformed())?;
-    let alg = match jwt.header_str("alg") {
-        Some("RS256") => AssertionAlg::Rs256,
-        Some("PS256") => AssertionAlg::Ps256,
-        _ => {
-            return Err(AadError::invalid_request(
-                5002730,
-                "Invalid JWT token. Unsupported key for the signing algorithm: client assertions must be signed with RS256 or PS256.",
-            ));
-        }
+    let Some(alg) = AssertionAlg::from_header(jwt.header_str("alg")) else {
+        return Err(AadError::invalid_request(
+            5002730,
+            "Invalid JWT token. Unsupported key for the signing algorithm: client assertions must be signed with RS256, PS256, ES256 or ES384.",
+        ));
     };
     let iss = jwt.claim_str("iss").ok_or_else(malformed)?;
     let client_key = app.client_id.to_ascii_lowercase();
@@ -262,7 +258,7 @@ fn verify_client_assertion(
 }
 
 /// Picks the registered key named by the header: `kid`, then `x5t#S256`, then `x5t`.
-fn select_key<'a>(keys: &'a [PublicJwk], jwt: &UnverifiedJwt) -> Option<&'a PublicJwk> {
+pub(crate) fn select_key<'a>(keys: &'a [PublicJwk], jwt: &UnverifiedJwt) -> Option<&'a PublicJwk> {
     if let Some(kid) = jwt.header_str("kid")
         && let Some(key) = keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     {

@@ -1,5 +1,5 @@
-//! RSA keys: the dev IdP's own signing keys (aws-lc-rs) and the public JWKs it verifies
-//! client and federated assertions with.
+//! Keys: the dev IdP's own RSA signing keys (aws-lc-rs) and the public JWKs (RSA, or EC P-256
+//! and P-384) it verifies client, grant and federated assertions with.
 
 use std::fmt;
 use std::path::Path;
@@ -181,7 +181,7 @@ async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tokio::io::AsyncWriteExt::flush(&mut file).await
 }
 
-/// A public RSA key registered for client or federated assertions.
+/// A public key registered for client, grant or federated assertions.
 #[derive(Clone, Debug)]
 pub(crate) struct PublicJwk {
     pub(crate) kid: Option<String>,
@@ -189,17 +189,27 @@ pub(crate) struct PublicJwk {
     pub(crate) x5t: Option<String>,
     /// base64url SHA-256 thumbprint of the certificate (`x5t#S256`), given or computed from `x5c`.
     pub(crate) x5t_s256: Option<String>,
-    n: Vec<u8>,
-    e: Vec<u8>,
+    material: Material,
+}
+
+/// The public key itself.
+#[derive(Clone, Debug)]
+enum Material {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An uncompressed SEC 1 point (`0x04 || x || y`) on the curve of `alg`.
+    Ec {
+        alg: AssertionAlg,
+        point: Vec<u8>,
+    },
 }
 
 impl PublicJwk {
     pub(crate) fn parse(jwk: &Value) -> Result<Self, String> {
         let obj = jwk.as_object().ok_or("a JWK must be a JSON object")?;
         let text = |name: &str| obj.get(name).and_then(Value::as_str);
-        if text("kty") != Some("RSA") {
-            return Err("only RSA keys (kty \"RSA\") are supported".into());
-        }
         if let Some(usage) = text("use")
             && usage != "sig"
         {
@@ -219,11 +229,36 @@ impl PublicJwk {
                 .decode(value)
                 .map_err(|_| format!("'{name}' is not base64url"))
         };
-        let n = strip_leading_zeros(decode("n")?);
-        let e = strip_leading_zeros(decode("e")?);
-        if n.len() < 256 {
-            return Err("RSA keys must have at least 2048 bits".into());
-        }
+        let material = match text("kty") {
+            Some("RSA") => {
+                let n = strip_leading_zeros(decode("n")?);
+                let e = strip_leading_zeros(decode("e")?);
+                if n.len() < 256 {
+                    return Err("RSA keys must have at least 2048 bits".into());
+                }
+                Material::Rsa { n, e }
+            }
+            Some("EC") => {
+                let (alg, size) = match text("crv") {
+                    Some("P-256") => (AssertionAlg::Es256, 32),
+                    Some("P-384") => (AssertionAlg::Es384, 48),
+                    other => {
+                        return Err(format!(
+                            "unsupported curve {other:?}: P-256 and P-384 are supported"
+                        ));
+                    }
+                };
+                let (x, y) = (decode("x")?, decode("y")?);
+                if x.len() != size || y.len() != size {
+                    return Err(format!("'x' and 'y' must be {size} bytes each"));
+                }
+                Material::Ec {
+                    alg,
+                    point: [&[0x04][..], &x, &y].concat(),
+                }
+            }
+            _ => return Err("only RSA and EC keys (kty \"RSA\" or \"EC\") are supported".into()),
+        };
         let cert = match obj
             .get("x5c")
             .and_then(Value::as_array)
@@ -251,30 +286,64 @@ impl PublicJwk {
             x5t_s256: text("x5t#S256")
                 .map(str::to_owned)
                 .or_else(|| thumb(&digest::SHA256)),
-            n,
-            e,
+            material,
         })
     }
 
+    /// Whether `sig` over `signing_input` verifies with this key under `alg`; a key of another
+    /// type or curve than `alg` needs never verifies (RFC 8725 §3.1: the key decides the alg).
     pub(crate) fn verify(&self, alg: AssertionAlg, signing_input: &[u8], sig: &[u8]) -> bool {
-        let params = match alg {
-            AssertionAlg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            AssertionAlg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-        };
-        RsaPublicKeyComponents {
-            n: self.n.as_slice(),
-            e: self.e.as_slice(),
+        match &self.material {
+            Material::Rsa { n, e } => {
+                let params = match alg {
+                    AssertionAlg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    AssertionAlg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+                    AssertionAlg::Es256 | AssertionAlg::Es384 => return false,
+                };
+                RsaPublicKeyComponents {
+                    n: n.as_slice(),
+                    e: e.as_slice(),
+                }
+                .verify(params, signing_input, sig)
+                .is_ok()
+            }
+            Material::Ec { alg: curve, point } => {
+                if *curve != alg {
+                    return false;
+                }
+                // JWS ECDSA signatures are the fixed-width r || s (RFC 7518 §3.4).
+                let params: &'static signature::EcdsaVerificationAlgorithm = match alg {
+                    AssertionAlg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
+                    _ => &signature::ECDSA_P384_SHA384_FIXED,
+                };
+                signature::UnparsedPublicKey::new(params, point)
+                    .verify(signing_input, sig)
+                    .is_ok()
+            }
         }
-        .verify(params, signing_input, sig)
-        .is_ok()
     }
 }
 
-/// Algorithms accepted on client and federated assertions.
+/// Algorithms accepted on client, grant and federated assertions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AssertionAlg {
     Rs256,
     Ps256,
+    Es256,
+    Es384,
+}
+
+impl AssertionAlg {
+    /// The algorithm a JWS header's `alg` names, when it is one of these.
+    pub(crate) fn from_header(alg: Option<&str>) -> Option<Self> {
+        match alg? {
+            "RS256" => Some(Self::Rs256),
+            "PS256" => Some(Self::Ps256),
+            "ES256" => Some(Self::Es256),
+            "ES384" => Some(Self::Es384),
+            _ => None,
+        }
+    }
 }
 
 /// Parses `{"keys":[...]}` into public keys; every key must be usable.
@@ -413,5 +482,55 @@ mod tests {
         assert!(PublicJwk::parse(&json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"})).is_err());
         assert!(parse_jwks(&json!({"keys": []})).is_err());
         assert!(parse_jwks(&json!({"keys": [good]})).is_ok());
+    }
+
+    #[test]
+    fn ec_keys_verify_es256_and_es384_on_their_own_curve_only() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+        };
+        for (crv, alg, signing) in [
+            (
+                "P-256",
+                AssertionAlg::Es256,
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+            ),
+            (
+                "P-384",
+                AssertionAlg::Es384,
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+            ),
+        ] {
+            let pair = EcdsaKeyPair::generate(signing).unwrap();
+            let point = pair.public_key().as_ref();
+            let size = (point.len() - 1) / 2;
+            let jwk = json!({"kty": "EC", "crv": crv, "kid": "ec",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..=size]),
+                "y": URL_SAFE_NO_PAD.encode(&point[1 + size..])});
+            let key = PublicJwk::parse(&jwk).unwrap();
+            let sig = pair.sign(&SystemRandom::new(), b"input").unwrap();
+            assert!(key.verify(alg, b"input", sig.as_ref()), "{crv}");
+            assert!(!key.verify(alg, b"other", sig.as_ref()), "{crv}");
+            for other in [AssertionAlg::Rs256, AssertionAlg::Ps256] {
+                assert!(!key.verify(other, b"input", sig.as_ref()));
+            }
+            let other_curve = if alg == AssertionAlg::Es256 {
+                AssertionAlg::Es384
+            } else {
+                AssertionAlg::Es256
+            };
+            assert!(!key.verify(other_curve, b"input", sig.as_ref()));
+            let mut private = jwk.clone();
+            private["d"] = json!("AQAB");
+            assert!(PublicJwk::parse(&private).is_err());
+            let mut short = jwk.clone();
+            short["x"] = json!("AQAB");
+            assert!(PublicJwk::parse(&short).is_err());
+        }
+        let p521 = json!({"kty": "EC", "crv": "P-521", "x": "AQAB", "y": "AQAB"});
+        assert!(PublicJwk::parse(&p521).unwrap_err().contains("P-521"));
+        // An RSA key never verifies an ECDSA signature, whatever the bytes.
+        let rsa = PublicJwk::parse(&SigningKey::generate().unwrap().public_jwk("x")).unwrap();
+        assert!(!rsa.verify(AssertionAlg::Es256, b"input", &[0; 64]));
     }
 }

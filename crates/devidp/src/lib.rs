@@ -13,7 +13,7 @@
 //! | `GET /{tid}/v2.0/.well-known/openid-configuration` | discovery |
 //! | `GET /{tid}/discovery/v2.0/keys` | JWKS (RS256, 2048-bit) |
 //! | `GET/POST /{tid}/oauth2/v2.0/authorize` | login page, authorization code with PKCE S256 |
-//! | `POST /{tid}/oauth2/v2.0/token` | `authorization_code`, `refresh_token`, `client_credentials`, `password`, jwt-bearer OBO |
+//! | `POST /{tid}/oauth2/v2.0/token` | `authorization_code`, `refresh_token`, `client_credentials`, `password`, jwt-bearer OBO; RFC 8693 token exchange (TokenX-style, `private_key_jwt` clients); the Maskinporten-style jwt-bearer grant (an assertion signed with a registered client key, no `client_id`) |
 //! | `GET /{tid}/oauth2/v2.0/logout` | end session; with a valid `id_token_hint`, back-channel logout |
 //!
 //! plus development hooks under `/_dev/` (key rotation, MFA, lifetimes, statistics, client keys
@@ -56,6 +56,7 @@ mod authorize;
 mod backchannel;
 mod client_auth;
 mod config;
+mod grants;
 mod jwt;
 mod keys;
 mod params;
@@ -310,13 +311,15 @@ impl DevIdpHandle {
     }
 
     /// How many `/token` requests (successful or not) had this `grant_type`. The jwt-bearer grant
-    /// can be named `jwt-bearer` or by its full URN; requests with a missing or unsupported grant
+    /// (On-Behalf-Of and Maskinporten-style alike) can be named `jwt-bearer` or by its full URN,
+    /// token exchange `token-exchange` or by its URN; requests with a missing or unsupported grant
     /// type are counted together under `unsupported`.
     pub fn token_requests(&self, grant_type: &str) -> u64 {
         self.shared.token_requests(grant_type)
     }
 
-    /// Registers a public RSA JWK for `private_key_jwt` client assertions of `client_id`.
+    /// Registers a public JWK (RSA, or EC P-256/P-384) for `private_key_jwt` client assertions
+    /// and Maskinporten-style jwt-bearer grant assertions of `client_id`.
     pub fn register_client_key(
         &self,
         client_id: &str,

@@ -20,12 +20,14 @@ pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer
 
 /// Grant types counted under their own name; anything else counts as `unsupported`, so a
 /// client cannot grow the statistics map without bound.
-const COUNTED_GRANTS: [&str; 5] = [
+pub(crate) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const COUNTED_GRANTS: [&str; 6] = [
     "authorization_code",
     "refresh_token",
     "client_credentials",
     "password",
     "jwt-bearer",
+    "token-exchange",
 ];
 
 /// State shared by the HTTP handlers and the [`super::DevIdpHandle`].
@@ -58,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_tokens: HashMap<String, RefreshGrant>,
     /// Families revoked because a code or refresh token was replayed.
     pub(crate) revoked_families: HashSet<String>,
+    /// `jti`s of jwt_bearer grant assertions already used, with their `exp`: each is good once.
+    pub(crate) grant_jtis: HashMap<String, u64>,
     /// Sign-in sessions and the apps that received an ID token in them.
     pub(crate) sessions: Sessions,
     stats: BTreeMap<String, u64>,
@@ -218,6 +222,7 @@ impl Shared {
             codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
             revoked_families: HashSet::new(),
+            grant_jtis: HashMap::new(),
             sessions: Sessions::default(),
             stats: BTreeMap::new(),
             tenants,
@@ -452,10 +457,10 @@ fn parse_federated(credential: &FederatedCredential) -> Result<Federated, String
 }
 
 fn stats_name(grant_type: &str) -> &str {
-    let name = if grant_type == JWT_BEARER {
-        "jwt-bearer"
-    } else {
-        grant_type
+    let name = match grant_type {
+        JWT_BEARER => "jwt-bearer",
+        TOKEN_EXCHANGE => "token-exchange",
+        other => other,
     };
     COUNTED_GRANTS
         .iter()

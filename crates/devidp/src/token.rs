@@ -14,28 +14,33 @@ use serde_json::{Map, Value, json};
 use super::aad_error::{AadError, json_response};
 use super::client_auth::{self, AuthMethod, Client};
 use super::config::{DevUser, stable_guid};
+use super::grants;
 use super::jwt::UnverifiedJwt;
 use super::params::Params;
 use super::scopes::{self, OidcScopes, ParsedScope, ResourceScopes};
 use super::state::{
-    JWT_BEARER, RefreshGrant, Shared, TenantPath, UserSession, now_secs, opaque_token, secret_key,
+    JWT_BEARER, RefreshGrant, Shared, TOKEN_EXCHANGE, TenantPath, UserSession, now_secs,
+    opaque_token, secret_key,
 };
 
 /// A successful token response, members in Entra's order.
 #[derive(Debug, Serialize)]
-struct TokenResponse {
-    token_type: &'static str,
+pub(crate) struct TokenResponse {
+    pub(crate) token_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
-    expires_in: u64,
-    ext_expires_in: u64,
-    access_token: String,
+    pub(crate) scope: Option<String>,
+    pub(crate) expires_in: u64,
+    pub(crate) ext_expires_in: u64,
+    pub(crate) access_token: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<String>,
+    pub(crate) refresh_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    id_token: Option<String>,
+    pub(crate) id_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    client_info: Option<String>,
+    pub(crate) client_info: Option<String>,
+    /// RFC 8693 §2.2.1, token exchange answers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issued_token_type: Option<&'static str>,
 }
 
 pub(crate) async fn token(
@@ -85,6 +90,7 @@ fn handle(
         "client_credentials",
         "password",
         JWT_BEARER,
+        TOKEN_EXCHANGE,
     ];
     if !known.contains(&grant_type) {
         return Err(AadError::new(
@@ -99,8 +105,13 @@ fn handle(
             "No tenant-identifying information found in either the request or implied by any provided credentials.",
         ));
     }
+    // Maskinporten's grant carries no client authentication: the signed assertion is it.
+    if grant_type == JWT_BEARER && grants::is_maskinporten_grant(params) {
+        return grants::jwt_bearer_grant(shared, &tenant, params);
+    }
     let client = client_auth::authenticate(shared, &tenant, headers, params)?;
     let mut response = match grant_type {
+        TOKEN_EXCHANGE => grants::token_exchange(shared, &tenant, &client, params)?,
         "authorization_code" => authorization_code(shared, &client, params)?,
         "refresh_token" => refresh_token(shared, &client, params)?,
         "client_credentials" => client_credentials(shared, &tenant, &client, params)?,
@@ -422,6 +433,7 @@ fn client_credentials(
         refresh_token: None,
         id_token: None,
         client_info: None,
+        issued_token_type: None,
     })
 }
 
@@ -497,15 +509,19 @@ fn on_behalf_of(
     Ok(minted)
 }
 
-/// The user behind a verified OBO assertion.
-struct AssertionSubject {
-    oid: String,
-    session: UserSession,
+/// The user behind a verified OBO (or token exchange) assertion.
+pub(crate) struct AssertionSubject {
+    pub(crate) oid: String,
+    /// The assertion's `sub` (pairwise per app), kept by a token exchange.
+    pub(crate) sub: String,
+    /// The assertion's issuer.
+    pub(crate) issuer: String,
+    pub(crate) session: UserSession,
 }
 
 /// OBO assertion checks: signed by this IdP, issued by the tenant it names, not expired,
 /// addressed to the calling client, and a delegated (user) token.
-fn verify_user_assertion(
+pub(crate) fn verify_user_assertion(
     shared: &Shared,
     tenant: &TenantPath,
     client: &Client,
@@ -609,6 +625,8 @@ fn verify_user_assertion(
         .unwrap_or_default();
     Ok(AssertionSubject {
         oid,
+        sub: jwt.claim_str("sub").unwrap_or_default().to_owned(),
+        issuer: jwt.claim_str("iss").unwrap_or_default().to_owned(),
         session: UserSession {
             username,
             tid,
@@ -753,6 +771,7 @@ fn mint_user_tokens(
         refresh_token: None,
         id_token,
         client_info: Some(client_info),
+        issued_token_type: None,
     })
 }
 
@@ -799,7 +818,7 @@ fn add_custom_claims(claims: &mut Map<String, Value>, user: &DevUser) {
     }
 }
 
-fn sign(shared: &Shared, claims: Map<String, Value>) -> Result<String, AadError> {
+pub(crate) fn sign(shared: &Shared, claims: Map<String, Value>) -> Result<String, AadError> {
     shared.sign(&Value::Object(claims)).map_err(|_| {
         AadError::new(
             "server_error",
@@ -819,7 +838,7 @@ pub(crate) fn pairwise_subject(oid: &str, app: &str) -> String {
 }
 
 /// Entra's `uti`: an opaque 22-character per-token id.
-fn uti() -> String {
+pub(crate) fn uti() -> String {
     URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
 }
 
