@@ -42,6 +42,7 @@ mod redact;
 mod reload;
 mod route;
 mod secret;
+mod telemetry;
 mod upstream;
 
 use std::path::Path;
@@ -63,6 +64,7 @@ pub use self::reload::ReloadConfig;
 pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};
 pub use self::secret::Secret;
+pub use self::telemetry::TelemetryConfig;
 pub use self::upstream::UpstreamConfig;
 pub use crate::store::{StoreConfig, StoreKind};
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Reloading while serving.
     pub reload: ReloadConfig,
+    /// OpenTelemetry tracing.
+    pub telemetry: TelemetryConfig,
 }
 
 /// A configuration error; its message starts with the option's name.
@@ -179,6 +183,10 @@ impl Config {
         env::apply_nais_env(&mut cfg, &vars)?;
         env::apply_idporten_env(&mut cfg, &vars)?;
         env::apply_workload_identity(&mut cfg, &vars)?;
+        // Without the exporter compiled in, a pod's OTEL_* variables (meant for the app) are
+        // not this build's to refuse.
+        #[cfg(feature = "otel")]
+        telemetry::apply_otel_env(&mut cfg.telemetry, &vars, |key| figment.contains(key))?;
         cfg.normalize();
         cfg.validate()?;
         Ok(cfg)
@@ -228,6 +236,7 @@ impl Config {
         self.log.check()?;
         self.cache.check()?;
         self.reload.check()?;
+        self.telemetry.check()?;
         Ok(())
     }
 
