@@ -117,8 +117,8 @@ async fn run(command: Command) -> Result<(), String> {
             let cfg = load(&config)?;
             // Started before the first span: the server's spans are opened only once it runs.
             #[cfg(feature = "otel")]
-            let telemetry = tollgate::telemetry::Telemetry::start(&cfg.telemetry)
-                .map_err(|e| e.to_string())?;
+            let telemetry =
+                tollgate::telemetry::Telemetry::start(&cfg.telemetry).map_err(|e| e.to_string())?;
             #[cfg(feature = "otel")]
             let exported = telemetry.as_ref().map(|t| t.layer());
             #[cfg(not(feature = "otel"))]
@@ -217,7 +217,11 @@ fn in_force(cfg: &Config) -> String {
             without_userinfo(&url),
             cfg.telemetry.service_name,
             cfg.telemetry.sample_ratio,
-            if cfg.telemetry.user_attribute { "on" } else { "off" }
+            if cfg.telemetry.user_attribute {
+                "on"
+            } else {
+                "off"
+            }
         ));
     }
     if cfg.providers.is_empty() {

@@ -78,7 +78,8 @@ pub(crate) fn note_route(method: &http::Method, route: &str) {
     }
     let span = tracing::Span::current();
     span.record("http.route", route);
-    span.record("otel.name", format!("{method} {route}").as_str());
+    #[cfg(feature = "otel")]
+    otel::rename(&span, format!("{method} {route}"));
 }
 
 #[cfg(feature = "server")]
@@ -112,9 +113,9 @@ pub(crate) fn note_status(span: &tracing::Span, status: Option<u16>) {
 }
 
 #[cfg(feature = "otel")]
-pub use otel::{Telemetry, TelemetryError};
-#[cfg(feature = "otel")]
 pub(crate) use otel::inbound_span;
+#[cfg(feature = "otel")]
+pub use otel::{Telemetry, TelemetryError};
 
 #[cfg(feature = "otel")]
 mod otel {
@@ -191,10 +192,7 @@ mod otel {
                 .filter(|(k, _)| k.as_str() != "service.name")
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
                 .collect();
-            attributes.push(KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ));
+            attributes.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
             let resource = Resource::builder_empty()
                 .with_service_name(cfg.service_name.clone())
                 .with_attributes(attributes)
@@ -217,8 +215,15 @@ mod otel {
             S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
         {
             let tracer = self.provider.tracer("tollgate");
+            // Source locations, threads, targets and busy/idle times would be noise on every
+            // span (and work on every enter and exit): the attributes are the ones set here.
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_level(false)
+                .with_tracked_inactivity(false)
                 .with_filter(tracing_subscriber::filter::filter_fn(|m| {
                     m.is_span() && m.target() == super::TARGET
                 }))
@@ -269,6 +274,13 @@ mod otel {
             let _ = span.set_parent(parent);
         }
         span
+    }
+
+    /// Renames a started span (`otel.name` recorded late would be ignored once it started).
+    #[cfg(feature = "server")]
+    pub(super) fn rename(span: &tracing::Span, name: String) {
+        use opentelemetry::trace::TraceContextExt as _;
+        span.context().span().update_name(name);
     }
 
     pub(super) fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {

@@ -212,7 +212,10 @@ mod tests {
         assert_eq!(parsed["a"], "1");
         for bad in ["novalue", "=v", "a=%zz", "a=%4"] {
             let err = parse_resource_attributes(bad).unwrap_err().to_string();
-            assert!(err.starts_with("OTEL_RESOURCE_ATTRIBUTES: "), "{bad}: {err}");
+            assert!(
+                err.starts_with("OTEL_RESOURCE_ATTRIBUTES: "),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -69,7 +69,9 @@ pub(super) async fn public_request(
             challenge
         }
         Ok(user) => {
-            let oid = user.as_ref().map(|u| u.claims.oid().unwrap_or(u.claims.subject()));
+            let oid = user
+                .as_ref()
+                .map(|u| u.claims.oid().unwrap_or(u.claims.subject()));
             crate::telemetry::note_user(&state.config.telemetry, oid);
             if access && let Some(user) = &user {
                 let c = &user.claims;

@@ -179,7 +179,10 @@ impl Validator {
             cache = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let result = self.validate_traced(token, &span).instrument(span.clone()).await;
+        let result = self
+            .validate_traced(token, &span)
+            .instrument(span.clone())
+            .await;
         if let Err(e) = &result
             && !span.is_none()
         {
