@@ -65,6 +65,7 @@ pub(crate) fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
 }
 
 /// A request's path without its query (which may carry a token or a code).
+#[cfg(feature = "otel")]
 pub(crate) fn path_only(uri: &str) -> &str {
     uri.split(['?', '#']).next().unwrap_or_default()
 }
@@ -80,6 +81,8 @@ pub(crate) fn note_route(method: &http::Method, route: &str) {
     span.record("http.route", route);
     #[cfg(feature = "otel")]
     otel::rename(&span, format!("{method} {route}"));
+    #[cfg(not(feature = "otel"))]
+    let _ = method;
 }
 
 #[cfg(feature = "server")]
@@ -179,13 +182,7 @@ mod otel {
             let Some(url) = cfg.traces_url() else {
                 return Ok(None);
             };
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(url.as_str())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            let exporter = warn_once_exporter(url.as_str())?;
             let mut attributes: Vec<KeyValue> = cfg
                 .resource_attributes
                 .iter()
@@ -200,7 +197,7 @@ mod otel {
             let sampler =
                 Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio)));
             let provider = SdkTracerProvider::builder()
-                .with_batch_exporter(WarnOnce::new(exporter, url.host_str().unwrap_or("")))
+                .with_batch_exporter(exporter)
                 .with_sampler(sampler)
                 .with_resource(resource)
                 .build();
@@ -245,6 +242,24 @@ mod otel {
                 .shutdown()
                 .map_err(|e| TelemetryError::Provider(e.to_string()))
         }
+    }
+
+    /// The OTLP/HTTP protobuf exporter posting to `url`, warning once while it cannot.
+    pub(super) fn warn_once_exporter(
+        url: &str,
+    ) -> Result<WarnOnce<opentelemetry_otlp::SpanExporter>, TelemetryError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(url)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let collector = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        Ok(WarnOnce::new(exporter, &collector))
     }
 
     /// How long one export may take before its batch is dropped.
@@ -318,7 +333,7 @@ mod otel {
     /// can again) instead of nothing, or a line per batch: spans are dropped meanwhile, requests
     /// are not affected.
     #[derive(Debug)]
-    struct WarnOnce<E> {
+    pub(super) struct WarnOnce<E> {
         inner: E,
         collector: String,
         failing: AtomicBool,
@@ -362,5 +377,72 @@ mod otel {
         fn set_resource(&mut self, resource: &Resource) {
             self.inner.set_resource(resource);
         }
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_sdk::trace::SpanExporter as _;
+
+    use super::otel::warn_once_exporter;
+
+    /// A writer the test reads back: the log lines written while it was the default.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on this thread as the SDK's batch thread does (no Tokio runtime: the blocking
+    /// client refuses to run inside one).
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_missing_collector_is_one_warning_not_one_per_batch() {
+        // A port nobody listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let exporter = warn_once_exporter(&format!("http://127.0.0.1:{port}/v1/traces")).unwrap();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                let result = block_on(exporter.export(Vec::new()));
+                assert!(result.is_err());
+            }
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("spans not exported").count(), 1, "{text}");
+        assert!(
+            text.contains("WARN") && text.contains("127.0.0.1"),
+            "{text}"
+        );
     }
 }

@@ -18,6 +18,8 @@ use super::ConfigError;
 /// restart to change it.
 ///
 /// ```
+/// # #[cfg(feature = "otel")]
+/// # fn main() -> Result<(), tollgate::config::ConfigError> {
 /// use tollgate::config::{Config, MapEnv};
 /// let toml = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\n";
 /// let cfg = Config::from_toml_str(toml, &MapEnv::default())?;
@@ -27,7 +29,9 @@ use super::ConfigError;
 ///
 /// let env = MapEnv::from([("OTEL_SERVICE_NAME", "checkout-sidecar")]);
 /// assert_eq!(Config::from_toml_str(toml, &env)?.telemetry.service_name, "checkout-sidecar");
-/// # Ok::<(), tollgate::config::ConfigError>(())
+/// # Ok(()) }
+/// # #[cfg(not(feature = "otel"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +124,7 @@ impl TelemetryConfig {
 /// to the keys `set_in_file` says the file (or a `TOLLGATE_*` variable) left unset. A
 /// `service.name` among the resource attributes names the service when `OTEL_SERVICE_NAME`
 /// does not, as the specification orders them.
+#[cfg(feature = "otel")]
 pub(super) fn apply_otel_env(
     t: &mut TelemetryConfig,
     vars: &[(String, String)],
@@ -156,6 +161,7 @@ pub(super) fn apply_otel_env(
 
 /// `key1=value1,key2=value2`, each part percent-encoded (W3C Baggage's form, which the
 /// OpenTelemetry specification uses for `OTEL_RESOURCE_ATTRIBUTES`).
+#[cfg(feature = "otel")]
 fn parse_resource_attributes(v: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let bad = |why: &str| ConfigError::invalid("OTEL_RESOURCE_ATTRIBUTES", why.to_owned());
     let mut out = BTreeMap::new();
@@ -176,6 +182,7 @@ fn parse_resource_attributes(v: &str) -> Result<BTreeMap<String, String>, Config
 }
 
 /// Percent-decodes `s` into UTF-8; `None` when an escape is broken or the bytes are not UTF-8.
+#[cfg(feature = "otel")]
 fn percent_decode(s: &str) -> Option<String> {
     let mut bytes = Vec::with_capacity(s.len());
     let mut rest = s.as_bytes();
@@ -193,7 +200,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "otel"))]
 mod tests {
     use super::*;
 
