@@ -13,7 +13,10 @@
 //!    provider `idporten`,
 //! 4. Azure Workload Identity's `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
 //!    `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`: a federated client assertion for `entra_id`
-//!    (created when absent and both ids are set) unless it has a secret or key of its own.
+//!    (created when absent and both ids are set) unless it has a secret or key of its own,
+//! 5. with the `otel` feature, OpenTelemetry's `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`
+//!    and `OTEL_RESOURCE_ATTRIBUTES`, for the `[telemetry]` keys the file and the `TOLLGATE_*`
+//!    variables leave unset.
 //!
 //! The environment is read through [`EnvSource`] so tests inject values instead of mutating the
 //! process environment.
