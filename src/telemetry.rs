@@ -1,6 +1,6 @@
 //! OpenTelemetry tracing: the OTLP exporter and its provider ([`Telemetry`], feature `otel`),
-//! the W3C Trace Context propagation (`traceparent`/`tracestate`, <https://www.w3.org/TR/trace-context/>)
-//! in and out, and the spans tollgate opens around a request's steps.
+//! W3C Trace Context (`traceparent`/`tracestate`, <https://www.w3.org/TR/trace-context/>) in
+//! and out, and the spans tollgate opens around a request's steps.
 //!
 //! Spans are ordinary `tracing` spans of target `tollgate::telemetry`, exported by the layer
 //! [`Telemetry::layer`] gives. They are opened only once [`Telemetry::start`] has run: before

@@ -5,6 +5,7 @@
 //!
 //! One exporter and one receiver serve the whole binary (the tracing subscriber is global);
 //! each test finds its own spans by the trace id it sent.
+#![cfg(feature = "otel")]
 
 #[path = "support/mod.rs"]
 mod support;

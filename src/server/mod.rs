@@ -516,8 +516,9 @@ impl tower::Service<axum::extract::Request> for CurrentRouter {
 /// Routes, upstream, providers, identity headers and the API key change at once; requests in
 /// flight finish with the configuration they started with, and no connection is dropped.
 /// Providers whose settings did not change keep their keys and caches. Listener addresses,
-/// `[store]`, `[cache]`, `[login] enabled` and `[telemetry]` cannot change without a restart: such a reload is
-/// refused, as is one that cannot be built, and the configuration in force stays.
+/// `[store]`, `[cache]`, `[login] enabled` and `[telemetry]` cannot change without a restart:
+/// such a reload is refused, as is one that cannot be built, and the configuration in force
+/// stays.
 #[derive(Clone)]
 pub struct Reloader(Arc<Live>);
 
