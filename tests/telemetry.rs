@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -165,10 +165,66 @@ fn telemetry_toml(collector: SocketAddr, user_attribute: bool) -> String {
     )
 }
 
-/// A dev IdP, an echo upstream and tollgate in front with an On-Behalf-Of route.
+/// A relay in front of the dev IdP's token endpoint that keeps the `traceparent` of each
+/// request it passes on: what the IdP was sent.
+#[derive(Clone)]
+struct TokenRelay {
+    url: String,
+    traceparents: Arc<Mutex<Vec<String>>>,
+}
+
+impl TokenRelay {
+    async fn start(token_endpoint: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = TokenRelay {
+            url: format!("http://{}/token", listener.local_addr().unwrap()),
+            traceparents: Arc::default(),
+        };
+        let kept = relay.traceparents.clone();
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (kept, http, token_endpoint) =
+                        (kept.clone(), http.clone(), token_endpoint.clone());
+                    async move {
+                        if let Some(tp) = headers.get("traceparent") {
+                            kept.lock().unwrap().push(tp.to_str().unwrap().to_owned());
+                        }
+                        let mut req = http.post(&token_endpoint).body(body);
+                        for name in ["content-type", "authorization"] {
+                            if let Some(v) = headers.get(name) {
+                                req = req.header(name, v);
+                            }
+                        }
+                        let resp = req.send().await.unwrap();
+                        let status = resp.status().as_u16();
+                        let body = resp.bytes().await.unwrap();
+                        (
+                            axum::http::StatusCode::from_u16(status).unwrap(),
+                            [("content-type", "application/json")],
+                            body,
+                        )
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        relay
+    }
+
+    fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().unwrap().clone()
+    }
+}
+
+/// A dev IdP (its token endpoint behind a [`TokenRelay`]), an echo upstream and tollgate in
+/// front with an On-Behalf-Of route.
 struct Stack {
     _idp: DevIdpHandle,
     idp_addr: String,
+    relay: TokenRelay,
     _echo: Echo,
     server: RunningServer,
     http: reqwest::Client,
@@ -185,6 +241,7 @@ impl Stack {
         .await
         .unwrap();
         let echo = Echo::start().await;
+        let relay = TokenRelay::start(idp.token_endpoint(DEFAULT_TENANT_ID)).await;
         let config = format!(
             r#"
 {listen}
@@ -195,6 +252,7 @@ url = "{upstream}"
 name = "entra_id"
 well_known_url = "{well_known}"
 client_id = "{TOLLGATE_CLIENT_ID}"
+token_endpoint = "{token_endpoint}"
 
 [[routes]]
 path = "/obo/"
@@ -210,6 +268,7 @@ auth = "required"
             listen = support::config::listen("2s"),
             upstream = echo.url(),
             well_known = idp.well_known_url(DEFAULT_TENANT_ID),
+            token_endpoint = relay.url,
             telemetry = telemetry_toml(collector.addr, user_attribute),
         );
         let env = MapEnv::from([("AZURE_APP_CLIENT_SECRET", TOLLGATE_CLIENT_SECRET)]);
@@ -233,6 +292,7 @@ auth = "required"
         Stack {
             _idp: idp,
             idp_addr,
+            relay,
             _echo: echo,
             server,
             http,
@@ -341,8 +401,14 @@ async fn a_proxied_obo_request_is_one_trace_from_the_client_through_the_idp_to_t
     assert_eq!(idp_call.parent_span_id, exchange.span_id);
     assert_eq!(idp_call.attributes["idp.call"], "token endpoint");
     assert_eq!(idp_call.attributes["http.request.method"], "POST");
-    assert_eq!(idp_call.attributes["server.address"], stack.idp_addr);
+    assert_eq!(idp_call.attributes["server.address"], "127.0.0.1");
+    assert_eq!(idp_call.attributes["url.path"], "/token");
     assert_eq!(idp_call.attributes["http.response.status_code"], "200");
+    // The IdP was sent the trace too, from the IdP call's span.
+    assert_eq!(
+        stack.relay.traceparents(),
+        [format!("00-{trace_id}-{}-01", idp_call.span_id)]
+    );
 
     let upstream = one(&spans, "upstream_request");
     assert_eq!(upstream.parent_span_id, request.span_id);
