@@ -67,6 +67,7 @@
 //! | `sqlite` | yes | the SQLite token store |
 //! | `redis` | yes | the Redis token store |
 //! | `dev-idp` | yes | the dev IdP, `tollgate demo`, and the `tollgate` binary |
+//! | `otel` | yes | OpenTelemetry tracing over OTLP/HTTP ([`telemetry`]), off until `[telemetry]` is configured |
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod config;
@@ -74,6 +75,7 @@ pub mod exchange;
 pub mod layer;
 pub mod provider;
 pub mod store;
+pub mod telemetry;
 pub mod validate;
 
 #[cfg(feature = "server")]

@@ -115,9 +115,17 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
             let cfg = load(&config)?;
+            // Started before the first span: the server's spans are opened only once it runs.
+            #[cfg(feature = "otel")]
+            let telemetry =
+                tollgate::telemetry::Telemetry::start(&cfg.telemetry).map_err(|e| e.to_string())?;
+            #[cfg(feature = "otel")]
+            let exported = telemetry.as_ref().map(|t| t.layer());
+            #[cfg(not(feature = "otel"))]
+            let exported = None;
             // `access = true` shows the access lines whatever `level` keeps quiet (RUST_LOG,
             // when set, still decides alone).
-            let set_level = init_logging(cfg.log.format, &log_filter(&cfg));
+            let set_level = init_logging(cfg.log.format, &log_filter(&cfg), exported);
             let watch = cfg.reload.watch.then_some(cfg.reload.debounce);
             let ignored = tollgate::config::ignored_env_names(&ProcessEnv);
             if !ignored.is_empty() {
@@ -138,10 +146,16 @@ async fn run(command: Command) -> Result<(), String> {
             if let Some(debounce) = watch {
                 tokio::spawn(reload.watch(debounce));
             }
-            server
-                .run(shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
+            let served = server.run(shutdown_signal()).await;
+            // The spans of the last requests are still queued: sent before the process ends.
+            #[cfg(feature = "otel")]
+            if let Some(t) = telemetry {
+                let flushed = tokio::task::spawn_blocking(move || t.shutdown()).await;
+                if let Ok(Err(e)) = flushed {
+                    tracing::warn!(error = %e, "telemetry: the last spans were not exported");
+                }
+            }
+            served.map_err(|e| e.to_string())
         }
         Command::Check { config } => {
             let cfg = load(&config)?;
@@ -152,13 +166,13 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo { port } => {
-            drop(init_logging(LogFormat::Pretty, "warn,tollgate=info"));
+            drop(init_logging(LogFormat::Pretty, "warn,tollgate=info", None));
             tollgate::demo::run(port, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }
         Command::DevIdp { listen, config } => {
-            drop(init_logging(LogFormat::Pretty, "info"));
+            drop(init_logging(LogFormat::Pretty, "info", None));
             let mut cfg = match config {
                 Some(path) => tollgate_devidp::DevIdpConfig::from_toml_file(&path)
                     .map_err(|e| e.to_string())?,
@@ -196,6 +210,20 @@ fn in_force(cfg: &Config) -> String {
     out.push_str(&format!("  listener public {}\n", cfg.listen.public));
     out.push_str(&format!("  listener api {}\n", addr(cfg.listen.api)));
     out.push_str(&format!("  listener admin {}\n", addr(cfg.listen.admin)));
+    // Said only when on: off is the default, and the summary lists what is in force.
+    if let Some(url) = cfg.telemetry.traces_url() {
+        out.push_str(&format!(
+            "  telemetry OTLP/HTTP to {}, service {}, sample ratio {}, user attribute {}\n",
+            without_userinfo(&url),
+            cfg.telemetry.service_name,
+            cfg.telemetry.sample_ratio,
+            if cfg.telemetry.user_attribute {
+                "on"
+            } else {
+                "off"
+            }
+        ));
+    }
     if cfg.providers.is_empty() {
         out.push_str("  providers none\n");
     }
@@ -342,35 +370,33 @@ fn log_filter(cfg: &Config) -> String {
 /// Changes the log filter while running; does nothing when `RUST_LOG` chose it.
 type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
 
-fn init_logging(format: LogFormat, level: &str) -> SetLevel {
+/// A layer beside the log output: the OpenTelemetry exporter's, when telemetry is on.
+type ExtraLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+fn init_logging(format: LogFormat, level: &str, exported: Option<ExtraLayer>) -> SetLevel {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // RUST_LOG, when set, decides alone, at start and after every reload.
     let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
     let pinned = from_env.is_some();
     let filter = from_env
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // The filter is the log output's alone (a per-layer filter): `[log] level = "warn"` keeps
+    // the log quiet without keeping the exported spans from being recorded.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colour codes only for a terminal: in a file or a log collector they are noise.
-    let builder = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    // The filter goes on last: the reload handle's type names the formatter it sits on.
-    match format {
-        LogFormat::Json => {
-            let builder = builder
-                .json()
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = builder.try_init();
-            level_setter(handle, pinned)
-        }
-        LogFormat::Pretty => {
-            let builder = builder.with_env_filter(filter).with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = builder.try_init();
-            level_setter(handle, pinned)
-        }
-    }
+    let log: ExtraLayer = match format {
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Pretty => fmt.with_filter(filter).boxed(),
+    };
+    let layers: Vec<ExtraLayer> = std::iter::once(log).chain(exported).collect();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    level_setter(handle, pinned)
 }
 
 fn level_setter<S: 'static>(

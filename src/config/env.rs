@@ -423,6 +423,7 @@ const STRING_KEYS: &[&str] = &[
     "client_jwk",
     "name",
     "level",
+    "service_name",
 ];
 
 /// The `<SECTION>__<KEY>` part of a `TOLLGATE_*` variable that is configuration.

@@ -18,7 +18,10 @@
 //!    `jwt_bearer` provider `maskinporten`,
 //! 4. Azure Workload Identity's `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
 //!    `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`: a federated client assertion for `entra_id`
-//!    (created when absent and both ids are set) unless it has a secret or key of its own.
+//!    (created when absent and both ids are set) unless it has a secret or key of its own,
+//! 5. with the `otel` feature, OpenTelemetry's `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`
+//!    and `OTEL_RESOURCE_ATTRIBUTES`, for the `[telemetry]` keys the file and the `TOLLGATE_*`
+//!    variables leave unset.
 //!
 //! The environment is read through [`EnvSource`] so tests inject values instead of mutating the
 //! process environment.
@@ -48,6 +51,7 @@ mod reload;
 mod route;
 mod secret;
 mod session;
+mod telemetry;
 mod upstream;
 
 use std::path::Path;
@@ -70,6 +74,7 @@ pub(crate) use self::route::HOP_BY_HOP;
 pub use self::route::{AuthMode, IdentityHeaders, RouteConfig};
 pub use self::secret::Secret;
 pub use self::session::SessionConfig;
+pub use self::telemetry::TelemetryConfig;
 pub use self::upstream::UpstreamConfig;
 pub use crate::store::{StoreConfig, StoreKind};
 
@@ -110,6 +115,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// Browser sign-in and cookie sessions.
     pub session: SessionConfig,
+    /// OpenTelemetry tracing.
+    pub telemetry: TelemetryConfig,
 }
 
 /// A configuration error; its message starts with the option's name.
@@ -190,6 +197,10 @@ impl Config {
         env::apply_token_x_env(&mut cfg, &vars)?;
         env::apply_maskinporten_env(&mut cfg, &vars)?;
         env::apply_workload_identity(&mut cfg, &vars)?;
+        // Without the exporter compiled in, a pod's OTEL_* variables (meant for the app) are
+        // not this build's to refuse.
+        #[cfg(feature = "otel")]
+        telemetry::apply_otel_env(&mut cfg.telemetry, &vars, |key| figment.contains(key))?;
         cfg.normalize();
         cfg.validate()?;
         Ok(cfg)
@@ -241,6 +252,7 @@ impl Config {
         self.log.check()?;
         self.cache.check()?;
         self.reload.check()?;
+        self.telemetry.check()?;
         Ok(())
     }
 

@@ -10,8 +10,9 @@ use super::{ConfigError, duration_str};
 ///
 /// Routes, upstream, providers (audiences, scopes, keys), identity headers, the API key and
 /// the log level change without dropping a connection; the caches of providers whose settings
-/// did not change are kept. Listener addresses, `[store]`, `[cache]` and `[login] enabled` stay
-/// as the process started (a reload changing them is refused: restart for those).
+/// did not change are kept. Listener addresses, `[store]`, `[cache]`, `[login] enabled` and
+/// `[telemetry]` stay as the process started (a reload changing them is refused: restart for
+/// those).
 ///
 /// ```
 /// use std::time::Duration;

@@ -233,15 +233,18 @@ async fn post(
         Some(auth) => auth.apply(endpoint, &mut form).await?,
         None => None,
     };
+    let url = url::Url::parse(endpoint).map_err(|_| ExchangeError::NoTokenEndpoint)?;
     let mut req = provider
         .http()
-        .post(endpoint)
+        .post(url.as_str())
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&form);
     if let Some(b) = basic {
         req = req.header(reqwest::header::AUTHORIZATION, b);
     }
-    let resp = req.send().await.map_err(|e| upstream(&e))?;
+    let resp = crate::provider::send(req, "POST", &url, "token endpoint")
+        .await
+        .map_err(|e| upstream(&e))?;
     let status = resp.status().as_u16();
     let body = crate::provider::read_capped(resp, "token endpoint")
         .await

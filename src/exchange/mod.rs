@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 pub use cache::ExchangedToken;
 pub use grants::{IdpError, RefreshedTokens};
@@ -707,6 +708,13 @@ impl Exchanger {
         check_target(target)?;
         let endpoint = self.token_endpoint(tid)?;
         let started = std::time::Instant::now();
+        let span = crate::telemetry::span!(
+            "exchange",
+            otel.status_code = tracing::field::Empty,
+            provider = self.inner.provider.name(),
+            grant = "refresh_token",
+            error.type = tracing::field::Empty,
+        );
         let result = grants::refresh(
             &self.inner.provider,
             &self.inner.auth,
@@ -714,7 +722,14 @@ impl Exchanger {
             refresh_token,
             target,
         )
+        .instrument(span.clone())
         .await;
+        if let Err(e) = &result
+            && !span.is_none()
+        {
+            span.record("error.type", e.code());
+            span.record("otel.status_code", "ERROR");
+        }
         record("refresh_token", &result, started);
         result
     }
@@ -865,18 +880,44 @@ impl Exchanger {
             subject,
         );
         let label = grant.label();
+        let span = crate::telemetry::span!(
+            "exchange",
+            otel.status_code = tracing::field::Empty,
+            provider = self.inner.provider.name(),
+            grant = label,
+            cache = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let make = move || {
             let fetch = make_fetch();
-            move || async move {
-                let started = std::time::Instant::now();
-                let result = fetch()
-                    .await
-                    .and_then(|r| ExchangedToken::from_response(r, subject_exp));
-                record(label, &result, started);
-                result
+            // The fetch runs in a task of its own (see `get_or_else`): its IdP call stays a
+            // child of the exchange that started it.
+            let parent = tracing::Span::current();
+            move || {
+                async move {
+                    let started = std::time::Instant::now();
+                    let result = fetch()
+                        .await
+                        .and_then(|r| ExchangedToken::from_response(r, subject_exp));
+                    record(label, &result, started);
+                    result
+                }
+                .instrument(parent)
             }
         };
-        let (result, hit) = self.inner.cache.get_or_else(key, skip_cache, make).await;
+        let (result, hit) = self
+            .inner
+            .cache
+            .get_or_else(key, skip_cache, make)
+            .instrument(span.clone())
+            .await;
+        if !span.is_none() {
+            span.record("cache", if hit { "hit" } else { "miss" });
+            if let Err(e) = &result {
+                span.record("error.type", e.code());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         let m = &self.inner.metrics;
         m.lookups[grant.index()][usize::from(hit)]
             .get_or_init(|| metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" }))

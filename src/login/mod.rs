@@ -221,7 +221,7 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             req = req.header(name, v);
         }
     }
-    let resp = match req.send().await {
+    let resp = match crate::provider::send(req, "POST", &endpoint, "token endpoint").await {
         Ok(r) => r,
         Err(e) => {
             let timeout = e.is_timeout();

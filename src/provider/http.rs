@@ -1,5 +1,6 @@
 //! The HTTP client for one IdP: reqwest with rustls (platform verifier), pooled, with a timeout on
-//! every request, and a size cap on the documents read back.
+//! every request, and a size cap on the documents read back. Every request goes through [`send`]:
+//! one span per IdP call, its trace context sent along.
 
 use std::time::Duration;
 
@@ -26,10 +27,10 @@ pub(super) async fn get_json(
     url: &url::Url,
     what: &'static str,
 ) -> Result<serde_json::Value, ProviderError> {
-    let resp = http
+    let req = http
         .get(url.as_str())
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
+        .header(reqwest::header::ACCEPT, "application/json");
+    let resp = send(req, "GET", url, what)
         .await
         .map_err(|e| transport(what, &e))?;
     if !resp.status().is_success() {
@@ -43,6 +44,39 @@ pub(super) async fn get_json(
         what,
         message: format!("not JSON: {e}"),
     })
+}
+
+/// Sends a request to the IdP (`method` to `url`, for `what`: "token endpoint", "JWKS", ...)
+/// inside an `idp_request` span, with that span's `traceparent` on it. The span records the
+/// host and the path, never the query, form or headers.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    method: &'static str,
+    url: &url::Url,
+    what: &'static str,
+) -> reqwest::Result<reqwest::Response> {
+    use tracing::Instrument as _;
+    let span = crate::telemetry::span!(
+        "idp_request",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        idp.call = what,
+        http.request.method = method,
+        server.address = url.host_str().unwrap_or(""),
+        url.path = url.path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let req = if span.is_none() {
+        req
+    } else {
+        let mut headers = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject(&span, &mut headers);
+        req.headers(headers)
+    };
+    let result = req.send().instrument(span.clone()).await;
+    let status = result.as_ref().ok().map(|r| r.status().as_u16());
+    crate::telemetry::note_status(&span, status);
+    result
 }
 
 /// Reads a response body, refusing more than [`MAX_DOCUMENT_BYTES`].

@@ -165,12 +165,28 @@ pub(super) async fn fetch(
     url: &Url,
     algorithms: &[Algorithm],
 ) -> Result<KeySet, ProviderError> {
+    use tracing::Instrument as _;
     const WHAT: &str = "JWKS";
-    let doc = http::get_json(client, url, WHAT).await?;
-    key_set(&doc, algorithms).map_err(|message| ProviderError::Invalid {
-        what: WHAT,
-        message,
-    })
+    let span = crate::telemetry::span!(
+        "jwks_fetch",
+        otel.status_code = tracing::field::Empty,
+        server.address = url.host_str().unwrap_or(""),
+        jwks.keys = tracing::field::Empty,
+    );
+    let doc = http::get_json(client, url, WHAT)
+        .instrument(span.clone())
+        .await;
+    let result = doc.and_then(|doc| {
+        key_set(&doc, algorithms).map_err(|message| ProviderError::Invalid {
+            what: WHAT,
+            message,
+        })
+    });
+    match &result {
+        Ok(keys) => span.record("jwks.keys", keys.keys.len()),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
+    result
 }
 
 /// The key set of a JWK Set document just fetched.

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 pub use discovery::Metadata;
-pub(crate) use http::{read_capped, transport};
+pub(crate) use http::{read_capped, send, transport};
 pub use jwks::{KeySet, VerifyingKey};
 
 use crate::config::ProviderConfig;

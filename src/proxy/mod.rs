@@ -109,9 +109,28 @@ impl Forwarder {
     ///
     /// `peer` is the client's address, used for `X-Forwarded-For`. A client listing
     /// `Authorization`, `Host` or `X-Auth-*` in `Connection` does not get them removed.
-    pub(crate) async fn forward(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    pub(crate) async fn forward(&self, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        use tracing::Instrument as _;
         let started = Instant::now();
-        match self.inner.try_forward(req, peer).await {
+        let span = crate::telemetry::span!(
+            "upstream_request",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = req.method().as_str(),
+            url.path = req.uri().path(),
+            server.address = self.inner.authority.as_ref().map_or("", |a| a.host()),
+            http.response.status_code = tracing::field::Empty,
+        );
+        // The upstream continues the trace from this span (W3C Trace Context).
+        crate::telemetry::inject(&span, req.headers_mut());
+        let result = self
+            .inner
+            .try_forward(req, peer)
+            .instrument(span.clone())
+            .await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        crate::telemetry::note_status(&span, status);
+        match result {
             Ok(response) => {
                 record_upstream_duration(Outcome::Status(response.status()), started.elapsed());
                 response

@@ -35,6 +35,7 @@ pub(super) async fn public_request(
             "no route is configured for this path",
         );
     };
+    crate::telemetry::note_route(req.method(), &route.label);
     // Identity headers are ours alone: whatever a client sent under X-Auth-* or Easy Auth's
     // X-MS-* names is dropped first, on every route, so an upstream can trust them.
     crate::identity_headers::remove_client_copies(req.headers_mut());
@@ -69,6 +70,10 @@ pub(super) async fn public_request(
                 challenge
             }
             Ok(user) => {
+                let oid = user
+                    .as_ref()
+                    .map(|u| u.claims.oid().unwrap_or(u.claims.subject()));
+                crate::telemetry::note_user(&state.config.telemetry, oid);
                 if access && let Some(user) = &user {
                     let c = &user.claims;
                     note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));

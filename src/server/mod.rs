@@ -438,8 +438,18 @@ impl Generation {
         let (access, request_id) = (log.access, log.request_id);
         Self {
             number,
-            public: logged(public_router(state.clone()), "public", access, request_id),
-            api: logged(crate::api::router(state.clone()), "api", access, request_id),
+            public: traced(logged(
+                public_router(state.clone()),
+                "public",
+                access,
+                request_id,
+            )),
+            api: traced(logged(
+                crate::api::router(state.clone()),
+                "api",
+                access,
+                request_id,
+            )),
             admin: crate::admin::router(state.clone()),
             state,
         }
@@ -539,8 +549,9 @@ fn build_sessions(
 /// Routes, upstream, providers, identity headers and the API key change at once; requests in
 /// flight finish with the configuration they started with, and no connection is dropped.
 /// Providers whose settings did not change keep their keys and caches. Listener addresses,
-/// `[store]`, `[cache]` and `[login] enabled` cannot change without a restart: such a reload is
-/// refused, as is one that cannot be built, and the configuration in force stays.
+/// `[store]`, `[cache]`, `[login] enabled` and `[telemetry]` cannot change without a restart:
+/// such a reload is refused, as is one that cannot be built, and the configuration in force
+/// stays.
 #[derive(Clone)]
 pub struct Reloader(Arc<Live>);
 
@@ -587,6 +598,7 @@ impl Reloader {
                 "session.enabled",
                 was.session.enabled == config.session.enabled,
             ),
+            ("telemetry", was.telemetry == config.telemetry),
         ] {
             if !same {
                 return Err(ServerError::Reload(format!(
@@ -716,6 +728,33 @@ fn logged(router: Router, listener: &'static str, access: bool, request_id: bool
     } else {
         router
     }
+}
+
+/// The router inside a span per request when telemetry runs (the client's `traceparent` its
+/// parent); without telemetry, nothing is added to the request path.
+fn traced(router: Router) -> Router {
+    #[cfg(feature = "otel")]
+    if crate::telemetry::on() {
+        return router.layer(axum::middleware::from_fn(traced_request));
+    }
+    router
+}
+
+/// One request inside its server span, the status recorded when the response head is ready.
+#[cfg(feature = "otel")]
+async fn traced_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let span = crate::telemetry::inbound_span(req.method(), req.uri().path(), req.headers());
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 fn public_router(state: Arc<AppState>) -> Router {

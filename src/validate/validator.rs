@@ -171,6 +171,33 @@ impl Validator {
     /// # fn main() {}
     /// ```
     pub async fn validate(&self, token: &str) -> Result<Claims, ValidationError> {
+        use tracing::Instrument as _;
+        let span = crate::telemetry::span!(
+            "validate_token",
+            otel.status_code = tracing::field::Empty,
+            provider = self.provider.name(),
+            cache = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = self
+            .validate_traced(token, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result
+            && !span.is_none()
+        {
+            span.record("error.type", e.code());
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// [`Validator::validate`] inside its span, which learns whether the cache answered.
+    async fn validate_traced(
+        &self,
+        token: &str,
+        span: &tracing::Span,
+    ) -> Result<Claims, ValidationError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(self.refuse("oversized", "the token is too large"));
         }
@@ -185,8 +212,10 @@ impl Validator {
             self.cached_hits
                 .get_or_init(|| metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached"))
                 .increment(1);
+            span.record("cache", "hit");
             return Ok(claims);
         }
+        span.record("cache", "miss");
         let result = self.validate_uncached(token).await;
         let label = match &result {
             Ok(_) => "valid",
