@@ -85,6 +85,23 @@ async fn a_browser_signs_in_and_its_session_reaches_the_app_with_identity_and_ex
     stack.echo_of("/obo/x", &session).await;
     assert_eq!(stack.idp.token_requests("refresh_token"), refreshes);
 
+    // Easy Auth's headers for an app leaving App Service, from the session's user.
+    let seen = stack.echo_of("/easy/me", &session).await;
+    assert_eq!(seen["headers"]["x-ms-client-principal-id"], ALICE_OID);
+    assert_eq!(seen["headers"]["x-ms-client-principal-name"], ALICE_UPN);
+    let principal = seen["headers"]["x-ms-client-principal"].as_str().unwrap();
+    let principal: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, principal).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        principal["claims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["val"] == ALICE_OID),
+        "{principal}"
+    );
     // A role the user lacks: 403, as for a token.
     let admin = stack.get("/admin", Some(&session), HTML).await;
     assert_eq!(admin.status(), 403);
@@ -952,6 +969,11 @@ obo = "{obo}"
 path = "/admin"
 auth = "session"
 roles = ["Admin"]
+
+[[routes]]
+path = "/easy"
+auth = "session"
+identity_headers = "easyauth"
 "#,
             echo = echo.url(),
             well_known = idp.well_known_url(TENANT),
