@@ -21,6 +21,7 @@ mod cache;
 #[cfg(feature = "server")]
 pub(crate) use cache::is_json_plain;
 pub(crate) mod grants;
+mod shared;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,6 +31,7 @@ use serde_json::Value;
 
 pub use cache::ExchangedToken;
 pub use grants::{IdpError, RefreshedTokens};
+pub(crate) use shared::SharedCache;
 
 use crate::provider::Provider;
 use crate::provider::client_auth::{ClientAuth, ClientAuthError};
@@ -194,6 +196,8 @@ struct Inner {
     validator: Validator,
     auth: ClientAuth,
     cache: cache::TokenCache,
+    /// The cache shared with other replicas (`[cache] shared`), consulted on a miss.
+    shared: Option<SharedCache>,
     metrics: CacheMetrics,
 }
 
@@ -322,6 +326,16 @@ impl Exchanger {
         capacity: u64,
         expiry_margin: Duration,
     ) -> Result<Self, ExchangeError> {
+        Self::with_shared_cache(validator, capacity, expiry_margin, None)
+    }
+
+    /// [`Exchanger::new`] with a cache shared by replicas behind its own (`[cache] shared`).
+    pub(crate) fn with_shared_cache(
+        validator: Validator,
+        capacity: u64,
+        expiry_margin: Duration,
+        shared: Option<SharedCache>,
+    ) -> Result<Self, ExchangeError> {
         let provider = validator.provider().clone();
         let auth = ClientAuth::from_config(provider.config())?;
         Ok(Self {
@@ -330,6 +344,7 @@ impl Exchanger {
                 validator,
                 auth,
                 cache: cache::TokenCache::new(capacity, expiry_margin),
+                shared,
                 metrics: CacheMetrics::default(),
             }),
         })
@@ -458,6 +473,7 @@ impl Exchanger {
                 validator: self.inner.validator.clone(),
                 auth,
                 cache: self.inner.cache.clone(),
+                shared: self.inner.shared.clone(),
                 metrics: CacheMetrics::default(),
             }),
         })
@@ -483,6 +499,9 @@ impl Exchanger {
             digest,
         );
         self.inner.cache.forget(&key).await;
+        if let Some(shared) = &self.inner.shared {
+            shared.forget(&key).await;
+        }
     }
 
     /// The exchange itself, once `target` has passed [`check_target`].
@@ -865,16 +884,19 @@ impl Exchanger {
             subject,
         );
         let label = grant.label();
+        let replicas = self.inner.shared.clone();
         let make = move || {
             let fetch = make_fetch();
-            move || async move {
+            let idp = move || async move {
                 let started = std::time::Instant::now();
                 let result = fetch()
                     .await
                     .and_then(|r| ExchangedToken::from_response(r, subject_exp));
                 record(label, &result, started);
                 result
-            }
+            };
+            // In-process miss -> the replicas' shared cache -> the IdP.
+            move || shared::through(replicas, key, skip_cache, subject_exp, idp)
         };
         let (result, hit) = self.inner.cache.get_or_else(key, skip_cache, make).await;
         let m = &self.inner.metrics;
