@@ -9,6 +9,8 @@
 //! `min(token exp, subject exp) - expiry_margin`; concurrent misses for one key make one IdP call,
 //! run in a spawned task so a caller that goes away does not cancel it for the others; errors are
 //! never cached; `skip_cache` fetches anew and replaces the entry.
+//! With `[cache] shared = "redis"`, a miss looks in the replicas' shared cache before the IdP
+//! (`shared.rs`).
 //!
 //! ```no_run
 //! # async fn f(exchanger: tollgate::exchange::Exchanger, user_token: &str) -> Result<(), tollgate::exchange::ExchangeError> {

@@ -563,8 +563,7 @@ return 0
             let other = format!("{ENTRY_PREFIX}{}", hex(&[8; 32]));
             let err = c
                 .try_unseal(&other, &blob, None)
-                .err()
-                .expect("bound to its key");
+                .expect_err("bound to its key");
             assert!(!err.to_string().contains("secret"), "{err}");
             assert!(
                 c.unseal(&other, &blob, None).is_none(),
