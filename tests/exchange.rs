@@ -3238,6 +3238,29 @@ mod shared_cache {
     }
 
     #[tokio::test]
+    async fn an_upstream_claims_challenge_removes_the_token_from_redis_too() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let alice = r.user_token(ALICE).await;
+        let first = r.proxied(0, &alice).await;
+        assert_eq!(r.entries().await.len(), 1);
+        // The upstream refuses the token (Continuous Access Evaluation): no replica may hand it
+        // out again.
+        let url = format!("http://{}/obo/cae-challenge", r.servers[0].public);
+        let resp = r.http.get(url).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(
+            r.entries().await.is_empty(),
+            "the refused token stayed in Redis"
+        );
+        let second = r.exchange(1, &alice).await;
+        assert_ne!(second, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 2);
+        r.stop().await;
+    }
+
+    #[tokio::test]
     async fn concurrent_misses_across_replicas_make_one_idp_call() {
         let Some(r) = Replicas::start("").await else {
             return;

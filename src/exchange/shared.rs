@@ -585,6 +585,81 @@ return 0
             assert_eq!(token.expires_at(), start + 3600);
         }
 
+        /// Collects what the fmt subscriber writes.
+        #[cfg(feature = "server")]
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+        #[cfg(feature = "server")]
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        // Single-threaded: the local recorder and subscriber see every call.
+        #[cfg(feature = "server")]
+        #[tokio::test(flavor = "current_thread")]
+        async fn with_redis_unreachable_every_exchange_goes_to_the_idp_with_one_warning() {
+            let recorder = crate::test_metrics::TestRecorder::default();
+            let _metrics = metrics::set_default_local_recorder(&recorder);
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            let _log = tracing::subscriber::set_default(subscriber);
+            // Port 1: nothing listens, so every Redis call fails (or times out).
+            let c = cache(10);
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            for round in 0..3 {
+                if round == 2 {
+                    // As if RETRY_AFTER had passed: Redis is tried again, and fails again.
+                    c.inner.resting_until.store(0, Ordering::Relaxed);
+                }
+                let idp = || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let response = crate::exchange::grants::TokenResponse {
+                        access_token: "eyJ.idp-token.sig".into(),
+                        expires_in: 3600,
+                        refresh_token: None,
+                        scope: None,
+                        id_token: None,
+                    };
+                    ExchangedToken::from_response(response, None)
+                };
+                let token = c.clone().through([1; 32], false, None, idp).await;
+                assert_eq!(token.unwrap().access_token(), "eyJ.idp-token.sig");
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 3);
+            let counts = recorder.counts();
+            let count = |name: &str| counts.get(name).copied().unwrap_or(0);
+            assert_eq!(
+                count("tollgate_shared_cache_total{result=error}"),
+                3,
+                "{counts:?}"
+            );
+            // Round 1 left Redis alone.
+            let errors: u64 = counts
+                .iter()
+                .filter(|(k, _)| k.starts_with("tollgate_shared_cache_errors_total"))
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(errors, 2, "{counts:?}");
+            let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            assert_eq!(
+                log.matches("shared exchange cache unavailable").count(),
+                1,
+                "{log}"
+            );
+            assert!(!log.contains("idp-token"), "{log}");
+        }
+
         #[test]
         fn keys_are_lowercase_hex_of_the_cache_key() {
             assert_eq!(hex(&[0x0a, 0xff]), "0aff");
