@@ -3015,6 +3015,8 @@ mod shared_cache {
         idp: DevIdpHandle,
         redis: RedisServer,
         servers: Vec<RunningServer>,
+        /// Each replica's configuration file, for reloads.
+        configs: Vec<String>,
         http: reqwest::Client,
         _echo: Echo,
         _keys: tempfile::TempDir,
@@ -3045,15 +3047,19 @@ mod shared_cache {
                 ),
             ];
             let mut servers = Vec::new();
+            let mut configs = Vec::new();
             for store in stores {
                 let body = format!("{}{routes}{store}", entra_provider(&idp, ""));
-                let cfg = Config::from_toml_str(&config_text(&echo, &body), &secret_env()).unwrap();
+                let text = config_text(&echo, &body);
+                let cfg = Config::from_toml_str(&text, &secret_env()).unwrap();
                 servers.push(Server::bind(cfg).await.unwrap().spawn());
+                configs.push(text);
             }
             let replicas = Self {
                 idp,
                 redis,
                 servers,
+                configs,
                 http: reqwest::Client::new(),
                 _echo: echo,
                 _keys: keys,
@@ -3257,6 +3263,31 @@ mod shared_cache {
         let second = r.exchange(1, &alice).await;
         assert_ne!(second, first);
         assert_eq!(r.idp.token_requests(JWT_BEARER), 2);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_shared_cache_stays_across_reloads_and_cannot_be_turned_off_by_one() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let reload = |text: String| {
+            let cfg = Config::from_toml_str(&text, &secret_env()).unwrap();
+            r.servers[1].reload(cfg)
+        };
+        let off = r.configs[1].replace("shared = \"redis\"", "shared = \"none\"");
+        let err = reload(off).await.unwrap_err().to_string();
+        assert!(err.contains("cache cannot change on reload"), "{err}");
+        // Another change takes; the new generation still shares.
+        let more = format!(
+            "{}\n[[routes]]\npath = \"/more/\"\nauth = \"required\"\n",
+            r.configs[1]
+        );
+        reload(more).await.unwrap();
+        let alice = r.user_token(ALICE).await;
+        let first = r.exchange(0, &alice).await;
+        assert_eq!(r.exchange(1, &alice).await, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 1);
         r.stop().await;
     }
 
