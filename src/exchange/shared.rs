@@ -90,8 +90,8 @@ impl SharedCache {
 #[cfg(feature = "redis")]
 mod redis_cache {
     use std::future::Future;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -132,7 +132,11 @@ return 0
     }
 
     struct Inner {
-        conn: ConnectionManager,
+        /// The connection in use; replaced when Redis refused the credentials (a connection
+        /// manager does not retry that by itself).
+        conn: Mutex<ConnectionManager>,
+        client: ::redis::Client,
+        config: ConnectionManagerConfig,
         sealer: Sealer,
         timeout: Duration,
         /// Seconds before `exp` an entry stops being handed out (`[cache] expiry_margin`).
@@ -203,11 +207,13 @@ return 0
                 .set_number_of_retries(1)
                 .set_min_delay(Duration::from_millis(20))
                 .set_max_delay(Duration::from_millis(100));
-            let conn = ConnectionManager::new_lazy_with_config(client, config)
+            let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                 .map_err(|e| format!("cache.redis_url: redis connection settings: {e}"))?;
             Ok(Some(Self {
                 inner: Arc::new(Inner {
-                    conn,
+                    conn: Mutex::new(conn),
+                    client,
+                    config,
                     sealer,
                     timeout,
                     margin: cfg.cache.expiry_margin.as_secs(),
@@ -262,7 +268,7 @@ return 0
             }
             if let Some(token) = lock {
                 let lock_key = format!("{LOCK_PREFIX}{name}");
-                let mut conn = self.inner.conn.clone();
+                let mut conn = self.conn();
                 let mut unlock = self.inner.unlock.key(&lock_key);
                 unlock.arg(token);
                 let done: Result<i64, SharedError> =
@@ -437,8 +443,17 @@ return 0
             &self,
             cmd: &::redis::Cmd,
         ) -> Result<T, SharedError> {
-            let mut conn = self.inner.conn.clone();
+            let mut conn = self.conn();
             self.timed(cmd.query_async(&mut conn)).await
+        }
+
+        /// A handle on the connection in use.
+        fn conn(&self) -> ConnectionManager {
+            self.inner
+                .conn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
         }
 
         async fn timed<T>(
@@ -446,8 +461,34 @@ return 0
             call: impl Future<Output = RedisResult<T>>,
         ) -> Result<T, SharedError> {
             match tokio::time::timeout(self.inner.timeout, call).await {
-                Ok(result) => Ok(result?),
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => {
+                    if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
+                        // Redis may accept them by the next try (its ACLs loaded after it began
+                        // listening); failures rest Redis for RETRY_AFTER, so this is rare.
+                        self.renew_connection();
+                    }
+                    Err(e.into())
+                }
                 Err(_) => Err(SharedError::Timeout(self.inner.timeout)),
+            }
+        }
+
+        fn renew_connection(&self) {
+            match ConnectionManager::new_lazy_with_config(
+                self.inner.client.clone(),
+                self.inner.config.clone(),
+            ) {
+                Ok(fresh) => {
+                    *self
+                        .inner
+                        .conn
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = fresh;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared exchange cache: cannot make a new redis connection")
+                }
             }
         }
 
@@ -525,12 +566,14 @@ return 0
         fn cache(margin: u64) -> SharedCache {
             // A lazy connection to nowhere: these tests never send a command.
             let client = ::redis::Client::open("redis://127.0.0.1:1").unwrap();
+            let config = ConnectionManagerConfig::new();
             let conn =
-                ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())
-                    .unwrap();
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).unwrap();
             SharedCache {
                 inner: Arc::new(Inner {
-                    conn,
+                    conn: Mutex::new(conn),
+                    client,
+                    config,
                     sealer: Sealer::ephemeral().unwrap(),
                     timeout: Duration::from_millis(200),
                     margin,
