@@ -608,10 +608,9 @@ return 0
                 .try_unseal(&other, &blob, None)
                 .expect_err("bound to its key");
             assert!(!err.to_string().contains("secret"), "{err}");
-            assert!(
-                c.unseal(&other, &blob, None).is_none(),
-                "a miss, not an error"
-            );
+            // (`unseal` takes it for a miss, with a warning: not called here, so the warning test
+            // below is alone at that call site. tracing caches a call site's interest globally,
+            // and a hit from a thread without a subscriber races with that test's own.)
         }
 
         #[tokio::test]
