@@ -2996,3 +2996,414 @@ async fn texas_provider_names_are_accepted_and_an_unknown_one_is_400_on_every_en
     }
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The exchange cache shared by replicas through Redis (`[cache] shared = "redis"`)
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "redis")]
+mod shared_cache {
+    use std::time::Instant;
+
+    use super::support::redis::RedisServer;
+    use super::*;
+
+    /// Replicas of one app: one dev IdP, one Redis, one upstream, and tollgate servers that
+    /// share their exchanges through that Redis. Replica 0 takes the Redis of its `[store]`,
+    /// replica 1 names it in `[cache] redis_url` (its store is in memory): both ways are in use.
+    struct Replicas {
+        idp: DevIdpHandle,
+        redis: RedisServer,
+        servers: Vec<RunningServer>,
+        /// Each replica's configuration file, for reloads.
+        configs: Vec<String>,
+        http: reqwest::Client,
+        _echo: Echo,
+        _keys: tempfile::TempDir,
+    }
+
+    impl Replicas {
+        /// `None` when redis-server is not installed (the test is skipped, said on stderr).
+        async fn start(cache: &str) -> Option<Self> {
+            let redis = RedisServer::start()?;
+            let idp = dev_idp().await;
+            let echo = Echo::start().await;
+            let keys = tempfile::tempdir().unwrap();
+            let key_file = keys.path().join("keys");
+            std::fs::write(&key_file, tollgate::store::keygen()).unwrap();
+            let key_file = support::config::toml_str(&key_file);
+            let routes = format!(
+                "[[routes]]\npath = \"/obo/\"\nauth = \"required\"\nobo = \"{}\"\n\n[[routes]]\npath = \"/\"\nauth = \"required\"\n",
+                downstream()
+            );
+            let stores = [
+                format!(
+                    "[store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_keys_file = {key_file}\n\n[cache]\nshared = \"redis\"\n{cache}\n",
+                    redis.url()
+                ),
+                format!(
+                    "[store]\nkind = \"memory\"\nencryption_keys_file = {key_file}\n\n[cache]\nshared = \"redis\"\nredis_url = \"{}\"\n{cache}\n",
+                    redis.url()
+                ),
+            ];
+            let mut servers = Vec::new();
+            let mut configs = Vec::new();
+            for store in stores {
+                let body = format!("{}{routes}{store}", entra_provider(&idp, ""));
+                let text = config_text(&echo, &body);
+                let cfg = Config::from_toml_str(&text, &secret_env()).unwrap();
+                servers.push(Server::bind(cfg).await.unwrap().spawn());
+                configs.push(text);
+            }
+            let replicas = Self {
+                idp,
+                redis,
+                servers,
+                configs,
+                http: reqwest::Client::new(),
+                _echo: echo,
+                _keys: keys,
+            };
+            for i in 0..replicas.servers.len() {
+                replicas.wait_ready(i).await;
+            }
+            Some(replicas)
+        }
+
+        async fn wait_ready(&self, i: usize) {
+            let url = format!("http://{}/readyz", self.servers[i].admin.unwrap());
+            for _ in 0..400 {
+                if self.http.get(&url).send().await.unwrap().status() == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("replica {i} never became ready");
+        }
+
+        async fn user_token(&self, user: &str) -> String {
+            self.idp
+                .password_token(user, FRONTEND_CLIENT_ID, &tollgate_scope())
+                .await
+                .unwrap()
+        }
+
+        /// `POST /api/v1/token/exchange` to replica `i`: the token, after checking the answer.
+        async fn exchange(&self, i: usize, user_token: &str) -> String {
+            let url = format!(
+                "http://{}/api/v1/token/exchange",
+                self.servers[i].api.unwrap()
+            );
+            let body = json!({"identity_provider": "entra_id", "target": downstream(), "user_token": user_token});
+            let (status, body) = read(self.http.post(url).json(&body).send().await.unwrap()).await;
+            access_token(status, &body)
+        }
+
+        /// `POST /api/v1/token` (client credentials) to replica `i`.
+        async fn client_token(&self, i: usize) -> String {
+            let url = format!("http://{}/api/v1/token", self.servers[i].api.unwrap());
+            let body = json!({"identity_provider": "entra_id", "target": downstream()});
+            let (status, body) = read(self.http.post(url).json(&body).send().await.unwrap()).await;
+            access_token(status, &body)
+        }
+
+        /// A request through replica `i`'s `obo` route: the token the upstream got.
+        async fn proxied(&self, i: usize, user_token: &str) -> String {
+            let url = format!("http://{}/obo/orders", self.servers[i].public);
+            let resp = self
+                .http
+                .get(url)
+                .bearer_auth(user_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let seen: Value = resp.json().await.unwrap();
+            let auth = seen["headers"]["authorization"].as_str().unwrap();
+            auth.strip_prefix("Bearer ")
+                .expect("a bearer token")
+                .to_owned()
+        }
+
+        async fn metrics(&self) -> String {
+            let url = format!("http://{}/metrics", self.servers[0].admin.unwrap());
+            self.http
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+
+        /// The shared cache's entries in Redis: key -> raw value.
+        async fn entries(&self) -> Vec<(String, Vec<u8>)> {
+            let mut conn = self.redis.raw().await;
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg("tollgate:xc:*")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let mut entries = Vec::new();
+            for key in keys {
+                let value: Option<Vec<u8>> = ::redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                entries.extend(value.map(|v| (key, v)));
+            }
+            entries
+        }
+
+        async fn stop(self) {
+            for server in self.servers {
+                server.shutdown().await.unwrap();
+            }
+            self.idp.shutdown().await;
+        }
+    }
+
+    fn counter(text: &str, name: &str, labels: &[&str]) -> f64 {
+        if labels.is_empty() {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0);
+        }
+        metric_value(text, name, labels).unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn replicas_on_one_redis_exchange_each_token_once_and_redis_holds_no_token() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let before = r.metrics().await;
+        let hits = |text: &str| counter(text, "tollgate_shared_cache_total", &["result=\"hit\""]);
+        // Alice: the API on replica 0, then the API and the proxy's obo route on replica 1.
+        let alice = r.user_token(ALICE).await;
+        let first = r.exchange(0, &alice).await;
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 1);
+        assert_eq!(r.exchange(1, &alice).await, first);
+        assert_eq!(r.proxied(1, &alice).await, first);
+        assert_eq!(
+            r.idp.token_requests(JWT_BEARER),
+            1,
+            "replica 1 asked the IdP again"
+        );
+        // Bob: the proxy on replica 1 first, then the API on replica 0.
+        let bob = r.user_token(BOB).await;
+        let bobs = r.proxied(1, &bob).await;
+        assert_eq!(r.exchange(0, &bob).await, bobs);
+        assert_eq!(payload(&bobs)["oid"], BOB_OID);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 2);
+        // Client credentials are shared too.
+        let app = r.client_token(1).await;
+        assert_eq!(r.client_token(0).await, app);
+        assert_eq!(r.idp.token_requests("client_credentials"), 1);
+        assert!(hits(&r.metrics().await) >= hits(&before) + 3.0);
+
+        // Three entries, sealed: no token, not even a JWT's first bytes, in Redis.
+        let entries = r.entries().await;
+        assert_eq!(
+            entries.len(),
+            3,
+            "{:?}",
+            entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+        );
+        for (key, value) in &entries {
+            assert_eq!(key.len(), "tollgate:xc:".len() + 64, "{key}");
+            for token in [&first, &bobs, &app, &alice, &bob] {
+                let needle = &token.as_bytes()[..40];
+                assert!(
+                    !value.windows(needle.len()).any(|w| w == needle),
+                    "{key} holds a token"
+                );
+            }
+            assert!(!value.windows(3).any(|w| w == b"eyJ"), "{key} holds a JWT");
+        }
+        // Each expires with its token (less the expiry margin), and no lock is left behind.
+        let mut conn = r.redis.raw().await;
+        for (key, _) in &entries {
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0 && ttl <= (3600 - 120) * 1000, "{key}: {ttl} ms");
+        }
+        let locks: Vec<String> = ::redis::cmd("KEYS")
+            .arg("tollgate:xl:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(locks.is_empty(), "{locks:?}");
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_upstream_claims_challenge_removes_the_token_from_redis_too() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let alice = r.user_token(ALICE).await;
+        let first = r.proxied(0, &alice).await;
+        assert_eq!(r.entries().await.len(), 1);
+        // The upstream refuses the token (Continuous Access Evaluation): no replica may hand it
+        // out again.
+        let url = format!("http://{}/obo/cae-challenge", r.servers[0].public);
+        let resp = r.http.get(url).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(
+            r.entries().await.is_empty(),
+            "the refused token stayed in Redis"
+        );
+        let second = r.exchange(1, &alice).await;
+        assert_ne!(second, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 2);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_shared_cache_stays_across_reloads_and_cannot_be_turned_off_by_one() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let reload = |text: String| {
+            let cfg = Config::from_toml_str(&text, &secret_env()).unwrap();
+            r.servers[1].reload(cfg)
+        };
+        let off = r.configs[1].replace("shared = \"redis\"", "shared = \"none\"");
+        let err = reload(off).await.unwrap_err().to_string();
+        assert!(err.contains("cache cannot change on reload"), "{err}");
+        // Another change takes; the new generation still shares.
+        let more = format!(
+            "{}\n[[routes]]\npath = \"/more/\"\nauth = \"required\"\n",
+            r.configs[1]
+        );
+        reload(more).await.unwrap();
+        let alice = r.user_token(ALICE).await;
+        let first = r.exchange(0, &alice).await;
+        assert_eq!(r.exchange(1, &alice).await, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 1);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_across_replicas_make_one_idp_call() {
+        let Some(r) = Replicas::start("").await else {
+            return;
+        };
+        let r = Arc::new(r);
+        let alice = r.user_token(ALICE).await;
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (r, alice) = (r.clone(), alice.clone());
+            tasks.push(tokio::spawn(async move { r.exchange(i % 2, &alice).await }));
+        }
+        let mut tokens = BTreeSet::new();
+        for t in tasks {
+            tokens.insert(t.await.unwrap());
+        }
+        assert_eq!(tokens.len(), 1, "callers got different tokens");
+        // Each replica makes one fetch (its in-process single flight); of the two, the one that
+        // loses the Redis lock waits for the other's entry (up to 2 s, far above a dev IdP
+        // answer), so the IdP sees exactly one request.
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 1);
+        Arc::into_inner(r).unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_shared_entry_is_not_served_past_its_expiry() {
+        let Some(r) = Replicas::start("expiry_margin = \"1s\"").await else {
+            return;
+        };
+        let alice = r.user_token(ALICE).await;
+        // Exchanged tokens live 3 s: usable (and kept in Redis) 2 s.
+        r.idp.set_access_token_lifetime(Duration::from_secs(3));
+        let first = r.exchange(0, &alice).await;
+        let exp = payload(&first)["exp"].as_u64().unwrap();
+        let entries = r.entries().await;
+        assert_eq!(entries.len(), 1);
+        let mut conn = r.redis.raw().await;
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&entries[0].0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 0 && ttl <= 2000,
+            "{ttl} ms: the entry outlives exp - margin"
+        );
+        assert_eq!(r.exchange(1, &alice).await, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 1);
+        // Past exp - margin, neither Redis nor a replica hands it out.
+        while support::now() < exp - 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let second = r.exchange(1, &alice).await;
+        assert_ne!(second, first);
+        assert_eq!(r.idp.token_requests(JWT_BEARER), 2);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn redis_paused_or_killed_mid_run_fails_no_request() {
+        let Some(r) = Replicas::start("redis_timeout = \"200ms\"").await else {
+            return;
+        };
+        let errors = |text: &str| counter(text, "tollgate_shared_cache_errors_total", &[]);
+        let error_lookups =
+            |text: &str| counter(text, "tollgate_shared_cache_total", &["result=\"error\""]);
+        let before = r.metrics().await;
+        let alice = r.user_token(ALICE).await;
+        let first = r.exchange(0, &alice).await;
+
+        // Paused: no answer at all, so every call runs into the timeout, and the exchange goes
+        // to the IdP directly.
+        r.redis.signal("STOP");
+        let bob = r.user_token(BOB).await;
+        let started = Instant::now();
+        r.exchange(1, &bob).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        r.redis.signal("CONT");
+
+        // Killed while requests run: each is answered all the same. Fresh user tokens, so
+        // every request misses the in-process cache and goes through Redis.
+        let mut user_tokens = Vec::new();
+        for i in 0..20 {
+            user_tokens.push(r.user_token([ALICE, BOB][i % 2]).await);
+        }
+        let requests =
+            futures_util::future::join_all(user_tokens.iter().enumerate().map(|(i, token)| {
+                let r = &r;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
+                    r.exchange(i % 2, token).await
+                }
+            }));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            r.redis.signal("KILL");
+        };
+        let (answers, ()) = tokio::join!(requests, kill);
+        assert_eq!(answers.len(), 20);
+        // Down for good: still answered.
+        for i in 0..4 {
+            let bob = r.user_token(BOB).await;
+            r.exchange(i % 2, &bob).await;
+        }
+        // The in-process cache still answers what it holds.
+        assert_eq!(r.exchange(0, &alice).await, first);
+        let after = r.metrics().await;
+        assert!(errors(&after) > errors(&before), "{after}");
+        assert!(error_lookups(&after) > error_lookups(&before), "{after}");
+        r.stop().await;
+    }
+}

@@ -61,7 +61,7 @@ use figment::providers::{Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use self::api::ApiConfig;
-pub use self::cache::CacheConfig;
+pub use self::cache::{CacheConfig, SharedCache};
 pub use self::env::{EnvSource, MapEnv, ProcessEnv, ignored_env_names};
 pub use self::listen::ListenConfig;
 pub use self::log::{LogConfig, LogFormat};
@@ -250,7 +250,7 @@ impl Config {
         route::check_session_routes(&self.routes, &self.session, &self.providers)?;
         check_store(&self.store)?;
         self.log.check()?;
-        self.cache.check()?;
+        self.cache.check(&self.store)?;
         self.reload.check()?;
         self.telemetry.check()?;
         Ok(())

@@ -106,6 +106,27 @@ impl ExchangedToken {
         })
     }
 
+    /// A token read back from the shared cache: its `exp` as the IdP gave it, not derived
+    /// again from a lifetime and this replica's clock.
+    #[cfg(feature = "redis")]
+    pub(super) fn restored(
+        access_token: String,
+        expires_at: u64,
+        subject_exp: Option<u64>,
+    ) -> Result<Self, ExchangeError> {
+        let response = TokenResponse {
+            access_token,
+            expires_in: 0,
+            refresh_token: None,
+            scope: None,
+            id_token: None,
+        };
+        let mut token = Self::from_response(response, subject_exp)?;
+        token.expires_at = expires_at;
+        token.usable_until = expires_at;
+        Ok(token)
+    }
+
     /// The access token.
     ///
     /// ```

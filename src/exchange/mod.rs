@@ -9,6 +9,8 @@
 //! `min(token exp, subject exp) - expiry_margin`; concurrent misses for one key make one IdP call,
 //! run in a spawned task so a caller that goes away does not cancel it for the others; errors are
 //! never cached; `skip_cache` fetches anew and replaces the entry.
+//! With `[cache] shared = "redis"`, a miss looks in the replicas' shared cache before the IdP
+//! (`shared.rs`).
 //!
 //! ```no_run
 //! # async fn f(exchanger: tollgate::exchange::Exchanger, user_token: &str) -> Result<(), tollgate::exchange::ExchangeError> {
@@ -21,6 +23,7 @@ mod cache;
 #[cfg(feature = "server")]
 pub(crate) use cache::is_json_plain;
 pub(crate) mod grants;
+mod shared;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -31,6 +34,7 @@ use tracing::Instrument as _;
 
 pub use cache::ExchangedToken;
 pub use grants::{IdpError, RefreshedTokens};
+pub(crate) use shared::SharedCache;
 
 use crate::provider::Provider;
 use crate::provider::client_auth::{ClientAuth, ClientAuthError};
@@ -195,6 +199,8 @@ struct Inner {
     validator: Validator,
     auth: ClientAuth,
     cache: cache::TokenCache,
+    /// The cache shared with other replicas (`[cache] shared`), consulted on a miss.
+    shared: Option<SharedCache>,
     metrics: CacheMetrics,
 }
 
@@ -323,6 +329,16 @@ impl Exchanger {
         capacity: u64,
         expiry_margin: Duration,
     ) -> Result<Self, ExchangeError> {
+        Self::with_shared_cache(validator, capacity, expiry_margin, None)
+    }
+
+    /// [`Exchanger::new`] with a cache shared by replicas behind its own (`[cache] shared`).
+    pub(crate) fn with_shared_cache(
+        validator: Validator,
+        capacity: u64,
+        expiry_margin: Duration,
+        shared: Option<SharedCache>,
+    ) -> Result<Self, ExchangeError> {
         let provider = validator.provider().clone();
         let auth = ClientAuth::from_config(provider.config())?;
         Ok(Self {
@@ -331,6 +347,7 @@ impl Exchanger {
                 validator,
                 auth,
                 cache: cache::TokenCache::new(capacity, expiry_margin),
+                shared,
                 metrics: CacheMetrics::default(),
             }),
         })
@@ -459,6 +476,7 @@ impl Exchanger {
                 validator: self.inner.validator.clone(),
                 auth,
                 cache: self.inner.cache.clone(),
+                shared: self.inner.shared.clone(),
                 metrics: CacheMetrics::default(),
             }),
         })
@@ -484,6 +502,9 @@ impl Exchanger {
             digest,
         );
         self.inner.cache.forget(&key).await;
+        if let Some(shared) = &self.inner.shared {
+            shared.forget(&key).await;
+        }
     }
 
     /// The exchange itself, once `target` has passed [`check_target`].
@@ -888,22 +909,22 @@ impl Exchanger {
             cache = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        let replicas = self.inner.shared.clone();
         let make = move || {
             let fetch = make_fetch();
             // The fetch runs in a task of its own (see `get_or_else`): its IdP call stays a
             // child of the exchange that started it.
             let parent = tracing::Span::current();
-            move || {
-                async move {
-                    let started = std::time::Instant::now();
-                    let result = fetch()
-                        .await
-                        .and_then(|r| ExchangedToken::from_response(r, subject_exp));
-                    record(label, &result, started);
-                    result
-                }
-                .instrument(parent)
-            }
+            let idp = move || async move {
+                let started = std::time::Instant::now();
+                let result = fetch()
+                    .await
+                    .and_then(|r| ExchangedToken::from_response(r, subject_exp));
+                record(label, &result, started);
+                result
+            };
+            // In-process miss -> the replicas' shared cache -> the IdP.
+            move || shared::through(replicas, key, skip_cache, subject_exp, idp).instrument(parent)
         };
         let (result, hit) = self
             .inner

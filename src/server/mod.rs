@@ -300,6 +300,11 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         (before == p).then_some(())?;
         Some((old.providers.get(&p.name)?, old.exchangers.get(&p.name)?))
     };
+    // `[cache]` cannot change on reload: the shared cache (its Redis connection) is kept.
+    let shared_cache = match previous {
+        Some(old) => old.shared_cache.clone(),
+        None => crate::exchange::SharedCache::open(&config).map_err(ServerError::Start)?,
+    };
     let mut providers = HashMap::new();
     let mut exchangers = HashMap::new();
     for p in &config.providers {
@@ -320,10 +325,11 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             // credential is read again, and the token cache kept either way.
             Some((_, Ok(x))) => x.with_credential_of(p).map_err(|e| e.to_string()),
             // New, or no usable credential last time (a file not there yet): built (again).
-            _ => Exchanger::new(
+            _ => Exchanger::with_shared_cache(
                 validator.clone(),
                 config.cache.obo_capacity,
                 config.cache.expiry_margin,
+                shared_cache.clone(),
             )
             .map_err(|e| e.to_string()),
         };
@@ -408,6 +414,7 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
     };
     let sessions = build_sessions(&config, previous)?;
     Ok(AppState {
+        shared_cache,
         sessions,
         config,
         providers,

@@ -21,6 +21,8 @@ pub(crate) struct AppState {
     pub(crate) forwarder: Forwarder,
     /// Per provider: the exchanger, or why it could not be built (no client credential).
     pub(crate) exchangers: HashMap<String, Result<Exchanger, String>>,
+    /// The exchange cache shared by replicas (`[cache] shared`), kept across reloads.
+    pub(crate) shared_cache: Option<crate::exchange::SharedCache>,
     /// Browser sessions (only with `[session]`).
     pub(crate) sessions: Option<crate::session::Sessions>,
     /// The per-user token store (only with `[login]` or `[session]`).

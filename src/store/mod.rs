@@ -489,7 +489,7 @@ fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
-fn serialize_redacted_url<S: serde::Serializer>(
+pub(crate) fn serialize_redacted_url<S: serde::Serializer>(
     url: &Option<String>,
     ser: S,
 ) -> Result<S::Ok, S::Error> {
