@@ -270,7 +270,7 @@ async fn session_user(
     let Some(sessions) = &state.sessions else {
         return Err(ValidationError::Missing.into());
     };
-    let user = match sessions.current(state, headers).await {
+    let user = match sessions.current(headers).await {
         Ok(Some(user)) => user,
         Ok(None) => return Err(ValidationError::Missing.into()),
         Err(e) => {
@@ -445,7 +445,7 @@ async fn exchange_for_session(
         .chain(route.obo_headers.iter().map(|(h, t)| (h.clone(), t, false)));
     for (name, target, bearer) in targets {
         let token = sessions
-            .token_for(state, user, target)
+            .token_for(user, target)
             .await
             .map_err(|e| session_failure(state, &sessions.provider, &e))?;
         let value = if bearer {

@@ -412,7 +412,7 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         Some(old) => old.accepting.clone(),
         None => Arc::new(AtomicBool::new(true)),
     };
-    let sessions = build_sessions(&config, previous)?;
+    let sessions = build_sessions(&config, previous, &store, &exchangers, &refresh_flights)?;
     Ok(AppState {
         shared_cache,
         sessions,
@@ -525,6 +525,9 @@ impl tower::Service<axum::extract::Request> for CurrentRouter {
 fn build_sessions(
     config: &Config,
     previous: Option<&AppState>,
+    store: &Option<Arc<dyn crate::store::TokenStore>>,
+    exchangers: &HashMap<String, Result<Exchanger, String>>,
+    flights: &crate::delegation::RefreshFlights,
 ) -> Result<Option<crate::session::Sessions>, ServerError> {
     let cfg = &config.session;
     if !cfg.enabled {
@@ -536,18 +539,31 @@ fn build_sessions(
     }
     .map(|p| p.name.clone())
     .ok_or_else(|| ServerError::Start("session.provider: no such provider".into()))?;
-    let kept = previous
-        .and_then(|old| old.sessions.as_ref())
-        .map(|s| s.sealer().clone());
+    let kept = previous.and_then(|old| old.sessions.as_ref());
     let sealer = match (kept, &config.store.encryption_keys_file) {
-        (Some(sealer), _) => Ok(sealer),
+        (Some(old), _) => Ok(old.sealer().clone()),
         (None, Some(path)) => crate::store::Sealer::from_key_file(path),
         (None, None) => crate::store::Sealer::ephemeral(),
     }
     .map_err(|e| ServerError::Start(format!("session: {e}")))?;
-    crate::session::Sessions::new(cfg, provider, sealer)
-        .map(Some)
-        .ok_or_else(|| ServerError::Start("session.public_url: required".into()))
+    let store = store
+        .clone()
+        .ok_or_else(|| ServerError::Start("session: no token store is open".into()))?;
+    let parts = crate::session::sessions::SessionParts {
+        store,
+        exchanger: exchangers
+            .get(&provider)
+            .and_then(|e| e.as_ref().ok())
+            .cloned(),
+        flights: flights.clone(),
+    };
+    let sessions = crate::session::Sessions::new(cfg, provider, sealer, parts)
+        .ok_or_else(|| ServerError::Start("session.public_url: required".into()))?;
+    // Logout tokens already acted on stay refused across a reload.
+    Ok(Some(match kept {
+        Some(old) => sessions.keeping_seen_logouts_of(old),
+        None => sessions,
+    }))
 }
 
 /// Takes a new configuration while the server runs ([`Server::reloader`],

@@ -24,7 +24,7 @@ pub(crate) struct AppState {
     /// The exchange cache shared by replicas (`[cache] shared`), kept across reloads.
     pub(crate) shared_cache: Option<crate::exchange::SharedCache>,
     /// Browser sessions (only with `[session]`).
-    pub(crate) sessions: Option<crate::session::Sessions>,
+    pub(crate) sessions: Option<crate::session::sessions::Sessions>,
     /// The per-user token store (only with `[login]` or `[session]`).
     pub(crate) store: Option<Arc<dyn TokenStore>>,
     /// One refresh at a time per (provider, user, target) for delegated tokens.

@@ -4,7 +4,6 @@
 //! `/oauth2/frontchannel_logout?iss=&sid=` in an iframe).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -12,12 +11,10 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::signin::store_unavailable;
-use super::{Sessions, cookie, no_store};
+use super::{cookie, no_store, store_unavailable};
 use crate::response::json_error;
 use crate::server::state::AppState;
 use crate::store::SessionKey;
-use crate::util::now;
 
 /// The `events` member a logout token must carry (§2.4).
 const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -35,11 +32,10 @@ pub(super) async fn backchannel(State(state): State<Arc<AppState>>, body: Bytes)
     else {
         return refuse("the request has no logout_token");
     };
-    let (Some((provider, validator)), Some(store)) =
-        (state.provider(&sessions.provider), &state.store)
-    else {
+    let Some((provider, validator)) = state.provider(&sessions.provider) else {
         return refuse("sessions are not enabled");
     };
+    let store = sessions.store();
     let claims = match validator
         .validate_id_token(&token, &provider.config().client_id, false)
         .await
@@ -92,9 +88,7 @@ pub(super) async fn frontchannel(
     let Some(sessions) = &state.sessions else {
         return refuse("sessions are not enabled");
     };
-    let Some(store) = &state.store else {
-        return refuse("sessions are not enabled");
-    };
+    let store = sessions.store();
     match (&q.iss, &q.sid) {
         (Some(iss), Some(sid)) => {
             let issuer = state
@@ -133,14 +127,6 @@ pub(super) async fn frontchannel(
     resp
 }
 
-impl Sessions {
-    /// Records a logout token's `jti`; false when it was seen before (a replay).
-    fn first_sight(&self, jti: &str, exp: u64) -> bool {
-        let entry = self.seen_logout_tokens.entry(jti.to_owned()).or_insert(exp);
-        entry.is_fresh()
-    }
-}
-
 /// What a validated logout token says, once §2.6's checks beyond the signature passed.
 struct LogoutClaims<'a> {
     sid: Option<&'a str>,
@@ -176,15 +162,6 @@ impl<'a> LogoutClaims<'a> {
             jti,
             exp: claims.expires_at(),
         })
-    }
-}
-
-/// Keeps a seen `jti` until its token expires (and at least a minute, for clock skew).
-pub(super) struct UntilExpiry;
-
-impl moka::Expiry<String, u64> for UntilExpiry {
-    fn expire_after_create(&self, _: &String, exp: &u64, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(exp.saturating_sub(now()).max(60)))
     }
 }
 

@@ -15,11 +15,12 @@ use serde_json::json;
 
 use super::cookie::{self, SignIn};
 use super::redirect::safe_redirect;
-use super::{Sessions, no_store, redirect_to, user_claims};
+use super::sessions::user_claims;
+use super::{Sessions, no_store, redirect_to, store_unavailable};
 use crate::delegation::{self, LoginGrant};
 use crate::response::{auth_error, exchange_error, json_error};
 use crate::server::state::AppState;
-use crate::store::{SessionKey, SessionRecord, StoreError};
+use crate::store::{SessionKey, SessionRecord};
 use crate::util::now;
 use crate::validate::ValidationError;
 
@@ -151,11 +152,10 @@ async fn finish_sign_in(
             "the callback has neither a code nor an error",
         );
     };
-    let (Some(Ok(exchanger)), Some((provider, validator)), Some(store)) = (
-        state.exchanger(&sessions.provider),
-        state.provider(&sessions.provider),
-        &state.store,
-    ) else {
+    let store = sessions.store();
+    let (Some(exchanger), Some((provider, validator))) =
+        (sessions.exchanger(), state.provider(&sessions.provider))
+    else {
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -266,15 +266,13 @@ async fn sign_out(
         return bad_rd();
     };
     let mut hint = None;
-    if let (Some(id), Some(store)) = (
-        cookie::read(&headers, sessions.config.cookie_name()),
-        &state.store,
-    ) && cookie::is_random_id(id)
+    if let Some(id) = cookie::read(&headers, sessions.config.cookie_name())
+        && cookie::is_random_id(id)
     {
         let key = SessionKey::from_cookie_id(id);
-        match store.get_session(&sessions.provider, &key).await {
+        match sessions.store().get_session(&sessions.provider, &key).await {
             Ok(Some(record)) => {
-                if let Err(e) = sessions.end(store, &key, &record.oid).await {
+                if let Err(e) = sessions.end(&key, &record.oid).await {
                     return store_unavailable(&e);
                 }
                 tracing::info!(oid = %record.oid, "session: signed out");
@@ -313,7 +311,7 @@ async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     let Some(sessions) = &state.sessions else {
         return not_enabled();
     };
-    let user = match sessions.current(&state, &headers).await {
+    let user = match sessions.current(&headers).await {
         Ok(Some(u)) => u,
         Ok(None) => return auth_error(&ValidationError::Missing),
         Err(e) => return store_unavailable(&e),
@@ -379,10 +377,4 @@ fn unavailable(why: &str) -> Response<Body> {
 
 fn bad_gateway(why: &str) -> Response<Body> {
     json_error(StatusCode::BAD_GATEWAY, "bad_gateway", why)
-}
-
-/// The store failed: nothing was decided, the browser may try again.
-pub(crate) fn store_unavailable(e: &StoreError) -> Response<Body> {
-    tracing::error!(error = %e, "session: token store failed");
-    unavailable("the session store is unavailable")
 }
