@@ -68,6 +68,7 @@ mod memory;
 mod redis;
 mod seal;
 mod sealed;
+mod session_store;
 mod sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;

@@ -326,6 +326,13 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The associated data (AAD, RFC 5116) every record is sealed with: it binds the blob to its
+/// provider and user. The provider is length-prefixed so that `("a|b", "c")` and `("a", "b|c")`
+/// never share an AAD.
+pub(super) fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
+    format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

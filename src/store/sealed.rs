@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use super::lock::UserLocks;
+use super::seal::record_aad;
 use super::sessions;
 use super::{
     BoxFuture, Sealer, SessionKey, SessionRecord, StoreError, TokenStore, UserLock, UserTokens,
@@ -503,7 +504,7 @@ impl Opener {
 
     /// What `rotate_keys` does with one stored record, judged at `now`.
     pub(crate) fn rotation(&self, provider: &str, oid: &str, blob: &[u8], now: u64) -> Rotation {
-        if let Some(rotation) = sessions::rotation(self, provider, oid, blob, now) {
+        if let Some(rotation) = session_rotation(self, provider, oid, blob, now) {
             return rotation;
         }
         match open_record(&self.sealer, provider, oid, blob) {
@@ -561,11 +562,50 @@ struct Opened {
     resealed: Option<Vec<u8>>,
 }
 
-/// The associated data (AAD, RFC 5116) every record is sealed with: it binds the blob to its
-/// provider and user. The provider is length-prefixed so that `("a|b", "c")` and `("a", "b|c")`
-/// never share an AAD.
-pub(super) fn record_aad(provider: &str, oid: &str) -> Vec<u8> {
-    format!("tollgate-record|{}:{provider}|{oid}", provider.len()).into_bytes()
+/// What `rotate_keys` does with a session or index record; `None` for a user record. An index
+/// record named under an older key is also listed in `moves`, for
+/// `SealedStore::move_index` once the backend's pass is done.
+fn session_rotation(
+    opener: &Opener,
+    provider: &str,
+    oid: &str,
+    blob: &[u8],
+    now: u64,
+) -> Option<Rotation> {
+    let sealer = opener.sealer();
+    let rotation = match sessions::kind_of(provider) {
+        sessions::Kind::User => return None,
+        sessions::Kind::Session => match sessions::open_session(sealer, provider, oid, blob) {
+            Err(_) => Rotation::Unreadable,
+            Ok((record, _)) if record.ends_at() <= now => Rotation::Expired,
+            Ok((record, old_key)) => Rotation::Live {
+                resealed: sessions::reseal(old_key, || {
+                    sessions::seal_session(sealer, provider, oid, &record)
+                }),
+                index_key: None,
+                expires_at: record.ends_at(),
+            },
+        },
+        sessions::Kind::Index(kind) => match sessions::open_index(sealer, provider, oid, blob) {
+            Err(_) => Rotation::Unreadable,
+            Ok((list, _)) if list.latest() <= now => Rotation::Expired,
+            Ok((list, old_key)) => {
+                if sessions::index_names(sealer, kind, list.value()).first()
+                    != Some(&oid.to_owned())
+                {
+                    opener.note_move(provider, oid);
+                }
+                Rotation::Live {
+                    resealed: sessions::reseal(old_key, || {
+                        sessions::seal_index(sealer, provider, oid, &list)
+                    }),
+                    index_key: None,
+                    expires_at: list.latest(),
+                }
+            }
+        },
+    };
+    Some(rotation)
 }
 
 /// The UPN index keys of (`tid`, `upn`), one per configured key ([`Sealer::index_keys`]), the
