@@ -11,10 +11,10 @@ use super::aad_error::AadError;
 use super::client_auth::{AuthMethod, Client, select_key};
 use super::jwt::UnverifiedJwt;
 use super::keys::AssertionAlg;
+use super::mint::{TokenResponse, sign, uti, verify_user_assertion};
 use super::params::Params;
 use super::scopes;
 use super::state::{Shared, TenantPath, now_secs};
-use super::token::{TokenResponse, sign, uti, verify_user_assertion};
 
 /// RFC 8693 §3: what the subject token is; TokenX takes a JWT.
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";

@@ -59,9 +59,11 @@ mod config;
 mod grants;
 mod jwt;
 mod keys;
+mod mint;
 mod params;
 mod scopes;
 mod server;
+mod sessions;
 mod state;
 mod token;
 

@@ -9,10 +9,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use super::backchannel::{DELIVERY_TIMEOUT, Sessions};
 use super::config::{DevApp, DevIdpConfig, DevUser, FederatedCredential};
 use super::keys::{self, PublicJwk, SignError, SigningKey};
 use super::scopes::{self, ParsedScope};
+use super::sessions::{DELIVERY_TIMEOUT, Sessions};
 use super::{DEFAULT_TENANT_ID, DEV_PASSWORD, DevIdpError, SECOND_TENANT_ID};
 
 /// The jwt-bearer grant type; counted in statistics as `jwt-bearer`.
