@@ -14,7 +14,7 @@ use axum::routing::get;
 use http::{StatusCode, header};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::server::state::AppState;
+use crate::state::AppState;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()

@@ -113,6 +113,8 @@ mod routes;
 pub mod server;
 #[cfg(feature = "server")]
 mod session;
+#[cfg(feature = "server")]
+mod state;
 #[cfg(test)]
 mod test_metrics;
 mod util;

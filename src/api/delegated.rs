@@ -14,7 +14,7 @@ use crate::config::{ProviderConfig, is_guid};
 use crate::delegation::{self, DelegationError, lock_user};
 use crate::provider::Provider;
 use crate::response::{api_error, exchange_error};
-use crate::server::state::AppState;
+use crate::state::AppState;
 use crate::store::{StoreError, TokenStore};
 use crate::util::now;
 

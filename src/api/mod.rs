@@ -36,7 +36,7 @@ use body::ApiBody;
 
 use crate::exchange::{ExchangedToken, Exchanger};
 use crate::response::{api_error, exchange_error, uncacheable_json};
-use crate::server::state::AppState;
+use crate::state::AppState;
 
 /// Builds the API router. When an API key is configured every route needs
 /// `Authorization: Bearer <key>`.

@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::delegation::{self, LoginGrant, lock_user};
 use crate::response::json_error;
-use crate::server::state::AppState;
+use crate::state::AppState;
 use crate::store::{StoreError, UserTokens};
 use crate::util::now;
 use crate::validate::{Claims, Validator};

@@ -21,9 +21,9 @@ use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
-use super::AppState;
 use super::gate::{Refused, authenticate, exchange_for_route};
 use crate::response::{auth_error, json_error};
+use crate::state::AppState;
 use crate::validate::ValidationError;
 
 /// Adds `/oauth2/auth` when `[session]` is enabled.

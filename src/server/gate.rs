@@ -16,7 +16,7 @@ use crate::response::{auth_error, json_error, obo_error};
 use crate::routes::Route;
 use crate::validate::{Claims, QUERY_TOKEN, SentToken, ValidationError};
 
-use super::AppState;
+use crate::state::AppState;
 
 /// Every proxied request: route, authenticate, authorise, decorate, forward.
 pub(super) async fn public_request(

@@ -18,7 +18,6 @@
 
 mod forward_auth;
 mod gate;
-pub(crate) mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +39,7 @@ use crate::proxy::{Forwarder, UpstreamSettings};
 use crate::routes::RouteTable;
 use crate::validate::Validator;
 
-use state::AppState;
+use crate::state::AppState;
 /// Errors starting or running the sidecar.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

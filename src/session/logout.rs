@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{cookie, no_store, store_unavailable};
 use crate::response::json_error;
-use crate::server::state::AppState;
+use crate::state::AppState;
 use crate::store::SessionKey;
 
 /// The `events` member a logout token must carry (§2.4).

@@ -19,7 +19,7 @@ use super::sessions::user_claims;
 use super::{Sessions, no_store, redirect_to, store_unavailable};
 use crate::delegation::{self, LoginGrant};
 use crate::response::{auth_error, exchange_error, json_error};
-use crate::server::state::AppState;
+use crate::state::AppState;
 use crate::store::{SessionKey, SessionRecord};
 use crate::util::now;
 use crate::validate::ValidationError;

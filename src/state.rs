@@ -1,5 +1,6 @@
-//! [`AppState`]: what every listener's handlers share. The token API, the login proxy and the
-//! admin routes import it from here, not from the server that builds it.
+//! [`AppState`]: what every listener's handlers share. The token API, the login proxy, the
+//! session endpoints and the admin routes import it from here, not from the server that builds
+//! it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
