@@ -133,6 +133,12 @@ write("redirect_uri", [
     f"{reg}\npost_logout_redirect_uri=https://evil.example/&post_logout_redirect_uri={reg}",
 ])
 
+write("session_rd", [
+    "/", "/app/page?x=1#y", "https://app.example/x", "https://docs.example/a", "//evil.example",
+    "/\\evil.example", "https:evil.example", "/%2F%2Fevil.example", "/%252F%252Fevil.example",
+    "https://app.example@evil.example/", "\t/x", "/%09/evil.example", "HTTPS://evil.example",
+])
+
 with open(os.path.join(ROOT, "config.example.toml")) as f:
     example = f.read()
 write("config", [

@@ -130,3 +130,10 @@ pub fn config(text: &str) -> Result<String, ConfigError> {
     let _ = crate::routes::RouteTable::new(&cfg, |_| None);
     Ok(cfg.to_redacted_toml())
 }
+
+/// Where a session's sign-in or sign-out may send the browser (`rd`), for a session on
+/// `origin` with `allowed_hosts` (`session/redirect.rs`); `None` when `rd` is refused.
+pub fn session_redirect(rd: &str, origin: &url::Url, allowed_hosts: &[String]) -> Option<String> {
+    crate::session::redirect::safe_redirect(rd, origin, allowed_hosts)
+}
+
