@@ -136,4 +136,3 @@ pub fn config(text: &str) -> Result<String, ConfigError> {
 pub fn session_redirect(rd: &str, origin: &url::Url, allowed_hosts: &[String]) -> Option<String> {
     crate::session::redirect::safe_redirect(rd, origin, allowed_hosts)
 }
-

@@ -46,7 +46,12 @@ async fn a_browser_signs_in_and_its_session_reaches_the_app_with_identity_and_ex
     );
     assert_eq!(stack.echo.hits(), 0, "nothing reached the app");
 
+    let signed_in_before = stack.sessions_metric("sign_in").await;
     let cookie = stack.sign_in_from(&start, ALICE).await;
+    assert_eq!(
+        stack.sessions_metric("sign_in").await - signed_in_before,
+        1.0
+    );
     assert_eq!(
         cookie.landed, "/app/page?x=1",
         "back where the browser was going"
@@ -429,8 +434,14 @@ async fn back_channel_logout_ends_the_users_sessions_and_refuses_what_is_not_a_l
     let stack = Stack::start(Options::default()).await;
     let alice = stack.sign_in(ALICE).await.pair;
     let bob = stack.sign_in(BOB).await.pair;
+    let ended_before = stack.sessions_metric("backchannel_logout").await;
     let deliveries = stack.idp.sign_out(ALICE).await;
     assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    // Other tests of this binary may end sessions meanwhile: at least this one is counted.
+    assert!(
+        stack.sessions_metric("backchannel_logout").await - ended_before >= 1.0,
+        "tollgate_sessions_total counts the ended session"
+    );
     assert!(deliveries[0].acknowledged(), "{deliveries:?}");
     assert_eq!(
         stack.get("/app/page", Some(&alice), HTML).await.status(),
@@ -1139,6 +1150,22 @@ identity_headers = "easyauth"
         .await;
         assert_eq!(r.status(), 302);
         location(&r)
+    }
+
+    /// `tollgate_sessions_total{event}` on the admin listener (the recorder is shared by the
+    /// tests of this binary: compare before and after).
+    async fn sessions_metric(&self, event: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.tollgate.admin.unwrap());
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        support::metric_value(&text, "tollgate_sessions_total", &[("event", event)])
     }
 
     /// An access token for tollgate's API, as a client app would send it.

@@ -63,6 +63,7 @@ pub(super) async fn backchannel(State(state): State<Arc<AppState>>, body: Bytes)
     {
         Ok(ended) => {
             tracing::info!(ended, "back-channel logout: sessions ended");
+            super::sessions::count("backchannel_logout", ended);
             let mut resp = Response::new(Body::empty());
             resp.headers_mut().insert(header::CACHE_CONTROL, no_store());
             resp
@@ -98,11 +99,12 @@ pub(super) async fn frontchannel(
             if !issuer.is_some_and(|i| issuer_matches(&i, iss)) {
                 return refuse("iss is not this provider's issuer");
             }
-            if let Err(e) = store
+            match store
                 .end_sessions(&sessions.provider, Some(sid), None)
                 .await
             {
-                return store_unavailable(&e);
+                Ok(ended) => super::sessions::count("frontchannel_logout", ended),
+                Err(e) => return store_unavailable(&e),
             }
         }
         (None, None) => {}

@@ -151,6 +151,7 @@ impl Sessions {
                 }
                 Err(SessionError::Ended) => {
                     store.delete_session(&self.provider, &key).await?;
+                    count("grant_ended", 1);
                     return Ok(None);
                 }
                 Err(SessionError::Store(e)) => return Err(e),
@@ -189,6 +190,7 @@ impl Sessions {
         let result = self.delegated(&user.record.oid, target).await;
         if matches!(result, Err(SessionError::Ended)) {
             self.store.delete_session(&self.provider, &user.key).await?;
+            count("grant_ended", 1);
         }
         result
     }
@@ -361,4 +363,11 @@ impl moka::Expiry<String, u64> for UntilExpiry {
             exp.saturating_sub(now()).max(60),
         ))
     }
+}
+
+/// Counts session events for `tollgate_sessions_total{event}`: `sign_in`, `sign_out`,
+/// `backchannel_logout` and `frontchannel_logout` (sessions ended), `grant_ended` (a refresh
+/// refused for good ended it).
+pub(crate) fn count(event: &'static str, n: u64) {
+    metrics::counter!("tollgate_sessions_total", "event" => event).increment(n);
 }

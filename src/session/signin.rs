@@ -245,6 +245,7 @@ async fn finish_sign_in(
         return store_unavailable(&e);
     }
     tracing::info!(oid = %user.oid, "session: signed in");
+    super::sessions::count("sign_in", 1);
     let mut resp = redirect_to(&sign_in.rd);
     resp.headers_mut()
         .append(header::SET_COOKIE, cookie::session(cfg, &id));
@@ -276,6 +277,7 @@ async fn sign_out(
                     return store_unavailable(&e);
                 }
                 tracing::info!(oid = %record.oid, "session: signed out");
+                super::sessions::count("sign_out", 1);
                 hint = Some(record.id_token);
             }
             Ok(None) => {}

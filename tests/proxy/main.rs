@@ -87,19 +87,6 @@ impl Harness {
     }
 }
 
-/// The value of the Prometheus sample `name` carrying all of `labels` (0 when absent).
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A config with one `[[providers]]` whose lines (besides `client_id`) are all given, and a
 /// single `auth = "required"` route.
 fn custom_config(upstream: &str, provider: &str) -> String {

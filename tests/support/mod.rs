@@ -100,3 +100,17 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The sum of the Prometheus samples `name` carrying all of `labels` (0 when absent), from an
+/// admin `/metrics` page.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
