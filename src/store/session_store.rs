@@ -26,18 +26,7 @@ impl<B: Backend> SealedStore<B> {
         }
         // The indexes first: a session that exists must be found by a logout, while an index
         // entry without its session (the write below failed) is only skipped.
-        if let Some(sid) = &record.sid {
-            self.index_add(provider, IndexKind::Sid, sid, &name, record.expires_at)
-                .await?;
-        }
-        self.index_add(
-            provider,
-            IndexKind::Sub,
-            &record.sub,
-            &name,
-            record.expires_at,
-        )
-        .await?;
+        self.index_session(provider, &name, record).await?;
         let sealer = self.opener().sealer();
         let new = NewRecord {
             blob: seal_session(sealer, &ns, &name, record)?,
@@ -47,6 +36,27 @@ impl<B: Backend> SealedStore<B> {
         };
         self.backend().put(&ns, new, self.opener()).await?;
         Ok(())
+    }
+
+    /// Lists the session `name` under its `sid` (when it has one) and its `sub`.
+    async fn index_session(
+        &self,
+        provider: &str,
+        name: &str,
+        record: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(sid) = &record.sid {
+            self.index_add(provider, IndexKind::Sid, sid, name, record.expires_at)
+                .await?;
+        }
+        self.index_add(
+            provider,
+            IndexKind::Sub,
+            &record.sub,
+            name,
+            record.expires_at,
+        )
+        .await
     }
 
     pub(super) async fn update_session(
@@ -66,18 +76,7 @@ impl<B: Backend> SealedStore<B> {
                 return self.backend().swap(&ns, &name, Some(&old), None).await;
             }
             // Indexed before written, as in `put_session` (a no-op when the entries are there).
-            if let Some(sid) = &record.sid {
-                self.index_add(provider, IndexKind::Sid, sid, &name, record.expires_at)
-                    .await?;
-            }
-            self.index_add(
-                provider,
-                IndexKind::Sub,
-                &record.sub,
-                &name,
-                record.expires_at,
-            )
-            .await?;
+            self.index_session(provider, &name, record).await?;
             let new = seal_session(sealer, &ns, &name, record)?;
             if self
                 .backend()
