@@ -294,11 +294,16 @@ impl Server {
 /// same, and always the token store, the refresh flights and the readiness flag.
 async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppState, ServerError> {
     // A provider whose settings did not change keeps its keys and caches.
+    // Each cache's share of `[cache] max_memory` (the caches of all providers together stay
+    // under it): a cache built for another share (the provider count changed) is not kept.
+    let share = config.cache.max_memory_per_cache(config.providers.len());
     let kept = |p: &ProviderConfig| {
         let old = previous?;
         let before = old.config.providers.iter().find(|b| b.name == p.name)?;
         (before == p).then_some(())?;
-        Some((old.providers.get(&p.name)?, old.exchangers.get(&p.name)?))
+        let built = old.providers.get(&p.name)?;
+        (built.1.max_cache_bytes() == share).then_some(())?;
+        Some((built, old.exchangers.get(&p.name)?))
     };
     let mut providers = HashMap::new();
     let mut exchangers = HashMap::new();
@@ -308,7 +313,11 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             Some((built, _)) => built.clone(),
             None => {
                 let provider = Provider::new(p.clone())?;
-                let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
+                let validator = Validator::with_memory(
+                    provider.clone(),
+                    config.cache.validation_capacity,
+                    share,
+                );
                 (provider, validator)
             }
         };
@@ -320,9 +329,10 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             // credential is read again, and the token cache kept either way.
             Some((_, Ok(x))) => x.with_credential_of(p).map_err(|e| e.to_string()),
             // New, or no usable credential last time (a file not there yet): built (again).
-            _ => Exchanger::new(
+            _ => Exchanger::with_memory(
                 validator.clone(),
                 config.cache.obo_capacity,
+                share,
                 config.cache.expiry_margin,
             )
             .map_err(|e| e.to_string()),

@@ -27,6 +27,7 @@ mod sent_token;
 mod validator;
 
 pub use claims::Claims;
+pub(crate) use claims::Hot;
 #[cfg(feature = "server")]
 pub(crate) use refusal::claims_challenge;
 pub use refusal::{REALM, ValidationError};

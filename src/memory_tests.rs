@@ -1,0 +1,169 @@
+//! Keeps the caches' weights honest: a counting global allocator (this test binary only)
+//! measures what cached entries really hold, and the tests compare it with the weight each
+//! cache charges for them (`cache_meter`). Counted per thread, as `malloc` chunks, so that
+//! other tests running at the same time do not blur the figure.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use crate::cache_meter::heap_chunk;
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+struct Counting;
+
+thread_local! {
+    /// Heap bytes this thread holds, as `malloc` chunks.
+    static HELD: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    // `try_with`: an allocation while the thread is torn down is simply not counted.
+    let _ = HELD.try_with(|h| h.set(h.get() + delta));
+}
+
+// SAFETY: every call is passed to `System` unchanged; only a thread-local count is kept.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(heap_chunk(layout.size()) as isize);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(-(heap_chunk(layout.size()) as isize));
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(heap_chunk(layout.size()) as isize);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(heap_chunk(new_size) as isize - heap_chunk(layout.size()) as isize);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn held() -> isize {
+    HELD.with(Cell::get)
+}
+
+/// Entries per measurement: enough that moka's tables, sized as they grow, are amortised as in
+/// a flood.
+const N: usize = 20_000;
+
+/// An Entra v2 access token's payload (~1 KB), distinct per user.
+fn entra_payload(i: usize) -> String {
+    serde_json::json!({
+        "aud": "api://11111111-2222-3333-4444-555555555555",
+        "iss": "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+        "iat": 1_900_000_000u64, "nbf": 1_900_000_000u64, "exp": 4_000_000_000u64,
+        "aio": "AWQAm/8TAAAAyKi3TAadjEMBv8SqhKfS0zR/oT3Ldcl2ZR0o7HqbdSrkc8UGKlSw1yzeLM5a4HLB1jEXAMPLE",
+        "azp": "cccccccc-3333-4444-5555-dddddddddddd", "azpacr": "0",
+        "name": format!("User {i}"),
+        "oid": format!("{i:08}-8888-7777-6666-555555555555"),
+        "preferred_username": format!("user{i}@contoso.example"),
+        "rh": "0.AQEAqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqAAA.",
+        "roles": ["Reports.Read"],
+        "scp": "access_as_user User.Read",
+        "sub": format!("AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy{i:08}"),
+        "tid": "11111111-2222-3333-4444-555555555555",
+        "uti": "AbCdEfGhIjKlMnOpQrStUv", "ver": "2.0",
+    })
+    .to_string()
+}
+
+#[test]
+fn a_validated_tokens_weight_is_what_it_holds() {
+    use crate::config::{IdentityHeaders, ProviderConfig};
+    use crate::provider::Provider;
+    use crate::validate::Validator;
+
+    let provider = Provider::new(ProviderConfig {
+        client_id: "app".into(),
+        issuer: Some("https://login.example/v2.0".into()),
+        jwks_uri: Some("https://login.example/keys".parse().expect("a URL")),
+        ..Default::default()
+    })
+    .expect("a provider");
+    let validator = Validator::with_memory(provider, N as u64 * 2, 1 << 30);
+    let payloads: Vec<String> = (0..N).map(entra_payload).collect();
+    let payload_bytes: usize = payloads.iter().map(String::len).sum();
+    let mut headers = http::HeaderMap::new();
+    let before = held();
+    for (i, text) in payloads.iter().enumerate() {
+        // The validator keeps the payload text it decoded: an exact-size copy, as here.
+        let claims = crate::Claims::from_json("entra_id", text.as_str().into()).expect("an object");
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        // The proxy's first request with the token builds its identity headers.
+        crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
+        headers.clear();
+    }
+    validator.cache_settle();
+    let measured = (held() - before) as f64 / N as f64;
+    let weighed = validator.cached_bytes() as f64 / N as f64;
+    assert_eq!(validator.cache_len(), N as u64, "nothing evicted");
+    let payload = payload_bytes as f64 / N as f64;
+    println!(
+        "validated token: payload {payload:.0} B, measured {measured:.0} B (payload + {:.0}), weighed {weighed:.0} B",
+        measured - payload
+    );
+    assert!(
+        (weighed / measured - 1.0).abs() < 0.10,
+        "weight {weighed:.0} B against {measured:.0} B measured"
+    );
+    drop(payloads);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_exchanged_tokens_weight_is_what_it_holds() {
+    use crate::exchange::grants::TokenResponse;
+    use crate::exchange::{ExchangedToken, TokenCache};
+
+    let cache = TokenCache::with_memory(N as u64 * 2, 1 << 30, Duration::from_secs(120));
+    // Entra access tokens are 1.2-2 KB: 1.6 KB, distinct per user.
+    let tokens: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
+                "A".repeat(1543)
+            )
+        })
+        .collect();
+    let token_bytes = tokens.iter().map(String::len).sum::<usize>() as f64 / N as f64;
+    let before = held();
+    for (i, t) in tokens.iter().enumerate() {
+        let response = TokenResponse {
+            access_token: t.clone(),
+            expires_in: 3600,
+            refresh_token: None,
+            scope: None,
+            id_token: None,
+        };
+        let token = ExchangedToken::from_response(response, None).expect("a header-safe token");
+        let (got, _) = cache
+            .get_or_fetch(crate::util::sha256(&i.to_le_bytes()), false, move || {
+                std::future::ready(Ok(token))
+            })
+            .await;
+        got.expect("an answer");
+    }
+    cache.settle().await;
+    let measured = (held() - before) as f64 / N as f64;
+    let weighed = cache.bytes() as f64 / N as f64;
+    println!(
+        "exchanged token: token {token_bytes:.0} B, measured {measured:.0} B (token + {:.0}), weighed {weighed:.0} B",
+        measured - token_bytes
+    );
+    assert!(
+        (weighed / measured - 1.0).abs() < 0.10,
+        "weight {weighed:.0} B against {measured:.0} B measured"
+    );
+}
