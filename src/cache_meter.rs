@@ -38,7 +38,7 @@ pub(crate) const fn heap_chunk(size: usize) -> usize {
 pub(crate) const MOKA_SYNC_ENTRY_BYTES: usize = 388;
 
 /// The same for `moka::future::Cache`, whose entries also carry what its async maintenance
-/// needs, with an [`ExchangedToken`](crate::exchange::ExchangedToken) inline. Measured: 455.
+/// needs, with an exchanged token inline. Measured: 455.
 pub(crate) const MOKA_FUTURE_ENTRY_BYTES: usize = 455;
 
 /// Which caches a [`Meter`] adds to: its `cache` label.

@@ -167,3 +167,99 @@ async fn an_exchanged_tokens_weight_is_what_it_holds() {
         "weight {weighed:.0} B against {measured:.0} B measured"
     );
 }
+
+/// Claims as the validator makes them, for the eviction tests.
+fn claims(i: usize) -> crate::Claims {
+    crate::Claims::from_json("entra_id", entra_payload(i).into()).expect("an object")
+}
+
+fn offline_provider() -> std::sync::Arc<crate::provider::Provider> {
+    crate::provider::Provider::new(crate::config::ProviderConfig {
+        client_id: "app".into(),
+        issuer: Some("https://login.example/v2.0".into()),
+        jwks_uri: Some("https://login.example/keys".parse().expect("a URL")),
+        ..Default::default()
+    })
+    .expect("a provider")
+}
+
+#[test]
+fn a_full_cache_evicts_by_size_and_counts_why() {
+    let recorder = crate::test_metrics::TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let budget = 64 << 10;
+    let validator = crate::validate::Validator::with_memory(offline_provider(), 100_000, budget);
+    for i in 0..200usize {
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims(i), 0);
+        validator.cache_settle();
+    }
+    // The same key again: the old entry is replaced, not added to.
+    let key = crate::util::sha256(&0usize.to_le_bytes());
+    validator.cache_insert(key, claims(0), 0);
+    validator.cache_insert(key, claims(0), 0);
+    validator.cache_settle();
+    let held = validator.cached_bytes();
+    let entries = validator.cache_len();
+    assert!(held <= budget, "{held} bytes held in a {budget}-byte cache");
+    assert!(entries > 20, "the budget holds ~36 entries, not {entries}");
+    let counts = recorder.counts();
+    let count = |cause: &str| {
+        counts
+            .get(&format!(
+                "tollgate_cache_evictions_total{{cache=validation,cause={cause}}}"
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Every insert is either still there, or was evicted (or refused) for size, or replaced.
+    assert_eq!(
+        count("size") + count("replaced") + entries,
+        202,
+        "{counts:?}"
+    );
+    assert!(count("replaced") >= 1, "{counts:?}");
+    // What the meter says is held is what the entries weigh.
+    assert_eq!(
+        held as usize,
+        entries as usize * crate::validate::entry_bytes(&claims(0)),
+        "all test entries are the same size"
+    );
+}
+
+#[test]
+fn the_entry_count_stays_an_upper_limit() {
+    let validator = crate::validate::Validator::with_memory(offline_provider(), 10, 1 << 30);
+    for i in 0..100usize {
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims(i), 0);
+        validator.cache_settle();
+    }
+    assert!(validator.cache_len() <= 10, "{}", validator.cache_len());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_exchange_cache_stays_within_its_bytes() {
+    use crate::exchange::grants::TokenResponse;
+    use crate::exchange::{ExchangedToken, TokenCache};
+
+    let budget = 64 << 10;
+    let cache = TokenCache::with_memory(100_000, budget, Duration::from_secs(120));
+    for i in 0..200usize {
+        let response = TokenResponse {
+            access_token: format!("eyJ0.{i:020}{}", "A".repeat(1500)),
+            expires_in: 3600,
+            refresh_token: None,
+            scope: None,
+            id_token: None,
+        };
+        let token = ExchangedToken::from_response(response, None).expect("a header-safe token");
+        let (got, _) = cache
+            .get_or_fetch(crate::util::sha256(&i.to_le_bytes()), false, move || {
+                std::future::ready(Ok(token))
+            })
+            .await;
+        got.expect("an answer");
+        cache.settle().await;
+    }
+    assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
+    assert!(cache.entry_count() > 10, "{} entries", cache.entry_count());
+}

@@ -291,7 +291,7 @@ impl TokenCache {
         }
     }
 
-    pub(super) fn entry_count(&self) -> u64 {
+    pub(crate) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
 

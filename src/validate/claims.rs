@@ -1176,6 +1176,124 @@ mod parse {
 mod tests {
     use super::*;
 
+    /// What `Claims` answered when it kept a parsed map: the reference the compact form must
+    /// match, claim by claim.
+    fn from_map_reference(map: &Map<String, Value>) -> (Vec<String>, Vec<String>, u64) {
+        let scopes = match map.get("scp").or_else(|| map.get("scope")) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let roles = match map.get("roles") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        (
+            scopes,
+            roles,
+            map.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        )
+    }
+
+    #[test]
+    fn the_compact_claims_answer_as_the_map_did() {
+        let payloads = [
+            r#"{"sub":"s","oid":"o","tid":"t","name":"Alice","scp":"a  b\tc ","roles":["R1",2,"R2",null],"exp":1900000000,"azp":"c"}"#,
+            r#"{"sub":"Zo\u00eb \"q\"","name":"caf\u00e9","scope":["x y","z"],"roles":"One Role","exp":-5,"appid":"app"}"#,
+            r#"{"sub":1,"oid":{"a":[1,2]},"scp":42,"scope":"hidden","exp":1.5e9,"upn":"u@x","preferred_username":"p@x"}"#,
+            r#"{"sub":"first","sub":"second","scp":"","roles":[],"exp":"soon","idtyp":"app"}"#,
+            r#"{"scp":[],"roles":{"x":1},"iss":"https://i/","ver":"2.0","active":false}"#,
+            r#"{}"#,
+            r#"{ "sub" : "spaced" , "exp" : 1 }"#,
+        ];
+        for text in payloads {
+            let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+            let claims = Claims::from_json("p", text.into()).unwrap();
+            let (scopes, roles, exp) = from_map_reference(&map);
+            let s = |k: &str| map.get(k).and_then(Value::as_str);
+            assert_eq!(claims.scopes(), scopes, "{text}");
+            assert_eq!(claims.roles(), roles, "{text}");
+            assert_eq!(claims.expires_at(), exp, "{text}");
+            assert_eq!(claims.subject(), s("sub").unwrap_or(""), "{text}");
+            assert_eq!(claims.oid(), s("oid"), "{text}");
+            assert_eq!(claims.tid(), s("tid"), "{text}");
+            assert_eq!(claims.name(), s("name"), "{text}");
+            assert_eq!(claims.issuer(), s("iss").unwrap_or(""), "{text}");
+            assert_eq!(
+                claims.username(),
+                s("upn").or(s("preferred_username")),
+                "{text}"
+            );
+            assert_eq!(claims.client_id(), s("azp").or(s("appid")), "{text}");
+            assert_eq!(claims.as_map(), &map, "{text}");
+            assert_eq!(claims.get("sub"), map.get("sub"), "{text}");
+            let unscoped = scopes.is_empty() && roles.is_empty();
+            assert_eq!(
+                claims.check_access(false, [&[], &[]]).is_err(),
+                unscoped,
+                "{text}"
+            );
+            let any = |v: &[String]| v.first().cloned().into_iter().collect::<Vec<_>>();
+            assert!(claims.check(&any(&scopes), &any(&roles)).is_ok(), "{text}");
+            let app_only = s("idtyp") == Some("app")
+                || (scopes.is_empty() && s("sub").is_some() && s("sub") == s("oid"));
+            assert_eq!(claims.is_app_only(), app_only, "{text}");
+            // The introspection answer: every claim, `active` first and true.
+            let answer: Map<String, Value> =
+                serde_json::from_slice(&claims.introspection_json()).unwrap();
+            let mut expected = map.clone();
+            expected.insert("active".into(), Value::Bool(true));
+            assert_eq!(answer, expected, "{text}");
+            // The identity header texts.
+            assert_eq!(
+                &claims.scopes_text()[..],
+                scopes.join(" ").as_bytes(),
+                "{text}"
+            );
+            assert_eq!(
+                &claims.roles_text()[..],
+                roles.join(",").as_bytes(),
+                "{text}"
+            );
+        }
+        assert!(Claims::from_json("p", "[]".into()).is_err());
+        assert!(Claims::from_json("p", r#"{"a":1} x"#.into()).is_err());
+    }
+
+    #[test]
+    fn header_values_share_the_payload() {
+        let claims =
+            Claims::from_json("p", r#"{"sub":"s-1","scp":"a b","roles":["R"]}"#.into()).unwrap();
+        let sub = claims.share(claims.subject());
+        assert_eq!(&sub[..], b"s-1");
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&sub.as_ptr())
+        );
+        let scopes = claims.scopes_text();
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&scopes.as_ptr())
+        );
+        // A value from elsewhere is copied.
+        assert_eq!(&claims.share("other")[..], b"other");
+    }
+
     #[test]
     fn memo_keeps_one_value_per_type() {
         struct Headers(String);

@@ -36,4 +36,6 @@ pub use sent_token::bearer_token;
 pub(crate) use sent_token::sent_token;
 #[cfg(feature = "server")]
 pub(crate) use sent_token::{QUERY_TOKEN, SentToken};
+#[cfg(test)]
+pub(crate) use validator::entry_bytes;
 pub use validator::{MAX_TOKEN_BYTES, Validator, token_algorithm, token_kid};
