@@ -60,10 +60,9 @@ struct ClaimsInner {
 
 impl std::fmt::Debug for ClaimsInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Claims name a user: printed as the provider and expiry only.
         f.debug_struct("Claims")
             .field("provider", &self.provider)
-            .field("exp", &self.exp)
+            .field("payload", &String::from_utf8_lossy(&self.payload))
             .finish_non_exhaustive()
     }
 }
@@ -719,7 +718,7 @@ mod parse {
     use serde::Deserializer as _;
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-    use super::{EMPTY, HAS_ACTIVE, HOT, Hot, Str, Strs};
+    use super::{EMPTY, ESCAPED, HAS_ACTIVE, HOT, Hot, Str, Strs};
 
     /// A parsed payload: its text, and where the claims are in it.
     pub(in crate::validate) struct Parsed {
@@ -749,6 +748,7 @@ mod parse {
             let mut de = serde_json::Deserializer::from_str(&payload);
             de.deserialize_map(PayloadVisitor {
                 base: payload.as_ptr() as usize,
+                len: payload.len(),
                 found: &mut found,
             })?;
             de.end()?;
@@ -887,30 +887,39 @@ mod parse {
     /// Where a string value lands: a slice of the payload when serde_json can lend it (no
     /// escapes), else appended to `unescaped`.
     struct Place<'f> {
+        /// The payload's address and length: a lent string is a slice of it.
         base: usize,
+        len: usize,
         unescaped: &'f mut String,
     }
 
     impl Place<'_> {
-        fn borrowed(&self, v: &str) -> Str {
-            Str {
-                start: u32::try_from(v.as_ptr() as usize - self.base).unwrap_or(u32::MAX),
-                len: u32::try_from(v.len()).unwrap_or(0),
+        fn borrowed(&mut self, v: &str) -> Str {
+            let start = (v.as_ptr() as usize).wrapping_sub(self.base);
+            match (u32::try_from(start), u32::try_from(v.len())) {
+                (Ok(s), Ok(l)) if start.saturating_add(v.len()) <= self.len && start < ESCAPED => {
+                    Str { start: s, len: l }
+                }
+                // Not inside the payload after all (serde_json lends only from its input, so
+                // this is a safety net, not a path): kept as a copy.
+                _ => self.copied(v),
             }
         }
 
         fn copied(&mut self, v: &str) -> Str {
             let start = self.unescaped.len();
             self.unescaped.push_str(v);
-            Str {
-                start: u32::try_from(start | super::ESCAPED).unwrap_or(u32::MAX),
-                len: u32::try_from(v.len()).unwrap_or(0),
+            match (u32::try_from(start | ESCAPED), u32::try_from(v.len())) {
+                (Ok(s), Ok(l)) if start < ESCAPED => Str { start: s, len: l },
+                // Beyond 2 GiB of escaped claims (no token comes near): not kept.
+                _ => Str::ABSENT,
             }
         }
     }
 
     struct PayloadVisitor<'f> {
         base: usize,
+        len: usize,
         found: &'f mut Found,
     }
 
@@ -927,6 +936,7 @@ mod parse {
                 found.keys += 1;
                 let mut place = Place {
                     base: self.base,
+                    len: self.len,
                     unescaped: &mut found.unescaped,
                 };
                 let hot = |h: Hot| h as usize;
