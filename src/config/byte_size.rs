@@ -80,7 +80,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (unit, shift) = UNITS
             .iter()
-            .find(|(_, shift)| self.0 != 0 && self.0 % (1u64 << shift) == 0)
+            .find(|(_, shift)| self.0 != 0 && self.0.is_multiple_of(1u64 << shift))
             .copied()
             .unwrap_or(("B", 0));
         write!(f, "{}{unit}", self.0 >> shift)

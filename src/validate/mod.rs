@@ -27,6 +27,7 @@ mod sent_token;
 mod validator;
 
 pub use claims::Claims;
+#[cfg_attr(not(feature = "server"), allow(unused_imports))]
 pub(crate) use claims::Hot;
 #[cfg(feature = "server")]
 pub(crate) use refusal::claims_challenge;
