@@ -294,23 +294,31 @@ impl Server {
 /// same, and always the token store, the refresh flights and the readiness flag.
 async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppState, ServerError> {
     // A provider whose settings did not change keeps its keys and caches.
-    // Each cache's share of `[cache] max_memory` (the caches of all providers together stay
-    // under it): a cache built for another share (the provider count changed) is not kept.
-    let share = config.cache.max_memory_per_cache(config.providers.len());
     let kept = |p: &ProviderConfig| {
         let old = previous?;
         let before = old.config.providers.iter().find(|b| b.name == p.name)?;
         (before == p).then_some(())?;
-        let built = old.providers.get(&p.name)?;
-        (built.1.max_cache_bytes() == share).then_some(())?;
-        Some((built, old.exchangers.get(&p.name)?))
+        Some((old.providers.get(&p.name)?, old.exchangers.get(&p.name)?))
     };
+    // Each cache's share of `[cache] max_memory`, so that the caches of all providers together
+    // stay under it: a cache built for another share (the provider count changed) is built
+    // anew at the new size, its provider's keys kept.
+    let share = config.cache.max_memory_per_cache(config.providers.len());
+    let resized = |v: &Validator| v.max_cache_bytes() != share;
     let mut providers = HashMap::new();
     let mut exchangers = HashMap::new();
     for p in &config.providers {
         let kept = kept(p);
         let (provider, validator) = match kept {
-            Some((built, _)) => built.clone(),
+            Some((built, _)) if !resized(&built.1) => built.clone(),
+            Some(((provider, _), _)) => {
+                let validator = Validator::with_memory(
+                    provider.clone(),
+                    config.cache.validation_capacity,
+                    share,
+                );
+                (provider.clone(), validator)
+            }
             None => {
                 let provider = Provider::new(p.clone())?;
                 let validator = Validator::with_memory(
@@ -327,8 +335,11 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             }
             // The settings are the same, but a secret or key file may have been rotated: the
             // credential is read again, and the token cache kept either way.
-            Some((_, Ok(x))) => x.with_credential_of(p).map_err(|e| e.to_string()),
-            // New, or no usable credential last time (a file not there yet): built (again).
+            Some(((_, v), Ok(x))) if !resized(v) => {
+                x.with_credential_of(p).map_err(|e| e.to_string())
+            }
+            // New, resized, or no usable credential last time (a file not there yet): built
+            // (again).
             _ => Exchanger::with_memory(
                 validator.clone(),
                 config.cache.obo_capacity,

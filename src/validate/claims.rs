@@ -122,8 +122,11 @@ impl Claims {
     }
 
     /// The heap bytes these claims hold when they are cached: the shared allocation, the
-    /// payload, the unescaped values and the claim lists, each as a `malloc` chunk. What
-    /// callers memoise later is not included (the caches add an allowance for it).
+    /// payload, the unescaped values and the claim lists, each as a `malloc` chunk. What is
+    /// memoised later is not included: the validation cache adds an allowance for the proxy's
+    /// `X-Auth-*` values; the views a library user may ask for ([`scopes`](Self::scopes),
+    /// [`roles`](Self::roles), [`as_map`](Self::as_map)) and Easy Auth's principal are not
+    /// counted.
     pub(crate) fn heap_bytes(&self) -> usize {
         use crate::cache_meter::heap_chunk;
         let inner = &self.0;
