@@ -11,19 +11,27 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::IdentityHeaders;
-use crate::validate::Claims;
+use crate::validate::{Claims, Hot};
 
 /// Adds the identity headers `mode` asks for, built from a validated token's claims.
 pub(crate) fn add(headers: &mut HeaderMap, claims: &Claims, mode: IdentityHeaders) {
     // Built once per validated token and kept with its cached claims; here only cloned
     // (a reference-count increment per value).
-    let built = match mode {
-        IdentityHeaders::None => return,
-        IdentityHeaders::XAuth => &claims.memo(XAuthHeaders::of).0,
-        IdentityHeaders::EasyAuth => &claims.memo(EasyAuthHeaders::of).0,
-    };
-    for (name, value) in built {
-        headers.insert(name.clone(), value.clone());
+    match mode {
+        IdentityHeaders::None => {}
+        IdentityHeaders::XAuth => {
+            let values = &claims.memo(XAuthHeaders::of).0;
+            for (name, value) in X_AUTH_NAMES.iter().zip(values) {
+                if let Some(value) = value {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        IdentityHeaders::EasyAuth => {
+            for (name, value) in &claims.memo(EasyAuthHeaders::of).0 {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
     }
 }
 
@@ -89,21 +97,43 @@ const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
 const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
-/// The `X-Auth-*` headers of one validated token, kept with its claims.
-struct XAuthHeaders(Vec<(HeaderName, HeaderValue)>);
+const X_AUTH_NAMES: [HeaderName; 6] = [
+    X_AUTH_SUBJECT,
+    X_AUTH_OID,
+    X_AUTH_TID,
+    X_AUTH_NAME,
+    X_AUTH_SCOPES,
+    X_AUTH_ROLES,
+];
+
+/// The `X-Auth-*` values of one validated token (by [`X_AUTH_NAMES`]), kept with its claims.
+/// Each value is a slice of the claims' payload, not a copy (only a scope list written other
+/// than space-separated, or several roles, are joined anew), and the names are not stored:
+/// a cached token's headers cost a few words beside its payload
+/// (`validate::HEADERS_MEMO_BYTES` is their allowance in the cache's weight).
+struct XAuthHeaders([Option<HeaderValue>; 6]);
 
 impl XAuthHeaders {
-    /// The `X-Auth-*` headers a validated token yields, empty claims left out.
+    /// The `X-Auth-*` values a validated token yields, empty claims left out.
     fn of(claims: &Claims) -> Self {
-        let mut out = Vec::with_capacity(6);
-        put(&mut out, X_AUTH_SUBJECT, claims.subject());
-        put(&mut out, X_AUTH_OID, claims.oid().unwrap_or(""));
-        put(&mut out, X_AUTH_TID, claims.tid().unwrap_or(""));
-        put(&mut out, X_AUTH_NAME, claims.name().unwrap_or(""));
-        put(&mut out, X_AUTH_SCOPES, &claims.scopes().join(" "));
-        put(&mut out, X_AUTH_ROLES, &claims.roles().join(","));
-        Self(out)
+        let shared = |v: Option<&str>| value(v.map(|v| claims.share(v)).unwrap_or_default());
+        Self([
+            shared(Some(claims.subject())),
+            shared(claims.oid()),
+            shared(claims.tid()),
+            shared(claims.name()),
+            value(claims.scopes_text()),
+            value(claims.roles_text()),
+        ])
     }
+}
+
+/// `bytes` as a header value, unless empty or not a valid header value (as [`put`]).
+fn value(bytes: bytes::Bytes) -> Option<HeaderValue> {
+    if bytes.is_empty() {
+        return None;
+    }
+    HeaderValue::from_maybe_shared(bytes).ok()
 }
 
 const X_MS_CLIENT_PRINCIPAL: HeaderName = HeaderName::from_static("x-ms-client-principal");
@@ -138,10 +168,10 @@ impl EasyAuthHeaders {
             X_MS_CLIENT_PRINCIPAL_ID,
             claims.oid().unwrap_or(claims.subject()),
         );
-        let text = |name| claims.get(name).and_then(Value::as_str);
-        let name = text("preferred_username")
-            .or_else(|| text("upn"))
-            .or_else(|| text("name"));
+        let name = claims
+            .hot(Hot::PreferredUsername)
+            .or_else(|| claims.hot(Hot::Upn))
+            .or_else(|| claims.name());
         put(&mut out, X_MS_CLIENT_PRINCIPAL_NAME, name.unwrap_or(""));
         put(&mut out, X_MS_CLIENT_PRINCIPAL_IDP, EASY_AUTH_IDP);
         Self(out)
@@ -167,8 +197,9 @@ struct PrincipalClaim<'a> {
 /// claim of the token. App Service gives each value as a string and an array claim (`roles`,
 /// `groups`) as one entry per element; objects (`_claim_sources`) and nulls are left out.
 fn principal(claims: &Claims) -> String {
-    let list = claims
-        .as_map()
+    // A map parsed for this and dropped: the claims keep only their payload's text.
+    let map = claims.parse_map();
+    let list = map
         .iter()
         .flat_map(|(typ, value)| {
             let values = match value {

@@ -84,6 +84,7 @@ mod access_log;
 mod admin;
 #[cfg(feature = "server")]
 mod api;
+mod cache_meter;
 #[cfg(feature = "server")]
 mod delegation;
 #[cfg(feature = "dev-idp")]
@@ -101,6 +102,8 @@ mod http_server;
 mod identity_headers;
 #[cfg(feature = "server")]
 mod login;
+#[cfg(all(test, feature = "server"))]
+mod memory_tests;
 #[cfg(feature = "server")]
 mod path;
 #[cfg(feature = "server")]

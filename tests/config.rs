@@ -1022,3 +1022,48 @@ fn key_grants_need_private_key_jwt_and_give_only_their_kind_of_token() {
         Config::from_toml_str(&format!("{token_exchange}\n{route}"), &MapEnv::default()).is_ok()
     );
 }
+
+#[test]
+fn cache_max_memory_reads_sizes_and_refuses_what_holds_no_token() {
+    let read = |toml: &str, env: &[(&str, &str)]| {
+        let env: MapEnv = env.iter().copied().collect();
+        Config::from_toml_str(&format!("{PROVIDER}{toml}"), &env)
+            .map(|c| c.cache.max_memory.bytes())
+    };
+    assert_eq!(read("", &[]).unwrap(), 64 << 20, "the default");
+    assert_eq!(
+        read("[cache]\nmax_memory = \"8MiB\"\n", &[]).unwrap(),
+        8 << 20
+    );
+    assert_eq!(
+        read("[cache]\nmax_memory = \"512KiB\"\n", &[]).unwrap(),
+        512 << 10
+    );
+    assert_eq!(
+        read("[cache]\nmax_memory = \"1GiB\"\n", &[]).unwrap(),
+        1 << 30
+    );
+    assert_eq!(
+        read("[cache]\nmax_memory = 1048576\n", &[]).unwrap(),
+        1 << 20
+    );
+    assert_eq!(
+        read("", &[("TOLLGATE_CACHE__MAX_MEMORY", "16MiB")]).unwrap(),
+        16 << 20
+    );
+    let bad = read("[cache]\nmax_memory = \"lots\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("max_memory") && bad.contains("64MiB"), "{bad}");
+    let small = read("[cache]\nmax_memory = \"1KiB\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        small.contains("cache") && small.contains("too small"),
+        "{small}"
+    );
+    let negative = read("[cache]\nmax_memory = -1\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(negative.contains("max_memory"), "{negative}");
+}

@@ -1,11 +1,15 @@
 //! `[cache]`: sizes and the expiry margin of the token caches, and the exchange cache shared by
 //! replicas through Redis (`shared = "redis"`).
+//!
+//! `max_memory` bounds the validated-token and exchanged-token caches together by the bytes
+//! their entries hold; moka bounds each cache on its own, so every cache gets an equal share
+//! ([`CacheConfig::max_memory_per_cache`]). The entry counts stay as upper limits.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, duration_str};
+use super::{ByteSize, ConfigError, duration_str};
 use crate::store::{StoreConfig, StoreKind};
 
 /// `[cache]`.
@@ -18,6 +22,10 @@ use crate::store::{StoreConfig, StoreKind};
 /// assert_eq!(cache.expiry_margin, Duration::from_secs(120));
 /// assert_eq!(cache.shared, SharedCache::None);
 /// assert_eq!(cache.redis_timeout, Duration::from_millis(200));
+/// assert_eq!(cache.max_memory.bytes(), 64 << 20);
+/// let small: CacheConfig = toml::from_str(r#"max_memory = "8MiB""#)?;
+/// assert_eq!(small.max_memory.bytes(), 8 << 20);
+/// # Ok::<(), toml::de::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +37,9 @@ pub struct CacheConfig {
     /// A cached token is never handed out closer than this to its `exp`.
     #[serde(with = "duration_str")]
     pub expiry_margin: Duration,
+    /// The bytes all validated-token and exchanged-token caches may hold together (`64MiB`,
+    /// `512KiB`, `1GiB` or plain bytes). Each cache gets an equal share of it.
+    pub max_memory: ByteSize,
     /// Where exchanged tokens are shared with other replicas: nowhere (default), or Redis.
     pub shared: SharedCache,
     /// The Redis of the shared cache; without it, `[store] url` when the store is Redis.
@@ -67,6 +78,7 @@ impl Default for CacheConfig {
             obo_capacity: 100_000,
             validation_capacity: 100_000,
             expiry_margin: Duration::from_secs(120),
+            max_memory: ByteSize::new(DEFAULT_MAX_MEMORY),
             shared: SharedCache::None,
             redis_url: None,
             redis_timeout: Duration::from_millis(200),
@@ -81,6 +93,7 @@ impl std::fmt::Debug for CacheConfig {
             .field("obo_capacity", &self.obo_capacity)
             .field("validation_capacity", &self.validation_capacity)
             .field("expiry_margin", &self.expiry_margin)
+            .field("max_memory", &self.max_memory)
             .field("shared", &self.shared)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "[set]"))
             .field("redis_timeout", &self.redis_timeout)
@@ -88,7 +101,28 @@ impl std::fmt::Debug for CacheConfig {
     }
 }
 
+/// `max_memory`'s default: 64 MiB.
+pub(crate) const DEFAULT_MAX_MEMORY: u64 = 64 << 20;
+
+/// The least `max_memory`: below this a share could not hold one Entra-sized token.
+const MIN_MAX_MEMORY: u64 = 64 << 10;
+
 impl CacheConfig {
+    /// The bytes each token cache may hold when `providers` providers are configured: every
+    /// provider has a validation cache and an exchange cache, and each gets an equal share of
+    /// `max_memory`, so together they never hold more (moka cannot share one bound among
+    /// caches; a share idle in one cache is not lent to another).
+    ///
+    /// ```
+    /// let cache = tollgate::config::CacheConfig::default(); // 64MiB
+    /// assert_eq!(cache.max_memory_per_cache(1), 32 << 20);
+    /// assert_eq!(cache.max_memory_per_cache(4), 8 << 20);
+    /// ```
+    pub fn max_memory_per_cache(&self, providers: usize) -> u64 {
+        let caches = 2 * u64::try_from(providers.max(1)).unwrap_or(u64::MAX / 2);
+        self.max_memory.bytes() / caches
+    }
+
     /// The Redis URL the shared cache uses: `redis_url`, else the store's when the store is
     /// Redis. `None` when the cache is not shared or no URL is configured.
     ///
@@ -109,13 +143,24 @@ impl CacheConfig {
         })
     }
 
-    /// Refuses a capacity of 0, which would cache nothing, and a shared cache without a Redis
-    /// URL or without the store's keys to seal its entries.
+    /// Refuses a capacity of 0, which would cache nothing, a `max_memory` too small to hold a
+    /// token, and a shared cache without a Redis URL or without the store's keys to seal its
+    /// entries.
     pub(super) fn check(&self, store: &StoreConfig) -> Result<(), ConfigError> {
         if self.obo_capacity == 0 || self.validation_capacity == 0 {
             return Err(ConfigError::invalid(
                 "cache",
                 "capacities must be greater than 0",
+            ));
+        }
+        if self.max_memory.bytes() < MIN_MAX_MEMORY {
+            return Err(ConfigError::invalid(
+                "cache",
+                format!(
+                    "max_memory = \"{}\" is too small: at least {} (a cache holds whole tokens)",
+                    self.max_memory,
+                    ByteSize::new(MIN_MAX_MEMORY)
+                ),
             ));
         }
         if self.shared == SharedCache::None {

@@ -39,6 +39,7 @@
 //! ```
 
 mod api;
+mod byte_size;
 mod cache;
 pub mod duration_str;
 mod env;
@@ -61,6 +62,7 @@ use figment::providers::{Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use self::api::ApiConfig;
+pub use self::byte_size::{ByteSize, ByteSizeError};
 pub use self::cache::{CacheConfig, SharedCache};
 pub use self::env::{EnvSource, MapEnv, ProcessEnv, ignored_env_names};
 pub use self::listen::ListenConfig;

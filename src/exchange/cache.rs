@@ -8,6 +8,7 @@ use http::HeaderValue;
 use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
+use crate::cache_meter::{Budget, CacheKind, MOKA_FUTURE_ENTRY_BYTES, Meter, heap_chunk};
 use crate::util::{now, sha256_of_parts};
 
 /// An access token obtained from the IdP (or the cache).
@@ -203,10 +204,29 @@ impl AsRef<[u8]> for SharedStr {
 }
 
 #[derive(Clone)]
-pub(super) struct TokenCache {
+pub(crate) struct TokenCache {
     cache: moka::future::Cache<[u8; 32], ExchangedToken>,
     margin: u64,
+    /// The bytes the cache holds (`tollgate_cache_bytes{cache="exchange"}`).
+    meter: Arc<Meter>,
+    budget: Budget,
 }
+
+impl ExchangedToken {
+    /// The heap bytes a cache entry of this token holds: the `Bearer <token>` text, the
+    /// `Authorization` value's shared owner (`Bytes::from_owner`'s allocation) and what moka
+    /// keeps per entry (the key and this value inline in its own allocations).
+    pub(crate) fn entry_bytes(&self) -> usize {
+        // `Arc<str>`: two counts, then the text.
+        heap_chunk(2 * size_of::<usize>() + self.bearer.len())
+            + heap_chunk(OWNER_BYTES)
+            + MOKA_FUTURE_ENTRY_BYTES
+    }
+}
+
+/// `Bytes::from_owner`'s allocation for a [`SharedStr`]: a reference count, a vtable pointer and
+/// the owner (an `Arc<str>`), measured by `memory_tests`.
+const OWNER_BYTES: usize = 40;
 
 struct UntilUsable;
 
@@ -266,19 +286,50 @@ pub(super) fn key(
 }
 
 impl TokenCache {
-    pub(super) fn new(capacity: u64, margin: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(capacity: u64, margin: Duration) -> Self {
+        Self::with_memory(capacity, u64::from(u32::MAX), margin)
+    }
+
+    /// A cache of at most `capacity` tokens holding at most `max_bytes` together.
+    pub(crate) fn with_memory(capacity: u64, max_bytes: u64, margin: Duration) -> Self {
+        let budget = Budget::new(max_bytes, capacity);
+        let meter = Meter::new(CacheKind::Exchange);
+        let (weigh, evicted) = (meter.clone(), meter.clone());
         let cache = moka::future::Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(budget.max_bytes)
+            .weigher(move |_, t: &ExchangedToken| weigh.weigh(t.entry_bytes(), budget))
+            .eviction_listener(move |_, t: ExchangedToken, cause| {
+                evicted.removed(t.entry_bytes(), cause);
+            })
             .expire_after(UntilUsable)
             .build();
         Self {
             cache,
             margin: margin.as_secs(),
+            meter,
+            budget,
         }
     }
 
-    pub(super) fn entry_count(&self) -> u64 {
+    pub(crate) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// The bytes the cache's entries hold now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.meter.bytes()
+    }
+
+    /// The most bytes the cache may hold.
+    pub(super) fn max_bytes(&self) -> u64 {
+        self.budget.max_bytes
+    }
+
+    /// Runs the cache's pending maintenance (evictions, listener calls), for measurements.
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        self.cache.run_pending_tasks().await;
     }
 
     /// Drops the entry for `key`, so the next lookup fetches afresh.
@@ -290,7 +341,7 @@ impl TokenCache {
     /// The cached token for `key`, or the result of one shared `fetch`. Returns whether the
     /// answer came from the cache (or from another caller's fetch).
     #[cfg(test)]
-    pub(super) async fn get_or_fetch<F, Fut>(
+    pub(crate) async fn get_or_fetch<F, Fut>(
         &self,
         key: [u8; 32],
         skip_cache: bool,

@@ -20,6 +20,8 @@
 //! ```
 
 mod cache;
+#[cfg(test)]
+pub(crate) use cache::TokenCache;
 #[cfg(feature = "server")]
 pub(crate) use cache::is_json_plain;
 pub(crate) mod grants;
@@ -329,13 +331,46 @@ impl Exchanger {
         capacity: u64,
         expiry_margin: Duration,
     ) -> Result<Self, ExchangeError> {
-        Self::with_shared_cache(validator, capacity, expiry_margin, None)
+        let max_bytes = crate::config::CacheConfig::default().max_memory_per_cache(1);
+        Self::with_memory(validator, capacity, max_bytes, expiry_margin)
     }
 
-    /// [`Exchanger::new`] with a cache shared by replicas behind its own (`[cache] shared`).
+    /// [`Exchanger::new`] with the token cache holding at most `max_bytes` (each entry weighed
+    /// by its heap footprint: the token, its `Authorization` value and the cache's own
+    /// bookkeeping); `capacity` stays an upper limit on the count. [`Exchanger::new`] gives
+    /// the cache half of `[cache] max_memory`'s default.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     client_secret: Some(Secret::new("s")),
+    /// #     ..Default::default()
+    /// # })?;
+    /// let validator = Validator::with_memory(provider, 100_000, 4 << 20);
+    /// let exchanger = Exchanger::with_memory(validator, 100_000, 4 << 20, Duration::from_secs(120))?;
+    /// assert_eq!((exchanger.max_cache_bytes(), exchanger.cached_bytes()), (4 << 20, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_memory(
+        validator: Validator,
+        capacity: u64,
+        max_bytes: u64,
+        expiry_margin: Duration,
+    ) -> Result<Self, ExchangeError> {
+        Self::with_shared_cache(validator, capacity, max_bytes, expiry_margin, None)
+    }
+
+    /// [`Exchanger::with_memory`] with a cache shared by replicas behind its own
+    /// (`[cache] shared`).
     pub(crate) fn with_shared_cache(
         validator: Validator,
         capacity: u64,
+        max_bytes: u64,
         expiry_margin: Duration,
         shared: Option<SharedCache>,
     ) -> Result<Self, ExchangeError> {
@@ -346,7 +381,7 @@ impl Exchanger {
                 provider,
                 validator,
                 auth,
-                cache: cache::TokenCache::new(capacity, expiry_margin),
+                cache: cache::TokenCache::with_memory(capacity, max_bytes, expiry_margin),
                 shared,
                 metrics: CacheMetrics::default(),
             }),
@@ -393,6 +428,48 @@ impl Exchanger {
     /// ```
     pub fn cached_entries(&self) -> u64 {
         self.inner.cache.entry_count()
+    }
+
+    /// The bytes the exchanged-token cache holds now (its entries' weights).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     client_secret: Some(Secret::new("s")),
+    /// #     ..Default::default()
+    /// # })?;
+    /// let exchanger = Exchanger::new(Validator::new(provider, 100), 100, Duration::from_secs(120))?;
+    /// assert_eq!(exchanger.cached_bytes(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cached_bytes(&self) -> u64 {
+        self.inner.cache.bytes()
+    }
+
+    /// The most bytes the exchanged-token cache may hold.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tollgate::config::{ProviderConfig, Secret};
+    /// # use tollgate::{exchange::Exchanger, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse()?),
+    /// #     client_secret: Some(Secret::new("s")),
+    /// #     ..Default::default()
+    /// # })?;
+    /// let exchanger = Exchanger::new(Validator::new(provider, 100), 100, Duration::from_secs(120))?;
+    /// assert_eq!(exchanger.max_cache_bytes(), 32 << 20); // half of max_memory's 64MiB
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_cache_bytes(&self) -> u64 {
+        self.inner.cache.max_bytes()
     }
 
     /// On-Behalf-Of: a token for `target` acting as the user of `user_token`, which must be a

@@ -135,12 +135,15 @@ impl Auth {
     ) -> Result<Self, AuthError> {
         check_config(provider, cache)?;
         let p = Provider::new(provider.clone())?;
-        let validator = Validator::new(p.clone(), cache.validation_capacity);
+        // One provider: its two caches share `max_memory`.
+        let share = cache.max_memory_per_cache(1);
+        let validator = Validator::with_memory(p.clone(), cache.validation_capacity, share);
         let exchanges = provider.grant != crate::config::ProviderGrant::IntrospectOnly;
         let exchanger = if exchanges && has_client_credential(provider) {
-            Some(Exchanger::new(
+            Some(Exchanger::with_memory(
                 validator.clone(),
                 cache.obo_capacity,
+                share,
                 cache.expiry_margin,
             )?)
         } else {

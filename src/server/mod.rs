@@ -304,15 +304,32 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         Some(old) => old.shared_cache.clone(),
         None => crate::exchange::SharedCache::open(&config).map_err(ServerError::Start)?,
     };
+    // Each cache's share of `[cache] max_memory`, so that the caches of all providers together
+    // stay under it: a cache built for another share (the provider count changed) is built
+    // anew at the new size, its provider's keys kept.
+    let share = config.cache.max_memory_per_cache(config.providers.len());
+    let resized = |v: &Validator| v.max_cache_bytes() != share;
     let mut providers = HashMap::new();
     let mut exchangers = HashMap::new();
     for p in &config.providers {
         let kept = kept(p);
         let (provider, validator) = match kept {
-            Some((built, _)) => built.clone(),
+            Some((built, _)) if !resized(&built.1) => built.clone(),
+            Some(((provider, _), _)) => {
+                let validator = Validator::with_memory(
+                    provider.clone(),
+                    config.cache.validation_capacity,
+                    share,
+                );
+                (provider.clone(), validator)
+            }
             None => {
                 let provider = Provider::new(p.clone())?;
-                let validator = Validator::new(provider.clone(), config.cache.validation_capacity);
+                let validator = Validator::with_memory(
+                    provider.clone(),
+                    config.cache.validation_capacity,
+                    share,
+                );
                 (provider, validator)
             }
         };
@@ -322,11 +339,15 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             }
             // The settings are the same, but a secret or key file may have been rotated: the
             // credential is read again, and the token cache kept either way.
-            Some((_, Ok(x))) => x.with_credential_of(p).map_err(|e| e.to_string()),
-            // New, or no usable credential last time (a file not there yet): built (again).
+            Some(((_, v), Ok(x))) if !resized(v) => {
+                x.with_credential_of(p).map_err(|e| e.to_string())
+            }
+            // New, resized, or no usable credential last time (a file not there yet): built
+            // (again).
             _ => Exchanger::with_shared_cache(
                 validator.clone(),
                 config.cache.obo_capacity,
+                share,
                 config.cache.expiry_margin,
                 shared_cache.clone(),
             )

@@ -3,11 +3,18 @@
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::ValidationError;
+pub(super) use parse::Parsed;
 
 /// The validated claims of an access token. Cheap to clone.
+///
+/// The decoded payload is kept once, as its JSON text; the claims read on every request (`sub`,
+/// `oid`, `tid`, `exp`, `scp`, `roles`, `azp`/`appid`, `iss`, ...) are parsed out as positions
+/// in that text, and anything else ([`as_map`](Self::as_map), [`get`](Self::get)) is built
+/// from the text the first time it is asked for. A cached token then costs about its payload.
 ///
 /// ```
 /// use tollgate::Claims;
@@ -28,18 +35,36 @@ use super::ValidationError;
 #[derive(Clone, Debug)]
 pub struct Claims(Arc<ClaimsInner>);
 
-#[derive(Debug)]
 struct ClaimsInner {
-    map: Map<String, Value>,
-    scopes: Vec<String>,
-    roles: Vec<String>,
+    /// The payload's JSON text, as decoded from the token. `Bytes`, so that an identity header
+    /// can be a slice of it rather than a copy.
+    payload: Bytes,
+    /// Claim values that had JSON escapes, unescaped (rare: most claims have none, and then they
+    /// are slices of `payload`).
+    unescaped: Box<str>,
+    /// Positions of the claims read on every request, by [`Hot`].
+    hot: [Str; HOT],
+    scopes: Strs,
+    roles: Strs,
     exp: u64,
-    provider: String,
+    /// The payload has no claims, or has a claim named `active` (the introspection answer then
+    /// cannot be the payload with `active` put in front).
+    flags: u8,
+    provider: Arc<str>,
     /// `sha256(token)`, set by the validator that produced these claims.
-    token_digest: std::sync::OnceLock<[u8; 32]>,
-    /// What callers derive from these claims (the proxy's identity headers, the API's
-    /// introspection answer), built at the first request that needs it.
+    token_digest: OnceLock<[u8; 32]>,
+    /// What callers derive from these claims (the proxy's identity headers, the claims as a
+    /// map), built at the first request that needs it.
     memo: Memo,
+}
+
+impl std::fmt::Debug for ClaimsInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("provider", &self.provider)
+            .field("payload", &String::from_utf8_lossy(&self.payload))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Claims {
@@ -56,34 +81,69 @@ impl Claims {
     /// assert_eq!(claims.roles(), ["Reports.Read"]);
     /// ```
     pub fn from_map(provider: &str, map: Map<String, Value>) -> Self {
-        let scopes = match map.get("scp").or_else(|| map.get("scope")) {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let roles = match map.get("roles") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::String(s)) => vec![s.clone()],
-            _ => Vec::new(),
-        };
-        let exp = map.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        // A map serialises to an object, which always parses back.
+        let text = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned());
+        match Self::from_json(provider, text.into()) {
+            Ok(claims) => claims,
+            Err(_) => Self::from_parsed(Arc::from(provider), Parsed::empty()),
+        }
+    }
+
+    /// Builds claims from a token payload's JSON text, kept as it is. Fails when the text is
+    /// not a JSON object.
+    ///
+    /// ```
+    /// use tollgate::Claims;
+    /// let claims = Claims::from_json("entra_id", r#"{"sub":"s","name":"Zo\u00eb","scp":"a b","exp":1900000000}"#.into())?;
+    /// assert_eq!(claims.name(), Some("Zoë"));
+    /// assert_eq!((claims.scopes(), claims.expires_at()), (&["a".to_owned(), "b".to_owned()][..], 1900000000));
+    /// assert!(Claims::from_json("entra_id", "[1]".into()).is_err());
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn from_json(provider: &str, payload: Box<str>) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_parsed(Arc::from(provider), Parsed::of(payload)?))
+    }
+
+    /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
+    /// provider's name rather than copying it per token).
+    pub(super) fn from_parsed(provider: Arc<str>, parsed: Parsed) -> Self {
         Self(Arc::new(ClaimsInner {
-            map,
-            scopes,
-            roles,
-            exp,
-            provider: provider.to_owned(),
-            token_digest: std::sync::OnceLock::new(),
+            payload: Bytes::from(parsed.payload.into_boxed_str().into_boxed_bytes()),
+            unescaped: parsed.unescaped.into_boxed_str(),
+            hot: parsed.hot,
+            scopes: parsed.scopes,
+            roles: parsed.roles,
+            exp: parsed.exp,
+            flags: parsed.flags,
+            provider,
+            token_digest: OnceLock::new(),
             memo: Memo::default(),
         }))
+    }
+
+    /// The heap bytes these claims hold when they are cached: the shared allocation, the
+    /// payload, the unescaped values and the claim lists, each as a `malloc` chunk. What is
+    /// memoised later is not included: the validation cache adds an allowance for the proxy's
+    /// `X-Auth-*` values; the views a library user may ask for ([`scopes`](Self::scopes),
+    /// [`roles`](Self::roles), [`as_map`](Self::as_map)) and Easy Auth's principal are not
+    /// counted.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        use crate::cache_meter::heap_chunk;
+        let inner = &self.0;
+        // `Arc`'s two counts, then the inner value.
+        let mut bytes = heap_chunk(2 * size_of::<usize>() + size_of::<ClaimsInner>());
+        bytes += heap_chunk(inner.payload.len());
+        if !inner.unescaped.is_empty() {
+            bytes += heap_chunk(inner.unescaped.len());
+        }
+        for list in [&inner.scopes, &inner.roles] {
+            if let Strs::List(items) = list
+                && !items.is_empty()
+            {
+                bytes += heap_chunk(size_of_val::<[Str]>(items));
+            }
+        }
+        bytes
     }
 
     /// `sha256` of the token these claims were validated from, when a [`Validator`] made them.
@@ -116,7 +176,7 @@ impl Claims {
     /// assert_eq!(claims.subject(), "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ");
     /// ```
     pub fn subject(&self) -> &str {
-        self.str("sub").unwrap_or("")
+        self.hot(Hot::Sub).unwrap_or("")
     }
 
     /// `oid` (Entra object id), when present.
@@ -131,7 +191,7 @@ impl Claims {
     /// assert_eq!(claims.oid(), Some("99999999-8888-7777-6666-555555555555"));
     /// ```
     pub fn oid(&self) -> Option<&str> {
-        self.str("oid")
+        self.hot(Hot::Oid)
     }
 
     /// `tid` (Entra tenant id), when present.
@@ -146,7 +206,7 @@ impl Claims {
     /// assert_eq!(claims.tid(), Some("11111111-2222-3333-4444-555555555555"));
     /// ```
     pub fn tid(&self) -> Option<&str> {
-        self.str("tid")
+        self.hot(Hot::Tid)
     }
 
     /// `name`, when present.
@@ -161,7 +221,7 @@ impl Claims {
     /// assert_eq!(claims.name(), Some("Alice"));
     /// ```
     pub fn name(&self) -> Option<&str> {
-        self.str("name")
+        self.hot(Hot::Name)
     }
 
     /// `upn`, else `preferred_username`.
@@ -176,7 +236,8 @@ impl Claims {
     /// assert_eq!(claims.username(), Some("alice@contoso.example")); // no `upn` in this token
     /// ```
     pub fn username(&self) -> Option<&str> {
-        self.str("upn").or_else(|| self.str("preferred_username"))
+        self.hot(Hot::Upn)
+            .or_else(|| self.hot(Hot::PreferredUsername))
     }
 
     /// `iss`.
@@ -191,7 +252,7 @@ impl Claims {
     /// assert!(claims.issuer().starts_with("https://login.microsoftonline.com/"));
     /// ```
     pub fn issuer(&self) -> &str {
-        self.str("iss").unwrap_or("")
+        self.hot(Hot::Iss).unwrap_or("")
     }
 
     /// Delegated scopes (`scp`, space separated; or `scope`).
@@ -206,7 +267,10 @@ impl Claims {
     /// assert_eq!(claims.scopes(), ["access_as_user", "User.Read"]);
     /// ```
     pub fn scopes(&self) -> &[String] {
-        &self.0.scopes
+        // Built at the first call only: the route checks read the payload's text directly.
+        &self
+            .memo(|c| Scopes(c.list(&c.0.scopes).map(str::to_owned).collect()))
+            .0
     }
 
     /// App roles (`roles`).
@@ -221,7 +285,9 @@ impl Claims {
     /// assert_eq!(claims.roles(), ["Reports.Read"]);
     /// ```
     pub fn roles(&self) -> &[String] {
-        &self.0.roles
+        &self
+            .memo(|c| Roles(c.list(&c.0.roles).map(str::to_owned).collect()))
+            .0
     }
 
     /// `exp`, seconds since the epoch.
@@ -267,7 +333,7 @@ impl Claims {
     /// assert!(claims.get("groups").is_none());
     /// ```
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.map.get(name)
+        self.as_map().get(name)
     }
 
     /// All claims, as in the token.
@@ -284,7 +350,101 @@ impl Claims {
     /// assert!(json.contains(r#""name":"Alice""#));
     /// ```
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0.map
+        // Parsed from the payload at the first call and kept: only the login and logout
+        // paths (ID tokens, never cached) and library users ask for it.
+        &self.memo(|c| AsMap(c.parse_map())).0
+    }
+
+    /// The payload parsed into a fresh map, not kept: for answers derived from every claim
+    /// that are built once and memoised themselves (Easy Auth's principal).
+    pub(crate) fn parse_map(&self) -> Map<String, Value> {
+        serde_json::from_slice(&self.0.payload).unwrap_or_default()
+    }
+
+    /// The payload's JSON text, as in the token.
+    ///
+    /// ```
+    /// let map = serde_json::from_value(serde_json::json!({"sub": "s", "exp": 1900000000})).unwrap();
+    /// let claims = tollgate::Claims::from_map("entra_id", map);
+    /// assert_eq!(claims.payload_json(), r#"{"exp":1900000000,"sub":"s"}"#);
+    /// ```
+    pub fn payload_json(&self) -> &str {
+        // Built from a `Box<str>`: always UTF-8.
+        std::str::from_utf8(&self.0.payload).unwrap_or("{}")
+    }
+
+    /// `{"active":true, ...claims}` (RFC 7662's answer, as Texas gives it), from the payload's
+    /// text: a claim named `active` is left out.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn introspection_json(&self) -> Vec<u8> {
+        const ACTIVE: &[u8] = br#"{"active":true"#;
+        let payload = &self.0.payload;
+        if self.0.flags & HAS_ACTIVE != 0 {
+            let map = self.parse_map();
+            let rest = map.iter().filter(|(k, _)| *k != "active");
+            let mut out = ACTIVE.to_vec();
+            for (k, v) in rest {
+                out.push(b',');
+                // Serialising a string and a JSON value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, k);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut out, v);
+            }
+            out.push(b'}');
+            return out;
+        }
+        if self.0.flags & EMPTY != 0 || payload.len() < 2 {
+            return [ACTIVE, b"}"].concat();
+        }
+        // The payload is an object with at least one claim: `{` + claims, after `active`.
+        let mut out = Vec::with_capacity(ACTIVE.len() + payload.len());
+        out.extend_from_slice(ACTIVE);
+        out.push(b',');
+        out.extend_from_slice(&payload[1..]);
+        out
+    }
+
+    /// `value` (a claim read from these claims) as shared bytes: a slice of the payload when it
+    /// is one, so an identity header costs no copy of it.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn share(&self, value: &str) -> Bytes {
+        let payload = &self.0.payload;
+        let range = payload.as_ptr_range();
+        let inside = range.start <= value.as_ptr()
+            && value.as_ptr().wrapping_add(value.len()) <= range.end
+            && !value.is_empty();
+        if inside {
+            payload.slice_ref(value.as_bytes())
+        } else {
+            Bytes::copy_from_slice(value.as_bytes())
+        }
+    }
+
+    /// The scopes as one space-separated text (the `X-Auth-Scopes` value): the token's own
+    /// `scp` when it is written that way already.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn scopes_text(&self) -> Bytes {
+        if let Strs::Words(w) = self.0.scopes {
+            let text = self.resolve(w);
+            let normal = !text.starts_with(' ')
+                && !text.ends_with(' ')
+                && !text.contains("  ")
+                && !text.contains(|c: char| c.is_whitespace() && c != ' ');
+            if normal {
+                return self.share(text);
+            }
+        }
+        self.join(&self.0.scopes, " ")
+    }
+
+    /// The roles joined by `,` (the `X-Auth-Roles` value): one role is shared, not copied.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn roles_text(&self) -> Bytes {
+        match &self.0.roles {
+            Strs::One(r) => self.share(self.resolve(*r)),
+            Strs::List(items) if items.len() == 1 => self.share(self.resolve(items[0])),
+            other => self.join(other, ","),
+        }
     }
 
     /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
@@ -301,10 +461,10 @@ impl Claims {
     /// assert!(tollgate::Claims::from_map("entra_id", map).is_app_only());
     /// ```
     pub fn is_app_only(&self) -> bool {
-        self.str("idtyp") == Some("app")
+        self.hot(Hot::Idtyp) == Some("app")
             || (self.0.scopes.is_empty()
-                && self.str("sub").is_some()
-                && self.str("sub") == self.str("oid"))
+                && self.hot(Hot::Sub).is_some()
+                && self.hot(Hot::Sub) == self.hot(Hot::Oid))
     }
 
     /// Checks route requirements: any one of `scopes` (when non-empty) and any one of `roles`
@@ -323,12 +483,20 @@ impl Claims {
     /// assert_eq!(err.status(), http::StatusCode::FORBIDDEN);
     /// ```
     pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
-        if !scopes.is_empty() && !scopes.iter().any(|s| self.0.scopes.contains(s)) {
+        if !scopes.is_empty()
+            && !self
+                .list(&self.0.scopes)
+                .any(|s| scopes.iter().any(|w| w == s))
+        {
             return Err(ValidationError::InsufficientScope {
                 scope: scopes.join(" "),
             });
         }
-        if !roles.is_empty() && !roles.iter().any(|r| self.0.roles.contains(r)) {
+        if !roles.is_empty()
+            && !self
+                .list(&self.0.roles)
+                .any(|r| roles.iter().any(|w| w == r))
+        {
             return Err(ValidationError::InsufficientScope {
                 scope: roles.join(" "),
             });
@@ -344,7 +512,7 @@ impl Claims {
     /// assert_eq!(claims.client_id(), Some("cccccccc-3333-4444-5555-dddddddddddd"));
     /// ```
     pub fn client_id(&self) -> Option<&str> {
-        self.str("azp").or_else(|| self.str("appid"))
+        self.hot(Hot::Azp).or_else(|| self.hot(Hot::Appid))
     }
 
     /// The checks that come with a provider's and a route's (or layer's) access settings, after
@@ -375,10 +543,110 @@ impl Claims {
         Ok(())
     }
 
-    fn str(&self, name: &str) -> Option<&str> {
-        self.0.map.get(name).and_then(Value::as_str)
+    /// A hot claim's value, when the token has it as a string.
+    pub(crate) fn hot(&self, which: Hot) -> Option<&str> {
+        let at = self.0.hot[which as usize];
+        (at != Str::ABSENT).then(|| self.resolve(at))
+    }
+
+    /// The text at `at`: in the payload, or among the unescaped values.
+    fn resolve(&self, at: Str) -> &str {
+        let (start, len) = (at.start as usize, at.len as usize);
+        let (text, start) = if start & ESCAPED != 0 {
+            (&*self.0.unescaped, start & !ESCAPED)
+        } else {
+            (self.payload_json(), start)
+        };
+        text.get(start..start + len).unwrap_or("")
+    }
+
+    /// The items of a scope or role list.
+    fn list<'a>(&'a self, list: &'a Strs) -> impl Iterator<Item = &'a str> + 'a {
+        let (words, items): (Option<&str>, &[Str]) = match list {
+            Strs::Empty => (None, &[]),
+            Strs::Words(w) => (Some(self.resolve(*w)), &[]),
+            Strs::One(one) => (None, std::slice::from_ref(one)),
+            Strs::List(items) => (None, items),
+        };
+        words
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .chain(items.iter().map(|s| self.resolve(*s)))
+    }
+
+    fn join(&self, list: &Strs, sep: &str) -> Bytes {
+        let mut out = String::new();
+        for (i, item) in self.list(list).enumerate() {
+            if i > 0 {
+                out.push_str(sep);
+            }
+            out.push_str(item);
+        }
+        Bytes::from(out)
     }
 }
+
+/// The claims kept parsed, as positions in the payload: those the proxy and the checks read on
+/// every request.
+#[derive(Clone, Copy)]
+pub(crate) enum Hot {
+    Sub,
+    Oid,
+    Tid,
+    Name,
+    Iss,
+    Azp,
+    Appid,
+    Idtyp,
+    Upn,
+    PreferredUsername,
+}
+
+const HOT: usize = 10;
+
+/// `(start, len)` of a claim's text: in the payload, or (with [`ESCAPED`] set in `start`) in
+/// the unescaped values. `u32`: a token is at most [`super::MAX_TOKEN_BYTES`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Str {
+    start: u32,
+    len: u32,
+}
+
+impl Str {
+    const ABSENT: Str = Str {
+        start: u32::MAX,
+        len: 0,
+    };
+}
+
+const ESCAPED: usize = 1 << 31;
+
+/// A scope or role claim: absent (or neither a string nor a list), a space-separated string
+/// (`scp`), one string (a single role), or a list of strings.
+enum Strs {
+    Empty,
+    Words(Str),
+    One(Str),
+    List(Box<[Str]>),
+}
+
+impl Strs {
+    fn is_empty(&self) -> bool {
+        match self {
+            Strs::Empty => true,
+            Strs::Words(_) | Strs::One(_) => false,
+            Strs::List(items) => items.is_empty(),
+        }
+    }
+}
+
+const EMPTY: u8 = 1;
+const HAS_ACTIVE: u8 = 2;
+
+/// Memo types of the claims' own lazily built views.
+struct Scopes(Vec<String>);
+struct Roles(Vec<String>);
+struct AsMap(Map<String, Value>);
 
 /// A tiny map from type to value, filled once per type and never emptied: an append-only list of
 /// entries, each in a `OnceLock`, so a lookup takes no lock and allocates nothing. It holds a
@@ -445,9 +713,599 @@ impl std::fmt::Debug for Memo {
     }
 }
 
+/// The one pass over a payload's JSON text that finds the hot claims, and what the validator
+/// checks besides (ID-token markers), without building a map.
+mod parse {
+    use std::fmt;
+
+    use serde::Deserializer as _;
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{EMPTY, ESCAPED, HAS_ACTIVE, HOT, Hot, Str, Strs};
+
+    /// A parsed payload: its text, and where the claims are in it.
+    pub(in crate::validate) struct Parsed {
+        pub(super) payload: String,
+        pub(super) unescaped: String,
+        pub(super) hot: [Str; HOT],
+        pub(super) scopes: Strs,
+        pub(super) roles: Strs,
+        pub(super) exp: u64,
+        pub(super) flags: u8,
+        /// The payload's `typ` (Keycloak's token types), for the validator.
+        typ: Str,
+        /// The claims that mark a token as something else than an access token, for the
+        /// validator: `nonce`, `at_hash`, `c_hash`, `events`, and whether `ver` is there.
+        id_token_marker: bool,
+        has_ver: bool,
+        /// Which hot claims are there, whatever their type (bit `Hot as u16`).
+        present: u16,
+    }
+
+    impl Parsed {
+        /// Parses `payload`, which must be a JSON object. Repeated names: the last one counts,
+        /// as in a parsed map.
+        pub(in crate::validate) fn of(payload: Box<str>) -> Result<Self, serde_json::Error> {
+            let payload = String::from(payload);
+            let mut found = Found::default();
+            let mut de = serde_json::Deserializer::from_str(&payload);
+            de.deserialize_map(PayloadVisitor {
+                base: payload.as_ptr() as usize,
+                len: payload.len(),
+                found: &mut found,
+            })?;
+            de.end()?;
+            let Found {
+                unescaped,
+                hot,
+                scp,
+                scope,
+                roles,
+                exp,
+                typ,
+                id_token_marker,
+                has_ver,
+                keys,
+                active,
+                present,
+            } = found;
+            let mut flags = 0;
+            if keys == 0 {
+                flags |= EMPTY;
+            }
+            if active {
+                flags |= HAS_ACTIVE;
+            }
+            let mut parsed = Self {
+                payload,
+                unescaped,
+                hot,
+                // `scp`, else `scope`: a `scp` that is not a list of scopes still hides `scope`.
+                scopes: scp.or(scope).unwrap_or(Strs::Empty),
+                roles: roles.unwrap_or(Strs::Empty),
+                exp: exp.unwrap_or(0),
+                flags,
+                typ,
+                id_token_marker,
+                has_ver,
+                present,
+            };
+            parsed.normalise();
+            Ok(parsed)
+        }
+
+        pub(super) fn empty() -> Self {
+            Self {
+                payload: "{}".into(),
+                unescaped: String::new(),
+                hot: [Str::ABSENT; HOT],
+                scopes: Strs::Empty,
+                roles: Strs::Empty,
+                exp: 0,
+                flags: EMPTY,
+                typ: Str::ABSENT,
+                id_token_marker: false,
+                has_ver: false,
+                present: 0,
+            }
+        }
+
+        /// A hot claim, when it is a string.
+        pub(in crate::validate) fn hot(&self, which: Hot) -> Option<&str> {
+            self.text(self.hot[which as usize])
+        }
+
+        /// The payload's `typ`, when it is a string.
+        pub(in crate::validate) fn typ(&self) -> Option<&str> {
+            self.text(self.typ)
+        }
+
+        /// Whether `nonce`, `at_hash`, `c_hash` or `events` is there.
+        pub(in crate::validate) fn has_id_token_marker(&self) -> bool {
+            self.id_token_marker
+        }
+
+        /// Whether the hot claim is there, whatever its type.
+        pub(in crate::validate) fn has_key(&self, which: Hot) -> bool {
+            self.present & (1 << which as u16) != 0
+        }
+
+        /// Whether `ver` is there.
+        pub(in crate::validate) fn has_ver(&self) -> bool {
+            self.has_ver
+        }
+
+        fn text(&self, at: Str) -> Option<&str> {
+            if at == Str::ABSENT {
+                return None;
+            }
+            let (start, len) = (at.start as usize, at.len as usize);
+            let (text, start) = if start & super::ESCAPED != 0 {
+                (&*self.unescaped, start & !super::ESCAPED)
+            } else {
+                (&*self.payload, start)
+            };
+            text.get(start..start + len)
+        }
+
+        /// A `scp` with no scope in it (`""`, spaces) is no scope, as split words would say.
+        fn normalise(&mut self) {
+            if let Strs::Words(w) = self.scopes
+                && self
+                    .text(w)
+                    .is_none_or(|t| t.split_whitespace().next().is_none())
+            {
+                self.scopes = Strs::Empty;
+            }
+            for list in [&mut self.scopes, &mut self.roles] {
+                if list.is_empty() {
+                    *list = Strs::Empty;
+                }
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Found {
+        unescaped: String,
+        hot: [Str; HOT],
+        scp: Option<Strs>,
+        scope: Option<Strs>,
+        roles: Option<Strs>,
+        exp: Option<u64>,
+        typ: Str,
+        id_token_marker: bool,
+        has_ver: bool,
+        keys: usize,
+        active: bool,
+        present: u16,
+    }
+
+    impl Default for Str {
+        fn default() -> Self {
+            Str::ABSENT
+        }
+    }
+
+    /// Where a string value lands: a slice of the payload when serde_json can lend it (no
+    /// escapes), else appended to `unescaped`.
+    struct Place<'f> {
+        /// The payload's address and length: a lent string is a slice of it.
+        base: usize,
+        len: usize,
+        unescaped: &'f mut String,
+    }
+
+    impl Place<'_> {
+        fn borrowed(&mut self, v: &str) -> Str {
+            let start = (v.as_ptr() as usize).wrapping_sub(self.base);
+            match (u32::try_from(start), u32::try_from(v.len())) {
+                (Ok(s), Ok(l)) if start.saturating_add(v.len()) <= self.len && start < ESCAPED => {
+                    Str { start: s, len: l }
+                }
+                // Not inside the payload after all (serde_json lends only from its input, so
+                // this is a safety net, not a path): kept as a copy.
+                _ => self.copied(v),
+            }
+        }
+
+        fn copied(&mut self, v: &str) -> Str {
+            let start = self.unescaped.len();
+            self.unescaped.push_str(v);
+            match (u32::try_from(start | ESCAPED), u32::try_from(v.len())) {
+                (Ok(s), Ok(l)) if start < ESCAPED => Str { start: s, len: l },
+                // Beyond 2 GiB of escaped claims (no token comes near): not kept.
+                _ => Str::ABSENT,
+            }
+        }
+    }
+
+    struct PayloadVisitor<'f> {
+        base: usize,
+        len: usize,
+        found: &'f mut Found,
+    }
+
+    impl<'de> Visitor<'de> for PayloadVisitor<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let found = self.found;
+            while let Some(name) = map.next_key::<Name>()? {
+                found.keys += 1;
+                let mut place = Place {
+                    base: self.base,
+                    len: self.len,
+                    unescaped: &mut found.unescaped,
+                };
+                let hot = |h: Hot| h as usize;
+                match name {
+                    Name::Hot(h) => {
+                        found.present |= 1 << h as u16;
+                        found.hot[hot(h)] = map.next_value_seed(OneStr(&mut place))?;
+                    }
+                    Name::Typ => found.typ = map.next_value_seed(OneStr(&mut place))?,
+                    Name::Scp => found.scp = Some(map.next_value_seed(List(&mut place, true))?),
+                    Name::Scope => {
+                        found.scope = Some(map.next_value_seed(List(&mut place, true))?);
+                    }
+                    Name::Roles => {
+                        found.roles = Some(map.next_value_seed(List(&mut place, false))?);
+                    }
+                    Name::Exp => found.exp = map.next_value::<Exp>()?.0,
+                    Name::Marker => {
+                        map.next_value::<IgnoredAny>()?;
+                        found.id_token_marker = true;
+                    }
+                    Name::Ver => {
+                        map.next_value::<IgnoredAny>()?;
+                        found.has_ver = true;
+                    }
+                    Name::Active => {
+                        map.next_value::<IgnoredAny>()?;
+                        found.active = true;
+                    }
+                    Name::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A claim name, told apart without allocating.
+    enum Name {
+        Hot(Hot),
+        Typ,
+        Scp,
+        Scope,
+        Roles,
+        Exp,
+        Marker,
+        Ver,
+        Active,
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Name {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Name;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a claim name")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Name, E> {
+                    Ok(match v {
+                        "sub" => Name::Hot(Hot::Sub),
+                        "oid" => Name::Hot(Hot::Oid),
+                        "tid" => Name::Hot(Hot::Tid),
+                        "name" => Name::Hot(Hot::Name),
+                        "iss" => Name::Hot(Hot::Iss),
+                        "azp" => Name::Hot(Hot::Azp),
+                        "appid" => Name::Hot(Hot::Appid),
+                        "idtyp" => Name::Hot(Hot::Idtyp),
+                        "upn" => Name::Hot(Hot::Upn),
+                        "preferred_username" => Name::Hot(Hot::PreferredUsername),
+                        "typ" => Name::Typ,
+                        "scp" => Name::Scp,
+                        "scope" => Name::Scope,
+                        "roles" => Name::Roles,
+                        "exp" => Name::Exp,
+                        "nonce" | "at_hash" | "c_hash" | "events" => Name::Marker,
+                        "ver" => Name::Ver,
+                        "active" => Name::Active,
+                        _ => Name::Other,
+                    })
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    /// `exp` as `Value::as_u64` reads it: a non-negative integer, else nothing.
+    struct Exp(Option<u64>);
+
+    impl<'de> de::Deserialize<'de> for Exp {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Exp;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Exp, E> {
+                    Ok(Exp(Some(v)))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Exp, E> {
+                    Ok(Exp(u64::try_from(v).ok()))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Exp, E> {
+                    Ok(Exp(None))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Exp, E> {
+                    Ok(Exp(None))
+                }
+                fn visit_str<E: de::Error>(self, _: &str) -> Result<Exp, E> {
+                    Ok(Exp(None))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Exp, E> {
+                    Ok(Exp(None))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Exp, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Exp(None))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Exp, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Exp(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// One claim value: its place when it is a string, [`Str::ABSENT`] otherwise.
+    struct OneStr<'p, 'f>(&'p mut Place<'f>);
+
+    impl<'de> DeserializeSeed<'de> for OneStr<'_, '_> {
+        type Value = Str;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Str, D::Error> {
+            d.deserialize_any(StrVisitor(self.0))
+        }
+    }
+
+    struct StrVisitor<'p, 'f>(&'p mut Place<'f>);
+
+    impl<'de> Visitor<'de> for StrVisitor<'_, '_> {
+        type Value = Str;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str, E> {
+            Ok(self.0.borrowed(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Str, E> {
+            Ok(self.0.copied(v))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Str, E> {
+            Ok(Str::ABSENT)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Str, E> {
+            Ok(Str::ABSENT)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Str, E> {
+            Ok(Str::ABSENT)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Str, E> {
+            Ok(Str::ABSENT)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Str, E> {
+            Ok(Str::ABSENT)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Str, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Str::ABSENT)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Str, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Str::ABSENT)
+        }
+    }
+
+    /// A scope or role claim: a string (split into words for scopes, one role for roles), or a
+    /// list whose string items count (others are skipped).
+    struct List<'p, 'f>(&'p mut Place<'f>, bool);
+
+    impl<'de> DeserializeSeed<'de> for List<'_, '_> {
+        type Value = Strs;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Strs, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for List<'_, '_> {
+        type Value = Strs;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Strs, E> {
+            let at = self.0.borrowed(v);
+            Ok(if self.1 {
+                Strs::Words(at)
+            } else {
+                Strs::One(at)
+            })
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Strs, E> {
+            let at = self.0.copied(v);
+            Ok(if self.1 {
+                Strs::Words(at)
+            } else {
+                Strs::One(at)
+            })
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Strs, E> {
+            Ok(Strs::Empty)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Strs, E> {
+            Ok(Strs::Empty)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Strs, E> {
+            Ok(Strs::Empty)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Strs, E> {
+            Ok(Strs::Empty)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Strs, E> {
+            Ok(Strs::Empty)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strs, A::Error> {
+            let mut items = Vec::new();
+            while let Some(at) = seq.next_element_seed(OneStr(&mut *self.0))? {
+                if at != Str::ABSENT {
+                    items.push(at);
+                }
+            }
+            Ok(Strs::List(items.into_boxed_slice()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strs, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Strs::Empty)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Claims` answered when it kept a parsed map: the reference the compact form must
+    /// match, claim by claim.
+    fn from_map_reference(map: &Map<String, Value>) -> (Vec<String>, Vec<String>, u64) {
+        let scopes = match map.get("scp").or_else(|| map.get("scope")) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let roles = match map.get("roles") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        (
+            scopes,
+            roles,
+            map.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        )
+    }
+
+    #[test]
+    fn the_compact_claims_answer_as_the_map_did() {
+        let payloads = [
+            r#"{"sub":"s","oid":"o","tid":"t","name":"Alice","scp":"a  b\tc ","roles":["R1",2,"R2",null],"exp":1900000000,"azp":"c"}"#,
+            r#"{"sub":"Zo\u00eb \"q\"","name":"caf\u00e9","scope":["x y","z"],"roles":"One Role","exp":-5,"appid":"app"}"#,
+            r#"{"sub":1,"oid":{"a":[1,2]},"scp":42,"scope":"hidden","exp":1.5e9,"upn":"u@x","preferred_username":"p@x"}"#,
+            r#"{"sub":"first","sub":"second","scp":"","roles":[],"exp":"soon","idtyp":"app"}"#,
+            r#"{"scp":[],"roles":{"x":1},"iss":"https://i/","ver":"2.0","active":false}"#,
+            r#"{}"#,
+            r#"{ "sub" : "spaced" , "exp" : 1 }"#,
+        ];
+        for text in payloads {
+            let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+            let claims = Claims::from_json("p", text.into()).unwrap();
+            let (scopes, roles, exp) = from_map_reference(&map);
+            let s = |k: &str| map.get(k).and_then(Value::as_str);
+            assert_eq!(claims.scopes(), scopes, "{text}");
+            assert_eq!(claims.roles(), roles, "{text}");
+            assert_eq!(claims.expires_at(), exp, "{text}");
+            assert_eq!(claims.subject(), s("sub").unwrap_or(""), "{text}");
+            assert_eq!(claims.oid(), s("oid"), "{text}");
+            assert_eq!(claims.tid(), s("tid"), "{text}");
+            assert_eq!(claims.name(), s("name"), "{text}");
+            assert_eq!(claims.issuer(), s("iss").unwrap_or(""), "{text}");
+            assert_eq!(
+                claims.username(),
+                s("upn").or(s("preferred_username")),
+                "{text}"
+            );
+            assert_eq!(claims.client_id(), s("azp").or(s("appid")), "{text}");
+            assert_eq!(claims.as_map(), &map, "{text}");
+            assert_eq!(claims.get("sub"), map.get("sub"), "{text}");
+            let unscoped = scopes.is_empty() && roles.is_empty();
+            assert_eq!(
+                claims.check_access(false, [&[], &[]]).is_err(),
+                unscoped,
+                "{text}"
+            );
+            let any = |v: &[String]| v.first().cloned().into_iter().collect::<Vec<_>>();
+            assert!(claims.check(&any(&scopes), &any(&roles)).is_ok(), "{text}");
+            let app_only = s("idtyp") == Some("app")
+                || (scopes.is_empty() && s("sub").is_some() && s("sub") == s("oid"));
+            assert_eq!(claims.is_app_only(), app_only, "{text}");
+            // The introspection answer: every claim, `active` first and true.
+            let answer: Map<String, Value> =
+                serde_json::from_slice(&claims.introspection_json()).unwrap();
+            let mut expected = map.clone();
+            expected.insert("active".into(), Value::Bool(true));
+            assert_eq!(answer, expected, "{text}");
+            // The identity header texts.
+            assert_eq!(
+                &claims.scopes_text()[..],
+                scopes.join(" ").as_bytes(),
+                "{text}"
+            );
+            assert_eq!(
+                &claims.roles_text()[..],
+                roles.join(",").as_bytes(),
+                "{text}"
+            );
+        }
+        assert!(Claims::from_json("p", "[]".into()).is_err());
+        assert!(Claims::from_json("p", r#"{"a":1} x"#.into()).is_err());
+    }
+
+    #[test]
+    fn header_values_share_the_payload() {
+        let claims =
+            Claims::from_json("p", r#"{"sub":"s-1","scp":"a b","roles":["R"]}"#.into()).unwrap();
+        let sub = claims.share(claims.subject());
+        assert_eq!(&sub[..], b"s-1");
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&sub.as_ptr())
+        );
+        let scopes = claims.scopes_text();
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&scopes.as_ptr())
+        );
+        // A value from elsewhere is copied.
+        assert_eq!(&claims.share("other")[..], b"other");
+    }
 
     #[test]
     fn memo_keeps_one_value_per_type() {

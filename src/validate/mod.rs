@@ -27,6 +27,8 @@ mod sent_token;
 mod validator;
 
 pub use claims::Claims;
+#[cfg_attr(not(feature = "server"), allow(unused_imports))]
+pub(crate) use claims::Hot;
 #[cfg(feature = "server")]
 pub(crate) use refusal::claims_challenge;
 pub use refusal::{REALM, ValidationError};
@@ -35,4 +37,6 @@ pub use sent_token::bearer_token;
 pub(crate) use sent_token::sent_token;
 #[cfg(feature = "server")]
 pub(crate) use sent_token::{QUERY_TOKEN, SentToken};
+#[cfg(test)]
+pub(crate) use validator::entry_bytes;
 pub use validator::{MAX_TOKEN_BYTES, Validator, token_algorithm, token_kid};

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
+use super::claims::{Hot, Parsed};
 use super::{Claims, ValidationError};
+use crate::cache_meter::{Budget, CacheKind, MOKA_SYNC_ENTRY_BYTES, Meter};
 use crate::config::is_guid;
 use crate::provider::Provider;
 use crate::util::{now, sha256};
@@ -69,6 +71,11 @@ pub struct Validator {
     /// Validated tokens by `sha256(token)`, each with the provider's key epoch it was checked
     /// under: an entry from before a key was withdrawn is validated again.
     cache: moka::sync::Cache<[u8; 32], (Claims, u64)>,
+    /// The bytes the cache holds (`tollgate_cache_bytes{cache="validation"}`).
+    meter: Arc<Meter>,
+    budget: Budget,
+    /// The provider's name, shared by every `Claims` this validator makes.
+    provider_name: Arc<str>,
     /// `tollgate_validations_total{result="cached"}`, registered at the first hit (after the
     /// recorder is installed) so the hot path skips the registry's label lookup.
     cached_hits: Arc<std::sync::OnceLock<metrics::Counter>>,
@@ -116,17 +123,104 @@ impl Validator {
     /// # }
     /// ```
     pub fn new(provider: Arc<Provider>, cache_capacity: u64) -> Self {
+        Self::with_memory(
+            provider,
+            cache_capacity,
+            crate::config::CacheConfig::default().max_memory_per_cache(1),
+        )
+    }
+
+    /// A validator caching up to `cache_capacity` validated tokens that hold at most
+    /// `max_bytes` together (each entry weighed by its heap footprint: the payload, the parsed
+    /// claims and the cache's own bookkeeping). [`Validator::new`] gives the cache half of
+    /// `[cache] max_memory`'s default.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    /// #     ..Default::default()
+    /// # }).unwrap();
+    /// let validator = Validator::with_memory(provider, 100_000, 8 << 20);
+    /// assert_eq!((validator.max_cache_bytes(), validator.cached_bytes()), (8 << 20, 0));
+    /// ```
+    pub fn with_memory(provider: Arc<Provider>, cache_capacity: u64, max_bytes: u64) -> Self {
         let audiences = Arc::new(provider.config().effective_audiences());
+        let budget = Budget::new(max_bytes, cache_capacity);
+        let meter = Meter::new(CacheKind::Validation);
+        let (weigh, evicted) = (meter.clone(), meter.clone());
         let cache = moka::sync::Cache::builder()
-            .max_capacity(cache_capacity)
+            .max_capacity(budget.max_bytes)
+            .weigher(move |_, (claims, _): &(Claims, u64)| weigh.weigh(entry_bytes(claims), budget))
+            .eviction_listener(move |_, (claims, _), cause| {
+                evicted.removed(entry_bytes(&claims), cause);
+            })
             .expire_after(UntilExp)
             .build();
+        let provider_name = Arc::from(provider.name());
         Self {
             provider,
             audiences,
             cache,
+            meter,
+            budget,
+            provider_name,
             cached_hits: Arc::default(),
         }
+    }
+
+    /// The bytes the validated-token cache holds now (its entries' weights).
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    /// #     ..Default::default()
+    /// # }).unwrap();
+    /// let validator = Validator::new(provider, 100);
+    /// assert_eq!(validator.cached_bytes(), 0);
+    /// ```
+    pub fn cached_bytes(&self) -> u64 {
+        self.meter.bytes()
+    }
+
+    /// The most bytes the validated-token cache may hold.
+    ///
+    /// ```
+    /// # use tollgate::{config::ProviderConfig, provider::Provider, validate::Validator};
+    /// # let provider = Provider::new(ProviderConfig {
+    /// #     client_id: "app".into(),
+    /// #     issuer: Some("https://login.example/v2.0".into()),
+    /// #     jwks_uri: Some("https://login.example/keys".parse().unwrap()),
+    /// #     ..Default::default()
+    /// # }).unwrap();
+    /// let validator = Validator::new(provider, 100);
+    /// assert_eq!(validator.max_cache_bytes(), 32 << 20); // half of max_memory's 64MiB
+    /// ```
+    pub fn max_cache_bytes(&self) -> u64 {
+        self.budget.max_bytes
+    }
+
+    /// Caches `claims` for `digest` (validated under key `epoch`).
+    pub(crate) fn cache_insert(&self, digest: [u8; 32], claims: Claims, epoch: u64) {
+        claims.set_token_digest(digest);
+        self.cache.insert(digest, (claims, epoch));
+    }
+
+    /// Runs the cache's pending maintenance (evictions, listener calls), for measurements.
+    #[cfg(test)]
+    pub(crate) fn cache_settle(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Entries in the cache, for measurements.
+    #[cfg(test)]
+    pub(crate) fn cache_len(&self) -> u64 {
+        self.cache.entry_count()
     }
 
     /// The provider this validator trusts.
@@ -225,8 +319,7 @@ impl Validator {
         metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
             .increment(1);
         let claims = result?;
-        claims.set_token_digest(digest);
-        self.cache.insert(digest, (claims.clone(), epoch));
+        self.cache_insert(digest, claims.clone(), epoch);
         Ok(claims)
     }
 
@@ -295,8 +388,9 @@ impl Validator {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_audience(&self.audiences);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|e| {
+        // The payload's text, kept as it is: the claims are parsed out of it in one pass.
+        let data =
+            jsonwebtoken::decode::<Box<RawValue>>(token, &key.key, &validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
                 match e.kind() {
                     K::ExpiredSignature => invalid("the token has expired"),
@@ -313,10 +407,11 @@ impl Validator {
                     _ => invalid("the token could not be verified"),
                 }
             })?;
-        let claims = data.claims;
+        let claims = Parsed::of(data.claims.into())
+            .map_err(|_| invalid("the token is not a well-formed JWT"))?;
         self.check_issuer(&claims, key.issuer.as_deref())?;
         refuse_id_tokens(header.typ.as_deref(), &claims)?;
-        Ok(Claims::from_map(self.provider.name(), claims))
+        Ok(Claims::from_parsed(self.provider_name.clone(), claims))
     }
 
     /// Validates an ID token from this provider for `client_id` (OIDC Core §3.1.3.7): signature,
@@ -389,15 +484,17 @@ impl Validator {
         validation.validate_nbf = !allow_expired;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_audience(&[client_id]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|e| {
+        let data =
+            jsonwebtoken::decode::<Box<RawValue>>(token, &key.key, &validation).map_err(|e| {
                 ValidationError::InvalidToken(format!(
                     "the ID token is not valid: {}",
                     e.kind_description()
                 ))
             })?;
-        self.check_issuer(&data.claims, key.issuer.as_deref())?;
-        Ok(Claims::from_map(self.provider.name(), data.claims))
+        let claims = Parsed::of(data.claims.into())
+            .map_err(|_| invalid("the ID token is not valid: malformed"))?;
+        self.check_issuer(&claims, key.issuer.as_deref())?;
+        Ok(Claims::from_parsed(self.provider_name.clone(), claims))
     }
 
     /// `iss` must equal the provider's issuer, or a `{tenantid}` template filled with the token's
@@ -406,15 +503,14 @@ impl Validator {
     /// both accepted.
     fn check_issuer(
         &self,
-        claims: &Map<String, Value>,
+        claims: &Parsed,
         key_issuer: Option<&str>,
     ) -> Result<(), ValidationError> {
         let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
         let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
+            .hot(Hot::Iss)
             .ok_or_else(|| invalid("the token has no iss claim"))?;
-        let tid = claims.get("tid").and_then(Value::as_str);
+        let tid = claims.hot(Hot::Tid);
         let metadata = self
             .provider
             .metadata()
@@ -502,10 +598,7 @@ fn check_header(header: &jsonwebtoken::Header) -> Result<(), ValidationError> {
 ///   `events` (a logout token, OpenID Back-Channel Logout §2.4);
 /// - an Entra (`ver`) access token always names its client in `azp` (v2) or `appid` (v1); an
 ///   Entra ID token (a refresh grant's has no `nonce`) names neither.
-fn refuse_id_tokens(
-    header_typ: Option<&str>,
-    claims: &Map<String, Value>,
-) -> Result<(), ValidationError> {
+fn refuse_id_tokens(header_typ: Option<&str>, claims: &Parsed) -> Result<(), ValidationError> {
     let not_access = || {
         Err(ValidationError::InvalidToken(
             "an ID token is not an access token".into(),
@@ -519,24 +612,32 @@ fn refuse_id_tokens(
             ));
         }
     }
-    if let Some(typ) = claims.get("typ").and_then(Value::as_str)
+    if let Some(typ) = claims.typ()
         && ["id", "refresh", "offline", "logout"]
             .iter()
             .any(|t| typ.eq_ignore_ascii_case(t))
     {
         return not_access();
     }
-    if ["nonce", "at_hash", "c_hash", "events"]
-        .iter()
-        .any(|c| claims.contains_key(*c))
-    {
+    if claims.has_id_token_marker() {
         return not_access();
     }
-    if claims.contains_key("ver") && !claims.contains_key("azp") && !claims.contains_key("appid") {
+    if claims.has_ver() && !claims.has_key(Hot::Azp) && !claims.has_key(Hot::Appid) {
         return not_access();
     }
     Ok(())
 }
+
+/// The heap bytes a validated-token cache entry holds: the claims, what moka keeps per entry
+/// (the key and value in its own allocations), and the `X-Auth-*` headers the proxy memoises
+/// with the claims at the first request (they share the payload's bytes; the allowance is for
+/// their list).
+pub(crate) fn entry_bytes(claims: &Claims) -> usize {
+    claims.heap_bytes() + MOKA_SYNC_ENTRY_BYTES + HEADERS_MEMO_BYTES
+}
+
+/// What the proxy's identity headers add to claims once built: see `identity_headers`.
+pub(crate) const HEADERS_MEMO_BYTES: usize = 304;
 
 /// `https://login.microsoftonline.com/X/v2.0` -> `https://sts.windows.net/X/`.
 fn entra_v1_counterpart(issuer: &str) -> Option<String> {

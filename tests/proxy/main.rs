@@ -1956,3 +1956,19 @@ token_in_query = true
     upstream.await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_validation_cache_reports_its_bytes() {
+    let key = TestKey::new("k1");
+    let h = harness(&[&key]).await;
+    h.wait_ready().await;
+    let token = key.token(&h.idp.issuer(), json!({"jti": "weighed"}));
+    assert_eq!(h.get("/m", Some(&token)).await.status(), 200);
+    // The gauge sums every live cache of the process (other tests' servers too, each adding
+    // its own entries): with this one's cached token in it, it holds at least that entry,
+    // which weighs its payload and more.
+    let text = h.metrics_text().await;
+    let bytes = metric_value(&text, "tollgate_cache_bytes", &[("cache", "validation")]);
+    assert!(bytes > 500.0, "{bytes} in\n{text}");
+    assert!(!text.contains(&token));
+}

@@ -144,6 +144,43 @@ async fn routes_change_twenty_times_under_load_without_a_failed_request() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_provider_count_change_resizes_the_caches_and_keeps_the_keys() {
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    let echo = Echo::start().await;
+    let listen = support::config::listen("5s");
+    let one = Config::from_toml_str(
+        &route_set(&listen, &idp.well_known(), &echo.url(), 0, ""),
+        &MapEnv::default(),
+    )
+    .unwrap();
+    let mut two = one.clone();
+    let mut other = two.providers[0].clone();
+    other.name = "other".into();
+    two.providers.push(other);
+    for route in &mut two.routes {
+        route.provider = Some("entra_id".into());
+    }
+    let server = Server::bind(two).await.unwrap().spawn();
+    let base = format!("http://{}", server.public);
+    let http = reqwest::Client::new();
+    let token = key.token(&idp.issuer(), json!({}));
+    assert!(ready(&http, &format!("http://{}/readyz", server.admin.unwrap())).await);
+    assert_eq!(answers(&http, &base, &token).await, expected(0));
+    let fetches = idp.fetches();
+    // One provider left: every cache's share of `max_memory` doubles, so entra_id's caches are
+    // built anew at the new size, but its keys are kept: no fetch, no moment without them.
+    server.reload(one).await.unwrap();
+    assert_eq!(answers(&http, &base, &token).await, expected(0));
+    assert_eq!(
+        idp.fetches(),
+        fetches,
+        "the kept provider fetched its keys again"
+    );
+    server.shutdown().await.unwrap();
+}
+
 /// The binary, on a config file: `SIGHUP` reloads it, a broken file is refused and the
 /// configuration in force keeps serving; with `[reload] watch` a change alone reloads it.
 #[tokio::test]

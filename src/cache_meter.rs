@@ -1,0 +1,196 @@
+//! The token caches measured in bytes: the weight moka charges each entry, the budget each
+//! cache gets out of `[cache] max_memory`, and the `tollgate_cache_bytes` gauge and
+//! `tollgate_cache_evictions_total` counter that follow them.
+//!
+//! moka bounds one cache by the sum of its entries' weights; it cannot share one bound among
+//! several caches. So the process-wide budget is divided up front: each provider gets a
+//! validation cache and an exchange cache, and each of those gets an equal share
+//! (`max_memory / (2 x providers)`, see `CacheConfig::max_memory_per_cache`). The shares add up
+//! to at most `max_memory` whatever the traffic, with no counter shared on the hot path; the
+//! price is that a provider's idle cache cannot lend its share to a busy one.
+//!
+//! ```
+//! # use tollgate::config::CacheConfig;
+//! let cache = CacheConfig::default();
+//! // Two providers: four caches of 16 MiB each.
+//! assert_eq!(cache.max_memory_per_cache(2), 16 << 20);
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use moka::notification::RemovalCause;
+
+/// The bytes a `size`-byte heap allocation takes with glibc's `malloc` (the allocator of the
+/// Linux images): the request plus an 8-byte header, rounded up to 16, at least 32.
+pub(crate) const fn heap_chunk(size: usize) -> usize {
+    if size == 0 {
+        return 0;
+    }
+    let chunk = (size + 8 + 15) & !15;
+    if chunk < 32 { 32 } else { chunk }
+}
+
+/// What a `moka::sync::Cache` with per-entry expiry allocates per entry, the key and a
+/// two-word value inline: the shared value entry, its entry info, the access-order,
+/// write-order and timer deque nodes, the hash table's bucket and its share of the table.
+/// Measured with a counting allocator (`memory_tests` keeps it honest): 388 bytes.
+pub(crate) const MOKA_SYNC_ENTRY_BYTES: usize = 388;
+
+/// The same for `moka::future::Cache`, whose entries also carry what its async maintenance
+/// needs, with an exchanged token inline. Measured: 455.
+pub(crate) const MOKA_FUTURE_ENTRY_BYTES: usize = 455;
+
+/// Which caches a [`Meter`] adds to: its `cache` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheKind {
+    /// Validated inbound tokens (one cache per provider).
+    Validation,
+    /// Exchanged tokens (one cache per exchanger).
+    Exchange,
+}
+
+impl CacheKind {
+    fn label(self) -> &'static str {
+        match self {
+            CacheKind::Validation => "validation",
+            CacheKind::Exchange => "exchange",
+        }
+    }
+}
+
+/// The bytes of every live cache, by kind: the gauge is their sum, not one cache's.
+static TOTALS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// How one cache is bounded: moka's `max_capacity` (bytes) and the least weight of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// The cache's share of `max_memory`, its moka `max_capacity`.
+    pub(crate) max_bytes: u64,
+    /// `max_bytes / max_entries`: charging every entry at least this keeps the entry count
+    /// under `max_entries` too (the `*_capacity` options stay upper limits).
+    floor: u32,
+}
+
+impl Budget {
+    /// At most `max_bytes` held and at most `max_entries` entries.
+    pub(crate) fn new(max_bytes: u64, max_entries: u64) -> Self {
+        let max_bytes = max_bytes.max(1);
+        let floor = (max_bytes / max_entries.max(1)).clamp(1, u64::from(u32::MAX));
+        Self {
+            max_bytes,
+            floor: u32::try_from(floor).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The bytes one cache holds, counted as moka weighs entries in and reports them out.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    kind: CacheKind,
+    bytes: AtomicU64,
+}
+
+impl Meter {
+    pub(crate) fn new(kind: CacheKind) -> Arc<Self> {
+        Arc::new(Self {
+            kind,
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The bytes this cache's entries hold now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// moka's weight for an entry of `bytes` (called from the weigher, once per insert, so the
+    /// entry is counted in here): its bytes, at least the budget's floor.
+    pub(crate) fn weigh(&self, bytes: usize, budget: Budget) -> u32 {
+        self.add(bytes as u64);
+        u32::try_from(bytes).unwrap_or(u32::MAX).max(budget.floor)
+    }
+
+    /// An entry of `bytes` left the cache (moka's eviction listener).
+    pub(crate) fn removed(&self, bytes: usize, cause: RemovalCause) {
+        self.sub(bytes as u64);
+        let cause = match cause {
+            RemovalCause::Size => "size",
+            RemovalCause::Expired => "expired",
+            RemovalCause::Explicit => "explicit",
+            RemovalCause::Replaced => "replaced",
+        };
+        metrics::counter!("tollgate_cache_evictions_total", "cache" => self.kind.label(), "cause" => cause)
+            .increment(1);
+    }
+
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        let total = TOTALS[self.kind as usize].fetch_add(n, Ordering::Relaxed) + n;
+        self.publish(total);
+    }
+
+    fn sub(&self, n: u64) {
+        // Never below zero, whatever order inserts and removals are reported in.
+        let sub = |v: u64| Some(v.saturating_sub(n));
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub);
+        let before = TOTALS[self.kind as usize]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub)
+            .unwrap_or(0);
+        self.publish(before.saturating_sub(n));
+    }
+
+    /// Sets the gauge: only on inserts and removals, never per cache hit.
+    fn publish(&self, total: u64) {
+        metrics::gauge!("tollgate_cache_bytes", "cache" => self.kind.label()).set(total as f64);
+    }
+}
+
+impl Drop for Meter {
+    /// A dropped cache drops its entries without telling the listener: take what is left out
+    /// of the total (a reload that builds new caches must not leave the old ones counted).
+    fn drop(&mut self) {
+        let left = *self.bytes.get_mut();
+        if left > 0 {
+            let sub = |v: u64| Some(v.saturating_sub(left));
+            let before = TOTALS[self.kind as usize]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub)
+                .unwrap_or(0);
+            self.publish(before.saturating_sub(left));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_glibc_sized() {
+        assert_eq!(heap_chunk(0), 0);
+        assert_eq!(heap_chunk(1), 32);
+        assert_eq!(heap_chunk(24), 32);
+        assert_eq!(heap_chunk(25), 48);
+        assert_eq!(heap_chunk(1000), 1008);
+    }
+
+    #[test]
+    fn the_floor_keeps_the_entry_count_an_upper_limit() {
+        let budget = Budget::new(1000, 10);
+        let meter = Meter::new(CacheKind::Validation);
+        // A small entry is charged the floor, so no more than 10 fit in 1000.
+        assert_eq!(meter.weigh(40, budget), 100);
+        assert_eq!(meter.weigh(400, budget), 400);
+        assert_eq!(
+            meter.bytes(),
+            440,
+            "the real bytes are counted, not the weight"
+        );
+        meter.removed(400, RemovalCause::Size);
+        assert_eq!(meter.bytes(), 40);
+        meter.removed(400, RemovalCause::Explicit);
+        assert_eq!(meter.bytes(), 0, "never below zero");
+    }
+}
