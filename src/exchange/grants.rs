@@ -28,8 +28,10 @@ pub(crate) struct TokenResponse {
     pub(crate) refresh_token: Option<String>,
     #[serde(default)]
     pub(crate) scope: Option<String>,
-    /// Only in answers to an authorization code (OpenID Connect Core §3.1.3.3).
+    /// Only in answers to an authorization code (OpenID Connect Core §3.1.3.3); read by the
+    /// server's browser sessions.
     #[serde(default)]
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) id_token: Option<String>,
 }
 
@@ -200,6 +202,7 @@ pub(super) async fn refresh(
 
 /// Redeems a browser sign-in's authorization code (RFC 6749 §4.1.3) with its PKCE verifier
 /// (RFC 7636 §4.5).
+#[cfg(feature = "server")]
 pub(super) async fn authorization_code(
     provider: &Provider,
     auth: &ClientAuth,

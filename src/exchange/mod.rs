@@ -834,6 +834,7 @@ impl Exchanger {
 
     /// Redeems the authorization code of a browser sign-in tollgate started itself
     /// (`[session]`): the token response with its ID token, still to be validated.
+    #[cfg(feature = "server")]
     pub(crate) async fn redeem_code(
         &self,
         code: &str,
