@@ -43,8 +43,9 @@ CONNS=${CONNS:-16}
 PROFILE=${PROFILE:-release}
 PIN=${PIN:-0}
 CALLGRIND=${CALLGRIND:-0}
-# Distinct valid tokens per round of the first-sight scenario (and of each invalid one).
-FIRST=${FIRST:-3000}
+# Distinct valid tokens per round of the first-sight scenario (and of each invalid one): enough
+# for a run of a few hundred ms, as /proc/PID/stat counts CPU time in 10 ms ticks.
+FIRST=${FIRST:-6000}
 # Distinct users the dev IdP knows (the first-sight and flood tokens cycle through them).
 USERS=${USERS:-1000}
 # Tokens sent once each through the proxy's OBO route and the API's exchange in the memory flood.

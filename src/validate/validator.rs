@@ -116,6 +116,8 @@ impl Validator {
     /// # }
     /// ```
     pub fn new(provider: Arc<Provider>, cache_capacity: u64) -> Self {
+        // First sight: each RSA key is parsed once, not at every verification.
+        super::parsed_keys::install();
         let audiences = Arc::new(provider.config().effective_audiences());
         let cache = moka::sync::Cache::builder()
             .max_capacity(cache_capacity)
