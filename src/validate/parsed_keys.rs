@@ -157,7 +157,9 @@ mod tests {
         // n = 0x00 0x80 (leading zero dropped, then padded: top bit set), e = 65537.
         assert_eq!(
             rsa_public_key_der(&[0x00, 0x80], &[0x01, 0x00, 0x01]),
-            [0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 0x01, 0x00, 0x01]
+            [
+                0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 0x01, 0x00, 0x01
+            ]
         );
     }
 
@@ -190,8 +192,18 @@ mod tests {
         let small = DecodingKey::from_rsa_raw_components(&[0xc5; 128], &[1, 0, 1]);
         let default = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.verifier_factory;
         let signature = vec![0x11; 128];
-        assert!(new_verifier(&Algorithm::RS256, &small).unwrap().verify(b"m", &signature).is_err());
-        assert!(default(&Algorithm::RS256, &small).unwrap().verify(b"m", &signature).is_err());
+        assert!(
+            new_verifier(&Algorithm::RS256, &small)
+                .unwrap()
+                .verify(b"m", &signature)
+                .is_err()
+        );
+        assert!(
+            default(&Algorithm::RS256, &small)
+                .unwrap()
+                .verify(b"m", &signature)
+                .is_err()
+        );
     }
 
     #[test]
@@ -226,7 +238,17 @@ mod tests {
             }
             assert_eq!(ours.algorithm(), alg);
         }
-        assert!(new_verifier(&Algorithm::RS256, &key).unwrap().verify(msg, &signature).is_ok());
-        assert!(new_verifier(&Algorithm::RS256, &key).unwrap().verify(msg, &bad).is_err());
+        assert!(
+            new_verifier(&Algorithm::RS256, &key)
+                .unwrap()
+                .verify(msg, &signature)
+                .is_ok()
+        );
+        assert!(
+            new_verifier(&Algorithm::RS256, &key)
+                .unwrap()
+                .verify(msg, &bad)
+                .is_err()
+        );
     }
 }

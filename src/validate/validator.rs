@@ -72,6 +72,9 @@ pub struct Validator {
     /// `tollgate_validations_total{result="cached"}`, registered at the first hit (after the
     /// recorder is installed) so the hot path skips the registry's label lookup.
     cached_hits: Arc<std::sync::OnceLock<metrics::Counter>>,
+    /// The other results (`valid`, `keys_unavailable`, `invalid`), registered at the first
+    /// miss: a flood of invalid tokens pays no label allocation and registry lookup each.
+    miss_results: Arc<std::sync::OnceLock<[metrics::Counter; 3]>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -128,6 +131,7 @@ impl Validator {
             audiences,
             cache,
             cached_hits: Arc::default(),
+            miss_results: Arc::default(),
         }
     }
 
@@ -219,12 +223,16 @@ impl Validator {
         }
         span.record("cache", "miss");
         let result = self.validate_uncached(token).await;
-        let label = match &result {
-            Ok(_) => "valid",
-            Err(ValidationError::KeysUnavailable) => "keys_unavailable",
-            Err(_) => "invalid",
+        let index = match &result {
+            Ok(_) => 0,
+            Err(ValidationError::KeysUnavailable) => 1,
+            Err(_) => 2,
         };
-        metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
+        self.miss_results.get_or_init(|| {
+            ["valid", "keys_unavailable", "invalid"].map(|label| {
+                metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
+            })
+        })[index]
             .increment(1);
         let claims = result?;
         claims.set_token_digest(digest);
