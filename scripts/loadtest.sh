@@ -35,6 +35,9 @@
 # scenarios) on one connection, and stopped; an idle baseline run of the same process does
 # everything but the CG_REQUESTS. Instructions per request = (Ir of the run - Ir of the baseline)
 # / requests. The profiles stay in CG_DIR (default target/callgrind) for callgrind_annotate.
+# Work bounded by wall time rather than by requests does not cancel out (quanta, moka's clock,
+# calibrates once per process for a fixed time; timers tick): figures move by about 2% from run
+# to run at the default counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-4}
