@@ -110,8 +110,10 @@ fn bench(c: &mut Criterion) {
     let f = fixture();
     let mut g = c.benchmark_group("validate");
     g.bench_function("rs256_verify", |b| {
-        let key =
-            signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &f.public_der);
+        let key = signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            &f.public_der,
+        );
         b.iter(|| key.verify(&f.signed, &f.signature).unwrap())
     });
     g.bench_function("jsonwebtoken_decode", |b| b.iter(|| plain_decode(&f)));

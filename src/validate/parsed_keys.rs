@@ -150,7 +150,6 @@ fn der_length(out: &mut Vec<u8>, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::signature::Verifier as _;
 
     #[test]
     fn der_of_small_and_high_bit_integers() {
