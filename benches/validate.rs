@@ -1,5 +1,7 @@
 //! Validation cost: first sight (full RS256 verification and claim checks) and cached (a hash and
-//! a lookup), against a plain `jsonwebtoken::decode` of the same token as the floor.
+//! a lookup), against a plain `jsonwebtoken::decode` of the same token as the floor, and one bare
+//! RS256 signature verification (`rs256_verify`: aws-lc-rs alone, no parsing), the unit of issue
+//! #18's first-sight target that `PIN=1 scripts/loadtest.sh` runs on the proxy's CPU.
 //!
 //! `cargo bench --bench validate` prints criterion's figures and, at the end, the ratios.
 
@@ -24,6 +26,10 @@ struct Fixture {
     token: String,
     decoding_key: jsonwebtoken::DecodingKey,
     issuer: String,
+    /// The RSAPublicKey DER, the signed input and the signature, for the bare verification.
+    public_der: Vec<u8>,
+    signed: Vec<u8>,
+    signature: Vec<u8>,
 }
 
 fn fixture() -> Fixture {
@@ -76,7 +82,8 @@ fn fixture() -> Fixture {
         &mut sig,
     )
     .unwrap();
-    let token = format!("{input}.{}", B64.encode(sig));
+    let token = format!("{input}.{}", B64.encode(&sig));
+    let public_der = public.as_ref().to_vec();
     let decoding_key = jsonwebtoken::DecodingKey::from_rsa_components(&n, &e).unwrap();
     Fixture {
         rt,
@@ -84,6 +91,9 @@ fn fixture() -> Fixture {
         token,
         decoding_key,
         issuer,
+        public_der,
+        signed: input.into_bytes(),
+        signature: sig,
     }
 }
 
@@ -99,6 +109,13 @@ fn plain_decode(f: &Fixture) -> Value {
 fn bench(c: &mut Criterion) {
     let f = fixture();
     let mut g = c.benchmark_group("validate");
+    g.bench_function("rs256_verify", |b| {
+        let key = signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            &f.public_der,
+        );
+        b.iter(|| key.verify(&f.signed, &f.signature).unwrap())
+    });
     g.bench_function("jsonwebtoken_decode", |b| b.iter(|| plain_decode(&f)));
     g.bench_function("tollgate_first_sight", |b| {
         b.iter(|| {

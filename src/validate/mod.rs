@@ -22,6 +22,7 @@
 //! ```
 
 mod claims;
+mod parsed_keys;
 mod refusal;
 mod sent_token;
 mod validator;

@@ -79,6 +79,9 @@ pub struct Validator {
     /// `tollgate_validations_total{result="cached"}`, registered at the first hit (after the
     /// recorder is installed) so the hot path skips the registry's label lookup.
     cached_hits: Arc<std::sync::OnceLock<metrics::Counter>>,
+    /// The other results (`valid`, `keys_unavailable`, `invalid`), registered at the first
+    /// miss: a flood of invalid tokens pays no label allocation and registry lookup each.
+    miss_results: Arc<std::sync::OnceLock<[metrics::Counter; 3]>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -147,6 +150,8 @@ impl Validator {
     /// assert_eq!((validator.max_cache_bytes(), validator.cached_bytes()), (8 << 20, 0));
     /// ```
     pub fn with_memory(provider: Arc<Provider>, cache_capacity: u64, max_bytes: u64) -> Self {
+        // First sight: each RSA key is parsed once, not at every verification.
+        super::parsed_keys::install();
         let audiences = Arc::new(provider.config().effective_audiences());
         let budget = Budget::new(max_bytes, cache_capacity);
         let meter = Meter::new(CacheKind::Validation);
@@ -168,6 +173,7 @@ impl Validator {
             budget,
             provider_name,
             cached_hits: Arc::default(),
+            miss_results: Arc::default(),
         }
     }
 
@@ -311,12 +317,16 @@ impl Validator {
         }
         span.record("cache", "miss");
         let result = self.validate_uncached(token).await;
-        let label = match &result {
-            Ok(_) => "valid",
-            Err(ValidationError::KeysUnavailable) => "keys_unavailable",
-            Err(_) => "invalid",
+        let index = match &result {
+            Ok(_) => 0,
+            Err(ValidationError::KeysUnavailable) => 1,
+            Err(_) => 2,
         };
-        metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
+        self.miss_results.get_or_init(|| {
+            ["valid", "keys_unavailable", "invalid"].map(|label| {
+                metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => label)
+            })
+        })[index]
             .increment(1);
         let claims = result?;
         self.cache_insert(digest, claims.clone(), epoch);
