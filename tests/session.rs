@@ -48,10 +48,8 @@ async fn a_browser_signs_in_and_its_session_reaches_the_app_with_identity_and_ex
 
     let signed_in_before = stack.sessions_metric("sign_in").await;
     let cookie = stack.sign_in_from(&start, ALICE).await;
-    assert_eq!(
-        stack.sessions_metric("sign_in").await - signed_in_before,
-        1.0
-    );
+    // Other tests of this binary sign in meanwhile: at least this one is counted.
+    assert!(stack.sessions_metric("sign_in").await - signed_in_before >= 1.0);
     assert_eq!(
         cookie.landed, "/app/page?x=1",
         "back where the browser was going"
