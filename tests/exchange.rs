@@ -2557,6 +2557,16 @@ impl EcClientKey {
 }
 
 /// The TokenX family's variables for tollgate's app at the dev IdP, with `jwk`.
+/// The dev IdP with `key` registered for tollgate's client: the IdP, its discovery URL, and the
+/// private JWK tollgate signs its assertions with.
+async fn idp_with_ec_key(key: EcClientKey) -> (DevIdpHandle, String, String) {
+    let idp = dev_idp().await;
+    idp.register_client_key(TOLLGATE_CLIENT_ID, key.public_jwk())
+        .unwrap();
+    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
+    (idp, well_known, key.private_jwk())
+}
+
 fn token_x_env<'a>(well_known: &'a str, jwk: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("TOKEN_X_ENABLED", "true"),
@@ -2675,12 +2685,7 @@ async fn an_idp_refusal_of_a_token_exchange_reaches_the_client_as_its_oauth_erro
 
 #[tokio::test]
 async fn a_proxy_route_exchanges_through_a_token_exchange_provider() {
-    let idp = dev_idp().await;
-    let ec = EcClientKey::p384("tokenx-p384");
-    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
-        .unwrap();
-    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
-    let jwk = ec.private_jwk();
+    let (idp, well_known, jwk) = idp_with_ec_key(EcClientKey::p384("tokenx-p384")).await;
     let env: MapEnv = token_x_env(&well_known, &jwk).into_iter().collect();
     let body = format!(
         "[[routes]]\npath = \"/tx/\"\nauth = \"required\"\nprovider = \"tokenx\"\nobo = \"{TOKENX_AUDIENCE}\"\n"
@@ -2728,12 +2733,7 @@ fn maskinporten_env<'a>(well_known: &'a str, jwk: &'a str) -> Vec<(&'a str, &'a 
 
 #[tokio::test]
 async fn maskinporten_tokens_echo_authorization_details_from_json_and_form_bodies() {
-    let idp = dev_idp().await;
-    let ec = EcClientKey::p256("maskinporten-ec");
-    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
-        .unwrap();
-    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
-    let jwk = ec.private_jwk();
+    let (idp, well_known, jwk) = idp_with_ec_key(EcClientKey::p256("maskinporten-ec")).await;
     let env: MapEnv = maskinporten_env(&well_known, &jwk).into_iter().collect();
     let s = Stack::start(idp, "", &env).await;
     let details = json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:310000000"}}]);
@@ -2913,12 +2913,7 @@ async fn the_dev_idp_checks_a_jwt_bearer_grant_assertion_like_maskinporten() {
 
 #[tokio::test]
 async fn texas_provider_names_are_accepted_and_an_unknown_one_is_400_on_every_endpoint() {
-    let idp = dev_idp().await;
-    let ec = EcClientKey::p256("tokenx-ec");
-    idp.register_client_key(TOLLGATE_CLIENT_ID, ec.public_jwk())
-        .unwrap();
-    let well_known = idp.well_known_url(DEFAULT_TENANT_ID);
-    let jwk = ec.private_jwk();
+    let (idp, well_known, jwk) = idp_with_ec_key(EcClientKey::p256("tokenx-ec")).await;
     let mut vars = token_x_env(&well_known, &jwk);
     vars.extend(maskinporten_env(&well_known, &jwk));
     vars.extend([
