@@ -144,12 +144,7 @@ async fn a_browser_signs_in_and_its_session_reaches_the_app_with_identity_and_ex
     assert_eq!(info["preferred_username"], ALICE_UPN);
     assert_eq!(info["tid"], TENANT);
     assert!(info["session_expires_at"].as_u64().unwrap() > support::now() + 9 * 3600);
-    let anonymous = stack
-        .http
-        .get(stack.public("/oauth2/userinfo"))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = stack.fetch("/oauth2/userinfo").await;
     assert_eq!(anonymous.status(), 401);
 
     // The delegated API serves the session's user too.
@@ -287,28 +282,13 @@ async fn the_callback_refuses_a_forged_or_foreign_state_and_start_refuses_open_r
         assert_eq!(r.status(), 400, "sign_out rd {rd:?}");
     }
     // An allowed host passes.
-    let r = stack
-        .http
-        .get(stack.public("/oauth2/start?rd=https://docs.example/x"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.fetch("/oauth2/start?rd=https://docs.example/x").await;
     assert_eq!(r.status(), 302);
 
     // A callback without this browser's sign-in cookie, or with another state.
-    let r = stack
-        .http
-        .get(stack.public("/oauth2/callback?code=x&state=y"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.fetch("/oauth2/callback?code=x&state=y").await;
     assert_eq!(r.status(), 400);
-    let start = stack
-        .http
-        .get(stack.public("/oauth2/start?rd=/app"))
-        .send()
-        .await
-        .unwrap();
+    let start = stack.fetch("/oauth2/start?rd=/app").await;
     let sign_in_cookie = cookie_pair(&set_cookies(&start)[0]);
     let authorize = Url::parse(&location(&start)).unwrap();
     let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
@@ -536,11 +516,8 @@ async fn front_channel_logout_ends_the_sessions_of_the_sid() {
     let signed = stack.sign_in(ALICE).await;
     let iss = stack.idp.issuer(TENANT);
     let wrong = stack
-        .http
-        .get(stack.public("/oauth2/frontchannel_logout?iss=https://evil.example&sid=x"))
-        .send()
-        .await
-        .unwrap();
+        .fetch("/oauth2/frontchannel_logout?iss=https://evil.example&sid=x")
+        .await;
     assert_eq!(wrong.status(), 400);
     let r = stack
         .http
@@ -1059,6 +1036,11 @@ identity_headers = "easyauth"
 
     fn public(&self, path: &str) -> String {
         format!("{}{path}", self.public_url)
+    }
+
+    /// `GET` of `path` on the public origin, headers left to the client, redirects not followed.
+    async fn fetch(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.public(path)).send().await.unwrap()
     }
 
     async fn get(&self, path: &str, cookie: Option<&str>, accept: &str) -> reqwest::Response {
