@@ -41,6 +41,19 @@ pub(crate) fn json_error(status: StatusCode, code: &str, description: &str) -> R
     response
 }
 
+/// `302 Found` to `location` (RFC 9110 §15.4.3), never cached: where the login proxy and the
+/// browser sessions send a browser next.
+pub(crate) fn found(location: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, NO_STORE.clone());
+    resp
+}
+
 /// A token API error response `{error, error_description}` (RFC 6749 §5.2).
 ///
 /// Same body as [`json_error`], but without `Cache-Control`: the API has always answered its

@@ -16,12 +16,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 use url::Url;
 
 use crate::delegation::{self, LoginGrant, lock_user};
-use crate::response::json_error;
+use crate::response::{found, json_error};
 use crate::state::AppState;
 use crate::store::{StoreError, UserTokens};
 use crate::util::now;
@@ -161,7 +161,7 @@ async fn authorize(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
         }
         q.append_pair("scope", &scopes.join(" "));
     }
-    redirect(target.as_str())
+    found(target.as_str())
 }
 
 /// A query string's pairs, decoded.
@@ -492,7 +492,7 @@ async fn logout(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -
     if !forwarded.is_empty() {
         end.query_pairs_mut().extend_pairs(forwarded);
     }
-    redirect(end.as_str())
+    found(end.as_str())
 }
 
 fn store_unavailable(e: &StoreError) -> Response {
@@ -569,16 +569,6 @@ fn basic_client_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn redirect(location: &str) -> Response {
-    let mut resp = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
 pub(crate) fn redirect_error(
     redirect_uri: &str,
     state: Option<&str>,
@@ -596,5 +586,5 @@ pub(crate) fn redirect_error(
             q.append_pair("state", s);
         }
     }
-    redirect(url.as_str())
+    found(url.as_str())
 }

@@ -105,7 +105,7 @@ async fn check(
                 && let Some(sessions) = &state.sessions
                 && crate::session::is_navigation(&method, headers) =>
         {
-            return crate::session::redirect_to(&sessions.sign_in_url(&browser_url(headers)));
+            return crate::response::found(&sessions.sign_in_url(&browser_url(headers)));
         }
         Err(Refused::Token(e)) => return auth_error(&e),
         Err(Refused::Answer { response, .. }) => return response,
@@ -123,8 +123,10 @@ async fn check(
     if let Err(refused) = exchange_for_route(state, route, user, resp.headers_mut()).await {
         return refused;
     }
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, crate::session::no_store());
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        crate::response::NO_STORE.clone(),
+    );
     resp
 }
 

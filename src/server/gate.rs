@@ -88,7 +88,7 @@ pub(super) async fn public_request(
             {
                 note.error = Some("sign_in");
                 let rd = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                crate::session::redirect_to(&sessions.sign_in_url(rd))
+                crate::response::found(&sessions.sign_in_url(rd))
             }
             Err(Refused::Token(e)) => {
                 note.error = Some(e.code());

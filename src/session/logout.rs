@@ -11,7 +11,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cookie, no_store, store_unavailable};
+use super::{cookie, store_unavailable};
+use crate::response::NO_STORE;
 use crate::response::json_error;
 use crate::state::AppState;
 use crate::store::SessionKey;
@@ -65,7 +66,8 @@ pub(super) async fn backchannel(State(state): State<Arc<AppState>>, body: Bytes)
             tracing::info!(ended, "back-channel logout: sessions ended");
             super::sessions::count("backchannel_logout", ended);
             let mut resp = Response::new(Body::empty());
-            resp.headers_mut().insert(header::CACHE_CONTROL, no_store());
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, NO_STORE.clone());
             resp
         }
         Err(e) => store_unavailable(&e),
@@ -120,7 +122,7 @@ pub(super) async fn frontchannel(
     }
     let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, no_store());
+    h.insert(header::CACHE_CONTROL, NO_STORE.clone());
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),

@@ -21,7 +21,6 @@ pub(crate) mod sessions;
 mod signin;
 
 pub(crate) use self::sessions::{
-    SessionError, SessionUser, Sessions, is_navigation, is_same_origin_write, no_store,
-    redirect_to, store_unavailable,
+    SessionError, SessionUser, Sessions, is_navigation, is_same_origin_write, store_unavailable,
 };
 pub(crate) use self::signin::routes;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, header};
+use http::{HeaderMap, Method, header};
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -321,22 +321,6 @@ pub(crate) fn user_claims(id_token: &Claims) -> Map<String, Value> {
         .filter(|(k, _)| !TOKEN_ONLY.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-/// `302 Found` to `location`, not to be cached.
-pub(crate) fn redirect_to(location: &str) -> http::Response<axum::body::Body> {
-    let mut resp = http::Response::new(axum::body::Body::empty());
-    *resp.status_mut() = http::StatusCode::FOUND;
-    if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut().insert(header::CACHE_CONTROL, no_store());
-    resp
-}
-
-/// `Cache-Control: no-store` for every session answer: none may be kept by a shared cache.
-pub(crate) fn no_store() -> HeaderValue {
-    HeaderValue::from_static("no-store")
 }
 
 /// The store failed: nothing was decided, the browser may try again.

@@ -16,8 +16,9 @@ use serde_json::json;
 use super::cookie::{self, SignIn};
 use super::redirect::safe_redirect;
 use super::sessions::user_claims;
-use super::{Sessions, no_store, redirect_to, store_unavailable};
+use super::{Sessions, store_unavailable};
 use crate::delegation::{self, LoginGrant};
+use crate::response::{NO_STORE, found};
 use crate::response::{auth_error, exchange_error, json_error};
 use crate::state::AppState;
 use crate::store::{SessionKey, SessionRecord};
@@ -83,7 +84,7 @@ async fn start(State(state): State<Arc<AppState>>, Query(q): Query<RdQuery>) -> 
         .append_pair("code_challenge", &sign_in.code_challenge())
         .append_pair("code_challenge_method", "S256")
         .append_pair("response_mode", "query");
-    let mut resp = redirect_to(url.as_str());
+    let mut resp = found(url.as_str());
     resp.headers_mut().append(header::SET_COOKIE, set_cookie);
     resp
 }
@@ -246,7 +247,7 @@ async fn finish_sign_in(
     }
     tracing::info!(oid = %user.oid, "session: signed in");
     super::sessions::count("sign_in", 1);
-    let mut resp = redirect_to(&sign_in.rd);
+    let mut resp = found(&sign_in.rd);
     resp.headers_mut()
         .append(header::SET_COOKIE, cookie::session(cfg, &id));
     resp
@@ -302,7 +303,7 @@ async fn sign_out(
         }
         _ => rd,
     };
-    let mut resp = redirect_to(&location);
+    let mut resp = found(&location);
     resp.headers_mut()
         .append(header::SET_COOKIE, cookie::clear_session(&sessions.config));
     resp
@@ -337,7 +338,8 @@ async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut().insert(header::CACHE_CONTROL, no_store());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, NO_STORE.clone());
     resp
 }
 
