@@ -59,14 +59,11 @@ async fn start(State(state): State<Arc<AppState>>, Query(q): Query<RdQuery>) -> 
     let Some(rd) = validated_rd(sessions, q.rd.as_deref()) else {
         return bad_rd();
     };
-    let Some(authorize) = state
-        .provider(&sessions.provider)
-        .and_then(|(p, _)| p.authorization_endpoint())
-    else {
-        return unavailable("the identity provider's metadata is not loaded yet");
-    };
     let Some((provider, _)) = state.provider(&sessions.provider) else {
         return not_enabled();
+    };
+    let Some(authorize) = provider.authorization_endpoint() else {
+        return unavailable("the identity provider's metadata is not loaded yet");
     };
     let sign_in = SignIn::new(rd);
     let set_cookie = match sign_in.to_cookie(&sessions.config, sessions.sealer()) {
