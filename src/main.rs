@@ -272,10 +272,8 @@ fn in_force(cfg: &Config) -> String {
     let s = &cfg.session;
     if s.enabled {
         let provider = s
-            .provider
-            .clone()
-            .or_else(|| cfg.providers.first().map(|p| p.name.clone()))
-            .unwrap_or_default();
+            .provider_in(&cfg.providers)
+            .map_or("", |p| p.name.as_str());
         let url = s.public_url.as_ref().map(without_userinfo);
         out.push_str(&format!(
             "  sessions at {}: provider {provider}, cookie {}, lifetime {}s, idle {}s, store {}\n",

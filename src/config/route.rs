@@ -245,10 +245,7 @@ pub(super) fn check_session_routes(
             ));
         }
         let route_provider = r.provider_in(providers).map(|p| p.name.as_str());
-        let session_provider = match &session.provider {
-            Some(name) => super::provider::named(providers, name).map(|p| p.name.as_str()),
-            None => providers.first().map(|p| p.name.as_str()),
-        };
+        let session_provider = session.provider_in(providers).map(|p| p.name.as_str());
         if route_provider.ok() != session_provider {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].provider"),

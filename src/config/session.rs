@@ -93,6 +93,23 @@ impl SessionConfig {
         }
     }
 
+    /// The provider users sign in with among `providers`: the one `provider` names (aliases
+    /// included), else the first (the only one, once the configuration is valid).
+    ///
+    /// ```
+    /// use tollgate::config::{ProviderConfig, SessionConfig};
+    /// let providers = [ProviderConfig::default()]; // named "entra_id"
+    /// let named = SessionConfig { provider: Some("azuread".into()), ..Default::default() };
+    /// assert_eq!(named.provider_in(&providers).map(|p| p.name.as_str()), Some("entra_id"));
+    /// assert!(SessionConfig::default().provider_in(&[]).is_none());
+    /// ```
+    pub fn provider_in<'a>(&self, providers: &'a [ProviderConfig]) -> Option<&'a ProviderConfig> {
+        match &self.provider {
+            Some(name) => super::provider::named(providers, name),
+            None => providers.first(),
+        }
+    }
+
     /// Whether cookies carry `Secure`: always, except on an http loopback public URL.
     pub fn is_https(&self) -> bool {
         self.public_url

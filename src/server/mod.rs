@@ -553,12 +553,10 @@ fn build_sessions(
     if !cfg.enabled {
         return Ok(None);
     }
-    let provider = match &cfg.provider {
-        Some(name) => config.provider_named(name),
-        None => config.providers.first(),
-    }
-    .map(|p| p.name.clone())
-    .ok_or_else(|| ServerError::Start("session.provider: no such provider".into()))?;
+    let provider = cfg
+        .provider_in(&config.providers)
+        .map(|p| p.name.clone())
+        .ok_or_else(|| ServerError::Start("session.provider: no such provider".into()))?;
     let kept = previous.and_then(|old| old.sessions.as_ref());
     let sealer = match (kept, &config.store.encryption_keys_file) {
         (Some(old), _) => Ok(old.sealer().clone()),
