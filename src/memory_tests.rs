@@ -165,8 +165,7 @@ fn a_validated_tokens_weight_is_what_it_holds() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_exchanged_tokens_weight_is_what_it_holds() {
-    use crate::exchange::grants::TokenResponse;
-    use crate::exchange::{ExchangedToken, TokenCache};
+    use crate::exchange::TokenCache;
 
     let cache = TokenCache::with_memory(N as u64 * 2, 1 << 30, Duration::from_secs(120));
     // Entra access tokens are 1.2-2 KB: 1.6 KB, distinct per user.
@@ -181,20 +180,7 @@ async fn an_exchanged_tokens_weight_is_what_it_holds() {
     let token_bytes = tokens.iter().map(String::len).sum::<usize>() as f64 / N as f64;
     let window = open();
     for (i, t) in tokens.iter().enumerate() {
-        let response = TokenResponse {
-            access_token: t.clone(),
-            expires_in: 3600,
-            refresh_token: None,
-            scope: None,
-            id_token: None,
-        };
-        let token = ExchangedToken::from_response(response, None).expect("a header-safe token");
-        let (got, _) = cache
-            .get_or_fetch(crate::util::sha256(&i.to_le_bytes()), false, move || {
-                std::future::ready(Ok(token))
-            })
-            .await;
-        got.expect("an answer");
+        cache_token(&cache, i, t.clone()).await;
     }
     cache.settle().await;
     let measured = close(window) as f64 / N as f64;
@@ -279,28 +265,34 @@ fn the_entry_count_stays_an_upper_limit() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_exchange_cache_stays_within_its_bytes() {
-    use crate::exchange::grants::TokenResponse;
-    use crate::exchange::{ExchangedToken, TokenCache};
+    use crate::exchange::TokenCache;
 
     let budget = 64 << 10;
     let cache = TokenCache::with_memory(100_000, budget, Duration::from_secs(120));
     for i in 0..200usize {
-        let response = TokenResponse {
-            access_token: format!("eyJ0.{i:020}{}", "A".repeat(1500)),
-            expires_in: 3600,
-            refresh_token: None,
-            scope: None,
-            id_token: None,
-        };
-        let token = ExchangedToken::from_response(response, None).expect("a header-safe token");
-        let (got, _) = cache
-            .get_or_fetch(crate::util::sha256(&i.to_le_bytes()), false, move || {
-                std::future::ready(Ok(token))
-            })
-            .await;
-        got.expect("an answer");
+        cache_token(&cache, i, format!("eyJ0.{i:020}{}", "A".repeat(1500))).await;
         cache.settle().await;
     }
     assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
     assert!(cache.entry_count() > 10, "{} entries", cache.entry_count());
+}
+
+/// Puts `access_token` (valid for an hour) into `cache` under the `i`th key, as an exchange would.
+async fn cache_token(cache: &crate::exchange::TokenCache, i: usize, access_token: String) {
+    use crate::exchange::ExchangedToken;
+    use crate::exchange::grants::TokenResponse;
+    let response = TokenResponse {
+        access_token,
+        expires_in: 3600,
+        refresh_token: None,
+        scope: None,
+        id_token: None,
+    };
+    let token = ExchangedToken::from_response(response, None).expect("a header-safe token");
+    let (got, _) = cache
+        .get_or_fetch(crate::util::sha256(&i.to_le_bytes()), false, move || {
+            std::future::ready(Ok(token))
+        })
+        .await;
+    got.expect("an answer");
 }
