@@ -32,12 +32,12 @@
 #
 # CALLGRIND=1: each target's process is started under `valgrind --tool=callgrind`, warmed with
 # CG_WARM requests, sent CG_REQUESTS more (CG_FIRST for the first-sight and invalid-token
-# scenarios) on one connection, and stopped; an idle baseline run of the same process does
+# scenarios) on one connection, and stopped; instructions are counted from the end of the
+# warm-up (start-up is not counted), and an idle baseline run of the same process does
 # everything but the CG_REQUESTS. Instructions per request = (Ir of the run - Ir of the baseline)
 # / requests. The profiles stay in CG_DIR (default target/callgrind) for callgrind_annotate.
-# Work bounded by wall time rather than by requests does not cancel out (quanta, moka's clock,
-# calibrates once per process for a fixed time; timers tick): figures move by about 2% from run
-# to run at the default counts.
+# Work bounded by wall time rather than by requests (timers tick, moka's housekeeping) does not
+# cancel out entirely: figures move by a few instructions per request from run to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-4}
@@ -273,7 +273,10 @@ if [ "$CALLGRIND" = 1 ]; then
   # cg_run NAME KIND PATH WARM MORE EXTRA: one process under callgrind, WARM + MORE requests.
   cg_run() {
     local name=$1 kind=$2 path=$3 warm=$4 more=$5 extra=$6 out=$CG_DIR/$1.$5.out port=${CG_PORTS[0]} ready
-    local cmd=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no)
+    # Counting starts after the warm-up (`callgrind_control -i on`): start-up work bounded by
+    # wall time (quanta's clock calibration runs for a fixed time) would otherwise move the
+    # figures by thousands of instructions per request from one run to the next.
+    local cmd=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no --instr-atstart=no)
     case "$kind" in
       bare) "${PROXY_CPU[@]}" "${cmd[@]}" "$BIN/examples/bare_proxy" "$port" "http://$UP" >/dev/null 2>&1 & ready=http://$port/x ;;
       floor) "${PROXY_CPU[@]}" "${cmd[@]}" "$BIN/examples/api_floor" "$port" "$EXCHANGED" >/dev/null 2>&1 & ready=http://$port/healthz ;;
@@ -294,6 +297,7 @@ if [ "$CALLGRIND" = 1 ]; then
     [ -z "$extra" ] && args=(-s "$WORK/counted.lua")
     local got=0
     TOKEN_FILE=${extra#once:} TOKEN_OFFSET=0 wrk_count "$warm" "http://$port$path" "${args[@]}" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
     if [ "$more" -gt 0 ]; then
       got=$(TOKEN_FILE=${extra#once:} TOKEN_OFFSET=$warm wrk_count "$more" "http://$port$path" "${args[@]}" | requests_of)
     fi
