@@ -93,8 +93,8 @@ impl Default for ServerLimits {
 /// Serves `router` on `listener` (HTTP/1.1 and h2c prior-knowledge) until `shutdown` resolves;
 /// then stops accepting, lets in-flight requests finish for at most `grace`, and returns.
 ///
-/// Each request carries `axum::extract::ConnectInfo<SocketAddr>` in its extensions, and a
-/// [`BodyStall`] when it has a body; upgrades (WebSocket) are supported. Accept errors are
+/// Each request goes to `router` with its peer's address ([`RequestService`]), and carries a
+/// [`BodyStall`] in its extensions when it has a body; upgrades (WebSocket) are supported. Accept errors are
 /// logged and retried after a pause.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
@@ -109,32 +109,29 @@ where
     serve_from(listener, router, limits, shutdown, grace).await
 }
 
-/// What the serving loop calls for each request: an axum `Router`, or any service shaped like
-/// one (the server's router of the configuration in force).
-pub(crate) trait RequestService:
-    Service<
-        Request<Body>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
+/// What the serving loop calls for each request, with the address of the connection's peer: an
+/// axum `Router` (which gets the address as `ConnectInfo` in the request's extensions, for its
+/// extractor), or the server's router of the configuration in force (which may hand it on
+/// without touching the extensions).
+pub(crate) trait RequestService: Clone + Send + Sync + 'static {
+    /// The answer in the making.
+    type Future: Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+        + Send
+        + 'static;
+
+    /// Answers `request`, which came from `peer`.
+    fn call_from(&self, peer: SocketAddr, request: Request<Body>) -> Self::Future;
 }
 
-impl<S> RequestService for S where
-    S: Service<
-            Request<Body>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
+impl RequestService for axum::Router {
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call_from(&self, peer: SocketAddr, mut request: Request<Body>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        // A router is always ready (its `poll_ready` does nothing), and cloning it is a
+        // reference count.
+        self.clone().call(request)
+    }
 }
 
 /// hyper keeps up to this many header slots on the stack; setting any value moves them to the
@@ -243,7 +240,6 @@ async fn serve_from(
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 let in_flight = activity.begin();
                 let (mut parts, body) = request.into_parts();
-                parts.extensions.insert(ConnectInfo(peer));
                 let version = parts.version;
                 // Most requests have no body: they get no timer and no flag.
                 let (body, stall) = if http_body::Body::is_end_stream(&body) {
@@ -256,7 +252,7 @@ async fn serve_from(
                         Some(stall),
                     )
                 };
-                let response = router.clone().call(Request::from_parts(parts, body));
+                let response = router.call_from(peer, Request::from_parts(parts, body));
                 async move {
                     response.await.map(|response| {
                         let response = match stall {

@@ -70,6 +70,7 @@ struct Inner {
     timeout: Duration,
     preserve_host: bool,
     trust_forwarded_headers: bool,
+    durations: UpstreamDurations,
 }
 
 impl Forwarder {
@@ -99,6 +100,7 @@ impl Forwarder {
                 timeout: settings.timeout,
                 preserve_host: settings.preserve_host,
                 trust_forwarded_headers: settings.trust_forwarded_headers,
+                durations: UpstreamDurations::default(),
             }),
         }
     }
@@ -132,13 +134,15 @@ impl Forwarder {
         crate::telemetry::note_status(&span, status);
         match result {
             Ok(response) => {
-                record_upstream_duration(Outcome::Status(response.status()), started.elapsed());
+                self.inner
+                    .durations
+                    .record(Outcome::Status(response.status()), started.elapsed());
                 response
             }
             Err(error) => {
                 match error.outcome() {
                     Some(outcome) => {
-                        record_upstream_duration(outcome, started.elapsed());
+                        self.inner.durations.record(outcome, started.elapsed());
                         tracing::warn!(error = %ErrorChain(&error), "upstream request failed");
                     }
                     // The client's request was at fault, or the configuration: not the upstream.
@@ -651,25 +655,38 @@ enum Outcome {
     Timeout,
 }
 
-/// Records time to upstream response headers. Literal names and labels let `metrics` build
-/// static keys, so recording allocates nothing.
-fn record_upstream_duration(outcome: Outcome, elapsed: Duration) {
-    macro_rules! record {
-        ($class:literal) => {
-            metrics::histogram!("tollgate_upstream_duration_seconds", "status" => $class)
-                .record(elapsed.as_secs_f64())
-        };
+impl Outcome {
+    /// The `status` label: the status class, `error` or `timeout`.
+    const LABELS: [&'static str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
+    fn index(self) -> usize {
+        match self {
+            Outcome::Status(status) => match status.as_u16() / 100 {
+                1 => 0,
+                2 => 1,
+                3 => 2,
+                4 => 3,
+                _ => 4,
+            },
+            Outcome::Error => 5,
+            Outcome::Timeout => 6,
+        }
     }
-    match outcome {
-        Outcome::Status(status) => match status.as_u16() / 100 {
-            1 => record!("1xx"),
-            2 => record!("2xx"),
-            3 => record!("3xx"),
-            4 => record!("4xx"),
-            _ => record!("5xx"),
-        },
-        Outcome::Error => record!("error"),
-        Outcome::Timeout => record!("timeout"),
+}
+
+/// `tollgate_upstream_duration_seconds`, time to upstream response headers, by outcome. The
+/// handles are looked up in the recorder once, at the first request (the recorder is installed
+/// by then), not at every request.
+#[derive(Default)]
+struct UpstreamDurations(std::sync::OnceLock<[metrics::Histogram; 7]>);
+
+impl UpstreamDurations {
+    fn record(&self, outcome: Outcome, elapsed: Duration) {
+        let histograms = self.0.get_or_init(|| {
+            Outcome::LABELS
+                .map(|class| metrics::histogram!("tollgate_upstream_duration_seconds", "status" => class))
+        });
+        histograms[outcome.index()].record(elapsed.as_secs_f64());
     }
 }
 

@@ -18,10 +18,20 @@ use crate::validate::{Claims, QUERY_TOKEN, SentToken, ValidationError};
 
 use crate::state::AppState;
 
-/// Every proxied request: route, authenticate, authorise, decorate, forward.
-pub(super) async fn public_request(
+/// Every proxied request that reaches the public router's fallback (the listener also serves
+/// login or session routes, or layers wrap it): [`public_request`].
+pub(super) async fn routed_public_request(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    public_request(state, peer, req).await
+}
+
+/// Every proxied request: route, authenticate, authorise, decorate, forward.
+pub(super) async fn public_request(
+    state: Arc<AppState>,
+    peer: SocketAddr,
     mut req: Request<Body>,
 ) -> Response<Body> {
     // Route on, and forward, the normalised path: what was authorised is what the upstream gets.

@@ -454,6 +454,9 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
 struct Generation {
     number: u64,
     state: Arc<AppState>,
+    /// The public router would only hand every request to its fallback, the gate: requests
+    /// go to the gate directly (see [`CurrentRouter`]).
+    public_direct: bool,
     public: Router,
     api: Router,
     admin: Router,
@@ -463,8 +466,15 @@ impl Generation {
     fn new(state: Arc<AppState>, number: u64) -> Self {
         let log = &state.config.log;
         let (access, request_id) = (log.access, log.request_id);
+        // No route of its own (login, sessions, forward-auth) and no layer around it.
+        let public_direct = !state.config.login.enabled
+            && state.sessions.is_none()
+            && !access
+            && !request_id
+            && !crate::telemetry::on();
         Self {
             number,
+            public_direct,
             public: traced(logged(
                 public_router(state.clone()),
                 "public",
@@ -514,29 +524,34 @@ impl CurrentRouter {
     }
 }
 
-impl tower::Service<axum::extract::Request> for CurrentRouter {
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+impl http_server::RequestService for CurrentRouter {
+    type Future = futures_util::future::Either<
+        axum::routing::future::RouteFuture<std::convert::Infallible>,
+        std::pin::Pin<
+            Box<
+                dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+                    + Send,
+            >,
+        >,
+    >;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Routers are always ready.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+    fn call_from(&self, peer: SocketAddr, req: axum::extract::Request) -> Self::Future {
+        use futures_util::future::Either;
         let generation = self.live.current.load();
         let router = match self.listener {
+            // The gate without the router: no route lookup, no extractors, no `ConnectInfo`
+            // in the extensions; what the router would do for every request, for less.
+            Listener::Public if generation.public_direct => {
+                let state = generation.state.clone();
+                return Either::Right(Box::pin(async move {
+                    Ok(gate::public_request(state, peer, req).await)
+                }));
+            }
             Listener::Public => &generation.public,
             Listener::Api => &generation.api,
             Listener::Admin => &generation.admin,
         };
-        // A router is always ready (its `poll_ready` does nothing), and cloning it is a
-        // reference count.
-        tower::Service::call(&mut router.clone(), req)
+        Either::Left(router.call_from(peer, req))
     }
 }
 
@@ -804,6 +819,6 @@ fn public_router(state: Arc<AppState>) -> Router {
     let router = forward_auth::routes(router, &state);
     router
         .method_not_allowed_fallback(crate::proxy::method_not_allowed)
-        .fallback(gate::public_request)
+        .fallback(gate::routed_public_request)
         .with_state(state)
 }
