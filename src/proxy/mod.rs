@@ -473,11 +473,21 @@ const fn hop(i: usize) -> (u8, HeaderName) {
     )
 }
 
+/// The field's bit in [`HOP_BY_HOP`], 0 for the others. A `match` on the (lowercase) name: the
+/// length alone rules out most fields, where comparing with each name in turn cost more than
+/// the rest of the header rewriting.
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    HOP_BY_HOP
-        .iter()
-        .find(|(_, hop)| hop == name)
-        .map_or(0, |(bit, _)| *bit)
+    match name.as_str() {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "transfer-encoding" => 1 << 4,
+        "upgrade" => 1 << 5,
+        "proxy-authenticate" => 1 << 6,
+        "proxy-authorization" => 1 << 7,
+        _ => 0,
+    }
 }
 
 /// Removes the fields a `Connection` value names, except those the caller put there for the

@@ -973,3 +973,24 @@ fn generated(
         }
     })
 }
+
+#[test]
+fn each_hop_by_hop_name_has_its_own_bit() {
+    // `hop_by_hop_bit` spells the names out for speed: it must agree with the list.
+    for (bit, name) in &HOP_BY_HOP {
+        assert_eq!(hop_by_hop_bit(name), *bit, "{name}");
+    }
+    for other in [
+        "host",
+        "user-agent",
+        "x-connection",
+        "tee",
+        "upgrade-insecure-requests",
+    ] {
+        assert_eq!(
+            hop_by_hop_bit(&HeaderName::from_static(other)),
+            0,
+            "{other}"
+        );
+    }
+}

@@ -71,44 +71,49 @@ pub(super) async fn public_request(
         route: access.then(|| route.label.clone()),
         ..AccessNote::default()
     };
-    let mut response =
-        match authenticate(&state, route, req.method(), req.uri(), req.headers()).await {
-            Ok(Some(user))
-                if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>
-            {
-                note.error = Some("insufficient_claims");
-                challenge
+    // A route without a provider (`auth = "none"`) has no one to authenticate: its request
+    // skips building the authentication's future.
+    let authenticated = match route.validator {
+        None => Ok(None),
+        Some(_) => authenticate(&state, route, req.method(), req.uri(), req.headers()).await,
+    };
+    let mut response = match authenticated {
+        Ok(Some(user))
+            if let Some(challenge) = missing_auth_context(&state, route, &user.claims) =>
+        {
+            note.error = Some("insufficient_claims");
+            challenge
+        }
+        Ok(user) => {
+            let oid = user
+                .as_ref()
+                .map(|u| u.claims.oid().unwrap_or(u.claims.subject()));
+            crate::telemetry::note_user(&state.config.telemetry, oid);
+            if access && let Some(user) = &user {
+                let c = &user.claims;
+                note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
             }
-            Ok(user) => {
-                let oid = user
-                    .as_ref()
-                    .map(|u| u.claims.oid().unwrap_or(u.claims.subject()));
-                crate::telemetry::note_user(&state.config.telemetry, oid);
-                if access && let Some(user) = &user {
-                    let c = &user.claims;
-                    note.user = Some(Arc::from(c.oid().unwrap_or(c.subject())));
-                }
-                forward_authorised(&state, route, user, req, peer).await
-            }
-            // A browser with no session is sent to sign in, to come back where it was going.
-            Err(Refused::Token(ValidationError::Missing))
-                if route.config.auth == AuthMode::Session
-                    && let Some(sessions) = &state.sessions
-                    && crate::session::is_navigation(req.method(), req.headers()) =>
-            {
-                note.error = Some("sign_in");
-                let rd = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                crate::response::found(&sessions.sign_in_url(rd))
-            }
-            Err(Refused::Token(e)) => {
-                note.error = Some(e.code());
-                auth_error(&e)
-            }
-            Err(Refused::Answer { response, code }) => {
-                note.error = Some(code);
-                response
-            }
-        };
+            forward_authorised(&state, route, user, req, peer).await
+        }
+        // A browser with no session is sent to sign in, to come back where it was going.
+        Err(Refused::Token(ValidationError::Missing))
+            if route.config.auth == AuthMode::Session
+                && let Some(sessions) = &state.sessions
+                && crate::session::is_navigation(req.method(), req.headers()) =>
+        {
+            note.error = Some("sign_in");
+            let rd = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            crate::response::found(&sessions.sign_in_url(rd))
+        }
+        Err(Refused::Token(e)) => {
+            note.error = Some(e.code());
+            auth_error(&e)
+        }
+        Err(Refused::Answer { response, code }) => {
+            note.error = Some(code);
+            response
+        }
+    };
     route.count(response.status());
     if access {
         response.extensions_mut().insert(note);
@@ -143,7 +148,11 @@ async fn forward_authorised(
         .as_ref()
         .filter(|u| u.token.is_some() && route.exchanges())
         .map(|u| u.claims.clone());
-    if let Err(resp) = exchange_for_route(state, route, user, req.headers_mut()).await {
+    // The exchange's future is large (the IdP request, the shared cache): boxed, and only for
+    // routes that exchange, so every other request does not carry (and move) its space.
+    if route.exchanges()
+        && let Err(resp) = Box::pin(exchange_for_route(state, route, user, req.headers_mut())).await
+    {
         return resp;
     }
     let resp = state.forwarder.forward(req, peer).await;
@@ -239,7 +248,11 @@ pub(super) async fn authenticate(
         Some(t) => t,
         None if route.config.auth == AuthMode::Optional => return Ok(None),
         None if route.config.auth == AuthMode::Session => {
-            return session_user(state, route, method, headers).await.map(Some);
+            // Boxed: the session's future (store, refresh) is large and bearer requests do
+            // not need its space.
+            return Box::pin(session_user(state, route, method, headers))
+                .await
+                .map(Some);
         }
         None => return Err(ValidationError::Missing.into()),
     };
