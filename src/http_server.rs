@@ -279,37 +279,47 @@ async fn serve_from(
             let mut connection = std::pin::pin!(connection);
             let mut watchdog = Watchdog::new(activity, timeouts);
             let mut draining = false;
+            let side_wake = Arc::new(SideWake::default());
             loop {
-                tokio::select! {
-                    biased;
-                    ended = connection.as_mut() => {
+                let event = {
+                    let side = side_event(&mut stopped, &mut watchdog, draining);
+                    let mut side = std::pin::pin!(side);
+                    side_wake.must_poll();
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                            return Poll::Ready(Err(ended));
+                        }
+                        side_wake.poll_if_woken(cx, side.as_mut()).map(Ok)
+                    })
+                    .await
+                };
+                match event {
+                    Err(ended) => {
                         if let Err(error) = ended {
                             // Client resets and protocol errors are routine on a public listener.
                             tracing::debug!(%peer, error = %error, "connection ended with an error");
                         }
                         return;
                     }
-                    _ = stopped.changed(), if !draining => {
+                    Ok(Side::Stop) => {
                         draining = true;
                         watchdog.draining();
                         connection.as_mut().graceful_shutdown();
                     }
-                    expired = watchdog.expired() => match expired {
-                        Expired::NoRequest => {
-                            tracing::debug!(%peer, "no request head within header_timeout; closing");
-                            return;
-                        }
-                        Expired::Idle if !draining => {
-                            tracing::debug!(%peer, "idle for idle_timeout; shutting down");
-                            draining = true;
-                            watchdog.draining();
-                            connection.as_mut().graceful_shutdown();
-                        }
-                        Expired::Idle => {
-                            tracing::debug!(%peer, "still open after a graceful shutdown; closing");
-                            return;
-                        }
-                    },
+                    Ok(Side::Expired(Expired::NoRequest)) => {
+                        tracing::debug!(%peer, "no request head within header_timeout; closing");
+                        return;
+                    }
+                    Ok(Side::Expired(Expired::Idle)) if !draining => {
+                        tracing::debug!(%peer, "idle for idle_timeout; shutting down");
+                        draining = true;
+                        watchdog.draining();
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Ok(Side::Expired(Expired::Idle)) => {
+                        tracing::debug!(%peer, "still open after a graceful shutdown; closing");
+                        return;
+                    }
                 }
             }
         });
@@ -629,6 +639,67 @@ impl Watchdog {
         } else {
             Err(deadline.min(now + self.timeouts.idle))
         }
+    }
+}
+
+/// What happens to a connection besides its requests: the server stops, or its watchdog fires.
+enum Side {
+    Stop,
+    Expired(Expired),
+}
+
+/// The next [`Side`] event of a connection (the stop is no news once it is draining).
+async fn side_event(
+    stopped: &mut watch::Receiver<bool>,
+    watchdog: &mut Watchdog,
+    draining: bool,
+) -> Side {
+    tokio::select! {
+        biased;
+        _ = stopped.changed(), if !draining => Side::Stop,
+        expired = watchdog.expired() => Side::Expired(expired),
+    }
+}
+
+/// Whether a connection's [`side_event`] was woken. The connection task wakes several times
+/// per request (bytes in, the response ready, bytes out); polling the stop signal and the
+/// watchdog's timer at each of those costs more than the rest of the task's own work, so they
+/// are polled only when their own waker fired.
+#[derive(Debug, Default)]
+struct SideWake {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl SideWake {
+    /// A new side future has not been polled yet: the next poll must.
+    fn must_poll(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+
+    /// Polls `side` if its waker fired since it was last polled (or it never was).
+    fn poll_if_woken<F: Future>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        side: Pin<&mut F>,
+    ) -> Poll<F::Output> {
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(self.clone());
+        side.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
