@@ -365,7 +365,6 @@ impl Validator {
         // apply, are those `jsonwebtoken::decode` gave: signature first, then the claims.
         let jws = Compact::split(token)?;
         let header = &jws.header;
-        check_header(header)?;
         let config = self.provider.config();
         if !config.algorithms.contains(&header.alg) {
             return Err(ValidationError::InvalidToken(format!(
@@ -507,36 +506,47 @@ impl Validator {
             .metadata()
             .ok_or(ValidationError::KeysUnavailable)?;
         let config = self.provider.config();
-        let mut candidates: Vec<String> = vec![metadata.issuer.clone()];
-        candidates.extend(config.additional_issuers.iter().cloned());
-        candidates.extend(
-            candidates
-                .clone()
-                .iter()
-                .filter_map(|i| entra_v1_counterpart(i)),
-        );
+        // The issuer, the additional issuers, then each one's Entra v1 form: the first that
+        // matches decides whether a `{tenantid}` template did. Compared in place, without
+        // building the candidates (first sight pays for every allocation).
+        let direct = || {
+            std::iter::once(metadata.issuer.as_str())
+                .chain(config.additional_issuers.iter().map(String::as_str))
+        };
+        let guid_tid = tid.filter(|t| is_guid(t));
         let mut templated_match = false;
-        let matched = candidates.iter().any(|c| {
-            if c.contains("{tenantid}") {
-                let ok = tid.is_some_and(|t| is_guid(t) && c.replace("{tenantid}", t) == iss);
+        let mut try_candidate = |templated: bool, matches: &dyn Fn(&str) -> bool| {
+            if templated {
+                let ok = guid_tid.is_some_and(matches);
                 templated_match |= ok;
                 ok
             } else {
-                c == iss
+                matches("")
             }
-        });
+        };
+        let matched = direct()
+            .any(|c| try_candidate(c.contains(TENANT_ID), &|t| filled_is(c, t, iss)))
+            || direct().any(|c| {
+                entra_v2_tenant(c).is_some_and(|tenant| {
+                    try_candidate(tenant.contains(TENANT_ID), &|t| {
+                        entra_v1_tenant(iss).is_some_and(|i| filled_is(tenant, t, i))
+                    })
+                })
+            });
         if !matched {
             return Err(invalid("the token was issued by an untrusted issuer"));
         }
         if let Some(key_iss) = key_issuer {
-            let ok = if key_iss.contains("{tenantid}") {
-                tid.is_some_and(|t| {
-                    key_iss.replace("{tenantid}", t) == iss
-                        || entra_v1_counterpart(key_iss)
-                            .is_some_and(|v1| v1.replace("{tenantid}", t) == iss)
-                })
+            let is = |t: &str| {
+                filled_is(key_iss, t, iss)
+                    || entra_v2_tenant(key_iss).is_some_and(|tenant| {
+                        entra_v1_tenant(iss).is_some_and(|i| filled_is(tenant, t, i))
+                    })
+            };
+            let ok = if key_iss.contains(TENANT_ID) {
+                tid.is_some_and(is)
             } else {
-                key_iss == iss || entra_v1_counterpart(key_iss).is_some_and(|v1| v1 == iss)
+                is("")
             };
             if !ok {
                 return Err(invalid("the signing key belongs to another issuer"));
@@ -581,11 +591,11 @@ fn check_header(header: &jsonwebtoken::Header) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A compact JWS (RFC 7515 §7.1) split once: the header decoded and parsed, the payload and
-/// signature still as sent. Split as `jsonwebtoken` splits (at the last two dots), so a token
-/// with more parts fails where it failed before: at the header's base64.
+/// A compact JWS (RFC 7515 §7.1) split once: the header decoded, parsed and checked, the
+/// payload and signature still as sent. Split as `jsonwebtoken` splits (at the last two dots),
+/// so a token with more parts fails where it failed before: at the header's base64.
 struct Compact<'t> {
-    header: jsonwebtoken::Header,
+    header: JwsHeader,
     /// `BASE64URL(header) '.' BASE64URL(payload)`: what the signature covers.
     signing_input: &'t str,
     payload: &'t str,
@@ -599,11 +609,7 @@ impl<'t> Compact<'t> {
         let (signing_input, signature) = token.rsplit_once('.').ok_or_else(malformed)?;
         let (header, payload) = signing_input.rsplit_once('.').ok_or_else(malformed)?;
         let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| malformed())?;
-        let header = serde_json::from_slice(&header).map_err(|_| {
-            ValidationError::InvalidToken(
-                "the token header names an unsupported algorithm or is not valid JSON".into(),
-            )
-        })?;
+        let header = JwsHeader::parse(&header)?;
         Ok(Self {
             header,
             signing_input,
@@ -639,6 +645,55 @@ impl<'t> Compact<'t> {
         let (parsed, registered) = Parsed::checked(text, audiences).ok()?;
         (!registered.malformed).then_some((parsed, registered))
     }
+}
+
+/// What validation reads of a JWS header (RFC 7515 §4.1), once [`check_header`] passed it.
+struct JwsHeader {
+    alg: Algorithm,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+impl JwsHeader {
+    /// Parses a decoded header. The usual one (`alg`, `kid`, `typ`, `x5t`, ...: see
+    /// [`PlainHeader`]) is read directly; anything else, `jsonwebtoken::Header` reads and
+    /// [`check_header`] checks as before. Its `#[serde(flatten)]` extras make it buffer the whole
+    /// header first, which cost more than the rest of the header's handling together.
+    fn parse(json: &[u8]) -> Result<Self, ValidationError> {
+        if let Ok(PlainHeader { alg, kid, typ, .. }) = serde_json::from_slice(json) {
+            return Ok(Self { alg, kid, typ });
+        }
+        let header: jsonwebtoken::Header = serde_json::from_slice(json).map_err(|_| {
+            ValidationError::InvalidToken(
+                "the token header names an unsupported algorithm or is not valid JSON".into(),
+            )
+        })?;
+        check_header(&header)?;
+        Ok(Self {
+            alg: header.alg,
+            kid: header.kid,
+            typ: header.typ,
+        })
+    }
+}
+
+/// A header of only the parameters an IdP's access token carries, each at most once and of
+/// the type `jsonwebtoken::Header` gives it: whatever this accepts, that reads the same way,
+/// with no key of its own and no `crit` (so [`check_header`] has nothing to refuse). Anything
+/// else fails here and is read by `jsonwebtoken::Header`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // `cty` and the thumbprints are only checked to be strings
+struct PlainHeader<'a> {
+    alg: Algorithm,
+    kid: Option<String>,
+    typ: Option<String>,
+    #[serde(borrow)]
+    cty: Option<&'a str>,
+    #[serde(borrow)]
+    x5t: Option<&'a str>,
+    #[serde(borrow, rename = "x5t#S256")]
+    x5t_s256: Option<&'a str>,
 }
 
 /// Base64url without padding (RFC 7515 §2) decoded into a buffer of exactly the decoded size,
@@ -733,12 +788,40 @@ pub(crate) fn entry_bytes(claims: &Claims) -> usize {
 /// What the proxy's identity headers add to claims once built: see `identity_headers`.
 pub(crate) const HEADERS_MEMO_BYTES: usize = 304;
 
-/// `https://login.microsoftonline.com/X/v2.0` -> `https://sts.windows.net/X/`.
-fn entra_v1_counterpart(issuer: &str) -> Option<String> {
-    let tenant = issuer
+/// The placeholder of a multi-tenant issuer template.
+const TENANT_ID: &str = "{tenantid}";
+
+/// Whether `template` with every `{tenantid}` replaced by `tid` is `iss`, without building it.
+fn filled_is(template: &str, tid: &str, iss: &str) -> bool {
+    let mut rest = iss;
+    for (i, piece) in template.split(TENANT_ID).enumerate() {
+        if i > 0 {
+            let Some(after) = rest.strip_prefix(tid) else {
+                return false;
+            };
+            rest = after;
+        }
+        let Some(after) = rest.strip_prefix(piece) else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty()
+}
+
+/// `https://login.microsoftonline.com/X/v2.0` -> `X`: an Entra v2 issuer's tenant, whose v1
+/// issuer is `https://sts.windows.net/X/`.
+fn entra_v2_tenant(issuer: &str) -> Option<&str> {
+    issuer
         .strip_prefix("https://login.microsoftonline.com/")?
-        .strip_suffix("/v2.0")?;
-    Some(format!("https://sts.windows.net/{tenant}/"))
+        .strip_suffix("/v2.0")
+}
+
+/// `https://sts.windows.net/X/` -> `X`.
+fn entra_v1_tenant(issuer: &str) -> Option<&str> {
+    issuer
+        .strip_prefix("https://sts.windows.net/")?
+        .strip_suffix('/')
 }
 
 trait KindDescription {
@@ -1097,6 +1180,51 @@ mod tests {
     }
 
     #[test]
+    fn the_plain_header_reads_as_jsonwebtoken_header_did() {
+        let reference = |json: &str| -> Result<String, ValidationError> {
+            let header: jsonwebtoken::Header = serde_json::from_str(json).map_err(|_| {
+                ValidationError::InvalidToken(
+                    "the token header names an unsupported algorithm or is not valid JSON".into(),
+                )
+            })?;
+            check_header(&header)?;
+            Ok(format!(
+                "{:?} {:?} {:?}",
+                header.alg, header.kid, header.typ
+            ))
+        };
+        for json in [
+            r#"{"typ":"JWT","alg":"RS256","kid":"k1"}"#,
+            r#"{"typ":"JWT","alg":"RS256","x5t":"abc","kid":"k1"}"#,
+            r#"{"alg":"RS256","kid":"k1","x5t#S256":"abc","cty":"JWT"}"#,
+            r#"{"alg":"RS256","kid":null,"typ":null,"x5t":null}"#,
+            r#"{"alg":"RS256","kid":"k\u0031","typ":"J\/T"}"#,
+            r#"{"alg":"RS256","kid":"k1","x5t":"a\/b"}"#,
+            r#"{"alg":"RS256","kid":"k1","kid":"k2"}"#,
+            r#"{"alg":"RS256","kid":"k1","foo":"bar"}"#,
+            r#"{"alg":"RS256","kid":"k1","jku":"http://x/"}"#,
+            r#"{"alg":"RS256","kid":"k1","x5c":["MII"]}"#,
+            r#"{"alg":"RS256","kid":"k1","crit":[]}"#,
+            r#"{"alg":"RS256","kid":"k1","crit":null}"#,
+            r#"{"alg":"RS256","kid":"k1","jwk":null}"#,
+            r#"{"alg":"RS256","kid":5}"#,
+            r#"{"alg":"RS256","kid":"k1","x5t":5}"#,
+            r#"{"alg":"RS256","kid":"k1","nonce":"n"}"#,
+            r#"{"kid":"k1"}"#,
+            r#"{"alg":"none","kid":"k1"}"#,
+            r#"{"alg":"rs256","kid":"k1"}"#,
+            r#"{"alg":"RS256","kid":"k1"} "#,
+            r#"{"alg":"RS256","kid":"k1"}x"#,
+            r#"["RS256","k1"]"#,
+            r#"{"alg":"RS256","\u006bid":"k1"}"#,
+        ] {
+            let ours = JwsHeader::parse(json.as_bytes())
+                .map(|h| format!("{:?} {:?} {:?}", h.alg, h.kid, h.typ));
+            assert_eq!(ours, reference(json), "{json}");
+        }
+    }
+
+    #[test]
     fn exact_base64url_buffers_decode_every_length() {
         for len in 0..64u8 {
             let data: Vec<u8> = (0..len).map(|i| b'a' + i % 26).collect();
@@ -1214,7 +1342,7 @@ mod tests {
                 r#"{"exp":99999999999,"iss":"https://login.example/tenant/v2.0","aud":"aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb","azp":"c","sub":1e400}"#,
                 "[]",
                 "null",
-                r#"{"a":"\ud800"}"#,
+                r#"{"exp":99999999999,"iss":"https://login.example/tenant/v2.0","aud":"aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb","azp":"c","a":"\ud800","sub":"\ud800"}"#,
             ]
             .map(str::to_owned),
         );
@@ -1227,9 +1355,28 @@ mod tests {
     #[test]
     fn entra_issuers() {
         assert_eq!(
-            entra_v1_counterpart("https://login.microsoftonline.com/{tenantid}/v2.0").as_deref(),
-            Some("https://sts.windows.net/{tenantid}/")
+            entra_v2_tenant("https://login.microsoftonline.com/{tenantid}/v2.0"),
+            Some("{tenantid}")
         );
+        assert_eq!(entra_v1_tenant("https://sts.windows.net/t-1/"), Some("t-1"));
+        assert_eq!(entra_v1_tenant("https://sts.windows.net/t-1"), None);
+        // As `template.replace("{tenantid}", tid) == iss`, every occurrence filled.
+        for (template, tid, iss) in [
+            ("https://i/{tenantid}/v2.0", "t", "https://i/t/v2.0"),
+            ("https://i/{tenantid}/v2.0", "t", "https://i/u/v2.0"),
+            ("https://i/{tenantid}/{tenantid}", "t", "https://i/t/t"),
+            ("https://i/{tenantid}/{tenantid}", "t", "https://i/t/"),
+            ("{tenantid}", "", ""),
+            ("https://i/", "t", "https://i/"),
+            ("https://i/", "t", "https://i/x"),
+            ("https://i/{tenantid}", "t", "https://i/tt"),
+        ] {
+            assert_eq!(
+                filled_is(template, tid, iss),
+                template.replace("{tenantid}", tid) == iss,
+                "{template} {tid} {iss}"
+            );
+        }
         assert!(is_guid("11111111-2222-3333-4444-555555555555"));
         assert!(!is_guid("11111111-2222-3333-4444-55555555555/"));
     }
