@@ -37,7 +37,7 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
     // that it vectorises: the token is most of the header, and this runs on every request.
     let bytes = value.as_bytes();
     let visible = bytes.iter().fold(true, |ok, &b| {
-        ok & ((b == b'\t') | ((b >= 0x20) & (b < 0x7f)))
+        ok & ((b == b'\t') | (0x20..0x7f).contains(&b))
     });
     let value = std::str::from_utf8(bytes).ok().filter(|_| visible).ok_or(
         ValidationError::InvalidRequest("Authorization header is not ASCII"),
