@@ -33,15 +33,9 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
             "more than one Authorization header",
         ));
     }
-    // `HeaderValue::to_str`'s rule (visible ASCII or tab), checked without a branch per byte so
-    // that it vectorises: the token is most of the header, and this runs on every request.
-    let bytes = value.as_bytes();
-    let visible = bytes.iter().fold(true, |ok, &b| {
-        ok & ((b == b'\t') | (0x20..0x7f).contains(&b))
-    });
-    let value = std::str::from_utf8(bytes).ok().filter(|_| visible).ok_or(
-        ValidationError::InvalidRequest("Authorization header is not ASCII"),
-    )?;
+    let value = value
+        .to_str()
+        .map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
@@ -157,24 +151,6 @@ pub(crate) fn is_token68(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_header_is_ascii_as_header_value_to_str_has_it() {
-        for b in 0..=255u8 {
-            let Ok(value) = http::HeaderValue::from_bytes(&[
-                b'B', b'e', b'a', b'r', b'e', b'r', b' ', b'a', b, b'z',
-            ]) else {
-                continue;
-            };
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::AUTHORIZATION, value.clone());
-            let not_ascii = bearer_token(&headers)
-                == Err(ValidationError::InvalidRequest(
-                    "Authorization header is not ASCII",
-                ));
-            assert_eq!(not_ascii, value.to_str().is_err(), "byte {b:#04x}");
-        }
-    }
 
     #[test]
     fn token68_is_exactly_the_rfc_7235_alphabet() {
