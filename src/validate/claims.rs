@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::ValidationError;
-pub(super) use parse::Parsed;
+pub(super) use parse::{Numeric, Parsed, Registered};
 
 /// The validated claims of an access token. Cheap to clone.
 ///
@@ -714,7 +714,8 @@ impl std::fmt::Debug for Memo {
 }
 
 /// The one pass over a payload's JSON text that finds the hot claims, and what the validator
-/// checks besides (ID-token markers), without building a map.
+/// checks besides (ID-token markers, the registered claims `exp`, `nbf`, `iss`, `aud`), without
+/// building a map.
 mod parse {
     use std::fmt;
 
@@ -722,6 +723,36 @@ mod parse {
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     use super::{EMPTY, ESCAPED, HAS_ACTIVE, HOT, Hot, Str, Strs};
+
+    /// The registered claims (RFC 7519 §4.1) the validator checks, read the way `jsonwebtoken`
+    /// 11 read them when it checked them (its `ClaimsForValidation`), so that each refusal keeps
+    /// the message it had: a claim of the wrong type counts as absent, except where noted.
+    #[derive(Default)]
+    pub(in crate::validate) struct Registered {
+        /// `exp`: absent, or not a number (either is "no exp claim", as it is required).
+        pub(in crate::validate) exp: Numeric,
+        /// `nbf`: absent (no check), not a number (a refusal of its own), or when.
+        pub(in crate::validate) nbf: Numeric,
+        /// `iss` is a string or a list of strings: what counts as present.
+        pub(in crate::validate) iss: bool,
+        /// `aud` is a string or a list of strings, and whether one of them is an accepted
+        /// audience; `None` when absent or of another type.
+        pub(in crate::validate) aud: Option<bool>,
+        /// The payload did not parse as `jsonwebtoken`'s claims: one of `exp`, `nbf`, `sub`,
+        /// `iss`, `aud` given twice (serde's duplicate field), `exp` or `nbf` a non-empty list or
+        /// object, `sub` a list or an object (its parser stopped there, mid-value).
+        pub(in crate::validate) malformed: bool,
+    }
+
+    /// A NumericDate (RFC 7519 §2) as `jsonwebtoken` reads it: a non-negative integer, or a
+    /// finite non-negative float below `u64::MAX`, rounded.
+    #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+    pub(in crate::validate) enum Numeric {
+        #[default]
+        Absent,
+        Invalid,
+        At(u64),
+    }
 
     /// A parsed payload: its text, and where the claims are in it.
     pub(in crate::validate) struct Parsed {
@@ -746,12 +777,21 @@ mod parse {
         /// Parses `payload`, which must be a JSON object. Repeated names: the last one counts,
         /// as in a parsed map.
         pub(in crate::validate) fn of(payload: Box<str>) -> Result<Self, serde_json::Error> {
-            let payload = String::from(payload);
+            Self::checked(String::from(payload), &[]).map(|(parsed, _)| parsed)
+        }
+
+        /// [`Parsed::of`], and in the same pass the registered claims the validator checks,
+        /// `aud` against `audiences`.
+        pub(in crate::validate) fn checked(
+            payload: String,
+            audiences: &[String],
+        ) -> Result<(Self, Registered), serde_json::Error> {
             let mut found = Found::default();
             let mut de = serde_json::Deserializer::from_str(&payload);
             de.deserialize_map(PayloadVisitor {
                 base: payload.as_ptr() as usize,
                 len: payload.len(),
+                audiences,
                 found: &mut found,
             })?;
             de.end()?;
@@ -768,6 +808,8 @@ mod parse {
                 keys,
                 active,
                 present,
+                registered,
+                seen: _,
             } = found;
             let mut flags = 0;
             if keys == 0 {
@@ -791,7 +833,7 @@ mod parse {
                 present,
             };
             parsed.normalise();
-            Ok(parsed)
+            Ok((parsed, registered))
         }
 
         pub(super) fn empty() -> Self {
@@ -879,6 +921,30 @@ mod parse {
         keys: usize,
         active: bool,
         present: u16,
+        registered: Registered,
+        /// Which of `exp`, `nbf`, `sub`, `iss`, `aud` were seen (bit [`Spec`]), for repeats.
+        seen: u8,
+    }
+
+    impl Found {
+        /// Notes a registered claim; a repeated one makes the payload malformed.
+        fn see(&mut self, which: Spec) {
+            let bit = 1 << which as u8;
+            if self.seen & bit != 0 {
+                self.registered.malformed = true;
+            }
+            self.seen |= bit;
+        }
+    }
+
+    /// The registered claims `jsonwebtoken` parsed into fields of its own, so refused twice.
+    #[derive(Clone, Copy)]
+    enum Spec {
+        Exp,
+        Nbf,
+        Sub,
+        Iss,
+        Aud,
     }
 
     impl Default for Str {
@@ -894,6 +960,21 @@ mod parse {
         base: usize,
         len: usize,
         unescaped: &'f mut String,
+        /// The JSON type of the last value read through [`OneStr`].
+        kind: Kind,
+    }
+
+    /// A claim value's JSON type, as far as the registered claims' checks tell them apart.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Null,
+        Str,
+        /// A list of strings (or an empty list).
+        Strs,
+        /// A list holding something else than strings.
+        List,
+        Map,
+        Other,
     }
 
     impl Place<'_> {
@@ -920,13 +1001,14 @@ mod parse {
         }
     }
 
-    struct PayloadVisitor<'f> {
+    struct PayloadVisitor<'f, 'a> {
         base: usize,
         len: usize,
+        audiences: &'a [String],
         found: &'f mut Found,
     }
 
-    impl<'de> Visitor<'de> for PayloadVisitor<'_> {
+    impl<'de> Visitor<'de> for PayloadVisitor<'_, '_> {
         type Value = ();
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -941,12 +1023,37 @@ mod parse {
                     base: self.base,
                     len: self.len,
                     unescaped: &mut found.unescaped,
+                    kind: Kind::Other,
                 };
                 let hot = |h: Hot| h as usize;
                 match name {
                     Name::Hot(h) => {
                         found.present |= 1 << h as u16;
                         found.hot[hot(h)] = map.next_value_seed(OneStr(&mut place))?;
+                        let kind = place.kind;
+                        match h {
+                            Hot::Sub => {
+                                found.see(Spec::Sub);
+                                if matches!(kind, Kind::Strs | Kind::List | Kind::Map) {
+                                    found.registered.malformed = true;
+                                }
+                            }
+                            Hot::Iss => {
+                                found.see(Spec::Iss);
+                                found.registered.iss = matches!(kind, Kind::Str | Kind::Strs);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Name::Aud => {
+                        found.see(Spec::Aud);
+                        found.registered.aud = map.next_value_seed(Aud(self.audiences, false))?;
+                    }
+                    Name::Nbf => {
+                        found.see(Spec::Nbf);
+                        let nbf = map.next_value::<Number>()?;
+                        found.registered.nbf = nbf.jwt;
+                        found.registered.malformed |= nbf.broken;
                     }
                     Name::Typ => found.typ = map.next_value_seed(OneStr(&mut place))?,
                     Name::Scp => found.scp = Some(map.next_value_seed(List(&mut place, true))?),
@@ -956,7 +1063,13 @@ mod parse {
                     Name::Roles => {
                         found.roles = Some(map.next_value_seed(List(&mut place, false))?);
                     }
-                    Name::Exp => found.exp = map.next_value::<Exp>()?.0,
+                    Name::Exp => {
+                        found.see(Spec::Exp);
+                        let exp = map.next_value::<Number>()?;
+                        found.exp = exp.as_u64;
+                        found.registered.exp = exp.jwt;
+                        found.registered.malformed |= exp.broken;
+                    }
                     Name::Marker => {
                         map.next_value::<IgnoredAny>()?;
                         found.id_token_marker = true;
@@ -986,6 +1099,8 @@ mod parse {
         Scope,
         Roles,
         Exp,
+        Nbf,
+        Aud,
         Marker,
         Ver,
         Active,
@@ -1017,6 +1132,8 @@ mod parse {
                         "scope" => Name::Scope,
                         "roles" => Name::Roles,
                         "exp" => Name::Exp,
+                        "nbf" => Name::Nbf,
+                        "aud" => Name::Aud,
                         "nonce" | "at_hash" | "c_hash" | "events" => Name::Marker,
                         "ver" => Name::Ver,
                         "active" => Name::Active,
@@ -1028,42 +1145,186 @@ mod parse {
         }
     }
 
-    /// `exp` as `Value::as_u64` reads it: a non-negative integer, else nothing.
-    struct Exp(Option<u64>);
+    /// `exp` or `nbf`, read twice from the one value: as `Value::as_u64` reads it (what the
+    /// claims keep), and as `jsonwebtoken` read a NumericDate (what the checks use).
+    struct Number {
+        as_u64: Option<u64>,
+        jwt: Numeric,
+        /// A non-empty list or object: `jsonwebtoken`'s parser refused it without reading it
+        /// through, and failed at the next claim.
+        broken: bool,
+    }
 
-    impl<'de> de::Deserialize<'de> for Exp {
+    impl Number {
+        const INVALID: Number = Number {
+            as_u64: None,
+            jwt: Numeric::Invalid,
+            broken: false,
+        };
+    }
+
+    impl<'de> de::Deserialize<'de> for Number {
         fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
             impl<'de> Visitor<'de> for V {
-                type Value = Exp;
+                type Value = Number;
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     f.write_str("any JSON value")
                 }
-                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Exp, E> {
-                    Ok(Exp(Some(v)))
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                    Ok(Number {
+                        as_u64: Some(v),
+                        jwt: Numeric::At(v),
+                        broken: false,
+                    })
                 }
-                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Exp, E> {
-                    Ok(Exp(u64::try_from(v).ok()))
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                    // serde_json gives only negative integers as i64; jsonwebtoken refused them.
+                    Ok(Number {
+                        as_u64: u64::try_from(v).ok(),
+                        ..Number::INVALID
+                    })
                 }
-                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Exp, E> {
-                    Ok(Exp(None))
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                    let jwt = if v.is_finite() && v >= 0.0 && v < u64::MAX as f64 {
+                        // In range, so the cast neither saturates nor truncates.
+                        Numeric::At(v.round() as u64)
+                    } else {
+                        Numeric::Invalid
+                    };
+                    Ok(Number {
+                        jwt,
+                        ..Number::INVALID
+                    })
                 }
-                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Exp, E> {
-                    Ok(Exp(None))
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Number, E> {
+                    Ok(Number::INVALID)
                 }
-                fn visit_str<E: de::Error>(self, _: &str) -> Result<Exp, E> {
-                    Ok(Exp(None))
+                fn visit_str<E: de::Error>(self, _: &str) -> Result<Number, E> {
+                    Ok(Number::INVALID)
                 }
-                fn visit_unit<E: de::Error>(self) -> Result<Exp, E> {
-                    Ok(Exp(None))
+                fn visit_unit<E: de::Error>(self) -> Result<Number, E> {
+                    Ok(Number::INVALID)
                 }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Exp, A::Error> {
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
+                    let mut broken = false;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        broken = true;
+                    }
+                    Ok(Number {
+                        broken,
+                        ..Number::INVALID
+                    })
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
+                    let mut broken = false;
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                        broken = true;
+                    }
+                    Ok(Number {
+                        broken,
+                        ..Number::INVALID
+                    })
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// `aud`: whether it names one of the accepted audiences, when it is a string or a list of
+    /// strings (`None` otherwise: `jsonwebtoken` read anything else as absent). The flag: this
+    /// is an item of the list, where a list is no string either.
+    struct Aud<'a>(&'a [String], bool);
+
+    impl<'de> DeserializeSeed<'de> for Aud<'_> {
+        type Value = Option<bool>;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<bool>, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Aud<'_> {
+        type Value = Option<bool>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<bool>, E> {
+            Ok(Some(self.0.iter().any(|a| a == v)))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<bool>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<bool>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<bool>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<bool>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<bool>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<bool>, A::Error> {
+            if self.1 {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            // Every item a string, any of them accepted; an empty list names no audience.
+            let (mut strings, mut matched) = (true, false);
+            while let Some(item) = seq.next_element_seed(Aud(self.0, true))? {
+                match item {
+                    Some(m) => matched |= m,
+                    None => strings = false,
+                }
+            }
+            Ok(strings.then_some(matched))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<bool>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    /// Whether a list item is a string (read through, whatever it is).
+    struct IsStr(bool);
+
+    impl<'de> de::Deserialize<'de> for IsStr {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = IsStr;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_str<E: de::Error>(self, _: &str) -> Result<IsStr, E> {
+                    Ok(IsStr(true))
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<IsStr, E> {
+                    Ok(IsStr(false))
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<IsStr, E> {
+                    Ok(IsStr(false))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<IsStr, E> {
+                    Ok(IsStr(false))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<IsStr, E> {
+                    Ok(IsStr(false))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<IsStr, E> {
+                    Ok(IsStr(false))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IsStr, A::Error> {
                     while seq.next_element::<IgnoredAny>()?.is_some() {}
-                    Ok(Exp(None))
+                    Ok(IsStr(false))
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Exp, A::Error> {
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IsStr, A::Error> {
                     while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    Ok(Exp(None))
+                    Ok(IsStr(false))
                 }
             }
             d.deserialize_any(V)
@@ -1090,33 +1351,46 @@ mod parse {
             f.write_str("any JSON value")
         }
         fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str, E> {
+            self.0.kind = Kind::Str;
             Ok(self.0.borrowed(v))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Str, E> {
+            self.0.kind = Kind::Str;
             Ok(self.0.copied(v))
         }
         fn visit_u64<E: de::Error>(self, _: u64) -> Result<Str, E> {
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Other))
         }
         fn visit_i64<E: de::Error>(self, _: i64) -> Result<Str, E> {
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Other))
         }
         fn visit_f64<E: de::Error>(self, _: f64) -> Result<Str, E> {
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Other))
         }
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Str, E> {
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Other))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Str, E> {
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Null))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Str, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(Str::ABSENT)
+            let mut strings = true;
+            while let Some(item) = seq.next_element::<IsStr>()? {
+                strings &= item.0;
+            }
+            Ok(self.other(if strings { Kind::Strs } else { Kind::List }))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Str, A::Error> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(Str::ABSENT)
+            Ok(self.other(Kind::Map))
+        }
+    }
+
+    impl StrVisitor<'_, '_> {
+        /// A value that is not a string, of type `kind`.
+        fn other(self, kind: Kind) -> Str {
+            self.0.kind = kind;
+            Str::ABSENT
         }
     }
 

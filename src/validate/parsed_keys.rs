@@ -12,7 +12,6 @@
 //! the application installed one of its own first, or decoded a token before the first
 //! [`crate::validate::Validator`] was built, that one stays and nothing changes but the speed.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
@@ -40,7 +39,10 @@ pub(crate) fn install() {
 /// only from configured JWKS and key files, never from a token.
 const MAX_KEYS: usize = 256;
 
-type Cache = RwLock<HashMap<(Algorithm, Vec<u8>), Arc<ParsedPublicKey>>>;
+/// The parsed keys, each under its algorithm and the key material it was parsed from. A list:
+/// finding one of a handful of keys by comparing bytes (two moduli differ in their first
+/// bytes) costs less than building the DER and hashing it, which a map would need.
+type Cache = RwLock<Vec<(Algorithm, DecodingKeyKind, Arc<ParsedPublicKey>)>>;
 
 fn new_verifier(
     alg: &Algorithm,
@@ -69,23 +71,39 @@ fn parsed_rsa(alg: Algorithm, key: &DecodingKey) -> Option<Arc<ParsedPublicKey>>
         Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
         _ => return None,
     };
-    let bytes = match key.kind() {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let found = |keys: &[(Algorithm, DecodingKeyKind, Arc<ParsedPublicKey>)]| {
+        keys.iter()
+            .find(|(a, material, _)| *a == alg && same_material(material, key.kind()))
+            .map(|(_, _, parsed)| parsed.clone())
+    };
+    if let Some(parsed) = found(&cache.read().ok()?) {
+        return Some(parsed);
+    }
+    let der = match key.kind() {
         DecodingKeyKind::RsaModulusExponent { n, e } => rsa_public_key_der(n, e),
         DecodingKeyKind::SecretOrDer(der) => der.clone(),
     };
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cache = CACHE.get_or_init(Cache::default);
-    let id = (alg, bytes);
-    if let Some(parsed) = cache.read().ok()?.get(&id) {
-        return Some(parsed.clone());
-    }
-    let parsed = Arc::new(ParsedPublicKey::new(algorithm, &id.1).ok()?);
+    let parsed = Arc::new(ParsedPublicKey::new(algorithm, &der).ok()?);
     let mut cache = cache.write().ok()?;
-    if cache.len() >= MAX_KEYS {
-        cache.clear();
+    if found(&cache).is_none() {
+        if cache.len() >= MAX_KEYS {
+            cache.clear();
+        }
+        cache.push((alg, key.kind().clone(), parsed.clone()));
     }
-    cache.insert(id, parsed.clone());
     Some(parsed)
+}
+
+/// Whether two keys are the same bytes in the same form.
+fn same_material(a: &DecodingKeyKind, b: &DecodingKeyKind) -> bool {
+    use DecodingKeyKind::{RsaModulusExponent as Ne, SecretOrDer as Der};
+    match (a, b) {
+        (Ne { n, e }, Ne { n: n2, e: e2 }) => n == n2 && e == e2,
+        (Der(a), Der(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// A verifier over a parsed key.
