@@ -254,6 +254,71 @@ fn a_full_cache_evicts_by_size_and_counts_why() {
 }
 
 #[test]
+fn an_expired_or_outdated_entry_is_dropped_when_read_not_served() {
+    let recorder = crate::test_metrics::TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let validator = crate::validate::Validator::with_memory(offline_provider(), 100, 1 << 20);
+    let expired = crate::Claims::from_json(
+        "entra_id",
+        format!(r#"{{"sub":"s","exp":{}}}"#, crate::util::now() - 1).into(),
+    )
+    .expect("an object");
+    let (old, fresh) = (crate::util::sha256(b"old"), crate::util::sha256(b"fresh"));
+    validator.cache_insert(old, expired, 0);
+    validator.cache_insert(fresh, claims(1), 0);
+    assert_eq!(validator.cache_len(), 2);
+    assert!(validator.cached(&old, 0).is_none(), "served past exp");
+    assert!(validator.cached(&fresh, 0).is_some());
+    // A key was withdrawn since: the entry checked under epoch 0 is not served under 1.
+    assert!(
+        validator.cached(&fresh, 1).is_none(),
+        "served across a key epoch"
+    );
+    assert_eq!(validator.cache_len(), 0, "both dropped");
+    assert_eq!(validator.cached_bytes(), 0);
+    let counts = recorder.counts();
+    for cause in ["expired", "explicit"] {
+        let name = format!("tollgate_cache_evictions_total{{cache=validation,cause={cause}}}");
+        assert_eq!(counts.get(&name).copied(), Some(1), "{cause}: {counts:?}");
+    }
+}
+
+#[test]
+fn a_full_validation_cache_holds_what_it_weighs() {
+    use crate::config::IdentityHeaders;
+    // Room for about a quarter of the tokens: the cache evicts (and keeps ghost keys) most of
+    // the time, as under a flood.
+    let payloads: Vec<String> = (0..N).map(entra_payload).collect();
+    let validator =
+        crate::validate::Validator::with_memory(offline_provider(), N as u64, N as u64 * 300);
+    let mut headers = http::HeaderMap::new();
+    let window = open();
+    for (i, text) in payloads.iter().enumerate() {
+        let claims = crate::Claims::from_json("entra_id", text.as_str().into()).expect("an object");
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
+        headers.clear();
+    }
+    drop(headers);
+    let held = close(window) as f64;
+    let weighed = validator.cached_bytes() as f64;
+    let entries = validator.cache_len();
+    println!(
+        "full validation cache: {entries} entries, measured {:.0} B each, weighed {:.0} B",
+        held / entries as f64,
+        weighed / entries as f64
+    );
+    assert!(
+        entries > N as u64 / 8 && entries < N as u64 / 2,
+        "{entries}"
+    );
+    assert!(
+        (weighed / held - 1.0).abs() < 0.05,
+        "weight {weighed:.0} B against {held:.0} B measured"
+    );
+}
+
+#[test]
 fn the_entry_count_stays_an_upper_limit() {
     let validator = crate::validate::Validator::with_memory(offline_provider(), 10, 1 << 30);
     for i in 0..100usize {

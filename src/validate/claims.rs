@@ -156,6 +156,11 @@ impl Claims {
         self.0.token_digest.get()
     }
 
+    /// Whether `other` is a clone of these claims (the same allocation), not merely equal.
+    pub(crate) fn same_as(&self, other: &Claims) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The caller's value of type `T` for these claims, built by `init` once and kept with them:
     /// a token validated from the cache then costs no formatting per request. Each caller keys
     /// its value by a type of its own.
@@ -421,30 +426,97 @@ impl Claims {
     }
 
     /// The scopes as one space-separated text (the `X-Auth-Scopes` value): the token's own
-    /// `scp` when it is written that way already.
+    /// `scp` when it is written that way already, else joined once and kept with the claims.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn scopes_text(&self) -> Bytes {
-        if let Strs::Words(w) = self.0.scopes {
-            let text = self.resolve(w);
-            let normal = !text.starts_with(' ')
-                && !text.ends_with(' ')
-                && !text.contains("  ")
-                && !text.contains(|c: char| c.is_whitespace() && c != ' ');
-            if normal {
-                return self.share(text);
-            }
+        match self.scopes_as_written() {
+            Some(text) => self.share(text),
+            None if self.list(&self.0.scopes).next().is_none() => Bytes::new(),
+            None => self.joined().scopes.clone(),
         }
-        self.join(&self.0.scopes, " ")
     }
 
-    /// The roles joined by `,` (the `X-Auth-Roles` value): one role is shared, not copied.
+    /// The roles joined by `,` (the `X-Auth-Roles` value): one role is shared, not copied;
+    /// several are joined once and kept with the claims.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn roles_text(&self) -> Bytes {
-        match &self.0.roles {
-            Strs::One(r) => self.share(self.resolve(*r)),
-            Strs::List(items) if items.len() == 1 => self.share(self.resolve(items[0])),
-            other => self.join(other, ","),
+        match self.roles_as_written() {
+            Some(text) => self.share(text),
+            None if self.list(&self.0.roles).next().is_none() => Bytes::new(),
+            None => self.joined().roles.clone(),
         }
+    }
+
+    /// `scp` when its text is the `X-Auth-Scopes` value as it is: words split by single spaces.
+    fn scopes_as_written(&self) -> Option<&str> {
+        let Strs::Words(w) = self.0.scopes else {
+            return None;
+        };
+        let text = self.resolve(w);
+        let normal = !text.starts_with(' ')
+            && !text.ends_with(' ')
+            && !text.contains("  ")
+            && !text.contains(|c: char| c.is_whitespace() && c != ' ');
+        normal.then_some(text)
+    }
+
+    /// The one role, when there is exactly one: the `X-Auth-Roles` value as it is.
+    fn roles_as_written(&self) -> Option<&str> {
+        match &self.0.roles {
+            Strs::One(r) => Some(self.resolve(*r)),
+            Strs::List(items) if items.len() == 1 => Some(self.resolve(items[0])),
+            _ => None,
+        }
+    }
+
+    /// The scope and role texts that had to be joined, built at the first request that asks.
+    fn joined(&self) -> &Joined {
+        self.memo(|c| Joined {
+            scopes: c.join_unless(c.scopes_as_written().is_some(), &c.0.scopes, " "),
+            roles: c.join_unless(c.roles_as_written().is_some(), &c.0.roles, ","),
+        })
+    }
+
+    fn join_unless(&self, as_written: bool, list: &Strs, sep: &str) -> Bytes {
+        if as_written {
+            Bytes::new()
+        } else {
+            self.join(list, sep)
+        }
+    }
+
+    /// The heap bytes the proxy's `X-Auth-*` values add to these claims once built: the
+    /// payload's reference count (a `Bytes` made from a box allocates it at its first slice),
+    /// and, when a scope or role list has to be joined, the joined texts (each with its own
+    /// count) and their memo entry. Counted without building anything: the caches weigh an
+    /// entry before the proxy asks for its headers, and again when it leaves.
+    pub(crate) fn headers_bytes(&self) -> usize {
+        use crate::cache_meter::heap_chunk;
+        let mut bytes = if self.0.payload.is_empty() {
+            0
+        } else {
+            heap_chunk(SHARED_BYTES)
+        };
+        let joined = |as_written: bool, list: &Strs, sep: usize| {
+            let len: usize = if as_written {
+                0
+            } else {
+                self.list(list).map(|s| s.len() + sep).sum::<usize>()
+            };
+            // `sep` was counted once too many: a list of n items has n - 1 separators.
+            let len = len.saturating_sub(sep);
+            if len == 0 {
+                0
+            } else {
+                heap_chunk(len) + heap_chunk(SHARED_BYTES)
+            }
+        };
+        let lists = joined(self.scopes_as_written().is_some(), &self.0.scopes, 1)
+            + joined(self.roles_as_written().is_some(), &self.0.roles, 1);
+        if lists > 0 {
+            bytes += lists + heap_chunk(size_of::<Entry<Joined>>());
+        }
+        bytes
     }
 
     /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
@@ -582,7 +654,8 @@ impl Claims {
             }
             out.push_str(item);
         }
-        Bytes::from(out)
+        // Exactly its length, so that `headers_bytes` can count it.
+        Bytes::from(out.into_boxed_str().into_boxed_bytes())
     }
 }
 
@@ -642,6 +715,17 @@ impl Strs {
 
 const EMPTY: u8 = 1;
 const HAS_ACTIVE: u8 = 2;
+
+/// What `bytes` allocates the first time a `Bytes` made from a box is sliced or cloned: its
+/// shared reference count (a pointer, a capacity and the count).
+const SHARED_BYTES: usize = 3 * size_of::<usize>();
+
+/// The `X-Auth-Scopes` and `X-Auth-Roles` texts that had to be joined (a scope list not
+/// written as single-spaced words, several roles); empty where the token's own text is used.
+struct Joined {
+    scopes: Bytes,
+    roles: Bytes,
+}
 
 /// Memo types of the claims' own lazily built views.
 struct Scopes(Vec<String>);
