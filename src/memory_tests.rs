@@ -138,9 +138,12 @@ fn a_validated_tokens_weight_is_what_it_holds() {
     let payload_bytes: usize = payloads.iter().map(String::len).sum();
     let mut headers = http::HeaderMap::new();
     let window = open();
+    let provider_name: std::sync::Arc<str> = "entra_id".into();
     for (i, text) in payloads.iter().enumerate() {
-        // The validator keeps the payload text it decoded: an exact-size copy, as here.
-        let claims = crate::Claims::from_json("entra_id", text.as_str().into()).expect("an object");
+        // The validator keeps the payload text it decoded (an exact-size copy, as here) and
+        // shares its provider's name.
+        let claims =
+            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
         validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
         // The proxy's first request with the token builds its identity headers.
         crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
@@ -292,9 +295,11 @@ fn a_full_validation_cache_holds_what_it_weighs() {
     let validator =
         crate::validate::Validator::with_memory(offline_provider(), N as u64, N as u64 * 300);
     let mut headers = http::HeaderMap::new();
+    let provider_name: std::sync::Arc<str> = "entra_id".into();
     let window = open();
     for (i, text) in payloads.iter().enumerate() {
-        let claims = crate::Claims::from_json("entra_id", text.as_str().into()).expect("an object");
+        let claims =
+            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
         validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
         crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
         headers.clear();
@@ -340,6 +345,41 @@ async fn the_exchange_cache_stays_within_its_bytes() {
     }
     assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
     assert!(cache.entry_count() > 10, "{} entries", cache.entry_count());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_exchange_cache_holds_what_it_weighs() {
+    use crate::exchange::TokenCache;
+
+    // Room for about a quarter of the tokens, as under a flood.
+    let cache = TokenCache::with_memory(N as u64, N as u64 * 500, Duration::from_secs(120));
+    let tokens: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
+                "A".repeat(1543)
+            )
+        })
+        .collect();
+    let window = open();
+    for (i, t) in tokens.iter().enumerate() {
+        cache_token(&cache, i, t.clone()).await;
+    }
+    let held = close(window) as f64;
+    let (weighed, entries) = (cache.bytes() as f64, cache.entry_count());
+    println!(
+        "full exchange cache: {entries} entries, measured {:.0} B each, weighed {:.0} B",
+        held / entries as f64,
+        weighed / entries as f64
+    );
+    assert!(
+        entries > N as u64 / 8 && entries < N as u64 / 2,
+        "{entries}"
+    );
+    assert!(
+        (weighed / held - 1.0).abs() < 0.05,
+        "weight {weighed:.0} B against {held:.0} B measured"
+    );
 }
 
 /// Puts `access_token` (valid for an hour) into `cache` under the `i`th key, as an exchange would.

@@ -104,6 +104,16 @@ impl Claims {
         Ok(Self::from_parsed(Arc::from(provider), Parsed::of(payload)?))
     }
 
+    /// [`Claims::from_json`] with the provider's name shared, as a validator makes them: for
+    /// the measurements of what a cached token holds.
+    #[cfg(test)]
+    pub(crate) fn from_json_of(
+        provider: &Arc<str>,
+        payload: Box<str>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_parsed(provider.clone(), Parsed::of(payload)?))
+    }
+
     /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
     /// provider's name rather than copying it per token).
     pub(super) fn from_parsed(provider: Arc<str>, parsed: Parsed) -> Self {
