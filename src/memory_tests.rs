@@ -15,8 +15,9 @@ static COUNTING: Counting = Counting;
 
 /// Tags each block with the measurement window open on the thread that allocated it (in a
 /// word just before the block), and keeps per window the bytes of its blocks still alive,
-/// whichever thread frees them: moka's hash table frees through crossbeam's epochs, on any
-/// thread, so a per-thread count would see other tests' frees and miss its own.
+/// whichever thread frees them: a cache may free on another thread (moka's hash table did,
+/// through crossbeam's epochs; a spawned exchange's task may), so a per-thread count would see
+/// other tests' frees and miss its own.
 struct Counting;
 
 /// Live bytes (as `malloc` chunks) of the blocks allocated in each window; window 0 is "not
@@ -95,8 +96,8 @@ fn close(window: usize) -> isize {
     WINDOWS[window].load(Ordering::Relaxed)
 }
 
-/// Entries per measurement: enough that moka's tables, sized as they grow, are amortised as in
-/// a flood.
+/// Entries per measurement: enough that the caches' tables, sized as they grow (by doubling),
+/// are amortised as in a flood.
 const N: usize = 20_000;
 
 /// An Entra v2 access token's payload (~1 KB), distinct per user.
