@@ -97,7 +97,8 @@ const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
 const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
-const X_AUTH_NAMES: [HeaderName; 6] = [
+/// A `static`, not a `const`: a `const` array is built (and dropped) anew at every use.
+static X_AUTH_NAMES: [HeaderName; 6] = [
     X_AUTH_SUBJECT,
     X_AUTH_OID,
     X_AUTH_TID,

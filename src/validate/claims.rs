@@ -121,8 +121,8 @@ impl Claims {
             payload: Bytes::from(parsed.payload.into_boxed_str().into_boxed_bytes()),
             unescaped: parsed.unescaped.into_boxed_str(),
             hot: parsed.hot,
-            scopes: parsed.scopes,
-            roles: parsed.roles,
+            scopes: parsed.scopes.compact(),
+            roles: parsed.roles.compact(),
             exp: parsed.exp,
             flags: parsed.flags,
             provider,
@@ -463,11 +463,7 @@ impl Claims {
             return None;
         };
         let text = self.resolve(w);
-        let normal = !text.starts_with(' ')
-            && !text.ends_with(' ')
-            && !text.contains("  ")
-            && !text.contains(|c: char| c.is_whitespace() && c != ' ');
-        normal.then_some(text)
+        single_spaced(text).then_some(text)
     }
 
     /// The one role, when there is exactly one: the `X-Auth-Roles` value as it is.
@@ -714,6 +710,15 @@ enum Strs {
 }
 
 impl Strs {
+    /// A one-item list as [`Strs::One`]: read the same way everywhere, and a cached token
+    /// with a single role (an Entra `roles` array often has one) keeps no list on the heap.
+    fn compact(self) -> Self {
+        match self {
+            Strs::List(items) if items.len() == 1 => Strs::One(items[0]),
+            other => other,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Strs::Empty => true,
@@ -725,6 +730,26 @@ impl Strs {
 
 const EMPTY: u8 = 1;
 const HAS_ACTIVE: u8 = 2;
+
+/// Whether `text` is its words joined by single spaces: no leading, trailing or doubled space,
+/// no other whitespace. One pass, as the proxy asks it for every request.
+fn single_spaced(text: &str) -> bool {
+    // A space first is as bad as a second space in a row.
+    let mut after_space = true;
+    for c in text.chars() {
+        if c == ' ' {
+            if after_space {
+                return false;
+            }
+            after_space = true;
+        } else if c.is_whitespace() {
+            return false;
+        } else {
+            after_space = false;
+        }
+    }
+    !after_space || text.is_empty()
+}
 
 /// What `bytes` allocates the first time a `Bytes` made from a box is sliced or cloned: its
 /// shared reference count (a pointer, a capacity and the count).
@@ -1399,6 +1424,69 @@ mod tests {
         );
         // A value from elsewhere is copied.
         assert_eq!(&claims.share("other")[..], b"other");
+        // One role is the payload's own text, and is kept as a position, not a list.
+        let role = claims.roles_text();
+        assert_eq!(&role[..], b"R");
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&role.as_ptr())
+        );
+        let two = Claims::from_json("p", r#"{"sub":"s-1","scp":"a b","roles":["R","S"]}"#.into())
+            .unwrap();
+        assert_eq!(&two.roles_text()[..], b"R,S");
+        assert_eq!(two.roles(), ["R", "S"]);
+        let chunk = crate::cache_meter::heap_chunk;
+        let payloads = chunk(two.payload_json().len()) - chunk(claims.payload_json().len());
+        assert_eq!(
+            two.heap_bytes() - claims.heap_bytes() - payloads,
+            chunk(2 * size_of::<Str>()),
+            "only the two-role token keeps a list"
+        );
+    }
+
+    #[test]
+    fn single_spaced_is_what_splitting_and_joining_keeps() {
+        for text in [
+            "",
+            "a",
+            "a b",
+            " a",
+            "a ",
+            "a  b",
+            "a\tb",
+            "a\u{3000}b",
+            "  ",
+            " ",
+            "ab cd ef",
+        ] {
+            let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(single_spaced(text), joined == text, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_header_allowance_is_what_the_headers_build() {
+        // Joined lists are built once and kept: their bytes are in the allowance.
+        let plain =
+            Claims::from_json("p", r#"{"sub":"s","scp":"a b","roles":["R"]}"#.into()).unwrap();
+        let joined =
+            Claims::from_json("p", r#"{"sub":"s","scp":"a  b","roles":["R","S"]}"#.into()).unwrap();
+        let chunk = crate::cache_meter::heap_chunk;
+        assert_eq!(plain.headers_bytes(), chunk(SHARED_BYTES));
+        assert_eq!(
+            joined.headers_bytes(),
+            chunk(SHARED_BYTES)
+                + chunk(3)
+                + chunk(SHARED_BYTES)
+                + chunk(3)
+                + chunk(SHARED_BYTES)
+                + chunk(size_of::<Entry<Joined>>())
+        );
+        assert_eq!(&joined.scopes_text()[..], b"a b");
+        assert_eq!(&joined.roles_text()[..], b"R,S");
     }
 
     #[test]
