@@ -15,15 +15,15 @@ use crate::validate::{Claims, Hot};
 
 /// Adds the identity headers `mode` asks for, built from a validated token's claims.
 pub(crate) fn add(headers: &mut HeaderMap, claims: &Claims, mode: IdentityHeaders) {
-    // Built once per validated token and kept with its cached claims; here only cloned
-    // (a reference-count increment per value).
     match mode {
         IdentityHeaders::None => {}
         IdentityHeaders::XAuth => {
-            let values = &claims.memo(XAuthHeaders::of).0;
-            for (name, value) in X_AUTH_NAMES.iter().zip(values) {
+            // Slices of the claims' payload (a reference-count increment each), checked as
+            // header values here: a list of them kept with every cached token would cost more
+            // than the token's own positions (see `x_auth_values`).
+            for (name, value) in X_AUTH_NAMES.iter().zip(x_auth_values(claims)) {
                 if let Some(value) = value {
-                    headers.insert(name.clone(), value.clone());
+                    headers.insert(name.clone(), value);
                 }
             }
         }
@@ -97,7 +97,8 @@ const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
 const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 
-const X_AUTH_NAMES: [HeaderName; 6] = [
+/// A `static`, not a `const`: a `const` array is built (and dropped) anew at every use.
+static X_AUTH_NAMES: [HeaderName; 6] = [
     X_AUTH_SUBJECT,
     X_AUTH_OID,
     X_AUTH_TID,
@@ -106,26 +107,22 @@ const X_AUTH_NAMES: [HeaderName; 6] = [
     X_AUTH_ROLES,
 ];
 
-/// The `X-Auth-*` values of one validated token (by [`X_AUTH_NAMES`]), kept with its claims.
-/// Each value is a slice of the claims' payload, not a copy (only a scope list written other
-/// than space-separated, or several roles, are joined anew), and the names are not stored:
-/// a cached token's headers cost a few words beside its payload
-/// (`validate::HEADERS_MEMO_BYTES` is their allowance in the cache's weight).
-struct XAuthHeaders([Option<HeaderValue>; 6]);
-
-impl XAuthHeaders {
-    /// The `X-Auth-*` values a validated token yields, empty claims left out.
-    fn of(claims: &Claims) -> Self {
-        let shared = |v: Option<&str>| value(v.map(|v| claims.share(v)).unwrap_or_default());
-        Self([
-            shared(Some(claims.subject())),
-            shared(claims.oid()),
-            shared(claims.tid()),
-            shared(claims.name()),
-            value(claims.scopes_text()),
-            value(claims.roles_text()),
-        ])
-    }
+/// The `X-Auth-*` values of one validated token (by [`X_AUTH_NAMES`]), empty claims left out.
+/// Each value is a slice of the claims' payload, not a copy; only a scope list written other
+/// than space-separated, or several roles, are joined, once, and kept with the claims. Nothing
+/// else is kept: a list of six `HeaderValue`s per cached token cost 304 bytes, the check of
+/// ~150 bytes per request far less than a request (`Claims::headers_bytes` is what the
+/// cache's weight allows for them).
+fn x_auth_values(claims: &Claims) -> [Option<HeaderValue>; 6] {
+    let shared = |v: Option<&str>| value(v.map(|v| claims.share(v)).unwrap_or_default());
+    [
+        shared(Some(claims.subject())),
+        shared(claims.oid()),
+        shared(claims.tid()),
+        shared(claims.name()),
+        value(claims.scopes_text()),
+        value(claims.roles_text()),
+    ]
 }
 
 /// `bytes` as a header value, unless empty or not a valid header value (as [`put`]).

@@ -15,8 +15,9 @@ static COUNTING: Counting = Counting;
 
 /// Tags each block with the measurement window open on the thread that allocated it (in a
 /// word just before the block), and keeps per window the bytes of its blocks still alive,
-/// whichever thread frees them: moka's hash table frees through crossbeam's epochs, on any
-/// thread, so a per-thread count would see other tests' frees and miss its own.
+/// whichever thread frees them: a cache may free on another thread (moka's hash table did,
+/// through crossbeam's epochs; a spawned exchange's task may), so a per-thread count would see
+/// other tests' frees and miss its own.
 struct Counting;
 
 /// Live bytes (as `malloc` chunks) of the blocks allocated in each window; window 0 is "not
@@ -95,8 +96,8 @@ fn close(window: usize) -> isize {
     WINDOWS[window].load(Ordering::Relaxed)
 }
 
-/// Entries per measurement: enough that moka's tables, sized as they grow, are amortised as in
-/// a flood.
+/// Entries per measurement: enough that the caches' tables, sized as they grow (by doubling),
+/// are amortised as in a flood.
 const N: usize = 20_000;
 
 /// An Entra v2 access token's payload (~1 KB), distinct per user.
@@ -138,9 +139,12 @@ fn a_validated_tokens_weight_is_what_it_holds() {
     let payload_bytes: usize = payloads.iter().map(String::len).sum();
     let mut headers = http::HeaderMap::new();
     let window = open();
+    let provider_name: std::sync::Arc<str> = "entra_id".into();
     for (i, text) in payloads.iter().enumerate() {
-        // The validator keeps the payload text it decoded: an exact-size copy, as here.
-        let claims = crate::Claims::from_json("entra_id", text.as_str().into()).expect("an object");
+        // The validator keeps the payload text it decoded (an exact-size copy, as here) and
+        // shares its provider's name.
+        let claims =
+            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
         validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
         // The proxy's first request with the token builds its identity headers.
         crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
@@ -254,6 +258,73 @@ fn a_full_cache_evicts_by_size_and_counts_why() {
 }
 
 #[test]
+fn an_expired_or_outdated_entry_is_dropped_when_read_not_served() {
+    let recorder = crate::test_metrics::TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let validator = crate::validate::Validator::with_memory(offline_provider(), 100, 1 << 20);
+    let expired = crate::Claims::from_json(
+        "entra_id",
+        format!(r#"{{"sub":"s","exp":{}}}"#, crate::util::now() - 1).into(),
+    )
+    .expect("an object");
+    let (old, fresh) = (crate::util::sha256(b"old"), crate::util::sha256(b"fresh"));
+    validator.cache_insert(old, expired, 0);
+    validator.cache_insert(fresh, claims(1), 0);
+    assert_eq!(validator.cache_len(), 2);
+    assert!(validator.cached(&old, 0).is_none(), "served past exp");
+    assert!(validator.cached(&fresh, 0).is_some());
+    // A key was withdrawn since: the entry checked under epoch 0 is not served under 1.
+    assert!(
+        validator.cached(&fresh, 1).is_none(),
+        "served across a key epoch"
+    );
+    assert_eq!(validator.cache_len(), 0, "both dropped");
+    assert_eq!(validator.cached_bytes(), 0);
+    let counts = recorder.counts();
+    for cause in ["expired", "explicit"] {
+        let name = format!("tollgate_cache_evictions_total{{cache=validation,cause={cause}}}");
+        assert_eq!(counts.get(&name).copied(), Some(1), "{cause}: {counts:?}");
+    }
+}
+
+#[test]
+fn a_full_validation_cache_holds_what_it_weighs() {
+    use crate::config::IdentityHeaders;
+    // Room for about a quarter of the tokens: the cache evicts (and keeps ghost keys) most of
+    // the time, as under a flood.
+    let payloads: Vec<String> = (0..N).map(entra_payload).collect();
+    let validator =
+        crate::validate::Validator::with_memory(offline_provider(), N as u64, N as u64 * 300);
+    let mut headers = http::HeaderMap::new();
+    let provider_name: std::sync::Arc<str> = "entra_id".into();
+    let window = open();
+    for (i, text) in payloads.iter().enumerate() {
+        let claims =
+            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
+        headers.clear();
+    }
+    drop(headers);
+    let held = close(window) as f64;
+    let weighed = validator.cached_bytes() as f64;
+    let entries = validator.cache_len();
+    println!(
+        "full validation cache: {entries} entries, measured {:.0} B each, weighed {:.0} B",
+        held / entries as f64,
+        weighed / entries as f64
+    );
+    assert!(
+        entries > N as u64 / 8 && entries < N as u64 / 2,
+        "{entries}"
+    );
+    assert!(
+        (weighed / held - 1.0).abs() < 0.05,
+        "weight {weighed:.0} B against {held:.0} B measured"
+    );
+}
+
+#[test]
 fn the_entry_count_stays_an_upper_limit() {
     let validator = crate::validate::Validator::with_memory(offline_provider(), 10, 1 << 30);
     for i in 0..100usize {
@@ -275,6 +346,41 @@ async fn the_exchange_cache_stays_within_its_bytes() {
     }
     assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
     assert!(cache.entry_count() > 10, "{} entries", cache.entry_count());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_exchange_cache_holds_what_it_weighs() {
+    use crate::exchange::TokenCache;
+
+    // Room for about a quarter of the tokens, as under a flood.
+    let cache = TokenCache::with_memory(N as u64, N as u64 * 500, Duration::from_secs(120));
+    let tokens: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
+                "A".repeat(1543)
+            )
+        })
+        .collect();
+    let window = open();
+    for (i, t) in tokens.iter().enumerate() {
+        cache_token(&cache, i, t.clone()).await;
+    }
+    let held = close(window) as f64;
+    let (weighed, entries) = (cache.bytes() as f64, cache.entry_count());
+    println!(
+        "full exchange cache: {entries} entries, measured {:.0} B each, weighed {:.0} B",
+        held / entries as f64,
+        weighed / entries as f64
+    );
+    assert!(
+        entries > N as u64 / 8 && entries < N as u64 / 2,
+        "{entries}"
+    );
+    assert!(
+        (weighed / held - 1.0).abs() < 0.05,
+        "weight {weighed:.0} B against {held:.0} B measured"
+    );
 }
 
 /// Puts `access_token` (valid for an hour) into `cache` under the `i`th key, as an exchange would.

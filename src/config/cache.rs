@@ -2,7 +2,7 @@
 //! replicas through Redis (`shared = "redis"`).
 //!
 //! `max_memory` bounds the validated-token and exchanged-token caches together by the bytes
-//! their entries hold; moka bounds each cache on its own, so every cache gets an equal share
+//! their entries hold; each cache is bounded on its own, so every cache gets an equal share
 //! ([`CacheConfig::max_memory_per_cache`]). The entry counts stay as upper limits.
 
 use std::time::Duration;
@@ -110,8 +110,8 @@ const MIN_MAX_MEMORY: u64 = 64 << 10;
 impl CacheConfig {
     /// The bytes each token cache may hold when `providers` providers are configured: every
     /// provider has a validation cache and an exchange cache, and each gets an equal share of
-    /// `max_memory`, so together they never hold more (moka cannot share one bound among
-    /// caches; a share idle in one cache is not lent to another).
+    /// `max_memory`, so together they never hold more (a cache cannot share one bound with
+    /// another; a share idle in one cache is not lent to another).
     ///
     /// ```
     /// let cache = tollgate::config::CacheConfig::default(); // 64MiB

@@ -1,14 +1,19 @@
-//! The exchanged-token cache (moka): per-entry expiry at `min(token exp, subject exp) - margin`.
+//! The exchanged-token cache (quick_cache, keyed by SHA-256): an entry is served until
+//! `min(token exp, subject exp) - margin`, checked on read, and concurrent misses of one key
+//! share one fetch.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
-use moka::ops::compute::Op;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
-use crate::cache_meter::{Budget, CacheKind, MOKA_FUTURE_ENTRY_BYTES, Meter, heap_chunk};
+use crate::cache_meter::{Budget, CacheKind, Cause, Meter, QUICK_EXCHANGE_ENTRY_BYTES, heap_chunk};
 use crate::util::{now, sha256_of_parts};
 
 /// An access token obtained from the IdP (or the cache).
@@ -203,61 +208,55 @@ impl AsRef<[u8]> for SharedStr {
     }
 }
 
+/// Exchanged tokens by key ([`key`]), weighed in bytes, with the fetches under way.
 #[derive(Clone)]
 pub(crate) struct TokenCache {
-    cache: moka::future::Cache<[u8; 32], ExchangedToken>,
+    /// quick_cache rather than moka: less than half the bookkeeping per entry (`cache_meter`).
+    /// It has no per-entry expiry: `usable_until` is checked on read, as it was already (moka's
+    /// clock and the wall clock could disagree by a moment at the edge).
+    cache: Arc<Tokens>,
+    /// The fetch under way for each key that missed: later misses of the key wait for it
+    /// rather than ask the IdP again, and share its error as well as its token.
+    flights: Arc<Mutex<HashMap<[u8; 32], Flight>>>,
     margin: u64,
     /// The bytes the cache holds (`tollgate_cache_bytes{cache="exchange"}`).
     meter: Arc<Meter>,
     budget: Budget,
 }
 
+/// The exchange cache: weighed by [`ExchangedToken::entry_bytes`], evictions counted by
+/// [`Evicted`].
+type Tokens = quick_cache::sync::Cache<
+    [u8; 32],
+    ExchangedToken,
+    Weigh,
+    quick_cache::DefaultHashBuilder,
+    Evicted,
+>;
+
+/// One fetch, awaited by every caller that missed the same key while it ran.
+type Flight = Shared<BoxFuture<'static, Result<ExchangedToken, Arc<ExchangeError>>>>;
+
 impl ExchangedToken {
     /// The heap bytes a cache entry of this token holds: the `Bearer <token>` text, the
-    /// `Authorization` value's shared owner (`Bytes::from_owner`'s allocation) and what moka
-    /// keeps per entry (the key and this value inline in its own allocations).
+    /// `Authorization` value's shared owner (`Bytes::from_owner`'s allocation) and what
+    /// quick_cache keeps per entry (the key and this value inline in its slab).
     pub(crate) fn entry_bytes(&self) -> usize {
         // `Arc<str>`: two counts, then the text.
         heap_chunk(2 * size_of::<usize>() + self.bearer.len())
             + heap_chunk(OWNER_BYTES)
-            + MOKA_FUTURE_ENTRY_BYTES
+            + QUICK_EXCHANGE_ENTRY_BYTES
+    }
+
+    /// Whether `other` is a clone of this token (the same allocation), not merely equal.
+    fn same_as(&self, other: &ExchangedToken) -> bool {
+        Arc::ptr_eq(&self.bearer, &other.bearer)
     }
 }
 
 /// `Bytes::from_owner`'s allocation for a [`SharedStr`]: a reference count, a vtable pointer and
 /// the owner (an `Arc<str>`), measured by `memory_tests`.
 const OWNER_BYTES: usize = 40;
-
-struct UntilUsable;
-
-impl moka::Expiry<[u8; 32], ExchangedToken> for UntilUsable {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        v: &ExchangedToken,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(time_until(v.usable_until))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &[u8; 32],
-        v: &ExchangedToken,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(time_until(v.usable_until))
-    }
-}
-
-/// Time from now to the Unix second `at`, to the sub-second: whole seconds counted from a
-/// truncated `now()` would keep an entry up to a second past its `usable_until`.
-fn time_until(at: u64) -> Duration {
-    (UNIX_EPOCH + Duration::from_secs(at))
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
-}
 
 /// `sha256(len(provider) provider len(client) client grant len(target) target len(subject) subject)`:
 /// lengths make the encoding unambiguous, so `("ab","c")` and `("a","bc")` never share a key.
@@ -292,20 +291,29 @@ impl TokenCache {
     }
 
     /// A cache of at most `capacity` tokens holding at most `max_bytes` together.
-    pub(crate) fn with_memory(capacity: u64, max_bytes: u64, margin: Duration) -> Self {
+    pub(crate) fn with_memory(capacity: u64, max_bytes: u64, margin: std::time::Duration) -> Self {
         let budget = Budget::new(max_bytes, capacity);
         let meter = Meter::new(CacheKind::Exchange);
-        let (weigh, evicted) = (meter.clone(), meter.clone());
-        let cache = moka::future::Cache::builder()
-            .max_capacity(budget.max_bytes)
-            .weigher(move |_, t: &ExchangedToken| weigh.weigh(t.entry_bytes(), budget))
-            .eviction_listener(move |_, t: ExchangedToken, cause| {
-                evicted.removed(t.entry_bytes(), cause);
-            })
-            .expire_after(UntilUsable)
-            .build();
+        // An Entra token's entry is about 2 KB: the bytes bound the entries well before the
+        // count, and quick_cache sizes its shards and ghost keys by the entries it expects.
+        let expected = (budget.max_bytes / 2048).clamp(1, capacity.max(1));
+        let mut options = quick_cache::OptionsBuilder::new();
+        options
+            .estimated_items_capacity(usize::try_from(expected).unwrap_or(usize::MAX))
+            .weight_capacity(budget.max_bytes);
+        // Both are set just above, the only errors `build` has.
+        let options = options
+            .build()
+            .unwrap_or_else(|_| unreachable!("capacities are set"));
+        let cache = Tokens::with_options(
+            options,
+            Weigh(budget),
+            quick_cache::DefaultHashBuilder::default(),
+            Evicted(meter.clone()),
+        );
         Self {
-            cache,
+            cache: Arc::new(cache),
+            flights: Arc::default(),
             margin: margin.as_secs(),
             meter,
             budget,
@@ -313,7 +321,7 @@ impl TokenCache {
     }
 
     pub(crate) fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.meter.entries()
     }
 
     /// The bytes the cache's entries hold now.
@@ -326,16 +334,17 @@ impl TokenCache {
         self.budget.max_bytes
     }
 
-    /// Runs the cache's pending maintenance (evictions, listener calls), for measurements.
+    /// Settles the cache's pending work, for measurements: quick_cache evicts as it inserts,
+    /// so there is none; kept so the tests read the same whichever cache is underneath.
     #[cfg(test)]
-    pub(crate) async fn settle(&self) {
-        self.cache.run_pending_tasks().await;
-    }
+    pub(crate) async fn settle(&self) {}
 
     /// Drops the entry for `key`, so the next lookup fetches afresh.
     #[cfg(feature = "server")]
     pub(super) async fn forget(&self, key: &[u8; 32]) {
-        self.cache.invalidate(key).await;
+        if let Some((_, t)) = self.cache.remove(key) {
+            self.meter.removed(t.entry_bytes(), Cause::Explicit);
+        }
     }
 
     /// The cached token for `key`, or the result of one shared `fetch`. Returns whether the
@@ -378,58 +387,128 @@ impl TokenCache {
         if skip_cache {
             let result = make_fetch()().await.map(limit);
             if let Ok(t) = &result {
-                self.cache.insert(key, t.clone()).await;
+                self.insert(key, t.clone());
             }
             return (result, false);
         }
-        let stale = match self.cache.get(&key).await {
-            Some(t) if t.usable_until > now() => return (Ok(t), true),
-            Some(_) => true,
-            None => false,
-        };
-        let fetch = make_fetch();
-        // The fetch runs in its own task: if this caller is cancelled, the callers coalesced on
-        // the same key still get their answer.
-        let cache = self.cache.clone();
-        let task = tokio::spawn(async move {
-            if stale {
-                // moka's clock and the wall clock can disagree by a moment at the expiry edge;
-                // an entry past `usable_until` must not be returned by `or_try_insert_with`
-                // below, so drop it, unless another caller has already replaced it.
-                cache
-                    .entry(key)
-                    .and_compute_with(|e| {
-                        let op = match e {
-                            Some(e) if e.value().usable_until <= now() => Op::Remove,
-                            _ => Op::Nop,
-                        };
-                        std::future::ready(op)
-                    })
-                    .await;
-            }
-            let entry = cache
-                .entry(key)
-                .or_try_insert_with(async move { fetch().await.map(limit) })
-                .await;
-            entry.map(|e| (e.is_fresh(), e.into_value()))
-        });
-        match task.await {
-            Ok(Ok((fresh, t))) => (Ok(t), !fresh),
-            Ok(Err(e)) => (Err(Arc::unwrap_or_clone(e)), false),
-            Err(e) => (
-                Err(ExchangeError::Upstream {
-                    message: format!("exchange task failed: {e}"),
-                    timeout: false,
-                }),
-                false,
-            ),
+        if let Some(t) = self.usable(&key) {
+            return (Ok(t), true);
         }
+        let (flight, fetching) = {
+            let mut flights = lock(&self.flights);
+            if let Some(flight) = flights.get(&key) {
+                (flight.clone(), false)
+            } else if let Some(t) = self.usable(&key) {
+                // A fetch for this key landed between the lookup above and the lock.
+                return (Ok(t), true);
+            } else {
+                let fetch = make_fetch();
+                let this = self.clone();
+                // The fetch runs in its own task: if this caller is cancelled, the callers
+                // waiting on the same key still get their answer.
+                let task = tokio::spawn(async move {
+                    // Off the list however the task ends, a panic included: the next miss
+                    // then fetches again rather than wait on a fetch that is gone.
+                    let _landed = Landed(&this, key);
+                    let result = fetch().await.map(limit);
+                    if let Ok(t) = &result {
+                        this.insert(key, t.clone());
+                    }
+                    result.map_err(Arc::new)
+                });
+                let flight = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(Arc::new(ExchangeError::Upstream {
+                            message: format!("exchange task failed: {e}"),
+                            timeout: false,
+                        }))
+                    })
+                }
+                .boxed()
+                .shared();
+                flights.insert(key, flight.clone());
+                (flight, true)
+            }
+        };
+        match flight.await {
+            Ok(t) => (Ok(t), !fetching),
+            Err(e) => (Err(Arc::unwrap_or_clone(e)), false),
+        }
+    }
+
+    /// The cached token for `key` while it is usable; one past `usable_until` is dropped.
+    fn usable(&self, key: &[u8; 32]) -> Option<ExchangedToken> {
+        let t = self.cache.get(key)?;
+        if t.usable_until > now() {
+            return Some(t);
+        }
+        if let Some((_, t)) = self.cache.remove_if(key, |t| t.usable_until <= now()) {
+            self.meter.removed(t.entry_bytes(), Cause::Expired);
+        }
+        None
+    }
+
+    fn insert(&self, key: [u8; 32], token: ExchangedToken) {
+        // Counted in before the insert, which may push it (or others) out again.
+        self.meter.inserted(token.entry_bytes());
+        let mut inserting = Some((key, token.clone()));
+        self.cache.insert_with_lifecycle(key, token, &mut inserting);
+    }
+}
+
+/// Takes a finished fetch's key off [`TokenCache::flights`] when dropped.
+struct Landed<'a>(&'a TokenCache, [u8; 32]);
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.flights).remove(&self.1);
+    }
+}
+
+/// The flights' lock. Nothing panics while holding it, so a poisoned lock only means a panic
+/// elsewhere in that thread: its map is still whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Weighs an exchange-cache entry: its bytes, at least the budget's floor.
+#[derive(Clone)]
+struct Weigh(Budget);
+
+impl quick_cache::Weighter<[u8; 32], ExchangedToken> for Weigh {
+    fn weight(&self, _: &[u8; 32], t: &ExchangedToken) -> u64 {
+        u64::from(self.0.weight(t.entry_bytes()))
+    }
+}
+
+/// Takes what quick_cache evicts out of the meter and counts it by cause; the request state
+/// is the insert under way, to tell a replaced entry (same key, another token) from one pushed
+/// out, or refused, for size.
+#[derive(Clone)]
+struct Evicted(Arc<Meter>);
+
+impl quick_cache::Lifecycle<[u8; 32], ExchangedToken> for Evicted {
+    type RequestState = Option<([u8; 32], ExchangedToken)>;
+
+    fn on_evict(&self, inserting: &mut Self::RequestState, key: [u8; 32], t: ExchangedToken) {
+        let replaced = inserting
+            .as_ref()
+            .is_some_and(|(k, new)| *k == key && !new.same_as(&t));
+        let cause = if replaced {
+            Cause::Replaced
+        } else if t.usable_until <= now() {
+            Cause::Expired
+        } else {
+            Cause::Size
+        };
+        self.0.removed(t.entry_bytes(), cause);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::*;
 

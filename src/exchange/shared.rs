@@ -3,7 +3,7 @@
 //!
 //! Lookup order, for every grant that goes through [`super::Exchanger`]'s cache (On-Behalf-Of,
 //! RFC 8693 token exchange, client credentials, the jwt-bearer grant; not refresh): the
-//! in-process cache (moka, with its single flight) -> Redis -> the IdP. A Redis hit fills the
+//! in-process cache (with its single flight) -> Redis -> the IdP. A Redis hit fills the
 //! in-process cache; a token fetched from the IdP is written to Redis.
 //!
 //! - Key: `tollgate:xc:<hex of the in-process cache key>`; the value is the token and its `exp`,

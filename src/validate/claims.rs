@@ -104,6 +104,16 @@ impl Claims {
         Ok(Self::from_parsed(Arc::from(provider), Parsed::of(payload)?))
     }
 
+    /// [`Claims::from_json`] with the provider's name shared, as a validator makes them: for
+    /// the measurements of what a cached token holds.
+    #[cfg(test)]
+    pub(crate) fn from_json_of(
+        provider: &Arc<str>,
+        payload: Box<str>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_parsed(provider.clone(), Parsed::of(payload)?))
+    }
+
     /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
     /// provider's name rather than copying it per token).
     pub(super) fn from_parsed(provider: Arc<str>, parsed: Parsed) -> Self {
@@ -111,8 +121,8 @@ impl Claims {
             payload: Bytes::from(parsed.payload.into_boxed_str().into_boxed_bytes()),
             unescaped: parsed.unescaped.into_boxed_str(),
             hot: parsed.hot,
-            scopes: parsed.scopes,
-            roles: parsed.roles,
+            scopes: parsed.scopes.compact(),
+            roles: parsed.roles.compact(),
             exp: parsed.exp,
             flags: parsed.flags,
             provider,
@@ -154,6 +164,11 @@ impl Claims {
 
     pub(crate) fn token_digest(&self) -> Option<&[u8; 32]> {
         self.0.token_digest.get()
+    }
+
+    /// Whether `other` is a clone of these claims (the same allocation), not merely equal.
+    pub(crate) fn same_as(&self, other: &Claims) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The caller's value of type `T` for these claims, built by `init` once and kept with them:
@@ -421,30 +436,93 @@ impl Claims {
     }
 
     /// The scopes as one space-separated text (the `X-Auth-Scopes` value): the token's own
-    /// `scp` when it is written that way already.
+    /// `scp` when it is written that way already, else joined once and kept with the claims.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn scopes_text(&self) -> Bytes {
-        if let Strs::Words(w) = self.0.scopes {
-            let text = self.resolve(w);
-            let normal = !text.starts_with(' ')
-                && !text.ends_with(' ')
-                && !text.contains("  ")
-                && !text.contains(|c: char| c.is_whitespace() && c != ' ');
-            if normal {
-                return self.share(text);
-            }
+        match self.scopes_as_written() {
+            Some(text) => self.share(text),
+            None if self.list(&self.0.scopes).next().is_none() => Bytes::new(),
+            None => self.joined().scopes.clone(),
         }
-        self.join(&self.0.scopes, " ")
     }
 
-    /// The roles joined by `,` (the `X-Auth-Roles` value): one role is shared, not copied.
+    /// The roles joined by `,` (the `X-Auth-Roles` value): one role is shared, not copied;
+    /// several are joined once and kept with the claims.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn roles_text(&self) -> Bytes {
-        match &self.0.roles {
-            Strs::One(r) => self.share(self.resolve(*r)),
-            Strs::List(items) if items.len() == 1 => self.share(self.resolve(items[0])),
-            other => self.join(other, ","),
+        match self.roles_as_written() {
+            Some(text) => self.share(text),
+            None if self.list(&self.0.roles).next().is_none() => Bytes::new(),
+            None => self.joined().roles.clone(),
         }
+    }
+
+    /// `scp` when its text is the `X-Auth-Scopes` value as it is: words split by single spaces.
+    fn scopes_as_written(&self) -> Option<&str> {
+        let Strs::Words(w) = self.0.scopes else {
+            return None;
+        };
+        let text = self.resolve(w);
+        single_spaced(text).then_some(text)
+    }
+
+    /// The one role, when there is exactly one: the `X-Auth-Roles` value as it is.
+    fn roles_as_written(&self) -> Option<&str> {
+        match &self.0.roles {
+            Strs::One(r) => Some(self.resolve(*r)),
+            Strs::List(items) if items.len() == 1 => Some(self.resolve(items[0])),
+            _ => None,
+        }
+    }
+
+    /// The scope and role texts that had to be joined, built at the first request that asks.
+    fn joined(&self) -> &Joined {
+        self.memo(|c| Joined {
+            scopes: c.join_unless(c.scopes_as_written().is_some(), &c.0.scopes, " "),
+            roles: c.join_unless(c.roles_as_written().is_some(), &c.0.roles, ","),
+        })
+    }
+
+    fn join_unless(&self, as_written: bool, list: &Strs, sep: &str) -> Bytes {
+        if as_written {
+            Bytes::new()
+        } else {
+            self.join(list, sep)
+        }
+    }
+
+    /// The heap bytes the proxy's `X-Auth-*` values add to these claims once built: the
+    /// payload's reference count (a `Bytes` made from a box allocates it at its first slice),
+    /// and, when a scope or role list has to be joined, the joined texts (each with its own
+    /// count) and their memo entry. Counted without building anything: the caches weigh an
+    /// entry before the proxy asks for its headers, and again when it leaves.
+    pub(crate) fn headers_bytes(&self) -> usize {
+        use crate::cache_meter::heap_chunk;
+        let mut bytes = if self.0.payload.is_empty() {
+            0
+        } else {
+            heap_chunk(SHARED_BYTES)
+        };
+        let joined = |as_written: bool, list: &Strs, sep: usize| {
+            let len: usize = if as_written {
+                0
+            } else {
+                self.list(list).map(|s| s.len() + sep).sum::<usize>()
+            };
+            // `sep` was counted once too many: a list of n items has n - 1 separators.
+            let len = len.saturating_sub(sep);
+            if len == 0 {
+                0
+            } else {
+                heap_chunk(len) + heap_chunk(SHARED_BYTES)
+            }
+        };
+        let lists = joined(self.scopes_as_written().is_some(), &self.0.scopes, 1)
+            + joined(self.roles_as_written().is_some(), &self.0.roles, 1);
+        if lists > 0 {
+            bytes += lists + heap_chunk(size_of::<Entry<Joined>>());
+        }
+        bytes
     }
 
     /// True for an app-only (client credentials) token: `idtyp: app`, or no `scp` with `sub == oid`.
@@ -552,12 +630,18 @@ impl Claims {
     /// The text at `at`: in the payload, or among the unescaped values.
     fn resolve(&self, at: Str) -> &str {
         let (start, len) = (at.start as usize, at.len as usize);
-        let (text, start) = if start & ESCAPED != 0 {
-            (&*self.0.unescaped, start & !ESCAPED)
-        } else {
-            (self.payload_json(), start)
-        };
-        text.get(start..start + len).unwrap_or("")
+        if start & ESCAPED != 0 {
+            let start = start & !ESCAPED;
+            return self.0.unescaped.get(start..start + len).unwrap_or("");
+        }
+        // Only the value's bytes are checked as UTF-8, not the whole payload at every read: the
+        // proxy reads half a dozen claims a request. A range that is not on character
+        // boundaries fails the check, as `str::get` would fail it.
+        self.0
+            .payload
+            .get(start..start + len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
     }
 
     /// The items of a scope or role list.
@@ -582,7 +666,8 @@ impl Claims {
             }
             out.push_str(item);
         }
-        Bytes::from(out)
+        // Exactly its length, so that `headers_bytes` can count it.
+        Bytes::from(out.into_boxed_str().into_boxed_bytes())
     }
 }
 
@@ -631,6 +716,15 @@ enum Strs {
 }
 
 impl Strs {
+    /// A one-item list as [`Strs::One`]: read the same way everywhere, and a cached token
+    /// with a single role (an Entra `roles` array often has one) keeps no list on the heap.
+    fn compact(self) -> Self {
+        match self {
+            Strs::List(items) if items.len() == 1 => Strs::One(items[0]),
+            other => other,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Strs::Empty => true,
@@ -642,6 +736,37 @@ impl Strs {
 
 const EMPTY: u8 = 1;
 const HAS_ACTIVE: u8 = 2;
+
+/// Whether `text` is its words joined by single spaces: no leading, trailing or doubled space,
+/// no other whitespace. One pass, as the proxy asks it for every request.
+fn single_spaced(text: &str) -> bool {
+    // A space first is as bad as a second space in a row.
+    let mut after_space = true;
+    for c in text.chars() {
+        if c == ' ' {
+            if after_space {
+                return false;
+            }
+            after_space = true;
+        } else if c.is_whitespace() {
+            return false;
+        } else {
+            after_space = false;
+        }
+    }
+    !after_space || text.is_empty()
+}
+
+/// What `bytes` allocates the first time a `Bytes` made from a box is sliced or cloned: its
+/// shared reference count (a pointer, a capacity and the count).
+const SHARED_BYTES: usize = 3 * size_of::<usize>();
+
+/// The `X-Auth-Scopes` and `X-Auth-Roles` texts that had to be joined (a scope list not
+/// written as single-spaced words, several roles); empty where the token's own text is used.
+struct Joined {
+    scopes: Bytes,
+    roles: Bytes,
+}
 
 /// Memo types of the claims' own lazily built views.
 struct Scopes(Vec<String>);
@@ -1579,6 +1704,69 @@ mod tests {
         );
         // A value from elsewhere is copied.
         assert_eq!(&claims.share("other")[..], b"other");
+        // One role is the payload's own text, and is kept as a position, not a list.
+        let role = claims.roles_text();
+        assert_eq!(&role[..], b"R");
+        assert!(
+            claims
+                .payload_json()
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&role.as_ptr())
+        );
+        let two = Claims::from_json("p", r#"{"sub":"s-1","scp":"a b","roles":["R","S"]}"#.into())
+            .unwrap();
+        assert_eq!(&two.roles_text()[..], b"R,S");
+        assert_eq!(two.roles(), ["R", "S"]);
+        let chunk = crate::cache_meter::heap_chunk;
+        let payloads = chunk(two.payload_json().len()) - chunk(claims.payload_json().len());
+        assert_eq!(
+            two.heap_bytes() - claims.heap_bytes() - payloads,
+            chunk(2 * size_of::<Str>()),
+            "only the two-role token keeps a list"
+        );
+    }
+
+    #[test]
+    fn single_spaced_is_what_splitting_and_joining_keeps() {
+        for text in [
+            "",
+            "a",
+            "a b",
+            " a",
+            "a ",
+            "a  b",
+            "a\tb",
+            "a\u{3000}b",
+            "  ",
+            " ",
+            "ab cd ef",
+        ] {
+            let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(single_spaced(text), joined == text, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_header_allowance_is_what_the_headers_build() {
+        // Joined lists are built once and kept: their bytes are in the allowance.
+        let plain =
+            Claims::from_json("p", r#"{"sub":"s","scp":"a b","roles":["R"]}"#.into()).unwrap();
+        let joined =
+            Claims::from_json("p", r#"{"sub":"s","scp":"a  b","roles":["R","S"]}"#.into()).unwrap();
+        let chunk = crate::cache_meter::heap_chunk;
+        assert_eq!(plain.headers_bytes(), chunk(SHARED_BYTES));
+        assert_eq!(
+            joined.headers_bytes(),
+            chunk(SHARED_BYTES)
+                + chunk(3)
+                + chunk(SHARED_BYTES)
+                + chunk(3)
+                + chunk(SHARED_BYTES)
+                + chunk(size_of::<Entry<Joined>>())
+        );
+        assert_eq!(&joined.scopes_text()[..], b"a b");
+        assert_eq!(&joined.roles_text()[..], b"R,S");
     }
 
     #[test]

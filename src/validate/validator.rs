@@ -2,7 +2,6 @@
 //! with the validated claims cached until `exp`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::claims::{Hot, Numeric, Parsed, Registered};
 use super::{Claims, ValidationError};
-use crate::cache_meter::{Budget, CacheKind, MOKA_SYNC_ENTRY_BYTES, Meter};
+use crate::cache_meter::{Budget, CacheKind, Cause, Meter, QUICK_SYNC_ENTRY_BYTES};
 use crate::config::is_guid;
 use crate::provider::Provider;
 use crate::util::{now, sha256};
@@ -71,8 +70,10 @@ pub struct Validator {
     provider: Arc<Provider>,
     audiences: Arc<Vec<String>>,
     /// Validated tokens by `sha256(token)`, each with the provider's key epoch it was checked
-    /// under: an entry from before a key was withdrawn is validated again.
-    cache: moka::sync::Cache<[u8; 32], (Claims, u64)>,
+    /// under: an entry from before a key was withdrawn is validated again. quick_cache rather
+    /// than moka: a third of the bookkeeping per entry (`cache_meter`); expiry is checked on
+    /// read instead of by a timer wheel.
+    cache: Arc<Entries>,
     /// The bytes the cache holds (`tollgate_cache_bytes{cache="validation"}`).
     meter: Arc<Meter>,
     budget: Budget,
@@ -94,20 +95,14 @@ impl std::fmt::Debug for Validator {
     }
 }
 
-struct UntilExp;
-
-impl moka::Expiry<[u8; 32], (Claims, u64)> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        (claims, _): &(Claims, u64),
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            claims.expires_at().saturating_sub(now()),
-        ))
-    }
-}
+/// The validated-token cache: weighed by [`entry_bytes`], its evictions counted by [`Evicted`].
+type Entries = quick_cache::sync::Cache<
+    [u8; 32],
+    (Claims, u64),
+    Weigh,
+    quick_cache::DefaultHashBuilder,
+    Evicted,
+>;
 
 impl Validator {
     /// A validator for `provider`'s tokens caching up to `cache_capacity` validated tokens.
@@ -157,15 +152,12 @@ impl Validator {
         let audiences = Arc::new(provider.config().effective_audiences());
         let budget = Budget::new(max_bytes, cache_capacity);
         let meter = Meter::new(CacheKind::Validation);
-        let (weigh, evicted) = (meter.clone(), meter.clone());
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(budget.max_bytes)
-            .weigher(move |_, (claims, _): &(Claims, u64)| weigh.weigh(entry_bytes(claims), budget))
-            .eviction_listener(move |_, (claims, _), cause| {
-                evicted.removed(entry_bytes(&claims), cause);
-            })
-            .expire_after(UntilExp)
-            .build();
+        let cache = Arc::new(Entries::with_options(
+            cache_options(budget, cache_capacity),
+            Weigh(budget),
+            quick_cache::DefaultHashBuilder::default(),
+            Evicted(meter.clone()),
+        ));
         let provider_name = Arc::from(provider.name());
         Self {
             provider,
@@ -216,19 +208,53 @@ impl Validator {
     /// Caches `claims` for `digest` (validated under key `epoch`).
     pub(crate) fn cache_insert(&self, digest: [u8; 32], claims: Claims, epoch: u64) {
         claims.set_token_digest(digest);
-        self.cache.insert(digest, (claims, epoch));
+        // Counted in before the insert, which may push it (or others) out again.
+        self.meter.inserted(entry_bytes(&claims));
+        let mut inserting = Some(Inserting {
+            key: digest,
+            claims: claims.clone(),
+        });
+        self.cache
+            .insert_with_lifecycle(digest, (claims, epoch), &mut inserting);
     }
 
-    /// Runs the cache's pending maintenance (evictions, listener calls), for measurements.
-    #[cfg(test)]
-    pub(crate) fn cache_settle(&self) {
-        self.cache.run_pending_tasks();
+    /// The cached claims for `digest`, unless past `exp` or checked under a key epoch other
+    /// than `epoch`: such an entry is dropped, never served.
+    pub(crate) fn cached(&self, digest: &[u8; 32], epoch: u64) -> Option<Claims> {
+        let (claims, checked_under) = self.cache.get(digest)?;
+        if checked_under == epoch && claims.expires_at() > now() {
+            return Some(claims);
+        }
+        self.remove_unusable(digest, epoch);
+        None
     }
+
+    /// Drops the entry for `digest` when it is past `exp` or was checked under a key epoch
+    /// before `epoch`: found on read, it must not be served, and it would otherwise sit there
+    /// until pushed out by size. An entry a concurrent check put in meanwhile is kept.
+    fn remove_unusable(&self, digest: &[u8; 32], epoch: u64) {
+        let unusable = |(claims, checked_under): &(Claims, u64)| {
+            claims.expires_at() <= now() || *checked_under < epoch
+        };
+        if let Some((_, (claims, _))) = self.cache.remove_if(digest, unusable) {
+            let cause = if claims.expires_at() <= now() {
+                Cause::Expired
+            } else {
+                Cause::Explicit
+            };
+            self.meter.removed(entry_bytes(&claims), cause);
+        }
+    }
+
+    /// Settles the cache's pending work, for measurements: quick_cache evicts as it inserts,
+    /// so there is none; kept so the tests read the same whichever cache is underneath.
+    #[cfg(test)]
+    pub(crate) fn cache_settle(&self) {}
 
     /// Entries in the cache, for measurements.
     #[cfg(test)]
     pub(crate) fn cache_len(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 
     /// The provider this validator trusts.
@@ -307,10 +333,7 @@ impl Validator {
         // Read before validating: a key withdrawn while this token is checked leaves the new
         // entry under the older epoch, so the next request checks it again.
         let epoch = self.provider.key_epoch();
-        if let Some((claims, checked_under)) = self.cache.get(&digest)
-            && checked_under == epoch
-            && claims.expires_at() > now()
-        {
+        if let Some(claims) = self.cached(&digest, epoch) {
             self.cached_hits
                 .get_or_init(|| metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached"))
                 .increment(1);
@@ -777,16 +800,71 @@ fn refuse_id_tokens(header_typ: Option<&str>, claims: &Parsed) -> Result<(), Val
     Ok(())
 }
 
-/// The heap bytes a validated-token cache entry holds: the claims, what moka keeps per entry
-/// (the key and value in its own allocations), and the `X-Auth-*` headers the proxy memoises
-/// with the claims at the first request (they share the payload's bytes; the allowance is for
-/// their list).
+/// The heap bytes a validated-token cache entry holds: the claims, what quick_cache keeps per
+/// entry (the key and value inline in its slab), and what the proxy's `X-Auth-*` headers add
+/// to the claims at the first request ([`Claims::headers_bytes`]).
 pub(crate) fn entry_bytes(claims: &Claims) -> usize {
-    claims.heap_bytes() + MOKA_SYNC_ENTRY_BYTES + HEADERS_MEMO_BYTES
+    claims.heap_bytes() + QUICK_SYNC_ENTRY_BYTES + claims.headers_bytes()
 }
 
-/// What the proxy's identity headers add to claims once built: see `identity_headers`.
-pub(crate) const HEADERS_MEMO_BYTES: usize = 304;
+/// quick_cache's sizing for a validation cache of `budget` and at most `max_entries`: the
+/// shards and the ghost keys it keeps follow the entries it expects, which the bytes bound
+/// well before the entry count in practice (an Entra token's entry is over a kilobyte).
+fn cache_options(budget: Budget, max_entries: u64) -> quick_cache::Options {
+    let expected = (budget.max_bytes / 1024).clamp(1, max_entries.max(1));
+    let mut options = quick_cache::OptionsBuilder::new();
+    options
+        .estimated_items_capacity(usize::try_from(expected).unwrap_or(usize::MAX))
+        .weight_capacity(budget.max_bytes);
+    // Both are set just above, the only errors `build` has.
+    options
+        .build()
+        .unwrap_or_else(|_| unreachable!("capacities are set"))
+}
+
+/// Weighs a validation-cache entry: its bytes ([`entry_bytes`]), at least the budget's floor.
+#[derive(Clone)]
+struct Weigh(Budget);
+
+impl quick_cache::Weighter<[u8; 32], (Claims, u64)> for Weigh {
+    fn weight(&self, _: &[u8; 32], (claims, _): &(Claims, u64)) -> u64 {
+        u64::from(self.0.weight(entry_bytes(claims)))
+    }
+}
+
+/// The insert under way, so that [`Evicted`] tells a replaced entry (same key, other claims)
+/// from one pushed out, or refused, for size.
+struct Inserting {
+    key: [u8; 32],
+    claims: Claims,
+}
+
+/// Takes what quick_cache evicts out of the meter and counts it by cause.
+#[derive(Clone)]
+struct Evicted(Arc<Meter>);
+
+impl quick_cache::Lifecycle<[u8; 32], (Claims, u64)> for Evicted {
+    type RequestState = Option<Inserting>;
+
+    fn on_evict(
+        &self,
+        inserting: &mut Self::RequestState,
+        key: [u8; 32],
+        (claims, _): (Claims, u64),
+    ) {
+        let replaced = inserting
+            .as_ref()
+            .is_some_and(|i| i.key == key && !i.claims.same_as(&claims));
+        let cause = if replaced {
+            Cause::Replaced
+        } else if claims.expires_at() <= now() {
+            Cause::Expired
+        } else {
+            Cause::Size
+        };
+        self.0.removed(entry_bytes(&claims), cause);
+    }
+}
 
 /// The placeholder of a multi-tenant issuer template.
 const TENANT_ID: &str = "{tenantid}";
