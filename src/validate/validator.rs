@@ -953,6 +953,7 @@ mod tests {
 
     use super::*;
     use crate::config::ProviderConfig;
+    use std::time::Duration;
 
     const CLIENT: &str = "aaaaaaaa-0000-1111-2222-bbbbbbbbbbbb";
     const ISSUER: &str = "https://login.example/tenant/v2.0";
