@@ -341,7 +341,9 @@ impl Validator {
             return Ok(claims);
         }
         span.record("cache", "miss");
-        let result = self.validate_uncached(token).await;
+        // Boxed: the first sight's future (the key lookup, which may fetch the JWKS) is large,
+        // and a cache hit, the usual request, would otherwise carry and move its space.
+        let result = Box::pin(self.validate_uncached(token)).await;
         let index = match &result {
             Ok(_) => 0,
             Err(ValidationError::KeysUnavailable) => 1,
