@@ -213,6 +213,96 @@ impl Drop for Meter {
     }
 }
 
+/// A value of a byte-bounded token cache ([`BoundedCache`]): what it weighs, and what its
+/// eviction counts as.
+pub(crate) trait CacheValue: Clone {
+    /// The heap bytes the entry holds, the cache's own share per entry included.
+    fn entry_bytes(&self) -> usize;
+    /// Past its use at `now` (Unix seconds): its eviction counts as `expired`.
+    fn expired(&self, now: u64) -> bool;
+    /// A clone of `other` (the same allocation), not merely an equal value: an insert that
+    /// evicts any other value under its key replaced it.
+    fn same_as(&self, other: &Self) -> bool;
+}
+
+/// A token cache bounded by bytes: quick_cache keyed by SHA-256, each entry weighed by
+/// [`Weigh`], its evictions counted by [`Evicted`]. Fill it with [`insert`].
+pub(crate) type BoundedCache<V> =
+    quick_cache::sync::Cache<[u8; 32], V, Weigh, quick_cache::DefaultHashBuilder, Evicted>;
+
+/// A cache of `budget`'s bytes and at most `max_entries` entries, counted in `meter`. The bytes
+/// bound the entries well before the count with tokens of `typical_entry` bytes, and quick_cache
+/// sizes its shards and the ghost keys it remembers by the entries it expects.
+pub(crate) fn bounded_cache<V: CacheValue>(
+    budget: Budget,
+    max_entries: u64,
+    typical_entry: u64,
+    meter: &Arc<Meter>,
+) -> BoundedCache<V> {
+    let expected = (budget.max_bytes / typical_entry.max(1)).clamp(1, max_entries.max(1));
+    let mut options = quick_cache::OptionsBuilder::new();
+    options
+        .estimated_items_capacity(usize::try_from(expected).unwrap_or(usize::MAX))
+        .weight_capacity(budget.max_bytes);
+    // Both are set just above, the only errors `build` has.
+    let options = options
+        .build()
+        .unwrap_or_else(|_| unreachable!("capacities are set"));
+    BoundedCache::with_options(
+        options,
+        Weigh(budget),
+        quick_cache::DefaultHashBuilder::default(),
+        Evicted(meter.clone()),
+    )
+}
+
+/// Puts `value` under `key`. It is counted in before the insert, which may push it (or others)
+/// out again; the insert under way tells [`Evicted`] a replaced entry from one pushed out.
+pub(crate) fn insert<V: CacheValue>(
+    cache: &BoundedCache<V>,
+    meter: &Meter,
+    key: [u8; 32],
+    value: V,
+) {
+    meter.inserted(value.entry_bytes());
+    let mut inserting = Some((key, value.clone()));
+    cache.insert_with_lifecycle(key, value, &mut inserting);
+}
+
+/// Weighs an entry: its bytes ([`CacheValue::entry_bytes`]), at least the budget's floor.
+#[derive(Clone)]
+pub(crate) struct Weigh(Budget);
+
+impl<V: CacheValue> quick_cache::Weighter<[u8; 32], V> for Weigh {
+    fn weight(&self, _: &[u8; 32], value: &V) -> u64 {
+        u64::from(self.0.weight(value.entry_bytes()))
+    }
+}
+
+/// Takes what quick_cache evicts out of the meter and counts it by cause; the request state is
+/// the insert under way, to tell a replaced entry (same key, another value) from one pushed
+/// out, or refused, for size.
+#[derive(Clone)]
+pub(crate) struct Evicted(Arc<Meter>);
+
+impl<V: CacheValue> quick_cache::Lifecycle<[u8; 32], V> for Evicted {
+    type RequestState = Option<([u8; 32], V)>;
+
+    fn on_evict(&self, inserting: &mut Self::RequestState, key: [u8; 32], value: V) {
+        let replaced = inserting
+            .as_ref()
+            .is_some_and(|(k, new)| *k == key && !new.same_as(&value));
+        let cause = if replaced {
+            Cause::Replaced
+        } else if value.expired(crate::util::now()) {
+            Cause::Expired
+        } else {
+            Cause::Size
+        };
+        self.0.removed(value.entry_bytes(), cause);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,35 +123,12 @@ fn entra_payload(i: usize) -> String {
 
 #[test]
 fn a_validated_tokens_weight_is_what_it_holds() {
-    use crate::config::{IdentityHeaders, ProviderConfig};
-    use crate::provider::Provider;
-    use crate::validate::Validator;
-
-    let provider = Provider::new(ProviderConfig {
-        client_id: "app".into(),
-        issuer: Some("https://login.example/v2.0".into()),
-        jwks_uri: Some("https://login.example/keys".parse().expect("a URL")),
-        ..Default::default()
-    })
-    .expect("a provider");
-    let validator = Validator::with_memory(provider, N as u64 * 2, 1 << 30);
+    let validator =
+        crate::validate::Validator::with_memory(offline_provider(), N as u64 * 2, 1 << 30);
     let payloads: Vec<String> = (0..N).map(entra_payload).collect();
     let payload_bytes: usize = payloads.iter().map(String::len).sum();
-    let mut headers = http::HeaderMap::new();
     let window = open();
-    let provider_name: std::sync::Arc<str> = "entra_id".into();
-    for (i, text) in payloads.iter().enumerate() {
-        // The validator keeps the payload text it decoded (an exact-size copy, as here) and
-        // shares its provider's name.
-        let claims =
-            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
-        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
-        // The proxy's first request with the token builds its identity headers.
-        crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
-        headers.clear();
-    }
-    validator.cache_settle();
-    drop(headers);
+    cache_payloads(&validator, &payloads);
     let measured = close(window) as f64 / N as f64;
     let weighed = validator.cached_bytes() as f64 / N as f64;
     assert_eq!(validator.cache_len(), N as u64, "nothing evicted");
@@ -186,7 +163,6 @@ async fn an_exchanged_tokens_weight_is_what_it_holds() {
     for (i, t) in tokens.iter().enumerate() {
         cache_token(&cache, i, t.clone()).await;
     }
-    cache.settle().await;
     let measured = close(window) as f64 / N as f64;
     let weighed = cache.bytes() as f64 / N as f64;
     println!(
@@ -202,6 +178,23 @@ async fn an_exchanged_tokens_weight_is_what_it_holds() {
 /// Claims as the validator makes them, for the eviction tests.
 fn claims(i: usize) -> crate::Claims {
     crate::Claims::from_json("entra_id", entra_payload(i).into()).expect("an object")
+}
+
+/// Caches the claims of each payload in `validator` (the `i`th under the `i`th key), as the
+/// validator does, and builds their identity headers, as the proxy's first request with a
+/// token does.
+fn cache_payloads(validator: &crate::validate::Validator, payloads: &[String]) {
+    let mut headers = http::HeaderMap::new();
+    // The validator keeps the payload text it decoded (an exact-size copy, as here) and shares
+    // its provider's name.
+    let provider_name: std::sync::Arc<str> = "entra_id".into();
+    for (i, text) in payloads.iter().enumerate() {
+        let claims =
+            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
+        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        crate::identity_headers::add(&mut headers, &claims, crate::config::IdentityHeaders::XAuth);
+        headers.clear();
+    }
 }
 
 fn offline_provider() -> std::sync::Arc<crate::provider::Provider> {
@@ -222,13 +215,11 @@ fn a_full_cache_evicts_by_size_and_counts_why() {
     let validator = crate::validate::Validator::with_memory(offline_provider(), 100_000, budget);
     for i in 0..200usize {
         validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims(i), 0);
-        validator.cache_settle();
     }
     // The same key again: the old entry is replaced, not added to.
     let key = crate::util::sha256(&0usize.to_le_bytes());
     validator.cache_insert(key, claims(0), 0);
     validator.cache_insert(key, claims(0), 0);
-    validator.cache_settle();
     let held = validator.cached_bytes();
     let entries = validator.cache_len();
     assert!(held <= budget, "{held} bytes held in a {budget}-byte cache");
@@ -289,23 +280,13 @@ fn an_expired_or_outdated_entry_is_dropped_when_read_not_served() {
 
 #[test]
 fn a_full_validation_cache_holds_what_it_weighs() {
-    use crate::config::IdentityHeaders;
     // Room for about a quarter of the tokens: the cache evicts (and keeps ghost keys) most of
     // the time, as under a flood.
     let payloads: Vec<String> = (0..N).map(entra_payload).collect();
     let validator =
         crate::validate::Validator::with_memory(offline_provider(), N as u64, N as u64 * 300);
-    let mut headers = http::HeaderMap::new();
-    let provider_name: std::sync::Arc<str> = "entra_id".into();
     let window = open();
-    for (i, text) in payloads.iter().enumerate() {
-        let claims =
-            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
-        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
-        crate::identity_headers::add(&mut headers, &claims, IdentityHeaders::XAuth);
-        headers.clear();
-    }
-    drop(headers);
+    cache_payloads(&validator, &payloads);
     let held = close(window);
     holds_what_it_weighs(
         "validation",
@@ -320,7 +301,6 @@ fn the_entry_count_stays_an_upper_limit() {
     let validator = crate::validate::Validator::with_memory(offline_provider(), 10, 1 << 30);
     for i in 0..100usize {
         validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims(i), 0);
-        validator.cache_settle();
     }
     assert!(validator.cache_len() <= 10, "{}", validator.cache_len());
 }
@@ -333,7 +313,6 @@ async fn the_exchange_cache_stays_within_its_bytes() {
     let cache = TokenCache::with_memory(100_000, budget, Duration::from_secs(120));
     for i in 0..200usize {
         cache_token(&cache, i, format!("eyJ0.{i:020}{}", "A".repeat(1500))).await;
-        cache.settle().await;
     }
     assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
     assert!(cache.entry_count() > 10, "{} entries", cache.entry_count());

@@ -13,7 +13,10 @@ use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 
 use super::{ExchangeError, Grant, grants::TokenResponse};
-use crate::cache_meter::{Budget, CacheKind, Cause, Meter, QUICK_EXCHANGE_ENTRY_BYTES, heap_chunk};
+use crate::cache_meter::{
+    BoundedCache, Budget, CacheKind, CacheValue, Cause, Meter, QUICK_EXCHANGE_ENTRY_BYTES,
+    bounded_cache, heap_chunk,
+};
 use crate::util::{now, sha256_of_parts};
 
 /// An access token obtained from the IdP (or the cache).
@@ -214,7 +217,7 @@ pub(crate) struct TokenCache {
     /// quick_cache rather than moka: less than half the bookkeeping per entry (`cache_meter`).
     /// It has no per-entry expiry: `usable_until` is checked on read, as it was already (moka's
     /// clock and the wall clock could disagree by a moment at the edge).
-    cache: Arc<Tokens>,
+    cache: Arc<BoundedCache<ExchangedToken>>,
     /// The fetch under way for each key that missed: later misses of the key wait for it
     /// rather than ask the IdP again, and share its error as well as its token.
     flights: Arc<Mutex<HashMap<[u8; 32], Flight>>>,
@@ -224,31 +227,24 @@ pub(crate) struct TokenCache {
     budget: Budget,
 }
 
-/// The exchange cache: weighed by [`ExchangedToken::entry_bytes`], evictions counted by
-/// [`Evicted`].
-type Tokens = quick_cache::sync::Cache<
-    [u8; 32],
-    ExchangedToken,
-    Weigh,
-    quick_cache::DefaultHashBuilder,
-    Evicted,
->;
-
 /// One fetch, awaited by every caller that missed the same key while it ran.
 type Flight = Shared<BoxFuture<'static, Result<ExchangedToken, Arc<ExchangeError>>>>;
 
-impl ExchangedToken {
+impl CacheValue for ExchangedToken {
     /// The heap bytes a cache entry of this token holds: the `Bearer <token>` text, the
     /// `Authorization` value's shared owner (`Bytes::from_owner`'s allocation) and what
     /// quick_cache keeps per entry (the key and this value inline in its slab).
-    pub(crate) fn entry_bytes(&self) -> usize {
+    fn entry_bytes(&self) -> usize {
         // `Arc<str>`: two counts, then the text.
         heap_chunk(2 * size_of::<usize>() + self.bearer.len())
             + heap_chunk(OWNER_BYTES)
             + QUICK_EXCHANGE_ENTRY_BYTES
     }
 
-    /// Whether `other` is a clone of this token (the same allocation), not merely equal.
+    fn expired(&self, now: u64) -> bool {
+        self.usable_until <= now
+    }
+
     fn same_as(&self, other: &ExchangedToken) -> bool {
         Arc::ptr_eq(&self.bearer, &other.bearer)
     }
@@ -294,23 +290,8 @@ impl TokenCache {
     pub(crate) fn with_memory(capacity: u64, max_bytes: u64, margin: std::time::Duration) -> Self {
         let budget = Budget::new(max_bytes, capacity);
         let meter = Meter::new(CacheKind::Exchange);
-        // An Entra token's entry is about 2 KB: the bytes bound the entries well before the
-        // count, and quick_cache sizes its shards and ghost keys by the entries it expects.
-        let expected = (budget.max_bytes / 2048).clamp(1, capacity.max(1));
-        let mut options = quick_cache::OptionsBuilder::new();
-        options
-            .estimated_items_capacity(usize::try_from(expected).unwrap_or(usize::MAX))
-            .weight_capacity(budget.max_bytes);
-        // Both are set just above, the only errors `build` has.
-        let options = options
-            .build()
-            .unwrap_or_else(|_| unreachable!("capacities are set"));
-        let cache = Tokens::with_options(
-            options,
-            Weigh(budget),
-            quick_cache::DefaultHashBuilder::default(),
-            Evicted(meter.clone()),
-        );
+        // An Entra token's entry is about 2 KB.
+        let cache = bounded_cache(budget, capacity, 2048, &meter);
         Self {
             cache: Arc::new(cache),
             flights: Arc::default(),
@@ -333,11 +314,6 @@ impl TokenCache {
     pub(super) fn max_bytes(&self) -> u64 {
         self.budget.max_bytes
     }
-
-    /// Settles the cache's pending work, for measurements: quick_cache evicts as it inserts,
-    /// so there is none; kept so the tests read the same whichever cache is underneath.
-    #[cfg(test)]
-    pub(crate) async fn settle(&self) {}
 
     /// Drops the entry for `key`, so the next lookup fetches afresh.
     #[cfg(feature = "server")]
@@ -449,10 +425,7 @@ impl TokenCache {
     }
 
     fn insert(&self, key: [u8; 32], token: ExchangedToken) {
-        // Counted in before the insert, which may push it (or others) out again.
-        self.meter.inserted(token.entry_bytes());
-        let mut inserting = Some((key, token.clone()));
-        self.cache.insert_with_lifecycle(key, token, &mut inserting);
+        crate::cache_meter::insert(&self.cache, &self.meter, key, token);
     }
 }
 
@@ -469,40 +442,6 @@ impl Drop for Landed<'_> {
 /// elsewhere in that thread: its map is still whole.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Weighs an exchange-cache entry: its bytes, at least the budget's floor.
-#[derive(Clone)]
-struct Weigh(Budget);
-
-impl quick_cache::Weighter<[u8; 32], ExchangedToken> for Weigh {
-    fn weight(&self, _: &[u8; 32], t: &ExchangedToken) -> u64 {
-        u64::from(self.0.weight(t.entry_bytes()))
-    }
-}
-
-/// Takes what quick_cache evicts out of the meter and counts it by cause; the request state
-/// is the insert under way, to tell a replaced entry (same key, another token) from one pushed
-/// out, or refused, for size.
-#[derive(Clone)]
-struct Evicted(Arc<Meter>);
-
-impl quick_cache::Lifecycle<[u8; 32], ExchangedToken> for Evicted {
-    type RequestState = Option<([u8; 32], ExchangedToken)>;
-
-    fn on_evict(&self, inserting: &mut Self::RequestState, key: [u8; 32], t: ExchangedToken) {
-        let replaced = inserting
-            .as_ref()
-            .is_some_and(|(k, new)| *k == key && !new.same_as(&t));
-        let cause = if replaced {
-            Cause::Replaced
-        } else if t.usable_until <= now() {
-            Cause::Expired
-        } else {
-            Cause::Size
-        };
-        self.0.removed(t.entry_bytes(), cause);
-    }
 }
 
 #[cfg(test)]

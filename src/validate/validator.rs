@@ -10,7 +10,10 @@ use serde_json::value::RawValue;
 
 use super::claims::{Hot, Numeric, Parsed, Registered};
 use super::{Claims, ValidationError};
-use crate::cache_meter::{Budget, CacheKind, Cause, Meter, QUICK_SYNC_ENTRY_BYTES};
+use crate::cache_meter::{
+    BoundedCache, Budget, CacheKind, CacheValue, Cause, Meter, QUICK_SYNC_ENTRY_BYTES,
+    bounded_cache,
+};
 use crate::config::is_guid;
 use crate::provider::Provider;
 use crate::util::{now, sha256};
@@ -73,7 +76,7 @@ pub struct Validator {
     /// under: an entry from before a key was withdrawn is validated again. quick_cache rather
     /// than moka: a third of the bookkeeping per entry (`cache_meter`); expiry is checked on
     /// read instead of by a timer wheel.
-    cache: Arc<Entries>,
+    cache: Arc<BoundedCache<(Claims, u64)>>,
     /// The bytes the cache holds (`tollgate_cache_bytes{cache="validation"}`).
     meter: Arc<Meter>,
     budget: Budget,
@@ -94,15 +97,6 @@ impl std::fmt::Debug for Validator {
             .finish()
     }
 }
-
-/// The validated-token cache: weighed by [`entry_bytes`], its evictions counted by [`Evicted`].
-type Entries = quick_cache::sync::Cache<
-    [u8; 32],
-    (Claims, u64),
-    Weigh,
-    quick_cache::DefaultHashBuilder,
-    Evicted,
->;
 
 impl Validator {
     /// A validator for `provider`'s tokens caching up to `cache_capacity` validated tokens.
@@ -152,12 +146,8 @@ impl Validator {
         let audiences = Arc::new(provider.config().effective_audiences());
         let budget = Budget::new(max_bytes, cache_capacity);
         let meter = Meter::new(CacheKind::Validation);
-        let cache = Arc::new(Entries::with_options(
-            cache_options(budget, cache_capacity),
-            Weigh(budget),
-            quick_cache::DefaultHashBuilder::default(),
-            Evicted(meter.clone()),
-        ));
+        // An Entra token's entry is over a kilobyte.
+        let cache = Arc::new(bounded_cache(budget, cache_capacity, 1024, &meter));
         let provider_name = Arc::from(provider.name());
         Self {
             provider,
@@ -208,14 +198,7 @@ impl Validator {
     /// Caches `claims` for `digest` (validated under key `epoch`).
     pub(crate) fn cache_insert(&self, digest: [u8; 32], claims: Claims, epoch: u64) {
         claims.set_token_digest(digest);
-        // Counted in before the insert, which may push it (or others) out again.
-        self.meter.inserted(entry_bytes(&claims));
-        let mut inserting = Some(Inserting {
-            key: digest,
-            claims: claims.clone(),
-        });
-        self.cache
-            .insert_with_lifecycle(digest, (claims, epoch), &mut inserting);
+        crate::cache_meter::insert(&self.cache, &self.meter, digest, (claims, epoch));
     }
 
     /// The cached claims for `digest`, unless past `exp` or checked under a key epoch other
@@ -245,11 +228,6 @@ impl Validator {
             self.meter.removed(entry_bytes(&claims), cause);
         }
     }
-
-    /// Settles the cache's pending work, for measurements: quick_cache evicts as it inserts,
-    /// so there is none; kept so the tests read the same whichever cache is underneath.
-    #[cfg(test)]
-    pub(crate) fn cache_settle(&self) {}
 
     /// Entries in the cache, for measurements.
     #[cfg(test)]
@@ -809,62 +787,17 @@ pub(crate) fn entry_bytes(claims: &Claims) -> usize {
     claims.heap_bytes() + QUICK_SYNC_ENTRY_BYTES + claims.headers_bytes()
 }
 
-/// quick_cache's sizing for a validation cache of `budget` and at most `max_entries`: the
-/// shards and the ghost keys it keeps follow the entries it expects, which the bytes bound
-/// well before the entry count in practice (an Entra token's entry is over a kilobyte).
-fn cache_options(budget: Budget, max_entries: u64) -> quick_cache::Options {
-    let expected = (budget.max_bytes / 1024).clamp(1, max_entries.max(1));
-    let mut options = quick_cache::OptionsBuilder::new();
-    options
-        .estimated_items_capacity(usize::try_from(expected).unwrap_or(usize::MAX))
-        .weight_capacity(budget.max_bytes);
-    // Both are set just above, the only errors `build` has.
-    options
-        .build()
-        .unwrap_or_else(|_| unreachable!("capacities are set"))
-}
-
-/// Weighs a validation-cache entry: its bytes ([`entry_bytes`]), at least the budget's floor.
-#[derive(Clone)]
-struct Weigh(Budget);
-
-impl quick_cache::Weighter<[u8; 32], (Claims, u64)> for Weigh {
-    fn weight(&self, _: &[u8; 32], (claims, _): &(Claims, u64)) -> u64 {
-        u64::from(self.0.weight(entry_bytes(claims)))
+impl CacheValue for (Claims, u64) {
+    fn entry_bytes(&self) -> usize {
+        entry_bytes(&self.0)
     }
-}
 
-/// The insert under way, so that [`Evicted`] tells a replaced entry (same key, other claims)
-/// from one pushed out, or refused, for size.
-struct Inserting {
-    key: [u8; 32],
-    claims: Claims,
-}
+    fn expired(&self, now: u64) -> bool {
+        self.0.expires_at() <= now
+    }
 
-/// Takes what quick_cache evicts out of the meter and counts it by cause.
-#[derive(Clone)]
-struct Evicted(Arc<Meter>);
-
-impl quick_cache::Lifecycle<[u8; 32], (Claims, u64)> for Evicted {
-    type RequestState = Option<Inserting>;
-
-    fn on_evict(
-        &self,
-        inserting: &mut Self::RequestState,
-        key: [u8; 32],
-        (claims, _): (Claims, u64),
-    ) {
-        let replaced = inserting
-            .as_ref()
-            .is_some_and(|i| i.key == key && !i.claims.same_as(&claims));
-        let cause = if replaced {
-            Cause::Replaced
-        } else if claims.expires_at() <= now() {
-            Cause::Expired
-        } else {
-            Cause::Size
-        };
-        self.0.removed(entry_bytes(&claims), cause);
+    fn same_as(&self, other: &Self) -> bool {
+        self.0.same_as(&other.0)
     }
 }
 
