@@ -270,14 +270,7 @@ async fn demo_commands_work_as_printed() {
         at_idp.starts_with(&idp) && at_idp.contains("offline_access"),
         "{at_idp}"
     );
-    let page = http
-        .get(&at_idp)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = support::get_text(&http, &at_idp).await;
     let mut form = hidden_inputs(&page);
     form.push(("login".into(), "alice".into()));
     form.push(("password".into(), "dev".into()));
@@ -289,14 +282,7 @@ async fn demo_commands_work_as_printed() {
         callback.starts_with(&format!("http://{public}/callback?")),
         "{callback}"
     );
-    let page = http
-        .get(&callback)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = support::get_text(&http, &callback).await;
     assert!(page.contains("alice@contoso.example"), "{page}");
     let code = url::Url::parse(&callback)
         .unwrap()

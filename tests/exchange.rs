@@ -238,14 +238,7 @@ impl Stack {
 
     async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.server.admin.unwrap());
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        support::get_text(&self.http, url).await
     }
 
     /// Stops tollgate first (so no connection to the IdP stays open), then the dev IdP.
@@ -3122,14 +3115,7 @@ mod shared_cache {
 
         async fn metrics(&self) -> String {
             let url = format!("http://{}/metrics", self.servers[0].admin.unwrap());
-            self.http
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
+            support::get_text(&self.http, url).await
         }
 
         /// The shared cache's entries in Redis: key -> raw value.

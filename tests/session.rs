@@ -1136,15 +1136,7 @@ identity_headers = "easyauth"
     /// tests of this binary: compare before and after).
     async fn sessions_metric(&self, event: &str) -> f64 {
         let url = format!("http://{}/metrics", self.tollgate.admin.unwrap());
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = support::get_text(&self.http, url).await;
         support::metric_value(&text, "tollgate_sessions_total", &[("event", event)])
     }
 

@@ -67,14 +67,7 @@ impl Harness {
     }
 
     async fn metrics_text(&self) -> String {
-        self.http
-            .get(self.admin("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        support::get_text(&self.http, self.admin("/metrics")).await
     }
 
     /// `tollgate_jwks_fetches_total{provider=<provider>,result="error"}`, 0 when not yet recorded.
@@ -1298,15 +1291,7 @@ async fn metrics_are_exposed() {
     assert_eq!(h.get("/m", Some(&token)).await.status(), 200);
     assert_eq!(h.get("/m", Some(&token)).await.status(), 200);
     assert_eq!(h.get("/m", None).await.status(), 401);
-    let text = h
-        .http
-        .get(h.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     for needle in [
         "tollgate_requests_total{route=\"/\",status=\"200\"}",
         "tollgate_requests_total{route=\"/\",status=\"401\"}",

@@ -128,14 +128,8 @@ async fn routes_change_twenty_times_under_load_without_a_failed_request() {
     assert_eq!(idp.fetches(), key_fetches + 1);
     assert_eq!(answers(&http, &base, &token).await, expected(in_force));
 
-    let metrics = http
-        .get(format!("http://{}/metrics", server.admin.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        support::get_text(&http, format!("http://{}/metrics", server.admin.unwrap())).await;
     assert!(metrics.contains("tollgate_config_generation"), "{metrics}");
     assert!(
         metrics.contains("tollgate_config_reloads_total{result=\"error\"}"),

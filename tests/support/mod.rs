@@ -101,6 +101,11 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a GET of `url`, which must answer.
+pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The sum of the Prometheus samples `name` carrying all of `labels` (0 when absent), from an
 /// admin `/metrics` page.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
