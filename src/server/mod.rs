@@ -315,16 +315,12 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         let kept = kept(p);
         let (provider, validator) = match kept {
             Some((built, _)) if !resized(&built.1) => built.clone(),
-            Some(((provider, _), _)) => {
-                let validator = Validator::with_memory(
-                    provider.clone(),
-                    config.cache.validation_capacity,
-                    share,
-                );
-                (provider.clone(), validator)
-            }
-            None => {
-                let provider = Provider::new(p.clone())?;
+            // New, or kept with a cache of another size: a validator (and cache) at this share.
+            _ => {
+                let provider = match kept {
+                    Some(((provider, _), _)) => provider.clone(),
+                    None => Provider::new(p.clone())?,
+                };
                 let validator = Validator::with_memory(
                     provider.clone(),
                     config.cache.validation_capacity,
