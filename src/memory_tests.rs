@@ -149,15 +149,7 @@ async fn an_exchanged_tokens_weight_is_what_it_holds() {
     use crate::exchange::TokenCache;
 
     let cache = TokenCache::with_memory(N as u64 * 2, 1 << 30, Duration::from_secs(120));
-    // Entra access tokens are 1.2-2 KB: 1.6 KB, distinct per user.
-    let tokens: Vec<String> = (0..N)
-        .map(|i| {
-            format!(
-                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
-                "A".repeat(1543)
-            )
-        })
-        .collect();
+    let tokens = entra_sized_tokens();
     let token_bytes = tokens.iter().map(String::len).sum::<usize>() as f64 / N as f64;
     let window = open();
     for (i, t) in tokens.iter().enumerate() {
@@ -195,6 +187,19 @@ fn cache_payloads(validator: &crate::validate::Validator, payloads: &[String]) {
         crate::identity_headers::add(&mut headers, &claims, crate::config::IdentityHeaders::XAuth);
         headers.clear();
     }
+}
+
+/// `N` exchanged tokens of an Entra access token's size (they are 1.2-2 KB: 1.6 KB), distinct
+/// per user.
+fn entra_sized_tokens() -> Vec<String> {
+    (0..N)
+        .map(|i| {
+            format!(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
+                "A".repeat(1543)
+            )
+        })
+        .collect()
 }
 
 fn offline_provider() -> std::sync::Arc<crate::provider::Provider> {
@@ -324,14 +329,7 @@ async fn a_full_exchange_cache_holds_what_it_weighs() {
 
     // Room for about a quarter of the tokens, as under a flood.
     let cache = TokenCache::with_memory(N as u64, N as u64 * 500, Duration::from_secs(120));
-    let tokens: Vec<String> = (0..N)
-        .map(|i| {
-            format!(
-                "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{i:020}{}",
-                "A".repeat(1543)
-            )
-        })
-        .collect();
+    let tokens = entra_sized_tokens();
     let window = open();
     for (i, t) in tokens.iter().enumerate() {
         cache_token(&cache, i, t.clone()).await;
