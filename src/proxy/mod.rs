@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
+
+use self::pool::{SendError, UpstreamPool};
+
+mod pool;
 
 // The refusal shapes live in `response`; the proxy's callers still name them here.
 pub(crate) use crate::response::{json_error, method_not_allowed};
@@ -59,8 +61,7 @@ pub(crate) struct Forwarder {
 }
 
 struct Inner {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
+    pool: UpstreamPool,
     /// `None` when the configured URL has no host; every request then fails with `502`.
     authority: Option<Authority>,
     /// The upstream's base path without a trailing `/`; empty for `/`.
@@ -76,15 +77,6 @@ struct Inner {
 impl Forwarder {
     /// Builds the forwarder and its connection pool; no connection is opened yet.
     pub(crate) fn new(settings: UpstreamSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-
         let authority = settings.url.authority().cloned();
         let upstream_host = authority
             .as_ref()
@@ -92,8 +84,7 @@ impl Forwarder {
         let base_path = settings.url.path().trim_end_matches('/').into();
         Self {
             inner: Arc::new(Inner {
-                client,
-                scheme: settings.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+                pool: UpstreamPool::new(authority.clone(), settings.connect_timeout),
                 authority,
                 base_path,
                 upstream_host,
@@ -192,8 +183,6 @@ impl<B: http_body::Body> http_body::Body for UploadWatch<B> {
     }
 }
 
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -208,18 +197,13 @@ static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 /// never includes header values, the target or the upstream's address.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
-    #[error("the upstream URL has no host")]
-    NoUpstreamHost,
     #[error("the request target cannot be forwarded")]
     InvalidTarget,
     #[error("CONNECT is not supported")]
     ConnectMethod,
-    #[error("could not connect to the upstream")]
-    Connect(#[source] hyper_util::client::legacy::Error),
-    #[error("connecting to the upstream timed out")]
-    ConnectTimeout(#[source] hyper_util::client::legacy::Error),
-    #[error("the upstream failed before sending a response")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    /// Connecting, or the connection before a response: the pool's own messages.
+    #[error(transparent)]
+    Send(#[from] SendError),
     #[error("the upstream did not respond in time")]
     Timeout,
     #[error("the upstream switched protocols without being asked to")]
@@ -227,16 +211,6 @@ enum ProxyError {
 }
 
 impl ProxyError {
-    fn from_client(error: hyper_util::client::legacy::Error) -> Self {
-        if !error.is_connect() {
-            Self::Upstream(error)
-        } else if source_is_timeout(&error) {
-            Self::ConnectTimeout(error)
-        } else {
-            Self::Connect(error)
-        }
-    }
-
     fn status(&self) -> StatusCode {
         match self {
             Self::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
@@ -258,9 +232,10 @@ impl ProxyError {
     /// The metric outcome; `None` when the upstream was never contacted.
     fn outcome(&self) -> Option<Outcome> {
         match self {
-            Self::NoUpstreamHost | Self::InvalidTarget | Self::ConnectMethod => None,
-            Self::Timeout | Self::ConnectTimeout(_) => Some(Outcome::Timeout),
-            Self::Connect(_) | Self::Upstream(_) | Self::UnexpectedUpgrade => Some(Outcome::Error),
+            Self::InvalidTarget | Self::ConnectMethod => None,
+            Self::Send(SendError::NoHost) => None,
+            Self::Timeout | Self::Send(SendError::ConnectTimeout) => Some(Outcome::Timeout),
+            Self::Send(_) | Self::UnexpectedUpgrade => Some(Outcome::Error),
         }
     }
 }
@@ -279,7 +254,7 @@ impl Inner {
 
         let (mut parts, body) = req.into_parts();
         let original_host = original_host(&parts.uri, &parts.headers);
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.uri = self.upstream_target(&parts.uri)?;
         // The upstream is spoken to in HTTP/1.1 whatever the client used (h2, HTTP/1.0).
         parts.version = Version::HTTP_11;
         let tunnel_deadline = parts.extensions.get::<TunnelDeadline>().copied();
@@ -295,8 +270,9 @@ impl Inner {
             original_host.as_ref(),
             self.trust_forwarded_headers,
         );
+        // HTTP/1.1 needs a `Host` (RFC 9112 §3.2): the upstream's when the client sent none.
         let host = if self.preserve_host {
-            original_host
+            original_host.or_else(|| self.upstream_host.clone())
         } else {
             self.upstream_host.clone()
         };
@@ -317,7 +293,7 @@ impl Inner {
             };
             (Body::new(watched), Some(uploaded))
         };
-        let pending = self.client.request(Request::from_parts(parts, body));
+        let pending = self.pool.send(Request::from_parts(parts, body), !upgrade);
         let timeout = self.timeout;
         let answered = match uploaded {
             None => tokio::time::timeout(timeout, pending)
@@ -336,7 +312,7 @@ impl Inner {
                 }
             }
         };
-        let mut response = answered.map_err(ProxyError::from_client)?;
+        let mut response = answered?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -351,31 +327,29 @@ impl Inner {
         }
 
         strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(Body::new))
+        Ok(response)
     }
 
-    /// Upstream scheme and authority, then the base path, then the original path and query.
-    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        let authority = self.authority.clone().ok_or(ProxyError::NoUpstreamHost)?;
+    /// The target sent upstream, in origin-form (RFC 9112 §3.2.1): the base path, then the
+    /// original path and query. A target already in origin-form under an empty base is kept.
+    fn upstream_target(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        if self.base_path.is_empty() && original.authority().is_none() {
+            return Ok(original.clone());
+        }
         let original = original
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // `*` (OPTIONS) has no path to put under the base.
-        let path_and_query = if self.base_path.is_empty() || !original.as_str().starts_with('/') {
-            original
-        } else {
-            let mut joined = String::with_capacity(self.base_path.len() + original.as_str().len());
-            joined.push_str(&self.base_path);
-            joined.push_str(original.as_str());
-            PathAndQuery::from_maybe_shared(Bytes::from(joined))
-                .map_err(|_| ProxyError::InvalidTarget)?
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(authority);
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).map_err(|_| ProxyError::InvalidTarget)
+        if self.base_path.is_empty() || !original.as_str().starts_with('/') {
+            return Ok(Uri::from(original));
+        }
+        let mut joined = String::with_capacity(self.base_path.len() + original.as_str().len());
+        joined.push_str(&self.base_path);
+        joined.push_str(original.as_str());
+        PathAndQuery::from_maybe_shared(Bytes::from(joined))
+            .map(Uri::from)
+            .map_err(|_| ProxyError::InvalidTarget)
     }
 }
 
@@ -698,19 +672,6 @@ impl UpstreamDurations {
         });
         histograms[outcome.index()].record(elapsed.as_secs_f64());
     }
-}
-
-fn source_is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = error.source();
-    while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
 }
 
 /// Displays an error with its sources, for logs.

@@ -177,34 +177,29 @@ async fn rewrites_target_onto_upstream_base_path() {
 }
 
 #[test]
-fn upstream_uri_joins_scheme_authority_base_and_target() {
+fn upstream_target_is_the_base_then_the_target_in_origin_form() {
     let forwarder = Forwarder::new(UpstreamSettings {
         url: Uri::from_static("http://up.internal:8081/app"),
         ..UpstreamSettings::default()
     });
-    let uri = forwarder
-        .inner
-        .upstream_uri(&Uri::from_static("http://front.example/x/y?q=1"))
-        .unwrap();
-    assert_eq!(uri, "http://up.internal:8081/app/x/y?q=1");
-    let uri = forwarder
-        .inner
-        .upstream_uri(&Uri::from_static("/"))
-        .unwrap();
-    assert_eq!(uri, "http://up.internal:8081/app/");
+    let target = |f: &Forwarder, original| f.inner.upstream_target(&Uri::from_static(original));
+    // An absolute-form target (or an h2 request's) loses the client's scheme and authority.
+    let uri = target(&forwarder, "http://front.example/x/y?q=1").unwrap();
+    assert_eq!(uri, "/app/x/y?q=1");
+    assert_eq!(target(&forwarder, "/").unwrap(), "/app/");
     // The asterisk form (OPTIONS *) is not a path and stays as it is.
-    let uri = forwarder
-        .inner
-        .upstream_uri(&Uri::from_static("*"))
-        .unwrap();
-    assert_eq!(uri.path(), "*");
+    assert_eq!(target(&forwarder, "*").unwrap().path(), "*");
 
     let root = Forwarder::new(UpstreamSettings {
         url: Uri::from_static("http://up.internal/"),
         ..UpstreamSettings::default()
     });
-    let uri = root.inner.upstream_uri(&Uri::from_static("/p?q")).unwrap();
-    assert_eq!(uri, "http://up.internal/p?q");
+    assert_eq!(target(&root, "/p?q").unwrap(), "/p?q");
+    let uri = target(&root, "https://front.example/p?q").unwrap();
+    assert_eq!(
+        (uri.scheme(), uri.authority(), uri.to_string().as_str()),
+        (None, None, "/p?q")
+    );
 }
 
 #[tokio::test]
@@ -993,4 +988,147 @@ fn each_hop_by_hop_name_has_its_own_bit() {
             "{other}"
         );
     }
+}
+
+/// What a [`keep_alive_upstream`] saw: connections accepted, and connections that ended.
+#[derive(Default)]
+struct ConnectionCounts {
+    accepted: AtomicU64,
+    ended: AtomicU64,
+}
+
+/// A raw HTTP/1.1 upstream answering each request (no body) with a fixed `200 ok`, counting
+/// its connections. With `close_after_each`, it closes each connection after one response,
+/// without saying so (no `Connection: close`), as an upstream ending an idle keep-alive
+/// connection does.
+async fn keep_alive_upstream(
+    close_after_each: bool,
+) -> (
+    SocketAddr,
+    Arc<ConnectionCounts>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(ConnectionCounts::default());
+    let seen = counts.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                'requests: loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() || close_after_each {
+                        break;
+                    }
+                }
+                seen.ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, counts, task)
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let (addr, counts, upstream) = keep_alive_upstream(false).await;
+    let proxy = proxy(settings_for(addr)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let response = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, reused"
+    );
+    drop(client);
+    proxy.stop().await;
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    let (addr, counts, upstream) = keep_alive_upstream(true).await;
+    let proxy = proxy(settings_for(addr)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let response = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "not a 502");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        5,
+        "a new connection each time"
+    );
+    drop(client);
+    proxy.stop().await;
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn a_response_read_halfway_does_not_put_its_connection_back() {
+    // The body is longer than what the client reads: the connection still holds the rest.
+    let (addr, upstream) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly ten b").await;
+    let pool = pool::UpstreamPool::new(
+        Some(addr.to_string().parse().unwrap()),
+        Duration::from_secs(2),
+    );
+    let response = pool.send(get_root(addr), true).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"only ten b");
+    drop(body);
+    assert_eq!(pool.idle_connections(), 0);
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (addr, counts, upstream) = keep_alive_upstream(false).await;
+    let idle_timeout = Duration::from_millis(150);
+    let authority = Some(addr.to_string().parse().unwrap());
+    let pool =
+        pool::UpstreamPool::with_idle_timeout(authority, Duration::from_secs(2), idle_timeout);
+    let response = pool.send(get_root(addr), true).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        pool.idle_connections(),
+        1,
+        "back in the pool at the body's end"
+    );
+    // The reaper looks every third of the timeout: closed within 4/3 of it.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while counts.ended.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle connection is closed");
+    assert_eq!(pool.idle_connections(), 0);
+    upstream.abort();
+}
+
+/// `GET /` for `addr`, as the forwarder hands it to the pool: origin-form, `Host` set.
+fn get_root(addr: SocketAddr) -> Request<Body> {
+    Request::builder()
+        .uri("/")
+        .header(header::HOST, addr.to_string())
+        .body(Body::empty())
+        .unwrap()
 }
