@@ -33,6 +33,14 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
             "more than one Authorization header",
         ));
     }
+    match plain_bearer(value.as_bytes()) {
+        Some(token) => Ok(Some(token)),
+        None => read_credential(value),
+    }
+}
+
+/// An `Authorization` value read step by step: ASCII, then the scheme, then the token.
+fn read_credential(value: &http::HeaderValue) -> Result<Option<&str>, ValidationError> {
     let value = value
         .to_str()
         .map_err(|_| ValidationError::InvalidRequest("Authorization header is not ASCII"))?;
@@ -52,6 +60,22 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Validatio
         ));
     }
     Ok(Some(token))
+}
+
+/// The token of the usual `Authorization: Bearer <token68>`, read in one pass over the bytes;
+/// `None` for anything else, which [`bearer_token`] then reads step by step for its answer.
+/// Where this finds a token, every byte is visible ASCII, so the steps would find the same one.
+fn plain_bearer(value: &[u8]) -> Option<&str> {
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    let rest = rest.strip_prefix(b" ")?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() || !is_token68(token) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 /// A bearer token sent in the request.
@@ -134,18 +158,20 @@ pub(crate) const QUERY_TOKEN: &str = "access_token";
 /// "_" / "~" / "+" / "/" / "=". This runs over every byte of every token on every request, so it
 /// is written without early exits or table lookups, which lets the compiler vectorise it.
 pub(crate) fn is_token68(bytes: &[u8]) -> bool {
-    bytes.iter().fold(true, |ok, &b| {
-        let lower = b | 0x20;
-        ok & (lower.is_ascii_lowercase()
-            | b.is_ascii_digit()
-            | (b == b'-')
-            | (b == b'.')
-            | (b == b'_')
-            | (b == b'~')
-            | (b == b'+')
-            | (b == b'/')
-            | (b == b'='))
-    })
+    // Sixteen bytes at a time (one SSE2 register): a fixed count the compiler unrolls into
+    // vector compares, with one branch per chunk.
+    let (chunks, rest) = bytes.as_chunks::<16>();
+    chunks
+        .iter()
+        .all(|chunk| chunk.iter().fold(true, |ok, &b| ok & is_token68_byte(b)))
+        && rest.iter().fold(true, |ok, &b| ok & is_token68_byte(b))
+}
+
+/// One token68 byte, in six tests: `-./0-9` are one range, letters another once case is folded.
+fn is_token68_byte(b: u8) -> bool {
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let dash_to_nine = b.wrapping_sub(b'-') < 13;
+    letter | dash_to_nine | (b == b'_') | (b == b'~') | (b == b'+') | (b == b'=')
 }
 
 #[cfg(test)]
@@ -160,6 +186,37 @@ mod tests {
         }
         assert!(is_token68(b"eyJhbGciOi.eyJzdWIi-_~+/=="));
         assert!(!is_token68(b"eyJhbGciOi eyJzdWIi"));
+    }
+
+    #[test]
+    fn the_one_pass_read_agrees_with_the_steps() {
+        let values: [&[u8]; 16] = [
+            b"Bearer abc.def.ghi",
+            b"bEaReR abc.def.ghi",
+            b"Bearer  abc \t",
+            b"Bearer \tabc",
+            b"Bearer a b",
+            b"Bearer ",
+            b"Bearer",
+            b"Bearerx abc",
+            b"Basic abc",
+            b"Bearer abc\xa0",
+            b"Bearer \xc3\xa9",
+            b"B\xe9arer abc",
+            b"Bearer abc==",
+            b"Bearer abc=def",
+            b"Bearer -._~+/09AZaz",
+            b"Bearer abc,def",
+        ];
+        let mut some = 0;
+        for raw in values {
+            let value = http::HeaderValue::from_bytes(raw).unwrap();
+            if let Some(token) = plain_bearer(raw) {
+                assert_eq!(read_credential(&value), Ok(Some(token)), "{raw:?}");
+                some += 1;
+            }
+        }
+        assert_eq!(some, 7, "the usual values take the one pass");
     }
 
     #[test]
