@@ -119,19 +119,38 @@ pub(crate) trait RequestService: Clone + Send + Sync + 'static {
         + Send
         + 'static;
 
-    /// Answers `request`, which came from `peer`.
-    fn call_from(&self, peer: SocketAddr, request: Request<Body>) -> Self::Future;
+    /// What the service keeps for one connection, from its first request to its last (the
+    /// server's: the last bearer token the connection sent, `validate::LastToken`).
+    type Connection: Default + Send + Sync + 'static;
+
+    /// Answers `request`, which came from `peer` on `connection`.
+    fn call_from(
+        &self,
+        peer: SocketAddr,
+        connection: &Arc<Self::Connection>,
+        request: Request<Body>,
+    ) -> Self::Future;
 }
 
 impl RequestService for axum::Router {
     type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Connection = ();
 
-    fn call_from(&self, peer: SocketAddr, mut request: Request<Body>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        // A router is always ready (its `poll_ready` does nothing), and cloning it is a
-        // reference count.
-        self.clone().call(request)
+    fn call_from(&self, peer: SocketAddr, _: &Arc<()>, request: Request<Body>) -> Self::Future {
+        call_router(self, peer, request)
     }
+}
+
+/// `router`'s answer to `request` from `peer`, which it gets as `ConnectInfo`.
+pub(crate) fn call_router(
+    router: &axum::Router,
+    peer: SocketAddr,
+    mut request: Request<Body>,
+) -> axum::routing::future::RouteFuture<std::convert::Infallible> {
+    request.extensions_mut().insert(ConnectInfo(peer));
+    // A router is always ready (its `poll_ready` does nothing), and cloning it is a reference
+    // count.
+    router.clone().call(request)
 }
 
 /// hyper keeps up to this many header slots on the stack; setting any value moves them to the
@@ -161,9 +180,9 @@ impl Acceptor for TcpListener {
     }
 }
 
-async fn serve_from(
+async fn serve_from<R: RequestService>(
     mut acceptor: impl Acceptor,
-    router: impl RequestService,
+    router: R,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -237,6 +256,7 @@ async fn serve_from(
         let service = {
             let router = router.clone();
             let activity = activity.clone();
+            let connection = Arc::new(R::Connection::default());
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 let in_flight = activity.begin();
                 let (mut parts, body) = request.into_parts();
@@ -252,7 +272,8 @@ async fn serve_from(
                         Some(stall),
                     )
                 };
-                let response = router.call_from(peer, Request::from_parts(parts, body));
+                let response =
+                    router.call_from(peer, &connection, Request::from_parts(parts, body));
                 async move {
                     response.await.map(|response| {
                         let response = match stall {

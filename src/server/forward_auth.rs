@@ -98,7 +98,7 @@ async fn check(
         );
     };
     let method = original_method(headers);
-    let user = match authenticate(state, route, &method, &original, headers).await {
+    let user = match authenticate(state, route, &method, &original, headers, None).await {
         Ok(user) => user,
         Err(Refused::Token(ValidationError::Missing))
             if asked.redirect

@@ -14,7 +14,7 @@ use crate::config::AuthMode;
 use crate::exchange::ExchangeError;
 use crate::response::{auth_error, json_error, obo_error};
 use crate::routes::Route;
-use crate::validate::{Claims, QUERY_TOKEN, SentToken, ValidationError};
+use crate::validate::{Claims, LastToken, QUERY_TOKEN, SentToken, ValidationError};
 
 use crate::state::AppState;
 
@@ -25,13 +25,15 @@ pub(super) async fn routed_public_request(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    public_request(state, peer, req).await
+    public_request(state, peer, None, req).await
 }
 
-/// Every proxied request: route, authenticate, authorise, decorate, forward.
+/// Every proxied request: route, authenticate, authorise, decorate, forward. `last_token` is
+/// the connection's, where the listener keeps one (see `validate::LastToken`).
 pub(super) async fn public_request(
     state: Arc<AppState>,
     peer: SocketAddr,
+    last_token: Option<Arc<LastToken>>,
     mut req: Request<Body>,
 ) -> Response<Body> {
     // Route on, and forward, the normalised path: what was authorised is what the upstream gets.
@@ -75,7 +77,11 @@ pub(super) async fn public_request(
     // skips building the authentication's future.
     let authenticated = match route.validator {
         None => Ok(None),
-        Some(_) => authenticate(&state, route, req.method(), req.uri(), req.headers()).await,
+        Some(_) => {
+            let last_token = last_token.as_deref();
+            let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+            authenticate(&state, route, method, uri, headers, last_token).await
+        }
     };
     let mut response = match authenticated {
         Ok(Some(user))
@@ -239,6 +245,7 @@ pub(super) async fn authenticate(
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
+    last_token: Option<&LastToken>,
 ) -> Result<Option<Authenticated>, Refused> {
     let Some(validator) = &route.validator else {
         return Ok(None);
@@ -257,7 +264,10 @@ pub(super) async fn authenticate(
         None => return Err(ValidationError::Missing.into()),
     };
     let from_query = matches!(token, SentToken::Query(_));
-    let claims = validator.validate(token.as_str()).await?;
+    let claims = match last_token {
+        Some(last) => last.validate(validator, token.as_str()).await?,
+        None => validator.validate(token.as_str()).await?,
+    };
     claims.check(&route.config.scopes, &route.config.roles)?;
     let provider = validator.provider().config();
     claims.check_access(

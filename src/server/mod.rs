@@ -531,7 +531,14 @@ impl http_server::RequestService for CurrentRouter {
         >,
     >;
 
-    fn call_from(&self, peer: SocketAddr, req: axum::extract::Request) -> Self::Future {
+    type Connection = crate::validate::LastToken;
+
+    fn call_from(
+        &self,
+        peer: SocketAddr,
+        connection: &Arc<crate::validate::LastToken>,
+        req: axum::extract::Request,
+    ) -> Self::Future {
         use futures_util::future::Either;
         let generation = self.live.current.load();
         let router = match self.listener {
@@ -539,15 +546,16 @@ impl http_server::RequestService for CurrentRouter {
             // in the extensions; what the router would do for every request, for less.
             Listener::Public if generation.public_direct => {
                 let state = generation.state.clone();
+                let last_token = connection.clone();
                 return Either::Right(Box::pin(async move {
-                    Ok(gate::public_request(state, peer, req).await)
+                    Ok(gate::public_request(state, peer, Some(last_token), req).await)
                 }));
             }
             Listener::Public => &generation.public,
             Listener::Api => &generation.api,
             Listener::Admin => &generation.admin,
         };
-        Either::Left(router.call_from(peer, req))
+        Either::Left(http_server::call_router(router, peer, req))
     }
 }
 

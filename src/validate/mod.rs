@@ -22,6 +22,8 @@
 //! ```
 
 mod claims;
+#[cfg(feature = "server")]
+mod last_token;
 mod parsed_keys;
 mod refusal;
 mod sent_token;
@@ -30,6 +32,8 @@ mod validator;
 pub use claims::Claims;
 #[cfg_attr(not(feature = "server"), allow(unused_imports))]
 pub(crate) use claims::Hot;
+#[cfg(feature = "server")]
+pub(crate) use last_token::LastToken;
 #[cfg(feature = "server")]
 pub(crate) use refusal::claims_challenge;
 pub use refusal::{REALM, ValidationError};

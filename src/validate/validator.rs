@@ -88,6 +88,9 @@ pub struct Validator {
     /// The other results (`valid`, `keys_unavailable`, `invalid`), registered at the first
     /// miss: a flood of invalid tokens pays no label allocation and registry lookup each.
     miss_results: Arc<std::sync::OnceLock<[metrics::Counter; 3]>>,
+    /// Unique to this validator and its clones (`LastToken` serves claims only to the validator
+    /// that made them).
+    id: u64,
 }
 
 impl std::fmt::Debug for Validator {
@@ -158,7 +161,25 @@ impl Validator {
             provider_name,
             cached_hits: Arc::default(),
             miss_results: Arc::default(),
+            id: NEXT_VALIDATOR_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Which validator this is: the same for its clones, never the same for another one.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The provider's key epoch now (see [`Provider::key_epoch`]).
+    pub(crate) fn key_epoch(&self) -> u64 {
+        self.provider.key_epoch()
+    }
+
+    /// Counts a validation answered without a check (`tollgate_validations_total{result="cached"}`).
+    pub(crate) fn count_cached_hit(&self) {
+        self.cached_hits
+            .get_or_init(|| metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached"))
+            .increment(1);
     }
 
     /// The bytes the validated-token cache holds now (its entries' weights).
@@ -312,9 +333,7 @@ impl Validator {
         // entry under the older epoch, so the next request checks it again.
         let epoch = self.provider.key_epoch();
         if let Some(claims) = self.cached(&digest, epoch) {
-            self.cached_hits
-                .get_or_init(|| metrics::counter!("tollgate_validations_total", "provider" => self.provider.name().to_owned(), "result" => "cached"))
-                .increment(1);
+            self.count_cached_hit();
             span.record("cache", "hit");
             return Ok(claims);
         }
@@ -800,6 +819,9 @@ impl CacheValue for (Claims, u64) {
         self.0.same_as(&other.0)
     }
 }
+
+/// The next [`Validator::id`].
+static NEXT_VALIDATOR_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The placeholder of a multi-tenant issuer template.
 const TENANT_ID: &str = "{tenantid}";

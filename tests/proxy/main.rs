@@ -1035,6 +1035,45 @@ async fn a_withdrawn_key_stops_vouching_for_cached_tokens() {
 }
 
 #[tokio::test]
+async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
+    // One client keeps one connection: the proxy remembers the connection's last token and
+    // recognises it by its bytes. The same signature over other claims must not pass as it,
+    // and the remembered token must stop passing when its key is withdrawn.
+    let key = TestKey::new("k1");
+    let idp = StaticIdp::start(&[&key]).await;
+    let provider = format!(
+        "name = \"last\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
+        idp.well_known()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    let iss = h.idp.issuer();
+    let token = key.token(&iss, json!({}));
+    let mut forged_claims = user_claims(&iss);
+    merge(&mut forged_claims, json!({"sub": "mallory", "roles": ["Admin"]}));
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[1] = b64(forged_claims.to_string().as_bytes());
+    let forged = parts.join(".");
+    let before = h.echo.hits();
+    for (sent, status) in [(&token, 200), (&forged, 401), (&token, 200), (&token, 200)] {
+        assert_eq!(h.get("/x", Some(sent)).await.status(), status);
+    }
+    assert_eq!(h.echo.hits(), before + 3, "the forged token never reached the app");
+    // The connection's last token is `token`; its key goes.
+    let other = TestKey::new("k2");
+    h.idp.set_keys(&[&other]);
+    let fetches = h.idp.fetches();
+    for _ in 0..100 {
+        if h.idp.fetches() >= fetches + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.idp.fetches() >= fetches + 2, "the background refresh ran");
+    assert_eq!(h.get("/x", Some(&token)).await.status(), 401, "its key is gone");
+}
+
+#[tokio::test]
 async fn random_kid_flood_causes_at_most_one_fetch_per_interval() {
     let key = TestKey::new("k1");
     let h = harness(&[&key]).await;
