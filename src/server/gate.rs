@@ -250,23 +250,38 @@ pub(super) async fn authenticate(
     let Some(validator) = &route.validator else {
         return Ok(None);
     };
-    let sent = crate::validate::sent_token(headers, uri, route.config.token_in_query)?;
-    let token = match sent {
-        Some(t) => t,
-        None if route.config.auth == AuthMode::Optional => return Ok(None),
-        None if route.config.auth == AuthMode::Session => {
-            // Boxed: the session's future (store, refresh) is large and bearer requests do
-            // not need its space.
-            return Box::pin(session_user(state, route, method, headers))
-                .await
-                .map(Some);
-        }
-        None => return Err(ValidationError::Missing.into()),
+    // The connection's last token, recognised by its bytes before they are read again.
+    let recalled = match last_token {
+        Some(last) if !route.config.token_in_query => recall(last, validator, headers, route),
+        _ => None,
     };
-    let from_query = matches!(token, SentToken::Query(_));
-    let claims = match last_token {
-        Some(last) => last.validate(validator, token.as_str()).await?,
-        None => validator.validate(token.as_str()).await?,
+    let (claims, token, from_query) = match recalled {
+        Some((claims, token)) => (claims, token, false),
+        None => {
+            let sent = crate::validate::sent_token(headers, uri, route.config.token_in_query)?;
+            let token = match sent {
+                Some(t) => t,
+                None if route.config.auth == AuthMode::Optional => return Ok(None),
+                None if route.config.auth == AuthMode::Session => {
+                    // Boxed: the session's future (store, refresh) is large and bearer
+                    // requests do not need its space.
+                    return Box::pin(session_user(state, route, method, headers))
+                        .await
+                        .map(Some);
+                }
+                None => return Err(ValidationError::Missing.into()),
+            };
+            let from_query = matches!(token, SentToken::Query(_));
+            let claims = match last_token {
+                Some(last) => last.validate(validator, token.as_str()).await?,
+                None => validator.validate(token.as_str()).await?,
+            };
+            // Kept only where the route exchanges it (the headers change before the
+            // exchange, and parsing them a second time would scan the whole token again) or
+            // moves it to a header.
+            let token = (route.exchanges() || from_query).then(|| token.into_string());
+            (claims, token, from_query)
+        }
     };
     claims.check(&route.config.scopes, &route.config.roles)?;
     let provider = validator.provider().config();
@@ -280,15 +295,30 @@ pub(super) async fn authenticate(
             &route.config.allowed_client_ids,
         ],
     )?;
-    // Kept only where the route exchanges it (the headers change before the exchange, and
-    // parsing them a second time would scan the whole token again) or moves it to a header.
-    let token = (route.exchanges() || from_query).then(|| token.into_string());
     Ok(Some(Authenticated {
         claims,
         token,
         from_query,
         session: None,
     }))
+}
+
+/// The claims of the request's token when it is `last`'s (its bytes compared as sent, in the
+/// request's only `Authorization: Bearer` header), and the token where the route exchanges it.
+/// Those bytes were read and checked when `last` took them.
+fn recall(
+    last: &LastToken,
+    validator: &crate::validate::Validator,
+    headers: &HeaderMap,
+    route: &Route,
+) -> Option<(Claims, Option<String>)> {
+    let sent = crate::validate::usual_bearer_bytes(headers)?;
+    let claims = last.recall(validator, sent)?;
+    let token = match route.exchanges() {
+        true => Some(std::str::from_utf8(sent).ok()?.to_owned()),
+        false => None,
+    };
+    Some((claims, token))
 }
 
 /// The signed-in user of a session route's request without a token. A state-changing method

@@ -41,7 +41,7 @@ impl LastToken {
         token: &str,
     ) -> Result<Claims, ValidationError> {
         let epoch = validator.key_epoch();
-        if let Some(claims) = self.recall(validator.id(), epoch, token.as_bytes()) {
+        if let Some(claims) = self.recall_for(validator.id(), epoch, token.as_bytes()) {
             validator.count_cached_hit();
             return Ok(claims);
         }
@@ -50,7 +50,15 @@ impl LastToken {
         Ok(claims)
     }
 
-    fn recall(&self, validator: u64, epoch: u64, token: &[u8]) -> Option<Claims> {
+    /// The claims of `token` (as sent, not yet read) when it is this connection's last token,
+    /// still usable by `validator`.
+    pub(crate) fn recall(&self, validator: &Validator, token: &[u8]) -> Option<Claims> {
+        let claims = self.recall_for(validator.id(), validator.key_epoch(), token)?;
+        validator.count_cached_hit();
+        Some(claims)
+    }
+
+    fn recall_for(&self, validator: u64, epoch: u64, token: &[u8]) -> Option<Claims> {
         let last = self.lock();
         let last = last.as_ref()?;
         let usable = last.validator == validator
@@ -152,16 +160,10 @@ mod tests {
         assert!(last.validate(&validator, TOKEN).await.is_err());
         assert!(last.validate(&other, TOKEN).await.is_ok());
         // Checked under an earlier key epoch (a key was withdrawn since).
-        last.remember(
-            validator.id(),
-            epoch + 1,
-            TOKEN.as_bytes(),
-            &claims(now() + 60),
-        );
-        assert!(
-            last.recall(validator.id(), epoch, TOKEN.as_bytes())
-                .is_none()
-        );
+        last.remember(validator.id(), epoch, TOKEN.as_bytes(), &claims(now() + 60));
+        let token = TOKEN.as_bytes();
+        assert!(last.recall_for(validator.id(), epoch, token).is_some());
+        assert!(last.recall_for(validator.id(), epoch + 1, token).is_none());
         // Past its `exp`.
         last.remember(validator.id(), epoch, TOKEN.as_bytes(), &claims(now()));
         assert!(last.validate(&validator, TOKEN).await.is_err());

@@ -66,16 +66,32 @@ fn read_credential(value: &http::HeaderValue) -> Result<Option<&str>, Validation
 /// `None` for anything else, which [`bearer_token`] then reads step by step for its answer.
 /// Where this finds a token, every byte is visible ASCII, so the steps would find the same one.
 fn plain_bearer(value: &[u8]) -> Option<&str> {
-    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
-    let rest = rest.strip_prefix(b" ")?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let token = rest.trim_ascii();
+    let token = bearer_bytes(value)?;
     if token.is_empty() || !is_token68(token) {
         return None;
     }
     std::str::from_utf8(token).ok()
+}
+
+/// What follows `Bearer ` in `value`, trimmed, not checked.
+fn bearer_bytes(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    let rest = rest.strip_prefix(b" ")?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+}
+
+/// The token's bytes in a request's only `Authorization` header when it reads
+/// `Bearer <token>`, not checked: for comparing with a token that was (`validate::LastToken`).
+#[cfg(feature = "server")]
+pub(crate) fn usual_bearer_bytes(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    bearer_bytes(value.as_bytes())
 }
 
 /// A bearer token sent in the request.
