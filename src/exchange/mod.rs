@@ -521,7 +521,9 @@ impl Exchanger {
     }
 
     /// [`Exchanger::on_behalf_of`] for a token this exchanger's validator has just validated into
-    /// `subject` (the proxy path): no second validation.
+    /// `subject`, to a `target` that passed the same check as [`Exchanger::on_behalf_of`]'s when
+    /// the configuration was loaded (the proxy path: a route's `obo` or `obo_headers`): no
+    /// second validation, no second look at the target.
     #[cfg(feature = "server")]
     pub(crate) async fn on_behalf_of_subject(
         &self,
@@ -530,7 +532,6 @@ impl Exchanger {
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
-        check_target(target)?;
         self.on_behalf_of_checked(subject, user_token, target, skip_cache)
             .await
     }

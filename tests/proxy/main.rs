@@ -1050,7 +1050,10 @@ async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
     let iss = h.idp.issuer();
     let token = key.token(&iss, json!({}));
     let mut forged_claims = user_claims(&iss);
-    merge(&mut forged_claims, json!({"sub": "mallory", "roles": ["Admin"]}));
+    merge(
+        &mut forged_claims,
+        json!({"sub": "mallory", "roles": ["Admin"]}),
+    );
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     parts[1] = b64(forged_claims.to_string().as_bytes());
     let forged = parts.join(".");
@@ -1058,7 +1061,11 @@ async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
     for (sent, status) in [(&token, 200), (&forged, 401), (&token, 200), (&token, 200)] {
         assert_eq!(h.get("/x", Some(sent)).await.status(), status);
     }
-    assert_eq!(h.echo.hits(), before + 3, "the forged token never reached the app");
+    assert_eq!(
+        h.echo.hits(),
+        before + 3,
+        "the forged token never reached the app"
+    );
     // The connection's last token is `token`; its key goes.
     let other = TestKey::new("k2");
     h.idp.set_keys(&[&other]);
@@ -1070,7 +1077,11 @@ async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(h.idp.fetches() >= fetches + 2, "the background refresh ran");
-    assert_eq!(h.get("/x", Some(&token)).await.status(), 401, "its key is gone");
+    assert_eq!(
+        h.get("/x", Some(&token)).await.status(),
+        401,
+        "its key is gone"
+    );
 }
 
 #[tokio::test]
