@@ -133,19 +133,8 @@ impl Claims {
     /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
     /// provider's name rather than copying it per token).
     pub(super) fn from_parsed(provider: ProviderName, parsed: Parsed) -> Self {
-        let (layout, wide) = Layout::of(parsed);
-        let claims = Self(Arc::new(ClaimsInner {
-            buf: layout.buf.into_boxed_slice(),
-            hot: layout.hot,
-            scopes: layout.scopes,
-            roles: layout.roles,
-            exp: layout.exp,
-            json_len: layout.json_len,
-            flags: layout.flags,
-            provider,
-            stamp: OnceLock::new(),
-            memo: Memo::default(),
-        }));
+        let (inner, wide) = ClaimsInner::of(provider, parsed);
+        let claims = Self(Arc::new(inner));
         if let Some(wide) = wide {
             // Before anyone else can see these claims: every later read finds it.
             claims.memo(|_| wide);
@@ -159,7 +148,7 @@ impl Claims {
     /// `X-Auth-*` values; the views a library user may ask for ([`scopes`](Self::scopes),
     /// [`roles`](Self::roles), [`as_map`](Self::as_map)) and Easy Auth's principal are not
     /// counted, nor the positions of a payload too large for 16-bit ones (no validator makes
-    /// one: see [`Layout::of`]).
+    /// one: see `ClaimsInner::of`).
     pub(crate) fn heap_bytes(&self) -> usize {
         use crate::cache_meter::heap_chunk;
         // `Arc`'s two counts, then the inner value.
@@ -449,6 +438,7 @@ impl Claims {
     /// cached token keeps no `Bytes` of its own (a handle and a shared count, 64 bytes, a
     /// quarter of what it holds besides its payload).
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    #[inline]
     pub(crate) fn share(&self, value: &str) -> Bytes {
         let range = self.0.buf.as_ptr_range();
         let inside = range.start <= value.as_ptr()
@@ -464,18 +454,27 @@ impl Claims {
                 // The same allocation, not one at a recycled address: the kept `Bytes` holds a
                 // clone of the claims it was made for, so they cannot have been freed.
                 Some((at, bytes)) if *at == id => bytes.slice_ref(value.as_bytes()),
-                _ => {
-                    let bytes = Bytes::from_owner(Buffer(self.clone()));
-                    let slice = bytes.slice_ref(value.as_bytes());
-                    // The claims shared before may be dropped here, outside any other borrow.
-                    *last = Some((id, bytes));
-                    slice
-                }
+                _ => self.share_anew(&mut last, value),
             }
         });
         // A thread being torn down has no slot left: a `Bytes` of its own then.
-        shared
-            .unwrap_or_else(|_| Bytes::from_owner(Buffer(self.clone())).slice_ref(value.as_bytes()))
+        shared.unwrap_or_else(|_| self.owned().slice_ref(value.as_bytes()))
+    }
+
+    /// [`share`](Self::share) from claims other than the thread's last: their own `Bytes`,
+    /// kept in `last` in place of the one before. Once per token and thread, out of line.
+    #[cold]
+    fn share_anew(&self, last: &mut Option<(usize, Bytes)>, value: &str) -> Bytes {
+        let bytes = self.owned();
+        let slice = bytes.slice_ref(value.as_bytes());
+        // The claims shared before may be dropped here, outside any other borrow.
+        *last = Some((Arc::as_ptr(&self.0) as usize, bytes));
+        slice
+    }
+
+    /// A `Bytes` of the buffer that holds a clone of these claims.
+    fn owned(&self) -> Bytes {
+        Bytes::from_owner(Buffer(self.clone()))
     }
 
     /// The scopes as one space-separated text (the `X-Auth-Scopes` value): the token's own
@@ -511,7 +510,7 @@ impl Claims {
 
     /// The one role, when there is exactly one: the `X-Auth-Roles` value as it is.
     fn roles_as_written(&self) -> Option<&str> {
-        // A one-item list is kept as one item (see `Layout::of`).
+        // A one-item list is kept as one item (see `ClaimsInner::of`).
         (self.0.kind(List::Roles) == ListKind::One).then(|| self.resolve(self.0.roles))
     }
 
@@ -657,12 +656,14 @@ impl Claims {
     }
 
     /// A hot claim's value, when the token has it as a string.
+    #[inline]
     pub(crate) fn hot(&self, which: Hot) -> Option<&str> {
         let at = self.0.hot[which as usize];
         (at != At::ABSENT).then(|| self.resolve(at))
     }
 
     /// The text at `at`: in the payload, or among the unescaped values.
+    #[inline]
     fn resolve(&self, at: At) -> &str {
         if at.len == At::WIDE {
             let wide = self.wide().strs.get(usize::from(at.start)).copied();
@@ -672,6 +673,7 @@ impl Claims {
         self.text(usize::from(at.start), usize::from(at.len))
     }
 
+    #[inline]
     fn text(&self, start: usize, len: usize) -> &str {
         // Only the value's bytes are checked as UTF-8, not the whole payload at every read: the
         // proxy reads half a dozen claims a request. A range that is not on character
@@ -684,6 +686,7 @@ impl Claims {
     }
 
     /// The positions of a payload too large for 16-bit ones (kept in the memo).
+    #[cold]
     fn wide(&self) -> &Wide {
         self.memo(|_| Wide::default())
     }
@@ -869,22 +872,11 @@ struct Wide {
     lists: [Vec<(usize, usize)>; 2],
 }
 
-/// What [`Claims::from_parsed`] keeps of a [`Parsed`] payload.
-struct Layout {
-    buf: Vec<u8>,
-    hot: [At; HOT],
-    scopes: At,
-    roles: At,
-    exp: u64,
-    json_len: u32,
-    flags: u8,
-}
-
-impl Layout {
+impl ClaimsInner {
     /// The buffer (the payload, its unescaped values, the items of a list of several) and the
     /// positions in it; a buffer of 64 KiB or more keeps its positions in the [`Wide`] list
     /// returned too.
-    fn of(parsed: Parsed) -> (Self, Option<Wide>) {
+    fn of(provider: ProviderName, parsed: Parsed) -> (Self, Option<Wide>) {
         let json_len = parsed.payload.len();
         let lists = [parsed.scopes.compact(), parsed.roles.compact()];
         let items: usize = lists
@@ -895,72 +887,85 @@ impl Layout {
             })
             .sum();
         let mut buf = parsed.payload.into_bytes();
-        buf.reserve_exact(parsed.unescaped.len() + items * At::BYTES);
-        buf.extend_from_slice(parsed.unescaped.as_bytes());
-        // Below `At::WIDE`, so no position is mistaken for the marker.
-        let narrow = buf.len() + items * At::BYTES < usize::from(At::WIDE);
-        let mut wide = Wide::default();
-        let mut layout = Layout {
-            buf: Vec::new(),
-            hot: [At::ABSENT; HOT],
-            scopes: At::ABSENT,
-            roles: At::ABSENT,
-            exp: parsed.exp,
-            json_len: u32::try_from(json_len).unwrap_or(u32::MAX),
-            flags: parsed.flags,
-        };
-        for (at, s) in layout.hot.iter_mut().zip(parsed.hot) {
-            *at = Self::at(s, json_len, narrow, &mut wide);
+        if !parsed.unescaped.is_empty() || items > 0 {
+            buf.reserve_exact(parsed.unescaped.len() + items * At::BYTES);
+            buf.extend_from_slice(parsed.unescaped.as_bytes());
         }
-        for (list, which) in lists.into_iter().zip([List::Scopes, List::Roles]) {
+        // Below `At::WIDE`, so no position is mistaken for the marker.
+        let mut wide = (buf.len() + items * At::BYTES >= usize::from(At::WIDE)).then(Wide::default);
+        let mut hot = [At::ABSENT; HOT];
+        for (at, s) in hot.iter_mut().zip(parsed.hot) {
+            *at = At::of(s, json_len, &mut wide);
+        }
+        let mut flags = parsed.flags;
+        let mut list_ats = [At::ABSENT; 2];
+        for ((list, which), list_at) in lists
+            .into_iter()
+            .zip([List::Scopes, List::Roles])
+            .zip(&mut list_ats)
+        {
             let (kind, at) = match list {
                 Strs::Empty => (ListKind::Empty, At::ABSENT),
-                Strs::Words(s) => (ListKind::Words, Self::at(s, json_len, narrow, &mut wide)),
-                Strs::One(s) => (ListKind::One, Self::at(s, json_len, narrow, &mut wide)),
+                Strs::Words(s) => (ListKind::Words, At::of(s, json_len, &mut wide)),
+                Strs::One(s) => (ListKind::One, At::of(s, json_len, &mut wide)),
                 Strs::List(items) if items.is_empty() => (ListKind::Empty, At::ABSENT),
-                Strs::List(items) if narrow => {
-                    let start = buf.len();
-                    for s in items.iter() {
-                        Self::at(*s, json_len, narrow, &mut wide).write(&mut buf);
+                Strs::List(items) => match &mut wide {
+                    None => {
+                        let start = buf.len();
+                        for s in items.iter() {
+                            At::of(*s, json_len, &mut None).write(&mut buf);
+                        }
+                        let at = At {
+                            start: u16::try_from(start).unwrap_or(u16::MAX),
+                            len: u16::try_from(items.len()).unwrap_or(0),
+                        };
+                        (ListKind::Several, at)
                     }
-                    let at = At {
-                        start: u16::try_from(start).unwrap_or(u16::MAX),
-                        len: u16::try_from(items.len()).unwrap_or(0),
-                    };
-                    (ListKind::Several, at)
-                }
-                Strs::List(items) => {
-                    let k = which as usize;
-                    wide.lists[k] = items.iter().filter_map(|s| place(*s, json_len)).collect();
-                    let at = At {
-                        start: which as u16,
-                        len: At::WIDE,
-                    };
-                    (ListKind::Several, at)
-                }
+                    Some(wide) => {
+                        wide.lists[which as usize] =
+                            items.iter().filter_map(|s| place(*s, json_len)).collect();
+                        let at = At {
+                            start: which as u16,
+                            len: At::WIDE,
+                        };
+                        (ListKind::Several, at)
+                    }
+                },
             };
-            layout.flags |= (kind as u8) << which.shift();
-            match which {
-                List::Scopes => layout.scopes = at,
-                List::Roles => layout.roles = at,
-            }
+            flags |= (kind as u8) << which.shift();
+            *list_at = at;
         }
-        layout.buf = buf;
-        (layout, (!narrow).then_some(wide))
+        let [scopes, roles] = list_ats;
+        let inner = ClaimsInner {
+            buf: buf.into_boxed_slice(),
+            hot,
+            scopes,
+            roles,
+            exp: parsed.exp,
+            json_len: u32::try_from(json_len).unwrap_or(u32::MAX),
+            flags,
+            provider,
+            stamp: OnceLock::new(),
+            memo: Memo::default(),
+        };
+        (inner, wide)
     }
+}
 
-    /// Where `s` is kept: its 16-bit position, or (`narrow` false) its place in `wide`.
-    fn at(s: Str, json_len: usize, narrow: bool, wide: &mut Wide) -> At {
+impl At {
+    /// Where `s` is kept: its 16-bit position, or (for a buffer of 64 KiB or more, which has
+    /// `wide`) its place in `wide`.
+    fn of(s: Str, json_len: usize, wide: &mut Option<Wide>) -> At {
         let Some((start, len)) = place(s, json_len) else {
             return At::ABSENT;
         };
-        if narrow {
-            // `narrow`: both are below `At::WIDE`.
+        let Some(wide) = wide else {
+            // A narrow buffer: both are below `At::WIDE`.
             return match (u16::try_from(start), u16::try_from(len)) {
                 (Ok(start), Ok(len)) => At { start, len },
                 _ => At::ABSENT,
             };
-        }
+        };
         wide.strs.push((start, len));
         At {
             start: u16::try_from(wide.strs.len() - 1).unwrap_or(u16::MAX),
