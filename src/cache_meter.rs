@@ -2,10 +2,10 @@
 //! cache gets out of `[cache] max_memory`, and the `tollgate_cache_bytes` gauge and
 //! `tollgate_cache_evictions_total` counter that follow them.
 //!
-//! Both token caches are `quick_cache::sync::Cache`s keyed by a SHA-256 digest: measured with
-//! a counting allocator, one keeps an entry in ~120 bytes of its own (validation) or ~224
-//! (exchange, a larger value inline) where moka took 388 and 455, and a cached token's
-//! overhead beyond its own bytes was mostly that (`memory_tests`). Neither needs moka's
+//! Both token caches are `quick_cache::sync::Cache`s keyed by a SHA-256 digest (the
+//! validation cache by 4 bytes of it): measured with a counting allocator, one keeps an entry
+//! in ~76 bytes of its own (validation) or ~224 (exchange, a larger value inline) where moka
+//! took 388 and 455 (`memory_tests`). Neither needs moka's
 //! per-entry expiry: each checks `exp` on read and drops what it finds expired, and an
 //! expired entry never read again is pushed out by size like any other. The caches count
 //! their bytes here themselves: [`Meter::inserted`] before an insert, [`Meter::removed`] from
