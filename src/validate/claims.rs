@@ -436,7 +436,8 @@ impl Claims {
     /// claims: the proxy asks for the half-dozen values of one token in a row, so a request
     /// costs one small allocation at most (none while the same token comes back), and a
     /// cached token keeps no `Bytes` of its own (a handle and a shared count, 64 bytes, a
-    /// quarter of what it holds besides its payload).
+    /// quarter of what it holds besides its payload). A slice holds its claims: one must never
+    /// be kept in their own memo (a cycle, never freed).
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     #[inline]
     pub(crate) fn share(&self, value: &str) -> Bytes {
