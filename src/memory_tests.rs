@@ -183,13 +183,14 @@ fn claims(i: usize) -> crate::Claims {
 /// token does.
 fn cache_payloads(validator: &crate::validate::Validator, payloads: &[String]) {
     let mut headers = http::HeaderMap::new();
-    // The validator keeps the payload text it decoded (an exact-size copy, as here) and shares
-    // its provider's name.
+    // The validator keeps the payload text it decoded (an exact-size copy, as here), shares its
+    // provider's name, and stamps the claims with the token's digest before caching a clone.
     let provider_name = std::sync::Arc::new("entra_id".into());
     for (i, text) in payloads.iter().enumerate() {
-        let claims =
-            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
-        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        let digest = crate::util::sha256(&i.to_le_bytes());
+        let claims = crate::Claims::from_json_of(&provider_name, text.as_str().into(), digest)
+            .expect("an object");
+        validator.cache_insert(digest, claims.clone(), 0);
         crate::identity_headers::add(&mut headers, &claims, crate::config::IdentityHeaders::XAuth);
         headers.clear();
     }

@@ -1,7 +1,7 @@
 //! [`Claims`]: what a validated token says, and the route checks made on it.
 
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use once_cell::race::OnceBox;
@@ -43,18 +43,20 @@ struct ClaimsInner {
     /// ([`At`]s, 4 bytes each). One allocation: an identity header is a slice of it
     /// ([`Claims::share`]).
     buf: Box<[u8]>,
-    /// Positions of the claims read on every request, by [`Hot`].
-    hot: [At; HOT],
+    /// Positions of the claims read on every request, by [`Kept`].
+    hot: [At; KEPT],
     scopes: At,
     roles: At,
     exp: u64,
-    json_len: u32,
-    /// [`EMPTY`], [`HAS_ACTIVE`], and the kinds of `scopes` and `roles` ([`ListKind`]).
+    /// The payload's length, [`At::WIDE`] for a buffer of 64 KiB or more (its [`Wide`] has it).
+    json_len: u16,
+    /// [`EMPTY`], [`HAS_ACTIVE`], the kinds of `scopes` and `roles` ([`ListKind`]),
+    /// [`IDTYP_APP`], [`CLIENT_IS_APPID`].
     flags: u8,
     /// Shared by every `Claims` a validator makes; a thin pointer.
     provider: ProviderName,
     /// The token these claims were validated from, set by the validator that caches them.
-    stamp: OnceLock<Stamp>,
+    stamp: Stamp,
     /// What callers derive from these claims (the proxy's identity headers, the claims as a
     /// map), built at the first request that needs it.
     memo: Memo,
@@ -65,10 +67,15 @@ struct Stamp {
     /// `sha256(token)`: the cache finds an entry by a part of it and checks the whole, and
     /// the On-Behalf-Of cache keys by it.
     digest: [u8; 32],
-    /// The provider's key epoch the token was checked under, `u32::MAX` for an epoch past it
-    /// (such an entry is never served: 4 billion key withdrawals never happen, and if they
-    /// did the cost would be a validation per request, not a stale answer).
+    /// The provider's key epoch the token was checked under; [`Stamp::NONE`] for claims no
+    /// validator cached, and for an epoch past `u32::MAX - 1` (such claims are never served
+    /// from the cache: 4 billion key withdrawals never happen, and if they did the cost would
+    /// be a validation per request, not a stale answer).
     epoch: u32,
+}
+
+impl Stamp {
+    const NONE: u32 = u32::MAX;
 }
 
 impl std::fmt::Debug for ClaimsInner {
@@ -120,14 +127,18 @@ impl Claims {
         ))
     }
 
-    /// [`Claims::from_json`] with the provider's name shared, as a validator makes them: for
-    /// the measurements of what a cached token holds.
+    /// [`Claims::from_json`] with the provider's name shared and stamped with `digest` under
+    /// key epoch 0, as a validator makes them: for the measurements of what a cached token
+    /// holds.
     #[cfg(test)]
     pub(crate) fn from_json_of(
         provider: &ProviderName,
         payload: Box<str>,
+        digest: [u8; 32],
     ) -> Result<Self, serde_json::Error> {
-        Ok(Self::from_parsed(provider.clone(), Parsed::of(payload)?))
+        let mut claims = Self::from_parsed(provider.clone(), Parsed::of(payload)?);
+        claims.stamp(digest, 0);
+        Ok(claims)
     }
 
     /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
@@ -157,22 +168,31 @@ impl Claims {
 
     /// Records what the validation cache keeps them under: `sha256(token)` and the key epoch
     /// the token was checked under. Only the validator that produced these claims calls it,
-    /// once, before caching them; a later call changes nothing.
-    pub(super) fn stamp(&self, digest: [u8; 32], epoch: u64) {
-        let epoch = u32::try_from(epoch).unwrap_or(u32::MAX);
-        let _ = self.0.stamp.set(Stamp { digest, epoch });
+    /// before anyone else holds them: claims already shared (cloned) are left as they are, and
+    /// it says so by returning false. Set once, with no lock or flag for every read after.
+    pub(super) fn stamp(&mut self, digest: [u8; 32], epoch: u64) -> bool {
+        let Some(inner) = Arc::get_mut(&mut self.0) else {
+            return false;
+        };
+        let epoch = u32::try_from(epoch)
+            .ok()
+            .filter(|e| *e != Stamp::NONE)
+            .unwrap_or(Stamp::NONE);
+        inner.stamp = Stamp { digest, epoch };
+        true
     }
 
-    /// Whether these claims were stamped with `digest`, under key `epoch` (`None` when they
-    /// were stamped with another digest, or never).
+    /// The key epoch these claims were stamped under with `digest` (`None` when they were
+    /// stamped with another digest, or never).
     pub(super) fn stamped_epoch(&self, digest: &[u8; 32]) -> Option<u64> {
-        let stamp = self.0.stamp.get()?;
-        (stamp.digest == *digest && stamp.epoch != u32::MAX).then_some(u64::from(stamp.epoch))
+        let stamp = &self.0.stamp;
+        (stamp.epoch != Stamp::NONE && stamp.digest == *digest).then_some(u64::from(stamp.epoch))
     }
 
     /// `sha256` of the token these claims were validated from, when a validator cached them.
     pub(crate) fn token_digest(&self) -> Option<&[u8; 32]> {
-        self.0.stamp.get().map(|s| &s.digest)
+        let stamp = &self.0.stamp;
+        (stamp.epoch != Stamp::NONE).then_some(&stamp.digest)
     }
 
     /// Whether `other` is a clone of these claims (the same allocation), not merely equal.
@@ -575,7 +595,7 @@ impl Claims {
     /// assert!(tollgate::Claims::from_map("entra_id", map).is_app_only());
     /// ```
     pub fn is_app_only(&self) -> bool {
-        self.hot(Hot::Idtyp) == Some("app")
+        self.0.flags & IDTYP_APP != 0
             || (self.0.kind(List::Scopes) == ListKind::Empty
                 && self.hot(Hot::Sub).is_some()
                 && self.hot(Hot::Sub) == self.hot(Hot::Oid))
@@ -622,7 +642,9 @@ impl Claims {
     /// assert_eq!(claims.client_id(), Some("cccccccc-3333-4444-5555-dddddddddddd"));
     /// ```
     pub fn client_id(&self) -> Option<&str> {
-        self.hot(Hot::Azp).or_else(|| self.hot(Hot::Appid))
+        // `azp`, else `appid`: chosen once, when the claims were made.
+        let at = self.0.hot[Kept::Client as usize];
+        (at != At::ABSENT).then(|| self.resolve(at))
     }
 
     /// The checks that come with a provider's and a route's (or layer's) access settings, after
@@ -656,10 +678,26 @@ impl Claims {
         Ok(())
     }
 
-    /// A hot claim's value, when the token has it as a string.
+    /// A hot claim's value, when the token has it as a string. `azp` and `appid` are kept as
+    /// one (the client, [`client_id`](Self::client_id)): `appid` is `None` here when the token
+    /// has an `azp` too. `idtyp` is kept only as whether it is `app`
+    /// ([`is_app_only`](Self::is_app_only)): `None` here.
     #[inline]
     pub(crate) fn hot(&self, which: Hot) -> Option<&str> {
-        let at = self.0.hot[which as usize];
+        let appid = self.0.flags & CLIENT_IS_APPID != 0;
+        let kept = match which {
+            Hot::Sub => Kept::Sub,
+            Hot::Oid => Kept::Oid,
+            Hot::Tid => Kept::Tid,
+            Hot::Name => Kept::Name,
+            Hot::Iss => Kept::Iss,
+            Hot::Upn => Kept::Upn,
+            Hot::PreferredUsername => Kept::PreferredUsername,
+            Hot::Azp if !appid => Kept::Client,
+            Hot::Appid if appid => Kept::Client,
+            Hot::Azp | Hot::Appid | Hot::Idtyp => return None,
+        };
+        let at = self.0.hot[kept as usize];
         (at != At::ABSENT).then(|| self.resolve(at))
     }
 
@@ -740,7 +778,12 @@ impl Claims {
 impl ClaimsInner {
     /// The payload's JSON text.
     fn json(&self) -> &[u8] {
-        self.buf.get(..self.json_len as usize).unwrap_or(&[])
+        let len = if self.json_len == At::WIDE {
+            self.memo.get_or_init(Wide::default).json_len
+        } else {
+            usize::from(self.json_len)
+        };
+        self.buf.get(..len).unwrap_or(&[])
     }
 
     fn kind(&self, list: List) -> ListKind {
@@ -790,6 +833,22 @@ pub(crate) enum Hot {
 }
 
 const HOT: usize = 10;
+
+/// The hot claims [`Claims`] keep a position of: `azp` and `appid` as one (`Client`: `azp`,
+/// else `appid`), and `idtyp` as a flag ([`IDTYP_APP`]), as that is how they are read.
+#[derive(Clone, Copy)]
+enum Kept {
+    Sub,
+    Oid,
+    Tid,
+    Name,
+    Iss,
+    Upn,
+    PreferredUsername,
+    Client,
+}
+
+const KEPT: usize = 8;
 
 /// Where a claim's text is in the claims' buffer: `(start, len)`, 16 bits each, as a buffer
 /// made by a validator is under 64 KiB ([`super::MAX_TOKEN_BYTES`] is 16 KiB). A larger one
@@ -869,6 +928,7 @@ impl ListKind {
 /// [`At::start`], and the two lists' items.
 #[derive(Default)]
 struct Wide {
+    json_len: usize,
     strs: Vec<(usize, usize)>,
     lists: [Vec<(usize, usize)>; 2],
 }
@@ -879,6 +939,12 @@ impl ClaimsInner {
     /// returned too.
     fn of(provider: ProviderName, parsed: Parsed) -> (Self, Option<Wide>) {
         let json_len = parsed.payload.len();
+        // Read while the payload is still text.
+        let idtyp_app = if parsed.hot(Hot::Idtyp) == Some("app") {
+            parsed.flags | IDTYP_APP
+        } else {
+            parsed.flags
+        };
         let lists = [parsed.scopes.compact(), parsed.roles.compact()];
         let items: usize = lists
             .iter()
@@ -893,12 +959,39 @@ impl ClaimsInner {
             buf.extend_from_slice(parsed.unescaped.as_bytes());
         }
         // Below `At::WIDE`, so no position is mistaken for the marker.
-        let mut wide = (buf.len() + items * At::BYTES >= usize::from(At::WIDE)).then(Wide::default);
-        let mut hot = [At::ABSENT; HOT];
-        for (at, s) in hot.iter_mut().zip(parsed.hot) {
-            *at = At::of(s, json_len, &mut wide);
+        let mut wide = (buf.len() + items * At::BYTES >= usize::from(At::WIDE)).then(|| Wide {
+            json_len,
+            ..Wide::default()
+        });
+        let mut flags = idtyp_app;
+        let (azp, appid) = (
+            parsed.hot[Hot::Azp as usize],
+            parsed.hot[Hot::Appid as usize],
+        );
+        let client = if azp != Str::ABSENT {
+            azp
+        } else {
+            if appid != Str::ABSENT {
+                flags |= CLIENT_IS_APPID;
+            }
+            appid
+        };
+        let mut hot = [At::ABSENT; KEPT];
+        for (kept, s) in [
+            (Kept::Sub, parsed.hot[Hot::Sub as usize]),
+            (Kept::Oid, parsed.hot[Hot::Oid as usize]),
+            (Kept::Tid, parsed.hot[Hot::Tid as usize]),
+            (Kept::Name, parsed.hot[Hot::Name as usize]),
+            (Kept::Iss, parsed.hot[Hot::Iss as usize]),
+            (Kept::Upn, parsed.hot[Hot::Upn as usize]),
+            (
+                Kept::PreferredUsername,
+                parsed.hot[Hot::PreferredUsername as usize],
+            ),
+            (Kept::Client, client),
+        ] {
+            hot[kept as usize] = At::of(s, json_len, &mut wide);
         }
-        let mut flags = parsed.flags;
         let mut list_ats = [At::ABSENT; 2];
         for ((list, which), list_at) in lists
             .into_iter()
@@ -943,10 +1036,17 @@ impl ClaimsInner {
             scopes,
             roles,
             exp: parsed.exp,
-            json_len: u32::try_from(json_len).unwrap_or(u32::MAX),
+            // Below `At::WIDE` when narrow; a wide buffer's is in its `Wide`.
+            json_len: match wide {
+                None => u16::try_from(json_len).unwrap_or(At::WIDE),
+                Some(_) => At::WIDE,
+            },
             flags,
             provider,
-            stamp: OnceLock::new(),
+            stamp: Stamp {
+                digest: [0; 32],
+                epoch: Stamp::NONE,
+            },
             memo: Memo::default(),
         };
         (inner, wide)
@@ -1038,6 +1138,10 @@ impl Strs {
 /// are the lists' kinds.
 const EMPTY: u8 = 1;
 const HAS_ACTIVE: u8 = 2;
+/// `idtyp` is `app`.
+const IDTYP_APP: u8 = 1 << 6;
+/// The client position is `appid`'s (the token has no `azp` string).
+const CLIENT_IS_APPID: u8 = 1 << 7;
 
 /// Whether `text` is its words joined by single spaces: no leading, trailing or doubled space,
 /// no other whitespace. One pass, as the proxy asks it for every request.

@@ -196,9 +196,13 @@ impl Validator {
         self.budget.max_bytes
     }
 
-    /// Caches `claims` for `digest` (validated under key `epoch`).
-    pub(crate) fn cache_insert(&self, digest: [u8; 32], claims: Claims, epoch: u64) {
-        claims.stamp(digest, epoch);
+    /// Caches `claims` for `digest` (validated under key `epoch`), stamping them with both
+    /// unless they are stamped already. Claims that are neither (shared before they were
+    /// stamped: no validator's) could never be served from the cache, and are not put in.
+    pub(crate) fn cache_insert(&self, digest: [u8; 32], mut claims: Claims, epoch: u64) {
+        if claims.stamped_epoch(&digest) != Some(epoch) && !claims.stamp(digest, epoch) {
+            return;
+        }
         crate::cache_meter::insert(&self.cache, &self.meter, cache_key(&digest), claims);
     }
 
@@ -341,7 +345,9 @@ impl Validator {
             })
         })[index]
             .increment(1);
-        let claims = result?;
+        let mut claims = result?;
+        // Stamped while these are the only claims: `cache_insert` gets a clone.
+        claims.stamp(digest, epoch);
         self.cache_insert(digest, claims.clone(), epoch);
         Ok(claims)
     }
