@@ -36,6 +36,9 @@ pub(super) use parse::{Numeric, Parsed, Registered};
 #[derive(Clone, Debug)]
 pub struct Claims(Arc<ClaimsInner>);
 
+/// What a cached token keeps besides its buffer: 120 bytes, with the `Arc`'s counts a 144-byte
+/// `malloc` chunk. Every field is paid once per cached token, and 8 more bytes would make the
+/// chunk 160 (`memory_tests` holds a cached token to its payload + 256 bytes).
 struct ClaimsInner {
     /// The payload's JSON text as decoded from the token (its first `json_len` bytes), then the
     /// claim values that had JSON escapes, unescaped (rare: most claims have none, and then
