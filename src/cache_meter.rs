@@ -2,10 +2,10 @@
 //! cache gets out of `[cache] max_memory`, and the `tollgate_cache_bytes` gauge and
 //! `tollgate_cache_evictions_total` counter that follow them.
 //!
-//! Both token caches are `quick_cache::sync::Cache`s keyed by a SHA-256 digest: measured with
-//! a counting allocator, one keeps an entry in ~120 bytes of its own (validation) or ~224
-//! (exchange, a larger value inline) where moka took 388 and 455, and a cached token's
-//! overhead beyond its own bytes was mostly that (`memory_tests`). Neither needs moka's
+//! Both token caches are `quick_cache::sync::Cache`s keyed by a SHA-256 digest (the
+//! validation cache by 4 bytes of it): measured with a counting allocator, one keeps an entry
+//! in ~76 bytes of its own (validation) or ~224 (exchange, a larger value inline) where moka
+//! took 388 and 455 (`memory_tests`). Neither needs moka's
 //! per-entry expiry: each checks `exp` on read and drops what it finds expired, and an
 //! expired entry never read again is pushed out by size like any other. The caches count
 //! their bytes here themselves: [`Meter::inserted`] before an insert, [`Meter::removed`] from
@@ -39,13 +39,14 @@ pub(crate) const fn heap_chunk(size: usize) -> usize {
 }
 
 /// What a `quick_cache::sync::Cache` allocates per entry for the validated-token cache (a
-/// 32-byte key and a two-word value, 64 bytes a slot in its slab): the slot, its hash table
+/// 4-byte key and a one-word value, 24 bytes a slot in its slab): the slot, its hash table
 /// index, the slack of both growing by doubling, and the ghost keys it remembers after
-/// evictions, averaged over a cache filled and evicting. Measured with a counting allocator
-/// (`memory_tests` keeps it honest): 113 bytes filling, 121 evicting; charged as 120. (A
-/// `moka::sync::Cache` with per-entry expiry took 388 for the same entry: its value entry,
+/// evictions (a slot each), averaged over a cache filled and evicting. Measured with a
+/// counting allocator (`memory_tests` keeps it honest): 61 bytes filling, 96 evicting (a
+/// third as many ghosts as entries); charged as 76. (With a 32-byte key and a two-word value
+/// it was 113 and 121; a `moka::sync::Cache` with per-entry expiry took 388: its value entry,
 /// entry info, access-order, write-order and timer deque nodes, and its hash table's bucket.)
-pub(crate) const QUICK_SYNC_ENTRY_BYTES: usize = 120;
+pub(crate) const QUICK_SYNC_ENTRY_BYTES: usize = 76;
 
 /// The same for the exchange cache, whose value (an exchanged token) is 96 bytes inline: a
 /// 144-byte slot. Measured: 228 filling, 222 evicting; charged as 224. (A
@@ -225,20 +226,26 @@ pub(crate) trait CacheValue: Clone {
     fn same_as(&self, other: &Self) -> bool;
 }
 
-/// A token cache bounded by bytes: quick_cache keyed by SHA-256, each entry weighed by
-/// [`Weigh`], its evictions counted by [`Evicted`]. Fill it with [`insert`].
-pub(crate) type BoundedCache<V> =
-    quick_cache::sync::Cache<[u8; 32], V, Weigh, quick_cache::DefaultHashBuilder, Evicted>;
+/// A token cache bounded by bytes: quick_cache keyed by a SHA-256 digest (or a part of one:
+/// `K`), each entry weighed by [`Weigh`], its evictions counted by [`Evicted`]. Fill it with
+/// [`insert`].
+pub(crate) type BoundedCache<K, V> =
+    quick_cache::sync::Cache<K, V, Weigh, quick_cache::DefaultHashBuilder, Evicted>;
+
+/// What a [`BoundedCache`] key is: a digest, or a part of one, copied freely.
+pub(crate) trait CacheKey: Copy + Eq + std::hash::Hash + Send + Sync + 'static {}
+
+impl<K: Copy + Eq + std::hash::Hash + Send + Sync + 'static> CacheKey for K {}
 
 /// A cache of `budget`'s bytes and at most `max_entries` entries, counted in `meter`. The bytes
 /// bound the entries well before the count with tokens of `typical_entry` bytes, and quick_cache
 /// sizes its shards and the ghost keys it remembers by the entries it expects.
-pub(crate) fn bounded_cache<V: CacheValue>(
+pub(crate) fn bounded_cache<K: CacheKey, V: CacheValue>(
     budget: Budget,
     max_entries: u64,
     typical_entry: u64,
     meter: &Arc<Meter>,
-) -> BoundedCache<V> {
+) -> BoundedCache<K, V> {
     let expected = (budget.max_bytes / typical_entry.max(1)).clamp(1, max_entries.max(1));
     let mut options = quick_cache::OptionsBuilder::new();
     options
@@ -258,10 +265,10 @@ pub(crate) fn bounded_cache<V: CacheValue>(
 
 /// Puts `value` under `key`. It is counted in before the insert, which may push it (or others)
 /// out again; the insert under way tells [`Evicted`] a replaced entry from one pushed out.
-pub(crate) fn insert<V: CacheValue>(
-    cache: &BoundedCache<V>,
+pub(crate) fn insert<K: CacheKey, V: CacheValue>(
+    cache: &BoundedCache<K, V>,
     meter: &Meter,
-    key: [u8; 32],
+    key: K,
     value: V,
 ) {
     meter.inserted(value.entry_bytes());
@@ -273,8 +280,8 @@ pub(crate) fn insert<V: CacheValue>(
 #[derive(Clone)]
 pub(crate) struct Weigh(Budget);
 
-impl<V: CacheValue> quick_cache::Weighter<[u8; 32], V> for Weigh {
-    fn weight(&self, _: &[u8; 32], value: &V) -> u64 {
+impl<K, V: CacheValue> quick_cache::Weighter<K, V> for Weigh {
+    fn weight(&self, _: &K, value: &V) -> u64 {
         u64::from(self.0.weight(value.entry_bytes()))
     }
 }
@@ -285,10 +292,10 @@ impl<V: CacheValue> quick_cache::Weighter<[u8; 32], V> for Weigh {
 #[derive(Clone)]
 pub(crate) struct Evicted(Arc<Meter>);
 
-impl<V: CacheValue> quick_cache::Lifecycle<[u8; 32], V> for Evicted {
-    type RequestState = Option<([u8; 32], V)>;
+impl<K: CacheKey, V: CacheValue> quick_cache::Lifecycle<K, V> for Evicted {
+    type RequestState = Option<(K, V)>;
 
-    fn on_evict(&self, inserting: &mut Self::RequestState, key: [u8; 32], value: V) {
+    fn on_evict(&self, inserting: &mut Self::RequestState, key: K, value: V) {
         let replaced = inserting
             .as_ref()
             .is_some_and(|(k, new)| *k == key && !new.same_as(&value));

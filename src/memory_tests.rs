@@ -141,6 +141,12 @@ fn a_validated_tokens_weight_is_what_it_holds() {
         (weighed / measured - 1.0).abs() < 0.05,
         "weight {weighed:.0} B against {measured:.0} B measured"
     );
+    // Issue #18's target: a cached validated token holds at most its payload + 256 bytes.
+    assert!(
+        measured - payload <= 256.0,
+        "payload + {:.0} B",
+        measured - payload
+    );
     drop(payloads);
 }
 
@@ -177,13 +183,14 @@ fn claims(i: usize) -> crate::Claims {
 /// token does.
 fn cache_payloads(validator: &crate::validate::Validator, payloads: &[String]) {
     let mut headers = http::HeaderMap::new();
-    // The validator keeps the payload text it decoded (an exact-size copy, as here) and shares
-    // its provider's name.
-    let provider_name: std::sync::Arc<str> = "entra_id".into();
+    // The validator keeps the payload text it decoded (an exact-size copy, as here), shares its
+    // provider's name, and stamps the claims with the token's digest before caching a clone.
+    let provider_name = std::sync::Arc::new("entra_id".into());
     for (i, text) in payloads.iter().enumerate() {
-        let claims =
-            crate::Claims::from_json_of(&provider_name, text.as_str().into()).expect("an object");
-        validator.cache_insert(crate::util::sha256(&i.to_le_bytes()), claims.clone(), 0);
+        let digest = crate::util::sha256(&i.to_le_bytes());
+        let claims = crate::Claims::from_json_of(&provider_name, text.as_str().into(), digest)
+            .expect("an object");
+        validator.cache_insert(digest, claims.clone(), 0);
         crate::identity_headers::add(&mut headers, &claims, crate::config::IdentityHeaders::XAuth);
         headers.clear();
     }
@@ -281,6 +288,31 @@ fn an_expired_or_outdated_entry_is_dropped_when_read_not_served() {
         let name = format!("tollgate_cache_evictions_total{{cache=validation,cause={cause}}}");
         assert_eq!(counts.get(&name).copied(), Some(1), "{cause}: {counts:?}");
     }
+}
+
+#[test]
+fn another_tokens_entry_under_the_same_key_is_not_served() {
+    // The cache keys by a part of the digest: a token whose digest shares it finds another
+    // token's claims there, and must not get them.
+    let validator = crate::validate::Validator::with_memory(offline_provider(), 100, 1 << 20);
+    let digest = crate::util::sha256(b"cached");
+    let mut other = digest;
+    other[31] ^= 1;
+    validator.cache_insert(digest, claims(1), 0);
+    assert!(
+        validator.cached(&other, 0).is_none(),
+        "served another token's claims"
+    );
+    assert!(
+        validator.cached(&digest, 0).is_some(),
+        "the cached token's entry stays"
+    );
+    // The other token, once validated, takes the key over.
+    validator.cache_insert(other, claims(2), 0);
+    assert_eq!(validator.cache_len(), 1);
+    let got = validator.cached(&other, 0).expect("cached");
+    assert_eq!(got.token_digest(), Some(&other));
+    assert!(validator.cached(&digest, 0).is_none());
 }
 
 #[test]

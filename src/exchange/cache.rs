@@ -217,7 +217,7 @@ pub(crate) struct TokenCache {
     /// quick_cache rather than moka: less than half the bookkeeping per entry (`cache_meter`).
     /// It has no per-entry expiry: `usable_until` is checked on read, as it was already (moka's
     /// clock and the wall clock could disagree by a moment at the edge).
-    cache: Arc<BoundedCache<ExchangedToken>>,
+    cache: Arc<BoundedCache<[u8; 32], ExchangedToken>>,
     /// The fetch under way for each key that missed: later misses of the key wait for it
     /// rather than ask the IdP again, and share its error as well as its token.
     flights: Arc<Mutex<HashMap<[u8; 32], Flight>>>,

@@ -1,9 +1,10 @@
 //! [`Claims`]: what a validated token says, and the route checks made on it.
 
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use once_cell::race::OnceBox;
 use serde_json::{Map, Value};
 
 use super::ValidationError;
@@ -35,34 +36,56 @@ pub(super) use parse::{Numeric, Parsed, Registered};
 #[derive(Clone, Debug)]
 pub struct Claims(Arc<ClaimsInner>);
 
+/// What a cached token keeps besides its buffer: 120 bytes, with the `Arc`'s counts a 144-byte
+/// `malloc` chunk. Every field is paid once per cached token, and 8 more bytes would make the
+/// chunk 160 (`memory_tests` holds a cached token to its payload + 256 bytes).
 struct ClaimsInner {
-    /// The payload's JSON text, as decoded from the token. `Bytes`, so that an identity header
-    /// can be a slice of it rather than a copy.
-    payload: Bytes,
-    /// Claim values that had JSON escapes, unescaped (rare: most claims have none, and then they
-    /// are slices of `payload`).
-    unescaped: Box<str>,
-    /// Positions of the claims read on every request, by [`Hot`].
-    hot: [Str; HOT],
-    scopes: Strs,
-    roles: Strs,
+    /// The payload's JSON text as decoded from the token (its first `json_len` bytes), then the
+    /// claim values that had JSON escapes, unescaped (rare: most claims have none, and then
+    /// they are slices of the JSON), then the items of a scope or role list of several
+    /// ([`At`]s, 4 bytes each). One allocation: an identity header is a slice of it
+    /// ([`Claims::share`]).
+    buf: Box<[u8]>,
+    /// Positions of the claims read on every request, by [`Kept`].
+    hot: [At; KEPT],
+    scopes: At,
+    roles: At,
     exp: u64,
-    /// The payload has no claims, or has a claim named `active` (the introspection answer then
-    /// cannot be the payload with `active` put in front).
+    /// The payload's length, [`At::WIDE`] for a buffer of 64 KiB or more (its [`Wide`] has it).
+    json_len: u16,
+    /// [`EMPTY`], [`HAS_ACTIVE`], the kinds of `scopes` and `roles` ([`ListKind`]),
+    /// [`IDTYP_APP`], [`CLIENT_IS_APPID`].
     flags: u8,
-    provider: Arc<str>,
-    /// `sha256(token)`, set by the validator that produced these claims.
-    token_digest: OnceLock<[u8; 32]>,
+    /// Shared by every `Claims` a validator makes; a thin pointer.
+    provider: ProviderName,
+    /// The token these claims were validated from, set by the validator that caches them.
+    stamp: Stamp,
     /// What callers derive from these claims (the proxy's identity headers, the claims as a
     /// map), built at the first request that needs it.
     memo: Memo,
+}
+
+/// What the validation cache knows of the token behind cached claims.
+struct Stamp {
+    /// `sha256(token)`: the cache finds an entry by a part of it and checks the whole, and
+    /// the On-Behalf-Of cache keys by it.
+    digest: [u8; 32],
+    /// The provider's key epoch the token was checked under; [`Stamp::NONE`] for claims no
+    /// validator cached, and for an epoch past `u32::MAX - 1` (such claims are never served
+    /// from the cache: 4 billion key withdrawals never happen, and if they did the cost would
+    /// be a validation per request, not a stale answer).
+    epoch: u32,
+}
+
+impl Stamp {
+    const NONE: u32 = u32::MAX;
 }
 
 impl std::fmt::Debug for ClaimsInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claims")
             .field("provider", &self.provider)
-            .field("payload", &String::from_utf8_lossy(&self.payload))
+            .field("payload", &String::from_utf8_lossy(self.json()))
             .finish_non_exhaustive()
     }
 }
@@ -85,7 +108,7 @@ impl Claims {
         let text = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned());
         match Self::from_json(provider, text.into()) {
             Ok(claims) => claims,
-            Err(_) => Self::from_parsed(Arc::from(provider), Parsed::empty()),
+            Err(_) => Self::from_parsed(Arc::new(provider.into()), Parsed::empty()),
         }
     }
 
@@ -101,69 +124,78 @@ impl Claims {
     /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn from_json(provider: &str, payload: Box<str>) -> Result<Self, serde_json::Error> {
-        Ok(Self::from_parsed(Arc::from(provider), Parsed::of(payload)?))
+        Ok(Self::from_parsed(
+            Arc::new(provider.into()),
+            Parsed::of(payload)?,
+        ))
     }
 
-    /// [`Claims::from_json`] with the provider's name shared, as a validator makes them: for
-    /// the measurements of what a cached token holds.
+    /// [`Claims::from_json`] with the provider's name shared and stamped with `digest` under
+    /// key epoch 0, as a validator makes them: for the measurements of what a cached token
+    /// holds.
     #[cfg(test)]
     pub(crate) fn from_json_of(
-        provider: &Arc<str>,
+        provider: &ProviderName,
         payload: Box<str>,
+        digest: [u8; 32],
     ) -> Result<Self, serde_json::Error> {
-        Ok(Self::from_parsed(provider.clone(), Parsed::of(payload)?))
+        let mut claims = Self::from_parsed(provider.clone(), Parsed::of(payload)?);
+        claims.stamp(digest, 0);
+        Ok(claims)
     }
 
     /// Claims from a payload parsed by [`Parsed::of`], for the validator (which shares its
     /// provider's name rather than copying it per token).
-    pub(super) fn from_parsed(provider: Arc<str>, parsed: Parsed) -> Self {
-        Self(Arc::new(ClaimsInner {
-            payload: Bytes::from(parsed.payload.into_boxed_str().into_boxed_bytes()),
-            unescaped: parsed.unescaped.into_boxed_str(),
-            hot: parsed.hot,
-            scopes: parsed.scopes.compact(),
-            roles: parsed.roles.compact(),
-            exp: parsed.exp,
-            flags: parsed.flags,
-            provider,
-            token_digest: OnceLock::new(),
-            memo: Memo::default(),
-        }))
+    pub(super) fn from_parsed(provider: ProviderName, parsed: Parsed) -> Self {
+        let (inner, wide) = ClaimsInner::of(provider, parsed);
+        let claims = Self(Arc::new(inner));
+        if let Some(wide) = wide {
+            // Before anyone else can see these claims: every later read finds it.
+            claims.memo(|_| wide);
+        }
+        claims
     }
 
-    /// The heap bytes these claims hold when they are cached: the shared allocation, the
-    /// payload, the unescaped values and the claim lists, each as a `malloc` chunk. What is
+    /// The heap bytes these claims hold when they are cached: the shared allocation and the
+    /// buffer (payload, unescaped values, list items), each as a `malloc` chunk. What is
     /// memoised later is not included: the validation cache adds an allowance for the proxy's
     /// `X-Auth-*` values; the views a library user may ask for ([`scopes`](Self::scopes),
     /// [`roles`](Self::roles), [`as_map`](Self::as_map)) and Easy Auth's principal are not
-    /// counted.
+    /// counted, nor the positions of a payload too large for 16-bit ones (no validator makes
+    /// one: see `ClaimsInner::of`).
     pub(crate) fn heap_bytes(&self) -> usize {
         use crate::cache_meter::heap_chunk;
-        let inner = &self.0;
         // `Arc`'s two counts, then the inner value.
-        let mut bytes = heap_chunk(2 * size_of::<usize>() + size_of::<ClaimsInner>());
-        bytes += heap_chunk(inner.payload.len());
-        if !inner.unescaped.is_empty() {
-            bytes += heap_chunk(inner.unescaped.len());
-        }
-        for list in [&inner.scopes, &inner.roles] {
-            if let Strs::List(items) = list
-                && !items.is_empty()
-            {
-                bytes += heap_chunk(size_of_val::<[Str]>(items));
-            }
-        }
-        bytes
+        heap_chunk(2 * size_of::<usize>() + size_of::<ClaimsInner>()) + heap_chunk(self.0.buf.len())
     }
 
-    /// `sha256` of the token these claims were validated from, when a [`Validator`] made them.
-    /// Records `sha256(token)`; only the validator that produced these claims calls it.
-    pub(super) fn set_token_digest(&self, digest: [u8; 32]) {
-        let _ = self.0.token_digest.set(digest);
+    /// Records what the validation cache keeps them under: `sha256(token)` and the key epoch
+    /// the token was checked under. Only the validator that produced these claims calls it,
+    /// before anyone else holds them: claims already shared (cloned) are left as they are, and
+    /// it says so by returning false. Set once, with no lock or flag for every read after.
+    pub(super) fn stamp(&mut self, digest: [u8; 32], epoch: u64) -> bool {
+        let Some(inner) = Arc::get_mut(&mut self.0) else {
+            return false;
+        };
+        let epoch = u32::try_from(epoch)
+            .ok()
+            .filter(|e| *e != Stamp::NONE)
+            .unwrap_or(Stamp::NONE);
+        inner.stamp = Stamp { digest, epoch };
+        true
     }
 
+    /// The key epoch these claims were stamped under with `digest` (`None` when they were
+    /// stamped with another digest, or never).
+    pub(super) fn stamped_epoch(&self, digest: &[u8; 32]) -> Option<u64> {
+        let stamp = &self.0.stamp;
+        (stamp.epoch != Stamp::NONE && stamp.digest == *digest).then_some(u64::from(stamp.epoch))
+    }
+
+    /// `sha256` of the token these claims were validated from, when a validator cached them.
     pub(crate) fn token_digest(&self) -> Option<&[u8; 32]> {
-        self.0.token_digest.get()
+        let stamp = &self.0.stamp;
+        (stamp.epoch != Stamp::NONE).then_some(&stamp.digest)
     }
 
     /// Whether `other` is a clone of these claims (the same allocation), not merely equal.
@@ -284,7 +316,7 @@ impl Claims {
     pub fn scopes(&self) -> &[String] {
         // Built at the first call only: the route checks read the payload's text directly.
         &self
-            .memo(|c| Scopes(c.list(&c.0.scopes).map(str::to_owned).collect()))
+            .memo(|c| Scopes(c.list(List::Scopes).map(str::to_owned).collect()))
             .0
     }
 
@@ -301,7 +333,7 @@ impl Claims {
     /// ```
     pub fn roles(&self) -> &[String] {
         &self
-            .memo(|c| Roles(c.list(&c.0.roles).map(str::to_owned).collect()))
+            .memo(|c| Roles(c.list(List::Roles).map(str::to_owned).collect()))
             .0
     }
 
@@ -373,7 +405,7 @@ impl Claims {
     /// The payload parsed into a fresh map, not kept: for answers derived from every claim
     /// that are built once and memoised themselves (Easy Auth's principal).
     pub(crate) fn parse_map(&self) -> Map<String, Value> {
-        serde_json::from_slice(&self.0.payload).unwrap_or_default()
+        serde_json::from_slice(self.0.json()).unwrap_or_default()
     }
 
     /// The payload's JSON text, as in the token.
@@ -384,8 +416,8 @@ impl Claims {
     /// assert_eq!(claims.payload_json(), r#"{"exp":1900000000,"sub":"s"}"#);
     /// ```
     pub fn payload_json(&self) -> &str {
-        // Built from a `Box<str>`: always UTF-8.
-        std::str::from_utf8(&self.0.payload).unwrap_or("{}")
+        // Built from a `String`: always UTF-8.
+        std::str::from_utf8(self.0.json()).unwrap_or("{}")
     }
 
     /// `{"active":true, ...claims}` (RFC 7662's answer, as Texas gives it), from the payload's
@@ -393,7 +425,7 @@ impl Claims {
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn introspection_json(&self) -> Vec<u8> {
         const ACTIVE: &[u8] = br#"{"active":true"#;
-        let payload = &self.0.payload;
+        let payload = self.0.json();
         if self.0.flags & HAS_ACTIVE != 0 {
             let map = self.parse_map();
             let rest = map.iter().filter(|(k, _)| *k != "active");
@@ -419,20 +451,54 @@ impl Claims {
         out
     }
 
-    /// `value` (a claim read from these claims) as shared bytes: a slice of the payload when it
-    /// is one, so an identity header costs no copy of it.
+    /// `value` (a claim read from these claims) as shared bytes: a slice of the claims' buffer
+    /// when it is in it, so an identity header costs no copy of it.
+    ///
+    /// The slices hang off a `Bytes` that owns a clone of these claims, made at the first
+    /// value a thread shares from them and kept by the thread until it shares from other
+    /// claims: the proxy asks for the half-dozen values of one token in a row, so a request
+    /// costs one small allocation at most (none while the same token comes back), and a
+    /// cached token keeps no `Bytes` of its own (a handle and a shared count, 64 bytes, a
+    /// quarter of what it holds besides its payload). A slice holds its claims: one must never
+    /// be kept in their own memo (a cycle, never freed).
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    #[inline]
     pub(crate) fn share(&self, value: &str) -> Bytes {
-        let payload = &self.0.payload;
-        let range = payload.as_ptr_range();
+        let range = self.0.buf.as_ptr_range();
         let inside = range.start <= value.as_ptr()
             && value.as_ptr().wrapping_add(value.len()) <= range.end
             && !value.is_empty();
-        if inside {
-            payload.slice_ref(value.as_bytes())
-        } else {
-            Bytes::copy_from_slice(value.as_bytes())
+        if !inside {
+            return Bytes::copy_from_slice(value.as_bytes());
         }
+        let id = Arc::as_ptr(&self.0) as usize;
+        let shared = LAST_SHARED.try_with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                // The same allocation, not one at a recycled address: the kept `Bytes` holds a
+                // clone of the claims it was made for, so they cannot have been freed.
+                Some((at, bytes)) if *at == id => bytes.slice_ref(value.as_bytes()),
+                _ => self.share_anew(&mut last, value),
+            }
+        });
+        // A thread being torn down has no slot left: a `Bytes` of its own then.
+        shared.unwrap_or_else(|_| self.owned().slice_ref(value.as_bytes()))
+    }
+
+    /// [`share`](Self::share) from claims other than the thread's last: their own `Bytes`,
+    /// kept in `last` in place of the one before. Once per token and thread, out of line.
+    #[cold]
+    fn share_anew(&self, last: &mut Option<(usize, Bytes)>, value: &str) -> Bytes {
+        let bytes = self.owned();
+        let slice = bytes.slice_ref(value.as_bytes());
+        // The claims shared before may be dropped here, outside any other borrow.
+        *last = Some((Arc::as_ptr(&self.0) as usize, bytes));
+        slice
+    }
+
+    /// A `Bytes` of the buffer that holds a clone of these claims.
+    fn owned(&self) -> Bytes {
+        Bytes::from_owner(Buffer(self.clone()))
     }
 
     /// The scopes as one space-separated text (the `X-Auth-Scopes` value): the token's own
@@ -441,7 +507,7 @@ impl Claims {
     pub(crate) fn scopes_text(&self) -> Bytes {
         match self.scopes_as_written() {
             Some(text) => self.share(text),
-            None if self.list(&self.0.scopes).next().is_none() => Bytes::new(),
+            None if self.list(List::Scopes).next().is_none() => Bytes::new(),
             None => self.joined().scopes.clone(),
         }
     }
@@ -452,38 +518,35 @@ impl Claims {
     pub(crate) fn roles_text(&self) -> Bytes {
         match self.roles_as_written() {
             Some(text) => self.share(text),
-            None if self.list(&self.0.roles).next().is_none() => Bytes::new(),
+            None if self.list(List::Roles).next().is_none() => Bytes::new(),
             None => self.joined().roles.clone(),
         }
     }
 
     /// `scp` when its text is the `X-Auth-Scopes` value as it is: words split by single spaces.
     fn scopes_as_written(&self) -> Option<&str> {
-        let Strs::Words(w) = self.0.scopes else {
+        if self.0.kind(List::Scopes) != ListKind::Words {
             return None;
-        };
-        let text = self.resolve(w);
+        }
+        let text = self.resolve(self.0.scopes);
         single_spaced(text).then_some(text)
     }
 
     /// The one role, when there is exactly one: the `X-Auth-Roles` value as it is.
     fn roles_as_written(&self) -> Option<&str> {
-        match &self.0.roles {
-            Strs::One(r) => Some(self.resolve(*r)),
-            Strs::List(items) if items.len() == 1 => Some(self.resolve(items[0])),
-            _ => None,
-        }
+        // A one-item list is kept as one item (see `ClaimsInner::of`).
+        (self.0.kind(List::Roles) == ListKind::One).then(|| self.resolve(self.0.roles))
     }
 
     /// The scope and role texts that had to be joined, built at the first request that asks.
     fn joined(&self) -> &Joined {
         self.memo(|c| Joined {
-            scopes: c.join_unless(c.scopes_as_written().is_some(), &c.0.scopes, " "),
-            roles: c.join_unless(c.roles_as_written().is_some(), &c.0.roles, ","),
+            scopes: c.join_unless(c.scopes_as_written().is_some(), List::Scopes, " "),
+            roles: c.join_unless(c.roles_as_written().is_some(), List::Roles, ","),
         })
     }
 
-    fn join_unless(&self, as_written: bool, list: &Strs, sep: &str) -> Bytes {
+    fn join_unless(&self, as_written: bool, list: List, sep: &str) -> Bytes {
         if as_written {
             Bytes::new()
         } else {
@@ -491,19 +554,15 @@ impl Claims {
         }
     }
 
-    /// The heap bytes the proxy's `X-Auth-*` values add to these claims once built: the
-    /// payload's reference count (a `Bytes` made from a box allocates it at its first slice),
-    /// and, when a scope or role list has to be joined, the joined texts (each with its own
-    /// count) and their memo entry. Counted without building anything: the caches weigh an
-    /// entry before the proxy asks for its headers, and again when it leaves.
+    /// The heap bytes the proxy's `X-Auth-*` values add to these claims once built: when a
+    /// scope or role list has to be joined, the joined texts (each with its own count) and
+    /// their memo entry. The values that are slices of the buffer add nothing that stays (see
+    /// [`share`](Self::share)). Counted without building anything: the caches weigh an entry
+    /// before the proxy asks for its headers, and again when it leaves.
     pub(crate) fn headers_bytes(&self) -> usize {
         use crate::cache_meter::heap_chunk;
-        let mut bytes = if self.0.payload.is_empty() {
-            0
-        } else {
-            heap_chunk(SHARED_BYTES)
-        };
-        let joined = |as_written: bool, list: &Strs, sep: usize| {
+        let mut bytes = 0;
+        let joined = |as_written: bool, list: List, sep: usize| {
             let len: usize = if as_written {
                 0
             } else {
@@ -517,10 +576,10 @@ impl Claims {
                 heap_chunk(len) + heap_chunk(SHARED_BYTES)
             }
         };
-        let lists = joined(self.scopes_as_written().is_some(), &self.0.scopes, 1)
-            + joined(self.roles_as_written().is_some(), &self.0.roles, 1);
+        let lists = joined(self.scopes_as_written().is_some(), List::Scopes, 1)
+            + joined(self.roles_as_written().is_some(), List::Roles, 1);
         if lists > 0 {
-            bytes += lists + heap_chunk(size_of::<Entry<Joined>>());
+            bytes += lists + Memo::entry_bytes::<Joined>();
         }
         bytes
     }
@@ -539,8 +598,8 @@ impl Claims {
     /// assert!(tollgate::Claims::from_map("entra_id", map).is_app_only());
     /// ```
     pub fn is_app_only(&self) -> bool {
-        self.hot(Hot::Idtyp) == Some("app")
-            || (self.0.scopes.is_empty()
+        self.0.flags & IDTYP_APP != 0
+            || (self.0.kind(List::Scopes) == ListKind::Empty
                 && self.hot(Hot::Sub).is_some()
                 && self.hot(Hot::Sub) == self.hot(Hot::Oid))
     }
@@ -563,18 +622,14 @@ impl Claims {
     pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
         if !scopes.is_empty()
             && !self
-                .list(&self.0.scopes)
+                .list(List::Scopes)
                 .any(|s| scopes.iter().any(|w| w == s))
         {
             return Err(ValidationError::InsufficientScope {
                 scope: scopes.join(" "),
             });
         }
-        if !roles.is_empty()
-            && !self
-                .list(&self.0.roles)
-                .any(|r| roles.iter().any(|w| w == r))
-        {
+        if !roles.is_empty() && !self.list(List::Roles).any(|r| roles.iter().any(|w| w == r)) {
             return Err(ValidationError::InsufficientScope {
                 scope: roles.join(" "),
             });
@@ -590,7 +645,9 @@ impl Claims {
     /// assert_eq!(claims.client_id(), Some("cccccccc-3333-4444-5555-dddddddddddd"));
     /// ```
     pub fn client_id(&self) -> Option<&str> {
-        self.hot(Hot::Azp).or_else(|| self.hot(Hot::Appid))
+        // `azp`, else `appid`: chosen once, when the claims were made.
+        let at = self.0.hot[Kept::Client as usize];
+        (at != At::ABSENT).then(|| self.resolve(at))
     }
 
     /// The checks that come with a provider's and a route's (or layer's) access settings, after
@@ -602,7 +659,10 @@ impl Claims {
         allow_unscoped: bool,
         client_lists: [&[String]; 2],
     ) -> Result<(), ValidationError> {
-        if !allow_unscoped && self.0.scopes.is_empty() && self.0.roles.is_empty() {
+        if !allow_unscoped
+            && self.0.kind(List::Scopes) == ListKind::Empty
+            && self.0.kind(List::Roles) == ListKind::Empty
+        {
             return Err(ValidationError::InsufficientScope {
                 scope: String::new(),
             });
@@ -621,44 +681,91 @@ impl Claims {
         Ok(())
     }
 
-    /// A hot claim's value, when the token has it as a string.
+    /// A hot claim's value, when the token has it as a string. `azp` and `appid` are kept as
+    /// one (the client, [`client_id`](Self::client_id)): `appid` is `None` here when the token
+    /// has an `azp` too. `idtyp` is kept only as whether it is `app`
+    /// ([`is_app_only`](Self::is_app_only)): `None` here.
+    #[inline]
     pub(crate) fn hot(&self, which: Hot) -> Option<&str> {
-        let at = self.0.hot[which as usize];
-        (at != Str::ABSENT).then(|| self.resolve(at))
+        let appid = self.0.flags & CLIENT_IS_APPID != 0;
+        let kept = match which {
+            Hot::Sub => Kept::Sub,
+            Hot::Oid => Kept::Oid,
+            Hot::Tid => Kept::Tid,
+            Hot::Name => Kept::Name,
+            Hot::Iss => Kept::Iss,
+            Hot::Upn => Kept::Upn,
+            Hot::PreferredUsername => Kept::PreferredUsername,
+            Hot::Azp if !appid => Kept::Client,
+            Hot::Appid if appid => Kept::Client,
+            Hot::Azp | Hot::Appid | Hot::Idtyp => return None,
+        };
+        let at = self.0.hot[kept as usize];
+        (at != At::ABSENT).then(|| self.resolve(at))
     }
 
     /// The text at `at`: in the payload, or among the unescaped values.
-    fn resolve(&self, at: Str) -> &str {
-        let (start, len) = (at.start as usize, at.len as usize);
-        if start & ESCAPED != 0 {
-            let start = start & !ESCAPED;
-            return self.0.unescaped.get(start..start + len).unwrap_or("");
+    #[inline]
+    fn resolve(&self, at: At) -> &str {
+        if at.len == At::WIDE {
+            let wide = self.wide().strs.get(usize::from(at.start)).copied();
+            let (start, len) = wide.unwrap_or_default();
+            return self.text(start, len);
         }
+        self.text(usize::from(at.start), usize::from(at.len))
+    }
+
+    #[inline]
+    fn text(&self, start: usize, len: usize) -> &str {
         // Only the value's bytes are checked as UTF-8, not the whole payload at every read: the
         // proxy reads half a dozen claims a request. A range that is not on character
         // boundaries fails the check, as `str::get` would fail it.
         self.0
-            .payload
-            .get(start..start + len)
+            .buf
+            .get(start..start.saturating_add(len))
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or("")
     }
 
+    /// The positions of a payload too large for 16-bit ones (kept in the memo).
+    #[cold]
+    fn wide(&self) -> &Wide {
+        self.memo(|_| Wide::default())
+    }
+
     /// The items of a scope or role list.
-    fn list<'a>(&'a self, list: &'a Strs) -> impl Iterator<Item = &'a str> + 'a {
-        let (words, items): (Option<&str>, &[Str]) = match list {
-            Strs::Empty => (None, &[]),
-            Strs::Words(w) => (Some(self.resolve(*w)), &[]),
-            Strs::One(one) => (None, std::slice::from_ref(one)),
-            Strs::List(items) => (None, items),
-        };
+    fn list(&self, list: List) -> impl Iterator<Item = &str> {
+        let inner = &*self.0;
+        let at = inner.list_at(list);
+        let (mut words, mut one, mut table, mut wide) = (None, None, &[][..], &[][..]);
+        match inner.kind(list) {
+            ListKind::Empty => {}
+            ListKind::Words => words = Some(self.resolve(at)),
+            ListKind::One => one = Some(at),
+            ListKind::Several if at.len == At::WIDE => {
+                wide = self.wide().lists[usize::from(at.start) & 1].as_ref();
+            }
+            ListKind::Several => {
+                let start = usize::from(at.start);
+                table = inner
+                    .buf
+                    .get(start..start + usize::from(at.len) * At::BYTES)
+                    .unwrap_or(&[]);
+            }
+        }
         words
             .into_iter()
             .flat_map(str::split_whitespace)
-            .chain(items.iter().map(|s| self.resolve(*s)))
+            .chain(one.map(|at| self.resolve(at)))
+            .chain(
+                table
+                    .chunks_exact(At::BYTES)
+                    .map(|item| self.resolve(At::read(item))),
+            )
+            .chain(wide.iter().map(|&(start, len)| self.text(start, len)))
     }
 
-    fn join(&self, list: &Strs, sep: &str) -> Bytes {
+    fn join(&self, list: List, sep: &str) -> Bytes {
         let mut out = String::new();
         for (i, item) in self.list(list).enumerate() {
             if i > 0 {
@@ -670,6 +777,47 @@ impl Claims {
         Bytes::from(out.into_boxed_str().into_boxed_bytes())
     }
 }
+
+impl ClaimsInner {
+    /// The payload's JSON text.
+    fn json(&self) -> &[u8] {
+        let len = if self.json_len == At::WIDE {
+            self.memo.get_or_init(Wide::default).json_len
+        } else {
+            usize::from(self.json_len)
+        };
+        self.buf.get(..len).unwrap_or(&[])
+    }
+
+    fn kind(&self, list: List) -> ListKind {
+        ListKind::of(self.flags >> list.shift())
+    }
+
+    fn list_at(&self, list: List) -> At {
+        match list {
+            List::Scopes => self.scopes,
+            List::Roles => self.roles,
+        }
+    }
+}
+
+/// The owner of the `Bytes` that [`Claims::share`] slices: claims, read as their buffer.
+struct Buffer(Claims);
+
+impl AsRef<[u8]> for Buffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.0.buf
+    }
+}
+
+thread_local! {
+    /// The claims this thread last shared a value of (by address), and their `Bytes`.
+    static LAST_SHARED: std::cell::RefCell<Option<(usize, Bytes)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The provider's name as claims keep it: shared, behind a thin pointer.
+pub(crate) type ProviderName = Arc<Box<str>>;
 
 /// The claims kept parsed, as positions in the payload: those the proxy and the checks read on
 /// every request.
@@ -689,8 +837,262 @@ pub(crate) enum Hot {
 
 const HOT: usize = 10;
 
-/// `(start, len)` of a claim's text: in the payload, or (with [`ESCAPED`] set in `start`) in
-/// the unescaped values. `u32`: a token is at most [`super::MAX_TOKEN_BYTES`].
+/// The hot claims [`Claims`] keep a position of: `azp` and `appid` as one (`Client`: `azp`,
+/// else `appid`), and `idtyp` as a flag ([`IDTYP_APP`]), as that is how they are read.
+#[derive(Clone, Copy)]
+enum Kept {
+    Sub,
+    Oid,
+    Tid,
+    Name,
+    Iss,
+    Upn,
+    PreferredUsername,
+    Client,
+}
+
+const KEPT: usize = 8;
+
+/// Where a claim's text is in the claims' buffer: `(start, len)`, 16 bits each, as a buffer
+/// made by a validator is under 64 KiB ([`super::MAX_TOKEN_BYTES`] is 16 KiB). A larger one
+/// (only [`Claims::from_json`] and [`Claims::from_map`] take any size) keeps its positions in
+/// a [`Wide`] list, and `len` [`At::WIDE`] says `start` is an index into it. For a list of
+/// several items, `(start, len)` is where its items' `At`s are in the buffer, and how many.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct At {
+    start: u16,
+    len: u16,
+}
+
+impl At {
+    const ABSENT: At = At {
+        start: u16::MAX,
+        len: 0,
+    };
+    /// No narrow position has this length: the buffer is shorter.
+    const WIDE: u16 = u16::MAX;
+    /// An item `At` in the buffer: `start`, then `len`, little-endian.
+    const BYTES: usize = 4;
+
+    fn read(item: &[u8]) -> At {
+        let word = |i: usize| u16::from_le_bytes([item[i], item[i + 1]]);
+        At {
+            start: word(0),
+            len: word(2),
+        }
+    }
+
+    fn write(self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.start.to_le_bytes());
+        buf.extend_from_slice(&self.len.to_le_bytes());
+    }
+}
+
+/// Which of the two lists.
+#[derive(Clone, Copy)]
+enum List {
+    Scopes,
+    Roles,
+}
+
+impl List {
+    /// Where its [`ListKind`] is in [`ClaimsInner::flags`].
+    fn shift(self) -> u8 {
+        match self {
+            List::Scopes => 2,
+            List::Roles => 4,
+        }
+    }
+}
+
+/// A scope or role claim's shape, as kept: absent (or neither a string nor a list with a
+/// string), a space-separated string (`scp`), one string (a single role, or a list of one),
+/// or a list of several strings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Empty = 0,
+    Words = 1,
+    One = 2,
+    Several = 3,
+}
+
+impl ListKind {
+    fn of(bits: u8) -> Self {
+        match bits & 3 {
+            0 => ListKind::Empty,
+            1 => ListKind::Words,
+            2 => ListKind::One,
+            _ => ListKind::Several,
+        }
+    }
+}
+
+/// The positions of a buffer of 64 KiB or more, as `(start, len)` in bytes: the strings by
+/// [`At::start`], and the two lists' items.
+#[derive(Default)]
+struct Wide {
+    json_len: usize,
+    strs: Vec<(usize, usize)>,
+    lists: [Vec<(usize, usize)>; 2],
+}
+
+impl ClaimsInner {
+    /// The buffer (the payload, its unescaped values, the items of a list of several) and the
+    /// positions in it; a buffer of 64 KiB or more keeps its positions in the [`Wide`] list
+    /// returned too.
+    fn of(provider: ProviderName, parsed: Parsed) -> (Self, Option<Wide>) {
+        let json_len = parsed.payload.len();
+        // Read while the payload is still text.
+        let idtyp_app = if parsed.hot(Hot::Idtyp) == Some("app") {
+            parsed.flags | IDTYP_APP
+        } else {
+            parsed.flags
+        };
+        let lists = [parsed.scopes.compact(), parsed.roles.compact()];
+        let items: usize = lists
+            .iter()
+            .map(|l| match l {
+                Strs::List(items) => items.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut buf = parsed.payload.into_bytes();
+        if !parsed.unescaped.is_empty() || items > 0 {
+            buf.reserve_exact(parsed.unescaped.len() + items * At::BYTES);
+            buf.extend_from_slice(parsed.unescaped.as_bytes());
+        }
+        // Below `At::WIDE`, so no position is mistaken for the marker.
+        let mut wide = (buf.len() + items * At::BYTES >= usize::from(At::WIDE)).then(|| Wide {
+            json_len,
+            ..Wide::default()
+        });
+        let mut flags = idtyp_app;
+        let (azp, appid) = (
+            parsed.hot[Hot::Azp as usize],
+            parsed.hot[Hot::Appid as usize],
+        );
+        let client = if azp != Str::ABSENT {
+            azp
+        } else {
+            if appid != Str::ABSENT {
+                flags |= CLIENT_IS_APPID;
+            }
+            appid
+        };
+        let mut hot = [At::ABSENT; KEPT];
+        for (kept, s) in [
+            (Kept::Sub, parsed.hot[Hot::Sub as usize]),
+            (Kept::Oid, parsed.hot[Hot::Oid as usize]),
+            (Kept::Tid, parsed.hot[Hot::Tid as usize]),
+            (Kept::Name, parsed.hot[Hot::Name as usize]),
+            (Kept::Iss, parsed.hot[Hot::Iss as usize]),
+            (Kept::Upn, parsed.hot[Hot::Upn as usize]),
+            (
+                Kept::PreferredUsername,
+                parsed.hot[Hot::PreferredUsername as usize],
+            ),
+            (Kept::Client, client),
+        ] {
+            hot[kept as usize] = At::of(s, json_len, &mut wide);
+        }
+        let mut list_ats = [At::ABSENT; 2];
+        for ((list, which), list_at) in lists
+            .into_iter()
+            .zip([List::Scopes, List::Roles])
+            .zip(&mut list_ats)
+        {
+            let (kind, at) = match list {
+                Strs::Empty => (ListKind::Empty, At::ABSENT),
+                Strs::Words(s) => (ListKind::Words, At::of(s, json_len, &mut wide)),
+                Strs::One(s) => (ListKind::One, At::of(s, json_len, &mut wide)),
+                Strs::List(items) if items.is_empty() => (ListKind::Empty, At::ABSENT),
+                Strs::List(items) => match &mut wide {
+                    None => {
+                        let start = buf.len();
+                        for s in items.iter() {
+                            At::of(*s, json_len, &mut None).write(&mut buf);
+                        }
+                        let at = At {
+                            start: u16::try_from(start).unwrap_or(u16::MAX),
+                            len: u16::try_from(items.len()).unwrap_or(0),
+                        };
+                        (ListKind::Several, at)
+                    }
+                    Some(wide) => {
+                        wide.lists[which as usize] =
+                            items.iter().filter_map(|s| place(*s, json_len)).collect();
+                        let at = At {
+                            start: which as u16,
+                            len: At::WIDE,
+                        };
+                        (ListKind::Several, at)
+                    }
+                },
+            };
+            flags |= (kind as u8) << which.shift();
+            *list_at = at;
+        }
+        let [scopes, roles] = list_ats;
+        let inner = ClaimsInner {
+            buf: buf.into_boxed_slice(),
+            hot,
+            scopes,
+            roles,
+            exp: parsed.exp,
+            // Below `At::WIDE` when narrow; a wide buffer's is in its `Wide`.
+            json_len: match wide {
+                None => u16::try_from(json_len).unwrap_or(At::WIDE),
+                Some(_) => At::WIDE,
+            },
+            flags,
+            provider,
+            stamp: Stamp {
+                digest: [0; 32],
+                epoch: Stamp::NONE,
+            },
+            memo: Memo::default(),
+        };
+        (inner, wide)
+    }
+}
+
+impl At {
+    /// Where `s` is kept: its 16-bit position, or (for a buffer of 64 KiB or more, which has
+    /// `wide`) its place in `wide`.
+    fn of(s: Str, json_len: usize, wide: &mut Option<Wide>) -> At {
+        let Some((start, len)) = place(s, json_len) else {
+            return At::ABSENT;
+        };
+        let Some(wide) = wide else {
+            // A narrow buffer: both are below `At::WIDE`.
+            return match (u16::try_from(start), u16::try_from(len)) {
+                (Ok(start), Ok(len)) => At { start, len },
+                _ => At::ABSENT,
+            };
+        };
+        wide.strs.push((start, len));
+        At {
+            start: u16::try_from(wide.strs.len() - 1).unwrap_or(u16::MAX),
+            len: At::WIDE,
+        }
+    }
+}
+
+/// Where a parsed position lands in the buffer: unescaped values follow the payload.
+fn place(s: Str, json_len: usize) -> Option<(usize, usize)> {
+    if s == Str::ABSENT {
+        return None;
+    }
+    let (start, len) = (s.start as usize, s.len as usize);
+    if start & ESCAPED != 0 {
+        return Some((json_len + (start & !ESCAPED), len));
+    }
+    Some((start, len))
+}
+
+/// `(start, len)` of a claim's text, as the parser finds it: in the payload, or (with
+/// [`ESCAPED`] set in `start`) in the unescaped values. `u32`: a token is at most
+/// [`super::MAX_TOKEN_BYTES`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Str {
     start: u32,
@@ -734,8 +1136,15 @@ impl Strs {
     }
 }
 
+/// [`ClaimsInner::flags`]: the payload has no claims; it has a claim named `active` (the
+/// introspection answer then cannot be the payload with `active` put in front). Bits 2 to 5
+/// are the lists' kinds.
 const EMPTY: u8 = 1;
 const HAS_ACTIVE: u8 = 2;
+/// `idtyp` is `app`.
+const IDTYP_APP: u8 = 1 << 6;
+/// The client position is `appid`'s (the token has no `azp` string).
+const CLIENT_IS_APPID: u8 = 1 << 7;
 
 /// Whether `text` is its words joined by single spaces: no leading, trailing or doubled space,
 /// no other whitespace. One pass, as the proxy asks it for every request.
@@ -774,10 +1183,12 @@ struct Roles(Vec<String>);
 struct AsMap(Map<String, Value>);
 
 /// A tiny map from type to value, filled once per type and never emptied: an append-only list of
-/// entries, each in a `OnceLock`, so a lookup takes no lock and allocates nothing. It holds a
-/// couple of entries at most, so the walk is shorter than hashing would be.
+/// entries, each in a `OnceBox`, so a lookup takes no lock and allocates nothing. It holds a
+/// couple of entries at most, so the walk is shorter than hashing would be. A thin pointer
+/// (`OnceBox` is one word), as every cached token carries one and most never fill it; the
+/// price is a second, small allocation per entry.
 #[derive(Default)]
-struct Memo(OnceLock<Box<dyn MemoEntry>>);
+struct Memo(OnceBox<Box<dyn MemoEntry>>);
 
 /// One value of a [`Memo`] and the rest of the list.
 struct Entry<T> {
@@ -809,13 +1220,13 @@ impl Memo {
             }
             slot = filled.next();
         }
-        // Built outside the `OnceLock`, so that when another thread fills this slot first (with
-        // its own type, or with `T` too, as `OnceLock::get_or_init` would keep only one) the
+        // Built outside the `OnceBox`, so that when another thread fills this slot first (with
+        // its own type, or with `T` too, as `OnceBox::get_or_init` would keep only one) the
         // entry can go on to the next empty slot.
-        let mut pending: Option<Box<dyn MemoEntry>> = Some(Box::new(Entry {
+        let mut pending: Option<Box<Box<dyn MemoEntry>>> = Some(Box::new(Box::new(Entry {
             value: init(),
             next: Memo::default(),
-        }));
+        })));
         loop {
             if let Some(filled) = slot.0.get() {
                 if let Some(e) = filled.as_any().downcast_ref::<Entry<T>>() {
@@ -829,6 +1240,12 @@ impl Memo {
             }
             // A slot once set stays set: the next turn finds it filled, by this call or another.
         }
+    }
+
+    /// The heap bytes an entry of type `T` takes: the entry, and the box that points to it.
+    fn entry_bytes<T>() -> usize {
+        use crate::cache_meter::heap_chunk;
+        heap_chunk(size_of::<Box<dyn MemoEntry>>()) + heap_chunk(size_of::<Entry<T>>())
     }
 }
 
@@ -1718,11 +2135,11 @@ mod tests {
             .unwrap();
         assert_eq!(&two.roles_text()[..], b"R,S");
         assert_eq!(two.roles(), ["R", "S"]);
+        // The list's two items follow the payload in the buffer; one role keeps nothing.
         let chunk = crate::cache_meter::heap_chunk;
-        let payloads = chunk(two.payload_json().len()) - chunk(claims.payload_json().len());
         assert_eq!(
-            two.heap_bytes() - claims.heap_bytes() - payloads,
-            chunk(2 * size_of::<Str>()),
+            claims.heap_bytes() - chunk(claims.payload_json().len()),
+            two.heap_bytes() - chunk(two.payload_json().len() + 2 * At::BYTES),
             "only the two-role token keeps a list"
         );
     }
@@ -1749,20 +2166,21 @@ mod tests {
 
     #[test]
     fn the_header_allowance_is_what_the_headers_build() {
-        // Joined lists are built once and kept: their bytes are in the allowance.
+        // Joined lists are built once and kept: their bytes are in the allowance. Slices of
+        // the buffer keep nothing with the claims.
         let plain =
             Claims::from_json("p", r#"{"sub":"s","scp":"a b","roles":["R"]}"#.into()).unwrap();
         let joined =
             Claims::from_json("p", r#"{"sub":"s","scp":"a  b","roles":["R","S"]}"#.into()).unwrap();
         let chunk = crate::cache_meter::heap_chunk;
-        assert_eq!(plain.headers_bytes(), chunk(SHARED_BYTES));
+        assert_eq!(plain.headers_bytes(), 0);
         assert_eq!(
             joined.headers_bytes(),
-            chunk(SHARED_BYTES)
-                + chunk(3)
+            chunk(3)
                 + chunk(SHARED_BYTES)
                 + chunk(3)
                 + chunk(SHARED_BYTES)
+                + chunk(size_of::<Box<dyn MemoEntry>>())
                 + chunk(size_of::<Entry<Joined>>())
         );
         assert_eq!(&joined.scopes_text()[..], b"a b");
@@ -1808,5 +2226,72 @@ mod tests {
             ),
             (1, 2, 3)
         );
+    }
+
+    #[test]
+    fn a_payload_past_64_kib_answers_as_a_small_one() {
+        // Only `from_json` and `from_map` take a payload this large (a validator refuses a
+        // token past 16 KiB): its positions do not fit 16 bits and are kept aside.
+        let filler = "x".repeat(48 << 10);
+        let roles: Vec<String> = (0..2000).map(|i| format!("Role.{i}")).collect();
+        let map: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "filler": filler,
+            "sub": "s-1", "oid": "o-1", "tid": "t-1", "name": "Zo\u{eb} \"q\"",
+            "azp": "client", "iss": "https://i/", "preferred_username": "u@x",
+            "scp": "a  b c", "roles": roles, "exp": 1_900_000_000u64,
+        }))
+        .unwrap();
+        let text = serde_json::to_string(&map).unwrap();
+        // Escaped so that the name is among the unescaped values, past the payload.
+        let text = text.replace("Zoë", "Zo\\u00eb");
+        assert!(text.len() > 64 << 10);
+        assert!(
+            text.find(r#""sub""#).unwrap() > 32 << 10,
+            "hot claims past 32 KiB"
+        );
+        for claims in [
+            Claims::from_json("p", text.as_str().into()).unwrap(),
+            Claims::from_map("p", map.clone()),
+        ] {
+            let (scopes, roles, exp) = from_map_reference(&map);
+            assert_eq!(claims.scopes(), scopes);
+            assert_eq!(claims.roles(), roles);
+            assert_eq!(claims.expires_at(), exp);
+            assert_eq!(claims.subject(), "s-1");
+            assert_eq!(claims.oid(), Some("o-1"));
+            assert_eq!(claims.tid(), Some("t-1"));
+            assert_eq!(claims.name(), Some("Zoë \"q\""));
+            assert_eq!(claims.client_id(), Some("client"));
+            assert_eq!(claims.issuer(), "https://i/");
+            assert_eq!(claims.username(), Some("u@x"));
+            assert!(claims.check(&[], &["Role.1999".to_owned()]).is_ok());
+            assert!(claims.check(&["c".to_owned()], &[]).is_ok());
+            assert!(claims.check(&[], &["Role.2000".to_owned()]).is_err());
+            assert_eq!(&claims.scopes_text()[..], b"a b c");
+            assert_eq!(claims.roles_text(), roles.join(","));
+            assert_eq!(claims.as_map(), &map);
+            // A value of the buffer is shared, not copied, however far in it is.
+            let sub = claims.share(claims.subject());
+            assert_eq!(&sub[..], b"s-1");
+            assert!(claims.0.buf.as_ptr_range().contains(&sub.as_ptr()));
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_the_last_shared_claims_only() {
+        let a = Claims::from_json("p", r#"{"sub":"a-1","oid":"o"}"#.into()).unwrap();
+        let b = Claims::from_json("p", r#"{"sub":"b-1","oid":"o"}"#.into()).unwrap();
+        let (from_a, also_a) = (a.share(a.subject()), a.share(a.oid().unwrap()));
+        // The thread holds one clone of `a` for both slices.
+        assert_eq!(Arc::strong_count(&a.0), 2);
+        let from_b = b.share(b.subject());
+        assert_eq!((Arc::strong_count(&a.0), Arc::strong_count(&b.0)), (2, 2));
+        drop((from_a, also_a));
+        assert_eq!(Arc::strong_count(&a.0), 1, "a let go once b was shared");
+        // Each slice is of its own claims' buffer, and outlives them.
+        let again = a.share(a.subject());
+        assert!(a.0.buf.as_ptr_range().contains(&again.as_ptr()));
+        drop((a, b));
+        assert_eq!((&again[..], &from_b[..]), (&b"a-1"[..], &b"b-1"[..]));
     }
 }
