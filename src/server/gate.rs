@@ -138,7 +138,11 @@ async fn forward_authorised(
 ) -> Response<Body> {
     if let Some(user) = &user {
         if user.from_query {
-            move_query_token(&mut req, route, user.token.as_deref());
+            move_query_token(
+                &mut req,
+                route,
+                user.token.as_ref().and_then(Inbound::token),
+            );
         }
         crate::identity_headers::add(req.headers_mut(), &user.claims, route.identity_headers);
         // A tunnel is authorised once, at its handshake: it lives no longer than the token.
@@ -277,9 +281,15 @@ pub(super) async fn authenticate(
                 None => validator.validate(token.as_str()).await?,
             };
             // Kept only where the route exchanges it (the headers change before the
-            // exchange, and parsing them a second time would scan the whole token again) or
-            // moves it to a header.
-            let token = (route.exchanges() || from_query).then(|| token.into_string());
+            // exchange: the header's value is kept, a reference count) or moves it to a header.
+            let token = match token {
+                SentToken::Query(text) => Some(Inbound::Query(text)),
+                SentToken::Header(_) if route.exchanges() => headers
+                    .get(http::header::AUTHORIZATION)
+                    .cloned()
+                    .map(Inbound::Header),
+                SentToken::Header(_) => None,
+            };
             (claims, token, from_query)
         }
     };
@@ -304,20 +314,17 @@ pub(super) async fn authenticate(
 }
 
 /// The claims of the request's token when it is `last`'s (its bytes compared as sent, in the
-/// request's only `Authorization: Bearer` header), and the token where the route exchanges it.
-/// Those bytes were read and checked when `last` took them.
+/// request's only `Authorization: Bearer` header), and the header where the route exchanges
+/// the token. Those bytes were read and checked when `last` took them.
 fn recall(
     last: &LastToken,
     validator: &crate::validate::Validator,
     headers: &HeaderMap,
     route: &Route,
-) -> Option<(Claims, Option<String>)> {
-    let sent = crate::validate::usual_bearer_bytes(headers)?;
+) -> Option<(Claims, Option<Inbound>)> {
+    let (value, sent) = crate::validate::usual_bearer(headers)?;
     let claims = last.recall(validator, sent)?;
-    let token = match route.exchanges() {
-        true => Some(std::str::from_utf8(sent).ok()?.to_owned()),
-        false => None,
-    };
+    let token = route.exchanges().then(|| Inbound::Header(value.clone()));
     Some((claims, token))
 }
 
@@ -384,11 +391,36 @@ impl From<ValidationError> for Refused {
 pub(super) struct Authenticated {
     pub(super) claims: Claims,
     /// The inbound token, for routes that exchange it or when it came in the query.
-    token: Option<String>,
+    token: Option<Inbound>,
     /// The token was the `access_token` query parameter (`token_in_query`).
     from_query: bool,
     /// The session, when the user came with a session cookie instead of a token.
     session: Option<crate::session::SessionUser>,
+}
+
+/// Where the inbound token came in: kept for an exchange, or to move a query token to
+/// `Authorization`.
+pub(super) enum Inbound {
+    /// The request's `Authorization` value, `Bearer <token68>` (checked), shared with the
+    /// request rather than copied: the exchange reads the token only when its cache misses.
+    Header(HeaderValue),
+    /// The `access_token` query parameter, decoded.
+    Query(String),
+}
+
+impl Inbound {
+    /// The token itself.
+    fn token(&self) -> Option<&str> {
+        match self {
+            // Read again as `bearer_token` read it: the scheme, one space, the token trimmed.
+            Inbound::Header(value) => value
+                .to_str()
+                .ok()
+                .and_then(|value| value.split_once(' '))
+                .map(|(_, token)| token.trim()),
+            Inbound::Query(token) => Some(token),
+        }
+    }
 }
 
 /// For a token that came in the query: the forwarded URL loses it (URLs end up in access logs,
@@ -460,6 +492,15 @@ pub(super) async fn exchange_for_route(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "the route's provider cannot exchange tokens",
+        ));
+    };
+    // Read and checked when the request was authenticated: this cannot fail, and if it did,
+    // the request must not go on with the user's own token.
+    let Some(inbound) = inbound.token() else {
+        return Err(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the inbound token cannot be read again",
         ));
     };
     let fail = |e: ExchangeError| {

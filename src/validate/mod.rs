@@ -41,7 +41,7 @@ pub(crate) use refusal::{auth_context_challenge, has_auth_context};
 pub use sent_token::bearer_token;
 pub(crate) use sent_token::sent_token;
 #[cfg(feature = "server")]
-pub(crate) use sent_token::{QUERY_TOKEN, SentToken, usual_bearer_bytes};
+pub(crate) use sent_token::{QUERY_TOKEN, SentToken, usual_bearer};
 #[cfg(test)]
 pub(crate) use validator::entry_bytes;
 pub use validator::{MAX_TOKEN_BYTES, Validator, token_algorithm, token_kid};

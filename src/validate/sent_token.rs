@@ -82,16 +82,16 @@ fn bearer_bytes(value: &[u8]) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-/// The token's bytes in a request's only `Authorization` header when it reads
-/// `Bearer <token>`, not checked: for comparing with a token that was (`validate::LastToken`).
+/// A request's only `Authorization` header when it reads `Bearer <token>`, and the token's
+/// bytes in it, not checked: for comparing with a token that was (`validate::LastToken`).
 #[cfg(feature = "server")]
-pub(crate) fn usual_bearer_bytes(headers: &http::HeaderMap) -> Option<&[u8]> {
+pub(crate) fn usual_bearer(headers: &http::HeaderMap) -> Option<(&http::HeaderValue, &[u8])> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let value = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    bearer_bytes(value.as_bytes())
+    Some((value, bearer_bytes(value.as_bytes())?))
 }
 
 /// A bearer token sent in the request.
