@@ -1009,15 +1009,7 @@ async fn a_withdrawn_key_stops_vouching_for_cached_tokens() {
     for token in [&signed_by_old, &signed_by_old, &signed_by_new] {
         assert_eq!(h.get("/x", Some(token)).await.status(), 200);
     }
-    h.idp.set_keys(&[&new]);
-    let before = h.idp.fetches();
-    for _ in 0..100 {
-        if h.idp.fetches() >= before + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(h.idp.fetches() >= before + 2, "the background refresh ran");
+    withdraw_all_but(&h, &new).await;
     let r = h.get("/x", Some(&signed_by_old)).await;
     assert_eq!(r.status(), 401, "the cached token's key is gone");
     assert!(
@@ -1067,21 +1059,26 @@ async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
         "the forged token never reached the app"
     );
     // The connection's last token is `token`; its key goes.
-    let other = TestKey::new("k2");
-    h.idp.set_keys(&[&other]);
-    let fetches = h.idp.fetches();
-    for _ in 0..100 {
-        if h.idp.fetches() >= fetches + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(h.idp.fetches() >= fetches + 2, "the background refresh ran");
+    withdraw_all_but(&h, &TestKey::new("k2")).await;
     assert_eq!(
         h.get("/x", Some(&token)).await.status(),
         401,
         "its key is gone"
     );
+}
+
+/// The IdP publishes only `kept` from now on; returns once tollgate's background refresh
+/// (`jwks_refresh` of 200 ms) has fetched the new set.
+async fn withdraw_all_but(h: &Harness, kept: &TestKey) {
+    h.idp.set_keys(&[kept]);
+    let before = h.idp.fetches();
+    for _ in 0..100 {
+        if h.idp.fetches() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.idp.fetches() >= before + 2, "the background refresh ran");
 }
 
 #[tokio::test]
