@@ -167,11 +167,13 @@ impl Validator {
     }
 
     /// Which validator this is: the same for its clones, never the same for another one.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// The provider's key epoch now (see [`Provider::key_epoch`]).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn key_epoch(&self) -> u64 {
         self.provider.key_epoch()
     }
