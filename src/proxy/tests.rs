@@ -997,10 +997,9 @@ struct ConnectionCounts {
     ended: AtomicU64,
 }
 
-/// A raw HTTP/1.1 upstream answering each request (no body) with a fixed `200 ok`, counting
-/// its connections. With `close_after_each`, it closes each connection after one response,
-/// without saying so (no `Connection: close`), as an upstream ending an idle keep-alive
-/// connection does.
+/// A raw HTTP/1.1 upstream answering each request (no body) with [`reply_to`], counting its
+/// connections. With `close_after_each`, it closes each connection after one response, without
+/// saying so (no `Connection: close`), as an upstream ending an idle keep-alive connection does.
 async fn keep_alive_upstream(
     close_after_each: bool,
 ) -> (
@@ -1026,8 +1025,8 @@ async fn keep_alive_upstream(
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let reply = reply_to(&head);
                     head.clear();
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     if stream.write_all(reply).await.is_err() || close_after_each {
                         break;
                     }
@@ -1037,6 +1036,41 @@ async fn keep_alive_upstream(
         }
     });
     (addr, counts, task)
+}
+
+/// `200 ok` with a length; for `HEAD`, its head alone; for `/chunked`, the same body in
+/// chunks; for `/204`, `204 No Content`.
+fn reply_to(head: &[u8]) -> &'static [u8] {
+    if head.starts_with(b"HEAD ") {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    } else if head.starts_with(b"GET /chunked ") {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n"
+    } else if head.starts_with(b"GET /204 ") {
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    }
+}
+
+#[tokio::test]
+async fn bodiless_and_chunked_responses_give_their_connection_back() {
+    // A response with no body (HEAD, 204) is never polled for one: its connection goes back at
+    // once. A chunked body ends with its last chunk.
+    let (addr, counts, upstream) = keep_alive_upstream(false).await;
+    let proxy = proxy(settings_for(addr)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let head = client.head(proxy.url("/")).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        let chunked = client.get(proxy.url("/chunked")).send().await.unwrap();
+        assert_eq!(chunked.text().await.unwrap(), "ok");
+        let empty = client.get(proxy.url("/204")).send().await.unwrap();
+        assert_eq!(empty.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1, "one, reused");
+    drop(client);
+    proxy.stop().await;
+    upstream.abort();
 }
 
 #[tokio::test]
