@@ -254,6 +254,62 @@ impl CacheValue for ExchangedToken {
 /// the owner (an `Arc<str>`), measured by `memory_tests`.
 const OWNER_BYTES: usize = 40;
 
+/// [`key`] for a user's token (On-Behalf-Of, token exchange: `subject` is the token's digest),
+/// remembered on this thread with what it was computed from. A user's requests to one route
+/// come one after another with the same token and target, and each would hash the same bytes
+/// again (three SHA-256 blocks); the inputs are compared whole, so the memo never answers for
+/// other inputs. Other grants' subjects may be secrets or large, and are not kept.
+pub(super) fn user_key(
+    provider: &str,
+    client_id: &str,
+    grant: Grant,
+    target: &str,
+    subject: &[u8; 32],
+) -> [u8; 32] {
+    LAST_USER_KEY
+        .try_with(|last| {
+            let last = &mut *last.borrow_mut();
+            if last.grant == Some(grant)
+                && last.subject == *subject
+                && last.target == target
+                && last.client_id == client_id
+                && last.provider == provider
+            {
+                return last.key;
+            }
+            let made = key(provider, client_id, grant, target, subject);
+            // The strings' buffers are reused: a thread sees few providers and targets.
+            for (kept, now) in [
+                (&mut last.provider, provider),
+                (&mut last.client_id, client_id),
+                (&mut last.target, target),
+            ] {
+                kept.clear();
+                kept.push_str(now);
+            }
+            (last.grant, last.subject, last.key) = (Some(grant), *subject, made);
+            made
+        })
+        // A thread being torn down has no memo left.
+        .unwrap_or_else(|_| key(provider, client_id, grant, target, subject))
+}
+
+/// The inputs and result of this thread's last [`user_key`].
+#[derive(Default)]
+struct LastUserKey {
+    grant: Option<Grant>,
+    subject: [u8; 32],
+    provider: String,
+    client_id: String,
+    target: String,
+    key: [u8; 32],
+}
+
+thread_local! {
+    static LAST_USER_KEY: std::cell::RefCell<LastUserKey> =
+        std::cell::RefCell::new(LastUserKey::default());
+}
+
 /// `sha256(len(provider) provider len(client) client grant len(target) target len(subject) subject)`:
 /// lengths make the encoding unambiguous, so `("ab","c")` and `("a","bc")` never share a key.
 /// For On-Behalf-Of, `subject` is `sha256(user token)`, which the validator computed already:
@@ -503,6 +559,30 @@ mod tests {
             base,
             key("p", "client", Grant::OnBehalfOf, "target", b"subject")
         );
+    }
+
+    #[test]
+    fn the_remembered_user_key_is_the_key_of_exactly_its_inputs() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let inputs: [(&str, &str, Grant, &str, &[u8; 32]); 7] = [
+            ("p", "client", Grant::OnBehalfOf, "target", &a),
+            ("p", "client", Grant::OnBehalfOf, "target", &a),
+            ("p", "client", Grant::OnBehalfOf, "target", &b),
+            ("p", "client", Grant::OnBehalfOf, "target2", &b),
+            ("p", "client", Grant::TokenExchange, "target2", &b),
+            ("p", "client2", Grant::TokenExchange, "target2", &b),
+            ("q", "client2", Grant::TokenExchange, "target2", &b),
+        ];
+        // Each call after the first either repeats the last inputs (the memo answers) or
+        // changes one of them (it must not): every answer is the plain key of its inputs.
+        for (provider, client, grant, target, subject) in inputs {
+            assert_eq!(
+                user_key(provider, client, grant, target, subject),
+                key(provider, client, grant, target, subject),
+                "{provider} {client} {grant:?} {target} {}",
+                subject[0]
+            );
+        }
     }
 
     #[tokio::test]

@@ -972,13 +972,13 @@ impl Exchanger {
             + Send
             + 'static,
     {
-        let key = cache::key(
-            self.inner.provider.name(),
-            self.inner.auth.client_id(),
-            grant,
-            target,
-            subject,
-        );
+        let (provider, client_id) = (self.inner.provider.name(), self.inner.auth.client_id());
+        let key = match (grant, <&[u8; 32]>::try_from(subject)) {
+            (Grant::OnBehalfOf | Grant::TokenExchange, Ok(digest)) => {
+                cache::user_key(provider, client_id, grant, target, digest)
+            }
+            _ => cache::key(provider, client_id, grant, target, subject),
+        };
         let label = grant.label();
         let span = crate::telemetry::span!(
             "exchange",
