@@ -479,6 +479,41 @@ async fn introspect_is_200_active_or_not_and_400_for_a_provider_not_enabled() {
 }
 
 #[tokio::test]
+async fn the_api_connections_last_token_vouches_for_its_own_bytes_only() {
+    // The stack's client keeps its connection: the API remembers the connection's last token.
+    // The same signature over other claims must be refused by introspection and exchange alike.
+    let s = Stack::standard("").await;
+    let user = s.user_token(ALICE).await;
+    let mut claims = payload(&user);
+    claims["oid"] = json!(BOB_OID);
+    let mut parts: Vec<String> = user.split('.').map(str::to_owned).collect();
+    parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let forged = parts.join(".");
+    let introspect = |token: &str| {
+        s.post_json(
+            "/api/v1/introspect",
+            json!({"identity_provider": "entra_id", "token": token}),
+        )
+    };
+    for (token, active) in [
+        (&user, true),
+        (&forged, false),
+        (&user, true),
+        (&user, true),
+    ] {
+        let (status, body) = introspect(token).await;
+        assert_eq!((status, &body["active"]), (StatusCode::OK, &json!(active)));
+    }
+    let (status, _) = s.exchange(&user, &downstream(), false).await;
+    assert_eq!(status, 200);
+    let (status, body) = s.exchange(&forged, &downstream(), false).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = s.exchange(&user, &downstream(), false).await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn idporten_from_texas_variables_is_introspected_and_never_exchanged() {
     const AUDIENCE: &str = "https://my-app.example";
     let key = TestKey::new("idporten-key");

@@ -23,11 +23,11 @@ mod openapi;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,6 +37,7 @@ use body::ApiBody;
 use crate::exchange::{ExchangedToken, Exchanger};
 use crate::response::{api_error, exchange_error, uncacheable_json};
 use crate::state::AppState;
+use crate::validate::LastToken;
 
 /// Builds the API router. When an API key is configured every route needs
 /// `Authorization: Bearer <key>`.
@@ -201,16 +202,22 @@ async fn token(
 
 async fn exchange(
     State(state): State<Arc<AppState>>,
+    last_token: Option<Extension<Arc<LastToken>>>,
     ApiBody(req): ApiBody<ExchangeRequest>,
 ) -> Response {
     let x = match exchanger(&state, &req.identity_provider) {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match x
-        .on_behalf_of(&req.user_token, &req.target, req.skip_cache)
-        .await
-    {
+    let (token, target) = (&req.user_token, &req.target);
+    let exchanged = match last_token {
+        Some(Extension(last)) => {
+            x.on_behalf_of_on(&last, token, target, req.skip_cache)
+                .await
+        }
+        None => x.on_behalf_of(token, target, req.skip_cache).await,
+    };
+    match exchanged {
         Ok(t) => token_response(&t),
         Err(e) => exchange_error(&e),
     }
@@ -221,6 +228,7 @@ async fn exchange(
 /// kept with its cached claims.
 async fn introspect(
     State(state): State<Arc<AppState>>,
+    last_token: Option<Extension<Arc<LastToken>>>,
     ApiBody(req): ApiBody<IntrospectRequest>,
 ) -> Response {
     // An unknown provider is the caller's mistake, not an inactive token: `400` as on the other
@@ -235,7 +243,11 @@ async fn introspect(
             ),
         );
     };
-    match validator.validate(&req.token).await {
+    let validated = match last_token {
+        Some(Extension(last)) => last.validate(validator, &req.token).await,
+        None => validator.validate(&req.token).await,
+    };
+    match validated {
         Ok(claims) => {
             // Built from the payload's text per answer rather than kept: kept, it would be a
             // second copy of every cached token's claims.

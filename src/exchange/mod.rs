@@ -520,6 +520,25 @@ impl Exchanger {
             .await
     }
 
+    /// [`Exchanger::on_behalf_of`] on a connection that remembers its last token (the token
+    /// API's): a client sending the same token again is not validated again.
+    #[cfg(feature = "server")]
+    pub(crate) async fn on_behalf_of_on(
+        &self,
+        last_token: &crate::validate::LastToken,
+        user_token: &str,
+        target: &str,
+        skip_cache: bool,
+    ) -> Result<ExchangedToken, ExchangeError> {
+        check_target(target)?;
+        let subject = last_token
+            .validate(&self.inner.validator, user_token)
+            .await
+            .map_err(ExchangeError::InvalidSubject)?;
+        self.on_behalf_of_checked(&subject, user_token, target, skip_cache)
+            .await
+    }
+
     /// [`Exchanger::on_behalf_of`] for a token this exchanger's validator has just validated into
     /// `subject`, to a `target` that passed the same check as [`Exchanger::on_behalf_of`]'s when
     /// the configuration was loaded (the proxy path: a route's `obo` or `obo_headers`): no

@@ -537,7 +537,7 @@ impl http_server::RequestService for CurrentRouter {
         &self,
         peer: SocketAddr,
         connection: &Arc<crate::validate::LastToken>,
-        req: axum::extract::Request,
+        mut req: axum::extract::Request,
     ) -> Self::Future {
         use futures_util::future::Either;
         let generation = self.live.current.load();
@@ -552,7 +552,11 @@ impl http_server::RequestService for CurrentRouter {
                 }));
             }
             Listener::Public => &generation.public,
-            Listener::Api => &generation.api,
+            Listener::Api => {
+                // The token API's exchange and introspection know the connection's last token.
+                req.extensions_mut().insert(connection.clone());
+                &generation.api
+            }
             Listener::Admin => &generation.admin,
         };
         Either::Left(http_server::call_router(router, peer, req))
