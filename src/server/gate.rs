@@ -23,9 +23,11 @@ use crate::state::AppState;
 pub(super) async fn routed_public_request(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    last_token: Option<axum::Extension<Arc<LastToken>>>,
     req: Request<Body>,
 ) -> Response<Body> {
-    public_request(state, peer, None, req).await
+    let last_token = last_token.map(|axum::Extension(last)| last);
+    public_request(state, peer, last_token, req).await
 }
 
 /// Every proxied request: route, authenticate, authorise, decorate, forward. `last_token` is

@@ -552,13 +552,14 @@ impl http_server::RequestService for CurrentRouter {
                 }));
             }
             Listener::Public => &generation.public,
-            Listener::Api => {
-                // The token API's exchange and introspection know the connection's last token.
-                req.extensions_mut().insert(connection.clone());
-                &generation.api
-            }
+            Listener::Api => &generation.api,
             Listener::Admin => &generation.admin,
         };
+        // Through a router, the gate and the token API's exchange and introspection find the
+        // connection's last token in the request's extensions.
+        if !matches!(self.listener, Listener::Admin) {
+            req.extensions_mut().insert(connection.clone());
+        }
         Either::Left(http_server::call_router(router, peer, req))
     }
 }

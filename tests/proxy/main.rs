@@ -1028,13 +1028,24 @@ async fn a_withdrawn_key_stops_vouching_for_cached_tokens() {
 
 #[tokio::test]
 async fn a_connections_last_token_vouches_for_its_own_bytes_only() {
-    // One client keeps one connection: the proxy remembers the connection's last token and
-    // recognises it by its bytes. The same signature over other claims must not pass as it,
-    // and the remembered token must stop passing when its key is withdrawn.
+    last_token_vouches_for_its_own_bytes_only("").await;
+}
+
+#[tokio::test]
+async fn through_the_router_too_the_last_token_vouches_for_its_own_bytes_only() {
+    // The access log puts the public listener's requests through the router.
+    last_token_vouches_for_its_own_bytes_only("[log]\naccess = true").await;
+}
+
+/// One client keeps one connection: the proxy remembers the connection's last token and
+/// recognises it by its bytes. The same signature over other claims must not pass as it, and
+/// the remembered token must stop passing when its key is withdrawn. `extra` is more
+/// configuration.
+async fn last_token_vouches_for_its_own_bytes_only(extra: &str) {
     let key = TestKey::new("k1");
     let idp = StaticIdp::start(&[&key]).await;
     let provider = format!(
-        "name = \"last\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
+        "name = \"last\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"\n{extra}",
         idp.well_known()
     );
     let h = harness_custom(idp, &provider).await;
