@@ -29,6 +29,9 @@
 # CPU per request: the serving process's utime+stime from /proc/PID/stat before and after each
 # bounded run, divided by the requests wrk reports for that run. With PIN=1 the process under
 # test has CPU 1 to itself; wrk, the upstream, the dev IdP and nginx's upstream share CPU 0.
+# Besides the ratio of the best rounds, the headline gives the median over rounds of each
+# target's ratio to the bare proxy's same round ("median x"): on a VM whose speed drifts
+# between rounds, the pairing cancels the drift that the best rounds of each may not share.
 #
 # CALLGRIND=1: each target's process is started under `valgrind --tool=callgrind`, warmed with
 # CG_WARM requests, sent CG_REQUESTS more (CG_FIRST for the first-sight and invalid-token
@@ -379,6 +382,9 @@ end
 LUA
 
 declare -A RPS P50 P99 CPU
+# CPU per request of each target in each round ("name,round"): rounds interleave the targets,
+# so a target's round and the bare proxy's same round ran under the same conditions.
+declare -A ROUND_CPU
 # CPU time (user + system, in clock ticks) the process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
@@ -395,6 +401,7 @@ measure() { # name pid expect url [wrk args...]: one round; keeps the best figur
   # CPU the serving process spent per request: what the throughput would be bound by if the
   # process had a core to itself, free of wrk's and the upstream's share of this machine.
   local us; us=$(awk -v t="$used" -v k="$TICK_US" -v n="$reqs" 'BEGIN { printf "%.2f", t * k / n }')
+  ROUND_CPU["$name,${round:-1}"]=$us
   if [ -z "${CPU[$name]:-}" ] || awk -v a="$us" -v b="${CPU[$name]}" 'BEGIN { exit !(a < b) }'; then
     CPU[$name]=$us
   fi
@@ -475,12 +482,23 @@ ratio_of() {
   awk -v a="${m[$2]}" -v b="${m[$3]}" 'BEGIN { printf "%.2f", a / b }'
 }
 ratio() { ratio_of RPS "$1" "$2"; }
+# paired_median NAME REF: the median over rounds of NAME's CPU per request over REF's in the
+# same round; steadier than the ratio of the best rounds when the machine's speed drifts.
+paired_median() {
+  local r values=()
+  for r in $(seq "$ROUNDS"); do
+    local a=${ROUND_CPU["$1,$r"]:-} b=${ROUND_CPU["$2,$r"]:-}
+    [ -n "$a" ] && [ -n "$b" ] && values+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", a / b }')")
+  done
+  [ ${#values[@]} -gt 0 ] || { printf "n/a "; return; }
+  printf '%s\n' "${values[@]}" | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'
+}
 if [ ${#TARGETS[@]} -gt 0 ] && [ "$PIN" = 1 ]; then
   # The headline: CPU per request of the process under test, alone on CPU 1, against the bare
   # proxy of the same run (issue #18's targets in parentheses).
   echo
-  echo "CPU per request of the process under test, pinned alone on CPU 1 (best of $ROUNDS rounds):"
-  printf '  %-18s %10s %10s  %s\n' target "us/request" "x bare" "target"
+  echo "CPU per request of the process under test, pinned alone on CPU 1 (best of $ROUNDS rounds; \"median x\": the median over rounds of the ratio to the bare proxy in the same round):"
+  printf '  %-18s %10s %10s %10s  %s\n' target "us/request" "x bare" "median x" "target"
   for t in "${TARGETS[@]}"; do
     name=${t%%|*}
     case "$name" in
@@ -488,7 +506,7 @@ if [ ${#TARGETS[@]} -gt 0 ] && [ "$PIN" = 1 ]; then
       first_sight) goal="<= bare + 1.5 x RS256 verify" ;; bad_signature|unknown_kid) goal="<= first_sight" ;;
       exchange) goal="<= floor_post + 3 us" ;; *) goal= ;;
     esac
-    printf '  %-18s %10s %10s  %s\n' "$name" "${CPU[$name]}" "$(ratio_of CPU "$name" bare_proxy)" "$goal"
+    printf '  %-18s %10s %10s %10s  %s\n' "$name" "${CPU[$name]}" "$(ratio_of CPU "$name" bare_proxy)" "$(paired_median "$name" bare_proxy)" "$goal"
   done
   if [ -n "${CPU[first_sight]:-}" ] && [ -n "${CPU[bare_proxy]:-}" ]; then
     echo "  first_sight - bare_proxy = $(awk -v a="${CPU[first_sight]}" -v b="${CPU[bare_proxy]}" 'BEGIN { printf "%.1f", a - b }') us"
