@@ -209,15 +209,11 @@ async fn exchange(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let (token, target) = (&req.user_token, &req.target);
-    let exchanged = match last_token {
-        Some(Extension(last)) => {
-            x.on_behalf_of_on(&last, token, target, req.skip_cache)
-                .await
-        }
-        None => x.on_behalf_of(token, target, req.skip_cache).await,
-    };
-    match exchanged {
+    let last_token = last_token.as_ref().map(|Extension(last)| &**last);
+    match x
+        .on_behalf_of_on(last_token, &req.user_token, &req.target, req.skip_cache)
+        .await
+    {
         Ok(t) => token_response(&t),
         Err(e) => exchange_error(&e),
     }
@@ -243,11 +239,8 @@ async fn introspect(
             ),
         );
     };
-    let validated = match last_token {
-        Some(Extension(last)) => last.validate(validator, &req.token).await,
-        None => validator.validate(&req.token).await,
-    };
-    match validated {
+    let last_token = last_token.as_ref().map(|Extension(last)| &**last);
+    match crate::validate::validate_on(last_token, validator, &req.token).await {
         Ok(claims) => {
             // Built from the payload's text per answer rather than kept: kept, it would be a
             // second copy of every cached token's claims.

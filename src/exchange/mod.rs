@@ -520,19 +520,18 @@ impl Exchanger {
             .await
     }
 
-    /// [`Exchanger::on_behalf_of`] on a connection that remembers its last token (the token
-    /// API's): a client sending the same token again is not validated again.
+    /// [`Exchanger::on_behalf_of`] through the connection's last token where it keeps one (the
+    /// token API's): a client sending the same token again is not validated again.
     #[cfg(feature = "server")]
     pub(crate) async fn on_behalf_of_on(
         &self,
-        last_token: &crate::validate::LastToken,
+        last_token: Option<&crate::validate::LastToken>,
         user_token: &str,
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
         check_target(target)?;
-        let subject = last_token
-            .validate(&self.inner.validator, user_token)
+        let subject = crate::validate::validate_on(last_token, &self.inner.validator, user_token)
             .await
             .map_err(ExchangeError::InvalidSubject)?;
         self.on_behalf_of_checked(&subject, user_token, target, skip_cache)

@@ -278,10 +278,8 @@ pub(super) async fn authenticate(
                 None => return Err(ValidationError::Missing.into()),
             };
             let from_query = matches!(token, SentToken::Query(_));
-            let claims = match last_token {
-                Some(last) => last.validate(validator, token.as_str()).await?,
-                None => validator.validate(token.as_str()).await?,
-            };
+            let claims =
+                crate::validate::validate_on(last_token, validator, token.as_str()).await?;
             // Kept only where the route exchanges it (the headers change before the
             // exchange: the header's value is kept, a reference count) or moves it to a header.
             let token = match token {
@@ -414,12 +412,7 @@ impl Inbound {
     /// The token itself.
     fn token(&self) -> Option<&str> {
         match self {
-            // Read again as `bearer_token` read it: the scheme, one space, the token trimmed.
-            Inbound::Header(value) => value
-                .to_str()
-                .ok()
-                .and_then(|value| value.split_once(' '))
-                .map(|(_, token)| token.trim()),
+            Inbound::Header(value) => crate::validate::token_of(value),
             Inbound::Query(token) => Some(token),
         }
     }

@@ -41,8 +41,7 @@ impl LastToken {
         token: &str,
     ) -> Result<Claims, ValidationError> {
         let epoch = validator.key_epoch();
-        if let Some(claims) = self.recall_for(validator.id(), epoch, token.as_bytes()) {
-            answered_from_memory(validator);
+        if let Some(claims) = self.recall(validator, token.as_bytes()) {
             return Ok(claims);
         }
         let claims = validator.validate(token).await?;
@@ -92,6 +91,18 @@ impl LastToken {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Remembered>> {
         // Every write leaves a whole entry: a panic elsewhere leaves it usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `token` validated by `validator`, through `last` where the connection keeps one.
+pub(crate) async fn validate_on(
+    last: Option<&LastToken>,
+    validator: &Validator,
+    token: &str,
+) -> Result<Claims, ValidationError> {
+    match last {
+        Some(last) => last.validate(validator, token).await,
+        None => validator.validate(token).await,
     }
 }
 

@@ -33,7 +33,7 @@ pub use claims::Claims;
 #[cfg_attr(not(feature = "server"), allow(unused_imports))]
 pub(crate) use claims::Hot;
 #[cfg(feature = "server")]
-pub(crate) use last_token::LastToken;
+pub(crate) use last_token::{LastToken, validate_on};
 #[cfg(feature = "server")]
 pub(crate) use refusal::claims_challenge;
 pub use refusal::{REALM, ValidationError};
@@ -41,7 +41,7 @@ pub(crate) use refusal::{auth_context_challenge, has_auth_context};
 pub use sent_token::bearer_token;
 pub(crate) use sent_token::sent_token;
 #[cfg(feature = "server")]
-pub(crate) use sent_token::{QUERY_TOKEN, SentToken, usual_bearer};
+pub(crate) use sent_token::{QUERY_TOKEN, SentToken, token_of, usual_bearer};
 #[cfg(test)]
 pub(crate) use validator::entry_bytes;
 pub use validator::{MAX_TOKEN_BYTES, Validator, token_algorithm, token_kid};

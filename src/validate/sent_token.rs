@@ -24,19 +24,27 @@ use super::ValidationError;
 /// assert!(matches!(bearer_token(&headers), Err(ValidationError::InvalidRequest(_))));
 /// ```
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, ValidationError> {
-    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
+    let Some(value) = lone_authorization(headers)? else {
         return Ok(None);
     };
+    match plain_bearer(value.as_bytes()) {
+        Some(token) => Ok(Some(token)),
+        None => read_credential(value),
+    }
+}
+
+/// The request's `Authorization` header, if any; two are `invalid_request`.
+fn lone_authorization(
+    headers: &http::HeaderMap,
+) -> Result<Option<&http::HeaderValue>, ValidationError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next();
     if values.next().is_some() {
         return Err(ValidationError::InvalidRequest(
             "more than one Authorization header",
         ));
     }
-    match plain_bearer(value.as_bytes()) {
-        Some(token) => Ok(Some(token)),
-        None => read_credential(value),
-    }
+    Ok(value)
 }
 
 /// An `Authorization` value read step by step: ASCII, then the scheme, then the token.
@@ -86,12 +94,15 @@ fn bearer_bytes(value: &[u8]) -> Option<&[u8]> {
 /// bytes in it, not checked: for comparing with a token that was (`validate::LastToken`).
 #[cfg(feature = "server")]
 pub(crate) fn usual_bearer(headers: &http::HeaderMap) -> Option<(&http::HeaderValue, &[u8])> {
-    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
+    let value = lone_authorization(headers).ok()??;
     Some((value, bearer_bytes(value.as_bytes())?))
+}
+
+/// The token of an `Authorization` value [`bearer_token`] has already read (kept to be read
+/// again later, as the proxy keeps it for an exchange).
+#[cfg(feature = "server")]
+pub(crate) fn token_of(value: &http::HeaderValue) -> Option<&str> {
+    std::str::from_utf8(bearer_bytes(value.as_bytes())?).ok()
 }
 
 /// A bearer token sent in the request.
@@ -229,6 +240,8 @@ mod tests {
             let value = http::HeaderValue::from_bytes(raw).unwrap();
             if let Some(token) = plain_bearer(raw) {
                 assert_eq!(read_credential(&value), Ok(Some(token)), "{raw:?}");
+                #[cfg(feature = "server")]
+                assert_eq!(token_of(&value), Some(token), "{raw:?}");
                 some += 1;
             }
         }
