@@ -996,13 +996,7 @@ async fn a_withdrawn_key_stops_vouching_for_cached_tokens() {
     // and are cached, but must not be served from the cache until their `exp`.
     let old = TestKey::new("old");
     let new = TestKey::new("new");
-    let idp = StaticIdp::start(&[&old, &new]).await;
-    let provider = format!(
-        "name = \"withdrawn\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
-        idp.well_known()
-    );
-    let h = harness_custom(idp, &provider).await;
-    h.wait_ready().await;
+    let h = refreshing_harness("withdrawn", &[&old, &new], "").await;
     let iss = h.idp.issuer();
     let signed_by_old = old.token(&iss, json!({}));
     let signed_by_new = new.token(&iss, json!({}));
@@ -1043,13 +1037,7 @@ async fn through_the_router_too_the_last_token_vouches_for_its_own_bytes_only() 
 /// configuration.
 async fn last_token_vouches_for_its_own_bytes_only(extra: &str) {
     let key = TestKey::new("k1");
-    let idp = StaticIdp::start(&[&key]).await;
-    let provider = format!(
-        "name = \"last\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"\n{extra}",
-        idp.well_known()
-    );
-    let h = harness_custom(idp, &provider).await;
-    h.wait_ready().await;
+    let h = refreshing_harness("last", &[&key], extra).await;
     let iss = h.idp.issuer();
     let token = key.token(&iss, json!({}));
     let mut forged_claims = user_claims(&iss);
@@ -1076,6 +1064,19 @@ async fn last_token_vouches_for_its_own_bytes_only(extra: &str) {
         401,
         "its key is gone"
     );
+}
+
+/// A ready harness whose provider `name` fetches the IdP's keys (`keys`) every 200 ms;
+/// `extra` is more configuration.
+async fn refreshing_harness(name: &str, keys: &[&TestKey], extra: &str) -> Harness {
+    let idp = StaticIdp::start(keys).await;
+    let provider = format!(
+        "name = \"{name}\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"\n{extra}",
+        idp.well_known()
+    );
+    let h = harness_custom(idp, &provider).await;
+    h.wait_ready().await;
+    h
 }
 
 /// The IdP publishes only `kept` from now on; returns once tollgate's background refresh
@@ -1195,13 +1196,7 @@ async fn jwks_failure_after_start_keeps_cached_keys() {
     // A provider name of its own: the Prometheus recorder is shared by every test in the binary.
     const NAME: &str = "keep_stale";
     let key = TestKey::new("k1");
-    let idp = StaticIdp::start(&[&key]).await;
-    let provider = format!(
-        "name = \"{NAME}\"\nwell_known_url = \"{}\"\njwks_refresh = \"200ms\"",
-        idp.well_known()
-    );
-    let h = harness_custom(idp, &provider).await;
-    h.wait_ready().await;
+    let h = refreshing_harness(NAME, &[&key], "").await;
     let iss = h.idp.issuer();
     assert_eq!(
         h.get("/x", Some(&key.token(&iss, json!({}))))
