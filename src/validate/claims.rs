@@ -43,9 +43,10 @@ struct ClaimsInner {
     /// The payload's JSON text as decoded from the token (its first `json_len` bytes), then the
     /// claim values that had JSON escapes, unescaped (rare: most claims have none, and then
     /// they are slices of the JSON), then the items of a scope or role list of several
-    /// ([`At`]s, 4 bytes each). One allocation: an identity header is a slice of it
-    /// ([`Claims::share`]).
-    buf: Box<[u8]>,
+    /// ([`At`]s, 6 ASCII bytes each). One allocation: an identity header is a slice of it
+    /// ([`Claims::share`]). Text throughout, so a claim is read by slicing it, with no UTF-8
+    /// check at each read (the proxy reads half a dozen a request).
+    buf: Box<str>,
     /// Positions of the claims read on every request, by [`Kept`].
     hot: [At; KEPT],
     scopes: At,
@@ -85,7 +86,7 @@ impl std::fmt::Debug for ClaimsInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claims")
             .field("provider", &self.provider)
-            .field("payload", &String::from_utf8_lossy(self.json()))
+            .field("payload", &self.json())
             .finish_non_exhaustive()
     }
 }
@@ -405,7 +406,7 @@ impl Claims {
     /// The payload parsed into a fresh map, not kept: for answers derived from every claim
     /// that are built once and memoised themselves (Easy Auth's principal).
     pub(crate) fn parse_map(&self) -> Map<String, Value> {
-        serde_json::from_slice(self.0.json()).unwrap_or_default()
+        serde_json::from_str(self.0.json()).unwrap_or_default()
     }
 
     /// The payload's JSON text, as in the token.
@@ -416,8 +417,7 @@ impl Claims {
     /// assert_eq!(claims.payload_json(), r#"{"exp":1900000000,"sub":"s"}"#);
     /// ```
     pub fn payload_json(&self) -> &str {
-        // Built from a `String`: always UTF-8.
-        std::str::from_utf8(self.0.json()).unwrap_or("{}")
+        self.0.json()
     }
 
     /// `{"active":true, ...claims}` (RFC 7662's answer, as Texas gives it), from the payload's
@@ -447,7 +447,7 @@ impl Claims {
         let mut out = Vec::with_capacity(ACTIVE.len() + payload.len());
         out.extend_from_slice(ACTIVE);
         out.push(b',');
-        out.extend_from_slice(&payload[1..]);
+        out.extend_from_slice(&payload.as_bytes()[1..]);
         out
     }
 
@@ -464,7 +464,7 @@ impl Claims {
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     #[inline]
     pub(crate) fn share(&self, value: &str) -> Bytes {
-        let range = self.0.buf.as_ptr_range();
+        let range = self.0.buf.as_bytes().as_ptr_range();
         let inside = range.start <= value.as_ptr()
             && value.as_ptr().wrapping_add(value.len()) <= range.end
             && !value.is_empty();
@@ -717,13 +717,10 @@ impl Claims {
 
     #[inline]
     fn text(&self, start: usize, len: usize) -> &str {
-        // Only the value's bytes are checked as UTF-8, not the whole payload at every read: the
-        // proxy reads half a dozen claims a request. A range that is not on character
-        // boundaries fails the check, as `str::get` would fail it.
+        // A range off the characters' boundaries (never made) reads as empty.
         self.0
             .buf
             .get(start..start.saturating_add(len))
-            .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or("")
     }
 
@@ -749,6 +746,7 @@ impl Claims {
                 let start = usize::from(at.start);
                 table = inner
                     .buf
+                    .as_bytes()
                     .get(start..start + usize::from(at.len) * At::BYTES)
                     .unwrap_or(&[]);
             }
@@ -780,13 +778,13 @@ impl Claims {
 
 impl ClaimsInner {
     /// The payload's JSON text.
-    fn json(&self) -> &[u8] {
+    fn json(&self) -> &str {
         let len = if self.json_len == At::WIDE {
             self.memo.get_or_init(Wide::default).json_len
         } else {
             usize::from(self.json_len)
         };
-        self.buf.get(..len).unwrap_or(&[])
+        self.buf.get(..len).unwrap_or("")
     }
 
     fn kind(&self, list: List) -> ListKind {
@@ -806,7 +804,7 @@ struct Buffer(Claims);
 
 impl AsRef<[u8]> for Buffer {
     fn as_ref(&self) -> &[u8] {
-        &self.0.0.buf
+        self.0.0.buf.as_bytes()
     }
 }
 
@@ -871,20 +869,27 @@ impl At {
     };
     /// No narrow position has this length: the buffer is shorter.
     const WIDE: u16 = u16::MAX;
-    /// An item `At` in the buffer: `start`, then `len`, little-endian.
-    const BYTES: usize = 4;
+    /// An item `At` in the buffer: `start`, then `len`, each as three ASCII bytes of 7, 7
+    /// and 2 bits, least significant first: ASCII keeps the buffer text.
+    const BYTES: usize = 6;
 
     fn read(item: &[u8]) -> At {
-        let word = |i: usize| u16::from_le_bytes([item[i], item[i + 1]]);
+        let word = |i: usize| {
+            u16::from(item[i]) | u16::from(item[i + 1]) << 7 | u16::from(item[i + 2]) << 14
+        };
         At {
             start: word(0),
-            len: word(2),
+            len: word(3),
         }
     }
 
-    fn write(self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.start.to_le_bytes());
-        buf.extend_from_slice(&self.len.to_le_bytes());
+    fn write(self, buf: &mut String) {
+        for word in [self.start, self.len] {
+            for shift in [0, 7, 14] {
+                // Below 0x80: one ASCII character.
+                buf.push(char::from((word >> shift) as u8 & 0x7f));
+            }
+        }
     }
 }
 
@@ -956,10 +961,10 @@ impl ClaimsInner {
                 _ => 0,
             })
             .sum();
-        let mut buf = parsed.payload.into_bytes();
+        let mut buf = parsed.payload;
         if !parsed.unescaped.is_empty() || items > 0 {
             buf.reserve_exact(parsed.unescaped.len() + items * At::BYTES);
-            buf.extend_from_slice(parsed.unescaped.as_bytes());
+            buf.push_str(&parsed.unescaped);
         }
         // Below `At::WIDE`, so no position is mistaken for the marker.
         let mut wide = (buf.len() + items * At::BYTES >= usize::from(At::WIDE)).then(|| Wide {
@@ -1034,7 +1039,7 @@ impl ClaimsInner {
         }
         let [scopes, roles] = list_ats;
         let inner = ClaimsInner {
-            buf: buf.into_boxed_slice(),
+            buf: buf.into_boxed_str(),
             hot,
             scopes,
             roles,
@@ -2231,8 +2236,15 @@ mod tests {
     #[test]
     fn a_payload_past_64_kib_answers_as_a_small_one() {
         // Only `from_json` and `from_map` take a payload this large (a validator refuses a
-        // token past 16 KiB): its positions do not fit 16 bits and are kept aside.
-        let filler = "x".repeat(48 << 10);
+        // token past 16 KiB): its positions do not fit 16 bits and are kept aside. The one of
+        // 20 KiB keeps 16-bit positions, past 32 KiB: their top bits are in the list's table.
+        for (filler, wide) in [(20 << 10, false), (48 << 10, true)] {
+            a_large_payload_answers_as_a_small_one(filler, wide);
+        }
+    }
+
+    fn a_large_payload_answers_as_a_small_one(filler: usize, wide: bool) {
+        let filler = "x".repeat(filler);
         let roles: Vec<String> = (0..2000).map(|i| format!("Role.{i}")).collect();
         let map: Map<String, Value> = serde_json::from_value(serde_json::json!({
             "filler": filler,
@@ -2244,7 +2256,7 @@ mod tests {
         let text = serde_json::to_string(&map).unwrap();
         // Escaped so that the name is among the unescaped values, past the payload.
         let text = text.replace("Zoë", "Zo\\u00eb");
-        assert!(text.len() > 64 << 10);
+        assert_eq!(text.len() > 64 << 10, wide);
         assert!(
             text.find(r#""sub""#).unwrap() > 32 << 10,
             "hot claims past 32 KiB"
@@ -2253,6 +2265,7 @@ mod tests {
             Claims::from_json("p", text.as_str().into()).unwrap(),
             Claims::from_map("p", map.clone()),
         ] {
+            assert_eq!(claims.0.json_len == At::WIDE, wide);
             let (scopes, roles, exp) = from_map_reference(&map);
             assert_eq!(claims.scopes(), scopes);
             assert_eq!(claims.roles(), roles);
@@ -2273,7 +2286,14 @@ mod tests {
             // A value of the buffer is shared, not copied, however far in it is.
             let sub = claims.share(claims.subject());
             assert_eq!(&sub[..], b"s-1");
-            assert!(claims.0.buf.as_ptr_range().contains(&sub.as_ptr()));
+            assert!(
+                claims
+                    .0
+                    .buf
+                    .as_bytes()
+                    .as_ptr_range()
+                    .contains(&sub.as_ptr())
+            );
         }
     }
 
@@ -2290,7 +2310,7 @@ mod tests {
         assert_eq!(Arc::strong_count(&a.0), 1, "a let go once b was shared");
         // Each slice is of its own claims' buffer, and outlives them.
         let again = a.share(a.subject());
-        assert!(a.0.buf.as_ptr_range().contains(&again.as_ptr()));
+        assert!(a.0.buf.as_bytes().as_ptr_range().contains(&again.as_ptr()));
         drop((a, b));
         assert_eq!((&again[..], &from_b[..]), (&b"a-1"[..], &b"b-1"[..]));
     }
