@@ -6,6 +6,7 @@ use http::{HeaderName, StatusCode};
 use metrics::{Counter, SharedString};
 
 use crate::config::{AuthMode, Config, IdentityHeaders, RouteConfig};
+use crate::exchange::Exchanger;
 use crate::path::prefix_matches;
 use crate::validate::Validator;
 
@@ -14,6 +15,10 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     /// `None` only for `auth = "none"` routes.
     pub(crate) validator: Option<Validator>,
+    /// The provider's exchanger, for a route that exchanges (`obo`, `obo_headers`) whose
+    /// provider can: found once here, not by name at each request. (The server refuses to
+    /// start a route that exchanges through a provider that cannot.)
+    pub(crate) exchanger: Option<Exchanger>,
     /// The identity headers the app gets: the route's `identity_headers`, else `[upstream]`'s.
     pub(crate) identity_headers: IdentityHeaders,
     /// Metric label: the configured path prefix (bounded cardinality).
@@ -29,25 +34,28 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    /// Resolves route config `r` (named `at` in errors) against its provider's validator.
+    /// Resolves route config `r` (named `at` in errors) against its provider's validator and
+    /// exchanger.
     fn new(
         config: &Config,
         r: &RouteConfig,
         at: &str,
-        validator_for: &impl Fn(&str) -> Option<Validator>,
+        provider_for: &impl Fn(&str) -> Option<(Validator, Option<Exchanger>)>,
     ) -> Result<Self, String> {
-        let validator = match r.auth {
-            AuthMode::None => None,
+        let (validator, exchanger) = match r.auth {
+            AuthMode::None => (None, None),
             _ => {
                 let provider = config
                     .route_provider(r)
                     .map_err(|e| format!("{at}.provider: {e}"))?;
-                Some(validator_for(&provider.name).ok_or_else(|| {
+                let (validator, exchanger) = provider_for(&provider.name).ok_or_else(|| {
                     format!(
                         "{at}.provider: no provider named {:?} is running",
                         provider.name
                     )
-                })?)
+                })?;
+                let exchanges = r.obo.is_some() || !r.obo_headers.is_empty();
+                (Some(validator), exchanger.filter(|_| exchanges))
             }
         };
         let obo_headers = r
@@ -65,6 +73,7 @@ impl Route {
         Ok(Route {
             config: r.clone(),
             validator,
+            exchanger,
             identity_headers: r
                 .identity_headers
                 .unwrap_or(config.upstream.identity_headers),
@@ -101,11 +110,12 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    /// Resolves each route's provider. A route that must authenticate but whose provider is
-    /// unknown is an error, never a route that lets everything through.
+    /// Resolves each route's provider: its validator, and its exchanger where it can exchange.
+    /// A route that must authenticate but whose provider is unknown is an error, never a
+    /// route that lets everything through.
     pub(crate) fn new(
         config: &Config,
-        validator_for: impl Fn(&str) -> Option<Validator>,
+        provider_for: impl Fn(&str) -> Option<(Validator, Option<Exchanger>)>,
     ) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
@@ -113,7 +123,7 @@ impl RouteTable {
                 config,
                 r,
                 &format!("routes[{i}]"),
-                &validator_for,
+                &provider_for,
             )?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
@@ -132,7 +142,7 @@ impl RouteTable {
                     identity_headers: Some(identity_headers),
                     ..RouteConfig::default()
                 };
-                Some(Route::new(config, &r, "session", &validator_for)?)
+                Some(Route::new(config, &r, "session", &provider_for)?)
             }
             _ => None,
         };

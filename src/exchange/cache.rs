@@ -469,7 +469,7 @@ impl TokenCache {
     }
 
     /// The cached token for `key` while it is usable; one past `usable_until` is dropped.
-    fn usable(&self, key: &[u8; 32]) -> Option<ExchangedToken> {
+    pub(super) fn usable(&self, key: &[u8; 32]) -> Option<ExchangedToken> {
         let t = self.cache.get(key)?;
         if t.usable_until > now() {
             return Some(t);

@@ -554,6 +554,35 @@ impl Exchanger {
             .await
     }
 
+    /// The token [`Exchanger::on_behalf_of_subject`] would answer from this replica's cache,
+    /// when it has a usable one: the proxy's path for a user's request that comes again, with
+    /// no future to build or box. Counted and traced as the cache hit it is. `None` for every
+    /// other case, refusals included: the caller then asks `on_behalf_of_subject`, which
+    /// answers them.
+    #[cfg(feature = "server")]
+    pub(crate) fn cached_for_subject(
+        &self,
+        subject: &crate::validate::Claims,
+        target: &str,
+    ) -> Option<ExchangedToken> {
+        if self.inner.provider.config().grant == crate::config::ProviderGrant::JwtBearer
+            || subject.is_app_only()
+        {
+            return None;
+        }
+        let grant = self.user_grant();
+        let (provider, client_id) = (self.inner.provider.name(), self.inner.auth.client_id());
+        let digest = subject.token_digest()?;
+        let key = cache::user_key(provider, client_id, grant, target, digest);
+        let token = self.inner.cache.usable(&key)?;
+        let span = self.span(grant);
+        if !span.is_none() {
+            span.record("cache", "hit");
+        }
+        self.count_lookup(grant, true);
+        Some(token)
+    }
+
     /// This exchanger for the credential `cfg` now names, sharing its token cache: itself when
     /// the credential read again is the same, a copy with the new one otherwise (a rotated
     /// secret file). Tokens already exchanged stay valid whichever credential got them.
@@ -998,14 +1027,7 @@ impl Exchanger {
             _ => cache::key(provider, client_id, grant, target, subject),
         };
         let label = grant.label();
-        let span = crate::telemetry::span!(
-            "exchange",
-            otel.status_code = tracing::field::Empty,
-            provider = self.inner.provider.name(),
-            grant = label,
-            cache = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let span = self.span(grant);
         let replicas = self.inner.shared.clone();
         let make = move || {
             let fetch = make_fetch();
@@ -1036,14 +1058,32 @@ impl Exchanger {
                 span.record("otel.status_code", "ERROR");
             }
         }
+        self.count_lookup(grant, hit);
+        result
+    }
+
+    /// The `exchange` span of one lookup (`cache` and the error recorded in it later).
+    fn span(&self, grant: Grant) -> tracing::Span {
+        crate::telemetry::span!(
+            "exchange",
+            otel.status_code = tracing::field::Empty,
+            provider = self.inner.provider.name(),
+            grant = grant.label(),
+            cache = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    }
+
+    /// `tollgate_exchange_cache_total` for one lookup, and the cache's entries.
+    fn count_lookup(&self, grant: Grant, hit: bool) {
         let m = &self.inner.metrics;
+        let label = grant.label();
         m.lookups[grant.index()][usize::from(hit)]
             .get_or_init(|| metrics::counter!("tollgate_exchange_cache_total", "grant" => label, "result" => if hit { "hit" } else { "miss" }))
             .increment(1);
         m.entries
             .get_or_init(|| metrics::gauge!("tollgate_exchange_cache_entries", "provider" => self.inner.provider.name().to_owned()))
             .set(self.inner.cache.entry_count() as f64);
-        result
     }
 }
 

@@ -161,8 +161,10 @@ async fn forward_authorised(
         .filter(|u| u.token.is_some() && route.exchanges())
         .map(|u| u.claims.clone());
     // The exchange's future is large (the IdP request, the shared cache): boxed, and only for
-    // routes that exchange, so every other request does not carry (and move) its space.
+    // a route that exchanges and a token this replica has not exchanged yet, so every other
+    // request does not carry (and move) its space.
     if route.exchanges()
+        && !exchange_from_cache(route, user.as_ref(), req.headers_mut())
         && let Err(resp) = Box::pin(exchange_for_route(state, route, user, req.headers_mut())).await
     {
         return resp;
@@ -171,7 +173,7 @@ async fn forward_authorised(
     if let Some(claims) = exchanged_for
         && is_claims_challenge(&resp)
     {
-        forget_exchanged(state, route, &claims).await;
+        forget_exchanged(route, &claims).await;
     }
     resp
 }
@@ -192,8 +194,8 @@ fn is_claims_challenge(resp: &Response<Body>) -> bool {
 
 /// Drops this user's cached On-Behalf-Of tokens for the route's targets, so the request after
 /// the step-up gets a fresh exchange instead of the refused token.
-async fn forget_exchanged(state: &AppState, route: &Route, claims: &Claims) {
-    let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
+async fn forget_exchanged(route: &Route, claims: &Claims) {
+    let Some(exchanger) = &route.exchanger else {
         return;
     };
     let targets = route
@@ -449,6 +451,50 @@ fn move_query_token(req: &mut Request<Body>, route: &Route, token: Option<&str>)
     }
 }
 
+/// [`exchange_for_route`] for a token whose every target this replica has cached: `true` once
+/// the headers are set. Anything else (a miss, a session, a refusal) is `false`, with the
+/// headers untouched, for `exchange_for_route` to answer.
+fn exchange_from_cache(
+    route: &Route,
+    user: Option<&Authenticated>,
+    headers: &mut HeaderMap,
+) -> bool {
+    let (
+        Some(exchanger),
+        Some(Authenticated {
+            claims,
+            token: Some(_),
+            session: None,
+            ..
+        }),
+    ) = (&route.exchanger, user)
+    else {
+        return false;
+    };
+    let authorization = match &route.config.obo {
+        Some(target) => match exchanger.cached_for_subject(claims, target) {
+            Some(token) => Some(token.authorization()),
+            None => return false,
+        },
+        None => None,
+    };
+    let mut added = Vec::with_capacity(route.obo_headers.len());
+    for (name, target) in &route.obo_headers {
+        let cached = exchanger.cached_for_subject(claims, target);
+        let Some(value) = cached.and_then(|t| t.access_token_value()) else {
+            return false;
+        };
+        added.push((name.clone(), value));
+    }
+    if let Some(value) = authorization {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    for (name, value) in added {
+        headers.insert(name, value);
+    }
+    true
+}
+
 /// For routes with `obo`: replaces `Authorization` with an On-Behalf-Of token for the upstream
 /// (the inbound token never reaches it) and fills `obo_headers`; a session's user gets the
 /// same targets from their refresh token. Any failure stops the request: it is never forwarded
@@ -482,7 +528,7 @@ pub(super) async fn exchange_for_route(
     else {
         return Ok(());
     };
-    let Some(Ok(exchanger)) = state.exchanger(claims.provider()) else {
+    let Some(exchanger) = &route.exchanger else {
         return Err(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",

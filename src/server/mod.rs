@@ -404,8 +404,12 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
             .max_capacity(10_000)
             .build(),
     };
-    let routes = RouteTable::new(&config, |name| providers.get(name).map(|(_, v)| v.clone()))
-        .map_err(ServerError::Start)?;
+    let routes = RouteTable::new(&config, |name| {
+        let (_, validator) = providers.get(name)?;
+        let exchanger = exchangers.get(name).and_then(|e| e.as_ref().ok());
+        Some((validator.clone(), exchanger.cloned()))
+    })
+    .map_err(ServerError::Start)?;
     let forwarder = match previous {
         Some(old) if old.config.upstream == config.upstream => old.forwarder.clone(),
         _ => {
