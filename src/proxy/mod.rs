@@ -526,7 +526,7 @@ fn set_forwarded_headers(
         if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
             headers.insert(&X_FORWARDED_FOR, value);
         }
-    } else if let Some(value) = ip_header_value(peer) {
+    } else if let Some(value) = peer_header_value(peer) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
 
@@ -543,13 +543,38 @@ fn set_forwarded_headers(
             }
         }
     }
-    if !trusted {
-        headers.remove(header::FORWARDED);
-        // Other spellings of the client address that apps and frameworks read (nginx's
-        // real_ip, Akamai and Cloudflare's True-Client-IP): only a trusted proxy may set them.
-        headers.remove(&X_REAL_IP);
-        headers.remove(&TRUE_CLIENT_IP);
+    // Other spellings of the client address that apps and frameworks read (nginx's real_ip,
+    // Akamai and Cloudflare's True-Client-IP): only a trusted proxy may set them. Most
+    // requests carry none: one pass over the names costs less than three removals' hashing.
+    let untrusted = [&header::FORWARDED, &X_REAL_IP, &TRUE_CLIENT_IP];
+    if !trusted && headers.keys().any(|k| untrusted.contains(&k)) {
+        for name in untrusted {
+            headers.remove(name);
+        }
     }
+}
+
+/// `X-Forwarded-For` for a request from `peer`: the thread keeps the last one made, since a
+/// connection's requests (and a sidecar's, from one ingress or app) come from the same
+/// address; making it is a formatting and an allocation, a kept one's clone neither.
+fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST_PEER
+        .try_with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((ip, value)) = &*last
+                && *ip == peer
+            {
+                return Some(value.clone());
+            }
+            let value = ip_header_value(peer)?;
+            *last = Some((peer, value.clone()));
+            Some(value)
+        })
+        .unwrap_or_else(|_| ip_header_value(peer))
 }
 
 /// The address as a header value without an intermediate `String`.

@@ -373,6 +373,20 @@ async fn forwarded_headers_replace_client_values() {
     assert!(seen.all("forwarded").is_empty());
     assert!(seen.all("x-real-ip").is_empty());
     assert!(seen.all("true-client-ip").is_empty());
+    // Each alone goes too.
+    for name in ["forwarded", "x-real-ip", "true-client-ip"] {
+        let seen: Seen = reqwest::Client::new()
+            .get(proxy.url("/"))
+            .header(name, "203.0.113.7")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(seen.all(name).is_empty(), "{name}");
+        assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"]);
+    }
     proxy.stop().await;
     upstream.stop().await;
 }
@@ -458,6 +472,17 @@ fn forwarded_for_uses_the_plain_ipv4_of_a_mapped_peer() {
     set_forwarded_headers(&mut headers, v6, None, false);
     assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
     assert!(!headers.contains_key("x-forwarded-host"));
+    // The thread's kept value is the last peer's only.
+    for peer in [
+        "192.0.2.1",
+        "192.0.2.1",
+        "192.0.2.2",
+        "2001:db8::1",
+        "192.0.2.1",
+    ] {
+        set_forwarded_headers(&mut headers, peer.parse().unwrap(), None, false);
+        assert_eq!(headers["x-forwarded-for"], peer);
+    }
 }
 
 #[tokio::test]

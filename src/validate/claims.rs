@@ -620,16 +620,12 @@ impl Claims {
     /// assert_eq!(err.status(), http::StatusCode::FORBIDDEN);
     /// ```
     pub fn check(&self, scopes: &[String], roles: &[String]) -> Result<(), ValidationError> {
-        if !scopes.is_empty()
-            && !self
-                .list(List::Scopes)
-                .any(|s| scopes.iter().any(|w| w == s))
-        {
+        if !scopes.is_empty() && !self.has_any(List::Scopes, scopes) {
             return Err(ValidationError::InsufficientScope {
                 scope: scopes.join(" "),
             });
         }
-        if !roles.is_empty() && !self.list(List::Roles).any(|r| roles.iter().any(|w| w == r)) {
+        if !roles.is_empty() && !self.has_any(List::Roles, roles) {
             return Err(ValidationError::InsufficientScope {
                 scope: roles.join(" "),
             });
@@ -761,6 +757,22 @@ impl Claims {
                     .map(|item| self.resolve(At::read(item))),
             )
             .chain(wide.iter().map(|&(start, len)| self.text(start, len)))
+    }
+
+    /// Whether one of `wanted` is in `list`. An ASCII `scp` (every one Entra issues) is split
+    /// byte by byte, on what `str::split_whitespace` splits ASCII text on (U+0009 to U+000D
+    /// and the space), rather than character by character: a route checks it at every request.
+    fn has_any(&self, list: List, wanted: &[String]) -> bool {
+        if self.0.kind(list) == ListKind::Words {
+            let text = self.resolve(self.0.list_at(list));
+            if text.is_ascii() {
+                return text
+                    .as_bytes()
+                    .split(|b| matches!(b, b'\t'..=b'\r' | b' '))
+                    .any(|w| !w.is_empty() && wanted.iter().any(|x| x.as_bytes() == w));
+            }
+        }
+        self.list(list).any(|s| wanted.iter().any(|w| w == s))
     }
 
     fn join(&self, list: List, sep: &str) -> Bytes {
@@ -2147,6 +2159,34 @@ mod tests {
             two.heap_bytes() - chunk(two.payload_json().len() + 2 * At::BYTES),
             "only the two-role token keeps a list"
         );
+    }
+
+    #[test]
+    fn a_scope_is_found_as_split_whitespace_finds_it() {
+        let scps = [
+            "a b",
+            "  a\tb\n",
+            "a\u{b}b",
+            "a\u{c}b\rc",
+            "ab",
+            "a\u{3000}b",
+            "a\u{a0}b c",
+            "\u{e9}t\u{e9} a",
+            "",
+            " ",
+        ];
+        let wanted = ["a", "b", "c", "ab", "\u{e9}t\u{e9}", "a\u{a0}b", ""];
+        for scp in scps {
+            let claims = Claims::from_map(
+                "p",
+                serde_json::from_value(serde_json::json!({"sub": "s", "scp": scp})).unwrap(),
+            );
+            for w in wanted {
+                let expected = scp.split_whitespace().any(|s| s == w);
+                let found = claims.check(&[w.to_owned()], &[]).is_ok();
+                assert_eq!(found, expected, "{scp:?} has {w:?}");
+            }
+        }
     }
 
     #[test]
