@@ -115,6 +115,11 @@ struct Seen {
 }
 
 impl Seen {
+    /// What the echo upstream saw of `request`, sent through the proxy.
+    async fn of(request: reqwest::RequestBuilder) -> Seen {
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     fn all(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
@@ -150,24 +155,10 @@ async fn rewrites_target_onto_upstream_base_path() {
     let without_base = proxy(settings_for(upstream.addr)).await;
     let client = reqwest::Client::new();
 
-    let seen: Seen = client
-        .get(with_base.url("/a/b?x=1&y=%20z"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = Seen::of(client.get(with_base.url("/a/b?x=1&y=%20z"))).await;
     assert_eq!(seen.target, "/base/a/b?x=1&y=%20z");
 
-    let seen: Seen = client
-        .get(without_base.url("/a/b?x=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = Seen::of(client.get(without_base.url("/a/b?x=1"))).await;
     assert_eq!(seen.target, "/a/b?x=1");
 
     drop(client);
@@ -375,15 +366,12 @@ async fn forwarded_headers_replace_client_values() {
     assert!(seen.all("true-client-ip").is_empty());
     // Each alone goes too.
     for name in ["forwarded", "x-real-ip", "true-client-ip"] {
-        let seen: Seen = reqwest::Client::new()
-            .get(proxy.url("/"))
-            .header(name, "203.0.113.7")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let seen = Seen::of(
+            reqwest::Client::new()
+                .get(proxy.url("/"))
+                .header(name, "203.0.113.7"),
+        )
+        .await;
         assert!(seen.all(name).is_empty(), "{name}");
         assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"]);
     }
@@ -426,14 +414,7 @@ async fn trusted_forwarded_headers_are_kept_and_extended() {
     assert_eq!(seen.all("true-client-ip"), ["203.0.113.7"]);
 
     // Trusted, but nothing supplied: the proxy's own values.
-    let seen: Seen = client
-        .get(proxy.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = Seen::of(client.get(proxy.url("/"))).await;
     assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen.all("x-forwarded-proto"), ["http"]);
     let front = proxy.addr.to_string();
