@@ -105,6 +105,8 @@ mod login;
 #[cfg(all(test, feature = "server"))]
 mod memory_tests;
 #[cfg(feature = "server")]
+mod oauth2;
+#[cfg(feature = "server")]
 mod path;
 #[cfg(feature = "server")]
 mod proxy;

@@ -828,7 +828,7 @@ async fn traced_request(
 
 fn public_router(state: Arc<AppState>) -> Router {
     let router = crate::login::routes(Router::new(), &state);
-    let router = crate::session::routes(router, &state);
+    let router = crate::oauth2::routes(router, &state);
     let router = forward_auth::routes(router, &state);
     router
         .method_not_allowed_fallback(crate::proxy::method_not_allowed)

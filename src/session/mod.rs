@@ -9,18 +9,15 @@
 //! targets are redeemed from the session's refresh token, and the delegated API serves the user
 //! too.
 //!
-//! Endpoints (oauth2-proxy's names, so ingress snippets written for it keep working):
-//! `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out`, `/oauth2/userinfo` in
-//! [`signin`]; `/oauth2/backchannel_logout` and `/oauth2/frontchannel_logout` in [`logout`];
+//! This module is the sessions themselves (the cookies, the records, the user a request
+//! carries, where sign-in and sign-out may send the browser), below the server's state that
+//! holds them; the `/oauth2/*` endpoints that start and end them are in the `oauth2` module, and
 //! `/oauth2/auth` (forward-auth) lives with the gate it shares its checks with.
 
 pub(crate) mod cookie;
-mod logout;
 pub(crate) mod redirect;
 pub(crate) mod sessions;
-mod signin;
 
 pub(crate) use self::sessions::{
     SessionError, SessionUser, Sessions, is_navigation, is_same_origin_write, store_unavailable,
 };
-pub(crate) use self::signin::routes;

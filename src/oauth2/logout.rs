@@ -11,9 +11,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cookie, store_unavailable};
 use crate::response::NO_STORE;
 use crate::response::json_error;
+use crate::session::{cookie, store_unavailable};
 use crate::state::AppState;
 use crate::store::SessionKey;
 
@@ -64,7 +64,7 @@ pub(super) async fn backchannel(State(state): State<Arc<AppState>>, body: Bytes)
     {
         Ok(ended) => {
             tracing::info!(ended, "back-channel logout: sessions ended");
-            super::sessions::count("backchannel_logout", ended);
+            crate::session::sessions::count("backchannel_logout", ended);
             let mut resp = Response::new(Body::empty());
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, NO_STORE.clone());
@@ -105,7 +105,7 @@ pub(super) async fn frontchannel(
                 .end_sessions(&sessions.provider, Some(sid), None)
                 .await
             {
-                Ok(ended) => super::sessions::count("frontchannel_logout", ended),
+                Ok(ended) => crate::session::sessions::count("frontchannel_logout", ended),
                 Err(e) => return store_unavailable(&e),
             }
         }

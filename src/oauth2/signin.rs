@@ -13,13 +13,13 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::cookie::{self, SignIn};
-use super::redirect::safe_redirect;
-use super::sessions::user_claims;
-use super::{Sessions, store_unavailable};
 use crate::delegation::{self, LoginGrant};
 use crate::response::{NO_STORE, found};
 use crate::response::{auth_error, exchange_error, json_error};
+use crate::session::cookie::{self, SignIn};
+use crate::session::redirect::safe_redirect;
+use crate::session::sessions::user_claims;
+use crate::session::{Sessions, store_unavailable};
 use crate::state::AppState;
 use crate::store::{SessionKey, SessionRecord};
 use crate::util::now;
@@ -243,7 +243,7 @@ async fn finish_sign_in(
         return store_unavailable(&e);
     }
     tracing::info!(oid = %user.oid, "session: signed in");
-    super::sessions::count("sign_in", 1);
+    crate::session::sessions::count("sign_in", 1);
     let mut resp = found(&sign_in.rd);
     resp.headers_mut()
         .append(header::SET_COOKIE, cookie::session(cfg, &id));
@@ -275,7 +275,7 @@ async fn sign_out(
                     return store_unavailable(&e);
                 }
                 tracing::info!(oid = %record.oid, "session: signed out");
-                super::sessions::count("sign_out", 1);
+                crate::session::sessions::count("sign_out", 1);
                 hint = Some(record.id_token);
             }
             Ok(None) => {}
