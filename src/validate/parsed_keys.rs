@@ -3,37 +3,20 @@
 //! `jsonwebtoken` verifies an RSA signature by building the public key from its modulus and
 //! exponent each time (aws-lc: a new `EVP_PKEY` and a new Montgomery context, about a tenth of
 //! the instructions of one RS256 verification, measured with callgrind by
-//! `CALLGRIND=1 scripts/loadtest.sh`). [`install`] makes `jsonwebtoken` use a crypto provider
-//! that keeps each RSA key it has seen parsed (`aws_lc_rs::signature::ParsedPublicKey`) and
+//! `CALLGRIND=1 scripts/loadtest.sh`). The validator takes its verifier from [`new_verifier`],
+//! which keeps each RSA key it has seen parsed (`aws_lc_rs::signature::ParsedPublicKey`) and
 //! hands every other algorithm, and every key aws-lc refuses to parse, to `jsonwebtoken`'s own
-//! aws-lc provider unchanged: the same signatures pass and fail, with the same errors.
+//! aws-lc verifiers unchanged: the same signatures pass and fail, with the same errors.
 //!
-//! The provider is process-wide (`jsonwebtoken::crypto::CryptoProvider::install_default`). When
-//! the application installed one of its own first, or decoded a token before the first
-//! [`crate::validate::Validator`] was built, that one stays and nothing changes but the speed.
+//! Nothing is installed process-wide (`jsonwebtoken::crypto::CryptoProvider::install_default`
+//! is the application's to call): an application's own `jsonwebtoken` calls keep the provider
+//! it chose, and the validator's checks do not depend on it.
 
 use std::sync::{Arc, OnceLock, RwLock};
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
-use jsonwebtoken::crypto::{CryptoProvider, JwtVerifier};
+use jsonwebtoken::crypto::JwtVerifier;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
-
-/// Makes `jsonwebtoken` verify RSA signatures with keys parsed once (see the module docs).
-/// Idempotent; a provider installed before stays.
-pub(crate) fn install() {
-    static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let default = &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
-        let provider = PROVIDER.get_or_init(|| CryptoProvider {
-            signer_factory: default.signer_factory,
-            verifier_factory: new_verifier,
-            key_utils: default.key_utils.clone(),
-        });
-        // Err: the application's own provider is in place already, and stays.
-        let _ = provider.install_default();
-    });
-}
 
 /// Most distinct parsed keys kept: an IdP publishes a handful at a time, and the keys come
 /// only from configured JWKS and key files, never from a token.
@@ -44,7 +27,10 @@ const MAX_KEYS: usize = 256;
 /// bytes) costs less than building the DER and hashing it, which a map would need.
 type Cache = RwLock<Vec<(Algorithm, DecodingKeyKind, Arc<ParsedPublicKey>)>>;
 
-fn new_verifier(
+/// The verifier of `alg` signatures by `key`: over the key parsed once for RSA, else
+/// `jsonwebtoken`'s aws-lc one (which refuses a key of another family, as `jsonwebtoken`'s own
+/// verification does).
+pub(super) fn new_verifier(
     alg: &Algorithm,
     key: &DecodingKey,
 ) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {

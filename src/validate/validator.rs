@@ -145,8 +145,6 @@ impl Validator {
     /// assert_eq!((validator.max_cache_bytes(), validator.cached_bytes()), (8 << 20, 0));
     /// ```
     pub fn with_memory(provider: Arc<Provider>, cache_capacity: u64, max_bytes: u64) -> Self {
-        // First sight: each RSA key is parsed once, not at every verification.
-        super::parsed_keys::install();
         let audiences = Arc::new(provider.config().effective_audiences());
         let budget = Budget::new(max_bytes, cache_capacity);
         let meter = Meter::new(CacheKind::Validation);
@@ -656,23 +654,23 @@ impl<'t> Compact<'t> {
         })
     }
 
-    /// Checks the signature with `key` for `alg`, through `jsonwebtoken`'s crypto provider
-    /// (for RSA, the keys parsed once of `parsed_keys`).
+    /// Checks the signature with `key` for `alg` (for RSA, over the key parsed once:
+    /// `parsed_keys`), in the steps and with the refusals of `jsonwebtoken::crypto::verify`: the
+    /// verifier for the key first, then the signature's base64url, then the signature itself.
     fn verify(
         &self,
         key: &jsonwebtoken::DecodingKey,
         alg: Algorithm,
     ) -> Result<(), ValidationError> {
         let invalid = |m: &str| ValidationError::InvalidToken(m.to_owned());
-        match jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), key, alg)
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(invalid("the token signature is invalid")),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Base64(_)) => {
-                Err(invalid("the token is not a well-formed JWT"))
-            }
-            Err(_) => Err(invalid("the token could not be verified")),
-        }
+        let verifier = super::parsed_keys::new_verifier(&alg, key)
+            .map_err(|_| invalid("the token could not be verified"))?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(self.signature)
+            .map_err(|_| invalid("the token is not a well-formed JWT"))?;
+        verifier
+            .verify(self.signing_input.as_bytes(), &signature)
+            .map_err(|_| invalid("the token signature is invalid"))
     }
 
     /// The payload decoded and parsed once: the claims, and the registered claims to check.
