@@ -314,6 +314,7 @@ async fn serve_from<R: RequestService>(
                     })
                     .await
                 };
+                // Each arm either ends the connection or falls through to drain it.
                 match event {
                     Err(ended) => {
                         if let Err(error) = ended {
@@ -322,26 +323,22 @@ async fn serve_from<R: RequestService>(
                         }
                         return;
                     }
-                    Ok(Side::Stop) => {
-                        draining = true;
-                        watchdog.draining();
-                        connection.as_mut().graceful_shutdown();
-                    }
                     Ok(Side::Expired(Expired::NoRequest)) => {
                         tracing::debug!(%peer, "no request head within header_timeout; closing");
                         return;
                     }
-                    Ok(Side::Expired(Expired::Idle)) if !draining => {
-                        tracing::debug!(%peer, "idle for idle_timeout; shutting down");
-                        draining = true;
-                        watchdog.draining();
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Ok(Side::Expired(Expired::Idle)) => {
+                    Ok(Side::Expired(Expired::Idle)) if draining => {
                         tracing::debug!(%peer, "still open after a graceful shutdown; closing");
                         return;
                     }
+                    Ok(Side::Expired(Expired::Idle)) => {
+                        tracing::debug!(%peer, "idle for idle_timeout; shutting down");
+                    }
+                    Ok(Side::Stop) => {}
                 }
+                draining = true;
+                watchdog.draining();
+                connection.as_mut().graceful_shutdown();
             }
         });
     }
