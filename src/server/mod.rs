@@ -466,17 +466,16 @@ impl Generation {
     fn new(state: Arc<AppState>, number: u64) -> Self {
         let log = &state.config.log;
         let (access, request_id) = (log.access, log.request_id);
-        // No route of its own (login, sessions, forward-auth) and no layer around it.
-        let public_direct = !state.config.login.enabled
-            && state.sessions.is_none()
-            && !access
-            && !request_id
-            && !crate::telemetry::on();
+        let routes = public_routes(&state);
+        // No route of its own (login, sessions, forward-auth) and no layer around it (the
+        // access log, request ids, the request's span: see `logged` and `traced`).
+        let public_direct =
+            !routes.has_routes() && !access && !request_id && !crate::telemetry::on();
         Self {
             number,
             public_direct,
             public: traced(logged(
-                public_router(state.clone()),
+                public_router(routes, state.clone()),
                 "public",
                 access,
                 request_id,
@@ -826,11 +825,16 @@ async fn traced_request(
     response
 }
 
-fn public_router(state: Arc<AppState>) -> Router {
-    let router = crate::login::routes(Router::new(), &state);
-    let router = crate::oauth2::routes(router, &state);
-    let router = forward_auth::routes(router, &state);
-    router
+/// The public listener's own routes, by what is enabled: the login proxy's, the browser
+/// session's `/oauth2/*` and forward-auth. None at all lets requests skip the router.
+fn public_routes(state: &AppState) -> Router<Arc<AppState>> {
+    let router = crate::login::routes(Router::new(), state);
+    let router = crate::oauth2::routes(router, state);
+    forward_auth::routes(router, state)
+}
+
+fn public_router(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         .method_not_allowed_fallback(crate::proxy::method_not_allowed)
         .fallback(gate::routed_public_request)
         .with_state(state)
