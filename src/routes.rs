@@ -54,8 +54,7 @@ impl Route {
                         provider.name
                     )
                 })?;
-                let exchanges = r.obo.is_some() || !r.obo_headers.is_empty();
-                (Some(validator), exchanger.filter(|_| exchanges))
+                (Some(validator), exchanger.filter(|_| r.exchanges()))
             }
         };
         let obo_headers = r
@@ -86,7 +85,7 @@ impl Route {
 
     /// Whether the route exchanges the inbound token (`obo` or `obo_headers`).
     pub(crate) fn exchanges(&self) -> bool {
-        self.config.obo.is_some() || !self.config.obo_headers.is_empty()
+        self.config.exchanges()
     }
 
     /// Counts one answered request with `status` on this route.

@@ -257,6 +257,11 @@ pub(super) fn check_session_routes(
 }
 
 impl RouteConfig {
+    /// Whether the route exchanges the inbound token (`obo` or `obo_headers`).
+    pub(crate) fn exchanges(&self) -> bool {
+        self.obo.is_some() || !self.obo_headers.is_empty()
+    }
+
     /// The provider this route uses among `providers`: the one it names, else the only one.
     pub(super) fn provider_in<'a>(
         &self,
@@ -285,8 +290,7 @@ impl RouteConfig {
         if self.auth == AuthMode::None
             && (!self.scopes.is_empty()
                 || !self.roles.is_empty()
-                || self.obo.is_some()
-                || !self.obo_headers.is_empty()
+                || self.exchanges()
                 || self.auth_context.is_some()
                 || self.token_in_query
                 || self.allow_unscoped_tokens.is_some()
@@ -314,7 +318,7 @@ impl RouteConfig {
                 "must be an authentication context id such as \"c1\"",
             ));
         }
-        if self.auth == AuthMode::Optional && (self.obo.is_some() || !self.obo_headers.is_empty()) {
+        if self.auth == AuthMode::Optional && self.exchanges() {
             return Err(ConfigError::invalid(
                 at("obo"),
                 "obo needs auth = \"required\"",
@@ -324,7 +328,7 @@ impl RouteConfig {
             return Err(ConfigError::invalid(at("obo"), why));
         }
         // A jwt_bearer grant (Maskinporten) makes app tokens: no user token is exchanged by it.
-        if (self.obo.is_some() || !self.obo_headers.is_empty())
+        if self.exchanges()
             && self
                 .provider_in(providers)
                 .is_ok_and(|p| p.grant == super::ProviderGrant::JwtBearer)

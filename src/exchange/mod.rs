@@ -565,15 +565,9 @@ impl Exchanger {
         subject: &crate::validate::Claims,
         target: &str,
     ) -> Option<ExchangedToken> {
-        if self.inner.provider.config().grant == crate::config::ProviderGrant::JwtBearer
-            || subject.is_app_only()
-        {
-            return None;
-        }
+        self.refuse_user_subject(subject).ok()?;
         let grant = self.user_grant();
-        let (provider, client_id) = (self.inner.provider.name(), self.inner.auth.client_id());
-        let digest = subject.token_digest()?;
-        let key = cache::user_key(provider, client_id, grant, target, digest);
+        let key = self.cache_key(grant, target, subject.token_digest()?);
         let token = self.inner.cache.usable(&key)?;
         let span = self.span(grant);
         if !span.is_none() {
@@ -619,13 +613,7 @@ impl Exchanger {
         let Some(digest) = subject.token_digest() else {
             return;
         };
-        let key = cache::key(
-            self.inner.provider.name(),
-            self.inner.auth.client_id(),
-            self.user_grant(),
-            target,
-            digest,
-        );
+        let key = self.cache_key(self.user_grant(), target, digest);
         self.inner.cache.forget(&key).await;
         if let Some(shared) = &self.inner.shared {
             shared.forget(&key).await;
@@ -640,17 +628,7 @@ impl Exchanger {
         target: &str,
         skip_cache: bool,
     ) -> Result<ExchangedToken, ExchangeError> {
-        self.refuse_grant(
-            crate::config::ProviderGrant::JwtBearer,
-            "app tokens only: use /api/v1/token",
-        )?;
-        if subject.is_app_only() {
-            return Err(ExchangeError::InvalidSubject(
-                ValidationError::InvalidToken(
-                    "an app-only token cannot be exchanged on behalf of a user".into(),
-                ),
-            ));
-        }
+        self.refuse_user_subject(subject)?;
         // The validator's digest of this very token, else (claims not from a validator) our own.
         let subject_digest = subject
             .token_digest()
@@ -685,6 +663,23 @@ impl Exchanger {
             make_fetch,
         )
         .await
+    }
+
+    /// Why `subject` cannot be exchanged for a token on the user's behalf here: a provider
+    /// whose grant gives app tokens only, or an app-only token (there is no user to act for).
+    fn refuse_user_subject(&self, subject: &crate::validate::Claims) -> Result<(), ExchangeError> {
+        self.refuse_grant(
+            crate::config::ProviderGrant::JwtBearer,
+            "app tokens only: use /api/v1/token",
+        )?;
+        if subject.is_app_only() {
+            return Err(ExchangeError::InvalidSubject(
+                ValidationError::InvalidToken(
+                    "an app-only token cannot be exchanged on behalf of a user".into(),
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Client credentials: an app token for `target` (`<resource>/.default`).
@@ -1019,13 +1014,7 @@ impl Exchanger {
             + Send
             + 'static,
     {
-        let (provider, client_id) = (self.inner.provider.name(), self.inner.auth.client_id());
-        let key = match (grant, <&[u8; 32]>::try_from(subject)) {
-            (Grant::OnBehalfOf | Grant::TokenExchange, Ok(digest)) => {
-                cache::user_key(provider, client_id, grant, target, digest)
-            }
-            _ => cache::key(provider, client_id, grant, target, subject),
-        };
+        let key = self.cache_key(grant, target, subject);
         let label = grant.label();
         let span = self.span(grant);
         let replicas = self.inner.shared.clone();
@@ -1060,6 +1049,18 @@ impl Exchanger {
         }
         self.count_lookup(grant, hit);
         result
+    }
+
+    /// The cache key of `grant`'s token for `target` and `subject`; a user token's digest's
+    /// through this thread's memo of the last one (`cache::user_key`).
+    fn cache_key(&self, grant: Grant, target: &str, subject: &[u8]) -> [u8; 32] {
+        let (provider, client_id) = (self.inner.provider.name(), self.inner.auth.client_id());
+        match (grant, <&[u8; 32]>::try_from(subject)) {
+            (Grant::OnBehalfOf | Grant::TokenExchange, Ok(digest)) => {
+                cache::user_key(provider, client_id, grant, target, digest)
+            }
+            _ => cache::key(provider, client_id, grant, target, subject),
+        }
     }
 
     /// The `exchange` span of one lookup (`cache` and the error recorded in it later).

@@ -358,7 +358,7 @@ async fn build_state(config: Config, previous: Option<&AppState>) -> Result<AppS
         exchangers.insert(p.name.clone(), exchanger);
     }
     for (i, r) in config.routes.iter().enumerate() {
-        if r.obo.is_none() && r.obo_headers.is_empty() {
+        if !r.exchanges() {
             continue;
         }
         let name = config
