@@ -22,26 +22,16 @@ pub(crate) fn add(headers: &mut HeaderMap, claims: &Claims, mode: IdentityHeader
             // header values when built: a list of them kept with every cached token would
             // cost more than the token's own positions (see `x_auth_values`). The thread keeps
             // the last token's (see `LAST_X_AUTH`).
-            let mut insert = |values: &[Option<HeaderValue>; 6]| {
-                for (name, value) in X_AUTH_NAMES.iter().zip(values) {
-                    if let Some(value) = value {
-                        headers.insert(name.clone(), value.clone());
-                    }
+            let values = crate::util::thread_memo(
+                &LAST_X_AUTH,
+                |kept| kept.same_as(claims),
+                || claims.clone(),
+                || x_auth_values(claims),
+            );
+            for (name, value) in X_AUTH_NAMES.iter().zip(values) {
+                if let Some(value) = value {
+                    headers.insert(name.clone(), value);
                 }
-            };
-            let kept = LAST_X_AUTH.try_with(|last| {
-                let mut last = last.borrow_mut();
-                match &*last {
-                    Some((of, values)) if of.same_as(claims) => insert(values),
-                    _ => {
-                        let (_, values) = last.insert((claims.clone(), x_auth_values(claims)));
-                        insert(values);
-                    }
-                }
-            });
-            // Only while the thread is being torn down.
-            if kept.is_err() {
-                insert(&x_auth_values(claims));
             }
         }
         IdentityHeaders::EasyAuth => {

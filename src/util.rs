@@ -1,6 +1,8 @@
-//! The small helpers every layer shares: one clock and one digest for the whole crate, so no
-//! module imports a higher one for them.
+//! The small helpers every layer shares: one clock and one digest for the whole crate, and the
+//! per-thread memo of a last value, so no module imports a higher one for them.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// SHA-256 of `data`.
@@ -17,6 +19,31 @@ pub(crate) fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `make()`, kept on this thread (in `last`) with the key it was made for: asked again while
+/// `is_kept` holds for that key, it is the kept value's clone. One key and value per thread,
+/// for what a connection asks again and again (its token's headers, its peer's address); a
+/// thread being torn down keeps nothing.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn thread_memo<K: 'static, V: Clone + 'static>(
+    last: &'static LocalKey<RefCell<Option<(K, V)>>>,
+    is_kept: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    make: impl Fn() -> V,
+) -> V {
+    last.try_with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((kept, value)) = &*last
+            && is_kept(kept)
+        {
+            return value.clone();
+        }
+        let value = make();
+        *last = Some((key(), value.clone()));
+        value
+    })
+    .unwrap_or_else(|_| make())
 }
 
 /// SHA-256 over `parts`, each preceded by its length (u64, big-endian), so that no two

@@ -559,22 +559,15 @@ fn set_forwarded_headers(
 /// address; making it is a formatting and an allocation, a kept one's clone neither.
 fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
     thread_local! {
-        static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        static LAST_PEER: std::cell::RefCell<Option<(IpAddr, Option<HeaderValue>)>> =
             const { std::cell::RefCell::new(None) };
     }
-    LAST_PEER
-        .try_with(|last| {
-            let mut last = last.borrow_mut();
-            if let Some((ip, value)) = &*last
-                && *ip == peer
-            {
-                return Some(value.clone());
-            }
-            let value = ip_header_value(peer)?;
-            *last = Some((peer, value.clone()));
-            Some(value)
-        })
-        .unwrap_or_else(|_| ip_header_value(peer))
+    crate::util::thread_memo(
+        &LAST_PEER,
+        |ip| *ip == peer,
+        || peer,
+        || ip_header_value(peer),
+    )
 }
 
 /// The address as a header value without an intermediate `String`.
