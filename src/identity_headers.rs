@@ -22,17 +22,19 @@ pub(crate) fn add(headers: &mut HeaderMap, claims: &Claims, mode: IdentityHeader
             // header values when built: a list of them kept with every cached token would
             // cost more than the token's own positions (see `x_auth_values`). The thread keeps
             // the last token's (see `LAST_X_AUTH`).
-            let values = crate::util::thread_memo(
+            crate::util::thread_memo(
                 &LAST_X_AUTH,
                 |kept| kept.same_as(claims),
                 || claims.clone(),
                 || x_auth_values(claims),
+                |values| {
+                    for (name, value) in X_AUTH_NAMES.iter().zip(values) {
+                        if let Some(value) = value {
+                            headers.insert(name.clone(), value.clone());
+                        }
+                    }
+                },
             );
-            for (name, value) in X_AUTH_NAMES.iter().zip(values) {
-                if let Some(value) = value {
-                    headers.insert(name.clone(), value);
-                }
-            }
         }
         IdentityHeaders::EasyAuth => {
             for (name, value) in &claims.memo(EasyAuthHeaders::of).0 {

@@ -21,29 +21,30 @@ pub(crate) fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `make()`, kept on this thread (in `last`) with the key it was made for: asked again while
-/// `is_kept` holds for that key, it is the kept value's clone. One key and value per thread,
-/// for what a connection asks again and again (its token's headers, its peer's address); a
-/// thread being torn down keeps nothing.
+/// `with` of `make()`'s value, kept on this thread (in `last`) with the key it was made for:
+/// while `is_kept` holds for that key, `with` gets the kept value, not a new one. One key and
+/// value per thread, for what a connection asks again and again (its token's headers, its
+/// peer's address); a thread being torn down keeps nothing. `with` borrows the value, so a
+/// caller clones only what it takes of it.
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
-pub(crate) fn thread_memo<K: 'static, V: Clone + 'static>(
+pub(crate) fn thread_memo<K: 'static, V: 'static, R>(
     last: &'static LocalKey<RefCell<Option<(K, V)>>>,
     is_kept: impl Fn(&K) -> bool,
     key: impl FnOnce() -> K,
     make: impl Fn() -> V,
-) -> V {
-    last.try_with(|last| {
+    mut with: impl FnMut(&V) -> R,
+) -> R {
+    let kept = last.try_with(|last| {
         let mut last = last.borrow_mut();
-        if let Some((kept, value)) = &*last
-            && is_kept(kept)
-        {
-            return value.clone();
+        match &*last {
+            Some((kept, value)) if is_kept(kept) => with(value),
+            _ => {
+                let (_, value) = last.insert((key(), make()));
+                with(value)
+            }
         }
-        let value = make();
-        *last = Some((key(), value.clone()));
-        value
-    })
-    .unwrap_or_else(|_| make())
+    });
+    kept.unwrap_or_else(|_| with(&make()))
 }
 
 /// SHA-256 over `parts`, each preceded by its length (u64, big-endian), so that no two

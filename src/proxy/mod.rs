@@ -567,6 +567,7 @@ fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
         |ip| *ip == peer,
         || peer,
         || ip_header_value(peer),
+        Option::clone,
     )
 }
 
